@@ -1,0 +1,148 @@
+import * as tf from '@tensorflow/tfjs-core'
+import type { ModelConfig } from './config.ts'
+import type { RawTensor } from './checkpoint.ts'
+import { toFloat32 } from './safetensors.ts'
+
+/**
+ * One transformer block's weights, laid out for fast tfjs matmuls: every linear weight is
+ * transposed once at load to `[in, out]` (5× faster than `transposeB` on wasm), and the q/k/v
+ * and gate/up projections are fused so a step does 4 matmuls per block instead of 7.
+ */
+export interface BlockWeights {
+  inputNorm: tf.Tensor1D
+  qkv: tf.Tensor2D
+  qkvBias?: tf.Tensor1D
+  out: tf.Tensor2D
+  postNorm: tf.Tensor1D
+  gateUp: tf.Tensor2D
+  down: tf.Tensor2D
+}
+
+/** Per-step tensors shared by every block of a forward pass. */
+export interface StepContext {
+  tokens: number
+  /** `[tokens, 1, headDim]` */
+  cos: tf.Tensor
+  sin: tf.Tensor
+  /** Additive causal mask `[group·tokens, keys]`; absent for a single-token step. */
+  mask?: tf.Tensor
+}
+
+/** Keys and values of one block for one session: `[kvHeads, length, headDim]`. */
+export interface LayerCache { k?: tf.Tensor3D, v?: tf.Tensor3D }
+
+/** Writes `src` (`[rows, cols]`, row-major) transposed into columns `[offset, offset+rows)` of `dst` (`[cols, dstCols]`). */
+export function transposeInto (src: Float32Array, rows: number, cols: number, dst: Float32Array, dstCols: number, offset: number): void {
+  const T = 64
+  for (let r0 = 0; r0 < rows; r0 += T) {
+    const r1 = Math.min(rows, r0 + T)
+    for (let c0 = 0; c0 < cols; c0 += T) {
+      const c1 = Math.min(cols, c0 + T)
+      for (let r = r0; r < r1; r++) {
+        const s = r * cols
+        for (let c = c0; c < c1; c++) dst[c * dstCols + offset + r] = src[s + c]
+      }
+    }
+  }
+}
+
+/** Concatenates `[out_i, in]` weights transposed into one `[in, Σ out_i]` tensor. */
+function fusedTransposed (parts: RawTensor[]): tf.Tensor2D {
+  const cols = parts[0].shape[1]
+  const total = parts.reduce((n, p) => n + p.shape[0], 0)
+  const dst = new Float32Array(cols * total)
+  let offset = 0
+  for (const p of parts) {
+    transposeInto(toFloat32(p.bytes, p.dtype), p.shape[0], cols, dst, total, offset)
+    offset += p.shape[0]
+  }
+  return tf.tensor2d(dst, [cols, total])
+}
+
+export function loadBlockWeights (cfg: ModelConfig, block: number, raws: RawTensor[]): BlockWeights {
+  const by = new Map(raws.map(r => [r.name.slice(`model.layers.${block}.`.length), r]))
+  const get = (n: string): RawTensor => {
+    const r = by.get(n)
+    if (r == null) throw new Error(`block ${block}: tensor ${n} missing`)
+    return r
+  }
+  const vec = (n: string): tf.Tensor1D => tf.tensor1d(toFloat32(get(n).bytes, get(n).dtype))
+  const w: BlockWeights = {
+    inputNorm: vec('input_layernorm.weight'),
+    qkv: fusedTransposed([get('self_attn.q_proj.weight'), get('self_attn.k_proj.weight'), get('self_attn.v_proj.weight')]),
+    out: fusedTransposed([get('self_attn.o_proj.weight')]),
+    postNorm: vec('post_attention_layernorm.weight'),
+    gateUp: fusedTransposed([get('mlp.gate_proj.weight'), get('mlp.up_proj.weight')]),
+    down: fusedTransposed([get('mlp.down_proj.weight')])
+  }
+  if (cfg.qkvBias) {
+    const b = ['q', 'k', 'v'].map(x => toFloat32(get(`self_attn.${x}_proj.bias`).bytes, get(`self_attn.${x}_proj.bias`).dtype))
+    const all = new Float32Array(b.reduce((n, a) => n + a.length, 0))
+    let o = 0
+    for (const a of b) { all.set(a, o); o += a.length }
+    w.qkvBias = tf.tensor1d(all)
+  }
+  return w
+}
+
+export function disposeBlockWeights (w: BlockWeights): void {
+  for (const t of Object.values(w)) (t as tf.Tensor | undefined)?.dispose()
+}
+
+export function rmsNorm (x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
+  const meanSquare = tf.mean(tf.square(x), -1, true)
+  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(meanSquare, eps))), weight)
+}
+
+/** Rotate-half rotary embedding of `[tokens, heads, headDim]`. */
+function rotary (x: tf.Tensor, ctx: StepContext, headDim: number): tf.Tensor {
+  const half = headDim / 2
+  const [t, h] = x.shape
+  const swapped = tf.concat([tf.slice(x, [0, 0, half], [t, h, half]), tf.slice(x, [0, 0, 0], [t, h, half])], 2)
+  return tf.add(tf.mul(x, ctx.cos), tf.mul(swapped, ctx.sin))
+}
+
+/**
+ * One block on hidden states `[tokens, hidden]`, appending this step's keys and values to
+ * `cache`. Must run inside `tf.tidy`; the new cache tensors are kept, the old ones disposed.
+ */
+export function blockForward (cfg: ModelConfig, w: BlockWeights, x: tf.Tensor2D, ctx: StepContext, cache: LayerCache): tf.Tensor2D {
+  const T = ctx.tokens
+  const d = cfg.headDim
+  const nKv = cfg.numKvHeads
+  const g = cfg.numHeads / nKv
+  const qDim = cfg.numHeads * d
+  const kvDim = nKv * d
+
+  const h = rmsNorm(x, w.inputNorm, cfg.rmsNormEps)
+  let qkv = tf.matMul(h, w.qkv)
+  if (w.qkvBias != null) qkv = tf.add(qkv, w.qkvBias)
+  const q = rotary(tf.reshape(tf.slice(qkv, [0, 0], [T, qDim]), [T, cfg.numHeads, d]), ctx, d)
+  const k = rotary(tf.reshape(tf.slice(qkv, [0, qDim], [T, kvDim]), [T, nKv, d]), ctx, d)
+  const v = tf.reshape(tf.slice(qkv, [0, qDim + kvDim], [T, kvDim]), [T, nKv, d])
+
+  // q head i uses kv head ⌊i/g⌋: group the g query heads of each kv head as extra rows.
+  const qg = tf.reshape(tf.transpose(tf.reshape(tf.mul(q, 1 / Math.sqrt(d)), [T, nKv, g, d]), [1, 2, 0, 3]), [nKv, g * T, d])
+  const kNew = tf.transpose(k, [1, 0, 2]) as tf.Tensor3D
+  const vNew = tf.transpose(v, [1, 0, 2]) as tf.Tensor3D
+  const keys = cache.k == null ? kNew : tf.concat([cache.k, kNew], 1)
+  const values = cache.v == null ? vNew : tf.concat([cache.v, vNew], 1)
+  cache.k?.dispose()
+  cache.v?.dispose()
+  cache.k = tf.keep(keys)
+  cache.v = tf.keep(values)
+
+  let scores = tf.matMul(qg, keys, false, true)
+  if (ctx.mask != null) scores = tf.add(scores, ctx.mask)
+  const attn = tf.matMul(tf.softmax(scores), values)
+  const merged = tf.reshape(tf.transpose(tf.reshape(attn, [nKv, g, T, d]), [2, 0, 1, 3]), [T, qDim])
+  const x1 = tf.add(x, tf.matMul(merged, w.out))
+
+  const h2 = rmsNorm(x1, w.postNorm, cfg.rmsNormEps)
+  const gu = tf.matMul(h2, w.gateUp)
+  const F = cfg.intermediateSize
+  const gate = tf.slice(gu, [0, 0], [T, F])
+  const up = tf.slice(gu, [0, F], [T, F])
+  const act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), up)
+  return tf.add(x1, tf.matMul(act, w.down))
+}

@@ -1,0 +1,112 @@
+// Chat templates as Hugging Face transformers renders them: the Jinja source
+// from tokenizer_config.json (or a sibling chat_template.jinja), fed the
+// messages, add_generation_prompt and the special tokens as plain strings.
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Template } from '@huggingface/jinja'
+
+export interface ChatMessage {
+  role: string
+  content: string
+}
+
+export interface ChatTemplateOptions {
+  addGenerationPrompt?: boolean
+}
+
+// The special-token keys transformers passes into the template context.
+const SPECIAL_TOKEN_KEYS = ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']
+
+/**
+ * A token entry in tokenizer_config.json is either a plain string or, in older
+ * files, a serialized AddedToken object `{ content: "<s>", ... }`.
+ */
+export function tokenContent (value: unknown): string | undefined {
+  if (typeof value === 'string') return value
+  if (value != null && typeof value === 'object' && typeof (value as { content?: unknown }).content === 'string') {
+    return (value as { content: string }).content
+  }
+  return undefined
+}
+
+/** Picks the template source: a string, or the "default" of a named list/map. */
+function templateSource (config: Record<string, unknown>): string | undefined {
+  const raw = config.chat_template
+  if (typeof raw === 'string') return raw
+  if (Array.isArray(raw)) {
+    // transformers serializes multiple templates as [{ name, template }, ...]
+    const entries = raw.filter((e): e is { name: string, template: string } =>
+      e != null && typeof e === 'object' && typeof e.template === 'string')
+    return (entries.find(e => e.name === 'default') ?? entries[0])?.template
+  }
+  if (raw != null && typeof raw === 'object') {
+    const map = raw as Record<string, unknown>
+    const chosen = map.default ?? Object.values(map)[0]
+    return typeof chosen === 'string' ? chosen : undefined
+  }
+  return undefined
+}
+
+export function applyChatTemplate (
+  tokenizerConfig: object,
+  messages: ChatMessage[],
+  opts: ChatTemplateOptions = {}
+): string {
+  const config = tokenizerConfig as Record<string, unknown>
+  const source = templateSource(config)
+  if (source === undefined) {
+    throw new Error('tokenizer config has no chat_template; this model cannot format chat messages')
+  }
+  const context: Record<string, unknown> = {
+    messages,
+    add_generation_prompt: opts.addGenerationPrompt ?? false
+  }
+  for (const key of SPECIAL_TOKEN_KEYS) {
+    const content = tokenContent(config[key])
+    if (content !== undefined) context[key] = content
+  }
+  let template: Template
+  try {
+    template = new Template(source)
+  } catch (err) {
+    throw new Error(`chat_template does not parse: ${(err as Error).message}`, { cause: err })
+  }
+  return template.render(context)
+}
+
+async function readOptional (path: string): Promise<string | undefined> {
+  try {
+    return await readFile(path, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    throw err
+  }
+}
+
+/**
+ * Reads `tokenizer_config.json` from a model directory. Newer transformers
+ * versions save the template separately as `chat_template.jinja`; it is folded
+ * in when the JSON lacks one. Returns undefined when neither file exists.
+ */
+export async function readTokenizerConfig (dir: string): Promise<Record<string, unknown> | undefined> {
+  const path = join(dir, 'tokenizer_config.json')
+  const text = await readOptional(path)
+  let config: Record<string, unknown> | undefined
+  if (text !== undefined) {
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(text)
+    } catch (err) {
+      throw new Error(`${path} is not valid JSON: ${(err as Error).message}`, { cause: err })
+    }
+    if (parsed == null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+      throw new Error(`${path} must hold a JSON object`)
+    }
+    config = parsed as Record<string, unknown>
+  }
+  if (config?.chat_template === undefined) {
+    const jinja = await readOptional(join(dir, 'chat_template.jinja'))
+    if (jinja !== undefined) config = { ...config, chat_template: jinja }
+  }
+  return config
+}

@@ -1,0 +1,135 @@
+import { readFile } from 'node:fs/promises'
+import { join, basename } from 'node:path'
+import { readModelConfig, blockTensorShapes, headTensorShapes } from './config.ts'
+import type { ModelConfig } from './config.ts'
+import { SafetensorsFile, CheckpointError, toFloat32, fileExists } from './safetensors.ts'
+import type { TensorEntry, DType } from './safetensors.ts'
+
+export interface RawTensor { name: string, dtype: DType, shape: number[], bytes: Uint8Array }
+
+/**
+ * A Hugging Face model directory. Shards are opened lazily, so a server that serves
+ * blocks 10–19 never opens (or needs) the shards holding other blocks.
+ */
+export class Checkpoint {
+  readonly dir: string
+  readonly config: ModelConfig
+  /** tensor name → shard file name */
+  private readonly weightMap: Map<string, string>
+  private readonly files = new Map<string, Promise<SafetensorsFile>>()
+
+  private constructor (dir: string, config: ModelConfig, weightMap: Map<string, string>) {
+    this.dir = dir
+    this.config = config
+    this.weightMap = weightMap
+  }
+
+  static async open (dir: string): Promise<Checkpoint> {
+    const config = await readModelConfig(dir)
+    const indexPath = join(dir, 'model.safetensors.index.json')
+    const weightMap = new Map<string, string>()
+    const ckpt = (map: Map<string, string>): Checkpoint => new Checkpoint(dir, config, map)
+    if (await fileExists(indexPath)) {
+      let index: any
+      try {
+        index = JSON.parse(await readFile(indexPath, 'utf8'))
+      } catch (err: any) {
+        throw new CheckpointError(`model.safetensors.index.json: invalid JSON (${err.message})`)
+      }
+      if (index?.weight_map == null || typeof index.weight_map !== 'object') {
+        throw new CheckpointError('model.safetensors.index.json: missing weight_map')
+      }
+      for (const [name, file] of Object.entries(index.weight_map)) {
+        if (typeof file !== 'string' || file.includes('/') || file.includes('\\')) {
+          throw new CheckpointError(`model.safetensors.index.json: tensor ${name}: invalid shard name ${JSON.stringify(file)}`)
+        }
+        weightMap.set(name, file)
+      }
+      return ckpt(weightMap)
+    }
+    const single = 'model.safetensors'
+    if (!(await fileExists(join(dir, single)))) {
+      throw new CheckpointError(`${dir}: no model.safetensors or model.safetensors.index.json`)
+    }
+    const c = ckpt(weightMap)
+    const f = await c.file(single)
+    for (const name of f.tensors.keys()) weightMap.set(name, single)
+    return c
+  }
+
+  private async file (name: string): Promise<SafetensorsFile> {
+    let p = this.files.get(name)
+    if (p == null) {
+      const path = join(this.dir, name)
+      p = (async () => {
+        if (!(await fileExists(path))) throw new CheckpointError(`${name}: missing shard`)
+        return await SafetensorsFile.open(path)
+      })()
+      this.files.set(name, p)
+      p.catch(() => this.files.delete(name))
+    }
+    return await p
+  }
+
+  has (name: string): boolean { return this.weightMap.has(name) }
+
+  /** Shard files that hold the given tensors. */
+  shardsFor (names: Iterable<string>): string[] {
+    const s = new Set<string>()
+    for (const n of names) { const f = this.weightMap.get(n); if (f != null) s.add(f) }
+    return [...s].sort()
+  }
+
+  async entry (name: string, expectedShape?: number[]): Promise<{ file: SafetensorsFile, entry: TensorEntry }> {
+    const fname = this.weightMap.get(name)
+    if (fname == null) throw new CheckpointError(`${basename(this.dir)}: tensor ${name} is missing from the checkpoint`)
+    const file = await this.file(fname)
+    const entry = file.tensors.get(name)
+    if (entry == null) throw new CheckpointError(`${fname}: tensor ${name} is listed in the index but absent from the shard`)
+    if (expectedShape != null && !sameShape(entry.shape, expectedShape)) {
+      throw new CheckpointError(`${fname}: tensor ${name}: shape ${JSON.stringify(entry.shape)} does not match the config (expected ${JSON.stringify(expectedShape)})`)
+    }
+    return { file, entry }
+  }
+
+  async readRaw (name: string, expectedShape?: number[]): Promise<RawTensor> {
+    const { file, entry } = await this.entry(name, expectedShape)
+    return { name, dtype: entry.dtype, shape: entry.shape, bytes: await file.readBytes(entry) }
+  }
+
+  async readFloat32 (name: string, expectedShape?: number[]): Promise<Float32Array> {
+    const raw = await this.readRaw(name, expectedShape)
+    return toFloat32(raw.bytes, raw.dtype)
+  }
+
+  /** All tensors of one block, shape-checked, as raw bytes (name order is canonical). */
+  async readBlockRaw (block: number): Promise<RawTensor[]> {
+    this.checkBlock(block)
+    const out: RawTensor[] = []
+    for (const [name, shape] of blockTensorShapes(this.config, block)) out.push(await this.readRaw(name, shape))
+    return out
+  }
+
+  /** Embeddings, final norm, LM head (the tied embeddings stand in for it). */
+  async readHeadRaw (): Promise<RawTensor[]> {
+    const out: RawTensor[] = []
+    for (const [name, shape] of headTensorShapes(this.config)) out.push(await this.readRaw(name, shape))
+    return out
+  }
+
+  checkBlock (block: number): void {
+    if (!Number.isInteger(block) || block < 0 || block >= this.config.numLayers) {
+      throw new CheckpointError(`block ${block} is outside the model (0..${this.config.numLayers - 1})`)
+    }
+  }
+
+  async close (): Promise<void> {
+    const files = [...this.files.values()]
+    this.files.clear()
+    for (const p of files) { try { await (await p).close() } catch {} }
+  }
+}
+
+function sameShape (a: number[], b: number[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
+}

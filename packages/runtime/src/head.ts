@@ -1,0 +1,83 @@
+import * as tf from '@tensorflow/tfjs-core'
+import type { ModelConfig } from './config.ts'
+import type { Checkpoint, RawTensor } from './checkpoint.ts'
+import { headTensorShapes } from './config.ts'
+import { toFloat32 } from './safetensors.ts'
+import { transposeInto, rmsNorm } from './block.ts'
+
+/**
+ * The client's own pieces of the model: token embeddings, the final norm and the LM head.
+ * Embedding rows are looked up in plain memory (one row per token needs no kernel); the LM
+ * head is kept transposed `[hidden, vocab]` in the backend.
+ */
+export class ModelHead {
+  readonly config: ModelConfig
+  private readonly embeddings: Float32Array
+  private readonly norm: tf.Tensor1D
+  private readonly lmHead: tf.Tensor2D
+
+  private constructor (config: ModelConfig, embeddings: Float32Array, norm: tf.Tensor1D, lmHead: tf.Tensor2D) {
+    this.config = config
+    this.embeddings = embeddings
+    this.norm = norm
+    this.lmHead = lmHead
+  }
+
+  static async load (ckpt: Checkpoint): Promise<ModelHead> {
+    return ModelHead.fromRaw(ckpt.config, await ckpt.readHeadRaw())
+  }
+
+  static fromRaw (cfg: ModelConfig, raws: RawTensor[]): ModelHead {
+    const shapes = headTensorShapes(cfg)
+    const by = new Map(raws.map(r => [r.name, r]))
+    for (const [name, shape] of shapes) {
+      const r = by.get(name)
+      if (r == null) throw new Error(`model head: tensor ${name} missing`)
+      if (r.shape.join() !== shape.join()) throw new Error(`model head: tensor ${name} has shape ${JSON.stringify(r.shape)}, expected ${JSON.stringify(shape)}`)
+    }
+    const f32 = (n: string): Float32Array => { const r = by.get(n)!; return toFloat32(r.bytes, r.dtype) }
+    // Copy: the raw buffer may be a view of a larger read.
+    const emb = f32('model.embed_tokens.weight').slice()
+    const headW = cfg.tieWordEmbeddings ? emb : f32('lm_head.weight')
+    const V = cfg.vocabSize
+    const H = cfg.hiddenSize
+    const t = new Float32Array(H * V)
+    transposeInto(headW, V, H, t, V, 0)
+    return new ModelHead(cfg, emb, tf.tensor1d(f32('model.norm.weight')), tf.tensor2d(t, [H, V]))
+  }
+
+  /** Hidden states `[ids.length, hidden]` for token ids. */
+  embed (ids: ArrayLike<number>): Float32Array {
+    const H = this.config.hiddenSize
+    const out = new Float32Array(ids.length * H)
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]
+      if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
+        throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.config.vocabSize - 1})`)
+      }
+      out.set(this.embeddings.subarray(id * H, (id + 1) * H), i * H)
+    }
+    return out
+  }
+
+  /** Logits `[rows, vocab]` for the last `rows` of hidden states `[tokens, hidden]`. */
+  async logits (hidden: Float32Array, tokens: number, rows = 1): Promise<Float32Array> {
+    const H = this.config.hiddenSize
+    if (hidden.length !== tokens * H) throw new RangeError(`hidden states have ${hidden.length} values, expected ${tokens}×${H}`)
+    rows = Math.min(rows, tokens)
+    const out = tf.tidy(() => {
+      const last = tf.tensor2d(hidden.subarray((tokens - rows) * H), [rows, H])
+      return tf.matMul(rmsNorm(last, this.norm, this.config.rmsNormEps), this.lmHead)
+    })
+    try {
+      return (await out.data()) as Float32Array
+    } finally {
+      out.dispose()
+    }
+  }
+
+  dispose (): void {
+    this.norm.dispose()
+    this.lmHead.dispose()
+  }
+}

@@ -1,0 +1,55 @@
+// The runtime against an independent float64 reference: every fixture, both portable backends.
+import assert from 'node:assert/strict'
+import { initBackend, Checkpoint, Span, ModelHead, LocalModel } from '@plexus/runtime'
+import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff, runCli, CLIENT_BIN } from './support/fixtures.ts'
+
+for (const backend of ['wasm', 'cpu'] as const) {
+  describe(`golden fixtures on the ${backend} backend`, function () {
+    before(async () => { await initBackend(backend) })
+
+    for (const name of FIXTURE_NAMES) {
+      describe(name, () => {
+        const g = golden(name)
+        const T = g.prompt_ids.length
+
+        it('reproduces greedy_new_ids exactly through the CLI (KV cache)', async () => {
+          const r = await runCli(CLIENT_BIN, ['generate', '--local', '--model', fixtureDir(name), '--token-ids', g.prompt_ids.join(','),
+            '--max-tokens', String(g.greedy_new_ids.length), '--ignore-eos', '--backend', backend, '--json'])
+          assert.equal(r.code, 0, r.stderr)
+          const out = JSON.parse(r.stdout)
+          assert.deepEqual(out.token_ids, g.greedy_new_ids)
+          assert.equal(out.backend, backend)
+          assert.ok(out.tokens_per_second > 0 && out.prefill_tokens_per_second > 0)
+        })
+
+        it('matches last_prompt_logits within 2e-4', async () => {
+          const m = await LocalModel.load(fixtureDir(name))
+          try {
+            const s = m.session()
+            const h = await s.forward(m.head.embed(g.prompt_ids), T)
+            const logits = await m.head.logits(h, T)
+            assert.ok(maxAbsDiff(logits, g.last_prompt_logits) < 2e-4)
+            await s.close()
+          } finally { await m.dispose() }
+        })
+
+        it('matches hidden_at_block_boundaries for every single block within 1e-3', async () => {
+          const ckpt = await Checkpoint.open(fixtureDir(name))
+          const hs = g.hidden_at_block_boundaries.h
+          try {
+            const head = await ModelHead.load(ckpt)
+            assert.ok(maxAbsDiff(head.embed(g.prompt_ids), hs[0].flat()) < 1e-6)
+            head.dispose()
+            for (let b = 0; b < ckpt.config.numLayers; b++) {
+              const span = await Span.load(ckpt, b, b + 1)
+              const out = await span.forward(Float32Array.from(hs[b].flat()), T, span.newCache(64))
+              const d = maxAbsDiff(out, hs[b + 1].flat())
+              assert.ok(d < 1e-3, `block ${b}: max abs diff ${d}`)
+              span.dispose()
+            }
+          } finally { await ckpt.close() }
+        })
+      })
+    }
+  })
+}
