@@ -1,0 +1,100 @@
+// Spans compose exactly, and the KV cache changes nothing but speed.
+import assert from 'node:assert/strict'
+import { initBackend, Checkpoint, Span, ModelHead, SpanError } from '@plexus/runtime'
+import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff } from './support/fixtures.ts'
+
+describe('spans of blocks', function () {
+  before(async () => { await initBackend('wasm') })
+
+  for (const name of FIXTURE_NAMES) {
+    describe(name, () => {
+      const g = golden(name)
+      const T = g.prompt_ids.length
+      let ckpt: Checkpoint
+      let head: ModelHead
+      before(async () => { ckpt = await Checkpoint.open(fixtureDir(name)); head = await ModelHead.load(ckpt) })
+      after(async () => { head.dispose(); await ckpt.close() })
+
+      it('[0, a) then [a, L) gives the same floats as [0, L), for every a', async () => {
+        const L = ckpt.config.numLayers
+        const x = head.embed(g.prompt_ids)
+        const whole = await Span.load(ckpt, 0, L)
+        const ref = await whole.forward(x, T, whole.newCache(64))
+        // and a decode step after the prefill, through the caches
+        const wc = whole.newCache(64)
+        await whole.forward(x, T, wc)
+        const refStep = await whole.forward(head.embed([5]), 1, wc)
+        whole.dispose()
+        for (let a = 1; a < L; a++) {
+          const s1 = await Span.load(ckpt, 0, a)
+          const s2 = await Span.load(ckpt, a, L)
+          const c1 = s1.newCache(64)
+          const c2 = s2.newCache(64)
+          const out = await s2.forward(await s1.forward(x, T, c1), T, c2)
+          assert.deepEqual(out, ref, `split at ${a}`)
+          const step = await s2.forward(await s1.forward(head.embed([5]), 1, c1), 1, c2)
+          assert.deepEqual(step, refStep, `decode step, split at ${a}`)
+          s1.dispose(); s2.dispose()
+        }
+      })
+
+      it('incremental decode matches a full forward of the whole sequence at every step within 1e-4', async () => {
+        const L = ckpt.config.numLayers
+        const span = await Span.load(ckpt, 0, L)
+        const seq = [...g.prompt_ids, ...g.greedy_new_ids.slice(0, 8)]
+        const cache = span.newCache(64)
+        await span.forward(head.embed(seq.slice(0, T)), T, cache)
+        for (let n = T + 1; n <= seq.length; n++) {
+          const inc = await head.logits(await span.forward(head.embed([seq[n - 1]]), 1, cache, [n - 1]), 1)
+          const full = await head.logits(await span.forward(head.embed(seq.slice(0, n)), n, span.newCache(64)), n)
+          const d = maxAbsDiff(inc, full)
+          assert.ok(d < 1e-4, `step ${n}: max abs diff ${d}`)
+        }
+        span.dispose()
+      })
+
+      it('rolls back the cache: truncate then replay gives the same output', async () => {
+        const span = await Span.load(ckpt, 0, ckpt.config.numLayers)
+        const cache = span.newCache(64)
+        await span.forward(head.embed(g.prompt_ids), T, cache)
+        const a = await span.forward(head.embed([7]), 1, cache)
+        await span.forward(head.embed([9, 11]), 2, cache)
+        cache.truncate(T)
+        assert.equal(cache.length, T)
+        const b = await span.forward(head.embed([7]), 1, cache)
+        assert.deepEqual(b, a)
+        cache.dispose()
+        assert.equal(cache.bytes(), 0)
+        span.dispose()
+      })
+    })
+  }
+
+  describe('bad input', () => {
+    let ckpt: Checkpoint
+    let span: Span
+    before(async () => { ckpt = await Checkpoint.open(fixtureDir('tiny-llama')); span = await Span.load(ckpt, 0, 2) })
+    after(async () => { span.dispose(); await ckpt.close() })
+    const H = 64
+
+    it('rejects hidden states of the wrong size', async () => {
+      await assert.rejects(span.forward(new Float32Array(H * 2 - 1), 2, span.newCache(8)), /hidden states have 127 values, expected 2×64/)
+    })
+    it('rejects positions that do not continue the cache', async () => {
+      const c = span.newCache(8)
+      await span.forward(new Float32Array(H), 1, c)
+      await assert.rejects(span.forward(new Float32Array(H), 1, c, [0]), /positions must continue the session's cache: expected 1 at index 0, got 0/)
+    })
+    it('rejects a step past the max length', async () => {
+      const c = span.newCache(2)
+      await assert.rejects(span.forward(new Float32Array(H * 3), 3, c), /session length 3 exceeds its max length 2/)
+    })
+    it('rejects invalid spans', async () => {
+      await assert.rejects(Span.load(ckpt, 2, 2), SpanError)
+      await assert.rejects(Span.load(ckpt, 0, 4), /invalid span \[0, 4\) for a model of 3 blocks/)
+    })
+    it('rejects a truncation longer than the cache', () => {
+      assert.throws(() => span.newCache(8).truncate(3), /cannot truncate the cache to 3: it holds 0 positions/)
+    })
+  })
+})
