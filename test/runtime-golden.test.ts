@@ -25,7 +25,7 @@ for (const backend of ['wasm', 'cpu'] as const) {
         it('matches last_prompt_logits within 2e-4', async () => {
           const m = await LocalModel.load(fixtureDir(name))
           try {
-            const s = m.session()
+            const s = await m.session()
             const h = await s.forward(m.head.embed(g.prompt_ids), T)
             const logits = await m.head.logits(h, T)
             assert.ok(maxAbsDiff(logits, g.last_prompt_logits) < 2e-4)

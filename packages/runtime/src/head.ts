@@ -24,7 +24,10 @@ export class ModelHead {
   }
 
   static async load (ckpt: Checkpoint): Promise<ModelHead> {
-    return ModelHead.fromRaw(ckpt.config, await ckpt.readHeadRaw())
+    const head = ModelHead.fromRaw(ckpt.config, await ckpt.readHeadRaw())
+    // Pack the LM head for the backend now, not during the first token.
+    await head.logits(new Float32Array(ckpt.config.hiddenSize), 1)
+    return head
   }
 
   static fromRaw (cfg: ModelConfig, raws: RawTensor[]): ModelHead {

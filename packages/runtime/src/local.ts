@@ -1,17 +1,49 @@
 import { Checkpoint } from './checkpoint.ts'
 import { ModelHead } from './head.ts'
 import { Span } from './span.ts'
-import type { KVCache } from './span.ts'
+import { inProcessRunner } from './runner.ts'
+import type { SpanRunner, SpanSession } from './runner.ts'
+import { WorkerSpanRunner } from './worker-span.ts'
+import { activeBackend } from './backend.ts'
 import type { SessionPipeline } from './generate.ts'
 import type { ModelConfig } from './config.ts'
 
-/** A whole model in this process: the head plus spans covering every block. */
+/** float32 bytes one block occupies in a backend. */
+export function blockBytes (cfg: ModelConfig): number {
+  const H = cfg.hiddenSize
+  const q = cfg.numHeads * cfg.headDim
+  const kv = cfg.numKvHeads * cfg.headDim
+  return 4 * (H * (q + 2 * kv) + q * H + 3 * H * cfg.intermediateSize + 2 * H + (cfg.qkvBias ? q + 2 * kv : 0))
+}
+
+/**
+ * float32 weight bytes one wasm instance holds comfortably: its heap is capped just under 4 GiB,
+ * and XNNPACK keeps a packed copy of every weight matrix beside the tensor (2× in all).
+ */
+export const WASM_HEAP_BUDGET = 1.5 * 2 ** 30
+
+/** Cut points splitting the blocks into the fewest even groups of at most `budget` bytes each. */
+export function cutsForBudget (cfg: ModelConfig, budget: number): number[] {
+  const L = cfg.numLayers
+  const perGroup = Math.max(1, Math.floor(budget / blockBytes(cfg)))
+  const groups = Math.ceil(L / perGroup)
+  return Array.from({ length: groups - 1 }, (_, i) => Math.round(((i + 1) * L) / groups))
+}
+
+export interface LocalModelOptions {
+  /** Split points between spans, e.g. `[4, 8]` → `[0,4) [4,8) [8,L)`; results are identical either way. */
+  cuts?: number[]
+  /** `auto`: worker threads only when the weights would not fit one wasm heap. */
+  placement?: 'auto' | 'in-process' | 'workers'
+}
+
+/** A whole model on this machine: the head in this thread plus spans covering every block. */
 export class LocalModel {
   readonly checkpoint: Checkpoint
   readonly head: ModelHead
-  readonly spans: Span[]
+  readonly spans: SpanRunner[]
 
-  private constructor (checkpoint: Checkpoint, head: ModelHead, spans: Span[]) {
+  private constructor (checkpoint: Checkpoint, head: ModelHead, spans: SpanRunner[]) {
     this.checkpoint = checkpoint
     this.head = head
     this.spans = spans
@@ -19,37 +51,49 @@ export class LocalModel {
 
   get config (): ModelConfig { return this.checkpoint.config }
 
-  /** `cuts` splits the blocks into spans, e.g. `[4, 8]` → `[0,4) [4,8) [8,L)`; results are identical either way. */
-  static async load (dir: string, opts: { cuts?: number[] } = {}): Promise<LocalModel> {
+  static async load (dir: string, opts: LocalModelOptions = {}): Promise<LocalModel> {
     const ckpt = await Checkpoint.open(dir)
-    const L = ckpt.config.numLayers
-    const bounds = [0, ...(opts.cuts ?? []), L]
-    const spans: Span[] = []
+    const cfg = ckpt.config
+    const L = cfg.numLayers
+    let placement = opts.placement ?? 'auto'
+    let cuts = opts.cuts
+    if (placement === 'auto') {
+      const total = L * blockBytes(cfg) + 4 * cfg.vocabSize * cfg.hiddenSize
+      placement = activeBackend() === 'wasm' && total > WASM_HEAP_BUDGET ? 'workers' : 'in-process'
+      if (placement === 'workers' && cuts == null) cuts = cutsForBudget(cfg, WASM_HEAP_BUDGET)
+    }
+    const bounds = [0, ...(cuts ?? []), L]
+    const spans: SpanRunner[] = []
     try {
-      for (let i = 0; i + 1 < bounds.length; i++) spans.push(await Span.load(ckpt, bounds[i], bounds[i + 1]))
+      for (let i = 0; i + 1 < bounds.length; i++) {
+        spans.push(placement === 'workers'
+          ? await WorkerSpanRunner.load({ dir, start: bounds[i], end: bounds[i + 1], backend: activeBackend() })
+          : inProcessRunner(await Span.load(ckpt, bounds[i], bounds[i + 1])))
+      }
       const head = await ModelHead.load(ckpt)
       return new LocalModel(ckpt, head, spans)
     } catch (err) {
-      spans.forEach(s => s.dispose())
+      for (const s of spans) await s.dispose()
       await ckpt.close()
       throw err
     }
   }
 
-  session (maxLength = this.config.maxPositions): SessionPipeline {
-    const caches: KVCache[] = this.spans.map(s => s.newCache(maxLength))
+  async session (maxLength = this.config.maxPositions): Promise<SessionPipeline> {
+    const sessions: SpanSession[] = []
+    for (const s of this.spans) sessions.push(await s.open(maxLength))
     return {
       forward: async (hidden, tokens) => {
         let h = hidden
-        for (let i = 0; i < this.spans.length; i++) h = await this.spans[i].forward(h, tokens, caches[i])
+        for (const s of sessions) h = await s.forward(h, tokens)
         return h
       },
-      close: async () => { caches.forEach(c => c.dispose()) }
+      close: async () => { for (const s of sessions) await s.close() }
     }
   }
 
   async dispose (): Promise<void> {
-    this.spans.forEach(s => s.dispose())
+    for (const s of this.spans) await s.dispose()
     this.head.dispose()
     await this.checkpoint.close()
   }

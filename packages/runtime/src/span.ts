@@ -84,7 +84,18 @@ export class Span {
       blocks.forEach(disposeBlockWeights)
       throw err
     }
-    return new Span(ckpt.config, start, end, blocks)
+    const span = new Span(ckpt.config, start, end, blocks)
+    await span.warmUp()
+    return span
+  }
+
+  /**
+   * One throwaway step: the wasm backend packs each weight matrix for XNNPACK on first use
+   * (doubling its memory), so do it at load rather than in the first session's first token.
+   */
+  private async warmUp (): Promise<void> {
+    const cache = this.newCache(1)
+    try { await this.forward(new Float32Array(this.config.hiddenSize), 1, cache) } finally { cache.dispose() }
   }
 
   get size (): number { return this.end - this.start }

@@ -52,7 +52,7 @@ export async function runGenerate (args: GenerateArgs): Promise<void> {
     }
     const eos = args.ignoreEos === true ? [] : (tok?.eosTokenIds ?? model.config.eosTokenIds)
     const decoder = tok != null ? new StreamDecoder(tok) : undefined
-    const session = model.session(Math.min(model.config.maxPositions, ids.length + args.maxTokens))
+    const session = await model.session(Math.min(model.config.maxPositions, ids.length + args.maxTokens))
     const write = (s: string): void => { if (!args.json && s !== '') process.stdout.write(s) }
     let first = true
     const r = await generate(model.head, session, ids, {

@@ -1,0 +1,333 @@
+import { open, readFile } from 'node:fs/promises'
+import type { FileHandle } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Checkpoint } from '../../packages/runtime/src/checkpoint.ts'
+import type { ModelConfig } from '../../packages/runtime/src/config.ts'
+import { fileExists } from '../../packages/runtime/src/safetensors.ts'
+import { f32ToF16 } from '../../packages/runtime/src/safetensors-write.ts'
+
+// GGUF v3 as llama.cpp reads it: header, metadata key/values, tensor infos, then aligned data.
+const ALIGN = 32
+const T = { UINT32: 4, INT32: 5, FLOAT32: 6, BOOL: 7, STRING: 8, ARRAY: 9 } as const
+const GGML_F32 = 0
+const GGML_F16 = 1
+// llama.cpp's token types.
+const TOK = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const
+
+type Value =
+  | { t: 'u32', v: number } | { t: 'i32', v: number } | { t: 'f32', v: number } | { t: 'bool', v: boolean } | { t: 'str', v: string }
+  | { t: 'arr_str', v: string[] } | { t: 'arr_i32', v: number[] } | { t: 'arr_f32', v: number[] }
+
+/** Growable little-endian byte buffer for the header. */
+class Bytes {
+  buf = Buffer.alloc(1 << 16)
+  len = 0
+  private room (n: number): void {
+    if (this.len + n <= this.buf.length) return
+    const next = Buffer.alloc(Math.max(this.buf.length * 2, this.len + n))
+    this.buf.copy(next, 0, 0, this.len)
+    this.buf = next
+  }
+
+  u32 (v: number): void { this.room(4); this.buf.writeUInt32LE(v, this.len); this.len += 4 }
+  i32 (v: number): void { this.room(4); this.buf.writeInt32LE(v, this.len); this.len += 4 }
+  u64 (v: number): void { this.room(8); this.buf.writeBigUInt64LE(BigInt(v), this.len); this.len += 8 }
+  f32 (v: number): void { this.room(4); this.buf.writeFloatLE(v, this.len); this.len += 4 }
+  u8 (v: number): void { this.room(1); this.buf[this.len++] = v }
+  str (s: string): void {
+    const b = Buffer.from(s, 'utf8')
+    this.u64(b.length)
+    this.room(b.length)
+    b.copy(this.buf, this.len)
+    this.len += b.length
+  }
+
+  value (val: Value): void {
+    switch (val.t) {
+      case 'u32': this.u32(T.UINT32); this.u32(val.v); break
+      case 'i32': this.u32(T.INT32); this.i32(val.v); break
+      case 'f32': this.u32(T.FLOAT32); this.f32(val.v); break
+      case 'bool': this.u32(T.BOOL); this.u8(val.v ? 1 : 0); break
+      case 'str': this.u32(T.STRING); this.str(val.v); break
+      case 'arr_str': this.u32(T.ARRAY); this.u32(T.STRING); this.u64(val.v.length); for (const s of val.v) this.str(s); break
+      case 'arr_i32': this.u32(T.ARRAY); this.u32(T.INT32); this.u64(val.v.length); for (const x of val.v) this.i32(x); break
+      case 'arr_f32': this.u32(T.ARRAY); this.u32(T.FLOAT32); this.u64(val.v.length); for (const x of val.v) this.f32(x); break
+    }
+  }
+}
+
+interface GgufTensor {
+  ggufName: string
+  /** ggml order: innermost dimension first (the reverse of the HF shape). */
+  dims: number[]
+  type: number
+  offset: number
+  bytes: number
+  load: () => Promise<Float32Array>
+}
+
+/**
+ * Writes a Hugging Face model directory as a GGUF file that llama.cpp loads, with the same
+ * weights: q/k rows permuted into llama.cpp's rotary layout (llama only), 1-D tensors kept f32.
+ */
+export async function writeGguf (modelDir: string, outPath: string, opts: { dtype?: 'f32' | 'f16' } = {}): Promise<void> {
+  const dtype = opts.dtype ?? 'f32'
+  if (dtype !== 'f32' && dtype !== 'f16') throw new Error(`gguf: dtype must be f32 or f16 (got ${JSON.stringify(dtype)})`)
+  const ckpt = await Checkpoint.open(modelDir)
+  try {
+    const cfg = ckpt.config
+    const arch = cfg.architecture === 'Qwen2ForCausalLM' ? 'qwen2' : 'llama'
+    const kv: [string, Value][] = [
+      ['general.architecture', { t: 'str', v: arch }],
+      ['general.name', { t: 'str', v: modelName(modelDir) }],
+      ['general.alignment', { t: 'u32', v: ALIGN }],
+      ['general.file_type', { t: 'u32', v: dtype === 'f16' ? 1 : 0 }],
+      ...archMetadata(arch, cfg),
+      ...await tokenizerMetadata(modelDir, cfg)
+    ]
+
+    const tensors: GgufTensor[] = []
+    let offset = 0
+    const add = (ggufName: string, hfShape: number[], load: () => Promise<Float32Array>): void => {
+      // Norms, biases and rope factors stay f32 as convert_hf_to_gguf.py keeps them.
+      const type = dtype === 'f16' && hfShape.length > 1 ? GGML_F16 : GGML_F32
+      const bytes = hfShape.reduce((a, b) => a * b, 1) * (type === GGML_F16 ? 2 : 4)
+      tensors.push({ ggufName, dims: [...hfShape].reverse(), type, offset, bytes, load })
+      offset = alignUp(offset + bytes)
+    }
+    const hf = (name: string, shape: number[], permuteHeads?: number): void => {
+      add(ggufTensorName(name), shape, async () => {
+        const data = await ckpt.readFloat32(name, shape)
+        return permuteHeads == null ? data : permuteRotary(data, shape, permuteHeads)
+      })
+    }
+    const q = cfg.numHeads * cfg.headDim
+    const kvDim = cfg.numKvHeads * cfg.headDim
+    const perm = arch === 'llama'
+    hf('model.embed_tokens.weight', [cfg.vocabSize, cfg.hiddenSize])
+    if (cfg.ropeScaling != null) {
+      const factors = llama3RopeFactors(cfg)
+      add('rope_freqs.weight', [factors.length], async () => factors)
+    }
+    for (let b = 0; b < cfg.numLayers; b++) {
+      const p = `model.layers.${b}.`
+      hf(p + 'input_layernorm.weight', [cfg.hiddenSize])
+      hf(p + 'self_attn.q_proj.weight', [q, cfg.hiddenSize], perm ? cfg.numHeads : undefined)
+      hf(p + 'self_attn.k_proj.weight', [kvDim, cfg.hiddenSize], perm ? cfg.numKvHeads : undefined)
+      hf(p + 'self_attn.v_proj.weight', [kvDim, cfg.hiddenSize])
+      if (cfg.qkvBias) {
+        hf(p + 'self_attn.q_proj.bias', [q], perm ? cfg.numHeads : undefined)
+        hf(p + 'self_attn.k_proj.bias', [kvDim], perm ? cfg.numKvHeads : undefined)
+        hf(p + 'self_attn.v_proj.bias', [kvDim])
+      }
+      hf(p + 'self_attn.o_proj.weight', [cfg.hiddenSize, q])
+      hf(p + 'post_attention_layernorm.weight', [cfg.hiddenSize])
+      hf(p + 'mlp.gate_proj.weight', [cfg.intermediateSize, cfg.hiddenSize])
+      hf(p + 'mlp.up_proj.weight', [cfg.intermediateSize, cfg.hiddenSize])
+      hf(p + 'mlp.down_proj.weight', [cfg.hiddenSize, cfg.intermediateSize])
+    }
+    hf('model.norm.weight', [cfg.hiddenSize])
+    // Tied models have no output tensor: llama.cpp falls back to token_embd.
+    if (!cfg.tieWordEmbeddings) hf('lm_head.weight', [cfg.vocabSize, cfg.hiddenSize])
+
+    const head = new Bytes()
+    head.u32(0x46554747) // "GGUF"
+    head.u32(3)
+    head.u64(tensors.length)
+    head.u64(kv.length)
+    for (const [k, v] of kv) { head.str(k); head.value(v) }
+    for (const t of tensors) {
+      head.str(t.ggufName)
+      head.u32(t.dims.length)
+      for (const d of t.dims) head.u64(d)
+      head.u32(t.type)
+      head.u64(t.offset)
+    }
+    const headerBytes = alignUp(head.len)
+    const fh = await open(outPath, 'w')
+    try {
+      await writeAll(fh, head.buf.subarray(0, head.len), 0)
+      for (const t of tensors) {
+        const data = await t.load()
+        const out = t.type === GGML_F16 ? f32ToF16(data) : data
+        const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength)
+        if (bytes.length !== t.bytes) throw new Error(`gguf: tensor ${t.ggufName}: ${bytes.length} bytes, expected ${t.bytes}`)
+        await writeAll(fh, bytes, headerBytes + t.offset)
+      }
+      // The last tensor's padding: llama.cpp checks every tensor's data lies inside the file.
+      await fh.truncate(headerBytes + offset)
+    } finally {
+      await fh.close()
+    }
+  } finally {
+    await ckpt.close()
+  }
+}
+
+function archMetadata (arch: string, cfg: ModelConfig): [string, Value][] {
+  const u = (v: number): Value => ({ t: 'u32', v })
+  return [
+    [`${arch}.vocab_size`, u(cfg.vocabSize)],
+    [`${arch}.context_length`, u(cfg.maxPositions)],
+    [`${arch}.embedding_length`, u(cfg.hiddenSize)],
+    [`${arch}.block_count`, u(cfg.numLayers)],
+    [`${arch}.feed_forward_length`, u(cfg.intermediateSize)],
+    [`${arch}.attention.head_count`, u(cfg.numHeads)],
+    [`${arch}.attention.head_count_kv`, u(cfg.numKvHeads)],
+    // Written always: llama.cpp's default (hidden / heads) is wrong when head_dim is explicit.
+    [`${arch}.attention.key_length`, u(cfg.headDim)],
+    [`${arch}.attention.value_length`, u(cfg.headDim)],
+    [`${arch}.rope.dimension_count`, u(cfg.headDim)],
+    [`${arch}.attention.layer_norm_rms_epsilon`, { t: 'f32', v: cfg.rmsNormEps }],
+    [`${arch}.rope.freq_base`, { t: 'f32', v: cfg.ropeTheta }],
+    // llama3 scaling travels as the rope_freqs tensor; a scaling.factor key would make llama.cpp
+    // apply linear scaling on top, so only the informational original length is written.
+    ...(cfg.ropeScaling != null ? [[`${arch}.rope.scaling.original_context_length`, u(cfg.ropeScaling.originalMaxPositions)] as [string, Value]] : [])
+  ]
+}
+
+/** Per-frequency divisors llama.cpp applies (`rope_freqs`), equal to HF's llama3 inv_freq rescaling. */
+export function llama3RopeFactors (cfg: ModelConfig): Float32Array {
+  const rs = cfg.ropeScaling
+  if (rs == null) throw new Error('llama3RopeFactors: the config has no rope_scaling')
+  const half = cfg.headDim / 2
+  const out = new Float32Array(half)
+  const lowWavelen = rs.originalMaxPositions / rs.lowFreqFactor
+  const highWavelen = rs.originalMaxPositions / rs.highFreqFactor
+  for (let i = 0; i < half; i++) {
+    const freq = 1 / cfg.ropeTheta ** (2 * i / cfg.headDim)
+    const wavelen = 2 * Math.PI / freq
+    if (wavelen < highWavelen) out[i] = 1
+    else if (wavelen > lowWavelen) out[i] = rs.factor
+    else {
+      const smooth = (rs.originalMaxPositions / wavelen - rs.lowFreqFactor) / (rs.highFreqFactor - rs.lowFreqFactor)
+      out[i] = 1 / ((1 - smooth) / rs.factor + smooth)
+    }
+  }
+  return out
+}
+
+/**
+ * HF stores each head's rotary pairs as (first half, second half); llama.cpp's rope pairs
+ * adjacent rows. Row h·d + 2j + t takes old row h·d + t·d/2 + j (convert_hf_to_gguf's permute).
+ */
+export function permuteRotary (data: Float32Array, shape: number[], heads: number): Float32Array {
+  const rows = shape[0]
+  const cols = shape.length > 1 ? shape[1] : 1
+  const d = rows / heads
+  if (!Number.isInteger(d) || d % 2 !== 0) throw new Error(`gguf: cannot permute ${rows} rows into ${heads} heads of even size`)
+  const out = new Float32Array(data.length)
+  for (let h = 0; h < heads; h++) {
+    for (let j = 0; j < d / 2; j++) {
+      for (let t = 0; t < 2; t++) {
+        const src = (h * d + t * d / 2 + j) * cols
+        out.set(data.subarray(src, src + cols), (h * d + 2 * j + t) * cols)
+      }
+    }
+  }
+  return out
+}
+
+export function ggufTensorName (hf: string): string {
+  const fixed: Record<string, string> = {
+    'model.embed_tokens.weight': 'token_embd.weight',
+    'model.norm.weight': 'output_norm.weight',
+    'lm_head.weight': 'output.weight'
+  }
+  if (fixed[hf] != null) return fixed[hf]
+  const m = /^model\.layers\.(\d+)\.(.+)\.(weight|bias)$/.exec(hf)
+  const parts: Record<string, string> = {
+    input_layernorm: 'attn_norm',
+    post_attention_layernorm: 'ffn_norm',
+    'self_attn.q_proj': 'attn_q',
+    'self_attn.k_proj': 'attn_k',
+    'self_attn.v_proj': 'attn_v',
+    'self_attn.o_proj': 'attn_output',
+    'mlp.gate_proj': 'ffn_gate',
+    'mlp.up_proj': 'ffn_up',
+    'mlp.down_proj': 'ffn_down'
+  }
+  if (m == null || parts[m[2]] == null) throw new Error(`gguf: no GGUF name for tensor ${hf}`)
+  return `blk.${m[1]}.${parts[m[2]]}.${m[3]}`
+}
+
+/** Tokenizer keys: the model's byte-level BPE when it has a tokenizer.json, else placeholder tokens. */
+async function tokenizerMetadata (dir: string, cfg: ModelConfig): Promise<[string, Value][]> {
+  const ids = (unk: number | undefined): [string, Value][] => [
+    ['tokenizer.ggml.bos_token_id', { t: 'u32', v: cfg.bosTokenId ?? 1 }],
+    ['tokenizer.ggml.eos_token_id', { t: 'u32', v: cfg.eosTokenIds[0] ?? 2 }],
+    ...(unk != null ? [['tokenizer.ggml.unknown_token_id', { t: 'u32', v: unk }] as [string, Value]] : []),
+    // Callers feed token ids; nothing should be prepended behind their back.
+    ['tokenizer.ggml.add_bos_token', { t: 'bool', v: false }]
+  ]
+  const path = join(dir, 'tokenizer.json')
+  if (!(await fileExists(path))) return [...placeholderVocab(cfg.vocabSize), ...ids(0)]
+  let tok: any
+  try {
+    tok = JSON.parse(await readFile(path, 'utf8'))
+  } catch (err: any) {
+    throw new Error(`${path}: invalid JSON (${err.message})`)
+  }
+  const model = tok?.model
+  if (model?.type !== 'BPE' || model.vocab == null || !Array.isArray(model.merges)) {
+    throw new Error(`${path}: only BPE tokenizers (model.vocab + model.merges) can be written to GGUF (got ${JSON.stringify(model?.type)})`)
+  }
+  const tokens: (string | undefined)[] = new Array(cfg.vocabSize)
+  const types: number[] = new Array(cfg.vocabSize).fill(TOK.NORMAL)
+  const put = (content: string, id: unknown, type: number): void => {
+    if (!Number.isInteger(id) || (id as number) < 0 || (id as number) >= cfg.vocabSize) {
+      throw new Error(`${path}: token ${JSON.stringify(content)} has id ${JSON.stringify(id)} outside the model's vocab_size ${cfg.vocabSize}`)
+    }
+    tokens[id as number] = content
+    types[id as number] = type
+  }
+  for (const [content, id] of Object.entries(model.vocab)) put(content, id, TOK.NORMAL)
+  for (const a of tok.added_tokens ?? []) put(a.content, a.id, a.special === true ? TOK.CONTROL : TOK.USER_DEFINED)
+  // Embedding rows beyond the tokenizer (padded vocabularies) get unused filler tokens.
+  for (let i = 0; i < tokens.length; i++) if (tokens[i] == null) { tokens[i] = `[PAD${i}]`; types[i] = TOK.UNUSED }
+  const merges = (model.merges as unknown[]).map(m => Array.isArray(m) ? m.join(' ') : String(m))
+  const unk = model.unk_token != null ? model.vocab[model.unk_token] : undefined
+  return [
+    ['tokenizer.ggml.model', { t: 'str', v: 'gpt2' }],
+    ['tokenizer.ggml.pre', { t: 'str', v: 'default' }],
+    ['tokenizer.ggml.tokens', { t: 'arr_str', v: tokens as string[] }],
+    ['tokenizer.ggml.token_type', { t: 'arr_i32', v: types }],
+    ['tokenizer.ggml.merges', { t: 'arr_str', v: merges }],
+    ...ids(Number.isInteger(unk) ? unk : undefined)
+  ]
+}
+
+/** A SentencePiece-style vocabulary of unique placeholder tokens (<unk>, <s>, </s>, bytes, fillers). */
+function placeholderVocab (n: number): [string, Value][] {
+  const tokens: string[] = []
+  const types: number[] = []
+  const scores: number[] = []
+  for (let i = 0; i < n; i++) {
+    if (i < 3) { tokens.push(['<unk>', '<s>', '</s>'][i]); types.push(i === 0 ? TOK.UNKNOWN : TOK.CONTROL) } else if (i < 259 && n >= 259) {
+      tokens.push(`<0x${(i - 3).toString(16).toUpperCase().padStart(2, '0')}>`); types.push(TOK.BYTE)
+    } else { tokens.push(`▁t${i}`); types.push(TOK.NORMAL) }
+    scores.push(types[i] === TOK.NORMAL ? -i : 0)
+  }
+  return [
+    ['tokenizer.ggml.model', { t: 'str', v: 'llama' }],
+    ['tokenizer.ggml.tokens', { t: 'arr_str', v: tokens }],
+    ['tokenizer.ggml.scores', { t: 'arr_f32', v: scores }],
+    ['tokenizer.ggml.token_type', { t: 'arr_i32', v: types }]
+  ]
+}
+
+function modelName (dir: string): string {
+  return dir.replace(/[\\/]+$/, '').split(/[\\/]/).pop() ?? 'model'
+}
+
+function alignUp (n: number): number {
+  return Math.ceil(n / ALIGN) * ALIGN
+}
+
+async function writeAll (fh: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+  let done = 0
+  while (done < bytes.length) {
+    const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done)
+    done += bytesWritten
+  }
+}
