@@ -297,17 +297,21 @@ async function tokenizerMetadata (dir: string, cfg: ModelConfig): Promise<[strin
   ]
 }
 
-/** A SentencePiece-style vocabulary of unique placeholder tokens (<unk>, <s>, </s>, bytes, fillers). */
+/**
+ * A SentencePiece-style vocabulary of unique placeholder tokens: <unk>, <s>, </s>, then (as far as
+ * vocab_size allows) "▁" and printable ASCII so plain text round-trips, byte tokens, and fillers.
+ */
 function placeholderVocab (n: number): [string, Value][] {
-  const tokens: string[] = []
-  const types: number[] = []
-  const scores: number[] = []
-  for (let i = 0; i < n; i++) {
-    if (i < 3) { tokens.push(['<unk>', '<s>', '</s>'][i]); types.push(i === 0 ? TOK.UNKNOWN : TOK.CONTROL) } else if (i < 259 && n >= 259) {
-      tokens.push(`<0x${(i - 3).toString(16).toUpperCase().padStart(2, '0')}>`); types.push(TOK.BYTE)
-    } else { tokens.push(`▁t${i}`); types.push(TOK.NORMAL) }
-    scores.push(types[i] === TOK.NORMAL ? -i : 0)
-  }
+  const tokens = ['<unk>', '<s>', '</s>']
+  const types: number[] = [TOK.UNKNOWN, TOK.CONTROL, TOK.CONTROL]
+  const push = (tok: string, type: number): void => { if (tokens.length < n) { tokens.push(tok); types.push(type) } }
+  push('▁', TOK.NORMAL)
+  for (let c = 0x21; c < 0x7f; c++) push(String.fromCharCode(c), TOK.NORMAL)
+  for (let b = 0; b < 256; b++) push(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`, TOK.BYTE)
+  while (tokens.length < n) push(`▁t${tokens.length}`, TOK.NORMAL)
+  tokens.length = n
+  types.length = n
+  const scores = types.map((t, i) => t === TOK.NORMAL ? -i : 0)
   return [
     ['tokenizer.ggml.model', { t: 'str', v: 'llama' }],
     ['tokenizer.ggml.tokens', { t: 'arr_str', v: tokens }],

@@ -14,3 +14,4 @@ export * from './tokenizer.ts'
 export * from './chat-template.ts'
 export * from './runner.ts'
 export * from './worker-span.ts'
+export * from "./safetensors-write.ts"

@@ -7,13 +7,16 @@ import type { Span, KVCache } from './span.ts'
 export interface SpanRunner {
   readonly start: number
   readonly end: number
-  open (maxLength: number): Promise<SpanSession>
+  /** A session on blocks `[start, end)` ⊆ `[this.start, this.end)` (all by default). */
+  open (maxLength: number, start?: number, end?: number): Promise<SpanSession>
   dispose (): Promise<void>
 }
 
 /** One session's state on a span: its KV cache. Steps continue at `length`. */
 export interface SpanSession {
   readonly length: number
+  /** Bytes of KV cache held. */
+  readonly bytes: number
   forward (hidden: Float32Array, tokens: number, positions?: ArrayLike<number>): Promise<Float32Array>
   truncate (length: number): Promise<void>
   close (): Promise<void>
@@ -22,6 +25,7 @@ export interface SpanSession {
 export function cacheSession (span: Span, cache: KVCache): SpanSession {
   return {
     get length () { return cache.length },
+    get bytes () { return cache.bytes() },
     forward: async (hidden, tokens, positions) => await span.forward(hidden, tokens, cache, positions),
     truncate: async (n) => { cache.truncate(n) },
     close: async () => { cache.dispose() }
@@ -32,7 +36,7 @@ export function inProcessRunner (span: Span): SpanRunner {
   return {
     start: span.start,
     end: span.end,
-    open: async (maxLength) => cacheSession(span, span.newCache(maxLength)),
+    open: async (maxLength, start, end) => cacheSession(span, span.newCache(maxLength, start, end)),
     dispose: async () => { span.dispose() }
   }
 }

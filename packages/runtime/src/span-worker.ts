@@ -8,12 +8,12 @@ import type { KVCache } from './span.ts'
 
 export interface SpanWorkerInit { dir: string, start: number, end: number, backend?: string }
 export type SpanWorkerRequest =
-  | { id: number, op: 'open', session: number, maxLength: number }
+  | { id: number, op: 'open', session: number, maxLength: number, start?: number, end?: number }
   | { id: number, op: 'forward', session: number, hidden: Float32Array, tokens: number, positions?: number[] }
   | { id: number, op: 'truncate', session: number, length: number }
   | { id: number, op: 'close', session: number }
 export type SpanWorkerReply =
-  | { id: number, ok: true, hidden?: Float32Array, length?: number }
+  | { id: number, ok: true, hidden?: Float32Array, length?: number, bytes?: number }
   | { id: number, ok: false, name: string, message: string }
   | { ready: true } | { ready: false, name: string, message: string }
 
@@ -49,22 +49,22 @@ function cacheOf (session: number): KVCache {
   return c
 }
 
-async function handle (span: Span, req: SpanWorkerRequest): Promise<{ id: number, ok: true, hidden?: Float32Array, length?: number }> {
+async function handle (span: Span, req: SpanWorkerRequest): Promise<{ id: number, ok: true, hidden?: Float32Array, length?: number, bytes?: number }> {
   switch (req.op) {
     case 'open':
-      caches.set(req.session, span.newCache(req.maxLength))
+      caches.set(req.session, span.newCache(req.maxLength, req.start, req.end))
       return { id: req.id, ok: true }
     case 'forward': {
       const cache = cacheOf(req.session)
       let hidden = await span.forward(req.hidden, req.tokens, cache, req.positions)
       // Transfer needs a buffer of its own, not a view into a larger one.
       if (hidden.byteOffset !== 0 || hidden.byteLength !== hidden.buffer.byteLength) hidden = hidden.slice()
-      return { id: req.id, ok: true, hidden, length: cache.length }
+      return { id: req.id, ok: true, hidden, length: cache.length, bytes: cache.bytes() }
     }
     case 'truncate': {
       const cache = cacheOf(req.session)
       cache.truncate(req.length)
-      return { id: req.id, ok: true, length: cache.length }
+      return { id: req.id, ok: true, length: cache.length, bytes: cache.bytes() }
     }
     case 'close':
       caches.get(req.session)?.dispose()

@@ -16,7 +16,11 @@ export class KVCache {
   /** Positions `[0, length)` are cached. */
   length = 0
 
-  constructor (blocks: number, maxLength: number) {
+  /** Absolute index of the first block this cache covers. */
+  readonly firstBlock: number
+
+  constructor (firstBlock: number, blocks: number, maxLength: number) {
+    this.firstBlock = firstBlock
     this.maxLength = maxLength
     this.layers = Array.from({ length: blocks }, () => ({}))
   }
@@ -100,11 +104,15 @@ export class Span {
 
   get size (): number { return this.end - this.start }
 
-  newCache (maxLength: number): KVCache {
+  /** A session cache for blocks `[start, end)` of this span (all of it by default). */
+  newCache (maxLength: number, start = this.start, end = this.end): KVCache {
     if (!Number.isInteger(maxLength) || maxLength <= 0 || maxLength > this.config.maxPositions) {
       throw new SpanError(`max length ${maxLength} must be within 1..${this.config.maxPositions}`)
     }
-    return new KVCache(this.size, maxLength)
+    if (!Number.isInteger(start) || !Number.isInteger(end) || start < this.start || end > this.end || start >= end) {
+      throw new SpanError(`blocks [${start}, ${end}) are not within the served span [${this.start}, ${this.end})`)
+    }
+    return new KVCache(start, end - start, maxLength)
   }
 
   /**
@@ -115,7 +123,8 @@ export class Span {
     const H = this.config.hiddenSize
     if (!Number.isInteger(tokens) || tokens <= 0) throw new SpanError(`tokens must be a positive integer (got ${tokens})`)
     if (hidden.length !== tokens * H) throw new SpanError(`hidden states have ${hidden.length} values, expected ${tokens}×${H}`)
-    if (cache.layers.length !== this.size) throw new SpanError('cache belongs to a span of another size')
+    const from = cache.firstBlock - this.start
+    if (from < 0 || from + cache.layers.length > this.size) throw new SpanError('cache belongs to another span')
     const first = cache.length
     if (positions != null) {
       if (positions.length !== tokens) throw new SpanError(`${positions.length} positions for ${tokens} tokens`)
@@ -128,7 +137,7 @@ export class Span {
     const out = tf.tidy(() => {
       const ctx = this.stepContext(first, tokens)
       let x = tf.tensor2d(hidden, [tokens, H])
-      for (let i = 0; i < this.blocks.length; i++) x = blockForward(this.config, this.blocks[i], x, ctx, cache.layers[i])
+      for (let i = 0; i < cache.layers.length; i++) x = blockForward(this.config, this.blocks[from + i], x, ctx, cache.layers[i])
       return x
     })
     cache.length = first + tokens

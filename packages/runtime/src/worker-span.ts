@@ -70,20 +70,27 @@ export class WorkerSpanRunner implements SpanRunner {
     })
   }
 
-  async open (maxLength: number): Promise<SpanSession> {
+  async open (maxLength: number, start?: number, end?: number): Promise<SpanSession> {
     const session = this.nextSession++
-    await this.call({ op: 'open', session, maxLength })
+    await this.call({ op: 'open', session, maxLength, start, end })
     let length = 0
+    let bytes = 0
     return {
       get length () { return length },
+      get bytes () { return bytes },
       forward: async (hidden, tokens, positions) => {
         // Copy: the caller keeps its array; the copy's buffer moves to the worker.
         const copy = hidden.slice()
         const r = await this.call({ op: 'forward', session, hidden: copy, tokens, positions: positions != null ? Array.from(positions) : undefined }, [copy.buffer])
         length = r.length
+        bytes = r.bytes
         return r.hidden
       },
-      truncate: async (n) => { length = (await this.call({ op: 'truncate', session, length: n })).length },
+      truncate: async (n) => {
+        const r = await this.call({ op: 'truncate', session, length: n })
+        length = r.length
+        bytes = r.bytes
+      },
       close: async () => { await this.call({ op: 'close', session }) }
     }
   }

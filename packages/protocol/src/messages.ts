@@ -1,0 +1,134 @@
+import { readFileSync } from 'node:fs'
+import { Ajv } from 'ajv'
+import type { ValidateFunction } from 'ajv'
+import { f32ToF16, f32ToBf16, toFloat32 } from '@plexus/runtime'
+
+export const SESSION_PROTOCOL = '/plexus/session/1.0.0'
+export const WIRE_VERSION = 1
+
+export type WireDType = 'f32' | 'f16' | 'bf16'
+const DTYPE_BYTES: Record<WireDType, number> = { f32: 4, f16: 2, bf16: 2 }
+
+export type ErrorCode = 'bad-frame' | 'bad-request' | 'bad-tensor' | 'unknown-session' | 'closed-session' | 'not-served' | 'busy' | 'too-long' | 'internal'
+
+export interface OpenMessage { type: 'open', sessionId: string, modelId: string, start: number, end: number, maxLength: number }
+export interface OpenedMessage { type: 'opened', sessionId: string, start: number, end: number, length: number }
+/** Hidden states `[tokens, hidden]` for positions `[position, position + tokens)`. */
+export interface StepMessage { type: 'step' | 'result', sessionId: string, step: number, position: number, tokens: number, hidden: number, dtype: WireDType, computeMs?: number, data: Float32Array }
+export interface TruncateMessage { type: 'truncate' | 'truncated', sessionId: string, length: number }
+export interface CloseMessage { type: 'close', sessionId: string }
+export interface ErrorMessage { type: 'error', code: ErrorCode, message: string }
+export type SessionMessage = OpenMessage | OpenedMessage | StepMessage | TruncateMessage | CloseMessage | ErrorMessage
+
+/** A protocol violation: answered with an `error` frame carrying `code`, then the stream closes. */
+export class ProtocolError extends Error {
+  readonly code: ErrorCode
+  constructor (code: ErrorCode, message: string) {
+    super(message)
+    this.name = 'ProtocolError'
+    this.code = code
+  }
+}
+
+/** Per-type validators compiled from schemas/session-message.schema.json. */
+const validators: Map<string, ValidateFunction> = (() => {
+  const schema = JSON.parse(readFileSync(new URL('../../../schemas/session-message.schema.json', import.meta.url), 'utf8'))
+  const ajv = new Ajv({ allErrors: false, strict: true })
+  const m = new Map<string, ValidateFunction>()
+  for (const variant of schema.oneOf) {
+    const t = variant.properties.type
+    const v = ajv.compile({ ...variant, definitions: schema.definitions })
+    for (const name of t.const != null ? [t.const] : t.enum) m.set(name, v)
+  }
+  return m
+})()
+
+function checkHeader (h: unknown): asserts h is Record<string, any> {
+  if (h == null || typeof h !== 'object' || Array.isArray(h)) throw new ProtocolError('bad-frame', 'frame header is not a JSON object')
+  const type = (h as any).type
+  const v = typeof type === 'string' ? validators.get(type) : undefined
+  if (v == null) throw new ProtocolError('bad-frame', `unknown message type ${JSON.stringify(type)}`)
+  if (!v(h)) {
+    const e = v.errors?.[0]
+    throw new ProtocolError('bad-frame', `invalid ${type} message: ${e?.instancePath || 'header'} ${e?.message ?? 'is invalid'}${e?.params != null && 'additionalProperty' in e.params ? ` (${e.params.additionalProperty})` : ''}`)
+  }
+}
+
+export function encodeTensor (data: Float32Array, dtype: WireDType): Uint8Array {
+  switch (dtype) {
+    case 'f32': return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+    case 'f16': { const u = f32ToF16(data); return new Uint8Array(u.buffer, u.byteOffset, u.byteLength) }
+    case 'bf16': { const u = f32ToBf16(data); return new Uint8Array(u.buffer, u.byteOffset, u.byteLength) }
+  }
+}
+
+export function decodeTensor (bytes: Uint8Array, dtype: WireDType): Float32Array {
+  // Copy into an aligned buffer of our own (frames may start at any offset).
+  const own = new Uint8Array(bytes.byteLength)
+  own.set(bytes)
+  return dtype === 'f32' ? new Float32Array(own.buffer) : toFloat32(own, dtype === 'f16' ? 'F16' : 'BF16')
+}
+
+/** Frame payload: [u8 version][u8 0][u32 BE header length][header JSON][tensor bytes]. */
+export function encodeMessage (msg: SessionMessage): Uint8Array {
+  let header: Record<string, unknown>
+  let tensor: Uint8Array | undefined
+  if (msg.type === 'step' || msg.type === 'result') {
+    const { data, ...rest } = msg
+    if (data.length !== msg.tokens * msg.hidden) throw new RangeError(`tensor has ${data.length} values, header says ${msg.tokens}×${msg.hidden}`)
+    header = rest
+    tensor = encodeTensor(data, msg.dtype)
+  } else {
+    header = { ...msg }
+  }
+  const hb = new TextEncoder().encode(JSON.stringify(header))
+  const out = new Uint8Array(6 + hb.length + (tensor?.length ?? 0))
+  const view = new DataView(out.buffer)
+  out[0] = WIRE_VERSION
+  view.setUint32(2, hb.length)
+  out.set(hb, 6)
+  if (tensor != null) out.set(tensor, 6 + hb.length)
+  return out
+}
+
+export interface DecodeLimits {
+  /** Expected hidden size (rejects a step of another width with `bad-tensor`). */
+  hiddenSize?: number
+  /** Reject non-finite activations (NaN, ±Inf) with `bad-tensor`. */
+  requireFinite?: boolean
+}
+
+export function decodeMessage (frame: Uint8Array, limits: DecodeLimits = {}): SessionMessage {
+  if (frame.length < 6) throw new ProtocolError('bad-frame', `frame of ${frame.length} bytes is shorter than its 6-byte preamble`)
+  if (frame[0] !== WIRE_VERSION) throw new ProtocolError('bad-frame', `unsupported wire version ${frame[0]} (this node speaks ${WIRE_VERSION})`)
+  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength)
+  const hl = view.getUint32(2)
+  if (6 + hl > frame.length) throw new ProtocolError('bad-frame', `header length ${hl} exceeds the frame (${frame.length} bytes)`)
+  let header: unknown
+  try {
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(frame.subarray(6, 6 + hl)))
+  } catch (err: any) {
+    throw new ProtocolError('bad-frame', `frame header is not valid JSON (${err.message})`)
+  }
+  checkHeader(header)
+  const rest = frame.subarray(6 + hl)
+  if (header.type !== 'step' && header.type !== 'result') {
+    if (rest.length !== 0) throw new ProtocolError('bad-frame', `${header.type} message carries ${rest.length} unexpected bytes`)
+    return header as SessionMessage
+  }
+  const h = header as Omit<StepMessage, 'data'>
+  if (limits.hiddenSize != null && h.hidden !== limits.hiddenSize) {
+    throw new ProtocolError('bad-tensor', `hidden size ${h.hidden} does not match the model's ${limits.hiddenSize}`)
+  }
+  const expected = h.tokens * h.hidden * DTYPE_BYTES[h.dtype]
+  if (rest.length !== expected) {
+    throw new ProtocolError('bad-tensor', `tensor has ${rest.length} bytes, but ${h.tokens}×${h.hidden} ${h.dtype} needs ${expected}`)
+  }
+  const data = decodeTensor(rest, h.dtype)
+  if (limits.requireFinite === true) {
+    for (let i = 0; i < data.length; i++) {
+      if (!Number.isFinite(data[i])) throw new ProtocolError('bad-tensor', `activation ${i} (token ${Math.floor(i / h.hidden)}) is ${data[i]}: NaN and Inf are refused`)
+    }
+  }
+  return { ...h, data }
+}

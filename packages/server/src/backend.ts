@@ -1,0 +1,157 @@
+import type { SpanRunner, SpanSession, ModelConfig } from '@plexus/runtime'
+import { ProtocolError } from '@plexus/protocol'
+
+export interface BlockBackendComponents {
+  runner: SpanRunner
+  config: ModelConfig
+}
+
+export interface BlockBackendInit {
+  modelId: string
+  /** Most concurrent sessions. */
+  maxSessions?: number
+  /** KV-cache bytes all sessions together may reserve (float32 keys + values at max length). */
+  cacheBudgetBytes?: number
+  /** Sessions idle longer than this are closed and their memory freed. */
+  idleTimeoutMs?: number
+}
+
+interface ServerSession {
+  id: string
+  start: number
+  end: number
+  maxLength: number
+  reservedBytes: number
+  span: SpanSession
+  lastUsed: number
+  busy: boolean
+}
+
+/** Remembered closed ids, so a late step gets "closed" rather than "unknown". */
+const CLOSED_MEMORY = 4096
+
+/**
+ * The blocks a node serves and the sessions on them: admission against a KV-cache budget,
+ * step validation, idle expiry. Protocol handlers call it; it never touches the network.
+ */
+export class BlockBackend {
+  readonly modelId: string
+  readonly start: number
+  readonly end: number
+  readonly config: ModelConfig
+  private readonly runner: SpanRunner
+  private readonly sessions = new Map<string, ServerSession>()
+  private readonly closed = new Set<string>()
+  private readonly maxSessions: number
+  private readonly cacheBudget: number
+  private readonly idleTimeoutMs: number
+  private reserved = 0
+  private readonly sweeper: NodeJS.Timeout
+
+  constructor (components: BlockBackendComponents, init: BlockBackendInit) {
+    this.runner = components.runner
+    this.config = components.config
+    this.modelId = init.modelId
+    this.start = this.runner.start
+    this.end = this.runner.end
+    this.maxSessions = init.maxSessions ?? 64
+    this.cacheBudget = init.cacheBudgetBytes ?? 2 * 2 ** 30
+    this.idleTimeoutMs = init.idleTimeoutMs ?? 5 * 60_000
+    this.sweeper = setInterval(() => { void this.expireIdle() }, Math.min(10_000, this.idleTimeoutMs)).unref()
+  }
+
+  /** Bytes of keys and values one session of `maxLength` positions on `blocks` blocks can grow to. */
+  cacheBytes (blocks: number, maxLength: number): number {
+    return 2 * 4 * blocks * maxLength * this.config.numKvHeads * this.config.headDim
+  }
+
+  get sessionCount (): number { return this.sessions.size }
+  get freeSessions (): number { return Math.max(0, this.maxSessions - this.sessions.size) }
+  get reservedBytes (): number { return this.reserved }
+
+  async open (id: string, modelId: string, start: number, end: number, maxLength: number): Promise<ServerSession> {
+    if (modelId !== this.modelId) throw new ProtocolError('not-served', `model ${modelId.slice(0, 12)} is not served here (this node serves ${this.modelId.slice(0, 12)})`)
+    if (start < this.start || end > this.end || start >= end) {
+      throw new ProtocolError('not-served', `blocks [${start}, ${end}) are not served here (this node serves [${this.start}, ${this.end}))`)
+    }
+    if (maxLength > this.config.maxPositions) throw new ProtocolError('too-long', `max length ${maxLength} exceeds the model's context of ${this.config.maxPositions}`)
+    if (this.sessions.has(id) || this.closed.has(id)) throw new ProtocolError('bad-request', `session ${id} already exists`)
+    const bytes = this.cacheBytes(end - start, maxLength)
+    if (this.sessions.size >= this.maxSessions) throw new ProtocolError('busy', `busy: ${this.sessions.size} sessions open (limit ${this.maxSessions})`)
+    if (this.reserved + bytes > this.cacheBudget) {
+      throw new ProtocolError('busy', `busy: a session of ${maxLength} positions needs ${mib(bytes)} of KV cache, ${mib(this.cacheBudget - this.reserved)} free`)
+    }
+    this.reserved += bytes
+    try {
+      const span = await this.runner.open(maxLength, start, end)
+      const s: ServerSession = { id, start, end, maxLength, reservedBytes: bytes, span, lastUsed: Date.now(), busy: false }
+      this.sessions.set(id, s)
+      return s
+    } catch (err) {
+      this.reserved -= bytes
+      throw err
+    }
+  }
+
+  get (id: string): ServerSession {
+    const s = this.sessions.get(id)
+    if (s != null) return s
+    if (this.closed.has(id)) throw new ProtocolError('closed-session', `session ${id} is closed`)
+    throw new ProtocolError('unknown-session', `unknown session ${id}`)
+  }
+
+  async step (id: string, position: number, tokens: number, hidden: Float32Array): Promise<Float32Array> {
+    const s = this.get(id)
+    if (s.busy) throw new ProtocolError('bad-request', `session ${id} already has a step in flight`)
+    if (position !== s.span.length) throw new ProtocolError('bad-request', `position ${position} does not continue session ${id}, which holds ${s.span.length} positions`)
+    if (position + tokens > s.maxLength) throw new ProtocolError('too-long', `positions up to ${position + tokens} exceed the session's max length ${s.maxLength}`)
+    s.busy = true
+    try {
+      return await s.span.forward(hidden, tokens)
+    } finally {
+      s.busy = false
+      s.lastUsed = Date.now()
+    }
+  }
+
+  async truncate (id: string, length: number): Promise<number> {
+    const s = this.get(id)
+    if (length > s.span.length) throw new ProtocolError('bad-request', `cannot truncate session ${id} to ${length}: it holds ${s.span.length} positions`)
+    await s.span.truncate(length)
+    s.lastUsed = Date.now()
+    return s.span.length
+  }
+
+  async close (id: string): Promise<void> {
+    const s = this.sessions.get(id)
+    if (s == null) return
+    this.sessions.delete(id)
+    this.closed.add(id)
+    if (this.closed.size > CLOSED_MEMORY) this.closed.delete(this.closed.values().next().value!)
+    this.reserved -= s.reservedBytes
+    await s.span.close()
+  }
+
+  async expireIdle (now = Date.now()): Promise<number> {
+    let n = 0
+    for (const s of [...this.sessions.values()]) {
+      if (!s.busy && now - s.lastUsed > this.idleTimeoutMs) { await this.close(s.id); n++ }
+    }
+    return n
+  }
+
+  /** Bytes of KV cache actually held now. */
+  cacheBytesInUse (): number {
+    let n = 0
+    for (const s of this.sessions.values()) n += s.span.bytes
+    return n
+  }
+
+  async dispose (): Promise<void> {
+    clearInterval(this.sweeper)
+    for (const id of [...this.sessions.keys()]) await this.close(id)
+    await this.runner.dispose()
+  }
+}
+
+function mib (n: number): string { return `${(n / 2 ** 20).toFixed(1)} MiB` }
