@@ -37,6 +37,39 @@ export interface LocalModelOptions {
   placement?: 'auto' | 'in-process' | 'workers'
 }
 
+export interface SpanRunnersOptions extends LocalModelOptions {
+  /** Verify the weights against the model manifest's digests while loading. */
+  blockDigests?: string[]
+  /** Bytes the caller keeps in this thread's backend besides the spans (e.g. the LM head). */
+  reservedBytes?: number
+}
+
+/**
+ * Loads blocks `[start, end)` as one or more runners: in this thread, or in worker threads (each
+ * with its own backend heap) when the weights would not fit one wasm heap, or when asked.
+ */
+export async function loadSpanRunners (ckpt: Checkpoint, start: number, end: number, opts: SpanRunnersOptions = {}): Promise<SpanRunner[]> {
+  const cfg = ckpt.config
+  let placement = opts.placement ?? 'auto'
+  let cuts = opts.cuts
+  const bytes = (end - start) * blockBytes(cfg) + (opts.reservedBytes ?? 0)
+  if (placement === 'auto') placement = activeBackend() === 'wasm' && bytes > WASM_HEAP_BUDGET ? 'workers' : 'in-process'
+  if (placement === 'workers' && cuts == null) cuts = cutsForBudget({ ...cfg, numLayers: end - start }, WASM_HEAP_BUDGET).map(c => c + start)
+  const bounds = [start, ...(cuts ?? []), end]
+  const runners: SpanRunner[] = []
+  try {
+    for (let i = 0; i + 1 < bounds.length; i++) {
+      runners.push(placement === 'workers'
+        ? await WorkerSpanRunner.load({ dir: ckpt.dir, start: bounds[i], end: bounds[i + 1], backend: activeBackend(), blockDigests: opts.blockDigests })
+        : inProcessRunner(await Span.load(ckpt, bounds[i], bounds[i + 1], { blockDigests: opts.blockDigests })))
+    }
+    return runners
+  } catch (err) {
+    for (const r of runners) await r.dispose()
+    throw err
+  }
+}
+
 /** A whole model on this machine: the head in this thread plus spans covering every block. */
 export class LocalModel {
   readonly checkpoint: Checkpoint
@@ -54,26 +87,15 @@ export class LocalModel {
   static async load (dir: string, opts: LocalModelOptions = {}): Promise<LocalModel> {
     const ckpt = await Checkpoint.open(dir)
     const cfg = ckpt.config
-    const L = cfg.numLayers
-    let placement = opts.placement ?? 'auto'
-    let cuts = opts.cuts
-    if (placement === 'auto') {
-      const total = L * blockBytes(cfg) + 4 * cfg.vocabSize * cfg.hiddenSize
-      placement = activeBackend() === 'wasm' && total > WASM_HEAP_BUDGET ? 'workers' : 'in-process'
-      if (placement === 'workers' && cuts == null) cuts = cutsForBudget(cfg, WASM_HEAP_BUDGET)
-    }
-    const bounds = [0, ...(cuts ?? []), L]
-    const spans: SpanRunner[] = []
     try {
-      for (let i = 0; i + 1 < bounds.length; i++) {
-        spans.push(placement === 'workers'
-          ? await WorkerSpanRunner.load({ dir, start: bounds[i], end: bounds[i + 1], backend: activeBackend() })
-          : inProcessRunner(await Span.load(ckpt, bounds[i], bounds[i + 1])))
+      const spans = await loadSpanRunners(ckpt, 0, cfg.numLayers, { ...opts, reservedBytes: 4 * cfg.vocabSize * cfg.hiddenSize })
+      try {
+        return new LocalModel(ckpt, await ModelHead.load(ckpt), spans)
+      } catch (err) {
+        for (const s of spans) await s.dispose()
+        throw err
       }
-      const head = await ModelHead.load(ckpt)
-      return new LocalModel(ckpt, head, spans)
     } catch (err) {
-      for (const s of spans) await s.dispose()
       await ckpt.close()
       throw err
     }

@@ -40,3 +40,42 @@ export function inProcessRunner (span: Span): SpanRunner {
     dispose: async () => { span.dispose() }
   }
 }
+
+/** Consecutive runners (e.g. one per worker thread) served as one span. */
+export function chainRunners (runners: SpanRunner[]): SpanRunner {
+  if (runners.length === 1) return runners[0]
+  for (let i = 1; i < runners.length; i++) {
+    if (runners[i].start !== runners[i - 1].end) throw new Error(`runners are not consecutive at block ${runners[i].start}`)
+  }
+  const start = runners[0].start
+  const end = runners[runners.length - 1].end
+  return {
+    start,
+    end,
+    open: async (maxLength, from = start, to = end) => {
+      const parts: SpanSession[] = []
+      try {
+        for (const r of runners) {
+          const a = Math.max(from, r.start)
+          const b = Math.min(to, r.end)
+          if (a < b) parts.push(await r.open(maxLength, a, b))
+        }
+      } catch (err) {
+        for (const p of parts) await p.close()
+        throw err
+      }
+      return {
+        get length () { return parts[0].length },
+        get bytes () { return parts.reduce((n, p) => n + p.bytes, 0) },
+        forward: async (hidden, tokens, positions) => {
+          let h = hidden
+          for (const p of parts) h = await p.forward(h, tokens, positions)
+          return h
+        },
+        truncate: async (n) => { for (const p of parts) await p.truncate(n) },
+        close: async () => { for (const p of parts) await p.close() }
+      }
+    },
+    dispose: async () => { for (const r of runners) await r.dispose() }
+  }
+}

@@ -6,7 +6,7 @@ import { Checkpoint } from './checkpoint.ts'
 import { Span } from './span.ts'
 import type { KVCache } from './span.ts'
 
-export interface SpanWorkerInit { dir: string, start: number, end: number, backend?: string }
+export interface SpanWorkerInit { dir: string, start: number, end: number, backend?: string, blockDigests?: string[] }
 export type SpanWorkerRequest =
   | { id: number, op: 'open', session: number, maxLength: number, start?: number, end?: number }
   | { id: number, op: 'forward', session: number, hidden: Float32Array, tokens: number, positions?: number[] }
@@ -26,7 +26,7 @@ async function main (): Promise<void> {
   try {
     await initBackend(init.backend as any)
     const ckpt = await Checkpoint.open(init.dir)
-    span = await Span.load(ckpt, init.start, init.end)
+    span = await Span.load(ckpt, init.start, init.end, { blockDigests: init.blockDigests })
     await ckpt.close()
   } catch (err: any) {
     port.postMessage({ ready: false, name: err.name, message: err.message } satisfies SpanWorkerReply)

@@ -4,6 +4,7 @@ import type { Checkpoint } from './checkpoint.ts'
 import { loadBlockWeights, disposeBlockWeights, blockForward } from './block.ts'
 import type { BlockWeights, LayerCache, StepContext } from './block.ts'
 import { inverseFrequencies, rotaryTables } from './rope.ts'
+import { tensorsDigest } from './model-id.ts'
 
 export class SpanError extends Error {
   constructor (message: string) { super(message); this.name = 'SpanError' }
@@ -76,14 +77,25 @@ export class Span {
   }
 
   /** Reads only the tensors of blocks `[start, end)` (and only the shards holding them). */
-  static async load (ckpt: Checkpoint, start: number, end: number): Promise<Span> {
+  /**
+   * `blockDigests` (the model manifest's, indexed by absolute block) makes the load verify that
+   * these weights are the ones the model id names.
+   */
+  static async load (ckpt: Checkpoint, start: number, end: number, opts: { blockDigests?: string[] } = {}): Promise<Span> {
     const L = ckpt.config.numLayers
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > L || start >= end) {
       throw new SpanError(`invalid span [${start}, ${end}) for a model of ${L} blocks`)
     }
     const blocks: BlockWeights[] = []
     try {
-      for (let b = start; b < end; b++) blocks.push(loadBlockWeights(ckpt.config, b, await ckpt.readBlockRaw(b)))
+      for (let b = start; b < end; b++) {
+        const raws = await ckpt.readBlockRaw(b)
+        const want = opts.blockDigests?.[b]
+        if (want != null && tensorsDigest(raws) !== want) {
+          throw new SpanError(`block ${b}'s weights do not match the model id (digest ${tensorsDigest(raws).slice(0, 12)}, manifest says ${want.slice(0, 12)})`)
+        }
+        blocks.push(loadBlockWeights(ckpt.config, b, raws))
+      }
     } catch (err) {
       blocks.forEach(disposeBlockWeights)
       throw err

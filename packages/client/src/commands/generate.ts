@@ -1,12 +1,13 @@
-import { readFile } from 'node:fs/promises'
-import { join } from 'node:path'
-import {
-  initBackend, LocalModel, generate, loadTokenizer, StreamDecoder, applyChatTemplate, readTokenizerConfig, MANIFEST_FILE
-} from '@plexus/runtime'
+import { initBackend, generate, StreamDecoder, applyChatTemplate } from '@plexus/runtime'
 import type { BackendName, TextTokenizer, SamplingOptions } from '@plexus/runtime'
+import type { WireDType } from '@plexus/protocol'
+import { openLocal, openSwarm, connectSwarm } from '../model-source.ts'
+import type { OpenModel } from '../model-source.ts'
 
 export interface GenerateArgs extends SamplingOptions {
   local: boolean
+  bootstrap?: string[]
+  wireDtype?: WireDType
   model: string
   prompt?: string
   tokenIds?: string
@@ -41,21 +42,38 @@ export function promptIds (args: Pick<GenerateArgs, 'prompt' | 'tokenIds' | 'cha
 }
 
 export async function runGenerate (args: GenerateArgs): Promise<void> {
-  if (!args.local) throw new UsageError('generation through a swarm needs --bootstrap (not available in this build); use --local --model DIR')
+  if (args.local === (args.bootstrap != null && args.bootstrap.length > 0)) {
+    throw new UsageError('give either --local (run every block here) or --bootstrap <multiaddr> (run through a swarm)')
+  }
   const backend = await initBackend(args.backend)
-  const model = await LocalModel.load(args.model)
+  const log = (m: string): void => { process.stderr.write(`[plexus] ${m}\n`) }
+  const node = args.local ? undefined : await connectSwarm(args.bootstrap!)
+  let model: OpenModel | undefined
   try {
-    const tok = await loadTokenizer(args.model)
-    const ids = promptIds(args, tok, await readTokenizerConfig(args.model))
-    for (const id of ids) {
-      if (id >= model.config.vocabSize) throw new UsageError(`token id ${id} is outside the vocabulary (0..${model.config.vocabSize - 1})`)
-    }
-    const eos = args.ignoreEos === true ? [] : (tok?.eosTokenIds ?? model.config.eosTokenIds)
-    const decoder = tok != null ? new StreamDecoder(tok) : undefined
-    const session = await model.session(Math.min(model.config.maxPositions, ids.length + args.maxTokens))
-    const write = (s: string): void => { if (!args.json && s !== '') process.stdout.write(s) }
-    let first = true
-    const r = await generate(model.head, session, ids, {
+    model = node == null ? await openLocal(args.model) : await openSwarm(node, { dir: args.model, dtype: args.wireDtype, log })
+    await generateWith(model, args, backend, log)
+  } finally {
+    await model?.close()
+    await node?.stop()
+  }
+}
+
+async function generateWith (model: OpenModel, args: GenerateArgs, backend: string, log: (m: string) => void): Promise<void> {
+  const { config, tokenizer: tok } = model
+  const ids = promptIds(args, tok, model.tokenizerConfig)
+  for (const id of ids) {
+    if (id >= config.vocabSize) throw new UsageError(`token id ${id} is outside the vocabulary (0..${config.vocabSize - 1})`)
+  }
+  const eos = args.ignoreEos === true ? [] : (tok?.eosTokenIds ?? config.eosTokenIds)
+  const decoder = tok != null ? new StreamDecoder(tok) : undefined
+  const session = await model.session(Math.min(config.maxPositions, ids.length + args.maxTokens))
+  const routeText = session.route?.map(h => `${h.peer.slice(-8)}[${h.start},${h.end})`).join(' → ')
+  if (routeText != null) log(`route: ${routeText}`)
+  const write = (s: string): void => { if (!args.json && s !== '') process.stdout.write(s) }
+  let first = true
+  let r
+  try {
+    r = await generate(model.head, session, ids, {
       maxTokens: args.maxTokens,
       temperature: args.temperature,
       topK: args.topK,
@@ -67,29 +85,28 @@ export async function runGenerate (args: GenerateArgs): Promise<void> {
         else { write((first ? '' : ' ') + id); first = false }
       }
     })
-    await session.close()
-    if (decoder != null) write(decoder.flush())
-    let modelId: string | undefined
-    try { modelId = JSON.parse(await readFile(join(args.model, MANIFEST_FILE), 'utf8')).id } catch {}
-    if (args.json) {
-      process.stdout.write(JSON.stringify({
-        model: args.model,
-        model_id: modelId,
-        backend,
-        prompt_ids: ids,
-        token_ids: r.tokenIds,
-        text: tok != null ? tok.decode(r.tokenIds, { skipSpecialTokens: true }) : undefined,
-        finish_reason: r.finishReason,
-        prompt_tokens: r.promptTokens,
-        completion_tokens: r.tokenIds.length,
-        tokens_per_second: r.tokensPerSecond,
-        prefill_tokens_per_second: r.prefillTokensPerSecond
-      }) + '\n')
-    } else {
-      process.stdout.write('\n')
-      process.stderr.write(`[${r.tokenIds.length} tokens, prefill ${r.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${r.tokensPerSecond.toFixed(1)} tok/s, backend ${backend}]\n`)
-    }
   } finally {
-    await model.dispose()
+    await session.close()
+  }
+  if (decoder != null) write(decoder.flush())
+  const finalRoute = session.route?.map(h => ({ peer: h.peer, start: h.start, end: h.end }))
+  if (args.json) {
+    process.stdout.write(JSON.stringify({
+      model: args.model,
+      model_id: model.manifest?.id,
+      backend,
+      route: finalRoute,
+      prompt_ids: ids,
+      token_ids: r.tokenIds,
+      text: tok != null ? tok.decode(r.tokenIds, { skipSpecialTokens: true }) : undefined,
+      finish_reason: r.finishReason,
+      prompt_tokens: r.promptTokens,
+      completion_tokens: r.tokenIds.length,
+      tokens_per_second: r.tokensPerSecond,
+      prefill_tokens_per_second: r.prefillTokensPerSecond
+    }) + '\n')
+  } else {
+    process.stdout.write('\n')
+    process.stderr.write(`[${r.tokenIds.length} tokens, prefill ${r.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${r.tokensPerSecond.toFixed(1)} tok/s, backend ${backend}]\n`)
   }
 }

@@ -1,0 +1,139 @@
+import { randomBytes } from 'node:crypto'
+import { lpStream } from '@libp2p/utils'
+import type { Stream } from '@libp2p/interface'
+import { SESSION_PROTOCOL, encodeMessage, decodeMessage } from '@plexus/protocol'
+import type { SessionMessage, StepMessage, WireDType, ErrorCode } from '@plexus/protocol'
+
+/** The server answered with an error frame (`busy`, `not-served`, ...). */
+export class RemoteError extends Error {
+  readonly code: ErrorCode
+  readonly peer: string
+  constructor (peer: string, code: ErrorCode, message: string) {
+    super(`${peer.slice(-8)}: ${message}`)
+    this.name = 'RemoteError'
+    this.code = code
+    this.peer = peer
+  }
+}
+
+/** The server could not be reached, died, hung, or broke the protocol. */
+export class PeerFailure extends Error {
+  readonly peer: string
+  constructor (peer: string, message: string, opts?: { cause?: unknown }) {
+    super(`${peer.slice(-8)}: ${message}`, opts)
+    this.name = 'PeerFailure'
+    this.peer = peer
+  }
+}
+
+export interface Dialer {
+  dialProtocol (peer: any, protocol: string, opts: { signal: AbortSignal }): Promise<Stream>
+}
+
+export interface RemoteSpanInit {
+  peer: string
+  /** What to dial: a PeerId object or multiaddr the dialer understands. */
+  target: unknown
+  modelId: string
+  start: number
+  end: number
+  maxLength: number
+  hiddenSize: number
+  dtype?: WireDType
+  /** Deadline for one step's answer (a hung server is abandoned after it). */
+  stepTimeoutMs?: number
+  openTimeoutMs?: number
+  maxFrameBytes?: number
+}
+
+/** One session on one server: blocks `[start, end)`, one step in flight at a time. */
+export class RemoteSpanSession {
+  readonly peer: string
+  readonly start: number
+  readonly end: number
+  readonly sessionId: string
+  private readonly stream: Stream
+  private readonly io: ReturnType<typeof lpStream>
+  private readonly init: RemoteSpanInit
+  private step = 0
+  length = 0
+  /** Server-reported compute time of the last step, ms. */
+  lastComputeMs = 0
+
+  private constructor (init: RemoteSpanInit, stream: Stream, sessionId: string) {
+    this.init = init
+    this.peer = init.peer
+    this.start = init.start
+    this.end = init.end
+    this.stream = stream
+    this.sessionId = sessionId
+    const max = init.maxFrameBytes ?? 64 << 20
+    this.io = lpStream(stream, { maxDataLength: max, maxBufferSize: max + 16 })
+  }
+
+  static async open (dialer: Dialer, init: RemoteSpanInit): Promise<RemoteSpanSession> {
+    let stream: Stream
+    const signal = AbortSignal.timeout(init.openTimeoutMs ?? 10_000)
+    try {
+      stream = await dialer.dialProtocol(init.target, SESSION_PROTOCOL, { signal })
+    } catch (err: any) {
+      throw new PeerFailure(init.peer, `cannot open a session stream: ${err.message}`, { cause: err })
+    }
+    const s = new RemoteSpanSession(init, stream, randomBytes(16).toString('hex'))
+    await s.request({ type: 'open', sessionId: s.sessionId, modelId: init.modelId, start: init.start, end: init.end, maxLength: init.maxLength }, 'opened', signal)
+    return s
+  }
+
+  private async request (msg: SessionMessage, expect: SessionMessage['type'], signal: AbortSignal): Promise<SessionMessage> {
+    let reply: SessionMessage
+    try {
+      await this.io.write(encodeMessage(msg), { signal })
+      reply = decodeMessage((await this.io.read({ signal })).subarray(), { hiddenSize: this.init.hiddenSize })
+    } catch (err: any) {
+      this.stream.abort(err)
+      const why = err.name === 'TimeoutError' || err.name === 'AbortError' ? 'no answer in time (hung?)' : err.message
+      throw new PeerFailure(this.peer, why, { cause: err })
+    }
+    if (reply.type === 'error') {
+      this.stream.abort(new Error(reply.message))
+      throw new RemoteError(this.peer, reply.code, reply.message)
+    }
+    if (reply.type !== expect) {
+      this.stream.abort(new Error('protocol violation'))
+      throw new PeerFailure(this.peer, `sent ${reply.type} where ${expect} was expected`)
+    }
+    return reply
+  }
+
+  /** Runs hidden states `[tokens, hidden]` for the next positions through this hop. */
+  async forward (hidden: Float32Array, tokens: number): Promise<Float32Array> {
+    const signal = AbortSignal.timeout(this.init.stepTimeoutMs ?? 30_000)
+    const step = this.step++
+    const reply = await this.request({
+      type: 'step', sessionId: this.sessionId, step, position: this.length, tokens, hidden: this.init.hiddenSize, dtype: this.init.dtype ?? 'f32', data: hidden
+    }, 'result', signal)
+    const r = reply as StepMessage
+    if (r.step !== step || r.position !== this.length || r.tokens !== tokens) {
+      this.stream.abort(new Error('protocol violation'))
+      throw new PeerFailure(this.peer, `answered step ${r.step} at position ${r.position} for step ${step} at ${this.length}`)
+    }
+    this.length += tokens
+    this.lastComputeMs = r.computeMs ?? 0
+    return r.data
+  }
+
+  async truncate (length: number): Promise<void> {
+    const r = await this.request({ type: 'truncate', sessionId: this.sessionId, length }, 'truncated', AbortSignal.timeout(10_000))
+    this.length = (r as any).length
+  }
+
+  /** Frees the server's cache; never throws (the server also frees it when the stream ends). */
+  async close (): Promise<void> {
+    try {
+      await this.io.write(encodeMessage({ type: 'close', sessionId: this.sessionId }), { signal: AbortSignal.timeout(2000) })
+      await this.stream.close({ signal: AbortSignal.timeout(2000) })
+    } catch {
+      this.stream.abort(new Error('session closed'))
+    }
+  }
+}

@@ -1,0 +1,170 @@
+import type { SessionPipeline } from '@plexus/runtime'
+import type { WireDType } from '@plexus/protocol'
+import { RemoteSpanSession, RemoteError, PeerFailure } from './remote-span.ts'
+import type { Dialer } from './remote-span.ts'
+import { findRoute, describeBlocks, NoRouteError } from '../routing/route.ts'
+import type { Hop, ServerCandidate } from '../routing/route.ts'
+import type { BanList } from '../routing/ban-list.ts'
+
+/** Where servers come from: discovery on the swarm (or a fixed list in tests). */
+export interface CandidateSource {
+  candidates (opts?: { refresh?: boolean }): Promise<ServerCandidate[]>
+  /** What the dialer needs to reach a peer (its PeerId, with addresses known to the node). */
+  target (peer: string): unknown
+}
+
+export interface SwarmSessionComponents {
+  dialer: Dialer
+  source: CandidateSource
+  bans: BanList
+  log?: (msg: string) => void
+}
+
+export interface SwarmSessionInit {
+  modelId: string
+  modelName: string
+  numBlocks: number
+  hiddenSize: number
+  maxLength: number
+  dtype?: WireDType
+  stepTimeoutMs?: number
+  /** Route repairs allowed over the session's life before giving up. */
+  maxRepairs?: number
+}
+
+interface LiveHop {
+  hop: Hop
+  session: RemoteSpanSession
+  /** Every input this hop has consumed, in order: replayed to a replacement server. */
+  history: Float32Array[]
+}
+
+/**
+ * A generation session through a route of servers. It remembers each hop's inputs so that when
+ * a server dies, hangs or fails mid-generation, a replacement route for the lost blocks is opened
+ * and the past inputs replayed at the same positions: the output is the same as without the fault.
+ */
+export class SwarmSession implements SessionPipeline {
+  private readonly c: SwarmSessionComponents
+  private readonly init: SwarmSessionInit
+  private hops: LiveHop[] = []
+  private repairs = 0
+  private closed = false
+
+  private constructor (components: SwarmSessionComponents, init: SwarmSessionInit) {
+    this.c = components
+    this.init = init
+  }
+
+  static async open (components: SwarmSessionComponents, init: SwarmSessionInit): Promise<SwarmSession> {
+    const s = new SwarmSession(components, init)
+    s.hops = await s.openRoute(0, init.numBlocks)
+    return s
+  }
+
+  /** The current route, for display. */
+  get route (): Hop[] { return this.hops.map(h => h.hop) }
+
+  /** Opens sessions on a fresh route through `[from, to)`, skipping banned or refusing peers. */
+  private async openRoute (from: number, to: number): Promise<LiveHop[]> {
+    for (let attempt = 0; ; attempt++) {
+      const all = await this.c.source.candidates({ refresh: attempt > 0 })
+      const usable = all.filter(c => !this.c.bans.isBanned(c.peer))
+      let route
+      try {
+        route = findRoute(usable, from, to, this.init.modelName)
+      } catch (err) {
+        if (err instanceof NoRouteError && usable.length < all.length) {
+          throw new NoRouteError(`${err.message} (after excluding ${all.length - usable.length} failed peer(s))`, err.missing)
+        }
+        throw err
+      }
+      const opened: LiveHop[] = []
+      try {
+        for (const hop of route.hops) {
+          const session = await RemoteSpanSession.open(this.c.dialer, {
+            peer: hop.peer, target: this.c.source.target(hop.peer), modelId: this.init.modelId, start: hop.start, end: hop.end,
+            maxLength: this.init.maxLength, hiddenSize: this.init.hiddenSize, dtype: this.init.dtype, stepTimeoutMs: this.init.stepTimeoutMs
+          })
+          opened.push({ hop, session, history: [] })
+        }
+        return opened
+      } catch (err: any) {
+        for (const h of opened) await h.session.close()
+        if (!(err instanceof PeerFailure || err instanceof RemoteError) || attempt >= 8) throw err
+        // busy: try elsewhere without punishing; anything else: ban with backoff
+        this.c.bans.fail(err.peer, err instanceof RemoteError && err.code === 'busy' ? 'busy' : 'failure')
+        this.c.log?.(`route through ${describeBlocks([from, to])}: ${err.message}; rerouting`)
+      }
+    }
+  }
+
+  async forward (hidden: Float32Array, tokens: number): Promise<Float32Array> {
+    if (this.closed) throw new Error('session is closed')
+    let h = hidden
+    let i = 0
+    while (i < this.hops.length) {
+      const live = this.hops[i]
+      try {
+        const out = await live.session.forward(h, tokens)
+        live.history.push(h)
+        h = out
+        i++
+      } catch (err: any) {
+        if (!(err instanceof PeerFailure || err instanceof RemoteError)) throw err
+        const r = await this.repair(i, err, h, tokens)
+        h = r.out
+        i += r.hops
+      }
+    }
+    return h
+  }
+
+  /** Replaces hop `i` (failed with `err`) by a new route for its blocks, replays, runs `h`. */
+  private async repair (i: number, err: PeerFailure | RemoteError, h: Float32Array, tokens: number): Promise<{ out: Float32Array, hops: number }> {
+    const failed = this.hops[i]
+    this.c.bans.fail(failed.hop.peer, err instanceof RemoteError && err.code === 'busy' ? 'busy' : 'failure')
+    this.c.log?.(`server ${failed.hop.peer.slice(-8)} failed on ${describeBlocks([failed.hop.start, failed.hop.end])}: ${err.message}`)
+    await failed.session.close()
+    const maxRepairs = this.init.maxRepairs ?? 16
+    for (;;) {
+      if (this.repairs++ >= maxRepairs) {
+        throw new Error(`gave up after ${maxRepairs} route repairs; ${describeBlocks([failed.hop.start, failed.hop.end])} could not be served: ${err.message}`)
+      }
+      const replacement = await this.openRoute(failed.hop.start, failed.hop.end)
+      try {
+        const past = concat(failed.history)
+        const pastTokens = failed.history.reduce((n, x) => n + x.length, 0) / this.init.hiddenSize
+        let x = past
+        let y = h
+        for (const r of replacement) {
+          // Rebuild the cache at positions [0, pastTokens), then this step at the right position.
+          if (pastTokens > 0) { r.history.push(x); x = await r.session.forward(x, pastTokens) }
+          r.history.push(y)
+          y = await r.session.forward(y, tokens)
+        }
+        this.hops.splice(i, 1, ...replacement)
+        this.c.log?.(`rerouted ${describeBlocks([failed.hop.start, failed.hop.end])} through ${replacement.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
+        return { out: y, hops: replacement.length }
+      } catch (e: any) {
+        for (const r of replacement) await r.session.close()
+        if (!(e instanceof PeerFailure || e instanceof RemoteError)) throw e
+        this.c.bans.fail(e.peer, e instanceof RemoteError && e.code === 'busy' ? 'busy' : 'failure')
+        err = e
+      }
+    }
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await Promise.all(this.hops.map(async h => { await h.session.close() }))
+  }
+}
+
+function concat (parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0))
+  let o = 0
+  for (const p of parts) { out.set(p, o); o += p.length }
+  return out
+}

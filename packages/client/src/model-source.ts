@@ -1,0 +1,79 @@
+import { createPlexusNode, dialBootstrap } from '@plexus/p2p'
+import type { PlexusNode } from '@plexus/p2p'
+import { LocalModel, Checkpoint, ModelHead, loadManifest, loadTokenizer, readTokenizerConfig, shortId } from '@plexus/runtime'
+import type { ModelConfig, ModelHead as Head, SessionPipeline, TextTokenizer, ModelManifest } from '@plexus/runtime'
+import type { WireDType } from '@plexus/protocol'
+import { SwarmDiscovery } from './routing/discovery.ts'
+import { BanList } from './routing/ban-list.ts'
+import { SwarmSession } from './inference/swarm-session.ts'
+import type { Hop } from './routing/route.ts'
+
+/** What generation needs, wherever the blocks run. */
+export interface OpenModel {
+  config: ModelConfig
+  head: Head
+  tokenizer?: TextTokenizer
+  tokenizerConfig?: Record<string, unknown>
+  manifest?: ModelManifest
+  session (maxLength: number): Promise<SessionPipeline & { route?: Hop[] }>
+  close (): Promise<void>
+}
+
+export async function openLocal (dir: string): Promise<OpenModel> {
+  const model = await LocalModel.load(dir)
+  return {
+    config: model.config,
+    head: model.head,
+    tokenizer: await loadTokenizer(dir),
+    tokenizerConfig: await readTokenizerConfig(dir),
+    session: async (n) => await model.session(n),
+    close: async () => { await model.dispose() }
+  }
+}
+
+/** A client-mode libp2p node joined to the swarm through the bootstrap peers. */
+export async function connectSwarm (bootstrap: string[]): Promise<PlexusNode> {
+  const { generateKeyPair } = await import('@libp2p/crypto/keys')
+  const node = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), listen: [], dhtMode: 'client' })
+  try {
+    await dialBootstrap(node, bootstrap)
+  } catch (err) {
+    await node.stop()
+    throw err
+  }
+  return node
+}
+
+export interface SwarmModelInit {
+  /** A local model directory holding the client's parts (embeddings, head, tokenizer). */
+  dir: string
+  dtype?: WireDType
+  log?: (msg: string) => void
+}
+
+/** The model's blocks through the swarm; the client's own parts from `dir`. */
+export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promise<OpenModel> {
+  const ckpt = await Checkpoint.open(init.dir)
+  try {
+    const manifest = await loadManifest(ckpt)
+    const head = await ModelHead.load(ckpt)
+    const cfg = ckpt.config
+    const discovery = new SwarmDiscovery({ node }, { modelId: manifest.id, numBlocks: cfg.numLayers })
+    const bans = new BanList()
+    init.log?.(`model ${manifest.name} (${shortId(manifest.id)}), ${cfg.numLayers} blocks`)
+    return {
+      config: cfg,
+      head,
+      manifest,
+      tokenizer: await loadTokenizer(init.dir),
+      tokenizerConfig: await readTokenizerConfig(init.dir),
+      session: async (maxLength) => await SwarmSession.open({ dialer: node, source: discovery, bans, log: init.log }, {
+        modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, hiddenSize: cfg.hiddenSize, maxLength, dtype: init.dtype
+      }),
+      close: async () => { head.dispose(); await ckpt.close() }
+    }
+  } catch (err) {
+    await ckpt.close()
+    throw err
+  }
+}

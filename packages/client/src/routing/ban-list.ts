@@ -1,0 +1,32 @@
+/**
+ * Peers that failed recently, banned with exponential backoff: a flaky server is retried
+ * later rather than never, and a dead one stops costing a timeout per route.
+ */
+export class BanList {
+  private readonly until = new Map<string, number>()
+  private readonly strikes = new Map<string, number>()
+  private readonly baseMs: number
+  private readonly maxMs: number
+  private readonly now: () => number
+
+  constructor (init: { baseMs?: number, maxMs?: number, now?: () => number } = {}) {
+    this.baseMs = init.baseMs ?? 15_000
+    this.maxMs = init.maxMs ?? 10 * 60_000
+    this.now = init.now ?? Date.now
+  }
+
+  /** `busy` bans briefly without a strike: the server is healthy, just full. */
+  fail (peer: string, kind: 'failure' | 'busy' = 'failure'): void {
+    if (kind === 'busy') {
+      this.until.set(peer, Math.max(this.until.get(peer) ?? 0, this.now() + 2_000))
+      return
+    }
+    const n = (this.strikes.get(peer) ?? 0) + 1
+    this.strikes.set(peer, n)
+    this.until.set(peer, this.now() + Math.min(this.maxMs, this.baseMs * 2 ** (n - 1)))
+  }
+
+  succeed (peer: string): void { this.strikes.delete(peer) }
+
+  isBanned (peer: string): boolean { return (this.until.get(peer) ?? 0) > this.now() }
+}

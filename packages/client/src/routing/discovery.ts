@@ -1,0 +1,104 @@
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { PeerId } from '@libp2p/interface'
+import { findBlockHolders, findServers, fetchInfo } from '@plexus/p2p'
+import type { PlexusNode, AnnouncementPayload } from '@plexus/p2p'
+import type { ServerCandidate } from './route.ts'
+import type { CandidateSource } from '../inference/swarm-session.ts'
+
+export interface DiscoveryInit {
+  modelId: string
+  numBlocks: number
+  /** Deadline for one DHT lookup round. */
+  lookupTimeoutMs?: number
+  /** Deadline for asking one server what it serves. */
+  infoTimeoutMs?: number
+  /** Reuse a lookup for this long unless a refresh is asked for. */
+  cacheMs?: number
+}
+
+/** A verified announcement plus what this client measured about its server. */
+export interface ServerInfo extends ServerCandidate {
+  announcement: AnnouncementPayload
+}
+
+/**
+ * Finds the live servers of a model: provider records for every block (DHT), then each
+ * candidate's signed announcement over the info protocol. A peer that is gone fails that
+ * request and drops out at once, whatever stale provider records say.
+ */
+export class SwarmDiscovery implements CandidateSource {
+  private readonly node: PlexusNode
+  private readonly init: DiscoveryInit
+  private cached?: { at: number, servers: ServerInfo[] }
+  private readonly peers = new Map<string, PeerId>()
+
+  constructor (components: { node: PlexusNode }, init: DiscoveryInit) {
+    this.node = components.node
+    this.init = init
+  }
+
+  target (peer: string): unknown {
+    return this.peers.get(peer) ?? peerIdFromString(peer)
+  }
+
+  async candidates (opts: { refresh?: boolean } = {}): Promise<ServerCandidate[]> {
+    return await this.servers(opts)
+  }
+
+  async servers (opts: { refresh?: boolean } = {}): Promise<ServerInfo[]> {
+    const ttl = this.init.cacheMs ?? 30_000
+    if (opts.refresh !== true && this.cached != null && Date.now() - this.cached.at < ttl) return this.cached.servers
+    const blocks = Array.from({ length: this.init.numBlocks }, (_, i) => i)
+    const holders = await findBlockHolders(this.node, this.init.modelId, blocks, { perBlockTimeoutMs: this.init.lookupTimeoutMs ?? 10_000 })
+    const unique = new Map<string, PeerId>()
+    for (const list of holders.values()) for (const p of list) unique.set(p.toString(), p)
+    const servers = (await Promise.all([...unique.values()].map(async p => await this.probe(p)))).flat()
+    this.cached = { at: Date.now(), servers }
+    return servers
+  }
+
+  /** The peer's verified announcements for this model, with a measured round trip; [] if it is gone. */
+  private async probe (peer: PeerId): Promise<ServerInfo[]> {
+    this.peers.set(peer.toString(), peer)
+    try {
+      const t0 = performance.now()
+      const records = await fetchInfo(this.node, peer, { signal: AbortSignal.timeout(this.init.infoTimeoutMs ?? 5000) })
+      const rttMs = performance.now() - t0
+      return records
+        .filter(a => a.modelId === this.init.modelId && a.numBlocks === this.init.numBlocks)
+        .map(a => ({ peer: peer.toString(), start: a.start, end: a.end, throughput: a.throughput, rttMs, announcement: a }))
+    } catch {
+      return []
+    }
+  }
+}
+
+export interface ModelListing {
+  modelId: string
+  name: string
+  numBlocks: number
+  /** Servers per block. */
+  coverage: number[]
+  servers: number
+  offersHead: boolean
+}
+
+/** Every model the reachable servers announce, with how many servers hold each block. */
+export async function listModels (node: PlexusNode, opts: { timeoutMs?: number } = {}): Promise<ModelListing[]> {
+  const peers = await findServers(node, { timeoutMs: opts.timeoutMs ?? 10_000 })
+  const records = (await Promise.all(peers.map(async p => {
+    try { return await fetchInfo(node, p, { signal: AbortSignal.timeout(5000) }) } catch { return [] }
+  }))).flat()
+  const models = new Map<string, ModelListing>()
+  for (const a of records) {
+    let m = models.get(a.modelId)
+    if (m == null) {
+      m = { modelId: a.modelId, name: a.modelName, numBlocks: a.numBlocks, coverage: new Array(a.numBlocks).fill(0), servers: 0, offersHead: false }
+      models.set(a.modelId, m)
+    }
+    m.servers++
+    m.offersHead ||= a.offersHead
+    for (let b = a.start; b < Math.min(a.end, m.numBlocks); b++) m.coverage[b]++
+  }
+  return [...models.values()].sort((x, y) => x.name.localeCompare(y.name))
+}

@@ -1,0 +1,121 @@
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import type { PlexusNode } from './node.ts'
+import type { PeerId } from '@libp2p/interface'
+import type { Multiaddr } from '@multiformats/multiaddr'
+
+export const DEFAULT_BOOTSTRAP_TIMEOUT_MS = 5000
+
+export interface BootstrapAddr {
+  addr: Multiaddr
+  peerId: PeerId
+}
+
+export interface BootstrapResult {
+  /** The addresses (as given) that connected. */
+  connected: string[]
+  /** The addresses that did not, each with a one-line reason. */
+  failed: Array<{ addr: string, error: string }>
+}
+
+export interface DialBootstrapOptions {
+  /** Deadline per address (all are dialled in parallel). Default 5000 ms. */
+  timeoutMs?: number
+  signal?: AbortSignal
+}
+
+/**
+ * Parses a bootstrap multiaddr, which must name the peer (`.../p2p/<id>`): without the id a
+ * dial cannot tell the bootstrap peer from an impostor, and libp2p's own bootstrap module
+ * silently drops such entries.
+ */
+export function parseBootstrapAddr (s: string): BootstrapAddr {
+  const bad = (why: string): Error => new Error(`bad bootstrap address "${s}": ${why}`)
+  if (typeof s !== 'string' || s.trim() === '') throw bad('empty')
+  let addr: Multiaddr
+  try {
+    addr = multiaddr(s.trim())
+  } catch (err) {
+    throw bad((err as Error).message)
+  }
+  const components = addr.getComponents()
+  const last = components[components.length - 1]
+  if (last?.name !== 'p2p' || last.value == null) throw bad('must end in /p2p/<peer id>')
+  if (components.length < 2) throw bad('has no transport address before /p2p/<peer id>')
+  let peerId: PeerId
+  try {
+    peerId = peerIdFromString(last.value)
+  } catch (err) {
+    throw bad(`invalid peer id "${last.value}": ${(err as Error).message}`)
+  }
+  return { addr, peerId }
+}
+
+/**
+ * Dials every bootstrap address in parallel, each under its own deadline. Throws when the list
+ * is not empty and no peer connected, listing why each failed; otherwise reports the failures.
+ * A malformed address throws at once (a configuration mistake, not a network condition).
+ * libp2p reuses an open connection to the named peer whatever the address, and merges
+ * concurrent dials of one peer, so two addresses of one peer succeed or fail together.
+ */
+export async function dialBootstrap (node: PlexusNode, addrs: string[], opts: DialBootstrapOptions = {}): Promise<BootstrapResult> {
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_BOOTSTRAP_TIMEOUT_MS
+  const log = node.logger.forComponent('plexus:bootstrap')
+  const parsed = addrs.map(s => ({ s, ...parseBootstrapAddr(s) }))
+  // a shared bootstrap list may name this very node
+  const targets = parsed.filter(p => !p.peerId.equals(node.peerId))
+
+  const result: BootstrapResult = { connected: [], failed: [] }
+  await Promise.all(targets.map(async ({ s, addr }) => {
+    const deadline = AbortSignal.timeout(timeoutMs)
+    const signal = opts.signal != null ? AbortSignal.any([opts.signal, deadline]) : deadline
+    const t0 = Date.now()
+    try {
+      await node.dial(addr, { signal })
+      log('connected to bootstrap peer %a in %d ms', addr, Date.now() - t0)
+      result.connected.push(s)
+    } catch (err) {
+      if (opts.signal?.aborted === true) return
+      const error = `cannot reach bootstrap peer ${s}: ${describeDialError(err, addr, deadline.aborted ? timeoutMs : undefined)}`
+      log.error(error)
+      result.failed.push({ addr: s, error })
+    }
+  }))
+  opts.signal?.throwIfAborted()
+
+  if (targets.length > 0 && result.connected.length === 0) {
+    throw new Error(`could not connect to any bootstrap peer:\n  ${result.failed.map(f => f.error).join('\n  ')}`)
+  }
+  return result
+}
+
+/** One short phrase for why a dial failed; `timedOutAfterMs` is set when our deadline fired. */
+export function describeDialError (err: unknown, addr: Multiaddr, timedOutAfterMs?: number): string {
+  type DialFailure = Error & { code?: string }
+  // a dial of several addresses fails with all their errors; the first is as telling as any
+  const e: DialFailure | undefined = (err instanceof AggregateError && err.errors.length > 0 ? err.errors[0] : err) as DialFailure | undefined
+  const host = addr.getComponents().find(c => c.name.startsWith('dns'))?.value ?? 'host'
+  const code = e?.code ?? ''
+  const msg = String(e?.message ?? e)
+
+  if (timedOutAfterMs != null || e?.name === 'TimeoutError') {
+    return timedOutAfterMs != null ? `timed out after ${formatSeconds(timedOutAfterMs)}` : 'timed out'
+  }
+  if (code === 'ECONNREFUSED') return 'connection refused'
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EAI_FAIL' || e?.name === 'DNSQueryFailedError') {
+    return `DNS lookup of ${host} failed${code !== '' ? ` (${code})` : ''}`
+  }
+  if (code === 'EHOSTUNREACH') return 'host unreachable'
+  if (code === 'ENETUNREACH') return 'network unreachable'
+  if (code === 'ECONNRESET' || code === 'EPIPE') return 'connection reset by the remote side'
+  const mismatch = /identity key (\S+) does not match expected remote identity key (\S+)/.exec(msg)
+  if (mismatch != null) return `peer id mismatch: the peer there is ${mismatch[1]}, not ${mismatch[2]}`
+  if (e?.name === 'UnexpectedPeerError' || /does not match expected/.test(msg)) return `peer id mismatch (${msg})`
+  if (e?.name === 'NoValidAddressesError' || e?.name === 'TransportUnavailableError') return 'no configured transport can dial this address'
+  if (e?.name === 'DialError' && /self/.test(msg)) return 'this is our own address'
+  return `${e?.name ?? 'Error'}: ${msg}`
+}
+
+function formatSeconds (ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${(ms / 1000).toFixed(1)} s`
+}

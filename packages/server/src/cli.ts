@@ -1,0 +1,53 @@
+import yargs from 'yargs'
+import { hideBin } from 'yargs/helpers'
+import { BACKENDS } from '@plexus/runtime'
+import { runBootstrap, runJoin } from './commands.ts'
+import type { JoinArgs, BootstrapArgs } from './commands.ts'
+
+const EXPECTED = new Set(['UsageError', 'ConfigError', 'CheckpointError', 'BackendError', 'SpanError', 'RecordError'])
+
+function report (err: any): never {
+  const expected = EXPECTED.has(err?.name) || /^(bad|cannot|no |could not)/.test(String(err?.message))
+  process.stderr.write(`plexus-node: ${expected ? err.message : (err?.stack ?? String(err))}\n`)
+  process.exit(expected ? 2 : 1)
+}
+
+const common = (y: any): any => y
+  .option('listen', { type: 'array', string: true, default: ['/ip4/127.0.0.1/tcp/0'], describe: 'Multiaddrs to listen on, e.g. /ip4/0.0.0.0/tcp/31337' })
+  .option('announce', { type: 'array', string: true, describe: 'Addresses to advertise instead of the listen addresses (e.g. a forwarded port)' })
+  .option('key', { type: 'string', describe: 'Key file: created on first run, giving this node a stable peer id' })
+  .option('webrtc', { type: 'boolean', default: false, describe: 'Also reachable over WebRTC (for peers behind NAT)' })
+  .option('json', { type: 'boolean', default: false, describe: 'Log events as JSON lines on stdout' })
+
+await yargs(hideBin(process.argv))
+  .scriptName('plexus-node')
+  .usage('$0 <command> [options]\n\nContribute your machine to a Plexus swarm.')
+  .command('bootstrap', 'Run a bootstrap peer: a DHT server that serves no blocks; others join through it', (y) => common(y)
+    .example('$0 bootstrap --listen /ip4/0.0.0.0/tcp/31337 --key bootstrap.key', 'a bootstrap peer with a stable address')
+  , async (argv) => { await runBootstrap(argv as unknown as BootstrapArgs) })
+  .command('join', 'Serve blocks of a model to the swarm', (y) => common(y)
+    .option('bootstrap', { type: 'array', string: true, demandOption: true, describe: 'Multiaddr of a bootstrap peer, ending in /p2p/<peer id> (repeatable)' })
+    .option('model', { type: 'string', demandOption: true, describe: 'Hugging Face model directory (config.json, *.safetensors)' })
+    .option('blocks', { type: 'string', describe: 'Blocks to serve, as start:end (end exclusive), e.g. 0:8; default: all' })
+    .option('backend', { choices: [...BACKENDS, 'auto'], default: 'auto', describe: 'Compute backend (auto = fastest installed)' })
+    .option('max-sessions', { type: 'number', default: 64, describe: 'Most concurrent inference sessions' })
+    .option('cache-mb', { type: 'number', default: 2048, describe: 'KV-cache budget for all sessions, MiB' })
+    .option('offer-head', { type: 'boolean', describe: "Hand out the model's client parts (default: when serving the first or last block)" })
+    .example('$0 join --bootstrap /ip4/192.168.1.10/tcp/31337/p2p/12D3KooW... --model ./llama --blocks 0:16', 'serve the first 16 blocks')
+    .check((a: any) => {
+      if (a.blocks != null && !/^\d+:\d+$/.test(a.blocks)) throw new Error(`--blocks must look like start:end (got "${a.blocks}")`)
+      if (!(a['max-sessions'] >= 1)) throw new Error('--max-sessions must be at least 1')
+      if (!(a['cache-mb'] > 0)) throw new Error('--cache-mb must be positive')
+      return true
+    })
+  , async (argv) => { await runJoin(argv as unknown as JoinArgs) })
+  .demandCommand(1, 'Choose a command (see --help)')
+  .strict()
+  .fail((msg, err) => {
+    if (err != null) report(err)
+    process.stderr.write(`plexus-node: ${msg}\nRun plexus-node --help for usage.\n`)
+    process.exit(2)
+  })
+  .help()
+  .parseAsync()
+  .catch(report)

@@ -1,0 +1,113 @@
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import type { PrivateKey } from '@libp2p/interface'
+import { createPlexusNode, dialBootstrap, loadOrCreateKey } from '@plexus/p2p'
+import type { PlexusNode } from '@plexus/p2p'
+import { initBackend, Checkpoint, loadManifest, loadSpanRunners, chainRunners, shortId } from '@plexus/runtime'
+import type { BackendName } from '@plexus/runtime'
+import { BlockBackend } from './backend.ts'
+import { PlexusServer } from './server.ts'
+import { measureThroughput } from './throughput.ts'
+
+interface CommonArgs {
+  listen: string[]
+  announce?: string[]
+  key?: string
+  webrtc: boolean
+  json: boolean
+}
+export type BootstrapArgs = CommonArgs
+export interface JoinArgs extends CommonArgs {
+  bootstrap: string[]
+  model: string
+  blocks?: string
+  backend: BackendName | 'auto'
+  maxSessions: number
+  cacheMb: number
+  offerHead?: boolean
+}
+
+export class UsageError extends Error {
+  constructor (message: string) { super(message); this.name = 'UsageError' }
+}
+
+/** Human lines by default; `--json`: one JSON object per event (what tests and tools parse). */
+function emitter (json: boolean) {
+  return (event: string, human: string, data: Record<string, unknown> = {}): void => {
+    process.stdout.write(json ? JSON.stringify({ event, ...data }) + '\n' : human + '\n')
+  }
+}
+
+async function key (path?: string): Promise<PrivateKey> {
+  return path != null ? await loadOrCreateKey(path) : await generateKeyPair('Ed25519')
+}
+
+/** Stops cleanly on SIGINT/SIGTERM (a second signal exits at once). */
+function onShutdown (stop: () => Promise<void>): void {
+  let stopping = false
+  const handler = (sig: string): void => {
+    if (stopping) process.exit(1)
+    stopping = true
+    process.stderr.write(`plexus-node: ${sig}: stopping…\n`)
+    stop().then(() => process.exit(0), (err) => { process.stderr.write(`plexus-node: ${err.message}\n`); process.exit(1) })
+  }
+  process.on('SIGINT', () => handler('SIGINT'))
+  process.on('SIGTERM', () => handler('SIGTERM'))
+}
+
+function fullAddrs (node: PlexusNode): string[] {
+  return node.getMultiaddrs().map(a => a.toString())
+}
+
+export async function runBootstrap (args: BootstrapArgs): Promise<void> {
+  const emit = emitter(args.json)
+  const node = await createPlexusNode({ privateKey: await key(args.key), listen: args.listen, announce: args.announce, dhtMode: 'server', webrtc: args.webrtc })
+  const addrs = fullAddrs(node)
+  emit('ready', `bootstrap peer ${node.peerId} listening; join with:\n${addrs.map(a => `  plexus-node join --bootstrap ${a} --model DIR`).join('\n')}`, { peerId: node.peerId.toString(), addrs })
+  onShutdown(async () => { await node.stop() })
+}
+
+export function parseBlocks (spec: string | undefined, numLayers: number): [number, number] {
+  if (spec == null) return [0, numLayers]
+  const [a, b] = spec.split(':').map(Number)
+  if (!(a >= 0 && b > a && b <= numLayers)) throw new UsageError(`--blocks ${spec}: need 0 ≤ start < end ≤ ${numLayers} (this model has ${numLayers} blocks)`)
+  return [a, b]
+}
+
+export async function runJoin (args: JoinArgs): Promise<void> {
+  const emit = emitter(args.json)
+  const backendName = await initBackend(args.backend)
+  const ckpt = await Checkpoint.open(args.model)
+  const cfg = ckpt.config
+  const [start, end] = parseBlocks(args.blocks, cfg.numLayers)
+  const manifest = await loadManifest(ckpt)
+  // Always in worker threads: a long prefill must not stall this thread's networking (pings).
+  const runner = chainRunners(await loadSpanRunners(ckpt, start, end, { placement: 'workers', blockDigests: manifest.blockDigests }))
+  const backend = new BlockBackend({ runner, config: cfg }, {
+    modelId: manifest.id, maxSessions: args.maxSessions, cacheBudgetBytes: args.cacheMb * 2 ** 20
+  })
+  const throughput = await measureThroughput(runner, cfg.hiddenSize)
+
+  const privateKey = await key(args.key)
+  const node = await createPlexusNode({ privateKey, listen: args.listen, announce: args.announce, dhtMode: 'server', webrtc: args.webrtc })
+  try {
+    const r = await dialBootstrap(node, args.bootstrap)
+    for (const f of r.failed) process.stderr.write(`plexus-node: warning: ${f.error}\n`)
+  } catch (err) {
+    await node.stop()
+    await backend.dispose()
+    throw err
+  }
+  const server = new PlexusServer({ node, privateKey, backend, manifest }, {
+    throughput, offersHead: args.offerHead ?? (start === 0 || end === cfg.numLayers)
+  })
+  await server.start()
+  const addrs = fullAddrs(node)
+  emit('ready', `serving blocks ${start}–${end - 1} of ${manifest.name} (${shortId(manifest.id)}) on ${backendName} at ${throughput.toFixed(1)} tokens/s per block\n` +
+    `peer ${node.peerId}\n${addrs.map(a => '  ' + a).join('\n')}`,
+  { peerId: node.peerId.toString(), addrs, modelId: manifest.id, modelName: manifest.name, start, end, throughput, backend: backendName })
+  onShutdown(async () => {
+    await server.stop()
+    await node.stop()
+    await ckpt.close()
+  })
+}

@@ -1,0 +1,87 @@
+import type { PrivateKey, Logger } from '@libp2p/interface'
+import { Announcer, serveInfo, signAnnouncement } from '@plexus/p2p'
+import type { PlexusNode } from '@plexus/p2p'
+import type { ModelManifest } from '@plexus/runtime'
+import { createSessionHandler, SESSION_PROTOCOL } from './session-handler.ts'
+import type { BlockBackend } from './backend.ts'
+
+export interface PlexusServerComponents {
+  node: PlexusNode
+  privateKey: PrivateKey
+  backend: BlockBackend
+  manifest: ModelManifest
+}
+
+export interface PlexusServerInit {
+  /** Tokens/s per block for one session's decode step, measured at start-up. */
+  throughput: number
+  /** Announcements are valid this long and re-signed before they lapse. */
+  announcementTtlMs?: number
+  /** How often the DHT provider records are refreshed. */
+  announceRefreshMs?: number
+  /** This node can hand out the model's client parts (embeddings, head, tokenizer). */
+  offersHead?: boolean
+  maxInboundStreams?: number
+}
+
+const VERSION = '0.1.0'
+
+/**
+ * A node serving blocks `[start, end)` of one model: the session protocol, signed announcements
+ * on the info protocol, and provider records in the DHT so clients find it.
+ */
+export class PlexusServer {
+  private readonly c: PlexusServerComponents
+  private readonly init: PlexusServerInit
+  private readonly log: Logger
+  private readonly announcer: Announcer
+  private draining = false
+
+  constructor (components: PlexusServerComponents, init: PlexusServerInit) {
+    this.c = components
+    this.init = init
+    this.log = components.node.logger.forComponent('plexus:server')
+    const { backend } = components
+    this.announcer = new Announcer({ node: components.node }, {
+      modelId: backend.modelId, start: backend.start, end: backend.end, refreshMs: init.announceRefreshMs
+    })
+  }
+
+  /** The signed announcement clients verify before routing through this node. */
+  async announcement (): Promise<Uint8Array> {
+    const { backend, manifest, node } = this.c
+    const ttl = this.init.announcementTtlMs ?? 60_000
+    return await signAnnouncement(this.c.privateKey, {
+      modelId: backend.modelId,
+      modelName: manifest.name,
+      start: backend.start,
+      end: backend.end,
+      numBlocks: backend.config.numLayers,
+      throughput: this.init.throughput,
+      addrs: node.getMultiaddrs().map(a => a.toString()),
+      offersHead: this.init.offersHead ?? false,
+      capacity: { sessions: backend.sessionCount + backend.freeSessions, freeSessions: this.draining ? 0 : backend.freeSessions },
+      version: VERSION
+    }, { ttlMs: ttl })
+  }
+
+  async start (): Promise<void> {
+    const { node, backend } = this.c
+    await node.handle(SESSION_PROTOCOL, createSessionHandler({ backend, log: this.log }), {
+      maxInboundStreams: this.init.maxInboundStreams ?? 1024
+    })
+    await serveInfo(node, async () => this.draining ? [] : [await this.announcement()])
+    this.announcer.start()
+    this.log('serving blocks [%d, %d) of %s', backend.start, backend.end, backend.modelId)
+  }
+
+  /** Stops announcing, lets in-flight steps finish (up to `deadlineMs`), then frees everything. */
+  async stop (deadlineMs = 10_000): Promise<void> {
+    this.draining = true
+    await this.announcer.stop()
+    const until = Date.now() + deadlineMs
+    while (this.c.backend.sessionCount > 0 && Date.now() < until) await new Promise(r => setTimeout(r, 100))
+    await this.c.node.unhandle(SESSION_PROTOCOL)
+    await this.c.backend.dispose()
+  }
+}
