@@ -111,7 +111,7 @@ describe('model making tools', () => {
       await makeModel({ shape: 'tiny', out: b, seed: 7 })
       await makeModel({ shape: 'tiny', out: c, seed: 8 })
       const [fa, fb, fc] = await Promise.all([filesOf(a), filesOf(b), filesOf(c)])
-      assert.deepEqual([...fa.keys()], ['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'])
+      assert.deepEqual([...fa.keys()], ['config.json', 'generation_config.json', 'model.safetensors', 'plexus-manifest.json', 'tokenizer.json', 'tokenizer_config.json'])
       for (const [name, bytes] of fa) assert.ok(bytes.equals(fb.get(name) as Buffer), `${name} differs between runs with the same seed`)
       assert.ok(!(fa.get('model.safetensors') as Buffer).equals(fc.get('model.safetensors') as Buffer))
     })

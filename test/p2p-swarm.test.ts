@@ -66,6 +66,7 @@ describe('p2p: swarm discovery and info', function () {
       return await a.start()
     }))
     timings.provideAllMs = Date.now() - t0
+    timings.provideRoundMaxMs = Math.max(...rounds.map(r => r.ms))
     for (const [i, r] of rounds.entries()) assert.equal(r.unreached, 0, `server ${i} left ${r.unreached} records unprovided`)
   })
 
@@ -129,6 +130,15 @@ describe('p2p: swarm discovery and info', function () {
     await assert.rejects(fetchInfo(client, boot.peerId, { timeoutMs: 3000 }), /info from peer .*: exchange failed|cannot connect/)
   })
 
+  it('passes on a server-side failure to list records as a clear error', async () => {
+    const remove = await serveInfo(boot, async () => { throw new Error('disk on fire') })
+    try {
+      await assert.rejects(fetchInfo(client, boot.peerId, { timeoutMs: 3000 }), /info from peer \w+: peer reports an error: cannot list records: disk on fire$/)
+    } finally {
+      await remove()
+    }
+  })
+
   it('a stopped server: info fails at once, and its provider records age out', async () => {
     const gone = servers[2]
     await fetchInfo(client, gone.peerId, { timeoutMs: 3000 }) // connected beforehand, like a real client
@@ -151,6 +161,28 @@ describe('p2p: swarm discovery and info', function () {
       await new Promise(resolve => setTimeout(resolve, 250))
     }
     timings.staleProviderGoneMs = Date.now() - t1
+  })
+})
+
+describe('p2p: a node with no DHT peers', function () {
+  this.timeout(10_000)
+  let lone: PlexusNode
+  before(async () => { lone = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), dhtMode: 'server' }) })
+  after(async () => { await lone.stop() })
+
+  it('announcing neither throws nor hangs, and lookups end at their deadline', async () => {
+    const a = new Announcer({ node: lone }, { modelId: MODEL, start: 0, end: 3 })
+    const t0 = Date.now()
+    const round = await a.start()
+    assert.deepEqual([round.provided, round.unreached], [0, 4])
+    await a.stop()
+    assert.ok(Date.now() - t0 < 1000, `took ${Date.now() - t0} ms`)
+
+    const t1 = Date.now()
+    const holders = await findBlockHolders(lone, MODEL, [0, 1, 2], { perBlockTimeoutMs: 300 })
+    assert.deepEqual([...holders.values()].map(h => h.length), [0, 0, 0])
+    assert.ok(Date.now() - t1 < 1500, `took ${Date.now() - t1} ms`)
+    await assert.rejects(findServers(lone, { signal: AbortSignal.timeout(200) }), { name: 'TimeoutError' })
   })
 })
 

@@ -10,6 +10,8 @@ import { writeSafetensors } from '../../packages/runtime/src/safetensors-write.t
 import type { TensorToWrite } from '../../packages/runtime/src/safetensors-write.ts'
 import { writeTokenizer } from './make-tokenizer.ts'
 import { writeGguf } from './gguf.ts'
+import { Checkpoint } from '../../packages/runtime/src/checkpoint.ts'
+import { loadManifest, MANIFEST_FILE } from '../../packages/runtime/src/model-id.ts'
 
 export interface ModelShape {
   hiddenSize: number
@@ -44,6 +46,8 @@ export interface MakeModelOptions {
   layers?: number
   /** Also write `model.gguf` for llama.cpp (f16 when the weights are f16, else f32 unless given). */
   gguf?: boolean | { dtype: 'f32' | 'f16' }
+  /** The model's name in its manifest (default: the shape's name). */
+  name?: string
   /** Worker threads generating weights (default: available cores); results do not depend on it. */
   workers?: number
 }
@@ -170,6 +174,10 @@ export async function makeModel (opts: MakeModelOptions): Promise<void> {
     await pool?.close()
   }
 
+  // The model id (config + per-block digests), so servers need not hash the whole model again.
+  const ckpt = await Checkpoint.open(opts.out)
+  try { await loadManifest(ckpt, { name: opts.name ?? (typeof opts.shape === 'string' ? opts.shape : 'custom') }) } finally { await ckpt.close() }
+
   if (opts.gguf != null && opts.gguf !== false) {
     const ggufDtype = typeof opts.gguf === 'object' ? opts.gguf.dtype : (dtype === 'f16' ? 'f16' : 'f32')
     await writeGguf(opts.out, join(opts.out, 'model.gguf'), { dtype: ggufDtype })
@@ -200,7 +208,7 @@ export function splitShards<T extends { shape: number[] }> (tensors: T[], k: num
 async function removeOldWeights (dir: string): Promise<void> {
   // A stale index or shard from an earlier run would be read instead of (or mixed with) the new weights.
   for (const f of await readdir(dir)) {
-    if (/^model(-\d{5}-of-\d{5})?\.safetensors$/.test(f) || f === 'model.safetensors.index.json' || f === 'model.gguf') {
+    if (/^model(-\d{5}-of-\d{5})?\.safetensors$/.test(f) || f === 'model.safetensors.index.json' || f === 'model.gguf' || f === MANIFEST_FILE) {
       await rm(join(dir, f))
     }
   }

@@ -56,7 +56,7 @@ export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promis
   const ckpt = await Checkpoint.open(init.dir)
   try {
     const manifest = await loadManifest(ckpt)
-    const head = await ModelHead.load(ckpt)
+    const head = await ModelHead.load(ckpt, { headDigest: manifest.headDigest })
     const cfg = ckpt.config
     const discovery = new SwarmDiscovery({ node }, { modelId: manifest.id, numBlocks: cfg.numLayers })
     const bans = new BanList()

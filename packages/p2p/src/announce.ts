@@ -159,6 +159,10 @@ export class Announcer {
     const t0 = Date.now()
     const result: AnnounceRound = { provided: 0, unreached: 0, ms: 0 }
     if (signal == null || signal.aborted) return result
+    if (this.node.status !== 'started') {
+      this.log.error('node stopped before the announcer; no longer providing')
+      return result
+    }
     if (dhtPeerCount(this.node) === 0) {
       // nobody to store records with yet: a provide would only wait out its deadline
       result.unreached = this.cids.length

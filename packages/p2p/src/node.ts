@@ -114,6 +114,9 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
         // the default mapper drops private addresses, which empties the table on a LAN
         peerInfoMapper: peerAddresses === 'private' ? removePublicAddressesMapper : passthroughMapper,
         ...(init.kBucketSize != null ? { kBucketSize: init.kBucketSize } : {}),
+        // every query waits for the first self-query, by default started 1 s after start;
+        // start it at once (it still waits for the first peer) so a fresh node is usable sooner
+        initialQuerySelfInterval: 0,
         reprovide: {
           validity: validityMs,
           threshold: Math.floor(validityMs / 3),

@@ -4,6 +4,7 @@ import type { Checkpoint, RawTensor } from './checkpoint.ts'
 import { headTensorShapes } from './config.ts'
 import { toFloat32 } from './safetensors.ts'
 import { transposeInto, rmsNorm } from './block.ts'
+import { tensorsDigest } from './model-id.ts'
 
 /**
  * The client's own pieces of the model: token embeddings, the final norm and the LM head.
@@ -23,8 +24,14 @@ export class ModelHead {
     this.lmHead = lmHead
   }
 
-  static async load (ckpt: Checkpoint): Promise<ModelHead> {
-    const head = ModelHead.fromRaw(ckpt.config, await ckpt.readHeadRaw())
+  /** `headDigest` (from the model manifest) makes the load verify the weights are the ones the model id names. */
+  static async load (ckpt: Checkpoint, opts: { headDigest?: string } = {}): Promise<ModelHead> {
+    const raws = await ckpt.readHeadRaw()
+    if (opts.headDigest != null) {
+      const got = await tensorsDigest(raws)
+      if (got !== opts.headDigest) throw new Error(`the embeddings/LM head do not match the model id (digest ${got.slice(0, 12)}, manifest says ${opts.headDigest.slice(0, 12)})`)
+    }
+    const head = ModelHead.fromRaw(ckpt.config, raws)
     // Pack the LM head for the backend now, not during the first token.
     await head.logits(new Float32Array(ckpt.config.hiddenSize), 1)
     return head

@@ -91,8 +91,9 @@ export class Span {
       for (let b = start; b < end; b++) {
         const raws = await ckpt.readBlockRaw(b)
         const want = opts.blockDigests?.[b]
-        if (want != null && tensorsDigest(raws) !== want) {
-          throw new SpanError(`block ${b}'s weights do not match the model id (digest ${tensorsDigest(raws).slice(0, 12)}, manifest says ${want.slice(0, 12)})`)
+        const got = want != null ? await tensorsDigest(raws) : undefined
+        if (got != null && got !== want) {
+          throw new SpanError(`block ${b}'s weights do not match the model id (digest ${got.slice(0, 12)}, manifest says ${want!.slice(0, 12)})`)
         }
         blocks.push(loadBlockWeights(ckpt.config, b, raws))
       }

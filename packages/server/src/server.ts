@@ -71,7 +71,9 @@ export class PlexusServer {
       maxInboundStreams: this.init.maxInboundStreams ?? 1024
     })
     await serveInfo(node, async () => this.draining ? [] : [await this.announcement()])
-    this.announcer.start()
+    // Ready means findable: wait for the first round of provider records (it never throws).
+    const round = await this.announcer.start()
+    if (round.unreached > 0) this.log('%d of %d announcements reached no peer yet; retrying in the background', round.unreached, round.unreached + round.provided)
     this.log('serving blocks [%d, %d) of %s', backend.start, backend.end, backend.modelId)
   }
 

@@ -1,0 +1,85 @@
+// A swarm of real plexus-node processes on 127.0.0.1: for `npm start`, the tests and the benchmarks.
+import { spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const NODE_BIN = join(ROOT, 'packages/server/bin/plexus-node.js')
+export const CLIENT_BIN = join(ROOT, 'packages/client/bin/plexus-client.js')
+
+export interface NodeProcess {
+  name: string
+  child: ChildProcess
+  peerId: string
+  addrs: string[]
+  /** The `ready` event the node printed. */
+  ready: Record<string, any>
+  /** Everything it wrote to stderr (for failure reports). */
+  stderr: () => string
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves when the process is gone. */
+  stop: (graceMs?: number) => Promise<void>
+}
+
+export interface StartNodeOptions {
+  name: string
+  args: string[]
+  timeoutMs?: number
+  env?: NodeJS.ProcessEnv
+}
+
+/** Starts `plexus-node <args> --json` and resolves once it printed its `ready` event. */
+export async function startNode (opts: StartNodeOptions): Promise<NodeProcess> {
+  const child = spawn(process.execPath, [NODE_BIN, ...opts.args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env })
+  let err = ''
+  child.stderr!.on('data', (d: Buffer) => { err += d.toString(); if (err.length > 1 << 20) err = err.slice(-(1 << 19)) })
+  const exited = new Promise<void>(resolve => child.once('exit', () => resolve()))
+  const stop = async (graceMs = 5000): Promise<void> => {
+    if (child.exitCode != null || child.signalCode != null) return
+    child.kill('SIGTERM')
+    const t = setTimeout(() => child.kill('SIGKILL'), graceMs)
+    await exited
+    clearTimeout(t)
+  }
+  const ready = await new Promise<Record<string, any>>((resolve, reject) => {
+    const timer = setTimeout(() => { void stop(0); reject(new Error(`${opts.name} not ready within ${(opts.timeoutMs ?? 120_000) / 1000} s:\n${err}`)) }, opts.timeoutMs ?? 120_000)
+    const lines = createInterface({ input: child.stdout! })
+    lines.on('line', (line) => {
+      let ev: any
+      try { ev = JSON.parse(line) } catch { return }
+      if (ev.event === 'ready') { clearTimeout(timer); resolve(ev) }
+    })
+    child.once('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`${opts.name} exited (${code ?? sig}) before it was ready:\n${err}`)) })
+  })
+  return { name: opts.name, child, peerId: ready.peerId, addrs: ready.addrs, ready, stderr: () => err, stop }
+}
+
+export interface LocalSwarm {
+  bootstrap: NodeProcess
+  nodes: NodeProcess[]
+  bootstrapAddr: string
+  /** Starts one more server (e.g. a spare holder) joined to this swarm. */
+  add: (name: string, model: string, blocks?: string, extra?: string[]) => Promise<NodeProcess>
+  stop: () => Promise<void>
+}
+
+/** A bootstrap peer plus one server per span (`blocks` like ['0:4', '4:8', '8:12']), all started in parallel. */
+export async function startSwarm (model: string, blocks: string[], extra: string[] = []): Promise<LocalSwarm> {
+  const bootstrap = await startNode({ name: 'bootstrap', args: ['bootstrap'] })
+  const bootstrapAddr = bootstrap.addrs[0]
+  const nodes: NodeProcess[] = []
+  const add = async (name: string, m: string, b?: string, x: string[] = extra): Promise<NodeProcess> => {
+    const n = await startNode({ name, args: ['join', '--bootstrap', bootstrapAddr, '--model', m, ...(b != null ? ['--blocks', b] : []), ...x] })
+    nodes.push(n)
+    return n
+  }
+  const stop = async (): Promise<void> => { await Promise.all([...nodes, bootstrap].map(async n => { await n.stop() })) }
+  try {
+    await Promise.all(blocks.map(async (b, i) => await add(`node${i}[${b}]`, model, b)))
+  } catch (err) {
+    await stop()
+    throw err
+  }
+  return { bootstrap, nodes, bootstrapAddr, add, stop }
+}
