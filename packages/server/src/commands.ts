@@ -81,7 +81,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
   const [start, end] = parseBlocks(args.blocks, cfg.numLayers)
   const manifest = await loadManifest(ckpt)
   // Always in worker threads: a long prefill must not stall this thread's networking (pings).
-  const runner = chainRunners(await loadSpanRunners(ckpt, start, end, { placement: 'workers', blockDigests: manifest.blockDigests }))
+  const runner = chainRunners(await loadSpanRunners(ckpt, start, end, { placement: (process.env.PLEXUS_PLACEMENT as any) ?? 'workers', blockDigests: manifest.blockDigests }))
   const backend = new BlockBackend({ runner, config: cfg }, {
     modelId: manifest.id, maxSessions: args.maxSessions, cacheBudgetBytes: args.cacheMb * 2 ** 20
   })

@@ -59,6 +59,8 @@ export class RemoteSpanSession {
   length = 0
   /** Server-reported compute time of the last step, ms. */
   lastComputeMs = 0
+  /** Wall time of the last step as the client saw it, ms (minus compute: the hop's overhead). */
+  lastWallMs = 0
 
   private constructor (init: RemoteSpanInit, stream: Stream, sessionId: string) {
     this.init = init
@@ -108,6 +110,7 @@ export class RemoteSpanSession {
   /** Runs hidden states `[tokens, hidden]` for the next positions through this hop. */
   async forward (hidden: Float32Array, tokens: number): Promise<Float32Array> {
     const signal = AbortSignal.timeout(this.init.stepTimeoutMs ?? 30_000)
+    const t0 = performance.now()
     const step = this.step++
     const reply = await this.request({
       type: 'step', sessionId: this.sessionId, step, position: this.length, tokens, hidden: this.init.hiddenSize, dtype: this.init.dtype ?? 'f32', data: hidden
@@ -119,6 +122,7 @@ export class RemoteSpanSession {
     }
     this.length += tokens
     this.lastComputeMs = r.computeMs ?? 0
+    this.lastWallMs = performance.now() - t0
     return r.data
   }
 

@@ -65,6 +65,11 @@ export class SwarmSession implements SessionPipeline {
   /** The current route, for display. */
   get route (): Hop[] { return this.hops.map(h => h.hop) }
 
+  /** Per hop, the last step's wall time seen here and the server's own compute time (ms). */
+  lastStepTimings (): Array<Hop & { wallMs: number, computeMs: number }> {
+    return this.hops.map(h => ({ ...h.hop, wallMs: h.session.lastWallMs, computeMs: h.session.lastComputeMs }))
+  }
+
   /** Opens sessions on a fresh route through `[from, to)`, skipping banned or refusing peers. */
   private async openRoute (from: number, to: number): Promise<LiveHop[]> {
     for (let attempt = 0; ; attempt++) {

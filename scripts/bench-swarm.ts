@@ -1,0 +1,121 @@
+// `npm run bench:swarm [-- --model DIR]`: the same model and prompt through a 3-process loopback
+// swarm and in one process (--local), in the same run: decode tokens/s ratio and per-hop overhead.
+import { parseArgs } from 'node:util'
+import { access } from 'node:fs/promises'
+import { join } from 'node:path'
+import { tmpdir } from 'node:os'
+import { initBackend, generate, seededRandom, readModelConfig } from '@plexus/runtime'
+import type { WireDType } from '@plexus/protocol'
+import { connectSwarm, openSwarm, openLocal } from '../packages/client/src/model-source.ts'
+import { SwarmSession } from '../packages/client/src/inference/swarm-session.ts'
+import { makeModel } from './lib/model-maker.ts'
+import { startSwarm } from './lib/local-swarm.ts'
+
+const { values: a } = parseArgs({
+  options: {
+    model: { type: 'string' },
+    shape: { type: 'string', default: 'small' },
+    'prompt-tokens': { type: 'string', default: '32' },
+    tokens: { type: 'string', default: '48' },
+    'wire-dtype': { type: 'string', default: 'f32' },
+    'json-only': { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false }
+  }
+})
+if (a.help === true) {
+  process.stdout.write(`usage: npm run bench:swarm -- [--model DIR | --shape small|tinyllama] [--prompt-tokens N] [--tokens N] [--wire-dtype f32|f16|bf16] [--json-only]
+
+Starts a bootstrap peer and 3 plexus-node processes (a third of the blocks each) on 127.0.0.1,
+generates greedily through them and in one process, and prints both speeds and the per-hop overhead.
+Without --model, a random-weight model of --shape is made once in the system temp folder.\n`)
+  process.exit(0)
+}
+const log = (s: string): void => { if (a['json-only'] !== true) process.stderr.write(s + '\n') }
+let dir = a.model
+if (dir == null) {
+  dir = join(tmpdir(), `plexus-bench-${a.shape}-f32`)
+  try { await access(join(dir, 'plexus-manifest.json')) } catch {
+    log(`making a ${a.shape} model in ${dir}…`)
+    await makeModel({ shape: a.shape as any, dtype: 'f32', out: dir, seed: 5 })
+  }
+}
+const promptLen = Number(a['prompt-tokens'])
+const genLen = Number(a.tokens)
+const cfg = await readModelConfig(dir)
+const L = cfg.numLayers
+const cuts = [0, Math.round(L / 3), Math.round((2 * L) / 3), L]
+const spans = [0, 1, 2].map(i => `${cuts[i]}:${cuts[i + 1]}`)
+const rand = seededRandom(7)
+const prompt = Array.from({ length: promptLen }, () => 3 + Math.floor(rand() * (cfg.vocabSize - 3)))
+const median = (xs: number[]): number => { const s = [...xs].sort((x, y) => x - y); return s[Math.floor(s.length / 2)] ?? 0 }
+
+const backend = await initBackend()
+// Local first, alone on the machine.
+log(`local: ${L} blocks in one process (${backend})…`)
+const local = await openLocal(dir)
+await generate(local.head, await local.session(promptLen + 4), prompt, { maxTokens: 4 })
+const single = await generate(local.head, await local.session(promptLen + genLen), prompt, { maxTokens: genLen })
+await local.close()
+
+log(`swarm: bootstrap + 3 processes serving ${spans.join(' ')}…`)
+const swarm = await startSwarm(dir, spans)
+let result
+try {
+  const node = await connectSwarm([swarm.bootstrapAddr])
+  const model = await openSwarm(node, { dir, dtype: a['wire-dtype'] as WireDType })
+  const warm = await model.session(promptLen + 4)
+  await generate(model.head, warm, prompt, { maxTokens: 4 })
+  await warm.close()
+  const session = await model.session(promptLen + genLen) as SwarmSession
+  const perHop: Array<{ wall: number[], compute: number[] }> = session.route.map(() => ({ wall: [], compute: [] }))
+  let steps = 0
+  const viaSwarm = await generate(model.head, session, prompt, {
+    maxTokens: genLen,
+    onToken: () => {
+      // the first token comes from the prefill step; count decode steps only
+      if (steps++ === 0) return
+      session.lastStepTimings().forEach((t, i) => { perHop[i]?.wall.push(t.wallMs); perHop[i]?.compute.push(t.computeMs) })
+    }
+  })
+  const route = session.route
+  await session.close()
+  await model.close()
+  await node.stop()
+  const hops = route.map((h, i) => ({
+    peer: h.peer, start: h.start, end: h.end,
+    median_wall_ms: median(perHop[i].wall), median_compute_ms: median(perHop[i].compute),
+    median_overhead_ms: median(perHop[i].wall.map((w, j) => w - perHop[i].compute[j]))
+  }))
+  result = {
+    model: dir,
+    backend,
+    wire_dtype: a['wire-dtype'],
+    shape: { hidden: cfg.hiddenSize, layers: L, vocab: cfg.vocabSize },
+    prompt_tokens: promptLen,
+    generated_tokens: genLen,
+    spans,
+    local: { decode_tokens_per_second: single.tokensPerSecond, prefill_tokens_per_second: single.prefillTokensPerSecond },
+    swarm: { decode_tokens_per_second: viaSwarm.tokensPerSecond, prefill_tokens_per_second: viaSwarm.prefillTokensPerSecond },
+    decode_ratio_swarm_vs_local: viaSwarm.tokensPerSecond / single.tokensPerSecond,
+    tokens_identical: JSON.stringify(single.tokenIds) === JSON.stringify(viaSwarm.tokenIds),
+    hops,
+    per_hop_overhead_ms: median(hops.map(h => h.median_overhead_ms))
+  }
+} finally {
+  await swarm.stop()
+}
+
+if (a['json-only'] !== true) {
+  const f = (n: number): string => n.toFixed(1)
+  const rows = [
+    ['', 'decode tok/s', 'prefill tok/s'],
+    ['local (1 process)', f(result.local.decode_tokens_per_second), f(result.local.prefill_tokens_per_second)],
+    [`swarm (3 processes, ${result.wire_dtype} wire)`, f(result.swarm.decode_tokens_per_second), f(result.swarm.prefill_tokens_per_second)],
+    ['ratio swarm / local', result.decode_ratio_swarm_vs_local.toFixed(2), '']
+  ]
+  const w = rows[0].map((_, i) => Math.max(...rows.map(r => r[i].length)))
+  for (const r of rows) process.stdout.write('| ' + r.map((c, i) => c.padEnd(w[i])).join(' | ') + ' |\n')
+  for (const h of result.hops) process.stdout.write(`hop [${h.start},${h.end}): wall ${h.median_wall_ms.toFixed(2)} ms, server compute ${h.median_compute_ms.toFixed(2)} ms, overhead ${h.median_overhead_ms.toFixed(2)} ms per step\n`)
+  process.stdout.write(`tokens identical: ${result.tokens_identical ? 'yes' : 'NO'}\n`)
+}
+process.stdout.write(JSON.stringify(result) + '\n')
