@@ -66,6 +66,18 @@ describe('swarm of processes on loopback', function () {
       assert.equal(r.out.model_id, swarm.nodes[0].ready.modelId)
     })
 
+    it('lists the model and its block coverage', async () => {
+      const r = await runCli(CLIENT_BIN, ['models', '--bootstrap', swarm.bootstrapAddr, '--json'])
+      assert.equal(r.code, 0, r.stderr)
+      const { models } = JSON.parse(r.stdout)
+      const m = models.find((x: any) => x.modelId === swarm.nodes[0].ready.modelId)
+      assert.equal(m.name, 'small')
+      assert.equal(m.numBlocks, 12)
+      assert.deepEqual(m.coverage, new Array(12).fill(1))
+      assert.equal(m.servers, 3)
+      assert.equal(m.offersHead, true)
+    })
+
     it('routes through overlapping spans and still gives the same tokens', async () => {
       // [2, 10) overlaps two servers; with it the route may hand over mid-span
       const extra = await swarm.add('overlap[2:10]', model, '2:10')

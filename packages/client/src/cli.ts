@@ -2,11 +2,15 @@ import yargs from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { BACKENDS } from '@plexus/runtime'
 import { runGenerate } from './commands/generate.ts'
+import { runModels } from './commands/models.ts'
+import type { ModelsArgs } from './commands/models.ts'
 import type { GenerateArgs } from './commands/generate.ts'
 
 /** Errors users can act on are printed as one line; anything else keeps its stack for a bug report. */
 function report (err: any): never {
-  const expected = ['UsageError', 'ConfigError', 'CheckpointError', 'BackendError', 'SpanError', 'RangeError'].includes(err?.name)
+  // a failed yargs check rejects with its message string
+  if (typeof err === 'string') { process.stderr.write(`plexus-client: ${err}\nRun plexus-client --help for usage.\n`); process.exit(2) }
+  const expected = ['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'BackendError', 'SpanError', 'RangeError', 'NoRouteError', 'RemoteError', 'PeerFailure', 'ModelFetchError'].includes(err?.name) || /^bad bootstrap|^cannot reach|^could not/.test(String(err?.message))
   process.stderr.write(`plexus-client: ${expected ? err.message : (err?.stack ?? String(err))}\n`)
   process.exit(expected ? 2 : 1)
 }
@@ -15,12 +19,13 @@ await yargs(hideBin(process.argv))
   .scriptName('plexus-client')
   .usage('$0 <command> [options]\n\nRun a language model on your own machine or across a Plexus swarm.')
   .command('generate', 'Generate text from a prompt', (y) => y
-    .usage('$0 generate (--local | --bootstrap MULTIADDR) --model DIR (--prompt TEXT | --token-ids 1,2,3) [options]\n\n' +
+    .usage('$0 generate (--local | --bootstrap MULTIADDR) --model DIR|NAME|ID (--prompt TEXT | --token-ids 1,2,3) [options]\n\n' +
       'Streams the generated text to stdout as it is produced (token ids when the model has no tokenizer).')
     .option('local', { type: 'boolean', default: false, describe: 'Run every block in this process (no swarm)' })
     .option('bootstrap', { type: 'array', string: true, describe: 'Join a swarm through this peer (multiaddr ending in /p2p/<id>; repeatable)' })
     .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
-    .option('model', { type: 'string', demandOption: true, describe: 'Hugging Face model directory (config.json, *.safetensors, tokenizer.json)' })
+    .option('model', { type: 'string', demandOption: true, describe: 'Hugging Face model directory (config.json, *.safetensors, tokenizer.json); with --bootstrap also a model name, id or id prefix (≥ 8 hex digits) fetched from the swarm' })
+    .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models)' })
     .option('prompt', { type: 'string', describe: 'Prompt text (needs tokenizer.json)' })
     .option('token-ids', { type: 'string', describe: 'Prompt as comma-separated token ids, e.g. 1,450,4996' })
     .option('chat', { type: 'boolean', default: false, describe: "Wrap the prompt in the model's chat template as a user message" })
@@ -35,15 +40,23 @@ await yargs(hideBin(process.argv))
     .example('$0 generate --local --model ./models/small --prompt "The swarm"', 'stream text from a local model')
     .example('$0 generate --local --model ./models/tiny --token-ids 1,5,9 --max-tokens 8 --json', 'token ids in, JSON out')
     .example('$0 generate --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --model ./models/small --prompt "Hi"', 'through a swarm')
+    .example('$0 generate --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --model small --prompt "Hi"', 'through a swarm, fetching the client parts from its peers')
     .check((a) => {
-      if (!Number.isInteger(a['max-tokens']) || a['max-tokens'] < 0) throw new Error('--max-tokens must be a non-negative integer')
+      if (!Number.isInteger(a['max-tokens']) || a['max-tokens'] < 0) return '--max-tokens must be a non-negative integer'
       return true
     }),
   async (argv) => { await runGenerate(argv as unknown as GenerateArgs) })
+  .command('models', 'List the models a swarm serves and how many servers hold each block', (y) => y
+    .option('bootstrap', { type: 'array', string: true, demandOption: true, describe: 'Multiaddr of a bootstrap peer (ending in /p2p/<id>; repeatable)' })
+    .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object' })
+    .example('$0 models --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW...', 'what can this swarm run?'),
+  async (argv) => { await runModels(argv as unknown as ModelsArgs) })
   .demandCommand(1, 'Choose a command (see --help)')
   .strict()
   .fail((msg, err) => {
-    if (err != null) report(err)
+    // YError: yargs' own validation (bad flags, failed checks) — a usage mistake, not a crash
+    if (err != null && err.name !== 'YError') report(err)
+    msg = msg ?? err?.message
     process.stderr.write(`plexus-client: ${msg}\nRun plexus-client --help for usage.\n`)
     process.exit(2)
   })

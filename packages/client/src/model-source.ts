@@ -1,3 +1,4 @@
+import { stat } from 'node:fs/promises'
 import { createPlexusNode, dialBootstrap } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { LocalModel, Checkpoint, ModelHead, loadManifest, loadTokenizer, readTokenizerConfig, shortId } from '@plexus/runtime'
@@ -7,6 +8,7 @@ import { SwarmDiscovery } from './routing/discovery.ts'
 import { BanList } from './routing/ban-list.ts'
 import { SwarmSession } from './inference/swarm-session.ts'
 import type { Hop } from './routing/route.ts'
+import { resolveModel, ModelFetchError } from './model-fetch.ts'
 
 /** What generation needs, wherever the blocks run. */
 export interface OpenModel {
@@ -42,6 +44,18 @@ export async function connectSwarm (bootstrap: string[]): Promise<PlexusNode> {
     throw err
   }
   return node
+}
+
+/**
+ * `model` itself when it is a directory; otherwise a model name, id or id prefix whose client
+ * parts are fetched from the swarm's peers (verified, cached in `cacheDir`).
+ */
+export async function swarmModelDir (node: PlexusNode, model: string, init: { cacheDir?: string, log?: (msg: string) => void } = {}): Promise<string> {
+  const st = await stat(model).catch(() => undefined)
+  if (st?.isDirectory() === true) return model
+  if (st != null) throw new ModelFetchError(`--model ${model}: not a directory (give a model directory, name or id)`)
+  if (/^(~|\.{1,2})?[/\\]/.test(model) || model === '.' || model === '..') throw new ModelFetchError(`--model ${model}: no such directory`)
+  return await resolveModel(node, model, init)
 }
 
 export interface SwarmModelInit {

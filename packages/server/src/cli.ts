@@ -4,9 +4,11 @@ import { BACKENDS } from '@plexus/runtime'
 import { runBootstrap, runJoin } from './commands.ts'
 import type { JoinArgs, BootstrapArgs } from './commands.ts'
 
-const EXPECTED = new Set(['UsageError', 'ConfigError', 'CheckpointError', 'BackendError', 'SpanError', 'RecordError'])
+const EXPECTED = new Set(['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'BackendError', 'SpanError', 'RecordError'])
 
 function report (err: any): never {
+  // a failed yargs check rejects with its message string
+  if (typeof err === 'string') { process.stderr.write(`plexus-node: ${err}\nRun plexus-node --help for usage.\n`); process.exit(2) }
   const expected = EXPECTED.has(err?.name) || /^(bad|cannot|no |could not)/.test(String(err?.message))
   process.stderr.write(`plexus-node: ${expected ? err.message : (err?.stack ?? String(err))}\n`)
   process.exit(expected ? 2 : 1)
@@ -35,16 +37,18 @@ await yargs(hideBin(process.argv))
     .option('offer-head', { type: 'boolean', describe: "Hand out the model's client parts (default: when serving the first or last block)" })
     .example('$0 join --bootstrap /ip4/192.168.1.10/tcp/31337/p2p/12D3KooW... --model ./llama --blocks 0:16', 'serve the first 16 blocks')
     .check((a: any) => {
-      if (a.blocks != null && !/^\d+:\d+$/.test(a.blocks)) throw new Error(`--blocks must look like start:end (got "${a.blocks}")`)
-      if (!(a['max-sessions'] >= 1)) throw new Error('--max-sessions must be at least 1')
-      if (!(a['cache-mb'] > 0)) throw new Error('--cache-mb must be positive')
+      if (a.blocks != null && !/^\d+:\d+$/.test(a.blocks)) return `--blocks must look like start:end (got "${a.blocks}")`
+      if (!(a['max-sessions'] >= 1)) return '--max-sessions must be at least 1'
+      if (!(a['cache-mb'] > 0)) return '--cache-mb must be positive'
       return true
     })
   , async (argv) => { await runJoin(argv as unknown as JoinArgs) })
   .demandCommand(1, 'Choose a command (see --help)')
   .strict()
   .fail((msg, err) => {
-    if (err != null) report(err)
+    // YError: yargs' own validation (bad flags, failed checks) — a usage mistake, not a crash
+    if (err != null && err.name !== 'YError') report(err)
+    msg = msg ?? err?.message
     process.stderr.write(`plexus-node: ${msg}\nRun plexus-node --help for usage.\n`)
     process.exit(2)
   })

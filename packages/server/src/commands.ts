@@ -97,7 +97,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     await backend.dispose()
     throw err
   }
-  const server = new PlexusServer({ node, privateKey, backend, manifest }, {
+  const server = new PlexusServer({ node, privateKey, backend, manifest, checkpoint: ckpt }, {
     throughput, offersHead: args.offerHead ?? (start === 0 || end === cfg.numLayers)
   })
   await server.start()

@@ -1,8 +1,9 @@
 import type { PrivateKey, Logger } from '@libp2p/interface'
 import { Announcer, serveInfo, signAnnouncement } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import type { ModelManifest } from '@plexus/runtime'
+import type { Checkpoint, ModelManifest } from '@plexus/runtime'
 import { createSessionHandler, SESSION_PROTOCOL } from './session-handler.ts'
+import { serveModelFiles } from './model-files-handler.ts'
 import type { BlockBackend } from './backend.ts'
 
 export interface PlexusServerComponents {
@@ -10,6 +11,8 @@ export interface PlexusServerComponents {
   privateKey: PrivateKey
   backend: BlockBackend
   manifest: ModelManifest
+  /** Where the client parts are served from when `offersHead` (without it, the head is not offered). */
+  checkpoint?: Checkpoint
 }
 
 export interface PlexusServerInit {
@@ -36,6 +39,8 @@ export class PlexusServer {
   private readonly log: Logger
   private readonly announcer: Announcer
   private draining = false
+  private servesHead = false
+  private stopModelFiles?: () => Promise<void>
 
   constructor (components: PlexusServerComponents, init: PlexusServerInit) {
     this.c = components
@@ -59,7 +64,7 @@ export class PlexusServer {
       numBlocks: backend.config.numLayers,
       throughput: this.init.throughput,
       addrs: node.getMultiaddrs().map(a => a.toString()),
-      offersHead: this.init.offersHead ?? false,
+      offersHead: this.servesHead,
       capacity: { sessions: backend.sessionCount + backend.freeSessions, freeSessions: this.draining ? 0 : backend.freeSessions },
       version: VERSION
     }, { ttlMs: ttl })
@@ -70,6 +75,16 @@ export class PlexusServer {
     await node.handle(SESSION_PROTOCOL, createSessionHandler({ backend, log: this.log }), {
       maxInboundStreams: this.init.maxInboundStreams ?? 1024
     })
+    if (this.init.offersHead === true) {
+      try {
+        if (this.c.checkpoint == null) throw new Error('no checkpoint to serve the client parts from')
+        this.stopModelFiles = await serveModelFiles({ node, checkpoint: this.c.checkpoint, manifest: this.c.manifest })
+        this.servesHead = true
+      } catch (err) {
+        // still serve the blocks; just do not claim the head
+        this.log.error('not offering the client parts: %s', (err as Error).message)
+      }
+    }
     await serveInfo(node, async () => this.draining ? [] : [await this.announcement()])
     // Ready means findable: wait for the first round of provider records (it never throws).
     const round = await this.announcer.start()
@@ -84,6 +99,7 @@ export class PlexusServer {
     const until = Date.now() + deadlineMs
     while (this.c.backend.sessionCount > 0 && Date.now() < until) await new Promise(r => setTimeout(r, 100))
     await this.c.node.unhandle(SESSION_PROTOCOL)
+    await this.stopModelFiles?.()
     await this.c.backend.dispose()
   }
 }

@@ -32,9 +32,41 @@ export function createSessionHandler (components: SessionHandlerComponents, init
   const maxFrame = init.maxFrameBytes ?? 64 << 20
   const idleMs = init.idleTimeoutMs ?? 5 * 60_000
 
+  const maxPrefix = varintBytes(maxFrame)
+
   return async function handleSession (stream: Stream, connection: Connection): Promise<void> {
-    const io = lpStream(stream, { maxDataLength: maxFrame, maxBufferSize: maxFrame + 16 })
+    // Bytes of the next frame (its length prefix included) have arrived; its announced length.
+    let inFrame = false
+    let announced = -1
+    let prefixBytes = 0
+    const io = lpStream(stream, {
+      maxDataLength: maxFrame,
+      maxBufferSize: maxFrame + 16,
+      // lpStream's own decoder asks for more bytes for as long as every byte has its high bit
+      // set, buffering a prefix that never ends: give up after the longest varint there is.
+      lengthDecoder: (buf) => {
+        inFrame = true
+        announced = -1
+        prefixBytes = buf.byteLength
+        let value = 0
+        let scale = 1
+        for (let i = 0; i < buf.byteLength; i++) {
+          const b = buf.get(i)
+          value += (b & 0x7f) * scale
+          if (b < 0x80) { announced = value; return value }
+          scale *= 128
+        }
+        if (buf.byteLength >= MAX_VARINT_BYTES) throw new ProtocolError('bad-frame', `frame length prefix runs past ${MAX_VARINT_BYTES} bytes (frames are at most ${maxFrame} bytes)`)
+        throw new RangeError('the length prefix continues')
+      }
+    })
     const owned = new Set<string>()
+    /** Only the stream that opened a session may step, truncate or close it. */
+    const own = (id: string): void => {
+      if (owned.has(id)) return
+      backend.get(id) // unknown/closed → its own error
+      throw new ProtocolError('bad-request', `session ${id} belongs to another stream`)
+    }
     const send = async (m: SessionMessage): Promise<void> => { await io.write(encodeMessage(m), { signal: AbortSignal.timeout(30_000) }) }
     const peer = connection.remotePeer.toString()
     try {
@@ -42,10 +74,20 @@ export function createSessionHandler (components: SessionHandlerComponents, init
         let frame: Uint8Array
         try {
           frame = (await io.read({ signal: AbortSignal.timeout(idleMs) })).subarray()
+          inFrame = false
         } catch (err: any) {
-          if (err.name === 'InvalidDataLengthError' || err.name === 'InvalidDataLengthLengthError') throw new ProtocolError('bad-frame', `frame too large (limit ${maxFrame} bytes)`)
+          if (err instanceof ProtocolError) throw err
+          if (err.name === 'InvalidDataLengthError' || err.name === 'InvalidDataLengthLengthError') {
+            throw new ProtocolError('bad-frame', announced > maxFrame
+              ? `frame of ${announced} bytes is too large (limit ${maxFrame} bytes)`
+              : `frame length prefix of ${prefixBytes} bytes is too long (frames are at most ${maxFrame} bytes: ${maxPrefix} bytes of prefix)`)
+          }
           if (err.name === 'TimeoutError') throw new ProtocolError('bad-request', `no message for ${idleMs / 1000} s: closing the stream`)
-          // The client went away (clean end, reset or truncated frame): nothing to answer.
+          // The client closed its side inside a frame: it can still read why.
+          if (err.name === 'UnexpectedEOFError' && inFrame) {
+            throw new ProtocolError('bad-frame', `truncated frame: the stream ended inside ${announced < 0 ? 'a length prefix' : `a frame of ${announced} bytes`} (${err.message})`)
+          }
+          // The client went away (clean end or reset): nothing to answer.
           log('session stream from %s ended: %s', peer, err.message)
           return
         }
@@ -58,8 +100,7 @@ export function createSessionHandler (components: SessionHandlerComponents, init
             break
           }
           case 'step': {
-            if (!owned.has(msg.sessionId)) backend.get(msg.sessionId) // unknown/closed → its own error
-            if (!owned.has(msg.sessionId)) throw new ProtocolError('bad-request', `session ${msg.sessionId} belongs to another stream`)
+            own(msg.sessionId)
             const t0 = performance.now()
             const out = await backend.step(msg.sessionId, msg.position, msg.tokens, msg.data)
             const computeMs = performance.now() - t0
@@ -68,13 +109,13 @@ export function createSessionHandler (components: SessionHandlerComponents, init
             break
           }
           case 'truncate': {
-            if (!owned.has(msg.sessionId)) backend.get(msg.sessionId)
+            own(msg.sessionId)
             const length = await backend.truncate(msg.sessionId, msg.length)
             await send({ type: 'truncated', sessionId: msg.sessionId, length })
             break
           }
           case 'close':
-            if (!owned.has(msg.sessionId)) backend.get(msg.sessionId)
+            own(msg.sessionId)
             owned.delete(msg.sessionId)
             await backend.close(msg.sessionId)
             break
@@ -84,7 +125,9 @@ export function createSessionHandler (components: SessionHandlerComponents, init
       }
     } catch (err: any) {
       const code: ErrorCode = err instanceof ProtocolError ? err.code : (err.name === 'SpanError' ? 'bad-request' : 'internal')
-      const message = err instanceof ProtocolError || err.name === 'SpanError' ? err.message : `internal error: ${err.message}`
+      let message: string = err instanceof ProtocolError || err.name === 'SpanError' ? err.message : `internal error: ${err.message}`
+      // the schema caps error messages (which may quote the client's input) at 2000 characters
+      if (message.length > MAX_ERROR_MESSAGE) message = message.slice(0, MAX_ERROR_MESSAGE - 1) + '…'
       init.onError?.(code, message)
       log('session stream from %s: %s: %s', peer, code, message)
       try { await send({ type: 'error', code, message }) } catch {}
@@ -93,4 +136,15 @@ export function createSessionHandler (components: SessionHandlerComponents, init
       try { await stream.close({ signal: AbortSignal.timeout(2000) }) } catch { stream.abort(new Error('session stream closed')) }
     }
   }
+}
+
+const MAX_ERROR_MESSAGE = 2000
+/** Longest varint lpStream decodes. */
+const MAX_VARINT_BYTES = 8
+
+/** Bytes of the varint length prefix of a frame of `n` bytes. */
+function varintBytes (n: number): number {
+  let k = 1
+  while (n >= 128) { n = Math.floor(n / 128); k++ }
+  return k
 }

@@ -1,14 +1,17 @@
 import { initBackend, generate, StreamDecoder, applyChatTemplate } from '@plexus/runtime'
 import type { BackendName, TextTokenizer, SamplingOptions } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
-import { openLocal, openSwarm, connectSwarm } from '../model-source.ts'
+import { openLocal, openSwarm, connectSwarm, swarmModelDir } from '../model-source.ts'
 import type { OpenModel } from '../model-source.ts'
 
 export interface GenerateArgs extends SamplingOptions {
   local: boolean
   bootstrap?: string[]
   wireDtype?: WireDType
+  /** A model directory; with --bootstrap also a model name, id or id prefix fetched from the swarm. */
   model: string
+  /** Where fetched client parts are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models). */
+  cacheDir?: string
   prompt?: string
   tokenIds?: string
   chat?: boolean
@@ -50,7 +53,9 @@ export async function runGenerate (args: GenerateArgs): Promise<void> {
   const node = args.local ? undefined : await connectSwarm(args.bootstrap!)
   let model: OpenModel | undefined
   try {
-    model = node == null ? await openLocal(args.model) : await openSwarm(node, { dir: args.model, dtype: args.wireDtype, log })
+    model = node == null
+      ? await openLocal(args.model)
+      : await openSwarm(node, { dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log }), dtype: args.wireDtype, log })
     await generateWith(model, args, backend, log)
   } finally {
     await model?.close()

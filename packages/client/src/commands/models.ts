@@ -1,0 +1,39 @@
+import { shortId } from '@plexus/runtime'
+import { listModels } from '../routing/discovery.ts'
+import { connectSwarm } from '../model-source.ts'
+
+export interface ModelsArgs { bootstrap: string[], json: boolean }
+
+/** Coverage as compact ranges of equal server counts, e.g. "0–3×2 4–7×1 8–11×0". */
+export function coverageText (coverage: number[]): string {
+  const parts: string[] = []
+  for (let b = 0; b < coverage.length;) {
+    let e = b
+    while (e + 1 < coverage.length && coverage[e + 1] === coverage[b]) e++
+    parts.push(`${b === e ? b : `${b}–${e}`}×${coverage[b]}`)
+    b = e + 1
+  }
+  return parts.join(' ')
+}
+
+export async function runModels (args: ModelsArgs): Promise<void> {
+  const node = await connectSwarm(args.bootstrap)
+  try {
+    const models = await listModels(node)
+    if (args.json) {
+      process.stdout.write(JSON.stringify({ models }) + '\n')
+      return
+    }
+    if (models.length === 0) {
+      process.stdout.write('no models are served by the peers reachable through this bootstrap peer\n')
+      return
+    }
+    for (const m of models) {
+      const missing = m.coverage.filter(c => c === 0).length
+      process.stdout.write(`${m.name}  ${shortId(m.modelId)}  ${m.numBlocks} blocks, ${m.servers} server(s)${missing > 0 ? `, ${missing} block(s) unserved` : ', complete'}${m.offersHead ? '' : ', no peer offers the client parts'}\n`)
+      process.stdout.write(`  servers per block: ${coverageText(m.coverage)}\n  id: ${m.modelId}\n`)
+    }
+  } finally {
+    await node.stop()
+  }
+}

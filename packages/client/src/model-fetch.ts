@@ -1,0 +1,381 @@
+import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { homedir } from 'node:os'
+import { join } from 'node:path'
+import { lpStream } from '@libp2p/utils'
+import { fetchInfo, findBlockHolders, findServers, PROTOCOL_PREFIX } from '@plexus/p2p'
+import type { PlexusNode, PeerId } from '@plexus/p2p'
+import {
+  Checkpoint, DTYPE_BYTES, MANIFEST_FILE, checkManifest, headTensorShapes, loadTokenizer, parseModelConfig, readModelConfig,
+  safetensorsHeader, shortId, tensorsDigest
+} from '@plexus/runtime'
+import type { DType, ModelManifest } from '@plexus/runtime'
+import type { Stream } from '@libp2p/interface'
+
+/** Served by packages/server/src/model-files-handler.ts (wire format described there). */
+export const MODEL_FILES_PROTOCOL = `${PROTOCOL_PREFIX}/model/1.0.0`
+const MAX_FRAME_BYTES = 4 << 20
+/** Most bytes accepted per side file (the head tensors are bounded by the verified config). */
+const FILE_LIMITS: Record<string, number> = {
+  [MANIFEST_FILE]: 4 << 20,
+  'config.json': 1 << 20,
+  'generation_config.json': 1 << 20,
+  'tokenizer.json': 64 << 20,
+  'tokenizer_config.json': 16 << 20
+}
+const OPTIONAL_FILES = ['generation_config.json', 'tokenizer_config.json', 'tokenizer.json']
+const FULL_ID = /^[0-9a-f]{64}$/
+const ID_PREFIX = /^[0-9a-f]{8,64}$/
+const HEAD_FILE = 'model.safetensors'
+
+/** Nothing usable was found or fetched; the message says why (one line). */
+export class ModelFetchError extends Error {
+  constructor (message: string, options?: ErrorOptions) { super(message, options); this.name = 'ModelFetchError' }
+}
+
+export interface ResolveModelOptions {
+  /** Default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models. */
+  cacheDir?: string
+  log?: (msg: string) => void
+  signal?: AbortSignal
+  /** Deadline of the DHT lookups. Default 10 s. */
+  lookupTimeoutMs?: number
+  /** Deadline for asking one server what it serves, and for connecting to a source. Default 5 s. */
+  infoTimeoutMs?: number
+  /** Deadline for each chunk (a stalled source is dropped). Default 30 s. */
+  chunkTimeoutMs?: number
+  /** Bytes per read request (≤ 4 MiB). Default 1 MiB. */
+  chunkBytes?: number
+  /** Read requests in flight per stream; bounds what a fast source can push at us. Default 8. */
+  window?: number
+}
+
+export function defaultCacheDir (): string {
+  return process.env.PLEXUS_CACHE_DIR ?? join(homedir(), '.cache', 'plexus', 'models')
+}
+
+/**
+ * A local model directory holding the client's parts (config, manifest, tokenizer and a
+ * model.safetensors with only the head tensors) of the model named by `nameOrId`: a 64-hex id,
+ * an id prefix of ≥ 8 hex digits, or the name servers announce. A verified copy in the cache is
+ * used as is (for a full id without asking anyone); otherwise the parts are fetched from a peer
+ * that offers them, verified against the model id, and installed into `<cacheDir>/<id>/`.
+ */
+export async function resolveModel (node: PlexusNode, nameOrId: string, opts: ResolveModelOptions = {}): Promise<string> {
+  const cacheDir = opts.cacheDir ?? defaultCacheDir()
+  const log = opts.log ?? (() => {})
+  const wanted = nameOrId.trim()
+  if (wanted === '') throw new ModelFetchError('no model given: pass a model name, id or directory')
+  if (FULL_ID.test(wanted.toLowerCase())) {
+    const dir = await cached(cacheDir, wanted.toLowerCase(), log)
+    if (dir != null) return dir
+  }
+  const found = await findModel(node, wanted, opts)
+  const dir = await cached(cacheDir, found.id, log)
+  if (dir != null) return dir
+  if (found.sources.length === 0) {
+    throw new ModelFetchError(`no peer offers the client parts (embeddings, LM head) of ${found.name} (${shortId(found.id)}): ` +
+      `${found.servers} server(s) hold its blocks but none offers the head; pass --model DIR with a local copy`)
+  }
+  return await fetchModel(node, found, cacheDir, opts)
+}
+
+interface FoundModel { id: string, name: string, servers: number, sources: PeerId[] }
+
+/** Which model `wanted` names, from the signed announcements of the servers found in the DHT. */
+async function findModel (node: PlexusNode, wanted: string, opts: ResolveModelOptions): Promise<FoundModel> {
+  const lower = wanted.toLowerCase()
+  const lookups: Array<Promise<PeerId[]>> = [findServers(node, { timeoutMs: opts.lookupTimeoutMs, signal: opts.signal })]
+  // every server provides the models CID, but a lookup stops at k providers: ask block 0's too
+  if (FULL_ID.test(lower)) {
+    lookups.push(findBlockHolders(node, lower, [0], { perBlockTimeoutMs: opts.lookupTimeoutMs, signal: opts.signal }).then(m => m.get(0) ?? []))
+  }
+  const peers = new Map<string, PeerId>()
+  for (const list of await Promise.all(lookups)) for (const p of list) if (!p.equals(node.peerId)) peers.set(p.toString(), p)
+  const anns = (await Promise.all([...peers.values()].map(async peer => {
+    try {
+      return (await fetchInfo(node, peer, { timeoutMs: opts.infoTimeoutMs, signal: opts.signal })).map(a => ({ peer, a }))
+    } catch {
+      return [] // gone (stale provider record) or misbehaving: not a source either way
+    }
+  }))).flat()
+  opts.signal?.throwIfAborted()
+
+  const hex = ID_PREFIX.test(lower)
+  const ids = new Map<string, { name: string, servers: Set<string>, numBlocks: number }>()
+  for (const { peer, a } of anns) {
+    if (a.modelName !== wanted && !(hex && a.modelId.startsWith(lower))) continue
+    const m = ids.get(a.modelId) ?? { name: a.modelName, servers: new Set(), numBlocks: a.numBlocks }
+    m.servers.add(peer.toString())
+    ids.set(a.modelId, m)
+  }
+  if (ids.size === 0) {
+    const seen = new Map(anns.map(({ a }) => [a.modelId, `${a.modelName} (${shortId(a.modelId)})`]))
+    const what = FULL_ID.test(lower) ? `model ${lower}` : hex ? `a model named or with an id starting "${wanted}"` : `a model named "${wanted}"`
+    throw new ModelFetchError(`no server in the swarm announces ${what} (${peers.size === 0 ? 'no servers found: is the swarm reachable?' : `announced: ${[...seen.values()].join(', ')}`})`)
+  }
+  if (ids.size > 1) {
+    const list = [...ids].map(([id, m]) => `${id} "${m.name}" (${m.numBlocks} blocks, ${m.servers.size} server(s))`)
+    throw new ModelFetchError(`"${wanted}" names ${ids.size} different models: ${list.join('; ')}; pass one id (or a longer id prefix) as --model`)
+  }
+  const [id, m] = [...ids][0]
+  const sources = new Map<string, PeerId>()
+  for (const { peer, a } of anns) if (a.modelId === id && a.offersHead) sources.set(peer.toString(), peer)
+  const servers = new Set(anns.filter(({ a }) => a.modelId === id).map(({ peer }) => peer.toString()))
+  return { id, name: m.name, servers: servers.size, sources: [...sources.values()] }
+}
+
+/** `<cacheDir>/<id>` when it holds a consistent copy; a broken one is removed. */
+async function cached (cacheDir: string, id: string, log: (msg: string) => void): Promise<string | undefined> {
+  const dir = join(cacheDir, id)
+  if (!(await exists(dir))) return undefined
+  try {
+    await checkModelDir(dir, id)
+    log(`using the cached client parts in ${dir}`)
+    return dir
+  } catch (err) {
+    log(`cached copy ${dir} is unusable (${(err as Error).message}); fetching it again`)
+    await discard(dir)
+    return undefined
+  }
+}
+
+/** Quick check (the head digest is checked when the head loads): manifest, config and id agree. */
+async function checkModelDir (dir: string, id: string): Promise<ModelManifest> {
+  const m = parseManifest(await readFile(join(dir, MANIFEST_FILE)))
+  checkManifest(m, await readModelConfig(dir))
+  if (m.id !== id) throw new Error(`${MANIFEST_FILE} describes model ${shortId(m.id)}`)
+  if (!(await stat(join(dir, HEAD_FILE))).isFile()) throw new Error(`${HEAD_FILE} is not a file`)
+  return m
+}
+
+async function fetchModel (node: PlexusNode, found: FoundModel, cacheDir: string, opts: ResolveModelOptions): Promise<string> {
+  const log = opts.log ?? (() => {})
+  await mkdir(cacheDir, { recursive: true })
+  await sweepPartials(cacheDir)
+  const failures: string[] = []
+  log(`fetching the client parts of ${found.name} (${shortId(found.id)}) from ${found.sources.length} peer(s)`)
+  for (const peer of found.sources) {
+    const tmp = await mkdtemp(join(cacheDir, `.partial-${shortId(found.id)}-`))
+    const t0 = performance.now()
+    try {
+      const bytes = await fetchFrom(node, peer, found.id, tmp, opts)
+      const dir = await install(tmp, join(cacheDir, found.id))
+      log(`fetched the client parts of ${found.name} (${shortId(found.id)}) from ${peer}: ` +
+        `${(bytes / 2 ** 20).toFixed(1)} MiB in ${Math.round(performance.now() - t0)} ms → ${dir}`)
+      return dir
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true })
+      if (opts.signal?.aborted === true) throw err
+      log(`peer ${peer} skipped: ${(err as Error).message}`)
+      failures.push(`${peer}: ${(err as Error).message}`)
+    }
+  }
+  throw new ModelFetchError(`no peer gave verified client parts of ${found.name} (${shortId(found.id)}): ${failures.join('; ')}`)
+}
+
+/** Fetches and verifies everything from one peer into `tmp`; returns the bytes received. */
+async function fetchFrom (node: PlexusNode, peer: PeerId, id: string, tmp: string, opts: ResolveModelOptions): Promise<number> {
+  const connect = AbortSignal.timeout(opts.infoTimeoutMs ?? 5000)
+  let stream: Stream
+  try {
+    stream = await node.dialProtocol(peer, MODEL_FILES_PROTOCOL, { signal: opts.signal != null ? AbortSignal.any([opts.signal, connect]) : connect })
+  } catch (err) {
+    throw new Error(`cannot open ${MODEL_FILES_PROTOCOL}: ${(err as Error).message}`, { cause: err })
+  }
+  const c = new FilesClient(stream, id, opts)
+  try {
+    const list = await c.list()
+    const size = (name: string): number => {
+      const f = list.files.find(f => f.name === name)
+      if (f == null) throw new Error(`does not offer ${name}`)
+      if (f.size > FILE_LIMITS[name]) throw new Error(`${name} is ${f.size} bytes, over the ${FILE_LIMITS[name]}-byte limit`)
+      return f.size
+    }
+    const m = parseManifest(await c.readAll('file', MANIFEST_FILE, size(MANIFEST_FILE)))
+    const configBytes = await c.readAll('file', 'config.json', size('config.json'))
+    const cfg = parseModelConfig(parseJson('config.json', configBytes), 'config.json')
+    checkManifest(m, cfg)
+    if (m.id !== id) throw new Error(`its manifest describes model ${shortId(m.id)}, not ${shortId(id)}`)
+    await writeFile(join(tmp, 'config.json'), configBytes)
+
+    // head tensors: exactly the config's, in its order, written as one safetensors file
+    const expected = [...headTensorShapes(cfg)]
+    const tensors = list.tensors
+    if (tensors.length !== expected.length || tensors.some((t, i) => t.name !== expected[i][0])) {
+      throw new Error(`offers head tensors [${tensors.map(t => t.name).join(', ')}], expected [${expected.map(e => e[0]).join(', ')}]`)
+    }
+    for (const [i, t] of tensors.entries()) {
+      if (!(t.dtype in DTYPE_BYTES)) throw new Error(`${t.name}: unsupported dtype ${JSON.stringify(t.dtype)}`)
+      const bytes = expected[i][1].reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype]
+      if (JSON.stringify(t.shape) !== JSON.stringify(expected[i][1]) || t.size !== bytes) {
+        throw new Error(`${t.name}: ${t.dtype}${JSON.stringify(t.shape)} (${t.size} bytes) does not fit the config's ${JSON.stringify(expected[i][1])}`)
+      }
+    }
+    const fh = await open(join(tmp, HEAD_FILE), 'w')
+    try {
+      const header = safetensorsHeader(tensors)
+      await fh.write(header, 0, header.length, 0)
+      let pos = header.length
+      for (const t of tensors) {
+        await c.read('tensor', t.name, t.size, async (chunk) => { await fh.write(chunk, 0, chunk.length, pos); pos += chunk.length }, t)
+      }
+    } finally {
+      await fh.close()
+    }
+    const ckpt = await Checkpoint.open(tmp)
+    let digest: string
+    try { digest = await tensorsDigest(await ckpt.readHeadRaw()) } finally { await ckpt.close() }
+    if (digest !== m.headDigest) throw new Error(`head tensors do not match the model id (digest ${digest.slice(0, 12)}, manifest says ${m.headDigest.slice(0, 12)})`)
+
+    // not covered by the model id: only checked to be usable
+    for (const name of OPTIONAL_FILES) {
+      if (!list.files.some(f => f.name === name)) continue
+      const bytes = await c.readAll('file', name, size(name))
+      parseJson(name, bytes)
+      await writeFile(join(tmp, name), bytes)
+    }
+    await loadTokenizer(tmp)
+    await writeFile(join(tmp, MANIFEST_FILE), JSON.stringify(m, null, 2) + '\n')
+    await checkModelDir(tmp, id)
+    return c.received
+  } finally {
+    await c.close()
+  }
+}
+
+interface Listing { files: Array<{ name: string, size: number }>, tensors: Array<{ name: string, dtype: DType, shape: number[], size: number }> }
+
+/** Client side of the protocol: pipelined chunk reads on one stream, every answer checked. */
+class FilesClient {
+  received = 0
+  private readonly stream: Stream
+  private readonly io: ReturnType<typeof lpStream>
+  private readonly id: string
+  private readonly chunk: number
+  private readonly window: number
+  private readonly opts: ResolveModelOptions
+
+  constructor (stream: Stream, id: string, opts: ResolveModelOptions) {
+    this.stream = stream
+    this.id = id
+    this.opts = opts
+    this.chunk = Math.max(1, Math.min(opts.chunkBytes ?? 1 << 20, MAX_FRAME_BYTES))
+    this.window = Math.max(1, opts.window ?? 8)
+    // everything a source may send before we read: `window` answers of one chunk each
+    this.io = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES, maxBufferSize: this.window * (this.chunk + 4096) + MAX_FRAME_BYTES })
+  }
+
+  async list (): Promise<Listing> {
+    await this.send({ op: 'list', modelId: this.id })
+    const r = await this.answer()
+    if (!Array.isArray(r.files) || !Array.isArray(r.tensors) ||
+      !r.files.every((f: any) => typeof f?.name === 'string' && Number.isSafeInteger(f.size) && f.size >= 0) ||
+      !r.tensors.every((t: any) => typeof t?.name === 'string' && Array.isArray(t.shape) && Number.isSafeInteger(t.size))) {
+      throw new Error('sent a malformed listing')
+    }
+    return r as Listing
+  }
+
+  async readAll (kind: 'file' | 'tensor', name: string, size: number): Promise<Uint8Array> {
+    const out = new Uint8Array(size)
+    let at = 0
+    await this.read(kind, name, size, (chunk) => { out.set(chunk, at); at += chunk.length })
+    return out
+  }
+
+  /** Streams `size` bytes of `name` to `sink` in order, keeping up to `window` reads in flight. */
+  async read (kind: 'file' | 'tensor', name: string, size: number, sink: (chunk: Uint8Array) => unknown, tensor?: { dtype: string, shape: number[] }): Promise<void> {
+    const pending: Array<{ offset: number, length: number }> = []
+    let next = 0
+    for (let done = 0; done < size;) {
+      while (pending.length < this.window && next < size) {
+        const length = Math.min(this.chunk, size - next)
+        await this.send({ op: 'read', modelId: this.id, kind, name, offset: next, length })
+        pending.push({ offset: next, length })
+        next += length
+      }
+      const want = pending.shift()!
+      const h = await this.answer()
+      if (h.name !== name || h.offset !== want.offset || h.length !== want.length || h.size !== size ||
+        (tensor != null && (h.dtype !== tensor.dtype || JSON.stringify(h.shape) !== JSON.stringify(tensor.shape)))) {
+        throw new Error(`answered the read of ${name} [${want.offset}, ${want.offset + want.length}) with ${JSON.stringify(h).slice(0, 200)}`)
+      }
+      const data = (await this.io.read({ signal: this.deadline() })).subarray()
+      if (data.byteLength !== want.length) throw new Error(`sent ${data.byteLength} bytes of ${name} for a ${want.length}-byte chunk`)
+      this.received += data.byteLength
+      await sink(data)
+      done += want.length
+    }
+  }
+
+  async close (): Promise<void> {
+    await this.stream.close({ signal: AbortSignal.timeout(1000) }).catch(err => { this.stream.abort(err) })
+  }
+
+  private async send (req: object): Promise<void> {
+    await this.io.write(new TextEncoder().encode(JSON.stringify(req)), { signal: this.deadline() })
+  }
+
+  private async answer (): Promise<any> {
+    const r = parseJson('answer', (await this.io.read({ signal: this.deadline() })).subarray()) as any
+    if (r == null || typeof r !== 'object') throw new Error('sent an answer that is not a JSON object')
+    if (typeof r.error === 'string') throw new Error(`reports: ${r.error.slice(0, 300)}`)
+    return r
+  }
+
+  private deadline (): AbortSignal {
+    const t = AbortSignal.timeout(this.opts.chunkTimeoutMs ?? 30_000)
+    return this.opts.signal != null ? AbortSignal.any([this.opts.signal, t]) : t
+  }
+}
+
+function parseJson (what: string, bytes: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
+  } catch (err) {
+    throw new Error(`${what} is not valid JSON: ${(err as Error).message}`)
+  }
+}
+
+/** The manifest's known fields only (its name is shown to users: keep it short and a string). */
+function parseManifest (bytes: Uint8Array): ModelManifest {
+  const m = parseJson(MANIFEST_FILE, bytes) as ModelManifest
+  const hex = (s: unknown): boolean => typeof s === 'string' && FULL_ID.test(s)
+  if (m == null || typeof m !== 'object' || typeof m.name !== 'string' || m.name.length > 200 || !hex(m.id) || !hex(m.headDigest) ||
+    !hex(m.configDigest) || !Array.isArray(m.blockDigests) || !m.blockDigests.every(hex)) {
+    throw new Error(`${MANIFEST_FILE} is malformed`)
+  }
+  return { format: m.format, name: m.name, id: m.id, configDigest: m.configDigest, headDigest: m.headDigest, blockDigests: m.blockDigests }
+}
+
+/** Moves `tmp` into place; if another process got there first, keeps its copy when it checks out. */
+async function install (tmp: string, dir: string): Promise<string> {
+  try {
+    await rename(tmp, dir)
+    return dir
+  } catch (err: any) {
+    if (err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') throw err
+  }
+  await rm(tmp, { recursive: true, force: true })
+  await checkModelDir(dir, dir.slice(-64))
+  return dir
+}
+
+async function discard (dir: string): Promise<void> {
+  // rename first, so a half-removed directory never looks like a cached copy
+  const aside = `${dir}.stale-${process.pid}-${Date.now()}`
+  await rename(dir, aside).then(async () => { await rm(aside, { recursive: true, force: true }) }, async () => { await rm(dir, { recursive: true, force: true }) })
+}
+
+/** Removes what crashed fetches left behind (a day old: a slow fetch may still be running). */
+async function sweepPartials (cacheDir: string): Promise<void> {
+  for (const name of await readdir(cacheDir).catch(() => [] as string[])) {
+    if (!name.startsWith('.partial-') && !name.includes('.stale-')) continue
+    const st = await stat(join(cacheDir, name)).catch(() => undefined)
+    if (st != null && Date.now() - st.mtimeMs > 24 * 3600_000) await rm(join(cacheDir, name), { recursive: true, force: true })
+  }
+}
+
+async function exists (path: string): Promise<boolean> {
+  try { await stat(path); return true } catch { return false }
+}
