@@ -32,6 +32,9 @@ export interface SwarmSessionInit {
   maxRepairs?: number
 }
 
+/** Pauses before re-looking for holders of blocks nobody seems to serve, ms. */
+const NO_ROUTE_RETRIES = [0, 500, 1000, 1500]
+
 interface LiveHop {
   hop: Hop
   session: RemoteSpanSession
@@ -79,7 +82,14 @@ export class SwarmSession implements SessionPipeline {
       try {
         route = findRoute(usable, from, to, this.init.modelName)
       } catch (err) {
-        if (err instanceof NoRouteError && usable.length < all.length) {
+        if (!(err instanceof NoRouteError)) throw err
+        // The cached view may predate new holders, and fresh provider records take a moment to
+        // spread: look again a few times (≈ 3 s in all) before giving up.
+        if (attempt < NO_ROUTE_RETRIES.length) {
+          await new Promise(resolve => setTimeout(resolve, NO_ROUTE_RETRIES[attempt]))
+          continue
+        }
+        if (usable.length < all.length) {
           throw new NoRouteError(`${err.message} (after excluding ${all.length - usable.length} failed peer(s))`, err.missing)
         }
         throw err
