@@ -70,6 +70,38 @@ describe('spans of blocks', function () {
     })
   }
 
+  describe('batched steps', () => {
+    it('several sessions in one call give bitwise the results of separate calls', async () => {
+      const ckpt = await Checkpoint.open(fixtureDir('tiny-qwen2-tied-bf16'))
+      const head = await ModelHead.load(ckpt)
+      const span = await Span.load(ckpt, 1, 4)
+      const prompts = [[1, 5, 9], [1, 7], [1, 2, 3, 4, 5, 6], [1]]
+      const solo = prompts.map(() => span.newCache(32))
+      const batched = prompts.map(() => span.newCache(32))
+      for (let i = 0; i < prompts.length; i++) {
+        await span.forward(head.embed(prompts[i]), prompts[i].length, solo[i])
+        await span.forward(head.embed(prompts[i]), prompts[i].length, batched[i])
+      }
+      for (let step = 0; step < 5; step++) {
+        const ids = prompts.map((_, i) => 10 + step * 7 + i)
+        const want = []
+        for (let i = 0; i < prompts.length; i++) want.push(await span.forward(head.embed([ids[i]]), 1, solo[i]))
+        const got = await span.forwardBatch(prompts.map((_, i) => ({ hidden: head.embed([ids[i]]), tokens: 1, cache: batched[i] })))
+        assert.deepEqual(got, want, `step ${step}`)
+      }
+      // a prefill batched with decode steps too
+      const fresh = span.newCache(32)
+      const mixed = await span.forwardBatch([
+        { hidden: head.embed([1, 2, 3]), tokens: 3, cache: fresh },
+        { hidden: head.embed([99]), tokens: 1, cache: batched[0] }
+      ])
+      assert.deepEqual(mixed[0], await span.forward(head.embed([1, 2, 3]), 3, span.newCache(32)))
+      assert.deepEqual(mixed[1], await span.forward(head.embed([99]), 1, solo[0]))
+      await assert.rejects(span.forwardBatch([{ hidden: head.embed([1]), tokens: 1, cache: fresh }, { hidden: head.embed([1]), tokens: 1, cache: fresh }]), /two steps of one session/)
+      span.dispose(); head.dispose(); await ckpt.close()
+    })
+  })
+
   describe('bad input', () => {
     let ckpt: Checkpoint
     let span: Span

@@ -18,14 +18,24 @@ export interface BlockWeights {
   down: tf.Tensor2D
 }
 
-/** Per-step tensors shared by every block of a forward pass. */
-export interface StepContext {
+/** One session's rows within a (possibly batched) step. */
+export interface StepSegment {
   tokens: number
-  /** `[tokens, 1, headDim]` */
-  cos: tf.Tensor
-  sin: tf.Tensor
   /** Additive causal mask `[group·tokens, keys]`; absent for a single-token step. */
   mask?: tf.Tensor
+}
+
+/**
+ * Per-step tensors shared by every block of a forward pass. Rows of several sessions may be
+ * stacked (batched decode): the projections and MLP run once over all rows, attention per segment.
+ */
+export interface StepContext {
+  /** Rows in all segments. */
+  tokens: number
+  /** `[tokens, 1, headDim]`, each row at its own session's position */
+  cos: tf.Tensor
+  sin: tf.Tensor
+  segments: StepSegment[]
 }
 
 /** Keys and values of one block for one session: `[kvHeads, length, headDim]`. */
@@ -103,24 +113,54 @@ function rotary (x: tf.Tensor, ctx: StepContext, headDim: number): tf.Tensor {
 }
 
 /**
- * One block on hidden states `[tokens, hidden]`, appending this step's keys and values to
- * `cache`. Must run inside `tf.tidy`; the new cache tensors are kept, the old ones disposed.
+ * One block on hidden states `[tokens, hidden]` (the rows of `ctx.segments`, one session each),
+ * appending each segment's keys and values to its cache. Must run inside `tf.tidy`; the new cache
+ * tensors are kept, the old ones disposed. Batched rows give bitwise the same results as one at a time.
  */
-export function blockForward (cfg: ModelConfig, w: BlockWeights, x: tf.Tensor2D, ctx: StepContext, cache: LayerCache): tf.Tensor2D {
-  const T = ctx.tokens
+export function blockForward (cfg: ModelConfig, w: BlockWeights, x: tf.Tensor2D, ctx: StepContext, caches: LayerCache[]): tf.Tensor2D {
+  const N = ctx.tokens
   const d = cfg.headDim
   const nKv = cfg.numKvHeads
-  const g = cfg.numHeads / nKv
   const qDim = cfg.numHeads * d
   const kvDim = nKv * d
 
   const h = rmsNorm(x, w.inputNorm, cfg.rmsNormEps)
   let qkv = tf.matMul(h, w.qkv)
   if (w.qkvBias != null) qkv = tf.add(qkv, w.qkvBias)
-  const q = rotary(tf.reshape(tf.slice(qkv, [0, 0], [T, qDim]), [T, cfg.numHeads, d]), ctx, d)
-  const k = rotary(tf.reshape(tf.slice(qkv, [0, qDim], [T, kvDim]), [T, nKv, d]), ctx, d)
-  const v = tf.reshape(tf.slice(qkv, [0, qDim + kvDim], [T, kvDim]), [T, nKv, d])
+  const q = rotary(tf.reshape(tf.slice(qkv, [0, 0], [N, qDim]), [N, cfg.numHeads, d]), ctx, d)
+  const k = rotary(tf.reshape(tf.slice(qkv, [0, qDim], [N, kvDim]), [N, nKv, d]), ctx, d)
+  const v = tf.reshape(tf.slice(qkv, [0, qDim + kvDim], [N, kvDim]), [N, nKv, d])
 
+  let merged: tf.Tensor
+  if (ctx.segments.length === 1) {
+    merged = attention(cfg, q, k, v, ctx.segments[0], caches[0])
+  } else {
+    const parts: tf.Tensor[] = []
+    let row = 0
+    ctx.segments.forEach((seg, i) => {
+      const T = seg.tokens
+      parts.push(attention(cfg, tf.slice(q, [row, 0, 0], [T, cfg.numHeads, d]), tf.slice(k, [row, 0, 0], [T, nKv, d]), tf.slice(v, [row, 0, 0], [T, nKv, d]), seg, caches[i]))
+      row += T
+    })
+    merged = tf.concat(parts, 0)
+  }
+  const x1 = tf.add(x, tf.matMul(merged as tf.Tensor2D, w.out))
+
+  const h2 = rmsNorm(x1, w.postNorm, cfg.rmsNormEps)
+  const gu = tf.matMul(h2, w.gateUp)
+  const F = cfg.intermediateSize
+  const gate = tf.slice(gu, [0, 0], [N, F])
+  const up = tf.slice(gu, [0, F], [N, F])
+  const act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), up)
+  return tf.add(x1, tf.matMul(act, w.down))
+}
+
+/** Grouped-query attention of one session's rows against its cache (which it extends). */
+function attention (cfg: ModelConfig, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, seg: StepSegment, cache: LayerCache): tf.Tensor {
+  const T = seg.tokens
+  const d = cfg.headDim
+  const nKv = cfg.numKvHeads
+  const g = cfg.numHeads / nKv
   // q head i uses kv head ⌊i/g⌋: group the g query heads of each kv head as extra rows.
   const qg = tf.reshape(tf.transpose(tf.reshape(tf.mul(q, 1 / Math.sqrt(d)), [T, nKv, g, d]), [1, 2, 0, 3]), [nKv, g * T, d])
   const kNew = tf.transpose(k, [1, 0, 2]) as tf.Tensor3D
@@ -133,16 +173,7 @@ export function blockForward (cfg: ModelConfig, w: BlockWeights, x: tf.Tensor2D,
   cache.v = tf.keep(values)
 
   let scores = tf.matMul(qg, keys, false, true)
-  if (ctx.mask != null) scores = tf.add(scores, ctx.mask)
+  if (seg.mask != null) scores = tf.add(scores, seg.mask)
   const attn = tf.matMul(tf.softmax(scores), values)
-  const merged = tf.reshape(tf.transpose(tf.reshape(attn, [nKv, g, T, d]), [2, 0, 1, 3]), [T, qDim])
-  const x1 = tf.add(x, tf.matMul(merged, w.out))
-
-  const h2 = rmsNorm(x1, w.postNorm, cfg.rmsNormEps)
-  const gu = tf.matMul(h2, w.gateUp)
-  const F = cfg.intermediateSize
-  const gate = tf.slice(gu, [0, 0], [T, F])
-  const up = tf.slice(gu, [0, F], [T, F])
-  const act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), up)
-  return tf.add(x1, tf.matMul(act, w.down))
+  return tf.reshape(tf.transpose(tf.reshape(attn, [nKv, g, T, d]), [2, 0, 1, 3]), [T, cfg.numHeads * d])
 }

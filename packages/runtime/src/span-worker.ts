@@ -24,7 +24,7 @@ const caches = new Map<number, KVCache>()
 async function main (): Promise<void> {
   let span: Span
   try {
-    await initBackend(init.backend as any)
+    batchingHelps = (await initBackend(init.backend as any)) !== 'wasm'
     const ckpt = await Checkpoint.open(init.dir)
     span = await Span.load(ckpt, init.start, init.end, { blockDigests: init.blockDigests })
     await ckpt.close()
@@ -33,7 +33,8 @@ async function main (): Promise<void> {
     return
   }
   port.on('message', (req: SpanWorkerRequest) => {
-    void handle(span, req).then(
+    const work = req.op === 'forward' ? enqueueStep(span, req) : handle(span, req)
+    void work.then(
       (reply) => {
         const transfer = reply.hidden != null ? [reply.hidden.buffer as ArrayBuffer] : []
         port.postMessage(reply, transfer)
@@ -41,6 +42,68 @@ async function main (): Promise<void> {
       (err: any) => port.postMessage({ id: req.id, ok: false, name: err.name ?? 'Error', message: err.message } satisfies SpanWorkerReply))
   })
   port.postMessage({ ready: true } satisfies SpanWorkerReply)
+}
+
+type Reply = { id: number, ok: true, hidden?: Float32Array, length?: number, bytes?: number }
+type ForwardRequest = Extract<SpanWorkerRequest, { op: 'forward' }>
+interface QueuedStep { req: ForwardRequest, resolve: (r: Reply) => void, reject: (e: Error) => void }
+
+/** Most rows one batched call takes (a prefill of many tokens runs alone when it exceeds it). */
+const MAX_BATCH_ROWS = 256
+const queue: QueuedStep[] = []
+let draining = false
+
+/**
+ * Steps of different sessions that arrive while the span is busy run together as one batched
+ * call when the span is free again: no waiting is added, and concurrent decoding reads the
+ * weights once per batch instead of once per session.
+ */
+function enqueueStep (span: Span, req: ForwardRequest): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    queue.push({ req, resolve, reject })
+    if (!draining) { draining = true; setImmediate(() => { void drain(span) }) }
+  })
+}
+
+async function drain (span: Span): Promise<void> {
+  while (queue.length > 0) {
+    const batch: QueuedStep[] = []
+    const sessions = new Set<number>()
+    let rows = 0
+    // FIFO; a session's second step waits for the next batch, a cache on other blocks too
+    for (let i = 0; i < queue.length;) {
+      const q = queue[i]
+      const cache = caches.get(q.req.session)
+      const first = batch.length > 0 ? caches.get(batch[0].req.session) : undefined
+      const fits = batch.length === 0 || (rows + q.req.tokens <= MAX_BATCH_ROWS && !sessions.has(q.req.session) &&
+        cache != null && first != null && cache.firstBlock === first.firstBlock && cache.layers.length === first.layers.length)
+      if (fits) { batch.push(q); sessions.add(q.req.session); rows += q.req.tokens; queue.splice(i, 1) } else i++
+    }
+    await runBatch(span, batch)
+    // let newly arrived messages join the next batch
+    await new Promise(resolve => setImmediate(resolve))
+  }
+  draining = false
+}
+
+/**
+ * Whether one call over several sessions' rows beats separate calls. Not on wasm: its XNNPACK
+ * GEMM for 2–16 rows is 4–8× slower than the single-row GEMV path (measured: [2,768]·[768,4096]
+ * 4.5 ms vs 0.6 ms for one row), so there steps run one after another.
+ */
+let batchingHelps = true
+
+async function runBatch (span: Span, batch: QueuedStep[]): Promise<void> {
+  if (batch.length > 1 && batchingHelps) {
+    try {
+      const outs = await span.forwardBatch(batch.map(({ req }) => ({ hidden: req.hidden, tokens: req.tokens, cache: cacheOf(req.session), positions: req.positions })))
+      batch.forEach(({ req, resolve }, i) => { const c = cacheOf(req.session); resolve({ id: req.id, ok: true, hidden: outs[i], length: c.length, bytes: c.bytes() }) })
+      return
+    } catch {
+      // one bad step must not fail the others: run them one by one, each with its own answer
+    }
+  }
+  for (const q of batch) await handle(span, q.req).then(q.resolve, q.reject)
 }
 
 function cacheOf (session: number): KVCache {

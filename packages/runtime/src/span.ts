@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core'
 import type { ModelConfig } from './config.ts'
 import type { Checkpoint } from './checkpoint.ts'
 import { loadBlockWeights, disposeBlockWeights, blockForward } from './block.ts'
-import type { BlockWeights, LayerCache, StepContext } from './block.ts'
+import type { BlockWeights, LayerCache, StepContext, StepSegment } from './block.ts'
 import { inverseFrequencies, rotaryTables } from './rope.ts'
 import { tensorsDigest } from './model-id.ts'
 
@@ -55,6 +55,14 @@ export class KVCache {
   }
 
   dispose (): void { this.truncate(0) }
+}
+
+/** One session's step within a batch. */
+export interface SpanStep {
+  hidden: Float32Array
+  tokens: number
+  cache: KVCache
+  positions?: ArrayLike<number>
 }
 
 /**
@@ -133,50 +141,84 @@ export class Span {
    * cache: `[cache.length, cache.length + tokens)`; passing them is a check, not a choice.
    */
   async forward (hidden: Float32Array, tokens: number, cache: KVCache, positions?: ArrayLike<number>): Promise<Float32Array> {
-    const H = this.config.hiddenSize
-    if (!Number.isInteger(tokens) || tokens <= 0) throw new SpanError(`tokens must be a positive integer (got ${tokens})`)
-    if (hidden.length !== tokens * H) throw new SpanError(`hidden states have ${hidden.length} values, expected ${tokens}×${H}`)
-    const from = cache.firstBlock - this.start
-    if (from < 0 || from + cache.layers.length > this.size) throw new SpanError('cache belongs to another span')
-    const first = cache.length
-    if (positions != null) {
-      if (positions.length !== tokens) throw new SpanError(`${positions.length} positions for ${tokens} tokens`)
-      for (let t = 0; t < tokens; t++) {
-        if (positions[t] !== first + t) throw new SpanError(`positions must continue the session's cache: expected ${first + t} at index ${t}, got ${positions[t]}`)
-      }
-    }
-    if (first + tokens > cache.maxLength) throw new SpanError(`session length ${first + tokens} exceeds its max length ${cache.maxLength}`)
+    return (await this.forwardBatch([{ hidden, tokens, cache, positions }]))[0]
+  }
 
+  /**
+   * Several sessions' steps as one call: the weights are read once for all their rows, which is
+   * what makes concurrent decoding cheap. Every cache must cover the same blocks. Results are
+   * bitwise those of separate calls.
+   */
+  async forwardBatch (steps: SpanStep[]): Promise<Float32Array[]> {
+    if (steps.length === 0) return []
+    const H = this.config.hiddenSize
+    const firstBlock = steps[0].cache.firstBlock
+    const blocks = steps[0].cache.layers.length
+    const from = firstBlock - this.start
+    if (from < 0 || from + blocks > this.size) throw new SpanError('cache belongs to another span')
+    const seen = new Set<KVCache>()
+    for (const { hidden, tokens, cache, positions } of steps) {
+      if (!Number.isInteger(tokens) || tokens <= 0) throw new SpanError(`tokens must be a positive integer (got ${tokens})`)
+      if (hidden.length !== tokens * H) throw new SpanError(`hidden states have ${hidden.length} values, expected ${tokens}×${H}`)
+      if (cache.firstBlock !== firstBlock || cache.layers.length !== blocks) throw new SpanError('a batch must cover the same blocks for every session')
+      if (seen.has(cache)) throw new SpanError('a batch holds two steps of one session')
+      seen.add(cache)
+      const first = cache.length
+      if (positions != null) {
+        if (positions.length !== tokens) throw new SpanError(`${positions.length} positions for ${tokens} tokens`)
+        for (let t = 0; t < tokens; t++) {
+          if (positions[t] !== first + t) throw new SpanError(`positions must continue the session's cache: expected ${first + t} at index ${t}, got ${positions[t]}`)
+        }
+      }
+      if (first + tokens > cache.maxLength) throw new SpanError(`session length ${first + tokens} exceeds its max length ${cache.maxLength}`)
+    }
+
+    const rows = steps.reduce((n, s) => n + s.tokens, 0)
+    const input = new Float32Array(rows * H)
+    let o = 0
+    for (const s of steps) { input.set(s.hidden, o); o += s.hidden.length }
     const out = tf.tidy(() => {
-      const ctx = this.stepContext(first, tokens)
-      let x = tf.tensor2d(hidden, [tokens, H])
-      for (let i = 0; i < cache.layers.length; i++) x = blockForward(this.config, this.blocks[from + i], x, ctx, cache.layers[i])
+      const ctx = this.stepContext(steps)
+      let x = tf.tensor2d(input, [rows, H])
+      for (let i = 0; i < blocks; i++) x = blockForward(this.config, this.blocks[from + i], x, ctx, steps.map(s => s.cache.layers[i]))
       return x
     })
-    cache.length = first + tokens
+    for (const s of steps) s.cache.length += s.tokens
+    let data: Float32Array
     try {
-      return (await out.data()) as Float32Array
+      data = (await out.data()) as Float32Array
     } finally {
       out.dispose()
     }
+    if (steps.length === 1) return [data]
+    const results: Float32Array[] = []
+    o = 0
+    for (const s of steps) { results.push(data.slice(o, o + s.tokens * H)); o += s.tokens * H }
+    return results
   }
 
-  private stepContext (first: number, tokens: number): StepContext {
+  private stepContext (steps: SpanStep[]): StepContext {
     const d = this.config.headDim
-    const pos = Array.from({ length: tokens }, (_, t) => first + t)
-    const { cos, sin } = rotaryTables(this.invFreq, pos)
-    const ctx: StepContext = { tokens, cos: tf.tensor3d(cos, [tokens, 1, d]), sin: tf.tensor3d(sin, [tokens, 1, d]) }
-    if (tokens > 1) {
-      const g = this.config.numHeads / this.config.numKvHeads
-      const keys = first + tokens
-      const m = new Float32Array(g * tokens * keys)
-      for (let r = 0; r < g * tokens; r++) {
-        const t = r % tokens
-        for (let s = first + t + 1; s < keys; s++) m[r * keys + s] = -1e30
+    const g = this.config.numHeads / this.config.numKvHeads
+    const pos: number[] = []
+    const segments: StepSegment[] = []
+    for (const { tokens, cache } of steps) {
+      const first = cache.length
+      for (let t = 0; t < tokens; t++) pos.push(first + t)
+      const seg: StepSegment = { tokens }
+      if (tokens > 1) {
+        const keys = first + tokens
+        const m = new Float32Array(g * tokens * keys)
+        for (let r = 0; r < g * tokens; r++) {
+          const t = r % tokens
+          for (let s = first + t + 1; s < keys; s++) m[r * keys + s] = -1e30
+        }
+        seg.mask = tf.tensor2d(m, [g * tokens, keys])
       }
-      ctx.mask = tf.tensor2d(m, [g * tokens, keys])
+      segments.push(seg)
     }
-    return ctx
+    const { cos, sin } = rotaryTables(this.invFreq, pos)
+    return { tokens: pos.length, cos: tf.tensor3d(cos, [pos.length, 1, d]), sin: tf.tensor3d(sin, [pos.length, 1, d]), segments }
   }
 
   dispose (): void {
