@@ -118,6 +118,27 @@ describe('failover with real server processes', function () {
     await respawn(victim)
   })
 
+  it('SIGTERM drains: the node leaves cleanly, its clients re-route, the tokens are the same', async () => {
+    const session = await client.session(prompt.length + MAX_TOKENS) as SwarmSession
+    const victim = processOf(session.route[1].peer)
+    let n = 0
+    let exited: Promise<number | null> | undefined
+    const r = await generate(client.head, session, prompt, {
+      maxTokens: MAX_TOKENS,
+      onToken: () => {
+        if (++n === 4) {
+          exited = new Promise(resolve => victim.child.once('exit', (code) => resolve(code)))
+          victim.child.kill('SIGTERM')
+        }
+      }
+    })
+    await session.close()
+    assert.deepEqual(r.tokenIds, reference)
+    assert.equal(await exited, 0, 'the drained node exits with status 0')
+    assert.ok(!session.route.some(h => h.peer === victim.peerId))
+    await respawn(victim)
+  })
+
   it('without a spare holder, ends in a clear error naming the uncovered blocks', async () => {
     const holders = swarm.nodes.filter(n => n.ready.start === 8)
     const session = await client.session(prompt.length + MAX_TOKENS) as SwarmSession

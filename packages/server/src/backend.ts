@@ -46,6 +46,8 @@ export class BlockBackend {
   private readonly cacheBudget: number
   private readonly idleTimeoutMs: number
   private reserved = 0
+  private inFlight = 0
+  private draining = false
   private readonly sweeper: NodeJS.Timeout
 
   constructor (components: BlockBackendComponents, init: BlockBackendInit) {
@@ -75,6 +77,7 @@ export class BlockBackend {
       throw new ProtocolError('not-served', `blocks [${start}, ${end}) are not served here (this node serves [${this.start}, ${this.end}))`)
     }
     if (maxLength > this.config.maxPositions) throw new ProtocolError('too-long', `max length ${maxLength} exceeds the model's context of ${this.config.maxPositions}`)
+    if (this.draining) throw new ProtocolError('busy', 'busy: this node is shutting down')
     if (this.sessions.has(id) || this.closed.has(id)) throw new ProtocolError('bad-request', `session ${id} already exists`)
     const bytes = this.cacheBytes(end - start, maxLength)
     if (this.sessions.size >= this.maxSessions) throw new ProtocolError('busy', `busy: ${this.sessions.size} sessions open (limit ${this.maxSessions})`)
@@ -106,10 +109,12 @@ export class BlockBackend {
     if (position !== s.span.length) throw new ProtocolError('bad-request', `position ${position} does not continue session ${id}, which holds ${s.span.length} positions`)
     if (position + tokens > s.maxLength) throw new ProtocolError('too-long', `positions up to ${position + tokens} exceed the session's max length ${s.maxLength}`)
     s.busy = true
+    this.inFlight++
     try {
       return await s.span.forward(hidden, tokens)
     } finally {
       s.busy = false
+      this.inFlight--
       s.lastUsed = Date.now()
     }
   }
@@ -145,6 +150,19 @@ export class BlockBackend {
     let n = 0
     for (const s of this.sessions.values()) n += s.span.bytes
     return n
+  }
+
+  get stepsInFlight (): number { return this.inFlight }
+  get isDraining (): boolean { return this.draining }
+
+  /**
+   * Stops admitting sessions and waits (up to `deadlineMs`) for steps already running to finish,
+   * so no client loses a step's work; their next steps go elsewhere (route repair).
+   */
+  async drain (deadlineMs: number): Promise<void> {
+    this.draining = true
+    const until = Date.now() + deadlineMs
+    while (this.inFlight > 0 && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 20))
   }
 
   async dispose (): Promise<void> {

@@ -65,7 +65,7 @@ export class PlexusServer {
       throughput: this.init.throughput,
       addrs: node.getMultiaddrs().map(a => a.toString()),
       offersHead: this.servesHead,
-      capacity: { sessions: backend.sessionCount + backend.freeSessions, freeSessions: this.draining ? 0 : backend.freeSessions },
+      capacity: { sessions: backend.sessionCount + backend.freeSessions, freeSessions: backend.isDraining ? 0 : backend.freeSessions },
       version: VERSION
     }, { ttlMs: ttl })
   }
@@ -92,12 +92,14 @@ export class PlexusServer {
     this.log('serving blocks [%d, %d) of %s', backend.start, backend.end, backend.modelId)
   }
 
-  /** Stops announcing, lets in-flight steps finish (up to `deadlineMs`), then frees everything. */
+  /**
+   * Drains: stops announcing and admitting sessions, lets steps in flight finish (up to
+   * `deadlineMs`), then closes every session (their clients re-route) and frees the blocks.
+   */
   async stop (deadlineMs = 10_000): Promise<void> {
     this.draining = true
     await this.announcer.stop()
-    const until = Date.now() + deadlineMs
-    while (this.c.backend.sessionCount > 0 && Date.now() < until) await new Promise(r => setTimeout(r, 100))
+    await this.c.backend.drain(deadlineMs)
     await this.c.node.unhandle(SESSION_PROTOCOL)
     await this.stopModelFiles?.()
     await this.c.backend.dispose()
