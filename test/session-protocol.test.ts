@@ -14,7 +14,7 @@ import { SESSION_PROTOCOL, WIRE_VERSION, encodeMessage, decodeMessage } from '@p
 import type { SessionMessage, ErrorCode } from '@plexus/protocol'
 import { initBackend, Checkpoint, Span, ModelHead, loadManifest, inProcessRunner, f32ToF16 } from '@plexus/runtime'
 import type { ModelManifest } from '@plexus/runtime'
-import { BlockBackend } from '../packages/server/src/backend.ts'
+import { BlockBackend, BackendSet } from '../packages/server/src/backend.ts'
 import { createSessionHandler } from '../packages/server/src/session-handler.ts'
 import { RemoteSpanSession } from '../packages/client/src/inference/remote-span.ts'
 import type { Dialer } from '../packages/client/src/inference/remote-span.ts'
@@ -203,7 +203,7 @@ describe('session protocol under hostile input', function () {
 
     backend = new BlockBackend({ runner: inProcessRunner(span), config: ckpt.config }, { modelId: manifest.id, maxSessions: 128 })
     server = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), dhtMode: 'server' })
-    const handler = createSessionHandler({ backend, log: server.logger.forComponent('plexus:test:session') }, {
+    const handler = createSessionHandler({ backends: BackendSet.of(backend), log: server.logger.forComponent('plexus:test:session') }, {
       maxFrameBytes: MAX_FRAME,
       onError: (code, message) => { errorsSeen.push([code, message]) }
     })
@@ -213,7 +213,7 @@ describe('session protocol under hostile input', function () {
       try { await handler(stream, conn) } finally { running-- }
     }, { maxInboundStreams: 1024 })
     // the same backend behind a handler with a short idle timeout, for clients that go quiet
-    const idleHandler = createSessionHandler({ backend, log: server.logger.forComponent('plexus:test:session-idle') }, { maxFrameBytes: MAX_FRAME, idleTimeoutMs: IDLE_MS })
+    const idleHandler = createSessionHandler({ backends: BackendSet.of(backend), log: server.logger.forComponent('plexus:test:session-idle') }, { maxFrameBytes: MAX_FRAME, idleTimeoutMs: IDLE_MS })
     await server.handle(IDLE_PROTOCOL, async (stream: Stream, conn: Connection) => {
       serverStreams.push(stream)
       running++

@@ -96,6 +96,9 @@ export class BlockBackend {
     }
   }
 
+  has (id: string): boolean { return this.sessions.has(id) }
+  wasClosed (id: string): boolean { return this.closed.has(id) }
+
   get (id: string): ServerSession {
     const s = this.sessions.get(id)
     if (s != null) return s
@@ -173,3 +176,43 @@ export class BlockBackend {
 }
 
 function mib (n: number): string { return `${(n / 2 ** 20).toFixed(1)} MiB` }
+
+/**
+ * The backends one node runs (one per span it serves; two while it moves to a new span). The
+ * session handler opens each session on the backend that serves the requested blocks.
+ */
+export class BackendSet {
+  private readonly backends = new Set<BlockBackend>()
+
+  static of (...backends: BlockBackend[]): BackendSet {
+    const s = new BackendSet()
+    for (const b of backends) s.add(b)
+    return s
+  }
+
+  add (b: BlockBackend): void { this.backends.add(b) }
+  delete (b: BlockBackend): void { this.backends.delete(b) }
+  all (): BlockBackend[] { return [...this.backends] }
+
+  /** The backend for a new session on `[start, end)` of `modelId`; a clear refusal otherwise. */
+  pick (modelId: string, start: number, end: number): BlockBackend {
+    const same = this.all().filter(b => b.modelId === modelId)
+    if (same.length === 0) {
+      const served = this.all().map(b => b.modelId.slice(0, 12)).join(', ') || 'nothing'
+      throw new ProtocolError('not-served', `model ${modelId.slice(0, 12)} is not served here (this node serves ${served})`)
+    }
+    const fits = same.filter(b => b.start <= start && end <= b.end && start < end)
+    if (fits.length === 0) {
+      throw new ProtocolError('not-served', `blocks [${start}, ${end}) are not served here (this node serves ${same.map(b => `[${b.start}, ${b.end})`).join(', ')})`)
+    }
+    return fits.find(b => !b.isDraining) ?? fits[0]
+  }
+
+  /** The backend holding session `id`, or the unknown/closed error. */
+  holder (id: string): BlockBackend {
+    const all = this.all()
+    for (const b of all) if (b.has(id)) return b
+    for (const b of all) if (b.wasClosed(id)) throw new ProtocolError('closed-session', `session ${id} is closed`)
+    throw new ProtocolError('unknown-session', `unknown session ${id}`)
+  }
+}

@@ -4,6 +4,7 @@ import type { PlexusNode } from '@plexus/p2p'
 import type { Checkpoint, ModelManifest } from '@plexus/runtime'
 import { createSessionHandler, SESSION_PROTOCOL } from './session-handler.ts'
 import { serveModelFiles } from './model-files-handler.ts'
+import { BackendSet } from './backend.ts'
 import type { BlockBackend } from './backend.ts'
 
 export interface PlexusServerComponents {
@@ -28,6 +29,9 @@ export interface PlexusServerInit {
 }
 
 const VERSION = '0.1.0'
+
+// One session handler per node, shared by every span it serves (two while it moves).
+const sessionBackends = new WeakMap<PlexusNode, BackendSet>()
 
 /**
  * A node serving blocks `[start, end)` of one model: the session protocol, signed announcements
@@ -72,9 +76,15 @@ export class PlexusServer {
 
   async start (): Promise<void> {
     const { node, backend } = this.c
-    await node.handle(SESSION_PROTOCOL, createSessionHandler({ backend, log: this.log }), {
-      maxInboundStreams: this.init.maxInboundStreams ?? 1024
-    })
+    let set = sessionBackends.get(node)
+    if (set == null) {
+      set = new BackendSet()
+      sessionBackends.set(node, set)
+      await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log }), {
+        maxInboundStreams: this.init.maxInboundStreams ?? 1024
+      })
+    }
+    set.add(backend)
     if (this.init.offersHead === true) {
       try {
         if (this.c.checkpoint == null) throw new Error('no checkpoint to serve the client parts from')
@@ -100,7 +110,12 @@ export class PlexusServer {
     this.draining = true
     await this.announcer.stop()
     await this.c.backend.drain(deadlineMs)
-    await this.c.node.unhandle(SESSION_PROTOCOL)
+    const set = sessionBackends.get(this.c.node)
+    set?.delete(this.c.backend)
+    if (set != null && set.all().length === 0) {
+      sessionBackends.delete(this.c.node)
+      await this.c.node.unhandle(SESSION_PROTOCOL)
+    }
     await this.stopModelFiles?.()
     await this.c.backend.dispose()
   }

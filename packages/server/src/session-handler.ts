@@ -2,12 +2,13 @@ import { lpStream } from '@libp2p/utils'
 import type { Stream, Connection, Logger } from '@libp2p/interface'
 import { SESSION_PROTOCOL, ProtocolError, decodeMessage, encodeMessage } from '@plexus/protocol'
 import type { SessionMessage, ErrorCode } from '@plexus/protocol'
-import type { BlockBackend } from './backend.ts'
+import type { BackendSet, BlockBackend } from './backend.ts'
 
 export { SESSION_PROTOCOL }
 
 export interface SessionHandlerComponents {
-  backend: BlockBackend
+  /** The spans this node serves; each session is opened on the one serving its blocks. */
+  backends: BackendSet
   log: Logger
 }
 
@@ -28,7 +29,7 @@ export interface SessionHandlerInit {
  * is then closed and its sessions freed. Other sessions are never affected.
  */
 export function createSessionHandler (components: SessionHandlerComponents, init: SessionHandlerInit = {}) {
-  const { backend, log } = components
+  const { backends, log } = components
   const maxFrame = init.maxFrameBytes ?? 64 << 20
   const idleMs = init.idleTimeoutMs ?? 5 * 60_000
 
@@ -60,11 +61,12 @@ export function createSessionHandler (components: SessionHandlerComponents, init
         throw new RangeError('the length prefix continues')
       }
     })
-    const owned = new Set<string>()
+    const owned = new Map<string, BlockBackend>()
     /** Only the stream that opened a session may step, truncate or close it. */
-    const own = (id: string): void => {
-      if (owned.has(id)) return
-      backend.get(id) // unknown/closed → its own error
+    const own = (id: string): BlockBackend => {
+      const b = owned.get(id)
+      if (b != null) return b
+      backends.holder(id) // unknown/closed → its own error
       throw new ProtocolError('bad-request', `session ${id} belongs to another stream`)
     }
     const send = async (m: SessionMessage): Promise<void> => { await io.write(encodeMessage(m), { signal: AbortSignal.timeout(30_000) }) }
@@ -91,16 +93,23 @@ export function createSessionHandler (components: SessionHandlerComponents, init
           log('session stream from %s ended: %s', peer, err.message)
           return
         }
-        const msg = decodeMessage(frame, { hiddenSize: backend.config.hiddenSize, requireFinite: true })
+        const msg = decodeMessage(frame, { requireFinite: true })
         switch (msg.type) {
           case 'open': {
+            if (owned.has(msg.sessionId) || backends.all().some(b => b.has(msg.sessionId) || b.wasClosed(msg.sessionId))) {
+              throw new ProtocolError('bad-request', `session ${msg.sessionId} already exists`)
+            }
+            const backend = backends.pick(msg.modelId, msg.start, msg.end)
             await backend.open(msg.sessionId, msg.modelId, msg.start, msg.end, msg.maxLength)
-            owned.add(msg.sessionId)
+            owned.set(msg.sessionId, backend)
             await send({ type: 'opened', sessionId: msg.sessionId, start: msg.start, end: msg.end, length: 0 })
             break
           }
           case 'step': {
-            own(msg.sessionId)
+            const backend = own(msg.sessionId)
+            if (msg.hidden !== backend.config.hiddenSize) {
+              throw new ProtocolError('bad-tensor', `hidden size ${msg.hidden} does not match the model's ${backend.config.hiddenSize}`)
+            }
             const t0 = performance.now()
             const out = await backend.step(msg.sessionId, msg.position, msg.tokens, msg.data)
             const computeMs = performance.now() - t0
@@ -109,16 +118,16 @@ export function createSessionHandler (components: SessionHandlerComponents, init
             break
           }
           case 'truncate': {
-            own(msg.sessionId)
-            const length = await backend.truncate(msg.sessionId, msg.length)
+            const length = await own(msg.sessionId).truncate(msg.sessionId, msg.length)
             await send({ type: 'truncated', sessionId: msg.sessionId, length })
             break
           }
-          case 'close':
-            own(msg.sessionId)
+          case 'close': {
+            const backend = own(msg.sessionId)
             owned.delete(msg.sessionId)
             await backend.close(msg.sessionId)
             break
+          }
           default:
             throw new ProtocolError('bad-request', `a client may not send ${msg.type} messages`)
         }
@@ -132,7 +141,7 @@ export function createSessionHandler (components: SessionHandlerComponents, init
       log('session stream from %s: %s: %s', peer, code, message)
       try { await send({ type: 'error', code, message }) } catch {}
     } finally {
-      for (const id of owned) await backend.close(id)
+      for (const [id, backend] of owned) await backend.close(id)
       try { await stream.close({ signal: AbortSignal.timeout(2000) }) } catch { stream.abort(new Error('session stream closed')) }
     }
   }
