@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { lpStream } from '@libp2p/utils'
-import { Announcer, createPlexusNode, dialBootstrap, findServers, serveInfo, signAnnouncement, waitForDhtPeers, PROTOCOL_PREFIX } from '@plexus/p2p'
+import { Announcer, createPlexusNode, dialBootstrap, findBlockHolders, findServers, serveInfo, signAnnouncement, waitForDhtPeers, PROTOCOL_PREFIX } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { Checkpoint, ModelHead, SafetensorsFile, initBackend, loadManifest } from '@plexus/runtime'
 import type { ModelManifest } from '@plexus/runtime'
@@ -18,6 +18,23 @@ import { serveModelFiles, MODEL_FILES_PROTOCOL } from '../packages/server/src/mo
 import { fixtureDir, golden, runCli, CLIENT_BIN } from './support/fixtures.ts'
 
 const g = golden('tiny-llama')
+
+/**
+ * Waits until a DHT lookup from `client` finds each of `peers` as a holder of `block` (or as a
+ * server, without one): a node reports "ready" after its first provide round even when that
+ * reached nobody yet (it retries), and a record kept only by a node that stopped is gone.
+ */
+async function untilFindable (client: PlexusNode, peers: string[], modelId: string, block?: number): Promise<void> {
+  for (const until = Date.now() + 20_000; ;) {
+    const found = block == null
+      ? await findServers(client, { timeoutMs: 2000 })
+      : (await findBlockHolders(client, modelId, [block], { perBlockTimeoutMs: 2000 })).get(block) ?? []
+    const missing = peers.filter(p => !found.some(f => f.toString() === p))
+    if (missing.length === 0) return
+    assert.ok(Date.now() < until, `${missing.join(', ')} not findable within 20 s`)
+    await new Promise(resolve => setTimeout(resolve, 250))
+  }
+}
 
 /** A writable copy of a fixture model (nothing is ever written into test/fixtures). */
 async function copyModel (from: string, to: string): Promise<void> {
@@ -35,8 +52,8 @@ async function generate (bootstrap: string, model: string, cacheDir: string): Pr
   return { code: r.code, out, stderr: r.stderr, ms: performance.now() - t0 }
 }
 
-/** An in-process peer that announces the model, offers its head, and serves `dir` (tampered). */
-async function startFakePeer (bootstrap: string, dir: string, manifest: ModelManifest): Promise<{ node: PlexusNode, stop: () => Promise<void> }> {
+/** An in-process peer that announces blocks [1, 2) of the model, offers its head, and serves `dir` (maybe tampered). */
+async function startFilesPeer (bootstrap: string, dir: string, manifest: ModelManifest): Promise<{ node: PlexusNode, stop: () => Promise<void> }> {
   const privateKey = await generateKeyPair('Ed25519')
   const node = await createPlexusNode({ privateKey, dhtMode: 'server' })
   await dialBootstrap(node, [bootstrap])
@@ -77,7 +94,7 @@ describe('fetching the client parts of a model from the swarm', function () {
   let swarm: LocalSwarm
   let client: PlexusNode
   let manifest: ModelManifest
-  let fake: Awaited<ReturnType<typeof startFakePeer>> | undefined
+  let fake: Awaited<ReturnType<typeof startFilesPeer>> | undefined
   let headNode: NodeProcess | undefined
 
   before(async () => {
@@ -90,6 +107,7 @@ describe('fetching the client parts of a model from the swarm', function () {
     // nobody offers the head until a test adds a node that does
     swarm = await startSwarm(model, ['0:1', '1:2', '2:3'], ['--no-offer-head'])
     client = await connectSwarm([swarm.bootstrapAddr])
+    await untilFindable(client, swarm.nodes.map(n => n.peerId), manifest.id)
   })
 
   after(async () => {
@@ -125,7 +143,7 @@ describe('fetching the client parts of a model from the swarm', function () {
     const bytes = await readFile(file)
     for (let i = e.begin; i < e.end; i += 997) bytes[i] ^= 0x40
     await writeFile(file, bytes)
-    fake = await startFakePeer(swarm.bootstrapAddr, bad, manifest)
+    fake = await startFilesPeer(swarm.bootstrapAddr, bad, manifest)
 
     const cacheDir = join(tmp, 'cache-fake')
     const logs: string[] = []
@@ -150,7 +168,7 @@ describe('fetching the client parts of a model from the swarm', function () {
     const read = { op: 'read', modelId: manifest.id, kind: 'file', offset: 0, length: 16 }
     for (const bad of [{ name: '../../../etc/passwd' }, { name: 'model.safetensors' }, { name: '/etc/passwd' },
       { kind: 'tensor', name: 'model.layers.0.mlp.up_proj.weight' }, { length: (4 << 20) + 1, name: 'config.json' }, { name: 'config.json', extra: 1 }]) {
-      assert.match((await ask({ ...read, ...bad })).error, /^bad request: value does not match schema "model-file-request"/, JSON.stringify(bad))
+      assert.match((await ask({ ...read, ...bad })).error, /^bad request: does not match schema "model-file-request" at \/(name|length): |additional properties "extra"/, JSON.stringify(bad))
     }
     assert.equal((await ask('not json')).error, 'request is not JSON')
     assert.equal((await ask({ ...read, modelId: 'ab'.repeat(32), name: 'config.json' })).error, `model ${'ab'.repeat(32)} is not served here`)
@@ -165,12 +183,7 @@ describe('fetching the client parts of a model from the swarm', function () {
 
   it('takes the parts from an honest peer, skipping the altered one', async () => {
     headNode = await swarm.add('head[1:2]', model, '1:2', ['--offer-head'])
-    // "ready" may come before its provider records reached anyone (they are retried): wait for them
-    for (const until = Date.now() + 20_000; ;) {
-      if ((await findServers(client, { timeoutMs: 2000 })).some(p => p.toString() === headNode!.peerId)) break
-      assert.ok(Date.now() < until, 'the head-offering node is findable within 20 s')
-      await new Promise(resolve => setTimeout(resolve, 250))
-    }
+    await untilFindable(client, [headNode.peerId], manifest.id)
     const cacheDir = join(tmp, 'cache-honest')
     const logs: string[] = []
     // small odd-sized chunks, few in flight: many pipelined reads per tensor
@@ -199,6 +212,46 @@ describe('fetching the client parts of a model from the swarm', function () {
     const again: string[] = []
     assert.equal(await resolveModel(client, manifest.id, { cacheDir, log: m => again.push(m) }), dir)
     assert.deepEqual(again, [`using the cached client parts in ${dir}`])
+  })
+
+  it('fetches a tied-embeddings model and a sharded bf16 one as well', async () => {
+    for (const name of ['tiny-qwen2-tied-bf16', 'tiny-llama3-sharded-bf16']) {
+      const dir = join(tmp, name)
+      await copyModel(fixtureDir(name), dir)
+      const ckpt = await Checkpoint.open(dir)
+      const m = await loadManifest(ckpt, { write: false })
+      await ckpt.close()
+      const peer = await startFilesPeer(swarm.bootstrapAddr, dir, m)
+      try {
+        const got = await resolveModel(client, m.id.slice(0, 8), { cacheDir: join(tmp, 'cache-more') })
+        const c = await Checkpoint.open(got)
+        try {
+          assert.deepEqual(await loadManifest(c, { write: false }), m)
+          ;(await ModelHead.load(c, { headDigest: m.headDigest })).dispose()
+          assert.equal(c.has('lm_head.weight'), name !== 'tiny-qwen2-tied-bf16')
+        } finally { await c.close() }
+      } finally { await peer.stop() }
+    }
+  })
+
+  it('several models under one name: a clear error listing their ids', async () => {
+    const dir = join(tmp, 'same-name')
+    await copyModel(fixtureDir('tiny-qwen2-tied-bf16'), dir)
+    const ckpt = await Checkpoint.open(dir)
+    const other = { ...await loadManifest(ckpt, { write: false }), name: 'tiny-llama' } // names are not part of the id
+    await ckpt.close()
+    const peer = await startFilesPeer(swarm.bootstrapAddr, dir, other)
+    try {
+      await assert.rejects(resolveModel(client, 'tiny-llama', { cacheDir: join(tmp, 'cache-same-name') }), (err: Error) => {
+        assert.equal(err.name, 'ModelFetchError')
+        assert.match(err.message, /^"tiny-llama" names 2 different models: /)
+        assert.ok(err.message.includes(`${manifest.id} "tiny-llama" (3 blocks, `) && err.message.includes(`${other.id} "tiny-llama" (4 blocks, 1 server(s))`), err.message)
+        assert.match(err.message, /; pass one id \(or a longer id prefix\) as --model$/)
+        return true
+      })
+      // the id still picks one
+      assert.equal(await resolveModel(client, other.id.slice(0, 12), { cacheDir: join(tmp, 'cache-same-name') }), join(tmp, 'cache-same-name', other.id))
+    } finally { await peer.stop() }
   })
 
   it('(stops the altered peer)', async () => {
@@ -230,6 +283,8 @@ describe('fetching the client parts of a model from the swarm', function () {
     it('with no head-offering peer left: works from the cache, by id and by name', async () => {
       await headNode!.stop()
       swarm.nodes.splice(swarm.nodes.indexOf(headNode!), 1)
+      // block 1's other holder must be findable without the stopped node's help
+      await untilFindable(client, swarm.nodes.filter(n => n.ready.start === 1).map(n => n.peerId), manifest.id, 1)
       for (const m of [manifest.id, 'tiny-llama']) {
         const r = await generate(swarm.bootstrapAddr, m, cacheDir)
         assert.equal(r.code, 0, r.stderr)

@@ -183,6 +183,8 @@ async function fetchFrom (node: PlexusNode, peer: PeerId, id: string, tmp: strin
     throw new Error(`cannot open ${MODEL_FILES_PROTOCOL}: ${(err as Error).message}`, { cause: err })
   }
   const c = new FilesClient(stream, id, opts)
+  let m: ModelManifest
+  let received: number
   try {
     const list = await c.list()
     const size = (name: string): number => {
@@ -191,7 +193,7 @@ async function fetchFrom (node: PlexusNode, peer: PeerId, id: string, tmp: strin
       if (f.size > FILE_LIMITS[name]) throw new Error(`${name} is ${f.size} bytes, over the ${FILE_LIMITS[name]}-byte limit`)
       return f.size
     }
-    const m = parseManifest(await c.readAll('file', MANIFEST_FILE, size(MANIFEST_FILE)))
+    m = parseManifest(await c.readAll('file', MANIFEST_FILE, size(MANIFEST_FILE)))
     const configBytes = await c.readAll('file', 'config.json', size('config.json'))
     const cfg = parseModelConfig(parseJson('config.json', configBytes), 'config.json')
     checkManifest(m, cfg)
@@ -222,11 +224,6 @@ async function fetchFrom (node: PlexusNode, peer: PeerId, id: string, tmp: strin
     } finally {
       await fh.close()
     }
-    const ckpt = await Checkpoint.open(tmp)
-    let digest: string
-    try { digest = await tensorsDigest(await ckpt.readHeadRaw()) } finally { await ckpt.close() }
-    if (digest !== m.headDigest) throw new Error(`head tensors do not match the model id (digest ${digest.slice(0, 12)}, manifest says ${m.headDigest.slice(0, 12)})`)
-
     // not covered by the model id: only checked to be usable
     for (const name of OPTIONAL_FILES) {
       if (!list.files.some(f => f.name === name)) continue
@@ -234,13 +231,20 @@ async function fetchFrom (node: PlexusNode, peer: PeerId, id: string, tmp: strin
       parseJson(name, bytes)
       await writeFile(join(tmp, name), bytes)
     }
-    await loadTokenizer(tmp)
-    await writeFile(join(tmp, MANIFEST_FILE), JSON.stringify(m, null, 2) + '\n')
-    await checkModelDir(tmp, id)
-    return c.received
+    received = c.received
   } finally {
+    // done with the peer before the (slow, for big heads) checks
     await c.close()
   }
+
+  const ckpt = await Checkpoint.open(tmp)
+  let digest: string
+  try { digest = await tensorsDigest(await ckpt.readHeadRaw()) } finally { await ckpt.close() }
+  if (digest !== m.headDigest) throw new Error(`head tensors do not match the model id (digest ${digest.slice(0, 12)}, manifest says ${m.headDigest.slice(0, 12)})`)
+  await loadTokenizer(tmp)
+  await writeFile(join(tmp, MANIFEST_FILE), JSON.stringify(m, null, 2) + '\n')
+  await checkModelDir(tmp, id)
+  return received
 }
 
 interface Listing { files: Array<{ name: string, size: number }>, tensors: Array<{ name: string, dtype: DType, shape: number[], size: number }> }

@@ -47,6 +47,20 @@ export async function connectSwarm (bootstrap: string[]): Promise<PlexusNode> {
 }
 
 /**
+ * Stops a node within `timeoutMs`, holding the event loop open meanwhile: libp2p's stop may wait
+ * on work that holds no handle, and a CLI with nothing else pending then exits mid-stop (code 13,
+ * "unsettled top-level await"; seen in ~1 of 10 runs).
+ */
+export async function stopNode (node: PlexusNode, timeoutMs = 10_000): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  try {
+    await Promise.race([node.stop(), new Promise<void>(resolve => { timer = setTimeout(resolve, timeoutMs) })])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/**
  * `model` itself when it is a directory; otherwise a model name, id or id prefix whose client
  * parts are fetched from the swarm's peers (verified, cached in `cacheDir`).
  */

@@ -163,8 +163,14 @@ export class Announcer {
       this.log.error('node stopped before the announcer; no longer providing')
       return result
     }
+    if (dhtPeerCount(this.node) === 0 && this.node.getConnections().length > 0) {
+      // joining: connected, but the DHT adds a peer only after identify and a ping (~0.1-0.5 s);
+      // waiting here makes "start() resolved" mean "findable" for a node that just bootstrapped
+      await waitForDhtPeers(this.node, { signal: AbortSignal.any([signal, AbortSignal.timeout(this.init.provideTimeoutMs)]) }).catch(() => {})
+      if (signal.aborted) return result
+    }
     if (dhtPeerCount(this.node) === 0) {
-      // nobody to store records with yet: a provide would only wait out its deadline
+      // nobody to store records with: a provide would only wait out its deadline
       result.unreached = this.cids.length
     } else {
       const queue = [...this.cids]

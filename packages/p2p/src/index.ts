@@ -18,3 +18,4 @@ export {
 } from './info.ts'
 export type { InfoSource, ServeInfoOptions, FetchInfoOptions } from './info.ts'
 export type { PeerId, PrivateKey } from '@libp2p/interface'
+export * from './discovery.ts'

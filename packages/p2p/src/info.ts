@@ -49,14 +49,19 @@ export async function serveInfo (node: PlexusNode, source: InfoSource, opts: Ser
     const all = set
     const timeoutMs = opts.timeoutMs ?? DEFAULT_INFO_TIMEOUT_MS
     const log = node.logger.forComponent('plexus:info')
-    await node.handle(INFO_PROTOCOL, async (stream: Stream, connection: Connection) => {
-      try {
-        await answer(stream, all, AbortSignal.timeout(timeoutMs))
-      } catch (err) {
-        log.error('info request from %p failed: %e', connection.remotePeer, err)
-        stream.abort(err as Error)
-      }
-    }, { runOnLimitedConnection: true, maxInboundStreams: 64 })
+    try {
+      await node.handle(INFO_PROTOCOL, async (stream: Stream, connection: Connection) => {
+        try {
+          await answer(stream, all, AbortSignal.timeout(timeoutMs))
+        } catch (err) {
+          log.error('info request from %p failed: %e', connection.remotePeer, err)
+          stream.abort(err as Error)
+        }
+      }, { runOnLimitedConnection: true, maxInboundStreams: 64 })
+    } catch (err) {
+      sources.delete(node)
+      throw new Error(`cannot serve ${INFO_PROTOCOL}: ${(err as Error).message}`, { cause: err })
+    }
   }
   set.add(source)
   const mine = set
@@ -92,7 +97,7 @@ async function answer (stream: Stream, all: Set<InfoSource>, signal: AbortSignal
 
 export interface FetchInfoOptions {
   signal?: AbortSignal
-  /** Used when no signal is given. Default 5 s. */
+  /** Deadline of the whole exchange, dial included (also when a signal is given). Default 5 s. */
   timeoutMs?: number
   /** Clock override for record checks (ms). */
   now?: number

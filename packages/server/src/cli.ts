@@ -30,7 +30,10 @@ await yargs(hideBin(process.argv))
   .command('join', 'Serve blocks of a model to the swarm', (y) => common(y)
     .option('bootstrap', { type: 'array', string: true, demandOption: true, describe: 'Multiaddr of a bootstrap peer, ending in /p2p/<peer id> (repeatable)' })
     .option('model', { type: 'string', demandOption: true, describe: 'Hugging Face model directory (config.json, *.safetensors)' })
-    .option('blocks', { type: 'string', describe: 'Blocks to serve, as start:end (end exclusive), e.g. 0:8; default: all' })
+    .option('blocks', { type: 'string', describe: 'Blocks to serve, as start:end (end exclusive), e.g. 0:8; default: as many as --memory holds, where the swarm needs them most' })
+    .option('memory', { type: 'number', describe: 'MiB for weights and KV cache (default: 70% of the memory free at start)' })
+    .option('rebalance-interval', { type: 'number', default: 60, describe: 'Seconds between checks whether moving would speed up the swarm (0: never move; ignored with --blocks)' })
+    .option('balance-factor', { type: 'number', default: 1.2, describe: "Move only when the swarm's slowest block would get this many times faster" })
     .option('backend', { choices: [...BACKENDS, 'auto'], default: 'auto', describe: 'Compute backend (auto = fastest installed)' })
     .option('max-sessions', { type: 'number', default: 64, describe: 'Most concurrent inference sessions' })
     .option('cache-mb', { type: 'number', default: 2048, describe: 'KV-cache budget for all sessions, MiB' })
@@ -40,6 +43,9 @@ await yargs(hideBin(process.argv))
       if (a.blocks != null && !/^\d+:\d+$/.test(a.blocks)) return `--blocks must look like start:end (got "${a.blocks}")`
       if (!(a['max-sessions'] >= 1)) return '--max-sessions must be at least 1'
       if (!(a['cache-mb'] > 0)) return '--cache-mb must be positive'
+      if (a.memory != null && !(a.memory > a['cache-mb'])) return `--memory must exceed --cache-mb (${a['cache-mb']} MiB)`
+      if (!(a['rebalance-interval'] >= 0)) return '--rebalance-interval must be ≥ 0'
+      if (!(a['balance-factor'] >= 1)) return '--balance-factor must be ≥ 1'
       return true
     })
   , async (argv) => { await runJoin(argv as unknown as JoinArgs) })

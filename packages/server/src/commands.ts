@@ -2,11 +2,10 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { createPlexusNode, dialBootstrap, loadOrCreateKey } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import { initBackend, Checkpoint, loadManifest, loadSpanRunners, chainRunners, shortId } from '@plexus/runtime'
+import { freemem } from 'node:os'
+import { initBackend, Checkpoint, loadManifest, shortId } from '@plexus/runtime'
 import type { BackendName } from '@plexus/runtime'
-import { BlockBackend } from './backend.ts'
-import { PlexusServer } from './server.ts'
-import { measureThroughput } from './throughput.ts'
+import { SwarmMember } from './swarm-member.ts'
 
 interface CommonArgs {
   listen: string[]
@@ -24,6 +23,9 @@ export interface JoinArgs extends CommonArgs {
   maxSessions: number
   cacheMb: number
   offerHead?: boolean
+  memory?: number
+  rebalanceInterval: number
+  balanceFactor: number
 }
 
 export class UsageError extends Error {
@@ -66,8 +68,8 @@ export async function runBootstrap (args: BootstrapArgs): Promise<void> {
   onShutdown(async () => { await node.stop() })
 }
 
-export function parseBlocks (spec: string | undefined, numLayers: number): [number, number] {
-  if (spec == null) return [0, numLayers]
+export function parseBlocks (spec: string | undefined, numLayers: number): [number, number] | undefined {
+  if (spec == null) return undefined
   const [a, b] = spec.split(':').map(Number)
   if (!(a >= 0 && b > a && b <= numLayers)) throw new UsageError(`--blocks ${spec}: need 0 ≤ start < end ≤ ${numLayers} (this model has ${numLayers} blocks)`)
   return [a, b]
@@ -78,15 +80,8 @@ export async function runJoin (args: JoinArgs): Promise<void> {
   const backendName = await initBackend(args.backend)
   const ckpt = await Checkpoint.open(args.model)
   const cfg = ckpt.config
-  const [start, end] = parseBlocks(args.blocks, cfg.numLayers)
+  const blocks = parseBlocks(args.blocks, cfg.numLayers)
   const manifest = await loadManifest(ckpt)
-  // Always in worker threads: a long prefill must not stall this thread's networking (pings).
-  const runner = chainRunners(await loadSpanRunners(ckpt, start, end, { placement: (process.env.PLEXUS_PLACEMENT as any) ?? 'workers', blockDigests: manifest.blockDigests }))
-  const backend = new BlockBackend({ runner, config: cfg }, {
-    modelId: manifest.id, maxSessions: args.maxSessions, cacheBudgetBytes: args.cacheMb * 2 ** 20
-  })
-  const throughput = await measureThroughput(runner, cfg.hiddenSize)
-
   const privateKey = await key(args.key)
   const node = await createPlexusNode({ privateKey, listen: args.listen, announce: args.announce, dhtMode: 'server', webrtc: args.webrtc })
   try {
@@ -94,19 +89,34 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     for (const f of r.failed) process.stderr.write(`plexus-node: warning: ${f.error}\n`)
   } catch (err) {
     await node.stop()
-    await backend.dispose()
     throw err
   }
-  const server = new PlexusServer({ node, privateKey, backend, manifest, checkpoint: ckpt }, {
-    throughput, offersHead: args.offerHead ?? (start === 0 || end === cfg.numLayers)
-  })
-  await server.start()
   const addrs = fullAddrs(node)
-  emit('ready', `serving blocks ${start}–${end - 1} of ${manifest.name} (${shortId(manifest.id)}) on ${backendName} at ${throughput.toFixed(1)} tokens/s per block\n` +
-    `peer ${node.peerId}\n${addrs.map(a => '  ' + a).join('\n')}`,
-  { peerId: node.peerId.toString(), addrs, modelId: manifest.id, modelName: manifest.name, start, end, throughput, backend: backendName })
+  const member = new SwarmMember({ node, privateKey, checkpoint: ckpt, manifest }, {
+    backend: backendName,
+    blocks,
+    // default: most of the memory free now (weights and caches must fit in RAM)
+    memoryBytes: args.memory != null ? args.memory * 2 ** 20 : Math.floor(freemem() * 0.7),
+    cacheBudgetBytes: args.cacheMb * 2 ** 20,
+    maxSessions: args.maxSessions,
+    offersHead: args.offerHead,
+    rebalanceMs: args.rebalanceInterval * 1000,
+    balanceFactor: args.balanceFactor,
+    onServing: (event, span) => {
+      const what = `blocks ${span.start}–${span.end - 1} of ${manifest.name} (${shortId(manifest.id)}) on ${backendName} at ${span.throughput.toFixed(1)} tokens/s per block`
+      emit(event, event === 'ready' ? `serving ${what}\npeer ${node.peerId}\n${addrs.map(a => '  ' + a).join('\n')}` : `moved: now serving ${what}`,
+        { peerId: node.peerId.toString(), addrs, modelId: manifest.id, modelName: manifest.name, start: span.start, end: span.end, throughput: span.throughput, backend: backendName })
+    }
+  })
+  try {
+    await member.start()
+  } catch (err) {
+    await member.stop()
+    await node.stop()
+    throw err
+  }
   onShutdown(async () => {
-    await server.stop()
+    await member.stop()
     await node.stop()
     await ckpt.close()
   })

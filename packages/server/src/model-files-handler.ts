@@ -64,6 +64,8 @@ const states = new WeakMap<PlexusNode, NodeState>()
 /**
  * Serves the client's parts of `manifest`'s model from `checkpoint`. Throws (serving nothing)
  * when the checkpoint lacks a head tensor. Returns a function that stops serving this model.
+ * The node's first registration sets the handler's options (`init`). Not offered over limited
+ * (relayed) connections: their 128 KiB budget could not carry a head anyway.
  */
 export async function serveModelFiles (components: ModelFilesComponents, init: ModelFilesInit = {}): Promise<() => Promise<void>> {
   const { node, checkpoint, manifest } = components

@@ -1,3 +1,6 @@
+import { readFile, writeFile, mkdir, rename } from 'node:fs/promises'
+import { join, dirname } from 'node:path'
+import { homedir, cpus } from 'node:os'
 import type { SpanRunner } from '@plexus/runtime'
 
 /**
@@ -21,4 +24,30 @@ export async function measureThroughput (runner: SpanRunner, hiddenSize: number,
   } finally {
     await session.close()
   }
+}
+
+export function defaultCacheDir (): string {
+  return process.env.PLEXUS_CACHE_DIR ?? join(homedir(), '.cache', 'plexus')
+}
+
+/**
+ * The measured throughput, cached per model, backend, span size and machine (CPU model and
+ * count): a restart announces at once instead of measuring again.
+ */
+export async function cachedThroughput (runner: SpanRunner, hiddenSize: number, opts: { modelId: string, backend: string, cacheDir?: string }): Promise<number> {
+  const file = join(opts.cacheDir ?? defaultCacheDir(), 'throughput.json')
+  const key = [opts.modelId, opts.backend, runner.end - runner.start, cpus()[0]?.model ?? 'cpu', cpus().length].join('|')
+  let table: Record<string, number> = {}
+  try { table = JSON.parse(await readFile(file, 'utf8')) } catch {}
+  const known = table[key]
+  if (typeof known === 'number' && known > 0) return known
+  const measured = await measureThroughput(runner, hiddenSize)
+  try {
+    await mkdir(dirname(file), { recursive: true })
+    table[key] = measured
+    const tmp = `${file}.${process.pid}.tmp`
+    await writeFile(tmp, JSON.stringify(table, null, 2) + '\n')
+    await rename(tmp, file)
+  } catch {}
+  return measured
 }

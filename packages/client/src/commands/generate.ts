@@ -1,7 +1,7 @@
 import { initBackend, generate, StreamDecoder, applyChatTemplate } from '@plexus/runtime'
 import type { BackendName, TextTokenizer, SamplingOptions } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
-import { openLocal, openSwarm, connectSwarm, swarmModelDir } from '../model-source.ts'
+import { openLocal, openSwarm, connectSwarm, swarmModelDir, stopNode } from '../model-source.ts'
 import type { OpenModel } from '../model-source.ts'
 
 export interface GenerateArgs extends SamplingOptions {
@@ -59,7 +59,7 @@ export async function runGenerate (args: GenerateArgs): Promise<void> {
     await generateWith(model, args, backend, log)
   } finally {
     await model?.close()
-    await node?.stop()
+    if (node != null) await stopNode(node)
   }
 }
 

@@ -1,6 +1,6 @@
 import { shortId } from '@plexus/runtime'
 import { listModels } from '../routing/discovery.ts'
-import { connectSwarm } from '../model-source.ts'
+import { connectSwarm, stopNode } from '../model-source.ts'
 
 export interface ModelsArgs { bootstrap: string[], json: boolean }
 
@@ -34,6 +34,6 @@ export async function runModels (args: ModelsArgs): Promise<void> {
       process.stdout.write(`  servers per block: ${coverageText(m.coverage)}\n  id: ${m.modelId}\n`)
     }
   } finally {
-    await node.stop()
+    await stopNode(node)
   }
 }

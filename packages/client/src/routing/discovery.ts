@@ -1,6 +1,6 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
-import { findBlockHolders, findServers, fetchInfo } from '@plexus/p2p'
+import { discoverServers, findServers, fetchInfo } from '@plexus/p2p'
 import type { PlexusNode, AnnouncementPayload } from '@plexus/p2p'
 import type { ServerCandidate } from './route.ts'
 import type { CandidateSource } from '../inference/swarm-session.ts'
@@ -21,11 +21,7 @@ export interface ServerInfo extends ServerCandidate {
   announcement: AnnouncementPayload
 }
 
-/**
- * Finds the live servers of a model: provider records for every block (DHT), then each
- * candidate's signed announcement over the info protocol. A peer that is gone fails that
- * request and drops out at once, whatever stale provider records say.
- */
+/** The live servers of a model (`discoverServers`), cached briefly, as routing candidates. */
 export class SwarmDiscovery implements CandidateSource {
   private readonly node: PlexusNode
   private readonly init: DiscoveryInit
@@ -48,28 +44,15 @@ export class SwarmDiscovery implements CandidateSource {
   async servers (opts: { refresh?: boolean } = {}): Promise<ServerInfo[]> {
     const ttl = this.init.cacheMs ?? 30_000
     if (opts.refresh !== true && this.cached != null && Date.now() - this.cached.at < ttl) return this.cached.servers
-    const blocks = Array.from({ length: this.init.numBlocks }, (_, i) => i)
-    const holders = await findBlockHolders(this.node, this.init.modelId, blocks, { perBlockTimeoutMs: this.init.lookupTimeoutMs ?? 10_000 })
-    const unique = new Map<string, PeerId>()
-    for (const list of holders.values()) for (const p of list) unique.set(p.toString(), p)
-    const servers = (await Promise.all([...unique.values()].map(async p => await this.probe(p)))).flat()
+    const found = await discoverServers(this.node, {
+      modelId: this.init.modelId, numBlocks: this.init.numBlocks, lookupTimeoutMs: this.init.lookupTimeoutMs, infoTimeoutMs: this.init.infoTimeoutMs
+    })
+    const servers = found.map(({ peerId, peer, announcement: a, rttMs }) => {
+      this.peers.set(peer, peerId)
+      return { peer, start: a.start, end: a.end, throughput: a.throughput, rttMs, announcement: a }
+    })
     this.cached = { at: Date.now(), servers }
     return servers
-  }
-
-  /** The peer's verified announcements for this model, with a measured round trip; [] if it is gone. */
-  private async probe (peer: PeerId): Promise<ServerInfo[]> {
-    this.peers.set(peer.toString(), peer)
-    try {
-      const t0 = performance.now()
-      const records = await fetchInfo(this.node, peer, { signal: AbortSignal.timeout(this.init.infoTimeoutMs ?? 5000) })
-      const rttMs = performance.now() - t0
-      return records
-        .filter(a => a.modelId === this.init.modelId && a.numBlocks === this.init.numBlocks)
-        .map(a => ({ peer: peer.toString(), start: a.start, end: a.end, throughput: a.throughput, rttMs, announcement: a }))
-    } catch {
-      return []
-    }
   }
 }
 

@@ -1,0 +1,50 @@
+import type { PeerId } from '@libp2p/interface'
+import { findBlockHolders } from './announce.ts'
+import { fetchInfo } from './info.ts'
+import type { AnnouncementPayload } from './announcement.ts'
+import type { PlexusNode } from './node.ts'
+
+export interface DiscoverOptions {
+  modelId: string
+  numBlocks: number
+  /** Deadline of each DHT lookup. Default 10 s. */
+  lookupTimeoutMs?: number
+  /** Deadline for asking one server what it serves. Default 5 s. */
+  infoTimeoutMs?: number
+  /** Peers not to ask (e.g. ourselves). */
+  exclude?: Set<string>
+}
+
+/** A live server of a model: its verified announcement and the round trip of asking for it. */
+export interface DiscoveredServer {
+  peerId: PeerId
+  peer: string
+  announcement: AnnouncementPayload
+  rttMs: number
+}
+
+/**
+ * The live servers of a model: provider records of every block (DHT), then each candidate's
+ * signed announcement over the info protocol. A peer that is gone fails that request and drops
+ * out at once, whatever stale provider records say. Used by clients (routing) and by servers
+ * (choosing and rebalancing their blocks).
+ */
+export async function discoverServers (node: PlexusNode, opts: DiscoverOptions): Promise<DiscoveredServer[]> {
+  const blocks = Array.from({ length: opts.numBlocks }, (_, i) => i)
+  const holders = await findBlockHolders(node, opts.modelId, blocks, { perBlockTimeoutMs: opts.lookupTimeoutMs ?? 10_000 })
+  const unique = new Map<string, PeerId>()
+  for (const list of holders.values()) for (const p of list) if (opts.exclude?.has(p.toString()) !== true) unique.set(p.toString(), p)
+  const found = await Promise.all([...unique.values()].map(async (peerId): Promise<DiscoveredServer[]> => {
+    try {
+      const t0 = performance.now()
+      const records = await fetchInfo(node, peerId, { signal: AbortSignal.timeout(opts.infoTimeoutMs ?? 5000) })
+      const rttMs = performance.now() - t0
+      return records
+        .filter(a => a.modelId === opts.modelId && a.numBlocks === opts.numBlocks)
+        .map(announcement => ({ peerId, peer: peerId.toString(), announcement, rttMs }))
+    } catch {
+      return []
+    }
+  }))
+  return found.flat()
+}

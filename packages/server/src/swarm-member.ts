@@ -1,0 +1,151 @@
+import type { PrivateKey, Logger } from '@libp2p/interface'
+import { discoverServers } from '@plexus/p2p'
+import type { PlexusNode } from '@plexus/p2p'
+import { loadSpanRunners, chainRunners, blockBytes } from '@plexus/runtime'
+import type { Checkpoint, ModelManifest, BackendName } from '@plexus/runtime'
+import { BlockBackend } from './backend.ts'
+import { PlexusServer } from './server.ts'
+import { cachedThroughput } from './throughput.ts'
+import { chooseStart, planMove, blocksThatFit } from './block-selection.ts'
+import type { ServedSpan } from './block-selection.ts'
+
+export interface SwarmMemberComponents {
+  node: PlexusNode
+  privateKey: PrivateKey
+  checkpoint: Checkpoint
+  manifest: ModelManifest
+}
+
+export interface SwarmMemberInit {
+  backend: BackendName
+  /** Fixed blocks `[start, end)`; absent: chosen (and re-chosen) from the swarm's needs. */
+  blocks?: [number, number]
+  /** Bytes for weights and KV cache together (the cache budget comes off it). */
+  memoryBytes: number
+  cacheBudgetBytes: number
+  maxSessions: number
+  offersHead?: boolean
+  /** How often to consider moving, ms (0: never). */
+  rebalanceMs?: number
+  /** Move only if the swarm's bottleneck throughput rises by this factor. */
+  balanceFactor?: number
+  /** Random wait before choosing, so nodes started together see each other's choices. */
+  joinJitterMs?: number
+  cacheDir?: string
+  onServing?: (event: 'ready' | 'moved', span: { start: number, end: number, throughput: number }) => void
+}
+
+/**
+ * A node's membership in a swarm: which blocks it serves, serving them, and moving when the
+ * swarm would be faster with them elsewhere (without ever leaving a block uncovered).
+ */
+export class SwarmMember {
+  private readonly c: SwarmMemberComponents
+  private readonly init: SwarmMemberInit
+  private readonly log: Logger
+  private server?: PlexusServer
+  private span?: ServedSpan
+  private timer?: NodeJS.Timeout
+  private moving = false
+  private stopped = false
+
+  constructor (components: SwarmMemberComponents, init: SwarmMemberInit) {
+    this.c = components
+    this.init = init
+    this.log = components.node.logger.forComponent('plexus:member')
+  }
+
+  get serving (): ServedSpan | undefined { return this.span }
+
+  /** Blocks this machine can hold within its memory budget. */
+  capacity (): number {
+    const cfg = this.c.checkpoint.config
+    const perBlock = blockBytes(cfg) * (this.init.backend === 'wasm' ? 2 : 1)
+    return blocksThatFit(this.init.memoryBytes - this.init.cacheBudgetBytes, perBlock, cfg.numLayers)
+  }
+
+  private async swarmView (): Promise<ServedSpan[]> {
+    const servers = await discoverServers(this.c.node, {
+      modelId: this.c.manifest.id, numBlocks: this.c.checkpoint.config.numLayers, exclude: new Set([this.c.node.peerId.toString()])
+    })
+    return servers.map(s => ({ peer: s.peer, start: s.announcement.start, end: s.announcement.end, throughput: s.announcement.throughput }))
+  }
+
+  async start (): Promise<void> {
+    let start: number
+    let end: number
+    if (this.init.blocks != null) {
+      [start, end] = this.init.blocks
+    } else {
+      const n = this.capacity()
+      await new Promise(resolve => setTimeout(resolve, Math.random() * (this.init.joinJitterMs ?? 2000)))
+      start = chooseStart(await this.swarmView(), this.c.checkpoint.config.numLayers, n)
+      end = start + n
+    }
+    await this.serve(start, end, 'ready')
+    const every = this.init.rebalanceMs ?? 0
+    if (this.init.blocks == null && every > 0) {
+      this.timer = setInterval(() => { void this.rebalance() }, every)
+      this.timer.unref()
+    }
+  }
+
+  private async serve (start: number, end: number, event: 'ready' | 'moved'): Promise<void> {
+    const { checkpoint: ckpt, manifest } = this.c
+    const cfg = ckpt.config
+    // Always in worker threads: a long prefill must not stall this thread's networking (pings).
+    const runner = chainRunners(await loadSpanRunners(ckpt, start, end, { placement: 'workers', blockDigests: manifest.blockDigests }))
+    const backend = new BlockBackend({ runner, config: cfg }, {
+      modelId: manifest.id, maxSessions: this.init.maxSessions, cacheBudgetBytes: this.init.cacheBudgetBytes
+    })
+    const throughput = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir })
+    const server = new PlexusServer({ node: this.c.node, privateKey: this.c.privateKey, backend, manifest, checkpoint: ckpt }, {
+      throughput, offersHead: this.init.offersHead ?? (start === 0 || end === cfg.numLayers)
+    })
+    await server.start()
+    this.server = server
+    this.span = { peer: this.c.node.peerId.toString(), start, end, throughput }
+    this.init.onServing?.(event, { start, end, throughput })
+  }
+
+  /** One look at the swarm; moves when it pays and is safe. */
+  async rebalance (): Promise<boolean> {
+    if (this.moving || this.stopped || this.span == null) return false
+    this.moving = true
+    try {
+      const L = this.c.checkpoint.config.numLayers
+      const factor = this.init.balanceFactor ?? 1.2
+      const others = await this.swarmView()
+      const me = this.span
+      // Nodes that would gain by moving decide alike from the same view: only the first of them
+      // (by peer id) moves this round, so two holders of a block never both leave it at once.
+      const all = [...others, me]
+      const movers = all.filter(s => planMove(all, s, L, factor, () => 0) != null).map(s => s.peer).sort()
+      if (movers[0] !== me.peer) return false
+      const plan = planMove(all, me, L, factor)
+      if (plan == null || this.stopped) return false
+      // Views lag: look once more, right before leaving, that the plan is still safe.
+      const again = planMove([...await this.swarmView(), me], me, L, factor, () => 0)
+      if (again == null || this.stopped) return false
+      this.log('moving from [%d, %d) to [%d, %d): bottleneck %f → %f tokens/s', this.span.start, this.span.end, plan.start, plan.end, plan.bottleneckBefore, plan.bottleneckAfter)
+      // Others hold all our blocks (planMove checked), so leaving first uncovers nothing and
+      // never needs memory for two spans at once.
+      await this.server?.stop(5000)
+      this.server = undefined
+      await this.serve(plan.start, plan.end, 'moved')
+      return true
+    } catch (err: any) {
+      this.log.error('rebalancing failed: %s', err.message)
+      return false
+    } finally {
+      this.moving = false
+    }
+  }
+
+  async stop (): Promise<void> {
+    this.stopped = true
+    clearInterval(this.timer)
+    while (this.moving) await new Promise(resolve => setTimeout(resolve, 50))
+    await this.server?.stop()
+  }
+}
