@@ -8,9 +8,9 @@ import type { LocalSwarm } from '../scripts/lib/local-swarm.ts'
 import { makeModel } from '../scripts/lib/model-maker.ts'
 import { fixtureDir, golden, runCli, CLIENT_BIN } from './support/fixtures.ts'
 
-async function generateVia (bootstrap: string | undefined, model: string, prompt: number[], maxTokens: number): Promise<{ code: number, out: any, stderr: string }> {
+async function generateVia (bootstrap: string | undefined, model: string, prompt: number[], maxTokens: number, extra: string[] = []): Promise<{ code: number, out: any, stderr: string }> {
   const where = bootstrap != null ? ['--bootstrap', bootstrap] : ['--local']
-  const r = await runCli(CLIENT_BIN, ['generate', ...where, '--model', model, '--token-ids', prompt.join(','), '--max-tokens', String(maxTokens), '--ignore-eos', '--json'])
+  const r = await runCli(CLIENT_BIN, ['generate', ...where, '--model', model, '--token-ids', prompt.join(','), '--max-tokens', String(maxTokens), '--ignore-eos', '--json', ...extra])
   let out: any
   try { out = JSON.parse(r.stdout) } catch {}
   return { code: r.code, out, stderr: r.stderr }
@@ -64,6 +64,12 @@ describe('swarm of processes on loopback', function () {
       assert.equal(r.code, 0, r.stderr)
       assert.deepEqual(r.out.token_ids, local)
       assert.equal(r.out.model_id, swarm.nodes[0].ready.modelId)
+    })
+
+    it('gives the same tokens with activations sent as float16 (half the bytes)', async () => {
+      const r = await generateVia(swarm.bootstrapAddr, model, prompt, 24, ['--wire-dtype', 'f16'])
+      assert.equal(r.code, 0, r.stderr)
+      assert.deepEqual(r.out.token_ids, local)
     })
 
     it('lists the model and its block coverage', async () => {
