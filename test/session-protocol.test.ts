@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { lpStream } from '@libp2p/utils'
+import type { PrivateKey } from '@libp2p/interface'
 import type { Stream, Connection } from '@libp2p/interface'
 import { createPlexusNode } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
@@ -76,6 +77,7 @@ describe('session protocol under hostile input', function () {
   let head: ModelHead
   let backend: BlockBackend
   let server: PlexusNode
+  let serverKey: PrivateKey
   let client: PlexusNode
   let dialer: Dialer
   /** Block inputs (embeddings of a SEQ-token sequence) and the span's outputs, rows of H. */
@@ -202,8 +204,9 @@ describe('session protocol under hostile input', function () {
     assert.ok(maxAbsDiff(row(REF, 0, T), h[2].flat()) < TOL, 'local span differs from the golden reference')
 
     backend = new BlockBackend({ runner: inProcessRunner(span), config: ckpt.config }, { modelId: manifest.id, maxSessions: 128 })
-    server = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), dhtMode: 'server' })
-    const handler = createSessionHandler({ backends: BackendSet.of(backend), log: server.logger.forComponent('plexus:test:session') }, {
+    serverKey = await generateKeyPair('Ed25519')
+    server = await createPlexusNode({ privateKey: serverKey, dhtMode: 'server' })
+    const handler = createSessionHandler({ backends: BackendSet.of(backend), privateKey: serverKey, log: server.logger.forComponent('plexus:test:session') }, {
       maxFrameBytes: MAX_FRAME,
       onError: (code, message) => { errorsSeen.push([code, message]) }
     })
@@ -213,7 +216,7 @@ describe('session protocol under hostile input', function () {
       try { await handler(stream, conn) } finally { running-- }
     }, { maxInboundStreams: 1024 })
     // the same backend behind a handler with a short idle timeout, for clients that go quiet
-    const idleHandler = createSessionHandler({ backends: BackendSet.of(backend), log: server.logger.forComponent('plexus:test:session-idle') }, { maxFrameBytes: MAX_FRAME, idleTimeoutMs: IDLE_MS })
+    const idleHandler = createSessionHandler({ backends: BackendSet.of(backend), privateKey: serverKey, log: server.logger.forComponent('plexus:test:session-idle') }, { maxFrameBytes: MAX_FRAME, idleTimeoutMs: IDLE_MS })
     await server.handle(IDLE_PROTOCOL, async (stream: Stream, conn: Connection) => {
       serverStreams.push(stream)
       running++

@@ -14,7 +14,10 @@ export type ErrorCode = 'bad-frame' | 'bad-request' | 'bad-tensor' | 'unknown-se
 export interface OpenMessage { type: 'open', sessionId: string, modelId: string, start: number, end: number, maxLength: number }
 export interface OpenedMessage { type: 'opened', sessionId: string, start: number, end: number, length: number }
 /** Hidden states `[tokens, hidden]` for positions `[position, position + tokens)`. */
-export interface StepMessage { type: 'step' | 'result', sessionId: string, step: number, position: number, tokens: number, hidden: number, dtype: WireDType, computeMs?: number, data: Float32Array }
+export interface StepMessage { type: 'step' | 'result', sessionId: string, step: number, position: number, tokens: number, hidden: number, dtype: WireDType, computeMs?: number, data: Float32Array
+  /** On results: the server's signed step commitment (commitment.ts). */
+  commitment?: string
+}
 export interface TruncateMessage { type: 'truncate' | 'truncated', sessionId: string, length: number }
 export interface CloseMessage { type: 'close', sessionId: string }
 export interface ErrorMessage { type: 'error', code: ErrorCode, message: string }

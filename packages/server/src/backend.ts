@@ -97,6 +97,8 @@ export class BlockBackend {
   }
 
   has (id: string): boolean { return this.sessions.has(id) }
+  /** Blocks `[start, end)` session `id` runs on. */
+  sessionSpan (id: string): [number, number] { const s = this.get(id); return [s.start, s.end] }
   wasClosed (id: string): boolean { return this.closed.has(id) }
 
   get (id: string): ServerSession {

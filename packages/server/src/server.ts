@@ -80,7 +80,7 @@ export class PlexusServer {
     if (set == null) {
       set = new BackendSet()
       sessionBackends.set(node, set)
-      await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log }), {
+      await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log, privateKey: this.c.privateKey }), {
         maxInboundStreams: this.init.maxInboundStreams ?? 1024
       })
     }

@@ -1,6 +1,6 @@
 import { lpStream } from '@libp2p/utils'
-import type { Stream, Connection, Logger } from '@libp2p/interface'
-import { SESSION_PROTOCOL, ProtocolError, decodeMessage, encodeMessage } from '@plexus/protocol'
+import type { Stream, Connection, Logger, PrivateKey } from '@libp2p/interface'
+import { SESSION_PROTOCOL, ProtocolError, decodeMessage, encodeMessage, decodeTensor, encodeTensor, signCommitment, tensorDigest } from '@plexus/protocol'
 import type { SessionMessage, ErrorCode } from '@plexus/protocol'
 import type { BackendSet, BlockBackend } from './backend.ts'
 
@@ -10,6 +10,8 @@ export interface SessionHandlerComponents {
   /** The spans this node serves; each session is opened on the one serving its blocks. */
   backends: BackendSet
   log: Logger
+  /** Signs a commitment to every step result (evidence for clients and verifiers). */
+  privateKey?: PrivateKey
 }
 
 export interface SessionHandlerInit {
@@ -114,7 +116,21 @@ export function createSessionHandler (components: SessionHandlerComponents, init
             const out = await backend.step(msg.sessionId, msg.position, msg.tokens, msg.data)
             const computeMs = performance.now() - t0
             init.onStep?.({ tokens: msg.tokens, computeMs })
-            await send({ type: 'result', sessionId: msg.sessionId, step: msg.step, position: msg.position, tokens: msg.tokens, hidden: msg.hidden, dtype: msg.dtype, computeMs, data: out })
+            const commitment = components.privateKey == null
+              ? undefined
+              : await signCommitment(components.privateKey, {
+                modelId: backend.modelId,
+                start: backend.sessionSpan(msg.sessionId)[0],
+                end: backend.sessionSpan(msg.sessionId)[1],
+                sessionId: msg.sessionId,
+                step: msg.step,
+                position: msg.position,
+                tokens: msg.tokens,
+                inputDigest: await tensorDigest(msg.data),
+                // what the client will decode: the output through the wire dtype
+                outputDigest: await tensorDigest(msg.dtype === 'f32' ? out : decodeTensor(encodeTensor(out, msg.dtype), msg.dtype))
+              })
+            await send({ type: 'result', sessionId: msg.sessionId, step: msg.step, position: msg.position, tokens: msg.tokens, hidden: msg.hidden, dtype: msg.dtype, computeMs, data: out, commitment })
             break
           }
           case 'truncate': {

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import { lpStream } from '@libp2p/utils'
 import type { Stream } from '@libp2p/interface'
-import { SESSION_PROTOCOL, encodeMessage, decodeMessage } from '@plexus/protocol'
-import type { SessionMessage, StepMessage, WireDType, ErrorCode } from '@plexus/protocol'
+import { SESSION_PROTOCOL, encodeMessage, decodeMessage, encodeTensor, decodeTensor, tensorDigest, verifyCommitment } from '@plexus/protocol'
+import type { SessionMessage, StepMessage, WireDType, ErrorCode, StepCommitment } from '@plexus/protocol'
 
 /** The server answered with an error frame (`busy`, `not-served`, ...). */
 export class RemoteError extends Error {
@@ -44,6 +44,8 @@ export interface RemoteSpanInit {
   stepTimeoutMs?: number
   openTimeoutMs?: number
   maxFrameBytes?: number
+  /** Refuse results without a valid signed step commitment (default: required). */
+  requireCommitments?: boolean
 }
 
 /** One session on one server: blocks `[start, end)`, one step in flight at a time. */
@@ -61,6 +63,8 @@ export class RemoteSpanSession {
   lastComputeMs = 0
   /** Wall time of the last step as the client saw it, ms (minus compute: the hop's overhead). */
   lastWallMs = 0
+  /** The server's signed commitments to every step of this session: evidence for verification. */
+  readonly commitments: StepCommitment[] = []
 
   private constructor (init: RemoteSpanInit, stream: Stream, sessionId: string) {
     this.init = init
@@ -120,10 +124,41 @@ export class RemoteSpanSession {
       this.stream.abort(new Error('protocol violation'))
       throw new PeerFailure(this.peer, `answered step ${r.step} at position ${r.position} for step ${step} at ${this.length}`)
     }
+    await this.checkCommitment(r, step, hidden, tokens)
     this.length += tokens
     this.lastComputeMs = r.computeMs ?? 0
     this.lastWallMs = performance.now() - t0
     return r.data
+  }
+
+  /** Keeps the server's signed commitment to this step, or fails the step if it is missing or false. */
+  private async checkCommitment (r: StepMessage, step: number, hidden: Float32Array, tokens: number): Promise<void> {
+    if (this.init.requireCommitments === false) return
+    const fail = (why: string): never => {
+      this.stream.abort(new Error(why))
+      throw new PeerFailure(this.peer, why)
+    }
+    if (r.commitment == null) fail('sent a result without a step commitment')
+    const dtype = this.init.dtype ?? 'f32'
+    const sent = dtype === 'f32' ? hidden : decodeTensor(encodeTensor(hidden, dtype), dtype)
+    try {
+      this.commitments.push(verifyCommitment(r.commitment!, {
+        expectedPeer: this.peer,
+        expected: {
+          modelId: this.init.modelId,
+          start: this.start,
+          end: this.end,
+          sessionId: this.sessionId,
+          step,
+          position: this.length,
+          tokens,
+          inputDigest: await tensorDigest(sent),
+          outputDigest: await tensorDigest(r.data)
+        }
+      }))
+    } catch (err: any) {
+      fail(`bad step commitment: ${err.message}`)
+    }
   }
 
   async truncate (length: number): Promise<void> {

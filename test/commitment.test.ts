@@ -1,0 +1,97 @@
+// Every step result carries a commitment signed by the server; clients keep valid ones and refuse
+// results whose commitment is missing, forged or about another step.
+import assert from 'node:assert/strict'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import type { PrivateKey } from '@libp2p/interface'
+import { createPlexusNode } from '@plexus/p2p'
+import type { PlexusNode } from '@plexus/p2p'
+import { SESSION_PROTOCOL, signCommitment, verifyCommitment, tensorDigest } from '@plexus/protocol'
+import type { StepCommitmentBody } from '@plexus/protocol'
+import { initBackend, Checkpoint, Span, ModelHead, loadManifest, inProcessRunner } from '@plexus/runtime'
+import { BlockBackend, BackendSet } from '../packages/server/src/backend.ts'
+import { createSessionHandler } from '../packages/server/src/session-handler.ts'
+import { RemoteSpanSession, PeerFailure } from '../packages/client/src/inference/remote-span.ts'
+import { fixtureDir, golden } from './support/fixtures.ts'
+
+describe('step commitments', function () {
+  this.timeout(60_000)
+  let ckpt: Checkpoint
+  let head: ModelHead
+  let modelId: string
+  let key: PrivateKey
+  let honest: PlexusNode
+  let silent: PlexusNode
+  let client: PlexusNode
+  const backends: BlockBackend[] = []
+
+  const serve = async (privateKey?: PrivateKey): Promise<PlexusNode> => {
+    const node = await createPlexusNode({ privateKey: privateKey ?? await generateKeyPair('Ed25519'), dhtMode: 'server' })
+    const backend = new BlockBackend({ runner: inProcessRunner(await Span.load(ckpt, 0, 2)), config: ckpt.config }, { modelId })
+    backends.push(backend)
+    await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: BackendSet.of(backend), log: node.logger.forComponent('test'), privateKey }))
+    return node
+  }
+  const open = async (server: PlexusNode): Promise<RemoteSpanSession> => {
+    await client.dial(server.getMultiaddrs()[0])
+    return await RemoteSpanSession.open(client, { peer: server.peerId.toString(), target: server.peerId, modelId, start: 0, end: 2, maxLength: 64, hiddenSize: 64 })
+  }
+
+  before(async () => {
+    await initBackend('wasm')
+    ckpt = await Checkpoint.open(fixtureDir('tiny-llama'))
+    head = await ModelHead.load(ckpt)
+    modelId = (await loadManifest(ckpt, { write: false })).id
+    key = await generateKeyPair('Ed25519')
+    honest = await serve(key)
+    silent = await serve()
+    client = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), dhtMode: 'client', listen: [] })
+  })
+  after(async () => {
+    await client?.stop(); await honest?.stop(); await silent?.stop()
+    for (const b of backends) await b.dispose()
+    head.dispose(); await ckpt.close()
+  })
+
+  it('accompanies every step, signed by the server, naming the step and both tensors', async () => {
+    const g = golden('tiny-llama')
+    const s = await open(honest)
+    const x = head.embed(g.prompt_ids)
+    const y = await s.forward(x, g.prompt_ids.length)
+    const y2 = await s.forward(head.embed([7]), 1)
+    assert.equal(s.commitments.length, 2)
+    const [c0, c1] = s.commitments
+    assert.equal(c0.peer, honest.peerId.toString())
+    assert.deepEqual([c0.step, c0.position, c0.tokens, c1.step, c1.position, c1.tokens], [0, 0, 12, 1, 12, 1])
+    assert.equal(c0.inputDigest, await tensorDigest(x))
+    assert.equal(c0.outputDigest, await tensorDigest(y))
+    assert.equal(c1.outputDigest, await tensorDigest(y2))
+    assert.equal(c0.modelId, modelId)
+    await s.close()
+  })
+
+  it('a result without a commitment fails the step (the client re-routes)', async () => {
+    const s = await open(silent)
+    await assert.rejects(s.forward(head.embed([1, 2]), 2), (err: Error) => err instanceof PeerFailure && /without a step commitment/.test(err.message))
+  })
+
+  it('rejects forged, altered, misattributed and mismatched commitments', async () => {
+    const body: StepCommitmentBody = {
+      modelId, start: 0, end: 2, sessionId: 'ab'.repeat(16), step: 3, position: 9, tokens: 1,
+      inputDigest: 'a'.repeat(64), outputDigest: 'b'.repeat(64)
+    }
+    const good = await signCommitment(key, body)
+    assert.equal(verifyCommitment(good, { expectedPeer: honest.peerId, expected: body }).step, 3)
+    // altered payload: the signature no longer verifies
+    const env = JSON.parse(good)
+    const altered = JSON.stringify({ ...env, payload: env.payload.replace('"step":3', '"step":4') })
+    assert.throws(() => verifyCommitment(altered, { expectedPeer: honest.peerId, expected: { ...body, step: 4 } }), /signature does not verify/)
+    // signed by someone else, presented as the honest server's
+    const other = await signCommitment(await generateKeyPair('Ed25519'), body)
+    assert.throws(() => verifyCommitment(other, { expectedPeer: honest.peerId, expected: body }), /is signed by .* but came from/)
+    // genuine, but about another step or another output
+    assert.throws(() => verifyCommitment(good, { expectedPeer: honest.peerId, expected: { ...body, step: 4 } }), /states step 3, but the step had 4/)
+    assert.throws(() => verifyCommitment(good, { expectedPeer: honest.peerId, expected: { ...body, outputDigest: 'c'.repeat(64) } }), /states outputDigest/)
+    // not a commitment at all
+    assert.throws(() => verifyCommitment('{"payload":"{}","sig":""}', { expectedPeer: honest.peerId, expected: body }), /kind/)
+  })
+})
