@@ -1,14 +1,11 @@
 // `npm run bench:load [-- --model DIR]`: aggregate decode tokens/s of 1, 4, 8 and 16 concurrent
 // clients on a 3-node loopback swarm, and how long clients take to recover from a killed server.
 import { parseArgs } from 'node:util'
-import { access } from 'node:fs/promises'
-import { join } from 'node:path'
-import { tmpdir } from 'node:os'
 import { initBackend, generate, seededRandom, readModelConfig } from '@plexus/runtime'
 import { connectSwarm, openSwarm } from '../packages/client/src/model-source.ts'
 import type { OpenModel } from '../packages/client/src/model-source.ts'
 import type { SwarmSession } from '../packages/client/src/inference/swarm-session.ts'
-import { makeModel } from './lib/model-maker.ts'
+import { benchModel, thirds, median } from './lib/bench-common.ts'
 import { startSwarm } from './lib/local-swarm.ts'
 
 const { values: a } = parseArgs({
@@ -33,25 +30,17 @@ the time to recover and the slowdown during recovery.\n`)
   process.exit(0)
 }
 const log = (s: string): void => { if (a['json-only'] !== true) process.stderr.write(s + '\n') }
-let dir = a.model
-if (dir == null) {
-  dir = join(tmpdir(), `plexus-bench-${a.shape}-f32`)
-  try { await access(join(dir, 'plexus-manifest.json')) } catch {
-    log(`making a ${a.shape} model in ${dir}…`)
-    await makeModel({ shape: a.shape as any, dtype: 'f32', out: dir, seed: 5 })
-  }
-}
+const dir = await benchModel(a.model, a.shape!, log)
 const cfg = await readModelConfig(dir)
 const L = cfg.numLayers
-const cut = [0, Math.round(L / 3), Math.round((2 * L) / 3), L]
-const spans = [0, 1, 2].map(i => `${cut[i]}:${cut[i + 1]}`)
+const spans = thirds(L)
+const [middleStart, middleEnd] = spans[1].split(':').map(Number)
 const genLen = Number(a.tokens)
 const promptLen = Number(a['prompt-tokens'])
 const prompts = (n: number): number[][] => {
   const r = seededRandom(n)
   return Array.from({ length: n }, () => Array.from({ length: promptLen }, () => 3 + Math.floor(r() * (cfg.vocabSize - 3))))
 }
-const median = (xs: number[]): number => { const s = [...xs].sort((x, y) => x - y); return s[Math.floor(s.length / 2)] ?? 0 }
 
 await initBackend()
 log(`swarm: bootstrap + ${spans.join(' ')} + spare ${spans[1]}…`)
@@ -93,7 +82,7 @@ try {
     const r = await run(4, async (c, i, t, sessions) => {
       stamps[c].push(t)
       if (c === 0 && i === 7 && killedAt === 0) {
-        const victimPeer = sessions[0].route.find(h => h.start < cut[2] && h.end > cut[1])?.peer
+        const victimPeer = sessions[0].route.find(h => h.start < middleEnd && h.end > middleStart)?.peer
         const victim = swarm.nodes.find(x => x.peerId === victimPeer)!
         victim.child.kill('SIGKILL')
         killedAt = performance.now()

@@ -1,14 +1,11 @@
 // `npm run bench:swarm [-- --model DIR]`: the same model and prompt through a 3-process loopback
 // swarm and in one process (--local), in the same run: decode tokens/s ratio and per-hop overhead.
 import { parseArgs } from 'node:util'
-import { access } from 'node:fs/promises'
-import { join } from 'node:path'
-import { tmpdir } from 'node:os'
 import { initBackend, generate, seededRandom, readModelConfig } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { connectSwarm, openSwarm, openLocal } from '../packages/client/src/model-source.ts'
 import { SwarmSession } from '../packages/client/src/inference/swarm-session.ts'
-import { makeModel } from './lib/model-maker.ts'
+import { benchModel, thirds, median } from './lib/bench-common.ts'
 import { startSwarm } from './lib/local-swarm.ts'
 
 const { values: a } = parseArgs({
@@ -31,23 +28,14 @@ Without --model, a random-weight model of --shape is made once in the system tem
   process.exit(0)
 }
 const log = (s: string): void => { if (a['json-only'] !== true) process.stderr.write(s + '\n') }
-let dir = a.model
-if (dir == null) {
-  dir = join(tmpdir(), `plexus-bench-${a.shape}-f32`)
-  try { await access(join(dir, 'plexus-manifest.json')) } catch {
-    log(`making a ${a.shape} model in ${dir}…`)
-    await makeModel({ shape: a.shape as any, dtype: 'f32', out: dir, seed: 5 })
-  }
-}
+const dir = await benchModel(a.model, a.shape!, log)
 const promptLen = Number(a['prompt-tokens'])
 const genLen = Number(a.tokens)
 const cfg = await readModelConfig(dir)
 const L = cfg.numLayers
-const cuts = [0, Math.round(L / 3), Math.round((2 * L) / 3), L]
-const spans = [0, 1, 2].map(i => `${cuts[i]}:${cuts[i + 1]}`)
+const spans = thirds(L)
 const rand = seededRandom(7)
 const prompt = Array.from({ length: promptLen }, () => 3 + Math.floor(rand() * (cfg.vocabSize - 3)))
-const median = (xs: number[]): number => { const s = [...xs].sort((x, y) => x - y); return s[Math.floor(s.length / 2)] ?? 0 }
 
 const backend = await initBackend()
 // Local first, alone on the machine.

@@ -5,6 +5,8 @@ import { runGenerate } from './commands/generate.ts'
 import { runModels } from './commands/models.ts'
 import type { ModelsArgs } from './commands/models.ts'
 import type { GenerateArgs } from './commands/generate.ts'
+import { runServe } from './commands/serve.ts'
+import type { ServeArgs } from './commands/serve.ts'
 
 /** Errors users can act on are printed as one line; anything else keeps its stack for a bug report. */
 function report (err: any): never {
@@ -51,6 +53,28 @@ await yargs(hideBin(process.argv))
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object' })
     .example('$0 models --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW...', 'what can this swarm run?'),
   async (argv) => { await runModels(argv as unknown as ModelsArgs) })
+  .command('serve', 'Serve a model over HTTP with OpenAI-, Anthropic- and Ollama-compatible APIs', (y) => y
+    .usage('$0 serve (--bootstrap MULTIADDR... | --local) --model DIR|NAME|ID [--port 9337] [--host 127.0.0.1] [--api-key KEY] [--max-concurrent N]\n\n' +
+      'OpenAI: /v1/models, /v1/chat/completions, /v1/completions; Anthropic: /v1/messages; Ollama: /api/generate, /api/chat, /api/tags; Prometheus: /metrics.')
+    .option('local', { type: 'boolean', default: false, describe: 'Run every block in this process (no swarm)' })
+    .option('bootstrap', { type: 'array', string: true, describe: 'Join a swarm through this peer (multiaddr ending in /p2p/<id>; repeatable)' })
+    .option('model', { type: 'string', demandOption: true, describe: 'Model directory; with --bootstrap also a model name, id or id prefix fetched from the swarm' })
+    .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models)' })
+    .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
+    .option('port', { type: 'number', default: 9337, describe: 'TCP port (0 = any free port)' })
+    .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to listen on (loopback by default; others need --api-key to be safe)' })
+    .option('api-key', { type: 'string', describe: 'Require this key (Authorization: Bearer KEY or x-api-key: KEY); default $PLEXUS_API_KEY' })
+    .option('max-concurrent', { type: 'number', default: 16, describe: 'Generations run at once; more requests wait their turn' })
+    .option('backend', { choices: [...BACKENDS, 'auto'], default: 'auto', describe: 'Compute backend (auto = fastest installed: tensorflow, wasm, cpu)' })
+    .option('json', { type: 'boolean', default: false, describe: 'Print a JSON ready event ({ event, url, model }) on stdout' })
+    .example('$0 serve --local --model ./models/tiny', 'serve a local model on http://127.0.0.1:9337')
+    .example('$0 serve --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --model small --api-key s3cret', 'serve a swarm\'s model')
+    .check((a) => {
+      if (!Number.isInteger(a.port) || a.port < 0 || a.port > 65535) return '--port must be an integer in 0..65535'
+      if (!Number.isInteger(a['max-concurrent']) || a['max-concurrent'] < 1) return '--max-concurrent must be a positive integer'
+      return true
+    }),
+  async (argv) => { await runServe(argv as unknown as ServeArgs) })
   .demandCommand(1, 'Choose a command (see --help)')
   .strict()
   .fail((msg, err) => {

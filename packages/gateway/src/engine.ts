@@ -1,0 +1,258 @@
+// The generation core every API shares: prompts to ids, one swarm session per request,
+// stop strings, logprobs, cancellation, concurrency and metrics.
+import { generate, logSoftmax, StreamDecoder, applyChatTemplate, validateSampling } from '@plexus/runtime'
+import type { ModelConfig, ModelHead, SessionPipeline, TextTokenizer, SamplingOptions, ChatMessage } from '@plexus/runtime'
+import { badRequest } from './errors.ts'
+import type { GatewayMetrics } from './metrics.ts'
+import { Semaphore } from './semaphore.ts'
+
+/** What the gateway needs of a model (the client's `OpenModel` fits). */
+export interface GatewayModel {
+  config: ModelConfig
+  head: ModelHead
+  tokenizer?: TextTokenizer
+  tokenizerConfig?: Record<string, unknown>
+  manifest?: { id: string, name: string }
+  session (maxLength: number): Promise<SessionPipeline>
+}
+
+export interface TopLogprob { id: number, text: string, logprob: number }
+export interface TokenLogprob extends TopLogprob { top: TopLogprob[] }
+
+/** Text completed by one token (may be "" while a character or a possible stop string is held back). */
+export interface Chunk { text: string, token?: TokenLogprob }
+
+export interface RunRequest {
+  promptIds: number[]
+  maxTokens: number
+  sampling: SamplingOptions
+  stop?: string[]
+  /** Absent: no logprobs; N: the chosen token's plus the N most likely. */
+  logprobs?: number
+  signal: AbortSignal
+  onChunk?: (c: Chunk) => void | Promise<void>
+}
+
+export interface RunResult {
+  text: string
+  tokenIds: number[]
+  finishReason: 'stop' | 'length'
+  /** The stop string that ended generation, if one did. */
+  stopSequence?: string
+  promptTokens: number
+  completionTokens: number
+  tokens: TokenLogprob[]
+  seconds: { prefill: number, decode: number }
+}
+
+export const MAX_TOP_LOGPROBS = 20
+
+/** Thrown from onToken to end generate() early once a stop string appears. */
+class StopSequence extends Error {
+  readonly stop: string
+  constructor (stop: string) { super(`stop sequence ${JSON.stringify(stop)}`); this.stop = stop }
+}
+
+/**
+ * Emits text as it is decoded, holding back the tail that could still grow into a stop string,
+ * and cuts at the first stop string found.
+ */
+class StopFilter {
+  readonly #stops: string[]
+  #pending = ''
+  text = ''
+
+  constructor (stops: string[]) { this.#stops = stops.filter(s => s !== '') }
+
+  /** Returns the text now safe to emit, and the stop string if one completed. */
+  push (delta: string): { emit: string, stop?: string } {
+    this.#pending += delta
+    let cut = -1
+    let hit: string | undefined
+    for (const s of this.#stops) {
+      const at = this.#pending.indexOf(s)
+      if (at >= 0 && (cut < 0 || at < cut)) { cut = at; hit = s }
+    }
+    if (hit != null) return this.#take(this.#pending.slice(0, cut), hit)
+    let hold = 0
+    for (const s of this.#stops) {
+      for (let k = Math.min(s.length - 1, this.#pending.length); k > hold; k--) {
+        if (this.#pending.endsWith(s.slice(0, k))) { hold = k; break }
+      }
+    }
+    const emit = this.#pending.slice(0, this.#pending.length - hold)
+    this.#pending = this.#pending.slice(emit.length)
+    return this.#take(emit)
+  }
+
+  /** Whatever is still held (generation ended without completing a stop string). */
+  flush (): string { const { emit } = this.#take(this.#pending); return emit }
+
+  #take (emit: string, stop?: string): { emit: string, stop?: string } {
+    this.#pending = stop != null ? '' : this.#pending
+    this.text += emit
+    return { emit, stop }
+  }
+}
+
+export class Engine {
+  readonly model: GatewayModel
+  readonly metrics: GatewayMetrics
+  readonly #slots: Semaphore
+
+  constructor (model: GatewayModel, metrics: GatewayMetrics, opts: { maxConcurrent?: number } = {}) {
+    this.model = model
+    this.metrics = metrics
+    this.#slots = new Semaphore(opts.maxConcurrent ?? 16)
+  }
+
+  get contextLength (): number { return this.model.config.maxPositions }
+
+  get tokenizer (): TextTokenizer {
+    if (this.model.tokenizer == null) throw badRequest('this model has no tokenizer.json: give the prompt as an array of token ids (POST /v1/completions)')
+    return this.model.tokenizer
+  }
+
+  /** Text prompt to ids, with the tokenizer's BOS. */
+  encodeText (text: string): number[] { return this.tokenizer.encode(text, { addSpecialTokens: true }) }
+
+  /** Messages through the model's chat template; the rendered text carries its own BOS. */
+  encodeChat (messages: ChatMessage[]): number[] {
+    const tok = this.tokenizer
+    const cfg = this.model.tokenizerConfig
+    if (cfg == null) throw badRequest('this model has no tokenizer_config.json with a chat_template: use a completions endpoint')
+    let text: string
+    try {
+      text = applyChatTemplate(cfg, messages, { addGenerationPrompt: true })
+    } catch (err) {
+      throw badRequest(`cannot format the messages with the model's chat template: ${(err as Error).message}`, { param: 'messages' })
+    }
+    return tok.encode(text, { addSpecialTokens: false })
+  }
+
+  checkIds (ids: number[], param = 'prompt'): void {
+    if (ids.length === 0) throw badRequest('the prompt is empty', { param })
+    const V = this.model.config.vocabSize
+    const bad = ids.find(id => !Number.isInteger(id) || id < 0 || id >= V)
+    if (bad !== undefined) throw badRequest(`token id ${String(bad)} is outside the vocabulary (0..${V - 1})`, { param })
+  }
+
+  /** `requested` checked against the context; absent: what is left of it, at most `fallback`. */
+  maxTokens (promptTokens: number, requested: number | undefined, fallback: number, param = 'max_tokens'): number {
+    const left = this.contextLength - promptTokens
+    if (requested == null) {
+      if (left <= 0) throw badRequest(`the prompt (${promptTokens} tokens) fills the model's context of ${this.contextLength}`, { param: 'messages', code: 'context_length_exceeded' })
+      return Math.min(left, fallback)
+    }
+    if (!Number.isInteger(requested) || requested < 1) throw badRequest(`${param} must be a positive integer (got ${JSON.stringify(requested)})`, { param })
+    if (requested > left) {
+      throw badRequest(`this model's context is ${this.contextLength} tokens: the prompt (${promptTokens}) plus ${param} (${requested}) exceed it`, { param, code: 'context_length_exceeded' })
+    }
+    return requested
+  }
+
+  checkSampling (s: SamplingOptions): void {
+    try { validateSampling(s) } catch (err) { throw badRequest((err as Error).message) }
+  }
+
+  /** One generation on its own session; the session is closed however it ends. */
+  async run (req: RunRequest): Promise<RunResult> {
+    this.checkIds(req.promptIds)
+    const release = await this.#slots.acquire(req.signal)
+    try {
+      return await this.#run(req)
+    } finally {
+      release()
+    }
+  }
+
+  async #run (req: RunRequest): Promise<RunResult> {
+    const { model, metrics } = this
+    const tok = model.tokenizer
+    const eos = tok != null && tok.eosTokenIds.length > 0 ? tok.eosTokenIds : model.config.eosTokenIds
+    const decoder = tok != null ? new StreamDecoder(tok, { skipSpecialTokens: true }) : undefined
+    const filter = new StopFilter(req.stop ?? [])
+    const tokens: TokenLogprob[] = []
+    const ids: number[] = []
+    // generate() samples from each row head.logits returns; tap it for logprobs.
+    let lastRow: Float32Array | undefined
+    const head: ModelHead = req.logprobs == null
+      ? model.head
+      : Object.assign(Object.create(model.head) as ModelHead, {
+        logits: async (h: Float32Array, n: number) => { lastRow = await model.head.logits(h, n); return lastRow }
+      })
+    const tokenText = (id: number): string => tok?.decode([id]) ?? String(id)
+
+    const session = await model.session(Math.min(this.contextLength, req.promptIds.length + req.maxTokens))
+    metrics.openSessions.inc()
+    let finishReason: 'stop' | 'length' = 'length'
+    let stopSequence: string | undefined
+    const t0 = performance.now()
+    let tPrev = t0
+    let tFirst = t0
+    try {
+      req.signal.throwIfAborted()
+      const r = await generate(head, session, req.promptIds, {
+        maxTokens: req.maxTokens,
+        ...req.sampling,
+        eosTokenIds: eos,
+        signal: req.signal,
+        onToken: async (id) => {
+          const now = performance.now()
+          metrics.tokenLatency.observe({ phase: ids.length === 0 ? 'prefill' : 'decode' }, (now - tPrev) / 1000)
+          if (ids.length === 0) tFirst = now
+          tPrev = now
+          metrics.generatedTokens.inc()
+          ids.push(id)
+          let token: TokenLogprob | undefined
+          if (req.logprobs != null && lastRow != null) {
+            const lp = logSoftmax(lastRow)
+            const top = topK(lp, req.logprobs).map(i => ({ id: i, text: tokenText(i), logprob: lp[i] }))
+            token = { id, text: tokenText(id), logprob: lp[id], top }
+            tokens.push(token)
+          }
+          const { emit, stop } = filter.push(decoder?.push(id) ?? '')
+          await req.onChunk?.({ text: emit, token })
+          if (stop != null) throw new StopSequence(stop)
+        }
+      })
+      finishReason = r.finishReason
+      const rest = filter.push(decoder?.flush() ?? '')
+      const tail = rest.stop != null ? rest.emit : rest.emit + filter.flush()
+      if (rest.stop != null) { finishReason = 'stop'; stopSequence = rest.stop }
+      if (tail !== '') await req.onChunk?.({ text: tail })
+    } catch (err) {
+      if (!(err instanceof StopSequence)) throw err
+      finishReason = 'stop'
+      stopSequence = err.stop
+    } finally {
+      metrics.openSessions.dec()
+      await session.close().catch(() => {})
+    }
+    const tEnd = performance.now()
+    return {
+      text: filter.text,
+      tokenIds: ids,
+      finishReason,
+      stopSequence,
+      promptTokens: req.promptIds.length,
+      completionTokens: ids.length,
+      tokens,
+      seconds: { prefill: (tFirst - t0) / 1000, decode: (tEnd - tFirst) / 1000 }
+    }
+  }
+}
+
+/** Indices of the k largest values, largest first. */
+function topK (x: Float64Array, k: number): number[] {
+  if (k <= 0) return []
+  const best: number[] = []
+  for (let i = 0; i < x.length; i++) {
+    if (best.length < k || x[i] > x[best[best.length - 1]]) {
+      let j = Math.min(best.length, k - 1)
+      best[j] = i
+      while (j > 0 && x[best[j]] > x[best[j - 1]]) { [best[j], best[j - 1]] = [best[j - 1], best[j]]; j-- }
+    }
+  }
+  return best
+}

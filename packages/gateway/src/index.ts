@@ -1,0 +1,7 @@
+export { createGateway, isLoopback, TRUST_HEADER } from './server.ts'
+export type { Gateway, GatewayOptions } from './server.ts'
+export { Engine } from './engine.ts'
+export type { GatewayModel, RunRequest, RunResult, Chunk, TokenLogprob } from './engine.ts'
+export { GatewayMetrics } from './metrics.ts'
+export { ApiError, errorBody } from './errors.ts'
+export type { Dialect } from './errors.ts'

@@ -1,0 +1,112 @@
+// Ollama's API: POST /api/generate, POST /api/chat (NDJSON streams by default), GET /api/tags.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { ChatMessage, SamplingOptions } from '@plexus/runtime'
+import { badRequest, errorBody, toApiError } from './errors.ts'
+import type { RunResult } from './engine.ts'
+import { checkModel } from './context.ts'
+import type { GatewayContext } from './context.ts'
+import { asBody, messageList, optBool, optInt, optNumber, optObject, optString, stopList } from './validate.ts'
+import type { Body } from './validate.ts'
+import { LazyStream, disconnectSignal } from './stream.ts'
+
+interface Job { model: string, promptIds: number[], maxTokens: number, sampling: SamplingOptions, stop: string[], stream: boolean }
+
+/** `options`: Ollama's defaults are temperature 0.8, top_k 40, top_p 0.9; num_predict -1 = unbounded. */
+function job (ctx: GatewayContext, b: Body, model: string, ids: number[]): Job {
+  const o = optObject(b, 'options') ?? {}
+  const numPredict = optInt(o, 'num_predict', 'options')
+  const s: SamplingOptions = {
+    temperature: optNumber(o, 'temperature', 'options') ?? 0.8,
+    topK: optInt(o, 'top_k', 'options') ?? 40,
+    topP: optNumber(o, 'top_p', 'options') ?? 0.9,
+    seed: optInt(o, 'seed', 'options')
+  }
+  ctx.engine.checkSampling(s)
+  const bounded = numPredict != null && numPredict >= 0
+  return {
+    model,
+    promptIds: ids,
+    maxTokens: ctx.engine.maxTokens(ids.length, bounded ? numPredict : undefined, bounded ? numPredict : ctx.defaultMaxTokens, 'options.num_predict'),
+    sampling: s,
+    stop: stopList(o, 'stop', 'options'),
+    stream: optBool(b, 'stream') ?? true
+  }
+}
+
+const ns = (seconds: number): number => Math.round(seconds * 1e9)
+
+function finalFields (r: RunResult, t0: number): Record<string, unknown> {
+  return {
+    done: true,
+    done_reason: r.finishReason === 'stop' ? 'stop' : 'length',
+    total_duration: ns((performance.now() - t0) / 1000),
+    load_duration: 0,
+    prompt_eval_count: r.promptTokens,
+    prompt_eval_duration: ns(r.seconds.prefill),
+    eval_count: r.completionTokens,
+    eval_duration: ns(r.seconds.decode)
+  }
+}
+
+async function respond (ctx: GatewayContext, j: Job, chat: boolean, request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
+  const t0 = performance.now()
+  const signal = disconnectSignal(request, reply)
+  const head = (): Record<string, unknown> => ({ model: j.model, created_at: new Date().toISOString() })
+  const piece = (text: string): Record<string, unknown> => chat ? { message: { role: 'assistant', content: text } } : { response: text }
+  const run = { promptIds: j.promptIds, maxTokens: j.maxTokens, sampling: j.sampling, stop: j.stop, signal }
+  if (!j.stream) {
+    const r = await ctx.engine.run(run)
+    return { ...head(), ...piece(r.text), ...finalFields(r, t0) }
+  }
+  const out = new LazyStream(reply, 'application/x-ndjson')
+  const line = (obj: unknown): void => { out.write(JSON.stringify(obj) + '\n') }
+  try {
+    const r = await ctx.engine.run({ ...run, onChunk: (c) => { if (c.text !== '') line({ ...head(), ...piece(c.text), done: false }) } })
+    line({ ...head(), ...piece(''), ...finalFields(r, t0) })
+  } catch (err) {
+    if (!out.started && !signal.aborted) throw err
+    if (!signal.aborted) line(errorBody('ollama', toApiError(err)))
+  } finally {
+    if (out.started) out.end()
+  }
+  return reply
+}
+
+export function registerOllama (app: FastifyInstance, ctx: GatewayContext): void {
+  app.get('/api/tags', async () => {
+    const m = ctx.engine.model
+    return {
+      models: [{
+        name: `${ctx.modelName}:latest`,
+        model: `${ctx.modelName}:latest`,
+        modified_at: new Date(ctx.created * 1000).toISOString(),
+        size: 0,
+        digest: m.manifest?.id ?? '',
+        details: { format: 'safetensors', family: 'plexus', parameter_size: '', quantization_level: '' }
+      }]
+    }
+  })
+
+  app.get('/api/version', async () => ({ version: '0.0.0-plexus' }))
+
+  app.post('/api/generate', async (request, reply) => {
+    const b = asBody(request.body)
+    const model = checkModel(ctx, b.model, 'ollama')
+    const prompt = optString(b, 'prompt')
+    if (prompt == null || prompt === '') throw badRequest('missing required field prompt')
+    if (b.images != null) throw badRequest('images are not supported')
+    const system = optString(b, 'system')
+    // Like Ollama, the prompt goes through the chat template unless raw (or the model has none).
+    const templated = optBool(b, 'raw') !== true && ctx.engine.model.tokenizerConfig?.chat_template != null
+    const messages: ChatMessage[] = [...(system != null ? [{ role: 'system', content: system }] : []), { role: 'user', content: prompt }]
+    const ids = templated ? ctx.engine.encodeChat(messages) : ctx.engine.encodeText(prompt)
+    return await respond(ctx, job(ctx, b, model, ids), false, request, reply)
+  })
+
+  app.post('/api/chat', async (request, reply) => {
+    const b = asBody(request.body)
+    const model = checkModel(ctx, b.model, 'ollama')
+    const ids = ctx.engine.encodeChat(messageList(b))
+    return await respond(ctx, job(ctx, b, model, ids), true, request, reply)
+  })
+}

@@ -1,0 +1,149 @@
+// The HTTP gateway: one model, three APIs (OpenAI, Anthropic, Ollama), Prometheus metrics.
+import { timingSafeEqual } from 'node:crypto'
+import Fastify from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { ApiError, dialectOf, errorBody, toApiError } from './errors.ts'
+import { Engine } from './engine.ts'
+import type { GatewayModel } from './engine.ts'
+import { GatewayMetrics } from './metrics.ts'
+import { unixNow } from './context.ts'
+import type { GatewayContext } from './context.ts'
+import { registerOpenAI } from './openai.ts'
+import { registerAnthropic } from './anthropic.ts'
+import { registerOllama } from './ollama.ts'
+
+export interface GatewayOptions {
+  model: GatewayModel
+  /** The model's name in requests and listings (default: its manifest name). */
+  modelName?: string
+  /** More names accepted for the model (e.g. the --model argument). */
+  aliases?: string[]
+  /** When set, every API route needs it (Authorization: Bearer KEY, or x-api-key: KEY). */
+  apiKey?: string
+  /** Generations run at once; more wait their turn (default 16). */
+  maxConcurrent?: number
+  /** max_tokens when a request gives none (default 512, capped by the context). */
+  defaultMaxTokens?: number
+  /** Node's process metrics in /metrics too (default false). */
+  defaultMetrics?: boolean
+  logger?: boolean
+}
+
+export interface Gateway {
+  app: FastifyInstance
+  metrics: GatewayMetrics
+  engine: Engine
+  modelName: string
+  /** Listens; resolves with the base URL (http://host:port). */
+  listen (port: number, host?: string): Promise<string>
+  close (): Promise<void>
+}
+
+export const TRUST_HEADER = 'x-plexus-trust'
+
+function apiKeyOf (request: FastifyRequest): string | undefined {
+  const auth = request.headers.authorization
+  if (typeof auth === 'string' && /^bearer\s+/i.test(auth)) return auth.replace(/^bearer\s+/i, '').trim()
+  const x = request.headers['x-api-key']
+  return typeof x === 'string' ? x : undefined
+}
+
+function sameKey (a: string, b: string): boolean {
+  const x = Buffer.from(a)
+  const y = Buffer.from(b)
+  return x.length === y.length && timingSafeEqual(x, y)
+}
+
+/** Only the fast path exists: servers' outputs are taken as they come. */
+function checkTrust (request: FastifyRequest): void {
+  const raw = request.headers[TRUST_HEADER]
+  if (raw == null) return
+  const mode = String(raw).trim().toLowerCase()
+  if (mode === '' || mode === 'fast') return
+  if (mode === 'verified' || mode === 'attested') {
+    throw new ApiError(501, `X-Plexus-Trust: ${mode} is not supported yet: this gateway runs only the fast path (servers' outputs are not checked); omit the header or send "fast"`, { param: 'X-Plexus-Trust', code: 'trust_mode_not_supported' })
+  }
+  throw new ApiError(400, `X-Plexus-Trust must be fast, verified or attested (got ${JSON.stringify(String(raw))})`, { param: 'X-Plexus-Trust' })
+}
+
+export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
+  const metrics = new GatewayMetrics({ defaultMetrics: opts.defaultMetrics })
+  const engine = new Engine(opts.model, metrics, { maxConcurrent: opts.maxConcurrent })
+  const modelName = opts.modelName ?? opts.model.manifest?.name ?? 'plexus'
+  const ctx: GatewayContext = {
+    engine,
+    modelName,
+    aliases: new Set([...(opts.aliases ?? []), ...(opts.model.manifest != null ? [opts.model.manifest.id] : [])]),
+    created: unixNow(),
+    defaultMaxTokens: opts.defaultMaxTokens ?? 512
+  }
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 16 << 20 })
+
+  // Every body is JSON whatever its content type (curl -d sends form-urlencoded).
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
+    const text = String(body)
+    if (text.trim() === '') { done(null, undefined); return }
+    try {
+      done(null, JSON.parse(text))
+    } catch (err) {
+      done(new ApiError(400, `the request body is not valid JSON: ${(err as Error).message}`), undefined)
+    }
+  })
+
+  app.addHook('onRequest', async (request, reply) => {
+    const endpoint = request.routeOptions.url ?? 'unmatched'
+    reply.raw.once('close', () => {
+      // 499: the client went away before the response was complete (nginx's convention).
+      const status = reply.raw.writableFinished ? reply.raw.statusCode : 499
+      metrics.requests.inc({ endpoint, status: String(status) })
+      if (status >= 400) metrics.errors.inc({ endpoint, status: String(status) })
+    })
+    if (request.url === '/metrics' || request.url === '/health') return
+    if (opts.apiKey != null) {
+      const key = apiKeyOf(request)
+      if (key == null || !sameKey(key, opts.apiKey)) {
+        throw new ApiError(401, key == null ? 'missing API key: send Authorization: Bearer KEY or x-api-key: KEY' : 'Incorrect API key provided', { code: 'invalid_api_key' })
+      }
+    }
+    checkTrust(request)
+  })
+
+  app.setErrorHandler((err, request, reply) => {
+    const e = toApiError(err)
+    if (e.status >= 500) request.log.error(err)
+    void reply.status(e.status).send(errorBody(dialectOf(request.url), e))
+  })
+  app.setNotFoundHandler((request, reply) => {
+    const e = new ApiError(404, `no route ${request.method} ${request.url.split('?')[0]}`)
+    void reply.status(404).send(errorBody(dialectOf(request.url), e))
+  })
+
+  app.get('/metrics', async (_request, reply) => {
+    void reply.header('content-type', metrics.registry.contentType)
+    return await metrics.registry.metrics()
+  })
+  app.get('/health', async () => ({ ok: true, model: modelName }))
+  registerOpenAI(app, ctx)
+  registerAnthropic(app, ctx)
+  registerOllama(app, ctx)
+
+  return {
+    app,
+    metrics,
+    engine,
+    modelName,
+    listen: async (port, host = '127.0.0.1') => {
+      await app.listen({ port, host })
+      const addr = app.server.address()
+      const p = typeof addr === 'object' && addr != null ? addr.port : port
+      return `http://${host.includes(':') ? `[${host}]` : host}:${p}`
+    },
+    close: async () => { await app.close() }
+  }
+}
+
+/** Whether `host` only accepts connections from this machine. */
+export function isLoopback (host: string): boolean {
+  return host === 'localhost' || host === '::1' || host === '[::1]' || /^127\./.test(host)
+}
