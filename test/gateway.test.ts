@@ -65,7 +65,7 @@ describe('HTTP gateway over a 3-node swarm', function () {
     modelDir = join(dir, 'tiny')
     await makeModel({ shape: 'tiny', out: modelDir, seed: 7 })
     local = await openLocal(modelDir)
-    swarm = await startSwarm(modelDir, ['0:1', '1:2', '2:3'])
+    swarm = await startSwarm(modelDir, ['0:1', '1:2', '2:3'], ['--metrics-port', '0'])
     node = await connectSwarm([swarm.bootstrapAddr])
     remote = await openSwarm(node, { dir: modelDir })
     gw = await createGateway({ model: remote, apiKey: KEY, aliases: [modelDir], maxConcurrent: 16 })
@@ -204,6 +204,17 @@ describe('HTTP gateway over a 3-node swarm', function () {
     while (await openSessions() !== 0) {
       assert.ok(Date.now() < deadline, 'the aborted session is still open')
       await new Promise(resolve => setTimeout(resolve, 100))
+    }
+    // and every server of the route freed it too (their own /metrics)
+    for (const n of swarm.nodes) {
+      for (;;) {
+        const text = await (await fetch(`http://127.0.0.1:${n.ready.metricsPort}/metrics`)).text()
+        const open = Number(/^plexus_node_sessions (\d+)/m.exec(text)?.[1])
+        assert.match(text, /plexus_node_steps_total\{kind="decode"\} \d+/)
+        if (open === 0) break
+        assert.ok(Date.now() < deadline, `${n.name} still holds ${open} session(s)`)
+        await new Promise(resolve => setTimeout(resolve, 100))
+      }
     }
     const r = await openai.chat.completions.create({ model: gw.modelName, messages: [{ role: 'user', content: USER }], max_tokens: 4, temperature: 0 })
     assert.equal(r.usage!.completion_tokens, 4)

@@ -6,6 +6,8 @@ import { freemem } from 'node:os'
 import { initBackend, Checkpoint, loadManifest, shortId } from '@plexus/runtime'
 import type { BackendName } from '@plexus/runtime'
 import { SwarmMember } from './swarm-member.ts'
+import { NodeMetrics } from './metrics.ts'
+import { nodeBackends } from './server.ts'
 
 interface CommonArgs {
   listen: string[]
@@ -26,6 +28,8 @@ export interface JoinArgs extends CommonArgs {
   memory?: number
   rebalanceInterval: number
   balanceFactor: number
+  metricsPort?: number
+  metricsHost: string
 }
 
 export class UsageError extends Error {
@@ -92,7 +96,10 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     throw err
   }
   const addrs = fullAddrs(node)
+  const metrics = new NodeMetrics({ backends: () => nodeBackends(node) })
+  const metricsServer = args.metricsPort != null ? await metrics.listen(args.metricsPort, args.metricsHost) : undefined
   const member = new SwarmMember({ node, privateKey, checkpoint: ckpt, manifest }, {
+    metrics,
     backend: backendName,
     blocks,
     // default: most of the memory free now (weights and caches must fit in RAM)
@@ -105,7 +112,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     onServing: (event, span) => {
       const what = `blocks ${span.start}–${span.end - 1} of ${manifest.name} (${shortId(manifest.id)}) on ${backendName} at ${span.throughput.toFixed(1)} tokens/s per block`
       emit(event, event === 'ready' ? `serving ${what}\npeer ${node.peerId}\n${addrs.map(a => '  ' + a).join('\n')}` : `moved: now serving ${what}`,
-        { peerId: node.peerId.toString(), addrs, modelId: manifest.id, modelName: manifest.name, start: span.start, end: span.end, throughput: span.throughput, backend: backendName })
+        { peerId: node.peerId.toString(), addrs, modelId: manifest.id, modelName: manifest.name, start: span.start, end: span.end, throughput: span.throughput, backend: backendName, metricsPort: metricsServer?.port })
     }
   })
   try {
@@ -117,6 +124,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
   }
   onShutdown(async () => {
     await member.stop()
+    await metricsServer?.close()
     await node.stop()
     await ckpt.close()
   })

@@ -5,6 +5,7 @@ import type { Checkpoint, ModelManifest } from '@plexus/runtime'
 import { createSessionHandler, SESSION_PROTOCOL } from './session-handler.ts'
 import { serveModelFiles } from './model-files-handler.ts'
 import { BackendSet } from './backend.ts'
+import type { NodeMetrics } from './metrics.ts'
 import type { BlockBackend } from './backend.ts'
 
 export interface PlexusServerComponents {
@@ -26,12 +27,17 @@ export interface PlexusServerInit {
   /** This node can hand out the model's client parts (embeddings, head, tokenizer). */
   offersHead?: boolean
   maxInboundStreams?: number
+  /** Where to count steps and errors (the node's /metrics). */
+  metrics?: NodeMetrics
 }
 
 const VERSION = '0.1.0'
 
 // One session handler per node, shared by every span it serves (two while it moves).
 const sessionBackends = new WeakMap<PlexusNode, BackendSet>()
+
+/** The spans a node serves right now (for metrics and status). */
+export function nodeBackends (node: PlexusNode): BackendSet | undefined { return sessionBackends.get(node) }
 
 /**
  * A node serving blocks `[start, end)` of one model: the session protocol, signed announcements
@@ -80,7 +86,11 @@ export class PlexusServer {
     if (set == null) {
       set = new BackendSet()
       sessionBackends.set(node, set)
-      await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log, privateKey: this.c.privateKey }), {
+      const metrics = this.init.metrics
+      await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log, privateKey: this.c.privateKey }, {
+        onStep: metrics != null ? (info) => { metrics.step(info) } : undefined,
+        onError: metrics != null ? (code) => { metrics.error(code) } : undefined
+      }), {
         maxInboundStreams: this.init.maxInboundStreams ?? 1024
       })
     }

@@ -6,6 +6,7 @@ import type { Checkpoint, ModelManifest, BackendName } from '@plexus/runtime'
 import { BlockBackend } from './backend.ts'
 import { PlexusServer } from './server.ts'
 import { cachedThroughput } from './throughput.ts'
+import type { NodeMetrics } from './metrics.ts'
 import { chooseStart, planMove, blocksThatFit } from './block-selection.ts'
 import type { ServedSpan } from './block-selection.ts'
 
@@ -32,6 +33,7 @@ export interface SwarmMemberInit {
   /** Random wait before choosing, so nodes started together see each other's choices. */
   joinJitterMs?: number
   cacheDir?: string
+  metrics?: NodeMetrics
   onServing?: (event: 'ready' | 'moved', span: { start: number, end: number, throughput: number }) => void
 }
 
@@ -100,7 +102,7 @@ export class SwarmMember {
     })
     const throughput = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir })
     const server = new PlexusServer({ node: this.c.node, privateKey: this.c.privateKey, backend, manifest, checkpoint: ckpt }, {
-      throughput, offersHead: this.init.offersHead ?? (start === 0 || end === cfg.numLayers)
+      throughput, offersHead: this.init.offersHead ?? (start === 0 || end === cfg.numLayers), metrics: this.init.metrics
     })
     await server.start()
     this.server = server

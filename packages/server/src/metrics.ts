@@ -1,0 +1,61 @@
+import { createServer } from 'node:http'
+import type { Server } from 'node:http'
+import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom-client'
+import type { BackendSet } from './backend.ts'
+import type { ErrorCode } from '@plexus/protocol'
+
+/**
+ * Prometheus metrics of a node: steps, tokens, step latency, errors by code, and — read at
+ * scrape time from the backends — open sessions and KV-cache bytes reserved and held.
+ */
+export class NodeMetrics {
+  readonly registry = new Registry()
+  private readonly steps: Counter<'kind'>
+  private readonly tokens: Counter
+  private readonly latency: Histogram<'kind'>
+  private readonly errors: Counter<'code'>
+
+  constructor (components: { backends: () => BackendSet | undefined }) {
+    const r = this.registry
+    collectDefaultMetrics({ register: r, prefix: 'plexus_node_process_' })
+    this.steps = new Counter({ name: 'plexus_node_steps_total', help: 'Steps served, by kind (prefill: more than one token)', labelNames: ['kind'], registers: [r] })
+    this.tokens = new Counter({ name: 'plexus_node_tokens_total', help: 'Token positions computed', registers: [r] })
+    this.latency = new Histogram({
+      name: 'plexus_node_step_seconds', help: 'Compute time of one step', labelNames: ['kind'], registers: [r],
+      buckets: [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
+    })
+    this.errors = new Counter({ name: 'plexus_node_errors_total', help: 'Error answers sent, by code', labelNames: ['code'], registers: [r] })
+    const all = (): ReturnType<BackendSet['all']> => components.backends()?.all() ?? []
+    new Gauge({ name: 'plexus_node_sessions', help: 'Open inference sessions', registers: [r], collect () { this.set(all().reduce((n, b) => n + b.sessionCount, 0)) } })
+    new Gauge({ name: 'plexus_node_cache_reserved_bytes', help: 'KV-cache bytes reserved by open sessions (at their max length)', registers: [r], collect () { this.set(all().reduce((n, b) => n + b.reservedBytes, 0)) } })
+    new Gauge({ name: 'plexus_node_cache_used_bytes', help: 'KV-cache bytes held now', registers: [r], collect () { this.set(all().reduce((n, b) => n + b.cacheBytesInUse(), 0)) } })
+    new Gauge({ name: 'plexus_node_blocks_served', help: 'Blocks served', registers: [r], collect () { this.set(all().reduce((n, b) => n + (b.end - b.start), 0)) } })
+  }
+
+  step (info: { tokens: number, computeMs: number }): void {
+    const kind = info.tokens > 1 ? 'prefill' : 'decode'
+    this.steps.inc({ kind })
+    this.tokens.inc(info.tokens)
+    this.latency.observe({ kind }, info.computeMs / 1000)
+  }
+
+  error (code: ErrorCode): void { this.errors.inc({ code }) }
+
+  /** Serves `GET /metrics` on `host:port` (port 0: any free port); resolves with the bound port. */
+  async listen (port: number, host = '127.0.0.1'): Promise<{ port: number, close: () => Promise<void> }> {
+    const server: Server = createServer((req, res) => {
+      if (req.method !== 'GET' || req.url?.split('?')[0] !== '/metrics') {
+        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try GET /metrics\n')
+        return
+      }
+      this.registry.metrics().then(text => {
+        res.writeHead(200, { 'content-type': this.registry.contentType }).end(text)
+      }, err => {
+        res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${err.message}\n`)
+      })
+    })
+    await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(port, host, () => resolve()) })
+    const bound = (server.address() as { port: number }).port
+    return { port: bound, close: async () => { await new Promise(resolve => server.close(() => resolve(undefined))) } }
+  }
+}
