@@ -8,10 +8,11 @@ import type { PlexusNode } from '@plexus/p2p'
 import { SESSION_PROTOCOL, signCommitment, verifyCommitment, tensorDigest } from '@plexus/protocol'
 import type { StepCommitmentBody } from '@plexus/protocol'
 import { initBackend, Checkpoint, Span, ModelHead, loadManifest, inProcessRunner } from '@plexus/runtime'
-import { BlockBackend, BackendSet } from '../packages/server/src/backend.ts'
+import { BlockBackend, BackendSet, applyFaults } from '../packages/server/src/backend.ts'
+import type { FaultInjection } from '../packages/server/src/backend.ts'
 import { createSessionHandler } from '../packages/server/src/session-handler.ts'
 import { RemoteSpanSession, PeerFailure } from '../packages/client/src/inference/remote-span.ts'
-import { fixtureDir, golden } from './support/fixtures.ts'
+import { fixtureDir, golden, maxAbsDiff } from './support/fixtures.ts'
 
 describe('step commitments', function () {
   this.timeout(60_000)
@@ -24,9 +25,9 @@ describe('step commitments', function () {
   let client: PlexusNode
   const backends: BlockBackend[] = []
 
-  const serve = async (privateKey?: PrivateKey): Promise<PlexusNode> => {
+  const serve = async (privateKey?: PrivateKey, faults?: FaultInjection): Promise<PlexusNode> => {
     const node = await createPlexusNode({ privateKey: privateKey ?? await generateKeyPair('Ed25519'), dhtMode: 'server' })
-    const backend = new BlockBackend({ runner: inProcessRunner(await Span.load(ckpt, 0, 2)), config: ckpt.config }, { modelId })
+    const backend = new BlockBackend({ runner: inProcessRunner(await Span.load(ckpt, 0, 2)), config: ckpt.config }, { modelId, faults })
     backends.push(backend)
     await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: BackendSet.of(backend), log: node.logger.forComponent('test'), privateKey }))
     return node
@@ -72,6 +73,31 @@ describe('step commitments', function () {
   it('a result without a commitment fails the step (the client re-routes)', async () => {
     const s = await open(silent)
     await assert.rejects(s.forward(head.embed([1, 2]), 2), (err: Error) => err instanceof PeerFailure && /without a step commitment/.test(err.message))
+  })
+
+  it('binds a lying server (fault injection) to the wrong output it sent', async () => {
+    const liar = await serve(await generateKeyPair('Ed25519'), { perturb: { probability: 1, scale: 0.1 } })
+    const x = head.embed([1, 5, 9])
+    const truth = await (await open(honest)).forward(x, 3)
+    const s = await open(liar)
+    const lie = await s.forward(x, 3)
+    assert.ok(maxAbsDiff(lie, truth) > 1e-2, 'the injected fault changes the output')
+    assert.equal(s.commitments[0].outputDigest, await tensorDigest(lie))
+    assert.notEqual(s.commitments[0].outputDigest, await tensorDigest(truth))
+    await liar.stop()
+  })
+
+  it('fault injection: skip returns the input, perturb scales with the output, off does nothing', () => {
+    const input = Float32Array.from([1, 2, 3, 4])
+    const output = Float32Array.from([10, -10, 10, -10])
+    assert.deepEqual(applyFaults({ skip: { probability: 1 } }, input, output), input)
+    assert.equal(applyFaults({ skip: { probability: 0 }, perturb: { probability: 0, scale: 1 } }, input, output), output)
+    const big = new Float32Array(10_000).fill(3)
+    const noisy = applyFaults({ perturb: { probability: 1, scale: 0.5 } }, big, big)
+    let ss = 0
+    for (let i = 0; i < big.length; i++) ss += (noisy[i] - 3) ** 2
+    const rms = Math.sqrt(ss / big.length)
+    assert.ok(rms > 1.3 && rms < 1.7, `noise RMS ${rms} ≈ 0.5 × 3`)
   })
 
   it('rejects forged, altered, misattributed and mismatched commitments', async () => {

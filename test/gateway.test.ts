@@ -206,7 +206,7 @@ describe('HTTP gateway over a 3-node swarm', function () {
       await new Promise(resolve => setTimeout(resolve, 100))
     }
     // and every server of the route freed it too (their own /metrics)
-    for (const n of swarm.nodes) {
+    for (const n of swarm!.nodes) {
       for (;;) {
         const text = await (await fetch(`http://127.0.0.1:${n.ready.metricsPort}/metrics`)).text()
         const open = Number(/^plexus_node_sessions (\d+)/m.exec(text)?.[1])

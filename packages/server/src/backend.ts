@@ -14,6 +14,36 @@ export interface BlockBackendInit {
   cacheBudgetBytes?: number
   /** Sessions idle longer than this are closed and their memory freed. */
   idleTimeoutMs?: number
+  /** Deliberate faults, for testing verification; off unless set (see docs/operations.md). */
+  faults?: FaultInjection
+}
+
+/**
+ * A dishonest or lazy server, simulated: with probability `perturb.probability` per step, add
+ * Gaussian noise of `perturb.scale` × the output's RMS; with `skip.probability`, return the input
+ * as if the blocks had not been run (the cache still advances, so the session stays usable).
+ */
+export interface FaultInjection {
+  perturb?: { probability: number, scale: number }
+  skip?: { probability: number }
+  random?: () => number
+}
+
+export function applyFaults (f: FaultInjection, input: Float32Array, output: Float32Array): Float32Array {
+  const random = f.random ?? Math.random
+  if (f.skip != null && random() < f.skip.probability) return input.slice()
+  if (f.perturb != null && random() < f.perturb.probability) {
+    let ss = 0
+    for (let i = 0; i < output.length; i++) ss += output[i] * output[i]
+    const sigma = f.perturb.scale * Math.sqrt(ss / output.length)
+    const out = output.slice()
+    for (let i = 0; i < out.length; i++) {
+      // Box–Muller
+      out[i] += sigma * Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random())
+    }
+    return out
+  }
+  return output
 }
 
 interface ServerSession {
@@ -45,6 +75,7 @@ export class BlockBackend {
   private readonly maxSessions: number
   private readonly cacheBudget: number
   private readonly idleTimeoutMs: number
+  private readonly faults?: FaultInjection
   private reserved = 0
   private inFlight = 0
   private draining = false
@@ -59,6 +90,7 @@ export class BlockBackend {
     this.maxSessions = init.maxSessions ?? 64
     this.cacheBudget = init.cacheBudgetBytes ?? 2 * 2 ** 30
     this.idleTimeoutMs = init.idleTimeoutMs ?? 5 * 60_000
+    this.faults = init.faults
     this.sweeper = setInterval(() => { void this.expireIdle() }, Math.min(10_000, this.idleTimeoutMs)).unref()
   }
 
@@ -116,7 +148,8 @@ export class BlockBackend {
     s.busy = true
     this.inFlight++
     try {
-      return await s.span.forward(hidden, tokens)
+      const out = await s.span.forward(hidden, tokens)
+      return this.faults == null ? out : applyFaults(this.faults, hidden, out)
     } finally {
       s.busy = false
       this.inFlight--

@@ -6,6 +6,7 @@ import { freemem } from 'node:os'
 import { initBackend, Checkpoint, loadManifest, shortId } from '@plexus/runtime'
 import type { BackendName } from '@plexus/runtime'
 import { SwarmMember } from './swarm-member.ts'
+import type { FaultInjection } from './backend.ts'
 import { NodeMetrics } from './metrics.ts'
 import { nodeBackends } from './server.ts'
 
@@ -30,6 +31,23 @@ export interface JoinArgs extends CommonArgs {
   balanceFactor: number
   metricsPort?: number
   metricsHost: string
+  faultPerturb?: string
+  faultSkip?: number
+}
+
+/** `--fault-perturb P,SCALE` / `--fault-skip P` → the backend's fault injection (testing only). */
+export function parseFaults (args: Pick<JoinArgs, 'faultPerturb' | 'faultSkip'>): FaultInjection | undefined {
+  const faults: FaultInjection = {}
+  if (args.faultPerturb != null) {
+    const [p, scale] = args.faultPerturb.split(',').map(Number)
+    if (!(p >= 0 && p <= 1) || !(scale > 0)) throw new UsageError(`--fault-perturb ${args.faultPerturb}: expected PROBABILITY,SCALE with 0 ≤ PROBABILITY ≤ 1 and SCALE > 0`)
+    faults.perturb = { probability: p, scale }
+  }
+  if (args.faultSkip != null) {
+    if (!(args.faultSkip >= 0 && args.faultSkip <= 1)) throw new UsageError(`--fault-skip ${args.faultSkip}: expected a probability in [0, 1]`)
+    faults.skip = { probability: args.faultSkip }
+  }
+  return faults.perturb != null || faults.skip != null ? faults : undefined
 }
 
 export class UsageError extends Error {
@@ -98,8 +116,11 @@ export async function runJoin (args: JoinArgs): Promise<void> {
   const addrs = fullAddrs(node)
   const metrics = new NodeMetrics({ backends: () => nodeBackends(node) })
   const metricsServer = args.metricsPort != null ? await metrics.listen(args.metricsPort, args.metricsHost) : undefined
+  const faults = parseFaults(args)
+  if (faults != null) process.stderr.write('plexus-node: WARNING: fault injection is on: this node deliberately returns wrong activations (testing only)\n')
   const member = new SwarmMember({ node, privateKey, checkpoint: ckpt, manifest }, {
     metrics,
+    faults,
     backend: backendName,
     blocks,
     // default: most of the memory free now (weights and caches must fit in RAM)

@@ -4,6 +4,7 @@ import type { PlexusNode } from '@plexus/p2p'
 import { loadSpanRunners, chainRunners, blockBytes } from '@plexus/runtime'
 import type { Checkpoint, ModelManifest, BackendName } from '@plexus/runtime'
 import { BlockBackend } from './backend.ts'
+import type { FaultInjection } from './backend.ts'
 import { PlexusServer } from './server.ts'
 import { cachedThroughput } from './throughput.ts'
 import type { NodeMetrics } from './metrics.ts'
@@ -34,6 +35,7 @@ export interface SwarmMemberInit {
   joinJitterMs?: number
   cacheDir?: string
   metrics?: NodeMetrics
+  faults?: FaultInjection
   onServing?: (event: 'ready' | 'moved', span: { start: number, end: number, throughput: number }) => void
 }
 
@@ -98,7 +100,7 @@ export class SwarmMember {
     // Always in worker threads: a long prefill must not stall this thread's networking (pings).
     const runner = chainRunners(await loadSpanRunners(ckpt, start, end, { placement: 'workers', blockDigests: manifest.blockDigests }))
     const backend = new BlockBackend({ runner, config: cfg }, {
-      modelId: manifest.id, maxSessions: this.init.maxSessions, cacheBudgetBytes: this.init.cacheBudgetBytes
+      modelId: manifest.id, maxSessions: this.init.maxSessions, cacheBudgetBytes: this.init.cacheBudgetBytes, faults: this.init.faults
     })
     const throughput = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir })
     const server = new PlexusServer({ node: this.c.node, privateKey: this.c.privateKey, backend, manifest, checkpoint: ckpt }, {
