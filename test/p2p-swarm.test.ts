@@ -1,12 +1,15 @@
 // A real swarm on 127.0.0.1 in one process: a bootstrap DHT server, three servers announcing
 // overlapping spans of one model, and a DHT client that finds them and checks what they serve.
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { multiaddr } from '@multiformats/multiaddr'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import {
   createPlexusNode, dialBootstrap, waitForDhtPeers, Announcer, serveInfo, fetchInfo, signAnnouncement,
   findBlockHolders, findServers, dhtPeerCount
 } from '@plexus/p2p'
 import type { PlexusNode, PlexusNodeInit, AnnounceRound, PrivateKey } from '@plexus/p2p'
+import type { ChildProcess } from 'node:child_process'
 
 const MODEL = '5e'.repeat(32)
 const NUM_BLOCKS = 8
@@ -14,6 +17,7 @@ const SPANS: Array<[number, number]> = [[0, 4], [2, 6], [4, 8]]
 // short provider lifetimes so a vanished server's records age out within the test
 const VALIDITY_MS = 4000
 const timings: Record<string, number> = {}
+const RELAXED_MONITOR = { pingInterval: 10_000, pingTimeout: { minTimeout: 10_000, maxTimeout: 20_000 } }
 // each node's private key, for signing its records
 const keys = new Map<PlexusNode, PrivateKey>()
 const key = (n: PlexusNode): PrivateKey => {
@@ -31,7 +35,10 @@ describe('p2p: swarm discovery and info', function () {
   const all = (): PlexusNode[] => [boot, ...servers, client].filter(n => n != null)
   const make = async (init: Omit<PlexusNodeInit, 'privateKey'>): Promise<PlexusNode> => {
     const privateKey = await generateKeyPair('Ed25519')
-    const node = await createPlexusNode({ privateKey, providerValidityMs: VALIDITY_MS, ...init })
+    // six nodes share this process's event loop: on a busy machine a stall over 1 s made the
+    // default 1-3 s liveness pings drop connections mid-query, so relax them here (the default
+    // is tested with a real frozen process below)
+    const node = await createPlexusNode({ privateKey, providerValidityMs: VALIDITY_MS, connectionMonitor: RELAXED_MONITOR, ...init })
     keys.set(node, privateKey)
     return node
   }
@@ -197,6 +204,39 @@ describe('p2p: a node with no DHT peers', function () {
     assert.deepEqual([...holders.values()].map(h => h.length), [0, 0, 0])
     assert.ok(Date.now() - t1 < 1500, `took ${Date.now() - t1} ms`)
     await assert.rejects(findServers(lone, { signal: AbortSignal.timeout(200) }), { name: 'TimeoutError' })
+  })
+})
+
+describe('p2p: a frozen peer', function () {
+  this.timeout(20_000)
+  let child: ChildProcess | undefined
+  let node: PlexusNode | undefined
+  after(async () => {
+    child?.kill('SIGKILL')
+    await node?.stop()
+  })
+
+  it('is dropped within ~3 s with the default liveness pings', async () => {
+    const code = "import { createPlexusNode } from '@plexus/p2p'; import { generateKeyPair } from '@libp2p/crypto/keys'; " +
+      "const n = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), dhtMode: 'server' }); console.log(n.getMultiaddrs()[0].toString())"
+    const proc = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] })
+    child = proc
+    const addr = await new Promise<string>((resolve, reject) => {
+      proc.stdout.once('data', (d: Buffer) => { resolve(d.toString().trim()) })
+      proc.once('exit', c => { reject(new Error(`child node exited (${c})`)) })
+    })
+    node = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), dhtMode: 'client' })
+    const conn = await node.dial(multiaddr(addr), { signal: AbortSignal.timeout(5000) })
+    const remote = conn.remotePeer
+    const dropped = new Promise<void>(resolve => {
+      node?.addEventListener('peer:disconnect', e => { if (e.detail.equals(remote)) resolve() })
+    })
+    const t0 = Date.now()
+    proc.kill('SIGSTOP')
+    await dropped
+    timings.frozenPeerDroppedMs = Date.now() - t0
+    assert.ok(timings.frozenPeerDroppedMs < 6000, `took ${timings.frozenPeerDroppedMs} ms`)
+    if (process.env.PLEXUS_P2P_TIMINGS != null) console.log('    frozen peer dropped after', timings.frozenPeerDroppedMs, 'ms')
   })
 })
 

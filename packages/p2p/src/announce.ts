@@ -63,7 +63,10 @@ export interface AnnouncerInit {
 }
 
 export interface AnnounceRound {
-  /** CIDs stored on at least one other peer. */
+  /**
+   * CIDs sent to at least one other peer (in a node's first successful round: and seen
+   * stored there by a lookup).
+   */
   provided: number
   /** CIDs that reached no peer (no DHT peers yet, timeouts, errors). */
   unreached: number
@@ -84,6 +87,7 @@ export class Announcer {
   private timer?: ReturnType<typeof setTimeout>
   private running?: Promise<AnnounceRound>
   private retryMs = 1000
+  private confirmed = false
 
   constructor (components: AnnouncerComponents, init: AnnouncerInit) {
     const { modelId, start, end } = init
@@ -173,13 +177,15 @@ export class Announcer {
       // nobody to store records with: a provide would only wait out its deadline
       result.unreached = this.cids.length
     } else {
-      const queue = [...this.cids]
-      await Promise.all(Array.from({ length: Math.min(this.init.concurrency, queue.length) }, async () => {
-        for (let cid = queue.shift(); cid != null && !signal.aborted; cid = queue.shift()) {
-          if (await this.provide(cid, signal) > 0) result.provided++
-          else result.unreached++
-        }
-      }))
+      // ADD_PROVIDER is fire-and-forget: "sent" is not yet "stored". Until one round has been
+      // seen stored, look each record up again, so that start() resolving means findable.
+      const confirm = !this.confirmed
+      await this.eachCid(signal, async cid => {
+        const sent = await this.provide(cid, signal) > 0
+        if (sent && (!confirm || await this.findable(cid, signal))) result.provided++
+        else result.unreached++
+      })
+      if (confirm && result.unreached === 0 && !signal.aborted) this.confirmed = true
     }
     result.ms = Date.now() - t0
     if (signal.aborted) return result
@@ -198,7 +204,31 @@ export class Announcer {
     return result
   }
 
-  /** Provides one CID; returns how many peers stored the record. */
+  private async eachCid (signal: AbortSignal, fn: (cid: CID) => Promise<void>): Promise<void> {
+    const queue = [...this.cids]
+    await Promise.all(Array.from({ length: Math.min(this.init.concurrency, queue.length) }, async () => {
+      for (let cid = queue.shift(); cid != null && !signal.aborted; cid = queue.shift()) await fn(cid)
+    }))
+  }
+
+  /** True once another peer answers a lookup of `cid` with us among the providers. */
+  private async findable (cid: CID, stop: AbortSignal): Promise<boolean> {
+    const self = this.node.peerId
+    const signal = AbortSignal.any([stop, AbortSignal.timeout(Math.min(this.init.provideTimeoutMs, 10_000))])
+    while (!signal.aborted) {
+      try {
+        for await (const e of this.node.services.dht.findProviders(cid, { signal })) {
+          // PROVIDER events are de-duplicated against our local record, raw responses are not
+          if (e.name === 'PEER_RESPONSE' && !e.from.equals(self) && e.providers.some(p => p.id.equals(self))) return true
+        }
+      } catch {}
+      await sleep(50, signal)
+    }
+    this.log('provider record for %c was sent but is not findable yet', cid)
+    return false
+  }
+
+  /** Provides one CID; returns to how many peers the record was sent. */
   private async provide (cid: CID, stop: AbortSignal): Promise<number> {
     const signal = AbortSignal.any([stop, AbortSignal.timeout(this.init.provideTimeoutMs)])
     let stored = 0

@@ -11,7 +11,7 @@ import { webRTC } from '@libp2p/webrtc'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import type { Identify } from '@libp2p/identify'
-import type { Libp2pOptions } from 'libp2p'
+import type { ConnectionMonitorInit, Libp2pOptions } from 'libp2p'
 import type { ComponentLogger, Libp2p, PrivateKey } from '@libp2p/interface'
 import type { KadDHT } from '@libp2p/kad-dht'
 import type { Ping } from '@libp2p/ping'
@@ -65,6 +65,12 @@ export interface PlexusNodeInit {
    * than this. Stale records of a vanished peer disappear after at most this plus 30 s.
    */
   providerValidityMs?: number
+  /**
+   * Liveness pings. Default: every 2 s, timeout 1-3 s (adaptive), so a frozen peer is dropped
+   * in ~3 s. The price: a node whose event loop stalls for over ~1 s (heavy compute on the main
+   * thread, a CPU-starved machine) gets its connections dropped too; relax it there.
+   */
+  connectionMonitor?: ConnectionMonitorInit
   /** Route libp2p's and Plexus' logs (default: libp2p's `DEBUG=`-controlled logger). */
   logger?: ComponentLogger
 }
@@ -102,7 +108,7 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
       maxIncomingPendingConnections: 1_000
     },
     // notice a frozen (SIGSTOP'd, hung) peer in ~3 s instead of ~15 s
-    connectionMonitor: { pingInterval: 2000, pingTimeout: { minTimeout: 1000, maxTimeout: 3000 } },
+    connectionMonitor: init.connectionMonitor ?? { pingInterval: 2000, pingTimeout: { minTimeout: 1000, maxTimeout: 3000 } },
     services: {
       identify: identify(),
       ping: ping(),
