@@ -37,6 +37,13 @@ describe('block selection', () => {
     // two holes, one move can close only one: it still moves (fewer uncovered blocks)
     const one = planMove([s('a', 0, 2), s('b', 0, 2), s('c', 3, 5)], s('b', 0, 2), 7)
     assert.ok(one != null && (one.start === 1 || one.start === 2 || one.start === 5))
+    // a deadlock no single move breaks: c slides aside (changing nothing) so that b can cover 5
+    const spans = [s('a', 0, 2), s('c', 1, 3), s('b', 3, 5)]
+    assert.equal(planMove(spans, s('b', 3, 5), 6)?.kind, undefined)
+    const aside = planMove(spans, s('c', 1, 3), 6)
+    assert.deepEqual(aside && [aside.kind, aside.start], ['enable', 2])
+    const then = planMove([s('a', 0, 2), s('c', 2, 4), s('b', 3, 5)], s('b', 3, 5), 6)
+    assert.deepEqual(then && [then.kind, then.start], ['improve', 4])
     // balanced swarm: no move
     assert.equal(planMove([s('a', 0, 3), s('b', 3, 6), s('c', 0, 3), s('d', 3, 6)], s('a', 0, 3), 6), undefined)
   })

@@ -40,7 +40,14 @@ function compare (a: [number, number], b: [number, number]): number {
   return 0
 }
 
-export interface MovePlan { start: number, end: number, bottleneckBefore: number, bottleneckAfter: number }
+export interface MovePlan {
+  start: number
+  end: number
+  bottleneckBefore: number
+  bottleneckAfter: number
+  /** `improve`: this move helps by itself; `enable`: it lets another node's move help. */
+  kind: 'improve' | 'enable'
+}
 
 /**
  * Whether `me` should move its span, and where: to the position that most raises the swarm's
@@ -48,7 +55,7 @@ export interface MovePlan { start: number, end: number, bottleneckBefore: number
  * never to one that would leave a block it stops serving without another holder. Sliding
  * partly over its own span is allowed, so nodes can shift together to close a gap.
  */
-export function planMove (spans: ServedSpan[], me: ServedSpan, numBlocks: number, factor = 1.2, random: () => number = Math.random): MovePlan | undefined {
+export function planMove (spans: ServedSpan[], me: ServedSpan, numBlocks: number, factor = 1.2, random: () => number = Math.random, lookahead = true): MovePlan | undefined {
   const others = spans.filter(s => s.peer !== me.peer)
   const without = blockThroughputs(others, numBlocks)
   // a position's worth: its bottleneck, then (while blocks are uncovered) how few are
@@ -57,22 +64,36 @@ export function planMove (spans: ServedSpan[], me: ServedSpan, numBlocks: number
   const length = me.end - me.start
   let best: number[] = []
   let bestAfter: [number, number] = [-Infinity, -Infinity]
+  const safeStarts: number[] = []
   for (let start = 0; start + length <= numBlocks; start++) {
     if (start === me.start) continue
     let safe = true
     for (let b = me.start; b < me.end && safe; b++) if ((b < start || b >= start + length) && without[b] <= 0) safe = false
     if (!safe) continue
+    safeStarts.push(start)
     const after = worth(blockThroughputs([...others, { ...me, start, end: start + length }], numBlocks))
     const cmp = after[0] !== bestAfter[0] ? after[0] - bestAfter[0] : after[1] - bestAfter[1]
     if (cmp > 0) { best = [start]; bestAfter = after } else if (cmp === 0) best.push(start)
   }
-  if (best.length === 0) return undefined
-  const better = before[0] <= 0
+  const better = best.length > 0 && (before[0] <= 0
     ? bestAfter[0] > 0 || bestAfter[1] > before[1]
-    : bestAfter[0] > before[0] * factor
-  if (!better) return undefined
-  const start = best[Math.floor(random() * best.length)]
-  return { start, end: start + length, bottleneckBefore: before[0], bottleneckAfter: bestAfter[0] }
+    : bestAfter[0] > before[0] * factor)
+  if (better) {
+    const start = best[Math.floor(random() * best.length)]
+    return { start, end: start + length, bottleneckBefore: before[0], bottleneckAfter: bestAfter[0], kind: 'improve' }
+  }
+  // Blocks are uncovered and no single move helps: make room with a move that changes nothing by
+  // itself but lets another node cover a hole next round (nodes otherwise wait for each other).
+  if (!lookahead || before[0] > 0) return undefined
+  for (const start of safeStarts) {
+    const moved = { ...me, start, end: start + length }
+    const now = [...others, moved]
+    if (worth(blockThroughputs(now, numBlocks))[1] < before[1]) continue
+    if (others.some(o => planMove(now, o, numBlocks, factor, () => 0, false)?.kind === 'improve')) {
+      return { start, end: start + length, bottleneckBefore: before[0], bottleneckAfter: before[0], kind: 'enable' }
+    }
+  }
+  return undefined
 }
 
 /**

@@ -124,8 +124,10 @@ export class SwarmMember {
       // Nodes that would gain by moving decide alike from the same view: only the first of them
       // (by peer id) moves this round, so two holders of a block never both leave it at once.
       const all = [...others, me]
-      const movers = all.filter(s => planMove(all, s, L, factor, () => 0) != null).map(s => s.peer).sort()
-      if (movers[0] !== me.peer) return false
+      const rank = (k: 'improve' | 'enable'): number => k === 'improve' ? 0 : 1
+      const movers = all.flatMap(s => { const p = planMove(all, s, L, factor, () => 0); return p != null ? [{ peer: s.peer, kind: p.kind }] : [] })
+        .sort((a, b) => rank(a.kind) - rank(b.kind) || (a.peer < b.peer ? -1 : 1))
+      if (movers[0]?.peer !== me.peer) return false
       const plan = planMove(all, me, L, factor)
       if (plan == null || this.stopped) return false
       // Views lag: look once more, right before leaving, that the plan is still safe.
