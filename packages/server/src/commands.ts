@@ -67,6 +67,9 @@ async function key (path?: string): Promise<PrivateKey> {
 
 /** Stops cleanly on SIGINT/SIGTERM (a second signal exits at once). */
 function onShutdown (stop: () => Promise<void>): void {
+  // Diagnosing memory: under `node --expose-gc`, SIGUSR2 runs a full garbage collection.
+  const gc = (globalThis as { gc?: () => void }).gc
+  if (gc != null) process.on('SIGUSR2', () => { gc() })
   let stopping = false
   const handler = (sig: string): void => {
     if (stopping) process.exit(1)

@@ -30,6 +30,8 @@ export interface SwarmSessionInit {
   stepTimeoutMs?: number
   /** Route repairs allowed over the session's life before giving up. */
   maxRepairs?: number
+  /** How long to wait for a full server to have room before answering `busy`. */
+  busyWaitMs?: number
 }
 
 /** Pauses before re-looking for holders of blocks nobody seems to serve, ms. */
@@ -75,18 +77,33 @@ export class SwarmSession implements SessionPipeline {
 
   /** Opens sessions on a fresh route through `[from, to)`, skipping banned or refusing peers. */
   private async openRoute (from: number, to: number): Promise<LiveHop[]> {
+    const busyDeadline = Date.now() + (this.init.busyWaitMs ?? 15_000)
+    let refresh = false
+    let noRoute = 0
     for (let attempt = 0; ; attempt++) {
-      const all = await this.c.source.candidates({ refresh: attempt > 0 })
+      const all = await this.c.source.candidates({ refresh })
+      refresh = true
       const usable = all.filter(c => !this.c.bans.isBanned(c.peer))
       let route
       try {
         route = findRoute(usable, from, to, this.init.modelName)
       } catch (err) {
         if (!(err instanceof NoRouteError)) throw err
+        // Holders that are only full get room back as sessions end: wait a while for them.
+        const busy = all.filter(c => this.c.bans.isBusy(c.peer))
+        if (busy.length > 0 && findRouteOrUndefined([...usable, ...busy], from, to) != null) {
+          if (Date.now() >= busyDeadline) {
+            throw new RemoteError(busy[0].peer, 'busy', `busy: every server of ${describeBlocks([from, to])} of ${this.init.modelName} is full (${busy.length} tried); try again later`)
+          }
+          await new Promise(resolve => setTimeout(resolve, 250 + Math.random() * 500))
+          refresh = false
+          attempt--
+          continue
+        }
         // The cached view may predate new holders, and fresh provider records take a moment to
         // spread: look again a few times (≈ 3 s in all) before giving up.
-        if (attempt < NO_ROUTE_RETRIES.length) {
-          await new Promise(resolve => setTimeout(resolve, NO_ROUTE_RETRIES[attempt]))
+        if (noRoute < NO_ROUTE_RETRIES.length) {
+          await new Promise(resolve => setTimeout(resolve, NO_ROUTE_RETRIES[noRoute++]))
           continue
         }
         if (usable.length < all.length) {
@@ -175,6 +192,10 @@ export class SwarmSession implements SessionPipeline {
     this.closed = true
     await Promise.all(this.hops.map(async h => { await h.session.close() }))
   }
+}
+
+function findRouteOrUndefined (candidates: ServerCandidate[], from: number, to: number): ReturnType<typeof findRoute> | undefined {
+  try { return findRoute(candidates, from, to) } catch { return undefined }
 }
 
 function concat (parts: Float32Array[]): Float32Array {

@@ -1,3 +1,5 @@
+export const BUSY_BAN_MS = 2_000
+
 /**
  * Peers that failed recently, banned with exponential backoff: a flaky server is retried
  * later rather than never, and a dead one stops costing a timeout per route.
@@ -5,6 +7,8 @@
 export class BanList {
   private readonly until = new Map<string, number>()
   private readonly strikes = new Map<string, number>()
+  /** Peers whose current ban is only for being full. */
+  private readonly busy = new Set<string>()
   private readonly baseMs: number
   private readonly maxMs: number
   private readonly now: () => number
@@ -18,9 +22,11 @@ export class BanList {
   /** `busy` bans briefly without a strike: the server is healthy, just full. */
   fail (peer: string, kind: 'failure' | 'busy' = 'failure'): void {
     if (kind === 'busy') {
-      this.until.set(peer, Math.max(this.until.get(peer) ?? 0, this.now() + 2_000))
+      this.until.set(peer, Math.max(this.until.get(peer) ?? 0, this.now() + BUSY_BAN_MS))
+      this.busy.add(peer)
       return
     }
+    this.busy.delete(peer)
     const n = (this.strikes.get(peer) ?? 0) + 1
     this.strikes.set(peer, n)
     this.until.set(peer, this.now() + Math.min(this.maxMs, this.baseMs * 2 ** (n - 1)))
@@ -29,4 +35,7 @@ export class BanList {
   succeed (peer: string): void { this.strikes.delete(peer) }
 
   isBanned (peer: string): boolean { return (this.until.get(peer) ?? 0) > this.now() }
+
+  /** Banned now, but only because it was full (it may have room again soon). */
+  isBusy (peer: string): boolean { return this.isBanned(peer) && this.busy.has(peer) }
 }
