@@ -4,6 +4,8 @@ import type { ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { createPlexusNode, dialBootstrap, discoverServers } from '@plexus/p2p'
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const NODE_BIN = join(ROOT, 'packages/server/bin/plexus-node.js')
@@ -64,19 +66,50 @@ export interface LocalSwarm {
   stop: () => Promise<void>
 }
 
+/**
+ * Waits (bounded) until a fresh client can discover every given server of its model, as a user
+ * joining now would: "ready" means a server announced itself, not that every lookup path has it.
+ */
+export async function untilDiscoverable (bootstrapAddr: string, servers: NodeProcess[], timeoutMs = 30_000): Promise<void> {
+  if (servers.length === 0) return
+  const probe = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), listen: [], dhtMode: 'client' })
+  try {
+    await dialBootstrap(probe, [bootstrapAddr])
+    const until = Date.now() + timeoutMs
+    const byModel = new Map<string, NodeProcess[]>()
+    for (const s of servers) byModel.set(s.ready.modelId, [...(byModel.get(s.ready.modelId) ?? []), s])
+    for (const [modelId, list] of byModel) {
+      for (;;) {
+        const found = new Set((await discoverServers(probe, { modelId, numBlocks: list[0].ready.numBlocks ?? 0, lookupTimeoutMs: 5000 })).map(d => d.peer))
+        if (list.every(s => found.has(s.peerId))) break
+        if (Date.now() > until) throw new Error(`servers not discoverable after ${timeoutMs / 1000} s: ${list.filter(s => !found.has(s.peerId)).map(s => s.name).join(', ')}`)
+        await new Promise(resolve => setTimeout(resolve, 300))
+      }
+    }
+  } finally {
+    await probe.stop()
+  }
+}
+
 /** A bootstrap peer plus one server per span (`blocks` like ['0:4', '4:8', '8:12']), all started in parallel. */
 export async function startSwarm (model: string, blocks: string[], extra: string[] = []): Promise<LocalSwarm> {
   const bootstrap = await startNode({ name: 'bootstrap', args: ['bootstrap'] })
   const bootstrapAddr = bootstrap.addrs[0]
   const nodes: NodeProcess[] = []
-  const add = async (name: string, m: string, b?: string, x: string[] = extra): Promise<NodeProcess> => {
+  const join = async (name: string, m: string, b?: string, x: string[] = extra): Promise<NodeProcess> => {
     const n = await startNode({ name, args: ['join', '--bootstrap', bootstrapAddr, '--model', m, ...(b != null ? ['--blocks', b] : []), ...x] })
     nodes.push(n)
     return n
   }
+  const add = async (name: string, m: string, b?: string, x: string[] = extra): Promise<NodeProcess> => {
+    const n = await join(name, m, b, x)
+    await untilDiscoverable(bootstrapAddr, [n])
+    return n
+  }
   const stop = async (): Promise<void> => { await Promise.all([...nodes, bootstrap].map(async n => { await n.stop() })) }
   try {
-    await Promise.all(blocks.map(async (b, i) => await add(`node${i}[${b}]`, model, b)))
+    await Promise.all(blocks.map(async (b, i) => await join(`node${i}[${b}]`, model, b)))
+    await untilDiscoverable(bootstrapAddr, nodes)
   } catch (err) {
     await stop()
     throw err

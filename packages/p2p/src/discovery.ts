@@ -1,5 +1,5 @@
 import type { PeerId } from '@libp2p/interface'
-import { findBlockHolders } from './announce.ts'
+import { findBlockHolders, findServers } from './announce.ts'
 import { fetchInfo } from './info.ts'
 import type { AnnouncementPayload } from './announcement.ts'
 import type { PlexusNode } from './node.ts'
@@ -34,6 +34,15 @@ export async function discoverServers (node: PlexusNode, opts: DiscoverOptions):
   const holders = await findBlockHolders(node, opts.modelId, blocks, { perBlockTimeoutMs: opts.lookupTimeoutMs ?? 10_000 })
   const unique = new Map<string, PeerId>()
   for (const list of holders.values()) for (const p of list) if (opts.exclude?.has(p.toString()) !== true) unique.set(p.toString(), p)
+  // A block's provider records may not have reached the peers this lookup asked yet (a server
+  // that just started): every server also provides the models key, so ask that too then.
+  if ([...holders.values()].some(list => list.length === 0)) {
+    try {
+      for (const p of await findServers(node, { timeoutMs: opts.lookupTimeoutMs ?? 10_000 })) {
+        if (opts.exclude?.has(p.toString()) !== true) unique.set(p.toString(), p)
+      }
+    } catch {}
+  }
   const found = await Promise.all([...unique.values()].map(async (peerId): Promise<DiscoveredServer[]> => {
     try {
       const t0 = performance.now()

@@ -136,7 +136,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     onServing: (event, span) => {
       const what = `blocks ${span.start}–${span.end - 1} of ${manifest.name} (${shortId(manifest.id)}) on ${backendName} at ${span.throughput.toFixed(1)} tokens/s per block`
       emit(event, event === 'ready' ? `serving ${what}\npeer ${node.peerId}\n${addrs.map(a => '  ' + a).join('\n')}` : `moved: now serving ${what}`,
-        { peerId: node.peerId.toString(), addrs, modelId: manifest.id, modelName: manifest.name, start: span.start, end: span.end, throughput: span.throughput, backend: backendName, metricsPort: metricsServer?.port })
+        { peerId: node.peerId.toString(), addrs, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start: span.start, end: span.end, throughput: span.throughput, backend: backendName, metricsPort: metricsServer?.port })
     }
   })
   try {

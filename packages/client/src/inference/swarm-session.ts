@@ -34,8 +34,11 @@ export interface SwarmSessionInit {
   busyWaitMs?: number
 }
 
-/** Pauses before re-looking for holders of blocks nobody seems to serve, ms. */
-const NO_ROUTE_RETRIES = [0, 500, 1000, 1500]
+/**
+ * Pauses before re-looking for holders of blocks nobody seems to serve, ms (≈ 10 s in all: a
+ * server that just started may take seconds to be findable on a loaded machine).
+ */
+const NO_ROUTE_RETRIES = [0, 500, 1000, 2000, 3000, 3500]
 
 interface LiveHop {
   hop: Hop
@@ -93,7 +96,7 @@ export class SwarmSession implements SessionPipeline {
         const busy = all.filter(c => this.c.bans.isBusy(c.peer))
         if (busy.length > 0 && findRouteOrUndefined([...usable, ...busy], from, to) != null) {
           if (Date.now() >= busyDeadline) {
-            throw new RemoteError(busy[0].peer, 'busy', `busy: every server of ${describeBlocks([from, to])} of ${this.init.modelName} is full (${busy.length} tried); try again later`)
+            throw new RemoteError(busy[0].peer, 'busy', `busy: every server of ${err.missing.map(describeBlocks).join(', ')} of ${this.init.modelName} is full (${busy.length} tried); try again later`)
           }
           await new Promise(resolve => setTimeout(resolve, 250 + Math.random() * 500))
           refresh = false
@@ -101,7 +104,7 @@ export class SwarmSession implements SessionPipeline {
           continue
         }
         // The cached view may predate new holders, and fresh provider records take a moment to
-        // spread: look again a few times (≈ 3 s in all) before giving up.
+        // spread: look again a few times before giving up.
         if (noRoute < NO_ROUTE_RETRIES.length) {
           await new Promise(resolve => setTimeout(resolve, NO_ROUTE_RETRIES[noRoute++]))
           continue

@@ -44,6 +44,15 @@ export class SwarmDiscovery implements CandidateSource {
   async servers (opts: { refresh?: boolean } = {}): Promise<ServerInfo[]> {
     const ttl = this.init.cacheMs ?? 30_000
     if (opts.refresh !== true && this.cached != null && Date.now() - this.cached.at < ttl) return this.cached.servers
+    // Sessions opening together share one lookup: many parallel DHT queries from one node
+    // overrun the peers' stream limits and come back empty.
+    this.inflight ??= this.lookup().finally(() => { this.inflight = undefined })
+    return await this.inflight
+  }
+
+  private inflight?: Promise<ServerInfo[]>
+
+  private async lookup (): Promise<ServerInfo[]> {
     const found = await discoverServers(this.node, {
       modelId: this.init.modelId, numBlocks: this.init.numBlocks, lookupTimeoutMs: this.init.lookupTimeoutMs, infoTimeoutMs: this.init.infoTimeoutMs
     })
