@@ -63,6 +63,8 @@ export function createSessionHandler (components: SessionHandlerComponents, init
         throw new RangeError('the length prefix continues')
       }
     })
+    const idleAbort = new AbortController()
+    const idle = setTimeout(() => { idleAbort.abort(new DOMException(`no message for ${idleMs} ms`, 'TimeoutError')) }, idleMs)
     const owned = new Map<string, BlockBackend>()
     /** Only the stream that opened a session may step, truncate or close it. */
     const own = (id: string): BlockBackend => {
@@ -77,7 +79,9 @@ export function createSessionHandler (components: SessionHandlerComponents, init
       while (true) {
         let frame: Uint8Array
         try {
-          frame = (await io.read({ signal: AbortSignal.timeout(idleMs) })).subarray()
+          // one idle timer per stream, re-armed per message (a fresh timer per read piles up)
+          idle.refresh()
+          frame = (await io.read({ signal: idleAbort.signal })).subarray()
           inFrame = false
         } catch (err: any) {
           if (err instanceof ProtocolError) throw err
@@ -120,8 +124,7 @@ export function createSessionHandler (components: SessionHandlerComponents, init
               ? undefined
               : await signCommitment(components.privateKey, {
                 modelId: backend.modelId,
-                start: backend.sessionSpan(msg.sessionId)[0],
-                end: backend.sessionSpan(msg.sessionId)[1],
+                ...spanOf(backend.sessionSpan(msg.sessionId)),
                 sessionId: msg.sessionId,
                 step: msg.step,
                 position: msg.position,
@@ -157,6 +160,7 @@ export function createSessionHandler (components: SessionHandlerComponents, init
       log('session stream from %s: %s: %s', peer, code, message)
       try { await send({ type: 'error', code, message }) } catch {}
     } finally {
+      clearTimeout(idle)
       for (const [id, backend] of owned) await backend.close(id)
       try { await stream.close({ signal: AbortSignal.timeout(2000) }) } catch { stream.abort(new Error('session stream closed')) }
     }
@@ -164,6 +168,8 @@ export function createSessionHandler (components: SessionHandlerComponents, init
 }
 
 const MAX_ERROR_MESSAGE = 2000
+
+function spanOf ([start, end]: [number, number]): { start: number, end: number } { return { start, end } }
 /** Longest varint lpStream decodes. */
 const MAX_VARINT_BYTES = 8
 
