@@ -4,7 +4,7 @@ import { createServer } from 'node:net'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
-import { createPlexusNode, dialBootstrap, parseBootstrapAddr, describeDialError } from '@plexus/p2p'
+import { createPlexusNode, dialBootstrap, keepBootstrapped, dhtPeerCount, parseBootstrapAddr, describeDialError } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import type { AddressInfo, Server, Socket } from 'node:net'
 
@@ -127,3 +127,36 @@ describe('p2p: bootstrap', function () {
     assert.equal(describeDialError(new AggregateError([dnsaddr]), ma), 'DNS lookup of nonexistent.invalid failed')
   })
 })
+
+describe('p2p: staying bootstrapped', function () {
+  this.timeout(20_000)
+  it('a node whose connections all dropped dials the bootstrap peer again and is back in the DHT', async () => {
+    const boot = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), dhtMode: 'server' })
+    const node = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), dhtMode: 'server' })
+    try {
+      const addr = boot.getMultiaddrs()[0].toString()
+      await dialBootstrap(node, [addr])
+      const stop = keepBootstrapped(node, [addr], { checkIntervalMs: 200 })
+      await waitFor(() => dhtPeerCount(node) >= 1, 5000, 'the DHT never added the bootstrap peer')
+      // the bootstrap side drops us and forgets us: nothing but the keeper brings us back
+      await boot.hangUp(node.peerId)
+      await waitFor(() => node.getConnections().length === 0, 5000, 'still connected after hang-up')
+      await waitFor(() => node.getConnections(boot.peerId).length > 0 && dhtPeerCount(node) >= 1, 8000, 'not reconnected to the bootstrap peer')
+      stop()
+      // once stopped, it stays down
+      await boot.hangUp(node.peerId)
+      await new Promise(resolve => setTimeout(resolve, 1000))
+      assert.equal(node.getConnections(boot.peerId).length, 0)
+    } finally {
+      await Promise.all([boot.stop(), node.stop()])
+    }
+  })
+})
+
+async function waitFor (cond: () => boolean, ms: number, what: string): Promise<void> {
+  const until = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > until) throw new Error(`${what} (after ${ms} ms)`)
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+}

@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises'
-import { createPlexusNode, dialBootstrap } from '@plexus/p2p'
+import { createPlexusNode, dialBootstrap, keepBootstrapped } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { LocalModel, Checkpoint, ModelHead, loadManifest, loadTokenizer, readTokenizerConfig, shortId } from '@plexus/runtime'
 import type { ModelConfig, ModelHead as Head, SessionPipeline, TextTokenizer, ModelManifest } from '@plexus/runtime'
@@ -39,6 +39,7 @@ export async function connectSwarm (bootstrap: string[]): Promise<PlexusNode> {
   const node = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), listen: [], dhtMode: 'client' })
   try {
     await dialBootstrap(node, bootstrap)
+    keepBootstrapped(node, bootstrap)
   } catch (err) {
     await node.stop()
     throw err

@@ -1,6 +1,7 @@
 import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
 import { sha256 } from 'multiformats/hashes/sha2'
+import { dhtPeerCount } from './node.ts'
 import type { PlexusNode } from './node.ts'
 import type { Logger, PeerId } from '@libp2p/interface'
 
@@ -28,12 +29,6 @@ export async function blockCid (modelId: string, block: number): Promise<CID> {
 /** CIDv1(raw, sha256("plexus/models")): provided by every server, whatever it serves. */
 export async function modelsCid (): Promise<CID> {
   return CID.createV1(raw.code, await sha256.digest(enc.encode('plexus/models')))
-}
-
-/** Peers in the DHT routing table (0 until a DHT server has been reached). */
-export function dhtPeerCount (node: PlexusNode): number {
-  // the KadDHT interface hides the routing table; the implementation has it
-  return (node.services.dht as unknown as { routingTable?: { size?: number } }).routingTable?.size ?? 0
 }
 
 /** Resolves once the routing table holds `minPeers` peers; rejects when `signal` fires. */

@@ -1,5 +1,6 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
+import { dhtPeerCount } from './node.ts'
 import type { PlexusNode } from './node.ts'
 import type { PeerId } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
@@ -118,4 +119,60 @@ export function describeDialError (err: unknown, addr: Multiaddr, timedOutAfterM
 
 function formatSeconds (ms: number): string {
   return ms % 1000 === 0 ? `${ms / 1000} s` : `${(ms / 1000).toFixed(1)} s`
+}
+
+export interface BootstrapKeeperOptions {
+  /** Below this many DHT peers (or with no connection at all), dial the bootstrap peers again. Default 1. */
+  minPeers?: number
+  /** How often to look. Default 2 s. */
+  checkIntervalMs?: number
+  /** Longest wait between failed re-dials (they back off from 1 s). Default 30 s. */
+  maxBackoffMs?: number
+  timeoutMs?: number
+}
+
+/**
+ * Dials the bootstrap peers again whenever the node has lost its way into the DHT (a dropped
+ * connection, a bootstrap peer that restarted): without it, a node whose only connection closed
+ * stays alone for good, announcing to nobody. Stops with the node, or when the returned function
+ * is called.
+ */
+export function keepBootstrapped (node: PlexusNode, addrs: string[], opts: BootstrapKeeperOptions = {}): () => void {
+  const log = node.logger.forComponent('plexus:bootstrap')
+  const minPeers = opts.minPeers ?? 1
+  const maxBackoffMs = opts.maxBackoffMs ?? 30_000
+  const controller = new AbortController()
+  let dialing = false
+  let backoffMs = 1000
+  let notBefore = 0
+  const check = (): void => {
+    if (dialing || controller.signal.aborted || node.status !== 'started') return
+    // lost: an empty routing table, or no connection left at all (the table keeps peers that
+    // are gone, and a query that only dials dead entries finds nothing)
+    const lost = dhtPeerCount(node) < minPeers || node.getConnections().length === 0
+    if (!lost || Date.now() < notBefore) return
+    dialing = true
+    log('%d DHT peers (want %d): dialling the bootstrap peers again', dhtPeerCount(node), minPeers)
+    dialBootstrap(node, addrs, { timeoutMs: opts.timeoutMs, signal: controller.signal })
+      .then(() => { backoffMs = 1000; notBefore = Date.now() + backoffMs })
+      .catch(err => {
+        if (controller.signal.aborted) return
+        log.error('re-dialling the bootstrap peers failed (next try in %d ms): %s', backoffMs, (err as Error).message)
+        notBefore = Date.now() + backoffMs
+        backoffMs = Math.min(backoffMs * 2, maxBackoffMs)
+      })
+      .finally(() => { dialing = false })
+  }
+  const onDisconnect = (): void => { setTimeout(check, 100).unref?.() }
+  node.addEventListener('peer:disconnect', onDisconnect)
+  const timer = setInterval(check, opts.checkIntervalMs ?? 2000)
+  timer.unref?.()
+  const stop = (): void => {
+    controller.abort()
+    clearInterval(timer)
+    node.removeEventListener('peer:disconnect', onDisconnect)
+    node.removeEventListener('stop', stop)
+  }
+  node.addEventListener('stop', stop)
+  return stop
 }

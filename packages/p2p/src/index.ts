@@ -1,8 +1,8 @@
 export { loadOrCreateKey } from './keys.ts'
-export { createPlexusNode, PROTOCOL_PREFIX, DHT_PROTOCOL, DEFAULT_PROVIDER_VALIDITY_MS } from './node.ts'
+export { createPlexusNode, dhtPeerCount, PROTOCOL_PREFIX, DHT_PROTOCOL, DEFAULT_PROVIDER_VALIDITY_MS } from './node.ts'
 export type { PlexusNode, PlexusNodeInit, PlexusServices } from './node.ts'
-export { dialBootstrap, parseBootstrapAddr, describeDialError, DEFAULT_BOOTSTRAP_TIMEOUT_MS } from './bootstrap.ts'
-export type { BootstrapAddr, BootstrapResult, DialBootstrapOptions } from './bootstrap.ts'
+export { dialBootstrap, keepBootstrapped, parseBootstrapAddr, describeDialError, DEFAULT_BOOTSTRAP_TIMEOUT_MS } from './bootstrap.ts'
+export type { BootstrapAddr, BootstrapResult, DialBootstrapOptions, BootstrapKeeperOptions } from './bootstrap.ts'
 export {
   signRecord, verifyRecord, RecordError, RECORD_SIGNING_PREFIX, DEFAULT_RECORD_TTL_MS, DEFAULT_MAX_RECORD_BYTES,
   DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_TTL_MS
@@ -11,7 +11,7 @@ export type { RecordPayload, RecordFault, SignRecordOptions, VerifyRecordOptions
 export { validate, schemaProblem, getValidator, SCHEMA_DIR } from './schemas.ts'
 export { signAnnouncement, verifyAnnouncement, ANNOUNCEMENT_KIND, ANNOUNCEMENT_SCHEMA } from './announcement.ts'
 export type { AnnouncementBody, AnnouncementPayload } from './announcement.ts'
-export { Announcer, blockCid, modelsCid, findBlockHolders, findServers, dhtPeerCount, waitForDhtPeers } from './announce.ts'
+export { Announcer, blockCid, modelsCid, findBlockHolders, findServers, waitForDhtPeers } from './announce.ts'
 export type { AnnouncerComponents, AnnouncerInit, AnnounceRound, FindOptions } from './announce.ts'
 export {
   serveInfo, fetchInfo, INFO_PROTOCOL, MAX_INFO_REQUEST_BYTES, MAX_INFO_RESPONSE_BYTES, MAX_INFO_RECORDS, DEFAULT_INFO_TIMEOUT_MS

@@ -134,6 +134,12 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
   return node as PlexusNode
 }
 
+/** Peers in the DHT routing table (0 until a DHT server has been reached). */
+export function dhtPeerCount (node: PlexusNode): number {
+  // the KadDHT interface hides the routing table; the implementation has it
+  return (node.services.dht as unknown as { routingTable?: { size?: number } }).routingTable?.size ?? 0
+}
+
 /** True when every IP address we would advertise is private or loopback (wildcards expanded). */
 function advertisesOnlyPrivate (addrs: string[]): boolean {
   for (const a of addrs) {

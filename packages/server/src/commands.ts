@@ -1,6 +1,6 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
-import { createPlexusNode, dialBootstrap, loadOrCreateKey } from '@plexus/p2p'
+import { createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { freemem } from 'node:os'
 import { initBackend, Checkpoint, loadManifest, shortId } from '@plexus/runtime'
@@ -112,6 +112,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
   try {
     const r = await dialBootstrap(node, args.bootstrap)
     for (const f of r.failed) process.stderr.write(`plexus-node: warning: ${f.error}\n`)
+    keepBootstrapped(node, args.bootstrap)
   } catch (err) {
     await node.stop()
     throw err
