@@ -31,6 +31,12 @@ export async function modelsCid (): Promise<CID> {
   return CID.createV1(raw.code, await sha256.digest(enc.encode('plexus/models')))
 }
 
+/** CIDv1(raw, sha256("plexus/verifiers/<modelId>")): provided by the verifiers of a model. */
+export async function verifiersCid (modelId: string): Promise<CID> {
+  if (!MODEL_ID.test(modelId)) throw new Error(`bad model id "${modelId}": expected 64 lowercase hex digits`)
+  return CID.createV1(raw.code, await sha256.digest(enc.encode(`plexus/verifiers/${modelId}`)))
+}
+
 /** Resolves once the routing table holds `minPeers` peers; rejects when `signal` fires. */
 export async function waitForDhtPeers (node: PlexusNode, opts: { minPeers?: number, signal: AbortSignal }): Promise<void> {
   const min = opts.minPeers ?? 1
@@ -55,6 +61,11 @@ export interface AnnouncerInit {
   provideTimeoutMs?: number
   /** Provides run in parallel up to this many. Default 8. */
   concurrency?: number
+  /**
+   * 'server' (default) provides every block's key and the models key; 'verifier' only the
+   * model's verifiers key, so that clients never route sessions through it.
+   */
+  role?: 'server' | 'verifier'
 }
 
 export interface AnnounceRound {
@@ -75,7 +86,7 @@ const holds = new WeakMap<PlexusNode, Map<string, number>>()
 /** Keeps provider records for a span of blocks (and the models CID) alive in the DHT. */
 export class Announcer {
   private readonly node: PlexusNode
-  private readonly init: Required<AnnouncerInit>
+  private readonly init: Required<Omit<AnnouncerInit, 'role'>> & Pick<AnnouncerInit, 'role'>
   private readonly log: Logger
   private cids: CID[] = []
   private controller?: AbortController
@@ -95,7 +106,8 @@ export class Announcer {
       end,
       refreshMs: init.refreshMs ?? 60_000,
       provideTimeoutMs: init.provideTimeoutMs ?? 30_000,
-      concurrency: init.concurrency ?? 8
+      concurrency: init.concurrency ?? 8,
+      role: init.role
     }
     this.log = this.node.logger.forComponent('plexus:announce')
   }
@@ -144,8 +156,8 @@ export class Announcer {
   }
 
   private async prepare (): Promise<void> {
-    const cids = [await modelsCid()]
-    for (let b = this.init.start; b < this.init.end; b++) cids.push(await blockCid(this.init.modelId, b))
+    const cids = this.init.role === 'verifier' ? [await verifiersCid(this.init.modelId)] : [await modelsCid()]
+    if (this.init.role !== 'verifier') for (let b = this.init.start; b < this.init.end; b++) cids.push(await blockCid(this.init.modelId, b))
     this.cids = cids
     let counts = holds.get(this.node)
     if (counts == null) holds.set(this.node, counts = new Map())
@@ -253,6 +265,13 @@ export async function findBlockHolders (node: PlexusNode, modelId: string, block
   const found = await Promise.all(unique.map(async b => await findProviders(node, await blockCid(modelId, b), opts)))
   opts.signal?.throwIfAborted()
   return new Map(unique.map((b, i) => [b, found[i]]))
+}
+
+/** Verifiers of a model (via its verifiers CID); ask each for its info to learn its blocks. */
+export async function findVerifiers (node: PlexusNode, modelId: string, opts: Omit<FindOptions, 'perBlockTimeoutMs'> & { timeoutMs?: number } = {}): Promise<PeerId[]> {
+  const holders = await findProviders(node, await verifiersCid(modelId), { ...opts, perBlockTimeoutMs: opts.timeoutMs ?? 10_000 })
+  opts.signal?.throwIfAborted()
+  return holders
 }
 
 /** Servers of any model (via the models CID); ask each for its info to learn what it serves. */

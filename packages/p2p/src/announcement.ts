@@ -21,6 +21,8 @@ export interface AnnouncementBody {
   capacity: { sessions: number, freeSessions: number }
   /** Plexus software version. */
   version: string
+  /** 'verifier': re-computes others' steps on these blocks and serves no sessions (absent: a server). */
+  role?: 'server' | 'verifier'
 }
 
 export interface AnnouncementPayload extends RecordPayload, AnnouncementBody {

@@ -1,5 +1,5 @@
 import type { PeerId } from '@libp2p/interface'
-import { findBlockHolders, findServers } from './announce.ts'
+import { findBlockHolders, findServers, findVerifiers, verifiersCid } from './announce.ts'
 import { fetchInfo } from './info.ts'
 import type { AnnouncementPayload } from './announcement.ts'
 import type { PlexusNode } from './node.ts'
@@ -43,7 +43,18 @@ export async function discoverServers (node: PlexusNode, opts: DiscoverOptions):
       }
     } catch {}
   }
-  const found = await Promise.all([...unique.values()].map(async (peerId): Promise<DiscoveredServer[]> => {
+  return (await askEach(node, [...unique.values()], opts)).filter(d => d.announcement.role !== 'verifier')
+}
+
+/** The live verifiers of a model, with the blocks each re-computes. */
+export async function discoverVerifiers (node: PlexusNode, opts: DiscoverOptions): Promise<DiscoveredServer[]> {
+  const peers = (await findVerifiers(node, opts.modelId, { timeoutMs: opts.lookupTimeoutMs ?? 10_000 })).filter(p => opts.exclude?.has(p.toString()) !== true)
+  return (await askEach(node, peers, opts)).filter(d => d.announcement.role === 'verifier')
+}
+
+/** Each peer's signed announcements of this model; a peer that does not answer drops out. */
+async function askEach (node: PlexusNode, peers: PeerId[], opts: DiscoverOptions): Promise<DiscoveredServer[]> {
+  const found = await Promise.all(peers.map(async (peerId): Promise<DiscoveredServer[]> => {
     try {
       const t0 = performance.now()
       const records = await fetchInfo(node, peerId, { signal: AbortSignal.timeout(opts.infoTimeoutMs ?? 5000) })
@@ -57,3 +68,5 @@ export async function discoverServers (node: PlexusNode, opts: DiscoverOptions):
   }))
   return found.flat()
 }
+
+export { verifiersCid }

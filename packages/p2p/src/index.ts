@@ -11,6 +11,14 @@ export type { RecordPayload, RecordFault, SignRecordOptions, VerifyRecordOptions
 export { validate, schemaProblem, getValidator, SCHEMA_DIR } from './schemas.ts'
 export { signAnnouncement, verifyAnnouncement, ANNOUNCEMENT_KIND, ANNOUNCEMENT_SCHEMA } from './announcement.ts'
 export type { AnnouncementBody, AnnouncementPayload } from './announcement.ts'
+export {
+  signReputation, verifyReputation, reputationKey, parseReputationKey, reputationValidator, reputationSelector, putReputation,
+  getReputation, REPUTATION_KIND, REPUTATION_SCHEMA, REPUTATION_NAMESPACE, DEFAULT_REPUTATION_TTL_MS,
+  DEFAULT_REPUTATION_PUT_TIMEOUT_MS, DEFAULT_REPUTATION_GET_TIMEOUT_MS
+} from './reputation.ts'
+export type {
+  ReputationBody, ReputationRecord, VerifyReputationOptions, PutReputationOptions, GetReputationOptions
+} from './reputation.ts'
 export { Announcer, blockCid, modelsCid, findBlockHolders, findServers, waitForDhtPeers } from './announce.ts'
 export type { AnnouncerComponents, AnnouncerInit, AnnounceRound, FindOptions } from './announce.ts'
 export {

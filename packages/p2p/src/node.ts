@@ -10,6 +10,7 @@ import { isPrivate } from '@libp2p/utils'
 import { webRTC } from '@libp2p/webrtc'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
+import { REPUTATION_NAMESPACE, reputationSelector, reputationValidator } from './reputation.ts'
 import type { Identify } from '@libp2p/identify'
 import type { ConnectionMonitorInit, Libp2pOptions } from 'libp2p'
 import type { ComponentLogger, Libp2p, PrivateKey } from '@libp2p/interface'
@@ -123,6 +124,10 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
         // every query waits for the first self-query, by default started 1 s after start;
         // start it at once (it still waits for the first peer) so a fresh node is usable sooner
         initialQuerySelfInterval: 0,
+        // every DHT server must know the namespace, or it refuses the PUT; the validator is what
+        // makes peers refuse forged reputation records
+        validators: { [REPUTATION_NAMESPACE]: reputationValidator },
+        selectors: { [REPUTATION_NAMESPACE]: reputationSelector },
         reprovide: {
           validity: validityMs,
           threshold: Math.floor(validityMs / 3),

@@ -1,2 +1,4 @@
 export * from './messages.ts'
 export * from './commitment.ts'
+export * from './verification.ts'
+export * from './verify-messages.ts'

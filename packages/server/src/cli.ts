@@ -41,8 +41,11 @@ await yargs(hideBin(process.argv))
     .option('backend', { choices: [...BACKENDS, 'auto'], default: 'auto', describe: 'Compute backend (auto = fastest installed)' })
     .option('max-sessions', { type: 'number', default: 64, describe: 'Most concurrent inference sessions' })
     .option('cache-mb', { type: 'number', default: 2048, describe: 'KV-cache budget for all sessions, MiB' })
+    .option('verify', { type: 'boolean', default: false, describe: "Be a verifier: re-compute steps clients send for spot checks (of --blocks, default all) and publish servers' reputation; serves no sessions" })
+    .option('tolerance', { type: 'number', describe: 'With --verify: largest honest error accepted (max |diff| / RMS), default 0.02' })
     .option('offer-head', { type: 'boolean', describe: "Hand out the model's client parts (default: when serving the first or last block)" })
     .example('$0 join --bootstrap /ip4/192.168.1.10/tcp/31337/p2p/12D3KooW... --model ./llama --blocks 0:16', 'serve the first 16 blocks')
+    .example('$0 join --bootstrap /ip4/192.168.1.10/tcp/31337/p2p/12D3KooW... --model ./llama --verify', 'spot-check the servers of this model')
     .check((a: any) => {
       if (a.blocks != null && !/^\d+:\d+$/.test(a.blocks)) return `--blocks must look like start:end (got "${a.blocks}")`
       if (!(a['max-sessions'] >= 1)) return '--max-sessions must be at least 1'
@@ -50,6 +53,8 @@ await yargs(hideBin(process.argv))
       if (a.memory != null && !(a.memory > a['cache-mb'])) return `--memory must exceed --cache-mb (${a['cache-mb']} MiB)`
       if (!(a['rebalance-interval'] >= 0)) return '--rebalance-interval must be ≥ 0'
       if (!(a['balance-factor'] >= 1)) return '--balance-factor must be ≥ 1'
+      if (a.tolerance != null && !(a.tolerance > 0)) return '--tolerance must be positive'
+      if (a.tolerance != null && a.verify !== true) return '--tolerance needs --verify'
       return true
     })
   , async (argv) => { await runJoin(argv as unknown as JoinArgs) })

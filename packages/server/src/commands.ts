@@ -6,6 +6,7 @@ import { freemem } from 'node:os'
 import { initBackend, Checkpoint, loadManifest, shortId } from '@plexus/runtime'
 import type { BackendName } from '@plexus/runtime'
 import { SwarmMember } from './swarm-member.ts'
+import { VerifierNode } from './verifier-node.ts'
 import type { FaultInjection } from './backend.ts'
 import { NodeMetrics } from './metrics.ts'
 import { nodeBackends } from './server.ts'
@@ -33,6 +34,8 @@ export interface JoinArgs extends CommonArgs {
   metricsHost: string
   faultPerturb?: string
   faultSkip?: number
+  verify?: boolean
+  tolerance?: number
 }
 
 /** `--fault-perturb P,SCALE` / `--fault-skip P` → the backend's fault injection (testing only). */
@@ -118,6 +121,18 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     throw err
   }
   const addrs = fullAddrs(node)
+  if (args.verify === true) {
+    const [start, end] = blocks ?? [0, cfg.numLayers]
+    const verifier = await VerifierNode.start({ node, privateKey, checkpoint: ckpt, manifest }, { start, end, tolerance: args.tolerance, maxSessions: args.maxSessions })
+    emit('ready', `verifying blocks ${start}–${end - 1} of ${manifest.name} (${shortId(manifest.id)}) on ${backendName}\npeer ${node.peerId}\n${addrs.map(a => '  ' + a).join('\n')}`,
+      { peerId: node.peerId.toString(), addrs, role: 'verifier', modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start, end, backend: backendName, tolerance: verifier.verifier.tolerance })
+    onShutdown(async () => {
+      await verifier.stop()
+      await node.stop()
+      await ckpt.close()
+    })
+    return
+  }
   const metrics = new NodeMetrics({ backends: () => nodeBackends(node) })
   const metricsServer = args.metricsPort != null ? await metrics.listen(args.metricsPort, args.metricsHost) : undefined
   const faults = parseFaults(args)

@@ -1,0 +1,127 @@
+import type { PrivateKey, Logger } from '@libp2p/interface'
+import { Announcer, serveInfo, signAnnouncement, signReputation, putReputation } from '@plexus/p2p'
+import type { PlexusNode } from '@plexus/p2p'
+import { chainRunners, loadSpanRunners } from '@plexus/runtime'
+import type { Checkpoint, ModelManifest, SpanRunner } from '@plexus/runtime'
+import { Verifier } from './verifier.ts'
+import type { Tally } from './verifier.ts'
+import { createVerifyHandler, VERIFY_PROTOCOL } from './verify-handler.ts'
+
+export interface VerifierNodeComponents {
+  node: PlexusNode
+  privateKey: PrivateKey
+  checkpoint: Checkpoint
+  manifest: ModelManifest
+}
+
+export interface VerifierNodeInit {
+  start: number
+  end: number
+  tolerance?: number
+  maxSessions?: number
+  /** Tokens/s per block it re-computes at (announced, like a server's throughput). */
+  throughput?: number
+  /** Reputation records are re-published at most this often per server. Default 2 s. */
+  publishDelayMs?: number
+  onVerdict?: (server: string, tally: Tally) => void
+}
+
+const VERSION = '0.1.0'
+
+/**
+ * A verifier peer: loads blocks like a server but serves no sessions. Clients send it steps of
+ * their hops (/plexus/verify/1.0.0); it re-computes them, signs fraud reports on a mismatch and
+ * publishes per-server reputation records in the DHT. Found through the model's verifiers key.
+ */
+export class VerifierNode {
+  readonly verifier: Verifier
+  private readonly c: VerifierNodeComponents
+  private readonly init: VerifierNodeInit
+  private readonly log: Logger
+  private readonly announcer: Announcer
+  private readonly runner: SpanRunner
+  private readonly seq = new Map<string, number>()
+  private readonly pending = new Map<string, ReturnType<typeof setTimeout>>()
+  private stopped = false
+
+  private constructor (components: VerifierNodeComponents, init: VerifierNodeInit, runner: SpanRunner) {
+    this.c = components
+    this.init = init
+    this.runner = runner
+    this.log = components.node.logger.forComponent('plexus:verifier')
+    this.verifier = new Verifier({ runner, config: components.checkpoint.config, privateKey: components.privateKey, log: this.log }, {
+      modelId: components.manifest.id,
+      tolerance: init.tolerance,
+      maxSessions: init.maxSessions,
+      onTally: (server, tally) => { init.onVerdict?.(server, tally); this.schedulePublish(server, tally) }
+    })
+    this.announcer = new Announcer({ node: components.node }, { modelId: components.manifest.id, start: init.start, end: init.end, role: 'verifier' })
+  }
+
+  static async start (components: VerifierNodeComponents, init: VerifierNodeInit): Promise<VerifierNode> {
+    // worker threads: a long re-computation must not stall this thread's networking
+    const runner = chainRunners(await loadSpanRunners(components.checkpoint, init.start, init.end, { placement: 'workers', blockDigests: components.manifest.blockDigests }))
+    const v = new VerifierNode(components, init, runner)
+    const { node } = components
+    await node.handle(VERIFY_PROTOCOL, createVerifyHandler({ verifier: v.verifier, log: v.log }), { maxInboundStreams: 1024 })
+    await serveInfo(node, async () => v.stopped ? [] : [await v.announcement()])
+    await v.announcer.start()
+    v.log('verifying blocks [%d, %d) of %s', init.start, init.end, components.manifest.id)
+    return v
+  }
+
+  async announcement (): Promise<Uint8Array> {
+    const { manifest, node, checkpoint } = this.c
+    const max = this.init.maxSessions ?? 64
+    return await signAnnouncement(this.c.privateKey, {
+      modelId: manifest.id,
+      modelName: manifest.name,
+      start: this.init.start,
+      end: this.init.end,
+      numBlocks: checkpoint.config.numLayers,
+      throughput: this.init.throughput ?? 0,
+      addrs: node.getMultiaddrs().map(a => a.toString()),
+      offersHead: false,
+      capacity: { sessions: max, freeSessions: Math.max(0, max - this.verifier.sessionCount) },
+      version: VERSION,
+      role: 'verifier'
+    }, { ttlMs: 60_000 })
+  }
+
+  /** Signs and stores this verifier's tally of `server` in the DHT (coalescing bursts). */
+  private schedulePublish (server: string, tally: Tally): void {
+    if (this.stopped || this.pending.has(server)) return
+    const urgent = tally.failed > 0 && tally.reports.length > 0 && this.seq.get(server) == null
+    const t = setTimeout(() => {
+      this.pending.delete(server)
+      void this.publish(server)
+    }, urgent ? 0 : this.init.publishDelayMs ?? 2000)
+    t.unref?.()
+    this.pending.set(server, t)
+  }
+
+  async publish (server: string): Promise<number> {
+    const tally = this.verifier.tally(server)
+    const seq = (this.seq.get(server) ?? 0) + 1
+    this.seq.set(server, seq)
+    try {
+      const record = await signReputation(this.c.privateKey, { subject: server, modelId: this.c.manifest.id, passed: tally.passed, failed: tally.failed, reports: tally.reports.slice(-64), seq })
+      const stored = await putReputation(this.c.node, record, { signal: AbortSignal.timeout(30_000) })
+      this.log('reputation of %s (%d passed, %d failed) stored on %d peers', server, tally.passed, tally.failed, stored)
+      return stored
+    } catch (err: any) {
+      this.log.error('publishing the reputation of %s failed: %s', server, err.message)
+      return 0
+    }
+  }
+
+  async stop (): Promise<void> {
+    this.stopped = true
+    for (const t of this.pending.values()) clearTimeout(t)
+    this.pending.clear()
+    await this.announcer.stop()
+    await this.c.node.unhandle(VERIFY_PROTOCOL)
+    await this.verifier.dispose()
+    await this.runner.dispose()
+  }
+}
