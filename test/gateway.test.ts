@@ -244,8 +244,13 @@ describe('HTTP gateway over a 3-node swarm', function () {
     assert.equal(r.status, 400); assert.equal(r.json.error.code, 'context_length_exceeded')
     await assert.rejects(new OpenAI({ baseURL: `${base}/v1`, apiKey: 'wrong', maxRetries: 0 }).models.list(), (e: any) => e.status === 401 && e.error?.code === 'invalid_api_key')
     await assert.rejects(openai.chat.completions.create({ model: 'nope', messages: [{ role: 'user', content: 'hi' }] }), (e: any) => e.status === 404)
+    r = await post('/v1/chat/completions', body({ model: gw.modelName, messages: msgs }), { 'x-plexus-trust': 'attested' })
+    assert.equal(r.status, 501); assert.match(r.json.error.message, /attested is not supported yet/)
+    r = await post('/v1/chat/completions', body({ model: gw.modelName, messages: msgs }), { 'x-plexus-trust': 'sure' })
+    assert.equal(r.status, 400); assert.equal(r.json.error.param, 'X-Plexus-Trust')
+    // this swarm has no verifier: verified cannot be honoured, and says so
     r = await post('/v1/chat/completions', body({ model: gw.modelName, messages: msgs }), { 'x-plexus-trust': 'verified' })
-    assert.equal(r.status, 501); assert.match(r.json.error.message, /not supported yet/)
+    assert.equal(r.status, 503); assert.equal(r.json.error.code, 'verification_unavailable'); assert.match(r.json.error.message, /no verifier/)
     // Anthropic
     r = await post('/v1/messages', '{oops')
     assert.equal(r.status, 400); assert.equal(r.json.type, 'error'); assert.equal(r.json.error.type, 'invalid_request_error')

@@ -5,7 +5,7 @@ import { createInterface } from 'node:readline'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { generateKeyPair } from '@libp2p/crypto/keys'
-import { createPlexusNode, dialBootstrap, discoverServers } from '@plexus/p2p'
+import { createPlexusNode, dialBootstrap, discoverServers, discoverVerifiers } from '@plexus/p2p'
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const NODE_BIN = join(ROOT, 'packages/server/bin/plexus-node.js')
@@ -77,10 +77,13 @@ export async function untilDiscoverable (bootstrapAddr: string, servers: NodePro
     await dialBootstrap(probe, [bootstrapAddr])
     const until = Date.now() + timeoutMs
     const byModel = new Map<string, NodeProcess[]>()
-    for (const s of servers) byModel.set(s.ready.modelId, [...(byModel.get(s.ready.modelId) ?? []), s])
-    for (const [modelId, list] of byModel) {
+    // servers and verifiers are found through different keys
+    for (const s of servers) byModel.set(`${s.ready.role ?? 'server'} ${s.ready.modelId}`, [...(byModel.get(`${s.ready.role ?? 'server'} ${s.ready.modelId}`) ?? []), s])
+    for (const [key, list] of byModel) {
+      const [role, modelId] = key.split(' ')
+      const discover = role === 'verifier' ? discoverVerifiers : discoverServers
       for (;;) {
-        const found = new Set((await discoverServers(probe, { modelId, numBlocks: list[0].ready.numBlocks ?? 0, lookupTimeoutMs: 5000 })).map(d => d.peer))
+        const found = new Set((await discover(probe, { modelId, numBlocks: list[0].ready.numBlocks ?? 0, lookupTimeoutMs: 5000 })).map(d => d.peer))
         if (list.every(s => found.has(s.peerId))) break
         if (Date.now() > until) throw new Error(`servers not discoverable after ${timeoutMs / 1000} s: ${list.filter(s => !found.has(s.peerId)).map(s => s.name).join(', ')}`)
         await new Promise(resolve => setTimeout(resolve, 300))

@@ -8,11 +8,21 @@ import type { GenerateArgs } from './commands/generate.ts'
 import { runServe } from './commands/serve.ts'
 import type { ServeArgs } from './commands/serve.ts'
 
+/** --trust, --check-rate, --trust-verifier: a usage error (string) or true. */
+function checkTrustFlags (a: Record<string, any>): string | true {
+  if (a.trust === 'attested') return '--trust attested is not supported yet: it needs hardware attestation of the servers (TEE quotes), which Plexus does not implement; use verified or fast'
+  if (!(a['check-rate'] >= 0 && a['check-rate'] <= 1)) return `--check-rate must be between 0 and 1 (got ${a['check-rate']})`
+  if (a['check-every'] != null && !(Number.isInteger(a['check-every']) && a['check-every'] >= 1)) return '--check-every must be a positive integer'
+  for (const v of a['trust-verifier'] ?? []) if (!/^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$/.test(v)) return `--trust-verifier ${v}: not an Ed25519 peer id (12D3KooW…)`
+  if (a.local === true && a.trust === 'verified' && a._?.[0] === 'generate') return '--trust verified checks the servers of a swarm: use it with --bootstrap, not --local'
+  return true
+}
+
 /** Errors users can act on are printed as one line; anything else keeps its stack for a bug report. */
 function report (err: any): never {
   // a failed yargs check rejects with its message string
   if (typeof err === 'string') { process.stderr.write(`plexus-client: ${err}\nRun plexus-client --help for usage.\n`); process.exit(2) }
-  const expected = ['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'BackendError', 'SpanError', 'RangeError', 'NoRouteError', 'RemoteError', 'PeerFailure', 'ModelFetchError'].includes(err?.name) || /^bad bootstrap|^cannot reach|^could not/.test(String(err?.message))
+  const expected = ['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'BackendError', 'SpanError', 'RangeError', 'NoRouteError', 'RemoteError', 'PeerFailure', 'ModelFetchError', 'TrustError'].includes(err?.name) || /^bad bootstrap|^cannot reach|^could not/.test(String(err?.message))
   process.stderr.write(`plexus-client: ${expected ? err.message : (err?.stack ?? String(err))}\n`)
   process.exit(expected ? 2 : 1)
 }
@@ -39,13 +49,18 @@ await yargs(hideBin(process.argv))
     .option('ignore-eos', { type: 'boolean', default: false, describe: 'Keep generating past end-of-sequence tokens' })
     .option('backend', { choices: [...BACKENDS, 'auto'], default: 'auto', describe: 'Compute backend (auto = fastest installed: tensorflow, wasm, cpu)' })
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object (token_ids, text, tokens_per_second, ...) instead of streaming' })
+    .option('trust', { choices: ['fast', 'verified', 'attested'], default: 'fast', describe: "fast: take servers' outputs as they come; verified: verifier peers re-compute a share of the steps, and a wrong one is rolled back and re-run elsewhere; attested: not supported yet" })
+    .option('check-rate', { type: 'number', default: 0.1, describe: 'With --trust verified: the fraction of hops whose every step a verifier re-computes (0..1)' })
+    .option('trust-verifier', { type: 'array', string: true, describe: 'Peer id of a verifier whose fraud reports and reputation records alone are believed (repeatable)' })
+    .option('check-every', { type: 'number', default: 8, hidden: true, describe: 'With --trust verified: steps between checks' })
     .example('$0 generate --local --model ./models/small --prompt "The swarm"', 'stream text from a local model')
     .example('$0 generate --local --model ./models/tiny --token-ids 1,5,9 --max-tokens 8 --json', 'token ids in, JSON out')
     .example('$0 generate --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --model ./models/small --prompt "Hi"', 'through a swarm')
     .example('$0 generate --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --model small --prompt "Hi"', 'through a swarm, fetching the client parts from its peers')
+    .example('$0 generate --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --model small --prompt "Hi" --trust verified --check-rate 0.25', 'spot-check a quarter of the hops')
     .check((a) => {
       if (!Number.isInteger(a['max-tokens']) || a['max-tokens'] < 0) return '--max-tokens must be a non-negative integer'
-      return true
+      return checkTrustFlags(a)
     }),
   async (argv) => { await runGenerate(argv as unknown as GenerateArgs) })
   .command('models', 'List the models a swarm serves and how many servers hold each block', (y) => y
@@ -67,12 +82,15 @@ await yargs(hideBin(process.argv))
     .option('max-concurrent', { type: 'number', default: 16, describe: 'Generations run at once; more requests wait their turn' })
     .option('backend', { choices: [...BACKENDS, 'auto'], default: 'auto', describe: 'Compute backend (auto = fastest installed: tensorflow, wasm, cpu)' })
     .option('json', { type: 'boolean', default: false, describe: 'Print a JSON ready event ({ event, url, model }) on stdout' })
+    .option('trust', { choices: ['fast', 'verified', 'attested'], default: 'fast', describe: "Trust level of requests without an X-Plexus-Trust header. fast: take servers' outputs as they come; verified: verifier peers re-compute a share of the steps, and a wrong one is rolled back and re-run elsewhere; attested: not supported yet" })
+    .option('check-rate', { type: 'number', default: 0.1, describe: 'With --trust verified: the fraction of hops whose every step a verifier re-computes (0..1)' })
+    .option('trust-verifier', { type: 'array', string: true, describe: 'Peer id of a verifier whose fraud reports and reputation records alone are believed (repeatable)' })
     .example('$0 serve --local --model ./models/tiny', 'serve a local model on http://127.0.0.1:9337')
     .example('$0 serve --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --model small --api-key s3cret', 'serve a swarm\'s model')
     .check((a) => {
       if (!Number.isInteger(a.port) || a.port < 0 || a.port > 65535) return '--port must be an integer in 0..65535'
       if (!Number.isInteger(a['max-concurrent']) || a['max-concurrent'] < 1) return '--max-concurrent must be a positive integer'
-      return true
+      return checkTrustFlags(a)
     }),
   async (argv) => { await runServe(argv as unknown as ServeArgs) })
   .demandCommand(1, 'Choose a command (see --help)')

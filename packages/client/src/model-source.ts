@@ -4,11 +4,18 @@ import type { PlexusNode } from '@plexus/p2p'
 import { LocalModel, Checkpoint, ModelHead, loadManifest, loadTokenizer, readTokenizerConfig, shortId } from '@plexus/runtime'
 import type { ModelConfig, ModelHead as Head, SessionPipeline, TextTokenizer, ModelManifest } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
-import { SwarmDiscovery } from './routing/discovery.ts'
+import { SwarmDiscovery, SwarmVerifiers } from './routing/discovery.ts'
+import { ReputationView } from './routing/reputation.ts'
+import { Auditor, TrustError } from './inference/auditor.ts'
+import type { TrustLevel, AuditEvent } from './inference/auditor.ts'
 import { BanList } from './routing/ban-list.ts'
 import { SwarmSession } from './inference/swarm-session.ts'
 import type { Hop } from './routing/route.ts'
 import { resolveModel, ModelFetchError } from './model-fetch.ts'
+
+export interface SessionOptions {
+  trust?: TrustLevel
+}
 
 /** What generation needs, wherever the blocks run. */
 export interface OpenModel {
@@ -17,7 +24,8 @@ export interface OpenModel {
   tokenizer?: TextTokenizer
   tokenizerConfig?: Record<string, unknown>
   manifest?: ModelManifest
-  session (maxLength: number): Promise<SessionPipeline & { route?: Hop[] }>
+  /** A fresh inference session; `trust: 'verified'` spot-checks it (swarms only). */
+  session (maxLength: number, opts?: SessionOptions): Promise<SessionPipeline & { route?: Hop[] }>
   close (): Promise<void>
 }
 
@@ -28,7 +36,10 @@ export async function openLocal (dir: string): Promise<OpenModel> {
     head: model.head,
     tokenizer: await loadTokenizer(dir),
     tokenizerConfig: await readTokenizerConfig(dir),
-    session: async (n) => await model.session(n),
+    session: async (n, opts) => {
+      if ((opts?.trust ?? 'fast') !== 'fast') throw new TrustError(`trust level ${opts?.trust} checks the servers of a swarm; a local model (--local) runs every block here: use fast`, 501)
+      return await model.session(n)
+    },
     close: async () => { await model.dispose() }
   }
 }
@@ -78,6 +89,15 @@ export interface SwarmModelInit {
   dir: string
   dtype?: WireDType
   log?: (msg: string) => void
+  /** Trust level of sessions that do not ask for one. Default fast. */
+  trust?: TrustLevel
+  /** With `verified`: the fraction of hops whose every step a verifier re-computes. Default 0.1. */
+  checkRate?: number
+  /** With `verified`: steps between checks (the last step is always checked). Default 8. */
+  checkEvery?: number
+  /** Verifiers whose fraud reports and reputation records are believed on their own. */
+  trustedVerifiers?: string[]
+  onAudit?: (e: AuditEvent) => void
 }
 
 /** The model's blocks through the swarm; the client's own parts from `dir`. */
@@ -89,6 +109,9 @@ export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promis
     const cfg = ckpt.config
     const discovery = new SwarmDiscovery({ node }, { modelId: manifest.id, numBlocks: cfg.numLayers })
     const bans = new BanList()
+    const verifiers = new SwarmVerifiers({ node }, { modelId: manifest.id, numBlocks: cfg.numLayers })
+    const trusted = new Set(init.trustedVerifiers ?? [])
+    const reputation = new ReputationView({ node, verifiers }, { modelId: manifest.id, trusted })
     init.log?.(`model ${manifest.name} (${shortId(manifest.id)}), ${cfg.numLayers} blocks`)
     return {
       config: cfg,
@@ -96,9 +119,29 @@ export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promis
       manifest,
       tokenizer: await loadTokenizer(init.dir),
       tokenizerConfig: await readTokenizerConfig(init.dir),
-      session: async (maxLength) => await SwarmSession.open({ dialer: node, source: discovery, bans, log: init.log }, {
-        modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, hiddenSize: cfg.hiddenSize, maxLength, dtype: init.dtype
-      }),
+      session: async (maxLength, opts) => {
+        const trust = opts?.trust ?? init.trust ?? 'fast'
+        if (trust === 'attested') throw new TrustError('trust level attested is not supported yet: it needs hardware attestation of the servers (TEE quotes), which Plexus does not implement; use verified or fast', 501)
+        if (trust === 'verified' && (init.checkRate ?? 0.1) > 0 && (await verifiers.verifiers()).length === 0 && (await verifiers.verifiers({ refresh: true })).length === 0) {
+          throw new TrustError(`no verifier peers for ${manifest.name} (${shortId(manifest.id)}) in this swarm: verified needs at least one (plexus-node join --verify); use fast to go without checks`)
+        }
+        const auditor = trust === 'verified'
+          ? new Auditor({ dialer: node, verifiers, bans, log: init.log }, {
+            modelId: manifest.id, modelName: manifest.name, hiddenSize: cfg.hiddenSize, maxLength, checkRate: init.checkRate ?? 0.1, checkEvery: init.checkEvery, trustedVerifiers: trusted, onEvent: init.onAudit
+          })
+          : undefined
+        return await SwarmSession.open({
+          dialer: node,
+          source: discovery,
+          bans,
+          log: init.log,
+          auditor,
+          // reputation costs DHT lookups: only sessions that asked for checks pay for it
+          distrusted: auditor != null ? async (peers) => await reputation.distrusted(peers) : undefined
+        }, {
+          modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, hiddenSize: cfg.hiddenSize, maxLength, dtype: init.dtype
+        })
+      },
       close: async () => { head.dispose(); await ckpt.close() }
     }
   } catch (err) {

@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import type { ChatMessage, SamplingOptions } from '@plexus/runtime'
 import { badRequest, errorBody, toApiError } from './errors.ts'
 import type { RunResult } from './engine.ts'
-import { checkModel, newId } from './context.ts'
+import { checkModel, newId, trustOf } from './context.ts'
 import type { GatewayContext } from './context.ts'
 import { asBody, contentText, messageList, optBool, optInt, optNumber, stopList } from './validate.ts'
 import { LazyStream, sse, disconnectSignal } from './stream.ts'
@@ -43,7 +43,7 @@ export function registerAnthropic (app: FastifyInstance, ctx: GatewayContext): v
       stop_sequence: r?.stopSequence ?? null,
       usage: { input_tokens: ids.length, output_tokens: r?.completionTokens ?? 0 }
     })
-    const run = { promptIds: ids, maxTokens, sampling: s, stop, signal }
+    const run = { promptIds: ids, maxTokens, sampling: s, stop, signal, trust: trustOf(request, ctx.defaultTrust) }
 
     if (!stream) {
       const r = await ctx.engine.run(run)

@@ -2,6 +2,7 @@
 import { randomBytes } from 'node:crypto'
 import { ApiError, badRequest } from './errors.ts'
 import type { Dialect } from './errors.ts'
+import type { FastifyRequest } from 'fastify'
 import type { Engine } from './engine.ts'
 
 export interface GatewayContext {
@@ -14,6 +15,8 @@ export interface GatewayContext {
   created: number
   /** max_tokens when a request gives none (capped by what the context leaves). */
   defaultMaxTokens: number
+  /** Trust level of requests without an X-Plexus-Trust header. */
+  defaultTrust: 'fast' | 'verified'
 }
 
 /** The request's `model` must be this gateway's model: 400 when missing, 404 when another. */
@@ -30,3 +33,19 @@ export function checkModel (ctx: GatewayContext, model: unknown, dialect: Dialec
 
 export const newId = (prefix: string): string => `${prefix}${randomBytes(12).toString('hex')}`
 export const unixNow = (): number => Math.floor(Date.now() / 1000)
+
+/** The header carrying a request's trust level. */
+export const TRUST_HEADER = 'x-plexus-trust'
+
+/** The request's trust level (X-Plexus-Trust, else the gateway's default). */
+export function trustOf (request: FastifyRequest, fallback: 'fast' | 'verified' = 'fast'): 'fast' | 'verified' {
+  const raw = request.headers[TRUST_HEADER]
+  if (raw == null) return fallback
+  const mode = String(raw).trim().toLowerCase()
+  if (mode === '') return fallback
+  if (mode === 'fast' || mode === 'verified') return mode
+  if (mode === 'attested') {
+    throw new ApiError(501, 'X-Plexus-Trust: attested is not supported yet: it needs hardware attestation of the servers (TEE quotes), which Plexus does not implement; send "verified" (spot checks) or "fast"', { param: 'X-Plexus-Trust', code: 'trust_mode_not_supported' })
+  }
+  throw new ApiError(400, `X-Plexus-Trust must be fast, verified or attested (got ${JSON.stringify(String(raw))})`, { param: 'X-Plexus-Trust' })
+}

@@ -13,7 +13,7 @@ export interface GatewayModel {
   tokenizer?: TextTokenizer
   tokenizerConfig?: Record<string, unknown>
   manifest?: { id: string, name: string }
-  session (maxLength: number): Promise<SessionPipeline>
+  session (maxLength: number, opts?: { trust?: 'fast' | 'verified' }): Promise<SessionPipeline>
 }
 
 export interface TopLogprob { id: number, text: string, logprob: number }
@@ -29,6 +29,8 @@ export interface RunRequest {
   stop?: string[]
   /** Absent: no logprobs; N: the chosen token's plus the N most likely. */
   logprobs?: number
+  /** X-Plexus-Trust: 'verified' spot-checks the servers (rolling back a wrong step). */
+  trust?: 'fast' | 'verified'
   signal: AbortSignal
   onChunk?: (c: Chunk) => void | Promise<void>
 }
@@ -183,7 +185,7 @@ export class Engine {
       })
     const tokenText = (id: number): string => tok?.decode([id]) ?? String(id)
 
-    const session = await model.session(Math.min(this.contextLength, req.promptIds.length + req.maxTokens))
+    const session = await model.session(Math.min(this.contextLength, req.promptIds.length + req.maxTokens), { trust: req.trust ?? 'fast' })
     metrics.openSessions.inc()
     let finishReason: 'stop' | 'length' = 'length'
     let stopSequence: string | undefined

@@ -58,6 +58,11 @@ export function toApiError (err: unknown): ApiError {
       : String(e.message ?? 'bad request')
     return new ApiError(e.statusCode, message)
   }
+  // Verification asked for where it cannot run (no verifier for some blocks, a local model).
+  if ((err as Error)?.name === 'TrustError') {
+    const status = (err as { httpStatus?: number }).httpStatus ?? 503
+    return new ApiError(status, String(e.message), { param: 'X-Plexus-Trust', code: status === 501 ? 'trust_mode_not_supported' : 'verification_unavailable' })
+  }
   // The swarm could not run the request (no route, servers failing): retryable, not a gateway bug.
   if (['NoRouteError', 'RemoteError', 'PeerFailure'].includes((err as Error)?.name)) {
     return new ApiError(503, `the swarm could not serve this request: ${String(e.message)}`, { code: 'swarm_unavailable' })

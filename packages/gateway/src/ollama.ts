@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ChatMessage, SamplingOptions } from '@plexus/runtime'
 import { badRequest, errorBody, toApiError } from './errors.ts'
 import type { RunResult } from './engine.ts'
-import { checkModel } from './context.ts'
+import { checkModel, trustOf } from './context.ts'
 import type { GatewayContext } from './context.ts'
 import { asBody, messageList, optBool, optInt, optNumber, optObject, optString, stopList } from './validate.ts'
 import type { Body } from './validate.ts'
@@ -53,7 +53,7 @@ async function respond (ctx: GatewayContext, j: Job, chat: boolean, request: Fas
   const signal = disconnectSignal(request, reply)
   const head = (): Record<string, unknown> => ({ model: j.model, created_at: new Date().toISOString() })
   const piece = (text: string): Record<string, unknown> => chat ? { message: { role: 'assistant', content: text } } : { response: text }
-  const run = { promptIds: j.promptIds, maxTokens: j.maxTokens, sampling: j.sampling, stop: j.stop, signal }
+  const run = { promptIds: j.promptIds, maxTokens: j.maxTokens, sampling: j.sampling, stop: j.stop, signal, trust: trustOf(request, ctx.defaultTrust) }
   if (!j.stream) {
     const r = await ctx.engine.run(run)
     return { ...head(), ...piece(r.text), ...finalFields(r, t0) }

@@ -4,7 +4,7 @@ import type { SamplingOptions } from '@plexus/runtime'
 import { badRequest, errorBody, toApiError } from './errors.ts'
 import { MAX_TOP_LOGPROBS } from './engine.ts'
 import type { RunResult, TokenLogprob, Chunk } from './engine.ts'
-import { checkModel, newId, unixNow } from './context.ts'
+import { checkModel, newId, unixNow, trustOf } from './context.ts'
 import type { GatewayContext } from './context.ts'
 import { asBody, optBool, optInt, optNumber, optObject, stopList, messageList } from './validate.ts'
 import type { Body } from './validate.ts'
@@ -94,7 +94,7 @@ async function respond (ctx: GatewayContext, job: Job, request: FastifyRequest, 
   const created = unixNow()
   const object = job.kind === 'chat' ? 'chat.completion' : 'text_completion'
   const base = { id, object: job.stream && job.kind === 'chat' ? 'chat.completion.chunk' : object, created, model: job.model, system_fingerprint: null }
-  const run = { promptIds: job.promptIds, maxTokens: job.maxTokens, sampling: job.sampling, stop: job.stop, logprobs: job.logprobs, signal }
+  const run = { promptIds: job.promptIds, maxTokens: job.maxTokens, sampling: job.sampling, stop: job.stop, logprobs: job.logprobs, signal, trust: trustOf(request, ctx.defaultTrust) }
 
   if (!job.stream) {
     const r = await ctx.engine.run(run)

@@ -6,11 +6,13 @@ import { ApiError, dialectOf, errorBody, toApiError } from './errors.ts'
 import { Engine } from './engine.ts'
 import type { GatewayModel } from './engine.ts'
 import { GatewayMetrics } from './metrics.ts'
-import { unixNow } from './context.ts'
+import { unixNow, trustOf, TRUST_HEADER } from './context.ts'
 import type { GatewayContext } from './context.ts'
 import { registerOpenAI } from './openai.ts'
 import { registerAnthropic } from './anthropic.ts'
 import { registerOllama } from './ollama.ts'
+
+export { TRUST_HEADER }
 
 export interface GatewayOptions {
   model: GatewayModel
@@ -27,6 +29,8 @@ export interface GatewayOptions {
   /** Node's process metrics in /metrics too (default false). */
   defaultMetrics?: boolean
   logger?: boolean
+  /** Trust level of requests without an X-Plexus-Trust header (default fast). */
+  defaultTrust?: 'fast' | 'verified'
 }
 
 export interface Gateway {
@@ -39,7 +43,6 @@ export interface Gateway {
   close (): Promise<void>
 }
 
-export const TRUST_HEADER = 'x-plexus-trust'
 
 function apiKeyOf (request: FastifyRequest): string | undefined {
   const auth = request.headers.authorization
@@ -54,18 +57,6 @@ function sameKey (a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y)
 }
 
-/** Only the fast path exists: servers' outputs are taken as they come. */
-function checkTrust (request: FastifyRequest): void {
-  const raw = request.headers[TRUST_HEADER]
-  if (raw == null) return
-  const mode = String(raw).trim().toLowerCase()
-  if (mode === '' || mode === 'fast') return
-  if (mode === 'verified' || mode === 'attested') {
-    throw new ApiError(501, `X-Plexus-Trust: ${mode} is not supported yet: this gateway runs only the fast path (servers' outputs are not checked); omit the header or send "fast"`, { param: 'X-Plexus-Trust', code: 'trust_mode_not_supported' })
-  }
-  throw new ApiError(400, `X-Plexus-Trust must be fast, verified or attested (got ${JSON.stringify(String(raw))})`, { param: 'X-Plexus-Trust' })
-}
-
 export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
   const metrics = new GatewayMetrics({ defaultMetrics: opts.defaultMetrics })
   const engine = new Engine(opts.model, metrics, { maxConcurrent: opts.maxConcurrent })
@@ -75,7 +66,8 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
     modelName,
     aliases: new Set([...(opts.aliases ?? []), ...(opts.model.manifest != null ? [opts.model.manifest.id] : [])]),
     created: unixNow(),
-    defaultMaxTokens: opts.defaultMaxTokens ?? 512
+    defaultMaxTokens: opts.defaultMaxTokens ?? 512,
+    defaultTrust: opts.defaultTrust ?? 'fast'
   }
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 16 << 20 })
 
@@ -106,7 +98,7 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
         throw new ApiError(401, key == null ? 'missing API key: send Authorization: Bearer KEY or x-api-key: KEY' : 'Incorrect API key provided', { code: 'invalid_api_key' })
       }
     }
-    checkTrust(request)
+    trustOf(request)
   })
 
   app.setErrorHandler((err, request, reply) => {

@@ -9,7 +9,16 @@ import type { SamplingOptions } from './sampling.ts'
 export interface SessionPipeline {
   forward (hidden: Float32Array, tokens: number): Promise<Float32Array>
   close (): Promise<void>
+  /**
+   * Verification (optional), called after every step and once more, `final`, before generation
+   * ends: how many positions' outputs are confirmed (tokens sampled from them may be delivered),
+   * or that a check failed and the pipeline now holds only the first `rollbackTo` positions,
+   * all confirmed: generation resumes from there.
+   */
+  audit? (final: boolean): Promise<AuditResult>
 }
+
+export type AuditResult = { verified: number } | { rollbackTo: number }
 
 export interface GenerateOptions extends SamplingOptions {
   maxTokens: number
@@ -43,39 +52,74 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
   if (promptIds.length + opts.maxTokens > maxPositions) {
     throw new RangeError(`prompt (${promptIds.length}) + max tokens (${opts.maxTokens}) exceed the model's context of ${maxPositions}`)
   }
+  const P = promptIds.length
   const sampler = new Sampler(opts)
   const eos = new Set(opts.eosTokenIds ?? [])
   const out: number[] = []
   const logits: Float32Array[] = []
-  let finishReason: 'stop' | 'length' = 'length'
+  // With verification, a token is delivered once the output it was sampled from is confirmed:
+  // token i (at position P + i) needs positions [0, P + i) confirmed.
+  let delivered = 0
+  const deliver = async (confirmed: number): Promise<void> => {
+    while (delivered < out.length && P + delivered <= confirmed) {
+      const id = out[delivered++]
+      await opts.onToken?.(id)
+    }
+  }
+  /** Positions the pipeline holds. */
+  let held = 0
+  /** After a failed check: keep what the confirmed positions decided, resume after it. */
+  const rollback = (to: number): void => {
+    held = to
+    const keep = to >= P ? to - P + 1 : 0
+    out.length = Math.min(out.length, keep)
+    logits.length = Math.min(logits.length, keep)
+    sampler.rewind(out.length)
+  }
+  const audited = async (final: boolean): Promise<boolean> => {
+    if (pipeline.audit == null) return true
+    const r = await pipeline.audit(final)
+    if ('rollbackTo' in r) { rollback(r.rollbackTo); return false }
+    await deliver(r.verified)
+    return true
+  }
 
   const t0 = performance.now()
-  let hidden = await pipeline.forward(head.embed(promptIds), promptIds.length)
-  let row = await head.logits(hidden, promptIds.length)
-  const t1 = performance.now()
-  let t2 = t1
-  while (out.length < opts.maxTokens) {
+  let t1 = 0
+  let t2 = 0
+  for (;;) {
     opts.signal?.throwIfAborted()
+    const last = out[out.length - 1]
+    const done = out.length > 0 ? out.length >= opts.maxTokens || eos.has(last) : opts.maxTokens === 0 && held === P
+    if (done) {
+      if (!await audited(true)) continue
+      break
+    }
+    // the prompt (or, after a rollback into it, the rest of it), else the last token
+    const tokens = out.length === 0 ? promptIds.slice(held) : [last]
+    const hidden = await pipeline.forward(head.embed(tokens), tokens.length)
+    held += tokens.length
+    if (t1 === 0) t1 = t2 = performance.now()
+    else t2 = performance.now()
+    if (!await audited(false)) continue
+    if (opts.maxTokens === 0) continue
+    const row = await head.logits(hidden, tokens.length)
     if (opts.keepLogits === true) logits.push(row)
-    const id = sampler.sample(row)
-    out.push(id)
-    await opts.onToken?.(id)
-    if (eos.has(id)) { finishReason = 'stop'; break }
-    if (out.length === opts.maxTokens) break
-    hidden = await pipeline.forward(head.embed([id]), 1)
-    row = await head.logits(hidden, 1)
-    t2 = performance.now()
+    out.push(sampler.sample(row))
+    if (pipeline.audit == null) await deliver(Infinity)
   }
+  await deliver(Infinity)
+  const finishReason: 'stop' | 'length' = out.length > 0 && eos.has(out[out.length - 1]) ? 'stop' : 'length'
   const prefillSeconds = (t1 - t0) / 1000
   const decodeSeconds = (t2 - t1) / 1000
   const decodeSteps = Math.max(0, out.length - 1)
   return {
     tokenIds: out,
     finishReason,
-    promptTokens: promptIds.length,
+    promptTokens: P,
     prefillSeconds,
     decodeSeconds,
-    prefillTokensPerSecond: promptIds.length / prefillSeconds,
+    prefillTokensPerSecond: P / prefillSeconds,
     tokensPerSecond: decodeSteps > 0 ? decodeSteps / decodeSeconds : 0,
     logits: opts.keepLogits === true ? logits : undefined
   }

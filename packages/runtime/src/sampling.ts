@@ -55,12 +55,20 @@ export function validateSampling (o: SamplingOptions): void {
 
 export class Sampler {
   private readonly opts: SamplingOptions
-  private readonly random: () => number
+  private readonly seed: number
+  private random: () => number
 
   constructor (opts: SamplingOptions = {}) {
     validateSampling(opts)
     this.opts = opts
-    this.random = seededRandom(opts.seed ?? Math.floor(Math.random() * 2 ** 32))
+    this.seed = opts.seed ?? Math.floor(Math.random() * 2 ** 32)
+    this.random = seededRandom(this.seed)
+  }
+
+  /** Back to the state after `samples` draws (a verified session rolled back). */
+  rewind (samples: number): void {
+    this.random = seededRandom(this.seed)
+    if (!this.greedy) for (let i = 0; i < samples; i++) this.random()
   }
 
   get greedy (): boolean { return (this.opts.temperature ?? 0) === 0 }

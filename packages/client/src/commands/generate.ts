@@ -1,6 +1,7 @@
 import { initBackend, generate, StreamDecoder, applyChatTemplate } from '@plexus/runtime'
 import type { BackendName, TextTokenizer, SamplingOptions } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
+import type { TrustLevel, AuditEvent } from '../inference/auditor.ts'
 import { openLocal, openSwarm, connectSwarm, swarmModelDir, stopNode } from '../model-source.ts'
 import type { OpenModel } from '../model-source.ts'
 
@@ -19,6 +20,10 @@ export interface GenerateArgs extends SamplingOptions {
   json: boolean
   backend?: BackendName | 'auto'
   ignoreEos?: boolean
+  trust?: TrustLevel
+  checkRate?: number
+  checkEvery?: number
+  trustVerifier?: string[]
 }
 
 export class UsageError extends Error {
@@ -52,18 +57,28 @@ export async function runGenerate (args: GenerateArgs): Promise<void> {
   const log = (m: string): void => { process.stderr.write(`[plexus] ${m}\n`) }
   const node = args.local ? undefined : await connectSwarm(args.bootstrap!)
   let model: OpenModel | undefined
+  const audits: AuditEvent[] = []
   try {
     model = node == null
       ? await openLocal(args.model)
-      : await openSwarm(node, { dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log }), dtype: args.wireDtype, log })
-    await generateWith(model, args, backend, log)
+      : await openSwarm(node, {
+        dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log }),
+        dtype: args.wireDtype,
+        log,
+        trust: args.trust,
+        checkRate: args.checkRate,
+        checkEvery: args.checkEvery,
+        trustedVerifiers: args.trustVerifier,
+        onAudit: e => { audits.push(e) }
+      })
+    await generateWith(model, args, backend, log, audits)
   } finally {
     await model?.close()
     if (node != null) await stopNode(node)
   }
 }
 
-async function generateWith (model: OpenModel, args: GenerateArgs, backend: string, log: (m: string) => void): Promise<void> {
+async function generateWith (model: OpenModel, args: GenerateArgs, backend: string, log: (m: string) => void, audits: AuditEvent[]): Promise<void> {
   const { config, tokenizer: tok } = model
   const ids = promptIds(args, tok, model.tokenizerConfig)
   for (const id of ids) {
@@ -108,10 +123,27 @@ async function generateWith (model: OpenModel, args: GenerateArgs, backend: stri
       prompt_tokens: r.promptTokens,
       completion_tokens: r.tokenIds.length,
       tokens_per_second: r.tokensPerSecond,
-      prefill_tokens_per_second: r.prefillTokensPerSecond
+      prefill_tokens_per_second: r.prefillTokensPerSecond,
+      trust: args.trust ?? 'fast',
+      ...(args.trust === 'verified' ? { verification: summarizeAudits(audits) } : {})
     }) + '\n')
   } else {
     process.stdout.write('\n')
     process.stderr.write(`[${r.tokenIds.length} tokens, prefill ${r.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${r.tokensPerSecond.toFixed(1)} tok/s, backend ${backend}]\n`)
+    if (args.trust === 'verified') {
+      const v = summarizeAudits(audits)
+      process.stderr.write(`[verified: ${v.checked_steps} steps re-computed in ${v.checks} checks, max error ${v.max_error.toExponential(2)}; ${v.frauds.length} wrong outputs caught and re-run]\n`)
+    }
   }
+}
+
+function summarizeAudits (audits: AuditEvent[]): { checks: number, checked_steps: number, max_error: number, frauds: Array<{ server: string, verifier: string, bad_step: number, error: number, confirmed_by: string[] }> } {
+  let checks = 0
+  let steps = 0
+  let maxError = 0
+  const frauds = []
+  for (const e of audits) {
+    if (e.kind === 'checked') { checks++; steps += e.steps; maxError = Math.max(maxError, e.maxError) } else frauds.push({ server: e.server, verifier: e.verifier, bad_step: e.badStep, error: e.error, confirmed_by: e.confirmedBy })
+  }
+  return { checks, checked_steps: steps, max_error: maxError, frauds }
 }

@@ -4,6 +4,7 @@ import { initBackend } from '@plexus/runtime'
 import type { BackendName } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { createGateway, isLoopback } from '@plexus/gateway'
+import type { TrustLevel } from '../inference/auditor.ts'
 import { openLocal, openSwarm, connectSwarm, swarmModelDir, stopNode } from '../model-source.ts'
 import type { OpenModel } from '../model-source.ts'
 import { UsageError } from './generate.ts'
@@ -20,6 +21,9 @@ export interface ServeArgs {
   maxConcurrent: number
   backend?: BackendName | 'auto'
   json?: boolean
+  trust?: TrustLevel
+  checkRate?: number
+  trustVerifier?: string[]
 }
 
 export async function runServe (args: ServeArgs): Promise<void> {
@@ -43,10 +47,12 @@ export async function runServe (args: ServeArgs): Promise<void> {
   try {
     model = node == null
       ? await openLocal(args.model)
-      : await openSwarm(node, { dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log }), dtype: args.wireDtype, log })
+      : await openSwarm(node, {
+        dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log }), dtype: args.wireDtype, log, checkRate: args.checkRate, trustedVerifiers: args.trustVerifier
+      })
     // A local directory has no manifest: its folder name names the model.
     const modelName = model.manifest?.name ?? basename(resolve(args.model))
-    const gw = await createGateway({ model, modelName, aliases: [args.model], apiKey, maxConcurrent: args.maxConcurrent, defaultMetrics: true })
+    const gw = await createGateway({ model, modelName, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast', aliases: [args.model], apiKey, maxConcurrent: args.maxConcurrent, defaultMetrics: true })
     const url = await gw.listen(args.port, args.host)
     if (args.json === true) process.stdout.write(JSON.stringify({ event: 'ready', url, model: gw.modelName, backend }) + '\n')
     else log(`serving ${gw.modelName} at ${url} (OpenAI ${url}/v1, Anthropic ${url}/v1/messages, Ollama ${url}/api, metrics ${url}/metrics; backend ${backend})`)

@@ -65,6 +65,8 @@ export class RemoteSpanSession {
   lastWallMs = 0
   /** The server's signed commitments to every step of this session: evidence for verification. */
   readonly commitments: StepCommitment[] = []
+  /** The last step as the server committed to it: its signed text, input (as the server decoded it) and output. */
+  lastStep?: { commitment: string, input: Float32Array, output: Float32Array }
 
   private constructor (init: RemoteSpanInit, stream: Stream, sessionId: string) {
     this.init = init
@@ -142,6 +144,7 @@ export class RemoteSpanSession {
     const dtype = this.init.dtype ?? 'f32'
     const sent = dtype === 'f32' ? hidden : decodeTensor(encodeTensor(hidden, dtype), dtype)
     try {
+      this.lastStep = { commitment: r.commitment!, input: sent, output: r.data }
       this.commitments.push(verifyCommitment(r.commitment!, {
         expectedPeer: this.peer,
         expected: {

@@ -1,10 +1,11 @@
-import type { SessionPipeline } from '@plexus/runtime'
+import type { SessionPipeline, AuditResult } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { RemoteSpanSession, RemoteError, PeerFailure } from './remote-span.ts'
 import type { Dialer } from './remote-span.ts'
 import { findRoute, describeBlocks, NoRouteError } from '../routing/route.ts'
 import type { Hop, ServerCandidate } from '../routing/route.ts'
 import type { BanList } from '../routing/ban-list.ts'
+import type { Auditor, HopAudit } from './auditor.ts'
 
 /** Where servers come from: discovery on the swarm (or a fixed list in tests). */
 export interface CandidateSource {
@@ -18,6 +19,10 @@ export interface SwarmSessionComponents {
   source: CandidateSource
   bans: BanList
   log?: (msg: string) => void
+  /** Spot checks (trust level `verified`); absent: `fast`. */
+  auditor?: Auditor
+  /** Servers not to route through whatever they announce (e.g. a bad reputation). */
+  distrusted?: (peers: string[]) => Promise<Set<string>>
 }
 
 export interface SwarmSessionInit {
@@ -45,6 +50,8 @@ interface LiveHop {
   session: RemoteSpanSession
   /** Every input this hop has consumed, in order: replayed to a replacement server. */
   history: Float32Array[]
+  /** Its steps as committed, for spot checks. */
+  audit?: HopAudit
 }
 
 /**
@@ -56,6 +63,8 @@ export class SwarmSession implements SessionPipeline {
   private readonly c: SwarmSessionComponents
   private readonly init: SwarmSessionInit
   private hops: LiveHop[] = []
+  /** Audits of hops replaced mid-session whose last steps are still to be checked. */
+  private retired: HopAudit[] = []
   private repairs = 0
   private closed = false
 
@@ -86,7 +95,8 @@ export class SwarmSession implements SessionPipeline {
     for (let attempt = 0; ; attempt++) {
       const all = await this.c.source.candidates({ refresh })
       refresh = true
-      const usable = all.filter(c => !this.c.bans.isBanned(c.peer))
+      const distrusted = await this.c.distrusted?.(all.map(c => c.peer)) ?? new Set<string>()
+      const usable = all.filter(c => !this.c.bans.isBanned(c.peer) && !distrusted.has(c.peer))
       let route
       try {
         route = findRoute(usable, from, to, this.init.modelName)
@@ -121,7 +131,7 @@ export class SwarmSession implements SessionPipeline {
             peer: hop.peer, target: this.c.source.target(hop.peer), modelId: this.init.modelId, start: hop.start, end: hop.end,
             maxLength: this.init.maxLength, hiddenSize: this.init.hiddenSize, dtype: this.init.dtype, stepTimeoutMs: this.init.stepTimeoutMs
           })
-          opened.push({ hop, session, history: [] })
+          opened.push({ hop, session, history: [], audit: this.c.auditor?.newHop(hop.peer, session.sessionId, hop.start, hop.end) })
         }
         return opened
       } catch (err: any) {
@@ -141,9 +151,7 @@ export class SwarmSession implements SessionPipeline {
     while (i < this.hops.length) {
       const live = this.hops[i]
       try {
-        const out = await live.session.forward(h, tokens)
-        live.history.push(h)
-        h = out
+        h = await this.runHop(live, h, tokens)
         i++
       } catch (err: any) {
         if (!(err instanceof PeerFailure || err instanceof RemoteError)) throw err
@@ -161,6 +169,9 @@ export class SwarmSession implements SessionPipeline {
     this.c.bans.fail(failed.hop.peer, err instanceof RemoteError && err.code === 'busy' ? 'busy' : 'failure')
     this.c.log?.(`server ${failed.hop.peer.slice(-8)} failed on ${describeBlocks([failed.hop.start, failed.hop.end])}: ${err.message}`)
     await failed.session.close()
+    // its last steps may still hide a lie that shaped the tokens since: check them later
+    if (failed.audit != null && failed.audit.checked && failed.audit.pending > 0) this.retired.push(failed.audit)
+    else await failed.audit?.dispose()
     const maxRepairs = this.init.maxRepairs ?? 16
     for (;;) {
       if (this.repairs++ >= maxRepairs) {
@@ -174,9 +185,8 @@ export class SwarmSession implements SessionPipeline {
         let y = h
         for (const r of replacement) {
           // Rebuild the cache at positions [0, pastTokens), then this step at the right position.
-          if (pastTokens > 0) { r.history.push(x); x = await r.session.forward(x, pastTokens) }
-          r.history.push(y)
-          y = await r.session.forward(y, tokens)
+          if (pastTokens > 0) x = await this.runHop(r, x, pastTokens)
+          y = await this.runHop(r, y, tokens)
         }
         this.hops.splice(i, 1, ...replacement)
         this.c.log?.(`rerouted ${describeBlocks([failed.hop.start, failed.hop.end])} through ${replacement.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
@@ -190,10 +200,59 @@ export class SwarmSession implements SessionPipeline {
     }
   }
 
+  /** One step through one hop, remembered for replay and for spot checks. */
+  private async runHop (live: LiveHop, x: Float32Array, tokens: number): Promise<Float32Array> {
+    const out = await live.session.forward(x, tokens)
+    live.history.push(x)
+    if (live.audit != null && live.session.lastStep != null) live.audit.record(live.session.lastStep, tokens)
+    return out
+  }
+
+  /** Positions the session holds. */
+  get length (): number { return this.hops[0]?.session.length ?? 0 }
+
+  /**
+   * Spot checks (trust level `verified`): every few steps, and always when `final`, verifiers
+   * re-compute the checked hops' new steps. On a mismatch the cheater is banned and the whole
+   * session is rebuilt on a new route from the last confirmed position; the caller resumes there.
+   */
+  async audit (final: boolean): Promise<AuditResult> {
+    const auditor = this.c.auditor
+    if (auditor == null) return { verified: this.length }
+    const audits = (): HopAudit[] => [...this.hops.flatMap(h => h.audit != null ? [h.audit] : []), ...this.retired]
+    if (!auditor.due(final)) return { verified: auditor.verifiedLength(audits(), this.length) }
+    const r = await auditor.sync(audits())
+    if (r.ok) {
+      for (const a of this.retired) await a.dispose()
+      this.retired = []
+      return { verified: auditor.verifiedLength(audits(), this.length) }
+    }
+    await this.rollback(r.rollbackTo)
+    return { rollbackTo: r.rollbackTo }
+  }
+
+  /** A new route for every block, fed the first `length` positions again (their embeddings). */
+  private async rollback (length: number): Promise<void> {
+    const hidden = this.init.hiddenSize
+    const embeddings = concat(this.hops[0].history).subarray(0, length * hidden)
+    await this.dropHops()
+    this.hops = await this.openRoute(0, this.init.numBlocks)
+    if (length === 0) return
+    let x: Float32Array = embeddings.slice()
+    for (const live of this.hops) x = await this.runHop(live, x, length)
+    this.c.log?.(`replayed ${length} positions through ${this.hops.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
+  }
+
+  private async dropHops (): Promise<void> {
+    await Promise.all([...this.hops.map(async h => { await h.session.close(); await h.audit?.dispose() }), ...this.retired.map(async a => { await a.dispose() })])
+    this.hops = []
+    this.retired = []
+  }
+
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
-    await Promise.all(this.hops.map(async h => { await h.session.close() }))
+    await this.dropHops()
   }
 }
 

@@ -19,8 +19,15 @@ export class BanList {
     this.now = init.now ?? Date.now
   }
 
-  /** `busy` bans briefly without a strike: the server is healthy, just full. */
-  fail (peer: string, kind: 'failure' | 'busy' = 'failure'): void {
+  /** Peers caught lying (a confirmed fraud report): never used again by this client. */
+  private readonly frauds = new Set<string>()
+
+  /**
+   * `busy` bans briefly without a strike: the server is healthy, just full. `fraud` bans for
+   * good: a server that returned wrong outputs is not to be trusted again.
+   */
+  fail (peer: string, kind: 'failure' | 'busy' | 'fraud' = 'failure'): void {
+    if (kind === 'fraud') { this.frauds.add(peer); this.busy.delete(peer); return }
     if (kind === 'busy') {
       this.until.set(peer, Math.max(this.until.get(peer) ?? 0, this.now() + BUSY_BAN_MS))
       this.busy.add(peer)
@@ -34,7 +41,10 @@ export class BanList {
 
   succeed (peer: string): void { this.strikes.delete(peer) }
 
-  isBanned (peer: string): boolean { return (this.until.get(peer) ?? 0) > this.now() }
+  isBanned (peer: string): boolean { return this.frauds.has(peer) || (this.until.get(peer) ?? 0) > this.now() }
+
+  /** Caught lying, for good. */
+  isFraud (peer: string): boolean { return this.frauds.has(peer) }
 
   /** Banned now, but only because it was full (it may have room again soon). */
   isBusy (peer: string): boolean { return this.isBanned(peer) && this.busy.has(peer) }

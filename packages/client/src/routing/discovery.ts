@@ -1,9 +1,10 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
-import { discoverServers, findServers, fetchInfo } from '@plexus/p2p'
+import { discoverServers, discoverVerifiers, findServers, fetchInfo } from '@plexus/p2p'
 import type { PlexusNode, AnnouncementPayload } from '@plexus/p2p'
 import type { ServerCandidate } from './route.ts'
 import type { CandidateSource } from '../inference/swarm-session.ts'
+import type { VerifierSource, VerifierCandidate } from '../inference/auditor.ts'
 
 export interface DiscoveryInit {
   modelId: string
@@ -93,4 +94,33 @@ export async function listModels (node: PlexusNode, opts: { timeoutMs?: number }
     for (let b = a.start; b < Math.min(a.end, m.numBlocks); b++) m.coverage[b]++
   }
   return [...models.values()].sort((x, y) => x.name.localeCompare(y.name))
+}
+
+/** The live verifiers of a model (`discoverVerifiers`), cached briefly. */
+export class SwarmVerifiers implements VerifierSource {
+  private readonly node: PlexusNode
+  private readonly init: DiscoveryInit
+  private cached?: { at: number, verifiers: VerifierCandidate[] }
+  private inflight?: Promise<VerifierCandidate[]>
+  private readonly peers = new Map<string, PeerId>()
+
+  constructor (components: { node: PlexusNode }, init: DiscoveryInit) {
+    this.node = components.node
+    this.init = init
+  }
+
+  target (peer: string): unknown { return this.peers.get(peer) ?? peerIdFromString(peer) }
+
+  async verifiers (opts: { refresh?: boolean } = {}): Promise<VerifierCandidate[]> {
+    const ttl = this.init.cacheMs ?? 30_000
+    if (opts.refresh !== true && this.cached != null && Date.now() - this.cached.at < ttl) return this.cached.verifiers
+    this.inflight ??= discoverVerifiers(this.node, { modelId: this.init.modelId, numBlocks: this.init.numBlocks, lookupTimeoutMs: this.init.lookupTimeoutMs, infoTimeoutMs: this.init.infoTimeoutMs })
+      .then(found => {
+        const verifiers = found.map(({ peerId, peer, announcement: a }) => { this.peers.set(peer, peerId); return { peer, start: a.start, end: a.end } })
+        this.cached = { at: Date.now(), verifiers }
+        return verifiers
+      })
+      .finally(() => { this.inflight = undefined })
+    return await this.inflight
+  }
 }

@@ -1,0 +1,64 @@
+import { lpStream } from '@libp2p/utils'
+import type { Stream } from '@libp2p/interface'
+import { VERIFY_PROTOCOL, encodeVerifyMessage, decodeVerifyMessage } from '@plexus/protocol'
+import type { CheckMessage, VerdictMessage, RecheckedMessage, VerifyMessage } from '@plexus/protocol'
+import type { Dialer } from './remote-span.ts'
+import { PeerFailure } from './remote-span.ts'
+
+/** One stream to a verifier: checks of one hop (a verify session), or re-checks of reports. */
+export class VerifyClient {
+  readonly peer: string
+  private readonly stream: Stream
+  private readonly io: ReturnType<typeof lpStream>
+  private readonly timeoutMs: number
+
+  private constructor (peer: string, stream: Stream, timeoutMs: number) {
+    this.peer = peer
+    this.stream = stream
+    this.timeoutMs = timeoutMs
+    const max = 96 << 20
+    this.io = lpStream(stream, { maxDataLength: max, maxBufferSize: max + 16 })
+  }
+
+  static async open (dialer: Dialer, peer: string, target: unknown, opts: { timeoutMs?: number } = {}): Promise<VerifyClient> {
+    try {
+      const stream = await dialer.dialProtocol(target, VERIFY_PROTOCOL, { signal: AbortSignal.timeout(10_000) })
+      return new VerifyClient(peer, stream, opts.timeoutMs ?? 60_000)
+    } catch (err: any) {
+      throw new PeerFailure(peer, `cannot open a verify stream: ${err.message}`, { cause: err })
+    }
+  }
+
+  async check (msg: Omit<CheckMessage, 'type'>): Promise<VerdictMessage> {
+    return await this.request({ type: 'check', ...msg }, 'verdict') as VerdictMessage
+  }
+
+  async recheck (report: Uint8Array): Promise<RecheckedMessage> {
+    return await this.request({ type: 'recheck', report }, 'rechecked') as RecheckedMessage
+  }
+
+  private async request (msg: VerifyMessage, expect: VerifyMessage['type']): Promise<VerifyMessage> {
+    const signal = AbortSignal.timeout(this.timeoutMs)
+    let reply: VerifyMessage
+    try {
+      await this.io.write(encodeVerifyMessage(msg), { signal })
+      reply = decodeVerifyMessage((await this.io.read({ signal })).subarray())
+    } catch (err: any) {
+      this.stream.abort(err)
+      throw new PeerFailure(this.peer, err.name === 'TimeoutError' ? 'verifier gave no answer in time' : err.message, { cause: err })
+    }
+    if (reply.type === 'error') {
+      this.stream.abort(new Error(reply.message))
+      throw new PeerFailure(this.peer, `verifier refused: ${reply.code}: ${reply.message}`)
+    }
+    if (reply.type !== expect) {
+      this.stream.abort(new Error('protocol violation'))
+      throw new PeerFailure(this.peer, `verifier sent ${reply.type} where ${expect} was expected`)
+    }
+    return reply
+  }
+
+  async close (): Promise<void> {
+    try { await this.stream.close({ signal: AbortSignal.timeout(2000) }) } catch { this.stream.abort(new Error('verify stream closed')) }
+  }
+}
