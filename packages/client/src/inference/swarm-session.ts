@@ -252,7 +252,10 @@ export class SwarmSession implements SessionPipeline {
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
+    // the route stays readable (for display) after the sessions on it are closed
+    const route = this.hops
     await this.dropHops()
+    this.hops = route
   }
 }
 
