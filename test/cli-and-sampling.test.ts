@@ -61,7 +61,12 @@ describe('plexus-client generate: bad flags and files', () => {
     ['a bad backend name', ['--local', '--model', model, '--token-ids', '1', '--backend', 'metal'], /Invalid values:[\s\S]*backend/],
     ['negative max tokens', ['--local', '--model', model, '--token-ids', '1', '--max-tokens', '-3'], /--max-tokens must be a non-negative integer/],
     ['a context overflow', ['--local', '--model', model, '--token-ids', '1', '--max-tokens', '600'], /exceed the model's context of 512/],
-    ['a bad bootstrap address', ['--bootstrap', '/ip4/127.0.0.1/tcp/1', '--model', model, '--token-ids', '1'], /bad bootstrap address "\/ip4\/127\.0\.0\.1\/tcp\/1": must end in \/p2p\/<peer id>/]
+    ['a bad bootstrap address', ['--bootstrap', '/ip4/127.0.0.1/tcp/1', '--model', model, '--token-ids', '1'], /bad bootstrap address "\/ip4\/127\.0\.0\.1\/tcp\/1": must end in \/p2p\/<peer id>/],
+    ['trust level attested', ['--local', '--model', model, '--token-ids', '1', '--trust', 'attested'], /--trust attested is not supported yet: it needs hardware attestation/],
+    ['an unknown trust level', ['--local', '--model', model, '--token-ids', '1', '--trust', 'maybe'], /Invalid values:[\s\S]*trust/],
+    ['verified without a swarm', ['--local', '--model', model, '--token-ids', '1', '--trust', 'verified'], /--trust verified checks the servers of a swarm: use it with --bootstrap, not --local/],
+    ['a check rate above 1', ['--local', '--model', model, '--token-ids', '1', '--check-rate', '1.5'], /--check-rate must be between 0 and 1 \(got 1\.5\)/],
+    ['a trusted verifier that is no peer id', ['--local', '--model', model, '--token-ids', '1', '--trust-verifier', 'bob'], /--trust-verifier bob: not an Ed25519 peer id/]
   ]
   for (const [what, args, re] of cases) {
     it(`explains ${what} in one line and exits 2`, async () => {

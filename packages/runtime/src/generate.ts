@@ -124,3 +124,11 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
     logits: opts.keepLogits === true ? logits : undefined
   }
 }
+
+/** Consecutive tensors (a hop's steps, say) as one. */
+export function concatFloat32 (parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0))
+  let o = 0
+  for (const p of parts) { out.set(p, o); o += p.length }
+  return out
+}

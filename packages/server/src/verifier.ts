@@ -2,6 +2,7 @@ import { createBLAKE3 } from 'hash-wasm'
 import type { Logger, PrivateKey } from '@libp2p/interface'
 import { DEFAULT_TOLERANCE, VerifyError, f32ToBase64, outputError, signFraudReport, tensorDigest, verifyCommitment, verifyFraudReport } from '@plexus/protocol'
 import type { CheckMessage, VerdictMessage, RecheckedMessage, StepCommitment } from '@plexus/protocol'
+import { concatFloat32 } from '@plexus/runtime'
 import type { ModelConfig, SpanRunner, SpanSession } from '@plexus/runtime'
 
 export interface VerifierComponents {
@@ -160,7 +161,7 @@ export class Verifier {
     const span = await this.c.runner.open(length, report.start, report.end)
     let error: number
     try {
-      const all = concat(inputs)
+      const all = concatFloat32(inputs)
       const out = await span.forward(all, length)
       error = outputError(out.subarray(out.length - output.length), output)
     } finally {
@@ -251,9 +252,3 @@ export async function reportDigest (bytes: Uint8Array): Promise<string> {
   return h.digest('hex')
 }
 
-function concat (parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0))
-  let o = 0
-  for (const p of parts) { out.set(p, o); o += p.length }
-  return out
-}

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { verifyFraudReport } from '@plexus/protocol'
+import { concatFloat32 } from '@plexus/runtime'
 import type { Dialer } from './remote-span.ts'
 import { PeerFailure } from './remote-span.ts'
 import { VerifyClient } from './verify-client.ts'
@@ -171,8 +172,8 @@ export class Auditor {
           hidden: this.init.hiddenSize,
           maxLength: this.init.maxLength,
           commitments: batch.map(s => s.commitment),
-          inputs: concat(batch.map(s => s.input)),
-          outputs: concat(batch.map(s => s.output))
+          inputs: concatFloat32(batch.map(s => s.input)),
+          outputs: concatFloat32(batch.map(s => s.output))
         })
         if (verdict.ok) {
           h.confirmedSteps = h.steps.length
@@ -237,9 +238,3 @@ export class Auditor {
   }
 }
 
-function concat (parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0))
-  let o = 0
-  for (const p of parts) { out.set(p, o); o += p.length }
-  return out
-}

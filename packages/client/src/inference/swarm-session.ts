@@ -1,3 +1,4 @@
+import { concatFloat32 } from '@plexus/runtime'
 import type { SessionPipeline, AuditResult } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { RemoteSpanSession, RemoteError, PeerFailure } from './remote-span.ts'
@@ -179,7 +180,7 @@ export class SwarmSession implements SessionPipeline {
       }
       const replacement = await this.openRoute(failed.hop.start, failed.hop.end)
       try {
-        const past = concat(failed.history)
+        const past = concatFloat32(failed.history)
         const pastTokens = failed.history.reduce((n, x) => n + x.length, 0) / this.init.hiddenSize
         let x = past
         let y = h
@@ -234,7 +235,7 @@ export class SwarmSession implements SessionPipeline {
   /** A new route for every block, fed the first `length` positions again (their embeddings). */
   private async rollback (length: number): Promise<void> {
     const hidden = this.init.hiddenSize
-    const embeddings = concat(this.hops[0].history).subarray(0, length * hidden)
+    const embeddings = concatFloat32(this.hops[0].history).subarray(0, length * hidden)
     await this.dropHops()
     this.hops = await this.openRoute(0, this.init.numBlocks)
     if (length === 0) return
@@ -263,9 +264,3 @@ function findRouteOrUndefined (candidates: ServerCandidate[], from: number, to: 
   try { return findRoute(candidates, from, to) } catch { return undefined }
 }
 
-function concat (parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0))
-  let o = 0
-  for (const p of parts) { out.set(p, o); o += p.length }
-  return out
-}
