@@ -20,6 +20,7 @@ import type { AuditEvent } from '../packages/client/src/inference/auditor.ts'
 import { SwarmVerifiers } from '../packages/client/src/routing/discovery.ts'
 import { ReputationView } from '../packages/client/src/routing/reputation.ts'
 import { VerifyClient } from '../packages/client/src/inference/verify-client.ts'
+import { createGateway } from '../packages/gateway/src/index.ts'
 import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import type { LocalSwarm, NodeProcess } from '../scripts/lib/local-swarm.ts'
 import { makeModel } from '../scripts/lib/model-maker.ts'
@@ -229,6 +230,36 @@ describe('verifiable inference on a loopback swarm', function () {
       try { assert.deepEqual((await generate(m.head, s, prompts[2], { maxTokens: MAX_TOKENS })).tokenIds, references[2]) } finally { await s.close() }
       assert.ok(events.some(e => e.kind === 'checked'))
     } finally { await m.close() }
+  })
+
+  it('the gateway honours X-Plexus-Trust: verified (checked, honest text even with the cheater in the swarm)', async () => {
+    const events: AuditEvent[] = []
+    const m = await openSwarm(node, { dir: model, checkRate: 1, onAudit: e => { events.push(e) } })
+    const gw = await createGateway({ model: m })
+    try {
+      const base = await gw.listen(0)
+      const ask = async (trust: string): Promise<{ status: number, json: any }> => {
+        const r = await fetch(`${base}/v1/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'x-plexus-trust': trust },
+          body: JSON.stringify({ model: gw.modelName, prompt: prompts[4], max_tokens: MAX_TOKENS, temperature: 0 })
+        })
+        return { status: r.status, json: await r.json() }
+      }
+      const fast = await ask('fast')
+      assert.equal(fast.status, 200)
+      assert.equal(events.length, 0, 'fast runs no checks')
+      const verified = await ask('verified')
+      assert.equal(verified.status, 200, JSON.stringify(verified.json))
+      // fast may have gone through the cheater; verified delivers the honest text
+      assert.equal(verified.json.choices[0].text, m.tokenizer!.decode(references[4], { skipSpecialTokens: true }))
+      assert.ok(events.some(e => e.kind === 'checked'), 'verified ran checks')
+      const attested = await ask('attested')
+      assert.equal(attested.status, 501)
+    } finally {
+      await gw.close()
+      await m.close()
+    }
   })
 
   /** A genuine honest session's evidence, signed by `liar` as if it were fraud. */

@@ -85,7 +85,11 @@ export async function untilDiscoverable (bootstrapAddr: string, servers: NodePro
       for (;;) {
         const found = new Set((await discover(probe, { modelId, numBlocks: list[0].ready.numBlocks ?? 0, lookupTimeoutMs: 5000 })).map(d => d.peer))
         if (list.every(s => found.has(s.peerId))) break
-        if (Date.now() > until) throw new Error(`servers not discoverable after ${timeoutMs / 1000} s: ${list.filter(s => !found.has(s.peerId)).map(s => s.name).join(', ')}`)
+        if (Date.now() > until) {
+          const missing = list.filter(s => !found.has(s.peerId))
+          throw new Error(`servers not discoverable after ${timeoutMs / 1000} s: ${missing.map(s => s.name).join(', ')} (found ${found.size}; probe has ${probe.getConnections().length} connections)\n` +
+            missing.map(s => `--- ${s.name} stderr:\n${s.stderr().split('\n').slice(-25).join('\n')}`).join('\n'))
+        }
         await new Promise(resolve => setTimeout(resolve, 300))
       }
     }

@@ -83,6 +83,9 @@ export interface AnnounceRound {
 // Announcers that share a CID (the models CID, overlapping spans) keeps the other's record.
 const holds = new WeakMap<PlexusNode, Map<string, number>>()
 
+/** Longest pause between rounds while some records reach no peer. */
+const MAX_RETRY_MS = 4000
+
 /** Keeps provider records for a span of blocks (and the models CID) alive in the DHT. */
 export class Announcer {
   private readonly node: PlexusNode
@@ -199,9 +202,11 @@ export class Announcer {
 
     let next = this.init.refreshMs
     if (result.unreached > 0) {
-      this.log('%d of %d provider records reached no peer; retrying in %d ms', result.unreached, this.cids.length, this.retryMs)
+      this.log('%d of %d provider records reached no peer (%d DHT peers, %d connections); retrying in %d ms',
+        result.unreached, this.cids.length, dhtPeerCount(this.node), this.node.getConnections().length, this.retryMs)
       next = Math.min(this.retryMs, next)
-      this.retryMs = Math.min(this.retryMs * 2, this.init.refreshMs)
+      // a node nobody can find serves nobody: keep retrying often (a failed round costs little)
+      this.retryMs = Math.min(this.retryMs * 2, MAX_RETRY_MS, this.init.refreshMs)
     } else {
       this.log('provided blocks [%d, %d) of %s in %d ms', this.init.start, this.init.end, this.init.modelId, result.ms)
       this.retryMs = 1000
