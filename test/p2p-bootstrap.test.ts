@@ -153,6 +153,20 @@ describe('p2p: staying bootstrapped', function () {
   })
 })
 
+describe('client: a swarm it cannot reach', function () {
+  this.timeout(20_000)
+  it('says it is not connected, instead of "no peer serves" the blocks', async () => {
+    const { SwarmDiscovery } = await import('../packages/client/src/routing/discovery.ts')
+    const alone = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), dhtMode: 'client', listen: [] })
+    try {
+      const d = new SwarmDiscovery({ node: alone }, { modelId: 'a'.repeat(64), numBlocks: 4 })
+      const t0 = Date.now()
+      await assert.rejects(d.candidates(), { name: 'SwarmUnreachableError', message: /not connected to the swarm: no DHT peer reachable for 5 s/ })
+      assert.ok(Date.now() - t0 < 8000, `took ${Date.now() - t0} ms`)
+    } finally { await alone.stop() }
+  })
+})
+
 async function waitFor (cond: () => boolean, ms: number, what: string): Promise<void> {
   const until = Date.now() + ms
   while (!cond()) {

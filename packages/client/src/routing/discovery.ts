@@ -1,6 +1,6 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
-import { discoverServers, discoverVerifiers, findServers, fetchInfo } from '@plexus/p2p'
+import { discoverServers, discoverVerifiers, findServers, fetchInfo, dhtPeerCount } from '@plexus/p2p'
 import type { PlexusNode, AnnouncementPayload } from '@plexus/p2p'
 import type { ServerCandidate } from './route.ts'
 import type { CandidateSource } from '../inference/swarm-session.ts'
@@ -54,6 +54,7 @@ export class SwarmDiscovery implements CandidateSource {
   private inflight?: Promise<ServerInfo[]>
 
   private async lookup (): Promise<ServerInfo[]> {
+    await connectedToSwarm(this.node)
     const found = await discoverServers(this.node, {
       modelId: this.init.modelId, numBlocks: this.init.numBlocks, lookupTimeoutMs: this.init.lookupTimeoutMs, infoTimeoutMs: this.init.infoTimeoutMs
     })
@@ -96,6 +97,24 @@ export async function listModels (node: PlexusNode, opts: { timeoutMs?: number }
   return [...models.values()].sort((x, y) => x.name.localeCompare(y.name))
 }
 
+/** A client that cannot reach the swarm at all (rather than a swarm where nobody serves a block). */
+export class SwarmUnreachableError extends Error {
+  constructor (message: string) { super(message); this.name = 'SwarmUnreachableError' }
+}
+
+/**
+ * Waits (≤ `timeoutMs`) for a DHT peer: a node that lost its connections re-dials its bootstrap
+ * peers by itself. Without one every lookup would come back empty and read as "nobody serves
+ * these blocks"; say what is really wrong instead.
+ */
+export async function connectedToSwarm (node: PlexusNode, timeoutMs = 5000): Promise<void> {
+  const until = Date.now() + timeoutMs
+  while (!(dhtPeerCount(node) > 0 && node.getConnections().length > 0)) {
+    if (Date.now() > until) throw new SwarmUnreachableError(`not connected to the swarm: no DHT peer reachable for ${timeoutMs / 1000} s (are the bootstrap peers up and reachable?)`)
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+}
+
 /** The live verifiers of a model (`discoverVerifiers`), cached briefly. */
 export class SwarmVerifiers implements VerifierSource {
   private readonly node: PlexusNode
@@ -114,7 +133,7 @@ export class SwarmVerifiers implements VerifierSource {
   async verifiers (opts: { refresh?: boolean } = {}): Promise<VerifierCandidate[]> {
     const ttl = this.init.cacheMs ?? 30_000
     if (opts.refresh !== true && this.cached != null && Date.now() - this.cached.at < ttl) return this.cached.verifiers
-    this.inflight ??= discoverVerifiers(this.node, { modelId: this.init.modelId, numBlocks: this.init.numBlocks, lookupTimeoutMs: this.init.lookupTimeoutMs, infoTimeoutMs: this.init.infoTimeoutMs })
+    this.inflight ??= connectedToSwarm(this.node).then(async () => await discoverVerifiers(this.node, { modelId: this.init.modelId, numBlocks: this.init.numBlocks, lookupTimeoutMs: this.init.lookupTimeoutMs, infoTimeoutMs: this.init.infoTimeoutMs }))
       .then(found => {
         const verifiers = found.map(({ peerId, peer, announcement: a }) => { this.peers.set(peer, peerId); return { peer, start: a.start, end: a.end } })
         this.cached = { at: Date.now(), verifiers }
