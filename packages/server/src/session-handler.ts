@@ -3,6 +3,7 @@ import type { Stream, Connection, Logger, PrivateKey } from '@libp2p/interface'
 import { SESSION_PROTOCOL, ProtocolError, decodeMessage, encodeMessage, decodeTensor, encodeTensor, signCommitment, tensorDigest } from '@plexus/protocol'
 import type { SessionMessage, ErrorCode } from '@plexus/protocol'
 import type { BackendSet, BlockBackend } from './backend.ts'
+import { errorReply } from './handler-errors.ts'
 
 export { SESSION_PROTOCOL }
 
@@ -152,10 +153,7 @@ export function createSessionHandler (components: SessionHandlerComponents, init
         }
       }
     } catch (err: any) {
-      const code: ErrorCode = err instanceof ProtocolError ? err.code : (err.name === 'SpanError' ? 'bad-request' : 'internal')
-      let message: string = err instanceof ProtocolError || err.name === 'SpanError' ? err.message : `internal error: ${err.message}`
-      // the schema caps error messages (which may quote the client's input) at 2000 characters
-      if (message.length > MAX_ERROR_MESSAGE) message = message.slice(0, MAX_ERROR_MESSAGE - 1) + '…'
+      const { code, message } = errorReply<ErrorCode>(err, (e): e is ProtocolError => e instanceof ProtocolError)
       init.onError?.(code, message)
       log('session stream from %s: %s: %s', peer, code, message)
       try { await send({ type: 'error', code, message }) } catch {}
@@ -166,8 +164,6 @@ export function createSessionHandler (components: SessionHandlerComponents, init
     }
   }
 }
-
-const MAX_ERROR_MESSAGE = 2000
 
 function spanOf ([start, end]: [number, number]): { start: number, end: number } { return { start, end } }
 /** Longest varint lpStream decodes. */

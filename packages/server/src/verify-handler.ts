@@ -3,6 +3,7 @@ import type { Stream, Connection, Logger } from '@libp2p/interface'
 import { VERIFY_PROTOCOL, VerifyError, decodeVerifyMessage, encodeVerifyMessage } from '@plexus/protocol'
 import type { VerifyMessage, VerifyErrorCode } from '@plexus/protocol'
 import type { Verifier } from './verifier.ts'
+import { errorReply } from './handler-errors.ts'
 
 export { VERIFY_PROTOCOL }
 
@@ -68,9 +69,7 @@ export function createVerifyHandler (components: VerifyHandlerComponents, init: 
         }
       }
     } catch (err: any) {
-      const code: VerifyErrorCode = err instanceof VerifyError ? err.code : (err.name === 'SpanError' ? 'bad-request' : 'internal')
-      let message: string = err instanceof VerifyError || err.name === 'SpanError' ? err.message : `internal error: ${err.message}`
-      if (message.length > 2000) message = message.slice(0, 1999) + '…'
+      const { code, message } = errorReply<VerifyErrorCode>(err, (e): e is VerifyError => e instanceof VerifyError)
       init.onError?.(code, message)
       log('verify stream from %s: %s: %s', peer, code, message)
       try { await send({ type: 'error', code, message }) } catch {}
