@@ -1,6 +1,7 @@
 // Sampling semantics, and the CLIs' answers to bad flags.
 import assert from 'node:assert/strict'
-import { Sampler, argmax, logSoftmax, seededRandom } from '@plexus/runtime'
+import { Sampler, argmax, logSoftmax, seededRandom, generate, initBackend, LocalModel } from '@plexus/runtime'
+import type { SessionPipeline, AuditResult } from '@plexus/runtime'
 import { fixtureDir, golden, runCli, CLIENT_BIN } from './support/fixtures.ts'
 
 describe('sampling', () => {
@@ -44,6 +45,37 @@ describe('sampling', () => {
     let sum = 0
     for (let i = 0; i < 10_000; i++) sum += r()
     assert.ok(Math.abs(sum / 10_000 - 0.5) < 0.02)
+  })
+})
+
+describe('generate: when tokens are delivered', () => {
+  let model: LocalModel
+  before(async () => { await initBackend('wasm'); model = await LocalModel.load(fixtureDir('tiny-llama')) })
+  after(async () => { await model?.dispose() })
+
+  /** The local session, with an audit hook; logs forwards and deliveries in order. */
+  async function run (audit: (held: number, final: boolean) => AuditResult): Promise<string[]> {
+    const inner = await model.session(32)
+    let held = 0
+    const events: string[] = []
+    const pipeline: SessionPipeline = {
+      forward: async (h, n) => { events.push(`forward ${held}`); held += n; return await inner.forward(h, n) },
+      close: async () => { await inner.close() },
+      audit: async (final) => audit(held, final)
+    }
+    const r = await generate(model.head, pipeline, [1, 2, 3], { maxTokens: 3, onToken: id => { events.push(`token ${id}`) } })
+    await pipeline.close()
+    assert.deepEqual(events.filter(e => e.startsWith('token')).map(e => Number(e.slice(6))), r.tokenIds)
+    return events.map(e => e.startsWith('token') ? 'token' : e)
+  }
+
+  it('without checks, each token is delivered before the next step runs', async () => {
+    assert.deepEqual(await run(() => ({ verified: Infinity })), ['forward 0', 'token', 'forward 3', 'token', 'forward 4', 'token'])
+  })
+
+  it('with checks, a token waits until the output it was sampled from is confirmed', async () => {
+    // confirms nothing until the final audit
+    assert.deepEqual(await run((held, final) => ({ verified: final ? held : 0 })), ['forward 0', 'forward 3', 'forward 4', 'token', 'token', 'token'])
   })
 })
 

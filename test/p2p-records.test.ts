@@ -6,9 +6,10 @@ import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import {
-  loadOrCreateKey, signRecord, verifyRecord, RecordError, signAnnouncement, verifyAnnouncement, validate
+  loadOrCreateKey, signRecord, verifyRecord, signAnnouncement, verifyAnnouncement, validate
 } from '@plexus/p2p'
 import type { AnnouncementBody, PrivateKey } from '@plexus/p2p'
+import { rejects } from './support/records.ts'
 
 const MODEL = 'ab'.repeat(32)
 const body = (over: Partial<AnnouncementBody> = {}): AnnouncementBody => ({
@@ -24,19 +25,6 @@ const body = (over: Partial<AnnouncementBody> = {}): AnnouncementBody => ({
   version: '0.1.0',
   ...over
 })
-
-/** Asserts `fn` throws a RecordError with this fault and a message matching `re`; returns the message. */
-function rejects (fn: () => unknown, fault: string, re: RegExp): string {
-  try {
-    fn()
-  } catch (err) {
-    assert.ok(err instanceof RecordError, `expected a RecordError, got ${String(err)}`)
-    assert.equal(err.fault, fault, err.message)
-    assert.match(err.message, re)
-    return err.message
-  }
-  assert.fail(`expected a ${fault} rejection`)
-}
 
 describe('p2p: key files', () => {
   let dir: string

@@ -9,6 +9,7 @@ import {
   createPlexusNode, dialBootstrap, waitForDhtPeers
 } from '@plexus/p2p'
 import type { PlexusNode, PrivateKey, ReputationBody } from '@plexus/p2p'
+import { rejects, tamper } from './support/records.ts'
 
 const MODEL = '7c'.repeat(32)
 const DIGEST = (n: number): string => n.toString(16).padStart(2, '0').repeat(32)
@@ -19,27 +20,6 @@ const idOf = (k: PrivateKey): string => peerIdFromPrivateKey(k).toString()
 const body = (subject: string, over: Partial<ReputationBody> = {}): ReputationBody => ({
   subject, modelId: MODEL, passed: 5, failed: 1, reports: [DIGEST(1)], seq: 1, ...over
 })
-
-/** Asserts `fn` throws a RecordError with this fault and a message matching `re`. */
-function rejects (fn: () => unknown, fault: string, re: RegExp): void {
-  try {
-    fn()
-  } catch (err) {
-    assert.ok(err instanceof RecordError, `expected a RecordError, got ${String(err)}`)
-    assert.equal(err.fault, fault, err.message)
-    assert.match(err.message, re)
-    return
-  }
-  assert.fail(`expected a ${fault} rejection`)
-}
-
-/** The record with its signed payload text edited (the signature is kept, so no longer valid). */
-function tamper (bytes: Uint8Array, edit: (payload: string) => string): Uint8Array {
-  const env = JSON.parse(dec.decode(bytes)) as { payload: string, sig: string }
-  const payload = edit(env.payload)
-  assert.notEqual(payload, env.payload, 'the edit changed nothing')
-  return enc.encode(JSON.stringify({ payload, sig: env.sig }))
-}
 
 /** A record naming `claimed` as its peer but signed by `signer`'s key. */
 async function signedByOther (signer: PrivateKey, claimed: string, subject: string, seq: number): Promise<Uint8Array> {

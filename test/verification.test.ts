@@ -24,6 +24,7 @@ import { createGateway } from '../packages/gateway/src/index.ts'
 import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import type { LocalSwarm, NodeProcess } from '../scripts/lib/local-swarm.ts'
 import { makeModel } from '../scripts/lib/model-maker.ts'
+import { tamper } from './support/records.ts'
 
 const MAX_TOKENS = 12
 
@@ -170,8 +171,7 @@ describe('verifiable inference on a loopback swarm', function () {
     const real = await verifyFraudReport(fraudReport)
     assert.equal(real.report.server, cheater.peerId)
     // altered after signing
-    const env = JSON.parse(new TextDecoder().decode(fraudReport))
-    const altered = new TextEncoder().encode(JSON.stringify({ ...env, payload: env.payload.replace(`"badStep":${real.report.badStep}`, `"badStep":${real.report.badStep + 1}`) }))
+    const altered = tamper(fraudReport, p => p.replace(`"badStep":${real.report.badStep}`, `"badStep":${real.report.badStep + 1}`))
     await assert.rejects(verifyFraudReport(altered), /signature does not verify/)
     // re-signed by a liar, blaming the honest server for the cheater's commitments
     const liar = await generateKeyPair('Ed25519')

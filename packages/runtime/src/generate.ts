@@ -60,8 +60,8 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
   // With verification, a token is delivered once the output it was sampled from is confirmed:
   // token i (at position P + i) needs positions [0, P + i) confirmed.
   let delivered = 0
-  const deliver = async (confirmed: number): Promise<void> => {
-    while (delivered < out.length && P + delivered <= confirmed) {
+  const deliver = async (upTo: number): Promise<void> => {
+    while (delivered < out.length && P + delivered <= upTo) {
       const id = out[delivered++]
       await opts.onToken?.(id)
     }
@@ -76,11 +76,14 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
     logits.length = Math.min(logits.length, keep)
     sampler.rewind(out.length)
   }
+  /** Positions whose outputs are confirmed (all, without verification). */
+  let confirmed = pipeline.audit == null ? Infinity : 0
   const audited = async (final: boolean): Promise<boolean> => {
     if (pipeline.audit == null) return true
     const r = await pipeline.audit(final)
-    if ('rollbackTo' in r) { rollback(r.rollbackTo); return false }
-    await deliver(r.verified)
+    if ('rollbackTo' in r) { rollback(r.rollbackTo); confirmed = r.rollbackTo; return false }
+    confirmed = r.verified
+    await deliver(confirmed)
     return true
   }
 
@@ -106,7 +109,8 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
     const row = await head.logits(hidden, tokens.length)
     if (opts.keepLogits === true) logits.push(row)
     out.push(sampler.sample(row))
-    if (pipeline.audit == null) await deliver(Infinity)
+    // streamed as soon as the output it came from is confirmed (at once without verification)
+    await deliver(confirmed)
   }
   await deliver(Infinity)
   const finishReason: 'stop' | 'length' = out.length > 0 && eos.has(out[out.length - 1]) ? 'stop' : 'length'
