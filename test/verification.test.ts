@@ -57,7 +57,8 @@ describe('verifiable inference on a loopback swarm', function () {
     // the honest holder of blocks 0–2 joins later (in the first test), so that the first route
     // has to go through the cheater
     ;[honest, cheater, verifiers] = await Promise.all([
-      Promise.all([swarm.add('honest[3:6]', model, '3:6')]),
+      // two holders of blocks 3–5: a transient failure there is repaired, not fatal
+      Promise.all([swarm.add('honest[3:6]', model, '3:6'), swarm.add('spare[3:6]', model, '3:6')]),
       swarm.add('cheater[0:3]', model, '0:3', ['--fault-perturb', '1,0.05']),
       // one verifier on another backend than the servers (cpu vs wasm), one on the same
       Promise.all([swarm.add('verifier-cpu', model, undefined, ['--verify', '--backend', 'cpu']), swarm.add('verifier-wasm', model, undefined, ['--verify'])])
@@ -73,8 +74,16 @@ describe('verifiable inference on a loopback swarm', function () {
 
   /** A swarm client whose first routes must go through `through` (for blocks 0–2) until it is banned. */
   async function client (opts: { checkRate: number, checkEvery?: number, trusted?: string[], events: AuditEvent[], dtype?: 'f32' | 'f16' }): Promise<OpenModel> {
-    return await openSwarm(node, { dir: model, trust: 'verified', checkRate: opts.checkRate, checkEvery: opts.checkEvery, trustedVerifiers: opts.trusted, onAudit: e => { opts.events.push(e) }, dtype: opts.dtype })
+    return await openSwarm(node, {
+      dir: model, trust: 'verified', checkRate: opts.checkRate, checkEvery: opts.checkEvery, trustedVerifiers: opts.trusted, onAudit: e => { opts.events.push(e) }, dtype: opts.dtype, log: m => { clientLog.push(m) }
+    })
   }
+  /** What the clients logged (routes, failures, rollbacks): shown when a test fails. */
+  const clientLog: string[] = []
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') console.log(`      client log:\n${clientLog.slice(-40).map(l => `        ${l}`).join('\n')}`)
+    clientLog.length = 0
+  })
 
   it('a verifier peer announces itself apart from servers (never routed through)', async () => {
     const found = await new SwarmVerifiers({ node }, { modelId: cheater.ready.modelId, numBlocks: 6 }).verifiers({ refresh: true })

@@ -178,7 +178,14 @@ export class SwarmSession implements SessionPipeline {
       if (this.repairs++ >= maxRepairs) {
         throw new Error(`gave up after ${maxRepairs} route repairs; ${describeBlocks([failed.hop.start, failed.hop.end])} could not be served: ${err.message}`)
       }
-      const replacement = await this.openRoute(failed.hop.start, failed.hop.end)
+      let replacement: LiveHop[]
+      try {
+        replacement = await this.openRoute(failed.hop.start, failed.hop.end)
+      } catch (e: any) {
+        // say why the last holder was dropped, not only that there is no other
+        if (e instanceof NoRouteError) throw new NoRouteError(`${e.message}; the last one failed: ${err.message}`, e.missing)
+        throw e
+      }
       try {
         const past = concatFloat32(failed.history)
         const pastTokens = failed.history.reduce((n, x) => n + x.length, 0) / this.init.hiddenSize
