@@ -134,11 +134,12 @@ export class SwarmMember {
       const again = planMove([...await this.swarmView(), me], me, L, factor, () => 0)
       if (again == null || this.stopped) return false
       this.log('moving from [%d, %d) to [%d, %d): bottleneck %f → %f tokens/s', this.span.start, this.span.end, plan.start, plan.end, plan.bottleneckBefore, plan.bottleneckAfter)
-      // Others hold all our blocks (planMove checked), so leaving first uncovers nothing and
-      // never needs memory for two spans at once.
-      await this.server?.stop(5000)
-      this.server = undefined
+      // Make before break: the new span is loaded and findable before the old one drains, so a
+      // block kept across a slide (of which we may be the only holder) is never uncovered. The
+      // price is memory for both spans while the new one loads.
+      const old = this.server
       await this.serve(plan.start, plan.end, 'moved')
+      await old?.stop(5000)
       return true
     } catch (err: any) {
       this.log.error('rebalancing failed: %s', err.message)
