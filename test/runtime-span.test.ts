@@ -102,6 +102,32 @@ describe('spans of blocks', function () {
     })
   })
 
+  describe('batched LM head', () => {
+    for (const backend of ['wasm', 'cpu'] as const) {
+      it(`concurrent logits requests give bitwise the results of separate calls (${backend})`, async () => {
+        await initBackend(backend)
+        const ckpt = await Checkpoint.open(fixtureDir('tiny-llama'))
+        const head = await ModelHead.load(ckpt)
+        try {
+          const rows = [[3], [7, 1, 2], [9, 4], [11]].map(ids => ({ h: head.embed(ids), n: ids.length }))
+          const want = []
+          for (const r of rows) want.push(await head.logits(r.h, r.n))
+          const wantTwo = await head.logits(rows[1].h, rows[1].n, 2)
+          const got = await Promise.all([...rows.map(async r => await head.logits(r.h, r.n)), head.logits(rows[1].h, rows[1].n, 2)])
+          assert.deepEqual(got, [...want, wantTwo])
+          assert.equal(wantTwo.length, 2 * ckpt.config.vocabSize)
+          // a bad request among good ones fails alone
+          const mixed = await Promise.allSettled([head.logits(rows[0].h, rows[0].n), head.logits(new Float32Array(5), 1), head.logits(rows[3].h, rows[3].n)])
+          assert.deepEqual(mixed.map(m => m.status), ['fulfilled', 'rejected', 'fulfilled'])
+          assert.match(String((mixed[1] as PromiseRejectedResult).reason), /hidden states have 5 values, expected 1×64/)
+          assert.deepEqual((mixed[2] as PromiseFulfilledResult<Float32Array>).value, want[3])
+        } finally {
+          head.dispose(); await ckpt.close(); await initBackend('wasm')
+        }
+      })
+    }
+  })
+
   describe('bad input', () => {
     let ckpt: Checkpoint
     let span: Span

@@ -1,4 +1,5 @@
-import { createPublicKey, verify } from 'node:crypto'
+import { createPrivateKey, createPublicKey, sign, verify } from 'node:crypto'
+import type { KeyObject } from 'node:crypto'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { schemaProblem } from './schemas.ts'
 import type { PeerId, PrivateKey } from '@libp2p/interface'
@@ -64,8 +65,8 @@ export async function signRecord (privateKey: PrivateKey, kind: string, body: ob
     expiresAt: Math.floor(now + ttlMs),
     ...body
   })
-  const sig = await privateKey.sign(enc.encode(RECORD_SIGNING_PREFIX + payload))
-  return enc.encode(JSON.stringify({ payload, sig: Buffer.from(sig).toString('base64') }))
+  const sig = sign(null, enc.encode(RECORD_SIGNING_PREFIX + payload), signingKey(privateKey))
+  return enc.encode(JSON.stringify({ payload, sig: sig.toString('base64') }))
 }
 
 export interface VerifyRecordOptions {
@@ -113,9 +114,8 @@ export function verifyRecord<T extends RecordPayload = RecordPayload> (bytes: Ui
   }
 
   // signature: by the peer the payload names
-  const signer = ed25519PeerId(payload.peer)
+  const { signer, publicKey } = verifyingKey(payload.peer)
   if (!/^[A-Za-z0-9+/]{86}==$/.test(sig)) throw new RecordError('signature', 'record signature is not a base64 Ed25519 signature')
-  const publicKey = createPublicKey({ key: Buffer.concat([ED25519_SPKI_PREFIX, signer.publicKey.raw]), format: 'der', type: 'spki' })
   if (!verify(null, enc.encode(RECORD_SIGNING_PREFIX + text), publicKey, Buffer.from(sig, 'base64'))) {
     throw new RecordError('signature', `record signature does not verify for its peer ${signer.toString()} (forged or altered)`)
   }
@@ -143,6 +143,33 @@ export function verifyRecord<T extends RecordPayload = RecordPayload> (bytes: Ui
 // DER header of an Ed25519 SubjectPublicKeyInfo; the 32 raw key bytes follow. Verifying with
 // node:crypto directly keeps verifyRecord synchronous.
 const ED25519_SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex')
+const ED25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex')
+
+// Key objects are cached: building one costs as much as the signature itself, and a server
+// signs (and a client verifies) a commitment on every step.
+const signingKeys = new WeakMap<PrivateKey, KeyObject>()
+const verifyingKeys = new Map<string, { signer: PeerId, publicKey: KeyObject }>()
+const MAX_VERIFYING_KEYS = 1024
+
+function signingKey (privateKey: PrivateKey): KeyObject {
+  let key = signingKeys.get(privateKey)
+  if (key == null) {
+    // libp2p's Ed25519 raw private key is seed ‖ public key; PKCS#8 wants the seed
+    key = createPrivateKey({ key: Buffer.concat([ED25519_PKCS8_PREFIX, privateKey.raw.subarray(0, 32)]), format: 'der', type: 'pkcs8' })
+    signingKeys.set(privateKey, key)
+  }
+  return key
+}
+
+function verifyingKey (peer: unknown): { signer: PeerId, publicKey: KeyObject } {
+  const cached = typeof peer === 'string' ? verifyingKeys.get(peer) : undefined
+  if (cached != null) return cached
+  const signer = ed25519PeerId(peer)
+  const entry = { signer, publicKey: createPublicKey({ key: Buffer.concat([ED25519_SPKI_PREFIX, signer.publicKey.raw]), format: 'der', type: 'spki' }) }
+  if (verifyingKeys.size >= MAX_VERIFYING_KEYS) verifyingKeys.delete(verifyingKeys.keys().next().value!)
+  verifyingKeys.set(peer as string, entry)
+  return entry
+}
 
 function ed25519PeerId (value: unknown): PeerId & { publicKey: { raw: Uint8Array } } {
   let id: PeerId | undefined

@@ -6,6 +6,11 @@ import { toFloat32 } from './safetensors.ts'
 import { transposeInto, rmsNorm } from './block.ts'
 import { tensorsDigest } from './model-id.ts'
 
+/** Rows one LM-head call takes at most (a long prompt's logits are asked for row by row anyway). */
+const MAX_LOGIT_ROWS = 64
+
+interface QueuedLogits { x: Float32Array, rows: number, resolve: (logits: Float32Array) => void, reject: (err: Error) => void }
+
 /**
  * The client's own pieces of the model: token embeddings, the final norm and the LM head.
  * Embedding rows are looked up in plain memory (one row per token needs no kernel); the LM
@@ -70,20 +75,53 @@ export class ModelHead {
     return out
   }
 
-  /** Logits `[rows, vocab]` for the last `rows` of hidden states `[tokens, hidden]`. */
-  async logits (hidden: Float32Array, tokens: number, rows = 1): Promise<Float32Array> {
+  /**
+   * Logits `[rows, vocab]` for the last `rows` of hidden states `[tokens, hidden]`. Requests made
+   * in the same turn of the event loop (concurrent sessions of one client or gateway) run as one
+   * call, reading the LM head once for all of them; results are bitwise those of separate calls.
+   */
+  logits (hidden: Float32Array, tokens: number, rows = 1): Promise<Float32Array> {
     const H = this.config.hiddenSize
-    if (hidden.length !== tokens * H) throw new RangeError(`hidden states have ${hidden.length} values, expected ${tokens}×${H}`)
+    if (hidden.length !== tokens * H) return Promise.reject(new RangeError(`hidden states have ${hidden.length} values, expected ${tokens}×${H}`))
     rows = Math.min(rows, tokens)
-    const out = tf.tidy(() => {
-      const last = tf.tensor2d(hidden.subarray((tokens - rows) * H), [rows, H])
-      return tf.matMul(rmsNorm(last, this.norm, this.config.rmsNormEps), this.lmHead)
+    return new Promise((resolve, reject) => {
+      this.queued.push({ x: hidden.subarray((tokens - rows) * H), rows, resolve, reject })
+      if (!this.flushing) { this.flushing = true; setImmediate(() => { void this.flush() }) }
     })
-    try {
-      return (await out.data()) as Float32Array
-    } finally {
-      out.dispose()
+  }
+
+  private readonly queued: QueuedLogits[] = []
+  private flushing = false
+
+  private async flush (): Promise<void> {
+    while (this.queued.length > 0) {
+      let n = 0
+      let rows = 0
+      while (n < this.queued.length && (n === 0 || rows + this.queued[n].rows <= MAX_LOGIT_ROWS)) rows += this.queued[n++].rows
+      const batch = this.queued.splice(0, n)
+      try {
+        const H = this.config.hiddenSize
+        const V = this.config.vocabSize
+        const x = new Float32Array(rows * H)
+        let o = 0
+        for (const q of batch) { x.set(q.x, o); o += q.x.length }
+        const out = tf.tidy(() => tf.matMul(rmsNorm(tf.tensor2d(x, [rows, H]), this.norm, this.config.rmsNormEps), this.lmHead))
+        let data: Float32Array
+        try {
+          data = (await out.data()) as Float32Array
+        } finally {
+          out.dispose()
+        }
+        if (batch.length === 1) batch[0].resolve(data)
+        else {
+          o = 0
+          for (const q of batch) { q.resolve(data.slice(o, o + q.rows * V)); o += q.rows * V }
+        }
+      } catch (err: any) {
+        for (const q of batch) q.reject(err)
+      }
     }
+    this.flushing = false
   }
 
   dispose (): void {
