@@ -13,7 +13,7 @@ const { values: a } = parseArgs({
     model: { type: 'string' },
     shape: { type: 'string', default: 'small' },
     clients: { type: 'string', default: '1,4,8,16' },
-    tokens: { type: 'string', default: '24' },
+    tokens: { type: 'string', default: '64' },
     'prompt-tokens': { type: 'string', default: '16' },
     'kill-runs': { type: 'string', default: '3' },
     'json-only': { type: 'boolean', default: false },
@@ -101,12 +101,12 @@ try {
   await swarm.stop()
 }
 const rec = result.recovery.map((r: any) => r.recovery_ms)
-result.recovery_ms = { median: median(rec), max: Math.max(...rec) }
-result.slowdown_during_recovery = median(result.recovery.map((r: any) => r.slowdown))
+result.recovery_ms = rec.length > 0 ? { median: median(rec), max: Math.max(...rec) } : null
+result.slowdown_during_recovery = rec.length > 0 ? median(result.recovery.map((r: any) => r.slowdown)) : null
 
 if (a['json-only'] !== true) {
   process.stdout.write('| clients | aggregate decode tok/s | per-client tok/s (median) | vs 1 client |\n|---|---|---|---|\n')
   for (const c of result.concurrency) process.stdout.write(`| ${c.clients} | ${c.aggregate_tokens_per_second.toFixed(1)} | ${c.median_client_decode_tokens_per_second.toFixed(1)} | ${c.speedup_vs_one_client?.toFixed(2) ?? '—'}× |\n`)
-  process.stdout.write(`recovery from a killed server: median ${result.recovery_ms.median.toFixed(0)} ms, max ${result.recovery_ms.max.toFixed(0)} ms; the stalled step took ${result.slowdown_during_recovery.toFixed(1)}× a normal step\n`)
+  if (rec.length > 0) process.stdout.write(`recovery from a killed server: median ${result.recovery_ms.median.toFixed(0)} ms, max ${result.recovery_ms.max.toFixed(0)} ms; the stalled step took ${result.slowdown_during_recovery.toFixed(1)}× a normal step\n`)
 }
 process.stdout.write(JSON.stringify(result) + '\n')

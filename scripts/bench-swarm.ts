@@ -1,6 +1,7 @@
 // `npm run bench:swarm [-- --model DIR]`: the same model and prompt through a 3-process loopback
 // swarm and in one process (--local), in the same run: decode tokens/s ratio and per-hop overhead.
 import { parseArgs } from 'node:util'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { initBackend, generate, seededRandom, readModelConfig } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { connectSwarm, openSwarm, openLocal } from '../packages/client/src/model-source.ts'
@@ -67,6 +68,12 @@ try {
   })
   const route = session.route
   await session.close()
+  // The transport's floor on this machine: a bare libp2p round trip to each hop's server.
+  const rtts: number[] = []
+  for (const h of route) {
+    const peer = peerIdFromString(h.peer)
+    for (let i = 0; i < 20; i++) rtts.push(await node.services.ping.ping(peer))
+  }
   await model.close()
   await node.stop()
   const hops = route.map((h, i) => ({
@@ -87,7 +94,10 @@ try {
     decode_ratio_swarm_vs_local: viaSwarm.tokensPerSecond / single.tokensPerSecond,
     tokens_identical: JSON.stringify(single.tokenIds) === JSON.stringify(viaSwarm.tokenIds),
     hops,
-    per_hop_overhead_ms: median(hops.map(h => h.median_overhead_ms))
+    per_hop_overhead_ms: median(hops.map(h => h.median_overhead_ms)),
+    bare_round_trip_ms: median(rtts),
+    // what the ratio could be if each hop cost one bare round trip over the local compute
+    ratio_ceiling_one_round_trip_per_hop: (1000 / single.tokensPerSecond) / (1000 / single.tokensPerSecond + route.length * median(rtts))
   }
 } finally {
   await swarm.stop()
@@ -104,6 +114,7 @@ if (a['json-only'] !== true) {
   const w = rows[0].map((_, i) => Math.max(...rows.map(r => r[i].length)))
   for (const r of rows) process.stdout.write('| ' + r.map((c, i) => c.padEnd(w[i])).join(' | ') + ' |\n')
   for (const h of result.hops) process.stdout.write(`hop [${h.start},${h.end}): wall ${h.median_wall_ms.toFixed(2)} ms, server compute ${h.median_compute_ms.toFixed(2)} ms, overhead ${h.median_overhead_ms.toFixed(2)} ms per step\n`)
+  process.stdout.write(`bare round trip (libp2p ping) ${result.bare_round_trip_ms.toFixed(2)} ms: with one per hop and nothing else, the ratio could at best be ${result.ratio_ceiling_one_round_trip_per_hop.toFixed(2)}\n`)
   process.stdout.write(`tokens identical: ${result.tokens_identical ? 'yes' : 'NO'}\n`)
 }
 process.stdout.write(JSON.stringify(result) + '\n')
