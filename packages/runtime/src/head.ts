@@ -6,7 +6,7 @@ import { toFloat32 } from './safetensors.ts'
 import { transposeInto, rmsNorm } from './block.ts'
 import { tensorsDigest } from './model-id.ts'
 
-/** Rows one LM-head call takes at most (a long prompt's logits are asked for row by row anyway). */
+/** Rows one LM-head call gathers from several requests at most (a larger request runs alone). */
 const MAX_LOGIT_ROWS = 64
 
 interface QueuedLogits { x: Float32Array, rows: number, resolve: (logits: Float32Array) => void, reject: (err: Error) => void }
