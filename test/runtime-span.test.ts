@@ -1,6 +1,6 @@
 // Spans compose exactly, and the KV cache changes nothing but speed.
 import assert from 'node:assert/strict'
-import { initBackend, Checkpoint, Span, ModelHead, SpanError } from '@plexus/runtime'
+import { initBackend, Checkpoint, Span, ModelHead, SpanError, WorkerSpanRunner } from '@plexus/runtime'
 import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff } from './support/fixtures.ts'
 
 describe('spans of blocks', function () {
@@ -100,19 +100,54 @@ describe('spans of blocks', function () {
       await assert.rejects(span.forwardBatch([{ hidden: head.embed([1]), tokens: 1, cache: fresh }, { hidden: head.embed([1]), tokens: 1, cache: fresh }]), /two steps of one session/)
       span.dispose(); head.dispose(); await ckpt.close()
     })
+    it('a span worker batches concurrent sessions, and a session its cohort left keeps stepping', async () => {
+      const dir = fixtureDir('tiny-qwen2-tied-bf16')
+      const ckpt = await Checkpoint.open(dir)
+      const head = await ModelHead.load(ckpt)
+      const span = await Span.load(ckpt, 1, 4)
+      const runner = await WorkerSpanRunner.load({ dir, start: 1, end: 4, backend: 'wasm' })
+      try {
+        const prompts = [[1, 5, 9], [1, 7], [1, 2, 3, 4, 5, 6], [1]]
+        const solo = prompts.map(() => span.newCache(32))
+        const sessions = await Promise.all(prompts.map(async () => await runner.open(32)))
+        for (let i = 0; i < prompts.length; i++) {
+          const want = await span.forward(head.embed(prompts[i]), prompts[i].length, solo[i])
+          assert.deepEqual(await sessions[i].forward(head.embed(prompts[i]), prompts[i].length), want)
+        }
+        // the four step together (they form one cohort the worker waits for)…
+        for (let step = 0; step < 4; step++) {
+          const ids = prompts.map((_, i) => 10 + step * 7 + i)
+          const want = []
+          for (let i = 0; i < prompts.length; i++) want.push(await span.forward(head.embed([ids[i]]), 1, solo[i]))
+          assert.deepEqual(await Promise.all(sessions.map(async (s, i) => await s.forward(head.embed([ids[i]]), 1))), want, `step ${step}`)
+        }
+        // …then the others stop stepping (still open): session 0 goes on alone, with the right outputs
+        for (let step = 0; step < 4; step++) {
+          const want = await span.forward(head.embed([40 + step]), 1, solo[0])
+          assert.deepEqual(await sessions[0].forward(head.embed([40 + step]), 1), want, `alone, step ${step}`)
+        }
+        for (const s of sessions.slice(1)) await s.close()
+        assert.deepEqual(await sessions[0].forward(head.embed([60]), 1), await span.forward(head.embed([60]), 1, solo[0]))
+        assert.equal(sessions[0].length, prompts[0].length + 9)
+      } finally {
+        await runner.dispose(); span.dispose(); await head.dispose(); await ckpt.close()
+      }
+    })
   })
 
   describe('batched LM head', () => {
-    for (const backend of ['wasm', 'cpu'] as const) {
-      it(`concurrent logits requests give bitwise the results of separate calls (${backend})`, async () => {
+    for (const [backend, thread] of [['wasm', false], ['cpu', false], ['wasm', true], ['cpu', true]] as const) {
+      it(`concurrent logits requests give bitwise the results of separate calls (${backend}${thread ? ', in a worker thread' : ''})`, async () => {
         await initBackend(backend)
         const ckpt = await Checkpoint.open(fixtureDir('tiny-llama'))
-        const head = await ModelHead.load(ckpt)
+        // the reference: separate calls in this thread
+        const local = await ModelHead.load(ckpt)
+        const head = thread ? await ModelHead.load(ckpt, { thread }) : local
         try {
           const rows = [[3], [7, 1, 2], [9, 4], [11]].map(ids => ({ h: head.embed(ids), n: ids.length }))
           const want = []
-          for (const r of rows) want.push(await head.logits(r.h, r.n))
-          const wantTwo = await head.logits(rows[1].h, rows[1].n, 2)
+          for (const r of rows) want.push(await local.logits(r.h, r.n))
+          const wantTwo = await local.logits(rows[1].h, rows[1].n, 2)
           const got = await Promise.all([...rows.map(async r => await head.logits(r.h, r.n)), head.logits(rows[1].h, rows[1].n, 2)])
           assert.deepEqual(got, [...want, wantTwo])
           assert.equal(wantTwo.length, 2 * ckpt.config.vocabSize)
@@ -122,7 +157,7 @@ describe('spans of blocks', function () {
           assert.match(String((mixed[1] as PromiseRejectedResult).reason), /hidden states have 5 values, expected 1×64/)
           assert.deepEqual((mixed[2] as PromiseFulfilledResult<Float32Array>).value, want[3])
         } finally {
-          head.dispose(); await ckpt.close(); await initBackend('wasm')
+          await head.dispose(); await local.dispose(); await ckpt.close(); await initBackend('wasm')
         }
       })
     }

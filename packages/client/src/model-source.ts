@@ -103,9 +103,11 @@ export interface SwarmModelInit {
 /** The model's blocks through the swarm; the client's own parts from `dir`. */
 export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promise<OpenModel> {
   const ckpt = await Checkpoint.open(init.dir)
+  let head: ModelHead | undefined
   try {
     const manifest = await loadManifest(ckpt)
-    const head = await ModelHead.load(ckpt, { headDigest: manifest.headDigest })
+    // in a worker thread: a client driving many sessions relays their activations on this one
+    head = await ModelHead.load(ckpt, { headDigest: manifest.headDigest, thread: true })
     const cfg = ckpt.config
     const discovery = new SwarmDiscovery({ node }, { modelId: manifest.id, numBlocks: cfg.numLayers })
     const bans = new BanList()
@@ -142,9 +144,10 @@ export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promis
           modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, hiddenSize: cfg.hiddenSize, maxLength, dtype: init.dtype
         })
       },
-      close: async () => { head.dispose(); await ckpt.close() }
+      close: async () => { await head?.dispose(); await ckpt.close() }
     }
   } catch (err) {
+    await head?.dispose()
     await ckpt.close()
     throw err
   }

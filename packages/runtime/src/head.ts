@@ -1,10 +1,11 @@
-import * as tf from '@tensorflow/tfjs-core'
 import type { ModelConfig } from './config.ts'
 import type { Checkpoint, RawTensor } from './checkpoint.ts'
 import { headTensorShapes } from './config.ts'
 import { toFloat32 } from './safetensors.ts'
-import { transposeInto, rmsNorm } from './block.ts'
 import { tensorsDigest } from './model-id.ts'
+import { activeBackend } from './backend.ts'
+import { headWeights, inThreadHeadKernel, workerHeadKernel } from './head-kernel.ts'
+import type { HeadKernel, HeadWeights } from './head-kernel.ts'
 
 /** Rows one LM-head call gathers from several requests at most (a larger request runs alone). */
 const MAX_LOGIT_ROWS = 64
@@ -14,51 +15,40 @@ interface QueuedLogits { x: Float32Array, rows: number, resolve: (logits: Float3
 /**
  * The client's own pieces of the model: token embeddings, the final norm and the LM head.
  * Embedding rows are looked up in plain memory (one row per token needs no kernel); the LM
- * head is kept transposed `[hidden, vocab]` in the backend.
+ * head runs in this thread's backend or, with `thread`, in a worker thread of its own.
  */
 export class ModelHead {
   readonly config: ModelConfig
   private readonly embeddings: Float32Array
-  private readonly norm: tf.Tensor1D
-  private readonly lmHead: tf.Tensor2D
+  private readonly kernel: HeadKernel
 
-  private constructor (config: ModelConfig, embeddings: Float32Array, norm: tf.Tensor1D, lmHead: tf.Tensor2D) {
+  private constructor (config: ModelConfig, embeddings: Float32Array, kernel: HeadKernel) {
     this.config = config
     this.embeddings = embeddings
-    this.norm = norm
-    this.lmHead = lmHead
+    this.kernel = kernel
   }
 
-  /** `headDigest` (from the model manifest) makes the load verify the weights are the ones the model id names. */
-  static async load (ckpt: Checkpoint, opts: { headDigest?: string } = {}): Promise<ModelHead> {
+  /**
+   * `headDigest` (from the model manifest) makes the load verify the weights are the ones the
+   * model id names. `thread`: run the LM head in a worker thread (clients driving a swarm).
+   */
+  static async load (ckpt: Checkpoint, opts: { headDigest?: string, thread?: boolean } = {}): Promise<ModelHead> {
     const raws = await ckpt.readHeadRaw()
     if (opts.headDigest != null) {
       const got = await tensorsDigest(raws)
       if (got !== opts.headDigest) throw new Error(`the embeddings/LM head do not match the model id (digest ${got.slice(0, 12)}, manifest says ${opts.headDigest.slice(0, 12)})`)
     }
-    const head = ModelHead.fromRaw(ckpt.config, raws)
+    const { embeddings, weights } = splitHead(ckpt.config, raws)
+    if (opts.thread === true) return new ModelHead(ckpt.config, embeddings, await workerHeadKernel(weights, activeBackend()))
+    const head = new ModelHead(ckpt.config, embeddings, inThreadHeadKernel(weights))
     // Pack the LM head for the backend now, not during the first token.
     await head.logits(new Float32Array(ckpt.config.hiddenSize), 1)
     return head
   }
 
   static fromRaw (cfg: ModelConfig, raws: RawTensor[]): ModelHead {
-    const shapes = headTensorShapes(cfg)
-    const by = new Map(raws.map(r => [r.name, r]))
-    for (const [name, shape] of shapes) {
-      const r = by.get(name)
-      if (r == null) throw new Error(`model head: tensor ${name} missing`)
-      if (r.shape.join() !== shape.join()) throw new Error(`model head: tensor ${name} has shape ${JSON.stringify(r.shape)}, expected ${JSON.stringify(shape)}`)
-    }
-    const f32 = (n: string): Float32Array => { const r = by.get(n)!; return toFloat32(r.bytes, r.dtype) }
-    // Copy: the raw buffer may be a view of a larger read.
-    const emb = f32('model.embed_tokens.weight').slice()
-    const headW = cfg.tieWordEmbeddings ? emb : f32('lm_head.weight')
-    const V = cfg.vocabSize
-    const H = cfg.hiddenSize
-    const t = new Float32Array(H * V)
-    transposeInto(headW, V, H, t, V, 0)
-    return new ModelHead(cfg, emb, tf.tensor1d(f32('model.norm.weight')), tf.tensor2d(t, [H, V]))
+    const { embeddings, weights } = splitHead(cfg, raws)
+    return new ModelHead(cfg, embeddings, inThreadHeadKernel(weights))
   }
 
   /** Hidden states `[ids.length, hidden]` for token ids. */
@@ -105,13 +95,7 @@ export class ModelHead {
         const x = new Float32Array(rows * H)
         let o = 0
         for (const q of batch) { x.set(q.x, o); o += q.x.length }
-        const out = tf.tidy(() => tf.matMul(rmsNorm(tf.tensor2d(x, [rows, H]), this.norm, this.config.rmsNormEps), this.lmHead))
-        let data: Float32Array
-        try {
-          data = (await out.data()) as Float32Array
-        } finally {
-          out.dispose()
-        }
+        const data = await this.kernel.logits(x, rows)
         if (batch.length === 1) batch[0].resolve(data)
         else {
           o = 0
@@ -124,8 +108,22 @@ export class ModelHead {
     this.flushing = false
   }
 
-  dispose (): void {
-    this.norm.dispose()
-    this.lmHead.dispose()
+  async dispose (): Promise<void> {
+    await this.kernel.dispose()
   }
+}
+
+/** Checks the head's tensors; the embeddings (copied: the raw buffer may be a view of a larger read) and the LM head's weights. */
+function splitHead (cfg: ModelConfig, raws: RawTensor[]): { embeddings: Float32Array, weights: HeadWeights } {
+  const shapes = headTensorShapes(cfg)
+  const by = new Map(raws.map(r => [r.name, r]))
+  for (const [name, shape] of shapes) {
+    const r = by.get(name)
+    if (r == null) throw new Error(`model head: tensor ${name} missing`)
+    if (r.shape.join() !== shape.join()) throw new Error(`model head: tensor ${name} has shape ${JSON.stringify(r.shape)}, expected ${JSON.stringify(shape)}`)
+  }
+  const f32 = (n: string): Float32Array => { const r = by.get(n)!; return toFloat32(r.bytes, r.dtype) }
+  const embeddings = f32('model.embed_tokens.weight').slice()
+  const lmHead = cfg.tieWordEmbeddings ? embeddings : f32('lm_head.weight')
+  return { embeddings, weights: headWeights(cfg, f32('model.norm.weight'), lmHead) }
 }

@@ -15,3 +15,4 @@ export * from './chat-template.ts'
 export * from './runner.ts'
 export * from './worker-span.ts'
 export * from "./safetensors-write.ts"
+export * from './head-kernel.ts'

@@ -116,7 +116,7 @@ export class LocalModel {
 
   async dispose (): Promise<void> {
     for (const s of this.spans) await s.dispose()
-    this.head.dispose()
+    await this.head.dispose()
     await this.checkpoint.close()
   }
 }
