@@ -24,7 +24,7 @@ export async function launch (entryPath, { v8Flags = SERVICE_FLAGS } = {}) {
   if (major >= 24) {
     // Heap sizes are fixed when V8 starts: set them by replacing this process (same pid, same
     // stdio, so signals and supervisors still reach it).
-    if (flags.length > 0 && typeof process.execve === 'function') {
+    if (flags.length > 0 && typeof process.execve === 'function' && process.platform !== 'win32') {
       process.execve(process.execPath, [process.execPath, ...flags, ...process.execArgv, ...process.argv.slice(1)], process.env)
     }
     await import(pathToFileURL(entryPath).href)
