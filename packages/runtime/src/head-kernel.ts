@@ -28,13 +28,15 @@ export function headWeights (cfg: ModelConfig, norm: Float32Array, lmHead: Float
 export function inThreadHeadKernel (w: HeadWeights): HeadKernel {
   const H = w.hiddenSize
   const V = w.vocabSize
+  // the closure below keeps only this, not `w`: its untransposed LM head would stay alive with it
+  const eps = w.rmsNormEps
   const t = new Float32Array(H * V)
   transposeInto(w.lmHead, V, H, t, V, 0)
   const norm = tf.tensor1d(w.norm)
   const lmHead = tf.tensor2d(t, [H, V])
   return {
     logits: async (x, rows) => {
-      const out = tf.tidy(() => tf.matMul(rmsNorm(tf.tensor2d(x, [rows, H]), norm, w.rmsNormEps), lmHead))
+      const out = tf.tidy(() => tf.matMul(rmsNorm(tf.tensor2d(x, [rows, H]), norm, eps), lmHead))
       try {
         return (await out.data()) as Float32Array
       } finally {
