@@ -6,7 +6,7 @@ import type { BackendName } from './backend.ts'
 
 /** The LM head's kernel: final norm, then `[rows, hidden] · [hidden, vocab]`. */
 export interface HeadKernel {
-  /** Logits `[rows, vocab]` for hidden states `[rows, hidden]`. */
+  /** Logits `[rows, vocab]` for hidden states `[rows, hidden]`; `x` is the kernel's from then on (it may move to another thread). */
   logits (x: Float32Array, rows: number): Promise<Float32Array>
   dispose (): Promise<void>
 }
@@ -92,12 +92,12 @@ export async function workerHeadKernel (w: HeadWeights, backend?: BackendName): 
     logits: async (x, rows) => {
       if (failure != null) throw failure
       const id = nextId++
-      // Copy: the caller keeps its array; the copy's buffer moves to the worker.
-      const copy = x.slice()
+      // x's buffer moves to the worker when x is all of it (ModelHead builds one per call)
+      const own = x.byteOffset === 0 && x.byteLength === x.buffer.byteLength ? x : x.slice()
       return await new Promise<Float32Array>((resolve, reject) => {
         pending.set(id, { resolve, reject })
         worker.ref()
-        worker.postMessage({ id, x: copy, rows } satisfies HeadWorkerRequest, [copy.buffer])
+        worker.postMessage({ id, x: own, rows } satisfies HeadWorkerRequest, [own.buffer as ArrayBuffer])
       }).finally(() => { if (pending.size === 0) worker.unref() })
     },
     dispose: async () => { await worker.terminate() }

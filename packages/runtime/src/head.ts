@@ -46,11 +46,6 @@ export class ModelHead {
     return head
   }
 
-  static fromRaw (cfg: ModelConfig, raws: RawTensor[]): ModelHead {
-    const { embeddings, weights } = splitHead(cfg, raws)
-    return new ModelHead(cfg, embeddings, inThreadHeadKernel(weights))
-  }
-
   /** Hidden states `[ids.length, hidden]` for token ids. */
   embed (ids: ArrayLike<number>): Float32Array {
     const H = this.config.hiddenSize
