@@ -16,3 +16,4 @@ export * from './runner.ts'
 export * from './worker-span.ts'
 export * from "./safetensors-write.ts"
 export * from './head-kernel.ts'
+export * from './gguf/index.ts'

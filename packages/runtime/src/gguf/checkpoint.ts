@@ -1,0 +1,149 @@
+import { blockTensorShapes, headTensorShapes } from '../config.ts'
+import type { ModelConfig } from '../config.ts'
+import type { RawTensor } from '../checkpoint.ts'
+import { GgufFile } from './reader.ts'
+import { readGgufConfig } from './config.ts'
+import { GgufError } from './types.ts'
+
+const HEAD_NAMES: Record<string, string> = {
+  'model.embed_tokens.weight': 'token_embd.weight',
+  'model.norm.weight': 'output_norm.weight',
+  'lm_head.weight': 'output.weight'
+}
+const BLOCK_PARTS: Record<string, string> = {
+  input_layernorm: 'attn_norm',
+  post_attention_layernorm: 'ffn_norm',
+  'self_attn.q_proj': 'attn_q',
+  'self_attn.k_proj': 'attn_k',
+  'self_attn.v_proj': 'attn_v',
+  'self_attn.o_proj': 'attn_output',
+  'mlp.gate_proj': 'ffn_gate',
+  'mlp.up_proj': 'ffn_up',
+  'mlp.down_proj': 'ffn_down'
+}
+
+/** The GGUF name llama.cpp gives a Hugging Face tensor, or undefined for names it has no tensor for. */
+export function ggufNameOf (hf: string): string | undefined {
+  if (HEAD_NAMES[hf] != null) return HEAD_NAMES[hf]
+  const m = /^model\.layers\.(\d+)\.(.+)\.(weight|bias)$/.exec(hf)
+  if (m == null || BLOCK_PARTS[m[2]] == null) return undefined
+  return `blk.${m[1]}.${BLOCK_PARTS[m[2]]}.${m[3]}`
+}
+
+/**
+ * llama.cpp's converter reorders each head's q/k rows for its rotary layout (pairs adjacent
+ * instead of split into halves): GGUF row h·d + 2j + t holds HF row h·d + t·d/2 + j. Undo it.
+ */
+export function unpermuteRotary (data: Float32Array, rows: number, heads: number): Float32Array {
+  const cols = data.length / rows
+  const d = rows / heads
+  if (!Number.isInteger(d) || d % 2 !== 0 || !Number.isInteger(cols)) throw new RangeError(`cannot split ${rows} rows into ${heads} heads of even size`)
+  const out = new Float32Array(data.length)
+  for (let h = 0; h < heads; h++) {
+    for (let j = 0; j < d / 2; j++) {
+      for (let t = 0; t < 2; t++) {
+        const src = (h * d + 2 * j + t) * cols
+        out.set(data.subarray(src, src + cols), (h * d + t * d / 2 + j) * cols)
+      }
+    }
+  }
+  return out
+}
+
+/**
+ * A GGUF file as a model source, with Checkpoint's surface: Hugging Face tensor names and
+ * layouts, float32 data (dequantized at read). Only the header is read at open; each read
+ * touches only the bytes of the tensors asked for.
+ */
+export class GgufCheckpoint {
+  readonly path: string
+  /** The file's path: where a Checkpoint has its directory. */
+  readonly dir: string
+  readonly config: ModelConfig
+  readonly file: GgufFile
+  /** Whether q/k rows are stored in llama.cpp's rotary order (llama-style architectures). */
+  private readonly permuted: boolean
+
+  private constructor (file: GgufFile, config: ModelConfig) {
+    this.file = file
+    this.path = file.path
+    this.dir = file.path
+    this.config = config
+    this.permuted = file.metadata.get('general.architecture') !== 'qwen2'
+  }
+
+  static async open (path: string): Promise<GgufCheckpoint> {
+    const file = await GgufFile.open(path)
+    try {
+      return new GgufCheckpoint(file, await readGgufConfig(file))
+    } catch (err) {
+      await file.close()
+      throw err
+    }
+  }
+
+  has (name: string): boolean {
+    const g = ggufNameOf(name)
+    return g != null && this.file.tensors.has(g)
+  }
+
+  /** The files that hold the given tensors: this one file, when it holds any of them. */
+  shardsFor (names: Iterable<string>): string[] {
+    for (const n of names) if (this.has(n)) return [this.file.name]
+    return []
+  }
+
+  async readFloat32 (name: string, expectedShape?: number[]): Promise<Float32Array> {
+    const g = ggufNameOf(name)
+    const info = g == null ? undefined : this.file.tensors.get(g)
+    if (g == null || info == null) {
+      throw new GgufError(`${this.file.name}: tensor ${name}${g != null ? ` (${g})` : ''} is missing from the file`)
+    }
+    if (expectedShape != null && !sameShape(info.shape, expectedShape)) {
+      throw new GgufError(`${this.file.name}: tensor ${g}: shape ${JSON.stringify(info.shape)} does not match the config (expected ${JSON.stringify(expectedShape)} for ${name})`)
+    }
+    const data = await this.file.readFloat32(g)
+    const heads = this.rotaryHeads(g)
+    return heads == null ? data : unpermuteRotary(data, info.shape[0], heads)
+  }
+
+  async readRaw (name: string, expectedShape?: number[]): Promise<RawTensor> {
+    const data = await this.readFloat32(name, expectedShape)
+    const shape = this.file.tensors.get(ggufNameOf(name) as string)?.shape as number[]
+    return { name, dtype: 'F32', shape: [...shape], bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) }
+  }
+
+  /** All tensors of one block, shape-checked (name order is canonical, as Checkpoint's). */
+  async readBlockRaw (block: number): Promise<RawTensor[]> {
+    this.checkBlock(block)
+    const out: RawTensor[] = []
+    for (const [name, shape] of blockTensorShapes(this.config, block)) out.push(await this.readRaw(name, shape))
+    return out
+  }
+
+  /** Embeddings, final norm, LM head (absent when tied: token_embd stands in for it). */
+  async readHeadRaw (): Promise<RawTensor[]> {
+    const out: RawTensor[] = []
+    for (const [name, shape] of headTensorShapes(this.config)) out.push(await this.readRaw(name, shape))
+    return out
+  }
+
+  checkBlock (block: number): void {
+    if (!Number.isInteger(block) || block < 0 || block >= this.config.numLayers) {
+      throw new GgufError(`${this.file.name}: block ${block} is outside the model (0..${this.config.numLayers - 1})`)
+    }
+  }
+
+  async close (): Promise<void> { await this.file.close() }
+
+  private rotaryHeads (ggufName: string): number | undefined {
+    if (!this.permuted) return undefined
+    if (/^blk\.\d+\.attn_q\.(weight|bias)$/.test(ggufName)) return this.config.numHeads
+    if (/^blk\.\d+\.attn_k\.(weight|bias)$/.test(ggufName)) return this.config.numKvHeads
+    return undefined
+  }
+}
+
+function sameShape (a: number[], b: number[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
+}

@@ -1,0 +1,5 @@
+export * from './types.ts'
+export * from './dequant.ts'
+export * from './reader.ts'
+export * from './config.ts'
+export * from './checkpoint.ts'
