@@ -1,8 +1,13 @@
 import * as tf from '@tensorflow/tfjs-core'
+import { acquireGpu } from './webgpu/device.ts'
 
-/** `tensorflow` = tfjs-node-gpu or tfjs-node (native TensorFlow), loaded only when installed. */
-export type BackendName = 'tensorflow' | 'wasm' | 'cpu'
-export const BACKENDS: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu']
+/**
+ * `webgpu` = Plexus's own WGSL kernels on the GPU (any vendor, through Dawn); `tensorflow` =
+ * tfjs-node-gpu or tfjs-node (native TensorFlow), loaded only when installed; `wasm` and `cpu`
+ * are TensorFlow.js's WebAssembly (SIMD) and plain JavaScript kernels.
+ */
+export type BackendName = 'webgpu' | 'tensorflow' | 'wasm' | 'cpu'
+export const BACKENDS: readonly BackendName[] = ['webgpu', 'tensorflow', 'wasm', 'cpu']
 
 export class BackendError extends Error {
   constructor (message: string) { super(message); this.name = 'BackendError' }
@@ -22,6 +27,8 @@ async function tryImport (spec: string): Promise<boolean> {
 
 async function load (name: BackendName): Promise<boolean> {
   switch (name) {
+    case 'webgpu':
+      throw new Error('unreachable: webgpu is selected by initBackend')
     case 'tensorflow':
       // The GPU build first: it registers as 'tensorflow' too.
       if (!(await tryImport('@tensorflow/tfjs-node-gpu')) && !(await tryImport('@tensorflow/tfjs-node'))) return false
@@ -35,11 +42,17 @@ async function load (name: BackendName): Promise<boolean> {
   }
 }
 
+export interface InitBackendOptions {
+  /** Where `auto` says, in one line, why it passed over the GPU (default: stderr). */
+  note?: (line: string) => void
+}
+
 /**
  * Selects the compute backend for this process (or worker). Without a name, the fastest that
- * loads: native TensorFlow, then wasm (SIMD), then plain JavaScript.
+ * loads: a hardware GPU through WebGPU, native TensorFlow, wasm (SIMD), then plain JavaScript.
+ * `webgpu` named explicitly also accepts a software adapter (Mesa lavapipe), which `auto` skips.
  */
-export async function initBackend (name?: BackendName | 'auto'): Promise<BackendName> {
+export async function initBackend (name?: BackendName | 'auto', opts: InitBackendOptions = {}): Promise<BackendName> {
   if (name != null && name !== 'auto' && !BACKENDS.includes(name)) {
     throw new BackendError(`unknown backend "${name}" (choose one of: ${BACKENDS.join(', ')}, auto)`)
   }
@@ -47,7 +60,21 @@ export async function initBackend (name?: BackendName | 'auto'): Promise<Backend
   tf.env().set('PROD', true)
   const wanted = name == null || name === 'auto' ? BACKENDS : [name]
   if (active != null && wanted.includes(active)) return active
+  if (wanted.includes('webgpu')) {
+    const explicit = name === 'webgpu'
+    try {
+      await acquireGpu({ allowSoftware: explicit })
+      // Embedding lookups and anything outside the GPU kernels still use a tfjs backend.
+      await initBackend(tf.findBackend('wasm') != null || (await load('wasm')) ? 'wasm' : 'cpu')
+      active = 'webgpu'
+      return 'webgpu'
+    } catch (err: any) {
+      if (explicit) throw new BackendError(`backend "webgpu": ${err.message}`)
+      ;(opts.note ?? ((l: string) => process.stderr.write(l + '\n')))(`webgpu: ${err.message}; using the next backend`)
+    }
+  }
   for (const b of wanted) {
+    if (b === 'webgpu') continue
     if (!(await load(b))) {
       if (name === 'tensorflow') {
         throw new BackendError('backend "tensorflow" needs @tensorflow/tfjs-node-gpu (CUDA) or @tensorflow/tfjs-node installed: npm install @tensorflow/tfjs-node-gpu')

@@ -6,6 +6,8 @@ import { tensorsDigest } from './model-id.ts'
 import { activeBackend } from './backend.ts'
 import { headWeights, inThreadHeadKernel, workerHeadKernel } from './head-kernel.ts'
 import type { HeadKernel, HeadWeights } from './head-kernel.ts'
+import { activeGpu } from './webgpu/device.ts'
+import { gpuHeadKernel } from './webgpu/head.ts'
 
 /** Rows one LM-head call gathers from several requests at most (a larger request runs alone). */
 const MAX_LOGIT_ROWS = 64
@@ -39,6 +41,9 @@ export class ModelHead {
       if (got !== opts.headDigest) throw new Error(`the embeddings/LM head do not match the model id (digest ${got.slice(0, 12)}, manifest says ${opts.headDigest.slice(0, 12)})`)
     }
     const { embeddings, weights } = splitHead(ckpt.config, raws)
+    const gpu = activeBackend() === 'webgpu' ? activeGpu() : undefined
+    // a GPU head leaves the main thread free already: it only waits for the GPU
+    if (gpu != null) return new ModelHead(ckpt.config, embeddings, gpuHeadKernel(gpu, weights))
     if (opts.thread === true) return new ModelHead(ckpt.config, embeddings, await workerHeadKernel(weights, activeBackend()))
     const head = new ModelHead(ckpt.config, embeddings, inThreadHeadKernel(weights))
     // Pack the LM head for the backend now, not during the first token.

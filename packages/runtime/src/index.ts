@@ -16,4 +16,5 @@ export * from './runner.ts'
 export * from './worker-span.ts'
 export * from "./safetensors-write.ts"
 export * from './head-kernel.ts'
+export * from './webgpu/device.ts'
 export * from './gguf/index.ts'

@@ -117,7 +117,7 @@ async function drain (span: Span): Promise<void> {
       const cache = caches.get(q.req.session)
       const first = batch.length > 0 ? caches.get(batch[0].req.session) : undefined
       const fits = batch.length === 0 || (rows + q.req.tokens <= MAX_BATCH_ROWS && !sessions.has(q.req.session) &&
-        cache != null && first != null && cache.firstBlock === first.firstBlock && cache.layers.length === first.layers.length)
+        cache != null && first != null && cache.firstBlock === first.firstBlock && cache.blocks === first.blocks)
       if (fits) { batch.push(q); sessions.add(q.req.session); rows += q.req.tokens; queue.splice(i, 1) } else i++
     }
     const t0 = performance.now()

@@ -5,26 +5,38 @@ import { loadBlockWeights, disposeBlockWeights, blockForward } from './block.ts'
 import type { BlockWeights, LayerCache, StepContext, StepSegment } from './block.ts'
 import { inverseFrequencies, rotaryTables } from './rope.ts'
 import { tensorsDigest } from './model-id.ts'
+import { activeBackend } from './backend.ts'
+import { activeGpu } from './webgpu/device.ts'
+import { GpuSpanEngine } from './webgpu/span-engine.ts'
+import type { GpuKVStore } from './webgpu/kv-store.ts'
 
 export class SpanError extends Error {
   constructor (message: string) { super(message); this.name = 'SpanError' }
 }
 
-/** One session's keys and values for every block of a span. */
+/**
+ * One session's keys and values for every block of a span: tfjs tensors, or GPU buffers
+ * (`gpu`) when the span runs on the webgpu backend.
+ */
 export class KVCache {
   readonly maxLength: number
   readonly layers: LayerCache[]
+  readonly gpu?: GpuKVStore
   /** Positions `[0, length)` are cached. */
   length = 0
 
   /** Absolute index of the first block this cache covers. */
   readonly firstBlock: number
 
-  constructor (firstBlock: number, blocks: number, maxLength: number) {
+  constructor (firstBlock: number, blocks: number, maxLength: number, gpu?: GpuKVStore) {
     this.firstBlock = firstBlock
     this.maxLength = maxLength
     this.layers = Array.from({ length: blocks }, () => ({}))
+    this.gpu = gpu
   }
+
+  /** Blocks covered. */
+  get blocks (): number { return this.layers.length }
 
   /** Drops positions `[length, …)`: rolls the session back, e.g. after a rejected draft or a replay. */
   truncate (length: number): void {
@@ -32,6 +44,7 @@ export class KVCache {
       throw new SpanError(`cannot truncate the cache to ${length}: it holds ${this.length} positions`)
     }
     if (length === this.length) return
+    if (this.gpu != null) { this.length = length; return }
     for (const l of this.layers) {
       if (l.k == null || l.v == null) continue
       if (length === 0) {
@@ -49,12 +62,16 @@ export class KVCache {
 
   /** Bytes held (float32 keys and values). */
   bytes (): number {
+    if (this.gpu != null) return this.gpu.bytes()
     let n = 0
     for (const l of this.layers) n += ((l.k?.size ?? 0) + (l.v?.size ?? 0)) * 4
     return n
   }
 
-  dispose (): void { this.truncate(0) }
+  dispose (): void {
+    this.truncate(0)
+    this.gpu?.dispose()
+  }
 }
 
 /** One session's step within a batch. */
@@ -74,19 +91,25 @@ export class Span {
   readonly start: number
   readonly end: number
   private readonly blocks: BlockWeights[]
+  /** Set when the blocks live on the GPU (webgpu backend); `blocks` is empty then. */
+  private readonly gpu?: GpuSpanEngine
   private readonly invFreq: Float64Array
 
-  private constructor (config: ModelConfig, start: number, end: number, blocks: BlockWeights[]) {
+  private constructor (config: ModelConfig, start: number, end: number, blocks: BlockWeights[], gpu?: GpuSpanEngine) {
     this.config = config
     this.start = start
     this.end = end
     this.blocks = blocks
+    this.gpu = gpu
     this.invFreq = inverseFrequencies(config)
   }
 
-  /** Reads only the tensors of blocks `[start, end)` (and only the shards holding them). */
+  /** Where the blocks compute: `webgpu`, or the tfjs backend of this thread. */
+  get backend (): string { return this.gpu != null ? 'webgpu' : tf.getBackend() }
+
   /**
-   * `blockDigests` (the model manifest's, indexed by absolute block) makes the load verify that
+   * Reads only the tensors of blocks `[start, end)` (and only the shards holding them), into the
+   * GPU when the webgpu backend is active. `blockDigests` (the model manifest's, indexed by absolute block) makes the load verify that
    * these weights are the ones the model id names.
    */
   static async load (ckpt: Checkpoint, start: number, end: number, opts: { blockDigests?: string[] } = {}): Promise<Span> {
@@ -95,6 +118,8 @@ export class Span {
       throw new SpanError(`invalid span [${start}, ${end}) for a model of ${L} blocks`)
     }
     const blocks: BlockWeights[] = []
+    const gpu = activeBackend() === 'webgpu' ? activeGpu() : undefined
+    const engine = gpu != null ? new GpuSpanEngine(gpu, ckpt.config, inverseFrequencies(ckpt.config)) : undefined
     try {
       for (let b = start; b < end; b++) {
         const raws = await ckpt.readBlockRaw(b)
@@ -103,13 +128,15 @@ export class Span {
         if (got != null && got !== want) {
           throw new SpanError(`block ${b}'s weights do not match the model id (digest ${got.slice(0, 12)}, manifest says ${want!.slice(0, 12)})`)
         }
-        blocks.push(loadBlockWeights(ckpt.config, b, raws))
+        if (engine != null) engine.addBlock(b, raws)
+        else blocks.push(loadBlockWeights(ckpt.config, b, raws))
       }
     } catch (err) {
       blocks.forEach(disposeBlockWeights)
+      engine?.dispose()
       throw err
     }
-    const span = new Span(ckpt.config, start, end, blocks)
+    const span = new Span(ckpt.config, start, end, blocks, engine)
     await span.warmUp()
     return span
   }
@@ -133,7 +160,7 @@ export class Span {
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < this.start || end > this.end || start >= end) {
       throw new SpanError(`blocks [${start}, ${end}) are not within the served span [${this.start}, ${this.end})`)
     }
-    return new KVCache(start, end - start, maxLength)
+    return new KVCache(start, end - start, maxLength, this.gpu?.newStore(end - start, maxLength))
   }
 
   /**
@@ -153,14 +180,14 @@ export class Span {
     if (steps.length === 0) return []
     const H = this.config.hiddenSize
     const firstBlock = steps[0].cache.firstBlock
-    const blocks = steps[0].cache.layers.length
+    const blocks = steps[0].cache.blocks
     const from = firstBlock - this.start
     if (from < 0 || from + blocks > this.size) throw new SpanError('cache belongs to another span')
     const seen = new Set<KVCache>()
     for (const { hidden, tokens, cache, positions } of steps) {
       if (!Number.isInteger(tokens) || tokens <= 0) throw new SpanError(`tokens must be a positive integer (got ${tokens})`)
       if (hidden.length !== tokens * H) throw new SpanError(`hidden states have ${hidden.length} values, expected ${tokens}×${H}`)
-      if (cache.firstBlock !== firstBlock || cache.layers.length !== blocks) throw new SpanError('a batch must cover the same blocks for every session')
+      if (cache.firstBlock !== firstBlock || cache.blocks !== blocks) throw new SpanError('a batch must cover the same blocks for every session')
       if (seen.has(cache)) throw new SpanError('a batch holds two steps of one session')
       seen.add(cache)
       const first = cache.length
@@ -173,6 +200,7 @@ export class Span {
       if (first + tokens > cache.maxLength) throw new SpanError(`session length ${first + tokens} exceeds its max length ${cache.maxLength}`)
     }
 
+    if (this.gpu != null) return await this.forwardGpu(steps, from, blocks)
     const rows = steps.reduce((n, s) => n + s.tokens, 0)
     const input = new Float32Array(rows * H)
     let o = 0
@@ -193,6 +221,18 @@ export class Span {
     if (steps.length === 1) return [data]
     const results: Float32Array[] = []
     o = 0
+    for (const s of steps) { results.push(data.slice(o, o + s.tokens * H)); o += s.tokens * H }
+    return results
+  }
+
+  private async forwardGpu (steps: SpanStep[], from: number, blocks: number): Promise<Float32Array[]> {
+    for (const s of steps) if (s.cache.gpu == null) throw new SpanError('cache belongs to another backend')
+    const data = await this.gpu!.forward(steps.map(s => ({ hidden: s.hidden, tokens: s.tokens, store: s.cache.gpu!, length: s.cache.length })), from, blocks)
+    for (const s of steps) s.cache.length += s.tokens
+    if (steps.length === 1) return [data]
+    const H = this.config.hiddenSize
+    const results: Float32Array[] = []
+    let o = 0
     for (const s of steps) { results.push(data.slice(o, o + s.tokens * H)); o += s.tokens * H }
     return results
   }
@@ -224,5 +264,6 @@ export class Span {
   dispose (): void {
     this.blocks.forEach(disposeBlockWeights)
     this.blocks.length = 0
+    this.gpu?.dispose()
   }
 }

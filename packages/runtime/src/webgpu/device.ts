@@ -1,0 +1,130 @@
+/// <reference types="@webgpu/types" />
+// The process's GPU: one WebGPU device through Dawn (the `webgpu` package), shared by every span
+// and LM head of this thread. Dawn drives Vulkan on Linux, Metal on macOS and D3D12 on Windows.
+
+export class GpuUnavailableError extends Error {
+  readonly code = 'ERR_GPU_UNAVAILABLE'
+  constructor (message: string) { super(message); this.name = 'GpuUnavailableError' }
+}
+
+export interface GpuAdapterSummary {
+  vendor: string
+  architecture: string
+  device: string
+  description: string
+}
+
+export interface GpuContext {
+  /** Dawn's instance: it must stay referenced while the device is in use (async work stops with it). */
+  instance: GPU
+  device: GPUDevice
+  adapterInfo: GpuAdapterSummary
+  /** A software rasteriser (Mesa lavapipe, SwiftShader): correct, but slower than the CPU backends. */
+  software: boolean
+  /** Whether the device has `subgroups` (kernels may use subgroup reductions). */
+  subgroups: boolean
+  limits: { maxStorageBufferBindingSize: number, maxBufferSize: number, maxComputeWorkgroupStorageSize: number, maxStorageBuffersPerShaderStage: number }
+}
+
+let gpu: Promise<GpuContext> | undefined
+let active: GpuContext | undefined
+
+/** The GPU this thread computes on, once `acquireGpu` has succeeded. */
+export function activeGpu (): GpuContext | undefined { return active }
+
+/**
+ * Opens the GPU once per thread. `allowSoftware`: accept a software adapter (tests, or a user who
+ * asked for `--backend webgpu` on a machine without a GPU); `auto` does not.
+ */
+export async function acquireGpu (opts: { allowSoftware?: boolean } = {}): Promise<GpuContext> {
+  if (active != null) {
+    if (active.software && opts.allowSoftware !== true) throw new GpuUnavailableError(`only a software adapter was found (${active.adapterInfo.description})`)
+    return active
+  }
+  gpu ??= open()
+  try {
+    const ctx = await gpu
+    if (ctx.software && opts.allowSoftware !== true) {
+      // keep the device: a later explicit request may accept it
+      throw new GpuUnavailableError(`only a software adapter was found (${ctx.adapterInfo.description}); use --backend webgpu to run on it anyway`)
+    }
+    active = ctx
+    return ctx
+  } catch (err) {
+    if (!(err instanceof GpuUnavailableError && err.message.startsWith('only a software'))) gpu = undefined
+    throw err
+  }
+}
+
+async function open (): Promise<GpuContext> {
+  if (process.env.PLEXUS_SKIP_WEBGPU === '1') throw new GpuUnavailableError('WebGPU is switched off (PLEXUS_SKIP_WEBGPU=1)')
+  let mod: { create: (options: string[]) => GPU, globals: object }
+  try {
+    mod = await import('webgpu') as any
+  } catch (err: any) {
+    if (err?.code === 'ERR_MODULE_NOT_FOUND') throw new GpuUnavailableError('the webgpu package is not installed (npm install webgpu)')
+    // dawn.node needs glibc ≥ 2.34 and the platform's prebuilt binary
+    throw new GpuUnavailableError(`the webgpu package failed to load: ${firstLine(err?.message)}`)
+  }
+  // GPUBufferUsage, GPUMapMode, … as globals, as in a browser
+  for (const [k, v] of Object.entries(mod.globals)) if (!(k in globalThis)) (globalThis as any)[k] = v
+  let adapter: GPUAdapter | null
+  let instance: GPU
+  try {
+    instance = mod.create([])
+    adapter = await instance.requestAdapter({ powerPreference: 'high-performance' })
+  } catch (err: any) {
+    throw new GpuUnavailableError(`WebGPU could not start: ${firstLine(err?.message)}`)
+  }
+  if (adapter == null) {
+    throw new GpuUnavailableError(process.platform === 'linux'
+      ? 'no GPU adapter: install the Vulkan loader (libvulkan1) and your GPU\'s Vulkan driver (NVIDIA\'s driver ships one; AMD/Intel: mesa-vulkan-drivers)'
+      : 'no GPU adapter found')
+  }
+  const info = adapter.info
+  const software = (info as any).isFallbackAdapter === true || info.architecture === 'software' || /llvmpipe|lavapipe|swiftshader/i.test(info.description + info.device)
+  const want = (name: keyof GPUSupportedLimits): number => adapter!.limits[name] as number
+  const subgroups = adapter.features.has('subgroups')
+  const device = await adapter.requestDevice({
+    requiredFeatures: subgroups ? ['subgroups' as GPUFeatureName] : [],
+    requiredLimits: {
+      maxStorageBufferBindingSize: want('maxStorageBufferBindingSize'),
+      maxBufferSize: want('maxBufferSize'),
+      maxComputeWorkgroupStorageSize: want('maxComputeWorkgroupStorageSize'),
+      maxStorageBuffersPerShaderStage: want('maxStorageBuffersPerShaderStage'),
+      maxComputeInvocationsPerWorkgroup: want('maxComputeInvocationsPerWorkgroup'),
+      maxComputeWorkgroupSizeX: want('maxComputeWorkgroupSizeX')
+    }
+  })
+  device.lost.then((lost) => {
+    if (lost.reason !== 'destroyed') process.emitWarning(`GPU device lost: ${lost.message}`)
+  }).catch(() => {})
+  const l = device.limits
+  return {
+    instance,
+    device,
+    adapterInfo: { vendor: info.vendor, architecture: info.architecture, device: info.device, description: info.description },
+    software,
+    subgroups,
+    limits: {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage
+    }
+  }
+}
+
+function firstLine (s: unknown): string { return String(s ?? 'unknown error').split('\n')[0] }
+
+/** Runs `fn` and turns a WebGPU validation error raised meanwhile into an exception. */
+export async function checked<T> (device: GPUDevice, what: string, fn: () => T): Promise<T> {
+  device.pushErrorScope('validation')
+  device.pushErrorScope('out-of-memory')
+  const out = fn()
+  const oom = await device.popErrorScope()
+  const bad = await device.popErrorScope()
+  if (oom != null) throw new GpuUnavailableError(`${what}: out of GPU memory (${oom.message})`)
+  if (bad != null) throw new Error(`${what}: ${bad.message}`)
+  return out
+}

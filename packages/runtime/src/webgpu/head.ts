@@ -1,0 +1,75 @@
+/// <reference types="@webgpu/types" />
+import type { HeadKernel, HeadWeights } from '../head-kernel.ts'
+import type { GpuContext } from './device.ts'
+import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots } from './linear.ts'
+import type { LinearBinding } from './linear.ts'
+import { rmsNormKernel } from './kernels.ts'
+
+interface HeadScratch { rows: number, x: GPUBuffer, h: GPUBuffer, logits: GPUBuffer, readback: GPUBuffer, norm: GPUBindGroup, lm: LinearBinding }
+
+/**
+ * The LM head on the GPU: final norm, then logits `[rows, vocab]`, in one submission. It always
+ * uses the matrix-vector kernel (rows in groups of 8), so rows batched from several sessions
+ * give bitwise the logits each would get alone.
+ */
+export function gpuHeadKernel (gpu: GpuContext, w: HeadWeights): HeadKernel {
+  const { device } = gpu
+  const H = w.hiddenSize
+  const V = w.vocabSize
+  const norm = upload(device, w.norm, 'final norm')
+  const lmHead = GpuLinear.upload(gpu, 'lm_head', [{ dtype: 'F32', shape: [V, H], bytes: new Uint8Array(w.lmHead.buffer, w.lmHead.byteOffset, w.lmHead.byteLength) }])
+  const step = createStepBuffer(device, 1)
+  const normKernel = kernel(device, rmsNormKernel(H, w.rmsNormEps), ['read', 'read', 'rw', 'step'])
+  let scratch: HeadScratch | undefined
+  let tail: Promise<unknown> = Promise.resolve()
+
+  const ensure = (rows: number): HeadScratch => {
+    if (scratch != null && scratch.rows >= rows) return scratch
+    let cap = Math.max(8, scratch?.rows ?? 0)
+    while (cap < rows) cap *= 2
+    if (scratch != null) for (const b of [scratch.x, scratch.h, scratch.logits, scratch.readback]) b.destroy()
+    const x = storage(device, cap * H * 4, 'head x')
+    const h = storage(device, cap * H * 4, 'head h')
+    const logits = storage(device, cap * V * 4, 'logits')
+    const readback = device.createBuffer({ label: 'logits readback', size: cap * V * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+    scratch = { rows: cap, x, h, logits, readback, norm: bindGroup(device, normKernel, [x, norm, h, step]), lm: lmHead.bind(device, h, logits, step) }
+    return scratch
+  }
+
+  const run = async (x: Float32Array, rows: number): Promise<Float32Array> => {
+    const s = ensure(rows)
+    device.queue.writeBuffer(s.x, 0, x.buffer, x.byteOffset, rows * H * 4)
+    device.queue.writeBuffer(step, 0, stepSlots([], rows))
+    const encoder = device.createCommandEncoder()
+    const pass = encoder.beginComputePass()
+    pass.setPipeline(normKernel.pipeline)
+    pass.setBindGroup(0, s.norm, [0])
+    pass.dispatchWorkgroups(rows)
+    dispatchLinear(pass, s.lm, rows, true)
+    pass.end()
+    const bytes = rows * V * 4
+    encoder.copyBufferToBuffer(s.logits, 0, s.readback, 0, bytes)
+    device.queue.submit([encoder.finish()])
+    await s.readback.mapAsync(GPUMapMode.READ, 0, bytes)
+    try {
+      return new Float32Array(s.readback.getMappedRange(0, bytes).slice(0))
+    } finally {
+      s.readback.unmap()
+    }
+  }
+
+  return {
+    logits: async (x, rows) => {
+      // one call at a time: calls share the scratch and readback buffers
+      const out = tail.then(async () => await run(x, rows))
+      tail = out.catch(() => {})
+      return await out
+    },
+    dispose: async () => {
+      await tail
+      norm.destroy(); lmHead.destroy(); step.destroy()
+      if (scratch != null) for (const b of [scratch.x, scratch.h, scratch.logits, scratch.readback]) b.destroy()
+      scratch = undefined
+    }
+  }
+}

@@ -1,0 +1,330 @@
+// WGSL for one transformer block, generated per model shape: dimensions are constants in the
+// source, so one compiled pipeline serves every block of a span. Per-step values (rows in the
+// batch, one session's rows, position and cache capacity) come from a `Step` uniform slot.
+
+/** How a weight matrix is stored on the GPU: as in the checkpoint, widened inside the kernels. */
+export type WeightFormat = 'f32' | 'f16' | 'bf16'
+
+/** Rows the matrix-vector kernel handles per pass over the weights; larger batches loop. */
+export const MATVEC_ROWS = 8
+/** Above this many rows a step's projections run as a tiled GEMM instead of matrix-vector. */
+export const GEMM_MIN_ROWS = 33
+/** Bytes between two `Step` uniform slots (WebGPU's dynamic-offset alignment). */
+export const STEP_SLOT = 256
+
+const STEP = /* wgsl */`
+struct Step {
+  rows: u32,   // rows in the whole batch
+  row0: u32,   // this session's first row
+  tokens: u32, // this session's rows
+  pos0: u32,   // position of this session's first row
+  cap: u32,    // positions this session's cache buffer holds
+}`
+
+const u = (n: number): string => `${n >>> 0}u`
+
+/** `w4(i)`: the i-th group of 4 consecutive weights, as f32. */
+function weightLoader (format: WeightFormat, binding: number): string {
+  switch (format) {
+    case 'f32':
+      return `@group(0) @binding(${binding}) var<storage, read> w: array<vec4<f32>>;
+fn w4 (i: u32) -> vec4<f32> { return w[i]; }`
+    case 'f16':
+      // no shader-f16 needed: two halves per u32, widened by a core builtin
+      return `@group(0) @binding(${binding}) var<storage, read> w: array<vec2<u32>>;
+fn w4 (i: u32) -> vec4<f32> { let p = w[i]; return vec4<f32>(unpack2x16float(p.x), unpack2x16float(p.y)); }`
+    case 'bf16':
+      // bf16 is the top half of an f32
+      return `@group(0) @binding(${binding}) var<storage, read> w: array<vec2<u32>>;
+fn w4 (i: u32) -> vec4<f32> {
+  let p = w[i];
+  return vec4<f32>(bitcast<f32>(p.x << 16u), bitcast<f32>(p.x & 0xffff0000u), bitcast<f32>(p.y << 16u), bitcast<f32>(p.y & 0xffff0000u));
+}`
+  }
+}
+
+/** out = x / rms(x) · weight, one workgroup per row. */
+export function rmsNormKernel (hidden: number, eps: number): string {
+  return `${STEP}
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> weight: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> step: Step;
+const H = ${u(hidden)};
+var<workgroup> part: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let row = wg.x;
+  if (row >= step.rows) { return; }
+  var ss = 0.0;
+  for (var i = t; i < H; i += 256u) { let v = x[row * H + i]; ss += v * v; }
+  part[t] = ss;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (t < s) { part[t] += part[t + s]; }
+    workgroupBarrier();
+  }
+  let scale = inverseSqrt(part[0] / f32(H) + ${eps.toExponential()});
+  for (var i = t; i < H; i += 256u) { out[row * H + i] = x[row * H + i] * scale * weight[i]; }
+}`
+}
+
+export interface LinearShape {
+  format: WeightFormat
+  /** Input width (a multiple of 4). */
+  k: number
+  /** Output rows of this weight chunk. */
+  n: number
+  /** Where the chunk's outputs start in a row of `y`, and `y`'s row length. */
+  n0: number
+  yStride: number
+  bias: boolean
+  /** y += x·Wᵀ (a residual connection) instead of y = x·Wᵀ. */
+  accumulate: boolean
+}
+
+function linearBindings (s: LinearShape): string {
+  return `${STEP}
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+${weightLoader(s.format, 1)}
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<uniform> step: Step;
+${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
+const K4 = ${u(s.k / 4)};
+const N = ${u(s.n)};
+const N0 = ${u(s.n0)};
+const YS = ${u(s.yStride)};
+fn store (r: u32, n: u32, v: f32) {
+  let i = r * YS + N0 + n;
+  y[i] = ${s.accumulate ? 'y[i] + ' : ''}(v${s.bias ? ' + bias[n]' : ''});
+}`
+}
+
+/**
+ * y = x·Wᵀ for a few rows (decode): one workgroup per output, its threads striding the input
+ * so that neighbours read neighbouring weights; each row's sum is reduced in the same order
+ * whatever the batch, so batched steps equal separate ones bit for bit.
+ */
+export function matvecKernel (s: LinearShape): string {
+  const R = MATVEC_ROWS
+  return `${linearBindings(s)}
+var<workgroup> part: array<f32, ${256 * R}>;
+
+@compute @workgroup_size(256)
+fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let n = wg.x + wg.y * nwg.x;
+  if (n >= N) { return; }
+  for (var r0 = 0u; r0 < step.rows; r0 += ${u(R)}) {
+    var acc = array<f32, ${R}>();
+    for (var k = t; k < K4; k += 256u) {
+      let wv = w4(n * K4 + k);
+      for (var r = 0u; r < ${u(R)}; r++) {
+        if (r0 + r < step.rows) { acc[r] += dot(wv, x[(r0 + r) * K4 + k]); }
+      }
+    }
+    for (var r = 0u; r < ${u(R)}; r++) { part[r * 256u + t] = acc[r]; }
+    workgroupBarrier();
+    for (var h = 128u; h > 0u; h >>= 1u) {
+      if (t < h) {
+        for (var r = 0u; r < ${u(R)}; r++) { part[r * 256u + t] += part[r * 256u + t + h]; }
+      }
+      workgroupBarrier();
+    }
+    if (t < ${u(R)} && r0 + t < step.rows) { store(r0 + t, n, part[t * 256u]); }
+    workgroupBarrier();
+  }
+}`
+}
+
+/** y = x·Wᵀ for many rows (prefill): 64×64 output tiles, 4×4 per thread, 16-wide slices of k in workgroup memory. */
+export function gemmKernel (s: LinearShape): string {
+  return `${linearBindings(s)}
+var<workgroup> xs: array<vec4<f32>, 256>;
+var<workgroup> ws: array<vec4<f32>, 256>;
+
+@compute @workgroup_size(256)
+fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let n0 = wg.x * 64u;
+  let m0 = wg.y * 64u;
+  let tx = t % 16u;
+  let ty = t / 16u;
+  let lr = t / 4u;
+  let lk = t % 4u;
+  var acc: array<vec4<f32>, 4>;
+  for (var k0 = 0u; k0 < K4; k0 += 4u) {
+    let kk = k0 + lk;
+    let m = m0 + lr;
+    let nn = n0 + lr;
+    xs[t] = select(vec4<f32>(0.0), x[m * K4 + kk], m < step.rows && kk < K4);
+    ws[t] = select(vec4<f32>(0.0), w4(nn * K4 + kk), nn < N && kk < K4);
+    workgroupBarrier();
+    for (var q = 0u; q < 4u; q++) {
+      let w0 = ws[(tx * 4u) * 4u + q];
+      let w1 = ws[(tx * 4u + 1u) * 4u + q];
+      let w2 = ws[(tx * 4u + 2u) * 4u + q];
+      let w3 = ws[(tx * 4u + 3u) * 4u + q];
+      for (var i = 0u; i < 4u; i++) {
+        let xv = xs[(ty * 4u + i) * 4u + q];
+        acc[i] += vec4<f32>(dot(xv, w0), dot(xv, w1), dot(xv, w2), dot(xv, w3));
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < 4u; i++) {
+    let m = m0 + ty * 4u + i;
+    for (var j = 0u; j < 4u; j++) {
+      let n = n0 + tx * 4u + j;
+      if (m < step.rows && n < N) { store(m, n, acc[i][j]); }
+    }
+  }
+}`
+}
+
+export interface AttentionShape {
+  numHeads: number
+  numKvHeads: number
+  headDim: number
+}
+
+const qkvConsts = (a: AttentionShape): string => `
+const D = ${u(a.headDim)};
+const HALF = ${u(a.headDim / 2)};
+const KVD = ${u(a.numKvHeads * a.headDim)};
+const QD = ${u(a.numHeads * a.headDim)};
+const QKV = ${u((a.numHeads + 2 * a.numKvHeads) * a.headDim)};
+const G = ${u(a.numHeads / a.numKvHeads)};`
+
+/**
+ * One session's new keys (rotated) and values into its cache at positions pos0…; the cache
+ * buffer holds keys `[cap, kvHeads·D]` then values `[cap, kvHeads·D]`. `rot` holds each row's
+ * cos then signed sin `[rows, 2·D]`.
+ */
+export function kvAppendKernel (a: AttentionShape): string {
+  return `${STEP}
+@group(0) @binding(0) var<storage, read> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> rot: array<f32>;
+@group(0) @binding(2) var<storage, read_write> cache: array<f32>;
+@group(0) @binding(3) var<uniform> step: Step;
+${qkvConsts(a)}
+
+@compute @workgroup_size(64)
+fn main (@builtin(global_invocation_id) gid: vec3<u32>) {
+  // one invocation per (row, kv head, i < D/2): the pair (i, i + D/2) rotates together
+  let i = gid.x % HALF;
+  let kvh = (gid.x / HALF) % ${u(a.numKvHeads)};
+  let t = gid.x / (HALF * ${u(a.numKvHeads)});
+  if (t >= step.tokens) { return; }
+  let row = step.row0 + t;
+  let src = row * QKV + QD + kvh * D;
+  let k1 = qkv[src + i];
+  let k2 = qkv[src + i + HALF];
+  let r = row * 2u * D;
+  let dst = (step.pos0 + t) * KVD + kvh * D;
+  cache[dst + i] = k1 * rot[r + i] + k2 * rot[r + D + i];
+  cache[dst + i + HALF] = k2 * rot[r + i + HALF] + k1 * rot[r + D + i + HALF];
+  let vdst = step.cap * KVD + dst;
+  cache[vdst + i] = qkv[src + KVD + i];
+  cache[vdst + i + HALF] = qkv[src + KVD + i + HALF];
+}`
+}
+
+/**
+ * Causal grouped-query attention of one session's rows against its cache: one workgroup per
+ * (query head, row); keys in chunks of 64 with a running max and sum (online softmax), so no
+ * score matrix is ever stored and memory does not grow with the square of the tokens.
+ */
+export function attentionKernel (a: AttentionShape): string {
+  const perThread = Math.ceil(a.headDim / 64)
+  return `${STEP}
+@group(0) @binding(0) var<storage, read> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> rot: array<f32>;
+@group(0) @binding(2) var<storage, read> cache: array<f32>;
+@group(0) @binding(3) var<storage, read_write> att: array<f32>;
+@group(0) @binding(4) var<uniform> step: Step;
+${qkvConsts(a)}
+const SCALE = ${(1 / Math.sqrt(a.headDim)).toExponential()};
+var<workgroup> q: array<f32, ${a.headDim}>;
+var<workgroup> p: array<f32, 64>;
+var<workgroup> red: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let h = wg.x;
+  let row = step.row0 + wg.y;
+  let keys = step.pos0 + wg.y + 1u;
+  let kvh = h / G;
+  let r = row * 2u * D;
+  for (var i = t; i < D; i += 64u) {
+    let j = select(i - HALF, i + HALF, i < HALF);
+    let base = row * QKV + h * D;
+    q[i] = (qkv[base + i] * rot[r + i] + qkv[base + j] * rot[r + D + i]) * SCALE;
+  }
+  workgroupBarrier();
+  var m = -1e30;
+  var l = 0.0;
+  var acc: array<f32, ${perThread}>;
+  for (var c0 = 0u; c0 < keys; c0 += 64u) {
+    let j = c0 + t;
+    var s = -1e30;
+    if (j < keys) {
+      s = 0.0;
+      let kb = j * KVD + kvh * D;
+      for (var i = 0u; i < D; i++) { s += q[i] * cache[kb + i]; }
+    }
+    red[t] = s;
+    workgroupBarrier();
+    for (var k = 32u; k > 0u; k >>= 1u) {
+      if (t < k) { red[t] = max(red[t], red[t + k]); }
+      workgroupBarrier();
+    }
+    let mNew = max(m, red[0]);
+    workgroupBarrier();
+    let e = select(0.0, exp(s - mNew), j < keys);
+    p[t] = e;
+    red[t] = e;
+    workgroupBarrier();
+    for (var k = 32u; k > 0u; k >>= 1u) {
+      if (t < k) { red[t] += red[t + k]; }
+      workgroupBarrier();
+    }
+    let rescale = exp(m - mNew);
+    l = l * rescale + red[0];
+    m = mNew;
+    let n = min(64u, keys - c0);
+    for (var a = 0u; a < ${u(perThread)}; a++) {
+      let d = t + a * 64u;
+      if (d < D) {
+        var sum = acc[a] * rescale;
+        let vb = step.cap * KVD + c0 * KVD + kvh * D + d;
+        for (var jj = 0u; jj < n; jj++) { sum += p[jj] * cache[vb + jj * KVD]; }
+        acc[a] = sum;
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var a = 0u; a < ${u(perThread)}; a++) {
+    let d = t + a * 64u;
+    if (d < D) { att[row * QD + h * D + d] = acc[a] / l; }
+  }
+}`
+}
+
+/** act = silu(gate) · up, from the fused `[rows, 2F]` gate/up projection. */
+export function swigluKernel (ffn: number): string {
+  return `${STEP}
+@group(0) @binding(0) var<storage, read> gu: array<f32>;
+@group(0) @binding(1) var<storage, read_write> act: array<f32>;
+@group(0) @binding(2) var<uniform> step: Step;
+const F = ${u(ffn)};
+
+@compute @workgroup_size(256)
+fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let i = (wg.x + wg.y * nwg.x) * 256u + t;
+  if (i >= step.rows * F) { return; }
+  let r = i / F;
+  let c = i % F;
+  let g = gu[r * 2u * F + c];
+  act[i] = g * (1.0 / (1.0 + exp(-g))) * gu[r * 2u * F + F + c];
+}`
+}

@@ -1,0 +1,163 @@
+/// <reference types="@webgpu/types" />
+import type { GpuContext } from './device.ts'
+import { matvecKernel, gemmKernel, GEMM_MIN_ROWS, STEP_SLOT } from './kernels.ts'
+import type { WeightFormat, LinearShape } from './kernels.ts'
+import type { DType } from '../safetensors.ts'
+import { toFloat32 } from '../safetensors.ts'
+
+/** A kernel's bindings in order: storage read, storage read-write, or the per-step uniform slot. */
+export type Binding = 'read' | 'rw' | 'step'
+
+export interface Kernel { pipeline: GPUComputePipeline, layout: GPUBindGroupLayout, bindings: Binding[] }
+
+const kernels = new WeakMap<GPUDevice, Map<string, Kernel>>()
+
+/** One compiled pipeline per WGSL source and device (every block of a span shares them). */
+export function kernel (device: GPUDevice, code: string, bindings: Binding[]): Kernel {
+  let byCode = kernels.get(device)
+  if (byCode == null) { byCode = new Map(); kernels.set(device, byCode) }
+  let k = byCode.get(code)
+  if (k == null) {
+    const layout = device.createBindGroupLayout({
+      entries: bindings.map((b, i) => ({
+        binding: i,
+        visibility: GPUShaderStage.COMPUTE,
+        buffer: b === 'step' ? { type: 'uniform', hasDynamicOffset: true } : { type: b === 'rw' ? 'storage' : 'read-only-storage' }
+      }))
+    })
+    const pipeline = device.createComputePipeline({
+      layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module: device.createShaderModule({ code }), entryPoint: 'main' }
+    })
+    k = { pipeline, layout, bindings }
+    byCode.set(code, k)
+  }
+  return k
+}
+
+export function bindGroup (device: GPUDevice, k: Kernel, buffers: GPUBuffer[]): GPUBindGroup {
+  return device.createBindGroup({
+    layout: k.layout,
+    // the step uniform is bound one 32-byte slot at a time, chosen by dynamic offset
+    entries: buffers.map((buffer, i) => ({ binding: i, resource: k.bindings[i] === 'step' ? { buffer, size: 32 } : { buffer } }))
+  })
+}
+
+/** The per-step uniform slots: slot 0 for the whole batch, one more per session. */
+export function createStepBuffer (device: GPUDevice, slots: number): GPUBuffer {
+  return device.createBuffer({ label: 'step', size: slots * STEP_SLOT, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST })
+}
+
+export function storage (device: GPUDevice, bytes: number, label?: string, extra = 0): GPUBuffer {
+  // bindings need a non-zero size, and vec4 views a multiple of 16 bytes
+  return device.createBuffer({ label, size: Math.max(16, Math.ceil(bytes / 16) * 16), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC | extra })
+}
+
+export function upload (device: GPUDevice, data: ArrayBufferView, label?: string): GPUBuffer {
+  const b = storage(device, data.byteLength, label)
+  device.queue.writeBuffer(b, 0, data.buffer, data.byteOffset, data.byteLength)
+  return b
+}
+
+/** A piece of a weight matrix, as stored: `[rows, in]`, row-major. */
+export interface WeightPart { dtype: DType, shape: number[], bytes: Uint8Array }
+
+interface Chunk { weight: GPUBuffer, bias?: GPUBuffer, n0: number, n: number }
+
+const FORMAT: Record<DType, WeightFormat> = { F32: 'f32', F16: 'f16', BF16: 'bf16' }
+
+/**
+ * A linear layer y = x·Wᵀ (+ b) on the GPU, W `[out, in]` kept in its stored precision. Parts
+ * (q, k, v or gate, up) are stacked by rows into one matrix; matrices larger than the device's
+ * largest binding are split by rows into chunks, each its own buffer and dispatch.
+ */
+export class GpuLinear {
+  readonly format: WeightFormat
+  readonly k: number
+  readonly n: number
+  readonly bytes: number
+  private readonly chunks: Chunk[]
+
+  private constructor (format: WeightFormat, k: number, n: number, chunks: Chunk[], bytes: number) {
+    this.format = format
+    this.k = k
+    this.n = n
+    this.chunks = chunks
+    this.bytes = bytes
+  }
+
+  static upload (gpu: GpuContext, name: string, parts: WeightPart[], bias?: Float32Array): GpuLinear {
+    const k = parts[0].shape[1]
+    if (k % 4 !== 0) throw new Error(`${name}: input width ${k} is not a multiple of 4, which the GPU kernels need`)
+    if (parts.some(p => p.shape[1] !== k)) throw new Error(`${name}: parts differ in input width`)
+    // one format for the whole matrix: mixed parts are widened to f32
+    const mixed = parts.some(p => p.dtype !== parts[0].dtype)
+    const format: WeightFormat = mixed ? 'f32' : FORMAT[parts[0].dtype]
+    const elem = format === 'f32' ? 4 : 2
+    const n = parts.reduce((s, p) => s + p.shape[0], 0)
+    const all = new Uint8Array(n * k * elem)
+    let o = 0
+    for (const p of parts) {
+      const b = mixed && p.dtype !== 'F32' ? new Uint8Array(toFloat32(p.bytes, p.dtype).buffer) : p.bytes
+      all.set(b, o)
+      o += b.byteLength
+    }
+    const rowsPerChunk = Math.max(1, Math.floor(gpu.limits.maxStorageBufferBindingSize / (k * elem)))
+    const chunks: Chunk[] = []
+    for (let n0 = 0; n0 < n; n0 += rowsPerChunk) {
+      const rows = Math.min(rowsPerChunk, n - n0)
+      chunks.push({
+        weight: upload(gpu.device, all.subarray(n0 * k * elem, (n0 + rows) * k * elem), `${name}[${n0}]`),
+        bias: bias != null ? upload(gpu.device, bias.subarray(n0, n0 + rows), `${name}.bias[${n0}]`) : undefined,
+        n0,
+        n: rows
+      })
+    }
+    return new GpuLinear(format, k, n, chunks, all.byteLength)
+  }
+
+  /** Bind groups for input `x` `[rows, k]` and output `y` (row stride `yStride`, this layer's outputs at column `yOffset`). */
+  bind (device: GPUDevice, x: GPUBuffer, y: GPUBuffer, step: GPUBuffer, opts: { yStride?: number, yOffset?: number, accumulate?: boolean } = {}): LinearBinding {
+    return this.chunks.map(c => {
+      const shape: LinearShape = {
+        format: this.format, k: this.k, n: c.n, n0: (opts.yOffset ?? 0) + c.n0, yStride: opts.yStride ?? this.n, bias: c.bias != null, accumulate: opts.accumulate === true
+      }
+      const bindings: Binding[] = ['read', 'read', 'rw', 'step', ...(c.bias != null ? ['read' as const] : [])]
+      const buffers = [x, c.weight, y, step, ...(c.bias != null ? [c.bias] : [])]
+      const mv = kernel(device, matvecKernel(shape), bindings)
+      const gemm = kernel(device, gemmKernel(shape), bindings)
+      return { n: c.n, matvec: { pipeline: mv.pipeline, group: bindGroup(device, mv, buffers) }, gemm: { pipeline: gemm.pipeline, group: bindGroup(device, gemm, buffers) } }
+    })
+  }
+
+  destroy (): void {
+    for (const c of this.chunks) { c.weight.destroy(); c.bias?.destroy() }
+  }
+}
+
+export type LinearBinding = Array<{ n: number, matvec: Bound, gemm: Bound }>
+export interface Bound { pipeline: GPUComputePipeline, group: GPUBindGroup }
+
+/** Records y = x·Wᵀ for `rows` rows: matrix-vector for a few rows, tiled GEMM for many. */
+export function dispatchLinear (pass: GPUComputePassEncoder, l: LinearBinding, rows: number, matvecOnly = false): void {
+  for (const c of l) {
+    if (rows < GEMM_MIN_ROWS || matvecOnly) {
+      pass.setPipeline(c.matvec.pipeline)
+      pass.setBindGroup(0, c.matvec.group, [0])
+      pass.dispatchWorkgroups(Math.min(c.n, 65535), Math.ceil(c.n / 65535))
+    } else {
+      pass.setPipeline(c.gemm.pipeline)
+      pass.setBindGroup(0, c.gemm.group, [0])
+      pass.dispatchWorkgroups(Math.ceil(c.n / 64), Math.ceil(rows / 64))
+    }
+  }
+}
+
+/** Writes the batch's slot 0 and one slot per session: rows, first row, rows of the session, first position, cache capacity. */
+export function stepSlots (segments: Array<{ row0: number, tokens: number, pos0: number, cap: number }>, rows: number): Uint32Array {
+  const words = STEP_SLOT / 4
+  const out = new Uint32Array((segments.length + 1) * words)
+  out.set([rows, 0, rows, 0, 0], 0)
+  segments.forEach((s, i) => out.set([rows, s.row0, s.tokens, s.pos0, s.cap], (i + 1) * words))
+  return out
+}

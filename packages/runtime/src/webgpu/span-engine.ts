@@ -1,0 +1,259 @@
+/// <reference types="@webgpu/types" />
+import type { ModelConfig } from '../config.ts'
+import type { RawTensor } from '../checkpoint.ts'
+import { toFloat32 } from '../safetensors.ts'
+import { rotaryTables } from '../rope.ts'
+import type { GpuContext } from './device.ts'
+import { GpuKVStore } from './kv-store.ts'
+import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots } from './linear.ts'
+import type { LinearBinding, Kernel } from './linear.ts'
+import { rmsNormKernel, kvAppendKernel, attentionKernel, swigluKernel, STEP_SLOT } from './kernels.ts'
+
+/** One block's weights on the GPU, in their stored precision (norms as f32). */
+interface GpuBlock {
+  inputNorm: GPUBuffer
+  qkv: GpuLinear
+  out: GpuLinear
+  postNorm: GPUBuffer
+  gateUp: GpuLinear
+  down: GpuLinear
+}
+
+/** Activations of one step, for up to `rows` rows; replaced by larger ones when a step needs it. */
+interface Scratch {
+  rows: number
+  generation: number
+  x: GPUBuffer
+  h: GPUBuffer
+  qkv: GPUBuffer
+  att: GPUBuffer
+  gu: GPUBuffer
+  act: GPUBuffer
+  rot: GPUBuffer
+  readback: GPUBuffer
+  blocks: BlockBinding[]
+  swiglu: GPUBindGroup
+}
+
+interface BlockBinding { norm1: GPUBindGroup, qkv: LinearBinding, out: LinearBinding, norm2: GPUBindGroup, gateUp: LinearBinding, down: LinearBinding }
+
+/** One session's rows in a batched step. */
+export interface GpuStep { hidden: Float32Array, tokens: number, store: GpuKVStore, length: number }
+
+/** Sessions one submission takes (uniform slots); larger batches are split. */
+const MAX_SEGMENTS = 256
+
+/**
+ * The block forward on the GPU: every block of a step is recorded into one command buffer
+ * (one submission per step) and only the span's output comes back to the CPU.
+ */
+export class GpuSpanEngine {
+  private readonly gpu: GpuContext
+  private readonly device: GPUDevice
+  private readonly cfg: ModelConfig
+  private readonly blocks: GpuBlock[] = []
+  private readonly invFreq: Float64Array
+  private readonly step: GPUBuffer
+  private readonly k: { norm: Kernel, append: Kernel, attention: Kernel, swiglu: Kernel }
+  private scratch?: Scratch
+  private generation = 0
+  /** Steps run one at a time: they share the scratch buffers and the readback buffer. */
+  private tail: Promise<unknown> = Promise.resolve()
+
+  constructor (gpu: GpuContext, cfg: ModelConfig, invFreq: Float64Array) {
+    this.gpu = gpu
+    this.device = gpu.device
+    this.cfg = cfg
+    this.invFreq = invFreq
+    for (const [what, n] of [['hidden_size', cfg.hiddenSize], ['intermediate_size', cfg.intermediateSize], ['heads × head_dim', cfg.numHeads * cfg.headDim]] as const) {
+      if (n % 4 !== 0) throw new Error(`the GPU kernels need ${what} to be a multiple of 4 (got ${n})`)
+    }
+    if (cfg.headDim % 2 !== 0) throw new Error(`head_dim ${cfg.headDim} must be even`)
+    this.step = createStepBuffer(this.device, MAX_SEGMENTS + 1)
+    const shape = { numHeads: cfg.numHeads, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim }
+    this.k = {
+      norm: kernel(this.device, rmsNormKernel(cfg.hiddenSize, cfg.rmsNormEps), ['read', 'read', 'rw', 'step']),
+      append: kernel(this.device, kvAppendKernel(shape), ['read', 'read', 'rw', 'step']),
+      attention: kernel(this.device, attentionKernel(shape), ['read', 'read', 'read', 'rw', 'step']),
+      swiglu: kernel(this.device, swigluKernel(cfg.intermediateSize), ['read', 'rw', 'step'])
+    }
+  }
+
+  /** Uploads one block (tensors as `Checkpoint.readBlockRaw` gives them); blocks are appended in order. */
+  addBlock (block: number, raws: RawTensor[]): void {
+    const by = new Map(raws.map(r => [r.name.slice(`model.layers.${block}.`.length), r]))
+    const get = (n: string): RawTensor => {
+      const r = by.get(n)
+      if (r == null) throw new Error(`block ${block}: tensor ${n} missing`)
+      return r
+    }
+    const vec = (n: string): Float32Array => toFloat32(get(n).bytes, get(n).dtype)
+    const name = (n: string): string => `block ${block} ${n}`
+    let bias: Float32Array | undefined
+    if (this.cfg.qkvBias) {
+      const parts = ['q', 'k', 'v'].map(x => vec(`self_attn.${x}_proj.bias`))
+      bias = new Float32Array(parts.reduce((n, p) => n + p.length, 0))
+      let o = 0
+      for (const p of parts) { bias.set(p, o); o += p.length }
+    }
+    this.blocks.push({
+      inputNorm: upload(this.device, vec('input_layernorm.weight')),
+      qkv: GpuLinear.upload(this.gpu, name('qkv'), ['q', 'k', 'v'].map(x => get(`self_attn.${x}_proj.weight`)), bias),
+      out: GpuLinear.upload(this.gpu, name('o_proj'), [get('self_attn.o_proj.weight')]),
+      postNorm: upload(this.device, vec('post_attention_layernorm.weight')),
+      gateUp: GpuLinear.upload(this.gpu, name('gate/up'), [get('mlp.gate_proj.weight'), get('mlp.up_proj.weight')]),
+      down: GpuLinear.upload(this.gpu, name('down_proj'), [get('mlp.down_proj.weight')])
+    })
+    this.scratch = undefined
+  }
+
+  /** Bytes of weights held on the GPU. */
+  get weightBytes (): number {
+    const H = this.cfg.hiddenSize
+    return this.blocks.reduce((n, b) => n + b.qkv.bytes + b.out.bytes + b.gateUp.bytes + b.down.bytes + 8 * H, 0)
+  }
+
+  newStore (blocks: number, maxLength: number): GpuKVStore {
+    return new GpuKVStore(this.device, blocks, this.cfg.numKvHeads * this.cfg.headDim, maxLength)
+  }
+
+  /**
+   * Runs the sessions' rows through blocks `[from, from + count)` of this engine; returns the
+   * output rows of all sessions, stacked in order. Each store holds `length` positions before.
+   */
+  async forward (steps: GpuStep[], from: number, count: number): Promise<Float32Array> {
+    if (steps.length > MAX_SEGMENTS) {
+      const outs: Float32Array[] = []
+      for (let i = 0; i < steps.length; i += MAX_SEGMENTS) outs.push(await this.forward(steps.slice(i, i + MAX_SEGMENTS), from, count))
+      const all = new Float32Array(outs.reduce((n, o) => n + o.length, 0))
+      let o = 0
+      for (const x of outs) { all.set(x, o); o += x.length }
+      return all
+    }
+    const run = this.tail.then(async () => await this.run(steps, from, count))
+    this.tail = run.catch(() => {})
+    return await run
+  }
+
+  private async run (steps: GpuStep[], from: number, count: number): Promise<Float32Array> {
+    const { device, cfg } = this
+    const H = cfg.hiddenSize
+    const rows = steps.reduce((n, s) => n + s.tokens, 0)
+    const s = this.ensureScratch(rows)
+
+    const input = new Float32Array(rows * H)
+    const rot = new Float32Array(rows * 2 * cfg.headDim)
+    const segments: Array<{ row0: number, tokens: number, pos0: number, cap: number }> = []
+    const encoder = device.createCommandEncoder()
+    let row = 0
+    for (const st of steps) {
+      st.store.reserve(st.length + st.tokens, st.length, encoder)
+      input.set(st.hidden, row * H)
+      const positions = Array.from({ length: st.tokens }, (_, t) => st.length + t)
+      const { cos, sin } = rotaryTables(this.invFreq, positions)
+      const d = cfg.headDim
+      for (let t = 0; t < st.tokens; t++) {
+        rot.set(cos.subarray(t * d, (t + 1) * d), (row + t) * 2 * d)
+        rot.set(sin.subarray(t * d, (t + 1) * d), (row + t) * 2 * d + d)
+      }
+      segments.push({ row0: row, tokens: st.tokens, pos0: st.length, cap: st.store.cap })
+      row += st.tokens
+    }
+    device.queue.writeBuffer(s.x, 0, input)
+    device.queue.writeBuffer(s.rot, 0, rot)
+    device.queue.writeBuffer(this.step, 0, stepSlots(segments, rows))
+    const caches = steps.map(st => this.cacheGroups(st.store, s, from))
+
+    const pass = encoder.beginComputePass()
+    for (let i = 0; i < count; i++) this.encodeBlock(pass, s.blocks[from + i], caches.map(c => c[from + i]), segments, rows)
+    pass.end()
+    const bytes = rows * H * 4
+    encoder.copyBufferToBuffer(s.x, 0, s.readback, 0, bytes)
+    device.queue.submit([encoder.finish()])
+    for (const st of steps) st.store.release()
+    await s.readback.mapAsync(GPUMapMode.READ, 0, bytes)
+    try {
+      return new Float32Array(s.readback.getMappedRange(0, bytes).slice(0))
+    } finally {
+      s.readback.unmap()
+    }
+  }
+
+  /** x ← x + attention(norm(x)); x ← x + mlp(norm(x)), for every row of the batch. */
+  private encodeBlock (pass: GPUComputePassEncoder, b: BlockBinding, caches: CacheBinding[], segments: Array<{ tokens: number }>, rows: number): void {
+    const cfg = this.cfg
+    const run = (pipeline: GPUComputePipeline, group: GPUBindGroup, slot: number, x: number, y = 1): void => {
+      pass.setPipeline(pipeline)
+      pass.setBindGroup(0, group, [slot * STEP_SLOT])
+      pass.dispatchWorkgroups(x, y)
+    }
+    run(this.k.norm.pipeline, b.norm1, 0, rows)
+    dispatchLinear(pass, b.qkv, rows)
+    const half = cfg.headDim / 2
+    segments.forEach((seg, i) => run(this.k.append.pipeline, caches[i].append, i + 1, Math.ceil(seg.tokens * cfg.numKvHeads * half / 64)))
+    segments.forEach((seg, i) => run(this.k.attention.pipeline, caches[i].attention, i + 1, cfg.numHeads, seg.tokens))
+    dispatchLinear(pass, b.out, rows)
+    run(this.k.norm.pipeline, b.norm2, 0, rows)
+    dispatchLinear(pass, b.gateUp, rows)
+    const groups = Math.ceil(rows * cfg.intermediateSize / 256)
+    run(this.k.swiglu.pipeline, this.scratch!.swiglu, 0, Math.min(groups, 65535), Math.ceil(groups / 65535))
+    dispatchLinear(pass, b.down, rows)
+  }
+
+  private ensureScratch (rows: number): Scratch {
+    if (this.scratch != null && this.scratch.rows >= rows) return this.scratch
+    const old = this.scratch
+    let cap = Math.max(16, old?.rows ?? 0)
+    while (cap < rows) cap *= 2
+    const { device, cfg } = this
+    const H = cfg.hiddenSize
+    const F = cfg.intermediateSize
+    const QD = cfg.numHeads * cfg.headDim
+    const QKV = (cfg.numHeads + 2 * cfg.numKvHeads) * cfg.headDim
+    const f = (n: number, label: string): GPUBuffer => storage(device, cap * n * 4, label)
+    const x = f(H, 'x'); const h = f(H, 'h'); const qkv = f(QKV, 'qkv'); const att = f(QD, 'att')
+    const gu = f(2 * F, 'gate/up'); const act = f(F, 'act'); const rot = f(2 * cfg.headDim, 'rot')
+    const readback = device.createBuffer({ label: 'readback', size: cap * H * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+    const st = this.step
+    const blocks = this.blocks.map(b => ({
+      norm1: bindGroup(device, this.k.norm, [x, b.inputNorm, h, st]),
+      qkv: b.qkv.bind(device, h, qkv, st),
+      out: b.out.bind(device, att, x, st, { accumulate: true }),
+      norm2: bindGroup(device, this.k.norm, [x, b.postNorm, h, st]),
+      gateUp: b.gateUp.bind(device, h, gu, st),
+      down: b.down.bind(device, act, x, st, { accumulate: true })
+    }))
+    if (old != null) for (const buf of [old.x, old.h, old.qkv, old.att, old.gu, old.act, old.rot, old.readback]) buf.destroy()
+    this.scratch = { rows: cap, generation: ++this.generation, x, h, qkv, att, gu, act, rot, readback, blocks, swiglu: bindGroup(device, this.k.swiglu, [gu, act, st]) }
+    return this.scratch
+  }
+
+  /** A cache's bind groups for each block, rebuilt when its buffers or the scratch buffers change. */
+  private cacheGroups (store: GpuKVStore, s: Scratch, offset: number): CacheBinding[] {
+    const key = `${s.generation}/${store.generation}`
+    if (store.bound?.key === key) return store.bound.groups as CacheBinding[]
+    const groups: CacheBinding[] = []
+    store.buffers.forEach((buf, i) => {
+      groups[offset + i] = {
+        append: bindGroup(this.device, this.k.append, [s.qkv, s.rot, buf, this.step]),
+        attention: bindGroup(this.device, this.k.attention, [s.qkv, s.rot, buf, s.att, this.step])
+      }
+    })
+    store.bound = { key, groups }
+    return groups
+  }
+
+  dispose (): void {
+    for (const b of this.blocks) {
+      b.inputNorm.destroy(); b.postNorm.destroy()
+      b.qkv.destroy(); b.out.destroy(); b.gateUp.destroy(); b.down.destroy()
+    }
+    this.blocks.length = 0
+    const s = this.scratch
+    if (s != null) for (const buf of [s.x, s.h, s.qkv, s.att, s.gu, s.act, s.rot, s.readback]) buf.destroy()
+    this.scratch = undefined
+    this.step.destroy()
+  }
+}
+
+interface CacheBinding { append: GPUBindGroup, attention: GPUBindGroup }

@@ -1,0 +1,155 @@
+// Every WGSL kernel of the block forward against a float64 reference, on odd shapes.
+import assert from 'node:assert/strict'
+import { toFloat32, f32ToF16, f32ToBf16 } from '@plexus/runtime'
+import type { GpuContext, DType } from '@plexus/runtime'
+import { rmsNormKernel, matvecKernel, gemmKernel, kvAppendKernel, attentionKernel, swigluKernel, GEMM_MIN_ROWS } from '../packages/runtime/src/webgpu/kernels.ts'
+import type { WeightFormat } from '../packages/runtime/src/webgpu/kernels.ts'
+import { testGpu, skipWebgpu, runKernel, randoms, relErr } from './support/gpu.ts'
+
+describe('WebGPU kernels against float64 references', function () {
+  let gpu: GpuContext
+  before(async function () {
+    if (skipWebgpu) { console.warn('    WebGPU kernel tests SKIPPED: PLEXUS_SKIP_WEBGPU=1'); this.skip() }
+    gpu = await testGpu()
+  })
+
+  it('rmsNorm on rows wider than a workgroup and narrower', async () => {
+    for (const H of [36, 300]) {
+      const rows = 3
+      const x = randoms(rows * H, H)
+      const w = randoms(H, 7)
+      const [out] = await runKernel(gpu, rmsNormKernel(H, 1e-5), [{ data: x, binding: 'read' }, { data: w, binding: 'read' }, { size: rows * H, binding: 'rw' }, 'step'], [[rows]], [rows])
+      const ref = new Float64Array(rows * H)
+      for (let r = 0; r < rows; r++) {
+        let ss = 0
+        for (let i = 0; i < H; i++) ss += x[r * H + i] ** 2
+        const s = 1 / Math.sqrt(ss / H + 1e-5)
+        for (let i = 0; i < H; i++) ref[r * H + i] = x[r * H + i] * s * w[i]
+      }
+      assert.ok(relErr(out, ref) < 1e-5, `H=${H}: ${relErr(out, ref)}`)
+    }
+  })
+
+  const stored = (w: Float32Array, format: WeightFormat): { data: Uint8Array, dtype: DType } => {
+    if (format === 'f32') return { data: new Uint8Array(w.buffer), dtype: 'F32' }
+    const bits = format === 'f16' ? f32ToF16(w) : f32ToBf16(w)
+    return { data: new Uint8Array(bits.buffer), dtype: format === 'f16' ? 'F16' : 'BF16' }
+  }
+
+  for (const format of ['f32', 'f16', 'bf16'] as const) {
+    for (const rows of [1, 3, 9, GEMM_MIN_ROWS + 7]) {
+      it(`linear ${format}, ${rows} rows, with bias and residual (${rows >= GEMM_MIN_ROWS ? 'GEMM' : 'matvec'})`, async () => {
+        const K = 100
+        const N = 37
+        const x = randoms(rows * K, 1)
+        const wf = randoms(N * K, 2)
+        const { data, dtype } = stored(wf, format)
+        const wq = toFloat32(data, dtype) // the weights as the kernel sees them
+        const bias = randoms(N, 3)
+        const yStride = N + 5
+        const y0 = randoms(rows * yStride, 4)
+        const shape = { format, k: K, n: N, n0: 2, yStride, bias: true, accumulate: true }
+        const args = [{ data: x, binding: 'read' as const }, { data, binding: 'read' as const }, { data: y0, binding: 'rw' as const }, 'step' as const, { data: bias, binding: 'read' as const }]
+        const code = rows >= GEMM_MIN_ROWS ? gemmKernel(shape) : matvecKernel(shape)
+        const groups: [number, number] = rows >= GEMM_MIN_ROWS ? [Math.ceil(N / 64), Math.ceil(rows / 64)] : [N, 1]
+        const [y] = await runKernel(gpu, code, args, [[rows]], groups)
+        const ref = Float64Array.from(y0)
+        for (let r = 0; r < rows; r++) {
+          for (let n = 0; n < N; n++) {
+            let s = bias[n]
+            for (let k = 0; k < K; k++) s += x[r * K + k] * wq[n * K + k]
+            ref[r * yStride + 2 + n] += s
+          }
+        }
+        assert.ok(relErr(y, ref) < 1e-5, `${relErr(y, ref)}`)
+      })
+    }
+  }
+
+  it('matvec gives each row bitwise the same result alone or in a batch', async () => {
+    const K = 64; const N = 10
+    const w = randoms(N * K, 9)
+    const x = randoms(5 * K, 10)
+    const shape = { format: 'f32' as const, k: K, n: N, n0: 0, yStride: N, bias: false, accumulate: false }
+    const run = async (xs: Float32Array, rows: number): Promise<Float32Array> =>
+      (await runKernel(gpu, matvecKernel(shape), [{ data: xs, binding: 'read' }, { data: w, binding: 'read' }, { size: rows * N, binding: 'rw' }, 'step'], [[rows]], [N]))[0]
+    const all = await run(x, 5)
+    for (let r = 0; r < 5; r++) assert.deepEqual(Array.from(all.subarray(r * N, (r + 1) * N)), Array.from((await run(x.slice(r * K, (r + 1) * K), 1)).subarray(0, N)))
+  })
+
+  // Reference attention: rotate q and k (rotate-half, HF), causal softmax over positions 0..pos.
+  for (const [heads, kvHeads, D] of [[4, 4, 64], [8, 2, 128], [8, 1, 64]] as const) {
+    it(`kv append + attention: ${heads}/${kvHeads} heads, head_dim ${D}, past a rolled-back cache`, async () => {
+      const shape = { numHeads: heads, numKvHeads: kvHeads, headDim: D }
+      const QD = heads * D; const KVD = kvHeads * D; const QKV = QD + 2 * KVD
+      const cap = 80; const pos0 = 70; const T = 3; const rows = T + 2; const row0 = 1
+      const qkv = randoms(rows * QKV, 11)
+      // cache: positions < pos0 hold keys/values already; positions ≥ pos0 hold garbage from a rolled-back draft
+      const cache = randoms(2 * cap * KVD, 12)
+      const rot = new Float32Array(rows * 2 * D)
+      const angle = (p: number, i: number): number => p / Math.pow(10000, (2 * (i % (D / 2))) / D)
+      for (let t = 0; t < T; t++) {
+        for (let i = 0; i < D; i++) {
+          rot[(row0 + t) * 2 * D + i] = Math.cos(angle(pos0 + t, i))
+          rot[(row0 + t) * 2 * D + D + i] = (i < D / 2 ? -1 : 1) * Math.sin(angle(pos0 + t, i))
+        }
+      }
+      const slot = [rows, row0, T, pos0, cap]
+      const [cacheOut] = await runKernel(gpu, kvAppendKernel(shape), [{ data: qkv, binding: 'read' }, { data: rot, binding: 'read' }, { data: cache, binding: 'rw' }, 'step'], [[rows], slot], [Math.ceil(T * kvHeads * D / 2 / 64)], 1)
+      const rotate = (v: ArrayLike<number>, o: number, t: number): number[] => Array.from({ length: D }, (_, i) => {
+        const j = i < D / 2 ? i + D / 2 : i - D / 2
+        return v[o + i] * rot[(row0 + t) * 2 * D + i] + v[o + j] * rot[(row0 + t) * 2 * D + D + i]
+      })
+      const refCache = Float64Array.from(cache)
+      for (let t = 0; t < T; t++) {
+        for (let h = 0; h < kvHeads; h++) {
+          const src = (row0 + t) * QKV + QD + h * D
+          const k = rotate(qkv, src, t)
+          for (let i = 0; i < D; i++) {
+            refCache[(pos0 + t) * KVD + h * D + i] = k[i]
+            refCache[cap * KVD + (pos0 + t) * KVD + h * D + i] = qkv[src + KVD + i]
+          }
+        }
+      }
+      assert.ok(relErr(cacheOut, refCache) < 1e-6, `append: ${relErr(cacheOut, refCache)}`)
+
+      const [att] = await runKernel(gpu, attentionKernel(shape), [{ data: qkv, binding: 'read' }, { data: rot, binding: 'read' }, { data: cacheOut, binding: 'read' }, { size: rows * QD, binding: 'rw' }, 'step'], [[rows], slot], [heads, T], 1)
+      const ref = new Float64Array(rows * QD)
+      for (let t = 0; t < T; t++) {
+        for (let h = 0; h < heads; h++) {
+          const q = rotate(qkv, (row0 + t) * QKV + h * D, t)
+          const kvh = Math.floor(h / (heads / kvHeads))
+          const keys = pos0 + t + 1
+          const s = Array.from({ length: keys }, (_, j) => {
+            let d = 0
+            for (let i = 0; i < D; i++) d += q[i] * refCache[j * KVD + kvh * D + i]
+            return d / Math.sqrt(D)
+          })
+          const m = Math.max(...s)
+          const e = s.map(v => Math.exp(v - m))
+          const z = e.reduce((a, b) => a + b, 0)
+          for (let i = 0; i < D; i++) {
+            let o = 0
+            for (let j = 0; j < keys; j++) o += e[j] / z * refCache[cap * KVD + j * KVD + kvh * D + i]
+            ref[(row0 + t) * QD + h * D + i] = o
+          }
+        }
+      }
+      assert.ok(relErr(att.subarray(row0 * QD, (row0 + T) * QD), ref.subarray(row0 * QD, (row0 + T) * QD)) < 1e-5)
+    })
+  }
+
+  it('swiglu', async () => {
+    const F = 300; const rows = 3
+    const gu = randoms(rows * 2 * F, 13).map(v => v * 6)
+    const [act] = await runKernel(gpu, swigluKernel(F), [{ data: gu, binding: 'read' }, { size: rows * F, binding: 'rw' }, 'step'], [[rows]], [Math.ceil(rows * F / 256)])
+    const ref = new Float64Array(rows * F)
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < F; c++) {
+        const g = gu[r * 2 * F + c]
+        ref[r * F + c] = g / (1 + Math.exp(-g)) * gu[r * 2 * F + F + c]
+      }
+    }
+    assert.ok(relErr(act, ref) < 1e-5)
+  })
+})
