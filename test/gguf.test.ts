@@ -7,10 +7,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import {
   initBackend, Checkpoint, Span, ModelHead, generate, dequantize, GgufFile, GgufCheckpoint, GGUF_VALUE,
-  ggmlTypeByName, f32ToF16, unpermuteRotary, blockTensorShapes, headTensorShapes, toFloat32
+  ggmlTypeByName, f32ToF16, unpermuteRotary, llama3ScalingFromFactors, parseModelConfig, blockTensorShapes, headTensorShapes, toFloat32
 } from '@plexus/runtime'
 import type { DequantizableType, SessionPipeline } from '@plexus/runtime'
-import { writeGguf, permuteRotary } from '../scripts/lib/gguf.ts'
+import { writeGguf, permuteRotary, llama3RopeFactors } from '../scripts/lib/gguf.ts'
 import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff } from './support/fixtures.ts'
 import { buildGguf, tensorTypeOffset, llamaCppUnavailable, llamaCppDequantizer } from './support/gguf.ts'
 import { blocksOf, rng, finiteHalf, LLAMA_CPP_SYMBOL } from './support/gguf-blocks.ts'
@@ -153,6 +153,18 @@ describe('GGUF', function () {
         })
       }
     }
+
+    it('recovers llama3 rope scaling from rope_freqs, with or without the original context length', () => {
+      // Llama 3.1 8B and Llama 3.2 1B's rope settings.
+      for (const [headDim, theta, factor] of [[128, 500000, 8], [64, 500000, 32]]) {
+        const rope_scaling = { rope_type: 'llama3', factor, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 }
+        const cfg = parseModelConfig({ architectures: ['LlamaForCausalLM'], hidden_size: headDim * 4, num_attention_heads: 4, intermediate_size: 8, num_hidden_layers: 1, vocab_size: 8, rope_theta: theta, rope_scaling })
+        const freqs = llama3RopeFactors(cfg)
+        assert.deepEqual(llama3ScalingFromFactors('x.gguf', freqs, headDim, theta, 8192), rope_scaling)
+        assert.deepEqual(llama3ScalingFromFactors('x.gguf', freqs, headDim, theta), rope_scaling)
+      }
+      assert.throws(() => llama3ScalingFromFactors('x.gguf', new Float32Array(64).fill(1), 128, 500000), /^GgufError: x\.gguf: tensor rope_freqs\.weight: holds no scaling factor above 1/)
+    })
 
     it('undoes exactly the writer\'s rotary permutation of q/k rows', () => {
       const rows = 12; const cols = 3

@@ -118,7 +118,7 @@ export function shortestFloat32 (x: number): number {
  * s = (orig/wavelen − low)/(high − low), linear in 1/wavelen; two band points fix the line.
  * The result is checked by recomputing every divisor.
  */
-function llama3ScalingFromFactors (file: string, f: Float32Array, headDim: number, theta: number, orig?: number): Record<string, number | string> {
+export function llama3ScalingFromFactors (file: string, f: Float32Array, headDim: number, theta: number, orig?: number): Record<string, number | string> {
   const fail = (why: string): never => { throw new GgufError(`${file}: tensor rope_freqs.weight: ${why}`) }
   if (f.length !== headDim / 2) fail(`${f.length} values, expected head size / 2 = ${headDim / 2}`)
   const factor = shortestFloat32(Math.max(...f))
@@ -133,7 +133,7 @@ function llama3ScalingFromFactors (file: string, f: Float32Array, headDim: numbe
   const slope = (s1 - s0) / (x1 - x0) // = orig / (high − low)
   const offset = slope * x0 - s0 // = low / (high − low)
   // Without the original context length, assume low_freq_factor 1 (every llama3 release uses it).
-  const o = orig ?? slope / offset
+  const o = orig ?? Math.round(slope / offset)
   const low = shortestFloat32(offset * o / slope)
   const high = shortestFloat32(low + o / slope)
   const scaling = { rope_type: 'llama3', factor, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: o }

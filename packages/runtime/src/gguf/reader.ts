@@ -20,7 +20,8 @@ export interface GgufTensorInfo {
 
 const MAGIC = 0x46554747 // "GGUF" read as a little-endian u32
 const DEFAULT_ALIGNMENT = 32
-const CHUNK = 1 << 20
+/** First read of the header: enough for the metadata of vocabularies of ~250k tokens. */
+const CHUNK = 16 << 20
 const MAX_DIMS = 4
 
 /**
@@ -109,78 +110,71 @@ interface Header {
   tensors: Map<string, GgufTensorInfo>
 }
 
-/** Sequential reads of the header through a window that refills with positioned reads. */
+/** Thrown when the header runs past the bytes read so far (but not past the file). */
+const MORE = Symbol('more')
+
+/** Sequential, synchronous reads of the header from the first bytes of the file. */
 class Cursor {
   pos = 0
   /** What is being read, for errors. */
   what = 'the header'
-  private buf = Buffer.alloc(0)
-  private bufStart = 0
   readonly file: string
   readonly size: number
-  private readonly fh: FileHandle
-  constructor (file: string, fh: FileHandle, size: number) { this.file = file; this.fh = fh; this.size = size }
+  private readonly buf: Buffer
+  constructor (file: string, buf: Buffer, size: number) { this.file = file; this.buf = buf; this.size = size }
 
   fail (why: string): never { throw new GgufError(`${this.file}: ${why}`) }
 
-  private async need (n: number): Promise<number> {
+  private need (n: number): number {
     if (this.pos + n > this.size) this.fail(`truncated: the file (${this.size} bytes) ends inside ${this.what}`)
-    if (this.pos < this.bufStart || this.pos + n > this.bufStart + this.buf.length) {
-      const len = Math.min(Math.max(n, CHUNK), this.size - this.pos)
-      const buf = Buffer.alloc(len)
-      let done = 0
-      while (done < len) {
-        const { bytesRead } = await this.fh.read(buf, done, len - done, this.pos + done)
-        if (bytesRead === 0) this.fail(`truncated while reading ${this.what}`)
-        done += bytesRead
-      }
-      this.buf = buf
-      this.bufStart = this.pos
-    }
-    const at = this.pos - this.bufStart
+    if (this.pos + n > this.buf.length) throw MORE
+    const at = this.pos
     this.pos += n
     return at
   }
 
-  async u32 (): Promise<number> { const o = await this.need(4); return this.buf.readUInt32LE(o) }
-  async u64 (): Promise<number> {
-    const o = await this.need(8)
-    const v = this.buf.readBigUInt64LE(o)
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) this.fail(`corrupt: ${this.what} holds a size of ${v}`)
-    return Number(v)
+  u32 (): number { return this.buf.readUInt32LE(this.need(4)) }
+  u64 (): number {
+    const o = this.need(8)
+    // Two u32 halves: no BigInt per string length (vocabularies have 10⁵–10⁶ strings).
+    const hi = this.buf.readUInt32LE(o + 4)
+    if (hi > 0x1fffff) this.fail(`corrupt: ${this.what} holds a size of ${this.buf.readBigUInt64LE(o)}`)
+    return hi * 0x100000000 + this.buf.readUInt32LE(o)
   }
 
-  async str (): Promise<string> {
-    const n = await this.u64()
-    const o = await this.need(n)
+  str (): string {
+    const n = this.u64()
+    const o = this.need(n)
     return this.buf.toString('utf8', o, o + n)
   }
 
   remaining (): number { return this.size - this.pos }
 
-  async value (type: number, key: string): Promise<GgufValue> {
+  value (type: number, key: string): GgufValue {
     const V = GGUF_VALUE
-    const o = async (n: number): Promise<number> => await this.need(n)
+    const b = this.buf
     switch (type) {
-      case V.UINT8: return this.buf[await o(1)]
-      case V.INT8: return this.buf.readInt8(await o(1))
-      case V.UINT16: return this.buf.readUInt16LE(await o(2))
-      case V.INT16: return this.buf.readInt16LE(await o(2))
-      case V.UINT32: return this.buf.readUInt32LE(await o(4))
-      case V.INT32: return this.buf.readInt32LE(await o(4))
-      case V.FLOAT32: return this.buf.readFloatLE(await o(4))
-      case V.FLOAT64: return this.buf.readDoubleLE(await o(8))
-      case V.BOOL: return this.buf[await o(1)] !== 0
-      case V.STRING: return await this.str()
-      case V.UINT64: return exact(this.buf.readBigUInt64LE(await o(8)))
-      case V.INT64: return exact(this.buf.readBigInt64LE(await o(8)))
+      case V.UINT8: return b[this.need(1)]
+      case V.INT8: return b.readInt8(this.need(1))
+      case V.UINT16: return b.readUInt16LE(this.need(2))
+      case V.INT16: return b.readInt16LE(this.need(2))
+      case V.UINT32: return b.readUInt32LE(this.need(4))
+      case V.INT32: return b.readInt32LE(this.need(4))
+      case V.FLOAT32: return b.readFloatLE(this.need(4))
+      case V.FLOAT64: return b.readDoubleLE(this.need(8))
+      case V.BOOL: return b[this.need(1)] !== 0
+      case V.STRING: return this.str()
+      case V.UINT64: return exact(b.readBigUInt64LE(this.need(8)))
+      case V.INT64: return exact(b.readBigInt64LE(this.need(8)))
       case V.ARRAY: {
-        const elemType = await this.u32()
-        const count = await this.u64()
+        const elemType = this.u32()
+        const count = this.u64()
         // Every element takes at least one byte: a count beyond the file is corruption, not a huge array.
         if (count > this.remaining()) this.fail(`truncated: the file ends inside ${this.what} (an array of ${count})`)
         const out: GgufValue[] = new Array(count)
-        for (let i = 0; i < count; i++) out[i] = await this.value(elemType, key)
+        // Vocabularies are arrays of 10⁵–10⁶ strings: read them without the per-element dispatch.
+        if (elemType === V.STRING) for (let i = 0; i < count; i++) out[i] = this.str()
+        else for (let i = 0; i < count; i++) out[i] = this.value(elemType, key)
         return out
       }
       default: return this.fail(`corrupt: metadata key ${key} has unknown value type ${type}`)
@@ -192,19 +186,37 @@ function exact (v: bigint): number | bigint {
   return v <= BigInt(Number.MAX_SAFE_INTEGER) && v >= BigInt(Number.MIN_SAFE_INTEGER) ? Number(v) : v
 }
 
+/** Reads the header's first bytes, and twice as many each time it turns out longer. */
 async function readHeader (file: string, fh: FileHandle): Promise<Header> {
   const size = (await fh.stat()).size
-  const c = new Cursor(file, fh, size)
+  for (let len = Math.min(CHUNK, size); ; len = Math.min(len * 2, size)) {
+    const buf = Buffer.alloc(len)
+    let done = 0
+    while (done < len) {
+      const { bytesRead } = await fh.read(buf, done, len - done, done)
+      if (bytesRead === 0) throw new GgufError(`${file}: truncated while reading the header (the file shrank?)`)
+      done += bytesRead
+    }
+    try {
+      return parseHeader(new Cursor(file, buf, size))
+    } catch (err) {
+      if (err !== MORE) throw err
+    }
+  }
+}
+
+function parseHeader (c: Cursor): Header {
+  const size = c.size
   if (size < 4) c.fail(`truncated: ${size} bytes, too short for a GGUF header`)
-  const magic = await c.u32()
+  const magic = c.u32()
   if (magic !== MAGIC) c.fail(`not a GGUF file (bad magic 0x${magic.toString(16).padStart(8, '0')}, expected "GGUF")`)
-  const version = await c.u32()
+  const version = c.u32()
   if (version !== 2 && version !== 3) {
     const hint = version > 0xffff ? ' (a big-endian file?)' : ''
     c.fail(`unsupported GGUF version ${version}${hint} (supported: 2, 3)`)
   }
-  const tensorCount = await c.u64()
-  const kvCount = await c.u64()
+  const tensorCount = c.u64()
+  const kvCount = c.u64()
   // A key takes ≥ 13 bytes, a tensor info ≥ 24: counts beyond the file mean corruption.
   if (kvCount * 13 + tensorCount * 24 > c.remaining()) {
     c.fail(`truncated or corrupt: ${kvCount} metadata keys and ${tensorCount} tensors cannot fit in ${size} bytes`)
@@ -214,11 +226,11 @@ async function readHeader (file: string, fh: FileHandle): Promise<Header> {
   const types = new Map<string, number>()
   for (let i = 0; i < kvCount; i++) {
     c.what = `metadata key #${i}`
-    const key = await c.str()
+    const key = c.str()
     c.what = `metadata key ${key}`
-    const type = await c.u32()
+    const type = c.u32()
     if (metadata.has(key)) c.fail(`corrupt: metadata key ${key} appears twice`)
-    metadata.set(key, await c.value(type, key))
+    metadata.set(key, c.value(type, key))
     types.set(key, type)
   }
 
@@ -234,15 +246,15 @@ async function readHeader (file: string, fh: FileHandle): Promise<Header> {
   const infos: Array<{ name: string, dims: number[], type: GgmlType, offset: number }> = []
   for (let i = 0; i < tensorCount; i++) {
     c.what = `tensor info #${i}`
-    const name = await c.str()
+    const name = c.str()
     c.what = `tensor info for ${name}`
     const bad = (why: string): never => c.fail(`tensor ${name}: ${why}`)
-    const nDims = await c.u32()
+    const nDims = c.u32()
     if (nDims < 1 || nDims > MAX_DIMS) bad(`corrupt: ${nDims} dimensions (1 to ${MAX_DIMS} allowed)`)
     const dims: number[] = []
-    for (let d = 0; d < nDims; d++) dims.push(await c.u64())
-    const typeId = await c.u32()
-    const offset = await c.u64()
+    for (let d = 0; d < nDims; d++) dims.push(c.u64())
+    const typeId = c.u32()
+    const offset = c.u64()
     const type = ggmlType(typeId)
     if (type == null) bad(`unknown tensor type ${typeId}`)
     infos.push({ name, dims, type: type as GgmlType, offset })
