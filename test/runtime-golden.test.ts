@@ -2,10 +2,14 @@
 import assert from 'node:assert/strict'
 import { initBackend, Checkpoint, Span, ModelHead, LocalModel } from '@plexus/runtime'
 import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff, runCli, CLIENT_BIN } from './support/fixtures.ts'
+import { skipWebgpu } from './support/gpu.ts'
 
-for (const backend of ['wasm', 'cpu'] as const) {
+for (const backend of ['wasm', 'cpu', 'webgpu'] as const) {
   describe(`golden fixtures on the ${backend} backend`, function () {
-    before(async () => { await initBackend(backend) })
+    before(async function () {
+      if (backend === 'webgpu' && skipWebgpu) { console.warn('    WebGPU golden tests SKIPPED: PLEXUS_SKIP_WEBGPU=1'); this.skip() }
+      await initBackend(backend)
+    })
 
     for (const name of FIXTURE_NAMES) {
       describe(name, () => {

@@ -2,9 +2,13 @@
 import assert from 'node:assert/strict'
 import { initBackend, Checkpoint, Span, ModelHead, SpanError, WorkerSpanRunner } from '@plexus/runtime'
 import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff } from './support/fixtures.ts'
+import { skipWebgpu } from './support/gpu.ts'
 
-describe('spans of blocks', function () {
-  before(async () => { await initBackend('wasm') })
+for (const backend of ['wasm', 'webgpu'] as const) describe(`spans of blocks (${backend})`, function () {
+  before(async function () {
+    if (backend === 'webgpu' && skipWebgpu) { console.warn('    WebGPU span tests SKIPPED: PLEXUS_SKIP_WEBGPU=1'); this.skip() }
+    await initBackend(backend)
+  })
 
   for (const name of FIXTURE_NAMES) {
     describe(name, () => {
@@ -100,7 +104,7 @@ describe('spans of blocks', function () {
       await assert.rejects(span.forwardBatch([{ hidden: head.embed([1]), tokens: 1, cache: fresh }, { hidden: head.embed([1]), tokens: 1, cache: fresh }]), /two steps of one session/)
       span.dispose(); head.dispose(); await ckpt.close()
     })
-    it('a span worker batches concurrent sessions, and a session its cohort left keeps stepping', async () => {
+    if (backend === 'wasm') it('a span worker batches concurrent sessions, and a session its cohort left keeps stepping', async () => {
       const dir = fixtureDir('tiny-qwen2-tied-bf16')
       const ckpt = await Checkpoint.open(dir)
       const head = await ModelHead.load(ckpt)
@@ -135,10 +139,11 @@ describe('spans of blocks', function () {
     })
   })
 
-  describe('batched LM head', () => {
-    for (const [backend, thread] of [['wasm', false], ['cpu', false], ['wasm', true], ['cpu', true]] as const) {
-      it(`concurrent logits requests give bitwise the results of separate calls (${backend}${thread ? ', in a worker thread' : ''})`, async () => {
-        await initBackend(backend)
+  if (backend === 'wasm') describe('batched LM head', () => {
+    for (const [headBackend, thread] of [['wasm', false], ['cpu', false], ['wasm', true], ['cpu', true], ['webgpu', false]] as const) {
+      it(`concurrent logits requests give bitwise the results of separate calls (${headBackend}${thread ? ', in a worker thread' : ''})`, async function () {
+        if (headBackend === 'webgpu' && skipWebgpu) this.skip()
+        await initBackend(headBackend)
         const ckpt = await Checkpoint.open(fixtureDir('tiny-llama'))
         // the reference: separate calls in this thread
         const local = await ModelHead.load(ckpt)
@@ -163,7 +168,7 @@ describe('spans of blocks', function () {
     }
   })
 
-  describe('bad input', () => {
+  if (backend === 'wasm') describe('bad input', () => {
     let ckpt: Checkpoint
     let span: Span
     before(async () => { ckpt = await Checkpoint.open(fixtureDir('tiny-llama')); span = await Span.load(ckpt, 0, 2) })

@@ -15,6 +15,8 @@ export interface AnnouncementBody {
   numBlocks: number
   /** Measured tokens/s per block. */
   throughput: number
+  /** What computes the blocks: webgpu, tensorflow, wasm or cpu (absent in older records). */
+  backend?: string
   addrs: string[]
   /** The server also serves the model's client parts (embeddings, final norm, LM head). */
   offersHead: boolean

@@ -20,6 +20,8 @@ export interface PlexusServerComponents {
 export interface PlexusServerInit {
   /** Tokens/s per block for one session's decode step, measured at start-up. */
   throughput: number
+  /** What computes the blocks (announced so that clients and dashboards can tell). */
+  backend?: string
   /** Announcements are valid this long and re-signed before they lapse. */
   announcementTtlMs?: number
   /** How often the DHT provider records are refreshed. */
@@ -73,6 +75,7 @@ export class PlexusServer {
       end: backend.end,
       numBlocks: backend.config.numLayers,
       throughput: this.init.throughput,
+      ...(this.init.backend != null ? { backend: this.init.backend } : {}),
       addrs: node.getMultiaddrs().map(a => a.toString()),
       offersHead: this.servesHead,
       capacity: { sessions: backend.sessionCount + backend.freeSessions, freeSessions: backend.isDraining ? 0 : backend.freeSessions },

@@ -104,7 +104,7 @@ export class SwarmMember {
     })
     const throughput = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir })
     const server = new PlexusServer({ node: this.c.node, privateKey: this.c.privateKey, backend, manifest, checkpoint: ckpt }, {
-      throughput, offersHead: this.init.offersHead ?? (start === 0 || end === cfg.numLayers), metrics: this.init.metrics
+      throughput, backend: this.init.backend, offersHead: this.init.offersHead ?? (start === 0 || end === cfg.numLayers), metrics: this.init.metrics
     })
     await server.start()
     this.server = server

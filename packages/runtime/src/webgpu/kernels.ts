@@ -23,6 +23,13 @@ struct Step {
 
 const u = (n: number): string => `${n >>> 0}u`
 
+/** Threads per workgroup for a reduction over `n` items: a power of two in [32, 256], no more than the work needs. */
+function workgroupFor (n: number): number {
+  let w = 32
+  while (w < 256 && w < n) w *= 2
+  return w
+}
+
 /** `w4(i)`: the i-th group of 4 consecutive weights, as f32. */
 function weightLoader (format: WeightFormat, binding: number): string {
   switch (format) {
@@ -45,28 +52,29 @@ fn w4 (i: u32) -> vec4<f32> {
 
 /** out = x / rms(x) · weight, one workgroup per row. */
 export function rmsNormKernel (hidden: number, eps: number): string {
+  const W = workgroupFor(hidden / 4)
   return `${STEP}
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> weight: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> step: Step;
 const H = ${u(hidden)};
-var<workgroup> part: array<f32, 256>;
+var<workgroup> part: array<f32, ${W}>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(${W})
 fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let row = wg.x;
   if (row >= step.rows) { return; }
   var ss = 0.0;
-  for (var i = t; i < H; i += 256u) { let v = x[row * H + i]; ss += v * v; }
+  for (var i = t; i < H; i += ${u(W)}) { let v = x[row * H + i]; ss += v * v; }
   part[t] = ss;
   workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
+  for (var s = ${u(W / 2)}; s > 0u; s >>= 1u) {
     if (t < s) { part[t] += part[t + s]; }
     workgroupBarrier();
   }
   let scale = inverseSqrt(part[0] / f32(H) + ${eps.toExponential()});
-  for (var i = t; i < H; i += 256u) { out[row * H + i] = x[row * H + i] * scale * weight[i]; }
+  for (var i = t; i < H; i += ${u(W)}) { out[row * H + i] = x[row * H + i] * scale * weight[i]; }
 }`
 }
 
@@ -108,30 +116,31 @@ fn store (r: u32, n: u32, v: f32) {
  */
 export function matvecKernel (s: LinearShape): string {
   const R = MATVEC_ROWS
+  const W = workgroupFor(s.k / 4)
   return `${linearBindings(s)}
-var<workgroup> part: array<f32, ${256 * R}>;
+var<workgroup> part: array<f32, ${W * R}>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(${W})
 fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let n = wg.x + wg.y * nwg.x;
   if (n >= N) { return; }
   for (var r0 = 0u; r0 < step.rows; r0 += ${u(R)}) {
     var acc = array<f32, ${R}>();
-    for (var k = t; k < K4; k += 256u) {
+    for (var k = t; k < K4; k += ${u(W)}) {
       let wv = w4(n * K4 + k);
       for (var r = 0u; r < ${u(R)}; r++) {
         if (r0 + r < step.rows) { acc[r] += dot(wv, x[(r0 + r) * K4 + k]); }
       }
     }
-    for (var r = 0u; r < ${u(R)}; r++) { part[r * 256u + t] = acc[r]; }
+    for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(W)} + t] = acc[r]; }
     workgroupBarrier();
-    for (var h = 128u; h > 0u; h >>= 1u) {
+    for (var h = ${u(W / 2)}; h > 0u; h >>= 1u) {
       if (t < h) {
-        for (var r = 0u; r < ${u(R)}; r++) { part[r * 256u + t] += part[r * 256u + t + h]; }
+        for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(W)} + t] += part[r * ${u(W)} + t + h]; }
       }
       workgroupBarrier();
     }
-    if (t < ${u(R)} && r0 + t < step.rows) { store(r0 + t, n, part[t * 256u]); }
+    if (t < ${u(R)} && r0 + t < step.rows) { store(r0 + t, n, part[t * ${u(W)}]); }
     workgroupBarrier();
   }
 }`

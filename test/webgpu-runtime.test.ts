@@ -1,0 +1,68 @@
+// The GPU engine inside the runtime and the swarm: caches that grow, roll back, and a route
+// through a webgpu node and wasm nodes that gives the tokens one machine gives.
+import assert from 'node:assert/strict'
+import { initBackend, Checkpoint, Span, ModelHead } from '@plexus/runtime'
+import { startSwarm } from '../scripts/lib/local-swarm.ts'
+import { fixtureDir, golden, maxAbsDiff, runCli, CLIENT_BIN } from './support/fixtures.ts'
+import { skipWebgpu } from './support/gpu.ts'
+
+describe('webgpu backend in the runtime and the swarm', function () {
+  this.timeout(300_000)
+  before(function () {
+    if (skipWebgpu) { console.warn('    WebGPU runtime tests SKIPPED: PLEXUS_SKIP_WEBGPU=1'); this.skip() }
+  })
+  after(async () => { await initBackend('wasm') })
+
+  it('a session cache grows past its first allocation and rolls back, matching wasm', async () => {
+    const ckpt = await Checkpoint.open(fixtureDir('tiny-qwen2-tied-bf16'))
+    try {
+      const ids = Array.from({ length: 200 }, (_, i) => 1 + (i * 37) % 500)
+      const run = async (backend: 'wasm' | 'webgpu'): Promise<{ prefill: Float32Array, steps: Float32Array[], replay: Float32Array, bytes: number[] }> => {
+        await initBackend(backend)
+        const head = await ModelHead.load(ckpt)
+        const span = await Span.load(ckpt, 0, ckpt.config.numLayers)
+        const cache = span.newCache(300)
+        const bytes = [cache.bytes()]
+        const prefill = await span.forward(head.embed(ids), ids.length, cache)
+        bytes.push(cache.bytes())
+        const steps: Float32Array[] = []
+        for (let i = 0; i < 60; i++) steps.push(await span.forward(head.embed([7 + i]), 1, cache))
+        bytes.push(cache.bytes())
+        cache.truncate(230)
+        const replay = await span.forward(head.embed([7 + 30]), 1, cache)
+        cache.dispose()
+        span.dispose(); await head.dispose()
+        return { prefill, steps, replay, bytes }
+      }
+      const gpu = await run('webgpu')
+      const cpu = await run('wasm')
+      assert.ok(maxAbsDiff(gpu.prefill, cpu.prefill) < 1e-3)
+      gpu.steps.forEach((s, i) => assert.ok(maxAbsDiff(s, cpu.steps[i]) < 1e-3, `step ${i}`))
+      assert.deepEqual(gpu.replay, gpu.steps[30], 'after truncating to 230, position 230 is computed as before')
+      // 128 positions first, 256 after the prefill, then the max length of 300 (float32 keys and values)
+      const perPosition = 2 * 4 * ckpt.config.numLayers * ckpt.config.numKvHeads * ckpt.config.headDim
+      assert.deepEqual(gpu.bytes, [128, 256, 300].map(n => n * perPosition))
+    } finally { await ckpt.close() }
+  })
+
+  it('a swarm of one webgpu node and two wasm nodes gives the golden tokens', async () => {
+    const name = 'tiny-llama'
+    const g = golden(name)
+    const swarm = await startSwarm(fixtureDir(name), [])
+    try {
+      const nodes = await Promise.all([
+        swarm.add('gpu', fixtureDir(name), '0:1', ['--backend', 'webgpu']),
+        swarm.add('wasm-1', fixtureDir(name), '1:2', ['--backend', 'wasm']),
+        swarm.add('wasm-2', fixtureDir(name), '2:3', ['--backend', 'wasm'])
+      ])
+      assert.deepEqual(nodes.map(n => n.ready.backend), ['webgpu', 'wasm', 'wasm'])
+      const r = await runCli(CLIENT_BIN, ['generate', '--bootstrap', swarm.bootstrapAddr, '--model', fixtureDir(name), '--token-ids', g.prompt_ids.join(','),
+        '--max-tokens', String(g.greedy_new_ids.length), '--ignore-eos', '--json', '--backend', 'wasm'])
+      assert.equal(r.code, 0, r.stderr)
+      const out = JSON.parse(r.stdout)
+      assert.deepEqual(out.token_ids, g.greedy_new_ids)
+      assert.deepEqual(out.route.map((h: any) => `${h.start}:${h.end}`), ['0:1', '1:2', '2:3'])
+      assert.equal(out.route[0].peer, nodes[0].ready.peerId)
+    } finally { await swarm.stop() }
+  })
+})
