@@ -255,6 +255,8 @@ describe('GGUF', function () {
     })
 
     it('a file truncated inside the header or inside the tensor data', async () => {
+      const empty = await variant('empty.gguf', b => b.subarray(0, 0))
+      await rejects(GgufFile.open(empty), /^empty\.gguf: truncated: 0 bytes, too short for a GGUF header$/)
       const head = await variant('head.gguf', b => b.subarray(0, 300))
       await rejects(GgufFile.open(head), /^head\.gguf: truncated or corrupt: 24 metadata keys and 30 tensors cannot fit in 300 bytes$/)
       const vocab = await variant('vocab.gguf', b => b.subarray(0, 3000))
