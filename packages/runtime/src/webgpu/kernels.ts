@@ -132,15 +132,17 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
         if (r0 + r < step.rows) { acc[r] += dot(wv, x[(r0 + r) * K4 + k]); }
       }
     }
-    for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(W)} + t] = acc[r]; }
+    // only the rows this pass holds are reduced (a lone decode row: one)
+    let nr = min(${u(R)}, step.rows - r0);
+    for (var r = 0u; r < nr; r++) { part[r * ${u(W)} + t] = acc[r]; }
     workgroupBarrier();
     for (var h = ${u(W / 2)}; h > 0u; h >>= 1u) {
       if (t < h) {
-        for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(W)} + t] += part[r * ${u(W)} + t + h]; }
+        for (var r = 0u; r < nr; r++) { part[r * ${u(W)} + t] += part[r * ${u(W)} + t + h]; }
       }
       workgroupBarrier();
     }
-    if (t < ${u(R)} && r0 + t < step.rows) { store(r0 + t, n, part[t * ${u(W)}]); }
+    if (t < nr) { store(r0 + t, n, part[t * ${u(W)}]); }
     workgroupBarrier();
   }
 }`
