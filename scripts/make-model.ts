@@ -15,9 +15,10 @@ with random values that depend only on the seed (same seed => byte-identical fil
   --shards K          split weights into K files plus model.safetensors.index.json (default 1)
   --arch llama|qwen2  LlamaForCausalLM (default) or Qwen2ForCausalLM (q/k/v biases)
   --layers N          override the shape's layer count
+  --vocab N           override the shape's vocabulary size
   --tie               tie the LM head to the embeddings
   --gguf              also write DIR/model.gguf for llama.cpp
-  --gguf-dtype f32|f16  GGUF weight type (default f16 for --dtype f16, else f32)
+  --gguf-dtype f32|f16|q8_0  GGUF weight type (default f16 for --dtype f16, else f32)
   --workers N         threads generating weights (default: all cores; output does not depend on it)
   -h, --help          show this help`
 
@@ -43,6 +44,7 @@ try {
       shards: { type: 'string' },
       arch: { type: 'string', default: 'llama' },
       layers: { type: 'string' },
+      vocab: { type: 'string' },
       tie: { type: 'boolean', default: false },
       gguf: { type: 'boolean', default: false },
       'gguf-dtype': { type: 'string' },
@@ -66,7 +68,7 @@ if (args.out == null) fail('--out is required')
 if (!['f32', 'bf16', 'f16'].includes(args.dtype)) fail(`--dtype must be f32, bf16 or f16 (got ${JSON.stringify(args.dtype)})`)
 if (args.arch !== 'llama' && args.arch !== 'qwen2') fail(`--arch must be llama or qwen2 (got ${JSON.stringify(args.arch)})`)
 const ggufDtype = args['gguf-dtype']
-if (ggufDtype != null && ggufDtype !== 'f32' && ggufDtype !== 'f16') fail(`--gguf-dtype must be f32 or f16 (got ${JSON.stringify(ggufDtype)})`)
+if (ggufDtype != null && ggufDtype !== 'f32' && ggufDtype !== 'f16' && ggufDtype !== 'q8_0') fail(`--gguf-dtype must be f32, f16 or q8_0 (got ${JSON.stringify(ggufDtype)})`)
 if (ggufDtype != null && !args.gguf) fail('--gguf-dtype needs --gguf')
 
 const started = performance.now()
@@ -79,6 +81,7 @@ try {
     shards: intArg('shards', args.shards),
     arch: args.arch,
     layers: intArg('layers', args.layers),
+    vocab: intArg('vocab', args.vocab),
     tie: args.tie,
     gguf: args.gguf ? (ggufDtype != null ? { dtype: ggufDtype } : true) : false,
     workers: intArg('workers', args.workers)

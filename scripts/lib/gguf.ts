@@ -4,13 +4,20 @@ import { join } from 'node:path'
 import { Checkpoint } from '../../packages/runtime/src/checkpoint.ts'
 import type { ModelConfig } from '../../packages/runtime/src/config.ts'
 import { fileExists } from '../../packages/runtime/src/safetensors.ts'
-import { f32ToF16 } from '../../packages/runtime/src/safetensors-write.ts'
+import { f32ToF16, f32ToF16Bits } from '../../packages/runtime/src/safetensors-write.ts'
 
 // GGUF v3 as llama.cpp reads it: header, metadata key/values, tensor infos, then aligned data.
 const ALIGN = 32
 const T = { UINT32: 4, INT32: 5, FLOAT32: 6, BOOL: 7, STRING: 8, ARRAY: 9 } as const
 const GGML_F32 = 0
 const GGML_F16 = 1
+const GGML_Q8_0 = 8
+/** Values per q8_0 block: one f16 scale then 32 int8s (34 bytes). */
+const QK8_0 = 32
+const Q8_0_BLOCK_BYTES = 2 + QK8_0
+/** llama.cpp's `general.file_type` (LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_Q8_0). */
+const FILE_TYPE = { f32: 0, f16: 1, q8_0: 7 } as const
+export type GgufDType = keyof typeof FILE_TYPE
 // llama.cpp's token types.
 const TOK = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const
 
@@ -70,9 +77,9 @@ interface GgufTensor {
  * Writes a Hugging Face model directory as a GGUF file that llama.cpp loads, with the same
  * weights: q/k rows permuted into llama.cpp's rotary layout (llama only), 1-D tensors kept f32.
  */
-export async function writeGguf (modelDir: string, outPath: string, opts: { dtype?: 'f32' | 'f16' } = {}): Promise<void> {
+export async function writeGguf (modelDir: string, outPath: string, opts: { dtype?: GgufDType } = {}): Promise<void> {
   const dtype = opts.dtype ?? 'f32'
-  if (dtype !== 'f32' && dtype !== 'f16') throw new Error(`gguf: dtype must be f32 or f16 (got ${JSON.stringify(dtype)})`)
+  if (!(dtype in FILE_TYPE)) throw new Error(`gguf: dtype must be f32, f16 or q8_0 (got ${JSON.stringify(dtype)})`)
   const ckpt = await Checkpoint.open(modelDir)
   try {
     const cfg = ckpt.config
@@ -81,7 +88,7 @@ export async function writeGguf (modelDir: string, outPath: string, opts: { dtyp
       ['general.architecture', { t: 'str', v: arch }],
       ['general.name', { t: 'str', v: modelName(modelDir) }],
       ['general.alignment', { t: 'u32', v: ALIGN }],
-      ['general.file_type', { t: 'u32', v: dtype === 'f16' ? 1 : 0 }],
+      ['general.file_type', { t: 'u32', v: FILE_TYPE[dtype] }],
       ...archMetadata(arch, cfg),
       ...await tokenizerMetadata(modelDir, cfg)
     ]
@@ -89,9 +96,14 @@ export async function writeGguf (modelDir: string, outPath: string, opts: { dtyp
     const tensors: GgufTensor[] = []
     let offset = 0
     const add = (ggufName: string, hfShape: number[], load: () => Promise<Float32Array>): void => {
-      // Norms, biases and rope factors stay f32 as convert_hf_to_gguf.py keeps them.
-      const type = dtype === 'f16' && hfShape.length > 1 ? GGML_F16 : GGML_F32
-      const bytes = hfShape.reduce((a, b) => a * b, 1) * (type === GGML_F16 ? 2 : 4)
+      // Norms, biases and rope factors stay f32 as convert_hf_to_gguf.py keeps them; a matrix whose
+      // rows are not whole q8_0 blocks falls back to f16, as it does there.
+      const matrix = hfShape.length > 1
+      const type = !matrix || dtype === 'f32'
+        ? GGML_F32
+        : dtype === 'q8_0' && hfShape[hfShape.length - 1] % QK8_0 === 0 ? GGML_Q8_0 : GGML_F16
+      const n = hfShape.reduce((a, b) => a * b, 1)
+      const bytes = type === GGML_Q8_0 ? n / QK8_0 * Q8_0_BLOCK_BYTES : n * (type === GGML_F16 ? 2 : 4)
       tensors.push({ ggufName, dims: [...hfShape].reverse(), type, offset, bytes, load })
       offset = alignUp(offset + bytes)
     }
@@ -149,7 +161,7 @@ export async function writeGguf (modelDir: string, outPath: string, opts: { dtyp
       await writeAll(fh, head.buf.subarray(0, head.len), 0)
       for (const t of tensors) {
         const data = await t.load()
-        const out = t.type === GGML_F16 ? f32ToF16(data) : data
+        const out = t.type === GGML_F16 ? f32ToF16(data) : t.type === GGML_Q8_0 ? quantizeQ8_0(data) : data
         const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength)
         if (bytes.length !== t.bytes) throw new Error(`gguf: tensor ${t.ggufName}: ${bytes.length} bytes, expected ${t.bytes}`)
         await writeAll(fh, bytes, headerBytes + t.offset)
@@ -162,6 +174,34 @@ export async function writeGguf (modelDir: string, outPath: string, opts: { dtyp
   } finally {
     await ckpt.close()
   }
+}
+
+/**
+ * llama.cpp's quantize_row_q8_0_ref, bit for bit: per block of 32 values d = amax / 127 (stored as
+ * f16), q = roundf(x · (1/d)) with halves away from zero; all arithmetic in float32.
+ */
+export function quantizeQ8_0 (x: Float32Array): Uint8Array {
+  if (x.length % QK8_0 !== 0) throw new Error(`q8_0: ${x.length} values are not whole blocks of ${QK8_0}`)
+  const blocks = x.length / QK8_0
+  const out = new Uint8Array(blocks * Q8_0_BLOCK_BYTES)
+  const q = new Int8Array(out.buffer)
+  const f = Math.fround
+  for (let b = 0; b < blocks; b++) {
+    const src = b * QK8_0
+    let amax = 0
+    for (let j = 0; j < QK8_0; j++) amax = Math.max(amax, Math.abs(x[src + j]))
+    const d = f(amax / 127)
+    const id = d !== 0 ? f(1 / d) : 0
+    const h = f32ToF16Bits(d)
+    const dst = b * Q8_0_BLOCK_BYTES
+    out[dst] = h & 0xff
+    out[dst + 1] = h >>> 8
+    for (let j = 0; j < QK8_0; j++) {
+      const v = f(x[src + j] * id)
+      q[dst + 2 + j] = v < 0 ? -Math.round(-v) : Math.round(v)
+    }
+  }
+  return out
 }
 
 function archMetadata (arch: string, cfg: ModelConfig): [string, Value][] {

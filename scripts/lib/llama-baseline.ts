@@ -11,26 +11,53 @@ export interface LlamaCppRun {
   decodeTokensPerSecond: number
 }
 
-let llamaPromise: Promise<Llama> | undefined
+export interface LlamaCppOptions {
+  threads?: number
+  /** `vulkan`: node-llama-cpp's prebuilt Vulkan build (@node-llama-cpp/linux-x64-vulkan), every layer on the GPU. Default: CPU. */
+  gpu?: 'vulkan'
+}
 
-/** One llama.cpp instance per process: loading the native addon again would only cost time. */
-async function llamaInstance (): Promise<Llama> {
-  llamaPromise ??= getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error, maxThreads: 0 })
-  llamaPromise.catch(() => { llamaPromise = undefined })
-  return await llamaPromise
+const llamaPromises = new Map<string, Promise<Llama>>()
+
+/** One llama.cpp instance per process and build: loading the native addon again would only cost time. */
+async function llamaInstance (gpu: 'vulkan' | false): Promise<Llama> {
+  const key = String(gpu)
+  let p = llamaPromises.get(key)
+  if (p == null) {
+    // build: 'never' — a missing or unusable prebuilt binary is an error, never a compile from source.
+    p = getLlama({ gpu, build: 'never', logLevel: LlamaLogLevel.error, maxThreads: 0 })
+    llamaPromises.set(key, p)
+    p.catch(() => llamaPromises.delete(key))
+  }
+  return await p
 }
 
 /**
- * Greedy generation with llama.cpp (CPU, node-llama-cpp's prebuilt binary) from raw token ids:
- * the baseline Plexus is compared with. Generation does not stop at end-of-sequence tokens.
+ * The Vulkan build's devices, or why it cannot run here (no Vulkan loader, no device, the
+ * prebuilt binary missing): callers print the reason and go on without the baseline.
  */
-export async function runLlamaCpp (ggufPath: string, promptIds: number[], maxTokens: number, opts: { threads?: number } = {}): Promise<LlamaCppRun> {
+export async function llamaCppVulkan (): Promise<{ ok: true, devices: string[] } | { ok: false, reason: string }> {
+  try {
+    const llama = await llamaInstance('vulkan')
+    if (llama.gpu !== 'vulkan') return { ok: false, reason: `node-llama-cpp loaded its ${String(llama.gpu)} build, not vulkan` }
+    return { ok: true, devices: await llama.getGpuDeviceNames() }
+  } catch (err: any) {
+    return { ok: false, reason: String(err?.message ?? err).split('\n')[0] }
+  }
+}
+
+/**
+ * Greedy generation with llama.cpp (node-llama-cpp's prebuilt binary; CPU unless `gpu` says
+ * otherwise) from raw token ids: the baseline Plexus is compared with. Generation does not stop at
+ * end-of-sequence tokens.
+ */
+export async function runLlamaCpp (ggufPath: string, promptIds: number[], maxTokens: number, opts: LlamaCppOptions = {}): Promise<LlamaCppRun> {
   if (promptIds.length === 0) throw new Error('runLlamaCpp: the prompt is empty')
   if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new Error(`runLlamaCpp: maxTokens must be a positive integer (got ${maxTokens})`)
   if (!(await fileExists(ggufPath))) throw new Error(`runLlamaCpp: ${ggufPath}: no such file`)
   const threads = opts.threads ?? availableParallelism()
-  const llama = await llamaInstance()
-  const model = await llama.loadModel({ modelPath: ggufPath, gpuLayers: 0 })
+  const llama = await llamaInstance(opts.gpu ?? false)
+  const model = await llama.loadModel({ modelPath: ggufPath, gpuLayers: opts.gpu != null ? 'max' : 0 })
   try {
     const contextSize = promptIds.length + maxTokens
     const context = await model.createContext({

@@ -10,6 +10,7 @@ import { writeSafetensors } from '../../packages/runtime/src/safetensors-write.t
 import type { TensorToWrite } from '../../packages/runtime/src/safetensors-write.ts'
 import { writeTokenizer } from './make-tokenizer.ts'
 import { writeGguf } from './gguf.ts'
+import type { GgufDType } from './gguf.ts'
 import { Checkpoint } from '../../packages/runtime/src/checkpoint.ts'
 import { loadManifest, MANIFEST_FILE } from '../../packages/runtime/src/model-id.ts'
 
@@ -20,12 +21,28 @@ export interface ModelShape {
   numKvHeads: number
   intermediateSize: number
   vocabSize: number
+  /** Defaults: 10000, no scaling, 2048 positions. */
+  ropeTheta?: number
+  ropeScaling?: { factor: number, lowFreqFactor: number, highFreqFactor: number, originalMaxPositions: number }
+  maxPositions?: number
 }
 
 export const SHAPES = {
   tiny: { hiddenSize: 64, numLayers: 3, numHeads: 4, numKvHeads: 2, intermediateSize: 192, vocabSize: 512 },
   small: { hiddenSize: 768, numLayers: 12, numHeads: 12, numKvHeads: 4, intermediateSize: 2048, vocabSize: 32000 },
-  tinyllama: { hiddenSize: 2048, numLayers: 22, numHeads: 32, numKvHeads: 4, intermediateSize: 5632, vocabSize: 32000 }
+  tinyllama: { hiddenSize: 2048, numLayers: 22, numHeads: 32, numKvHeads: 4, intermediateSize: 5632, vocabSize: 32000 },
+  // Llama 3.1 8B's shape, rope and context (cut it with `layers` and `vocab` for benchmarks).
+  'llama3-8b': {
+    hiddenSize: 4096,
+    numLayers: 32,
+    numHeads: 32,
+    numKvHeads: 8,
+    intermediateSize: 14336,
+    vocabSize: 128256,
+    ropeTheta: 500000,
+    ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192 },
+    maxPositions: 131072
+  }
 } as const satisfies Record<string, ModelShape>
 
 export type ShapeName = keyof typeof SHAPES
@@ -44,8 +61,10 @@ export interface MakeModelOptions {
   tie?: boolean
   /** Overrides the shape's layer count. */
   layers?: number
+  /** Overrides the shape's vocabulary size (embeddings, LM head and tokenizer). */
+  vocab?: number
   /** Also write `model.gguf` for llama.cpp (f16 when the weights are f16, else f32 unless given). */
-  gguf?: boolean | { dtype: 'f32' | 'f16' }
+  gguf?: boolean | { dtype: GgufDType }
   /** The model's name in its manifest (default: the shape's name). */
   name?: string
   /** Worker threads generating weights (default: available cores); results do not depend on it. */
@@ -69,12 +88,23 @@ export function modelConfigJson (shape: ModelShape, opts: { arch?: 'llama' | 'qw
     hidden_size: shape.hiddenSize,
     initializer_range: 0.02,
     intermediate_size: shape.intermediateSize,
-    max_position_embeddings: 2048,
+    max_position_embeddings: shape.maxPositions ?? 2048,
     num_attention_heads: shape.numHeads,
     num_hidden_layers: shape.numLayers,
     num_key_value_heads: shape.numKvHeads,
     rms_norm_eps: 1e-5,
-    rope_theta: 10000,
+    rope_theta: shape.ropeTheta ?? 10000,
+    ...(shape.ropeScaling != null
+      ? {
+          rope_scaling: {
+            factor: shape.ropeScaling.factor,
+            low_freq_factor: shape.ropeScaling.lowFreqFactor,
+            high_freq_factor: shape.ropeScaling.highFreqFactor,
+            original_max_position_embeddings: shape.ropeScaling.originalMaxPositions,
+            rope_type: 'llama3'
+          }
+        }
+      : {}),
     tie_word_embeddings: opts.tie === true,
     torch_dtype: TORCH_DTYPE[opts.dtype ?? 'f32'],
     use_cache: true,
@@ -120,7 +150,10 @@ export function initFor (name: string, shape: number[]): { mean: number, std: nu
 export async function makeModel (opts: MakeModelOptions): Promise<void> {
   const base: ModelShape = typeof opts.shape === 'string' ? SHAPES[opts.shape] : opts.shape
   if (base == null) throw new Error(`unknown shape ${JSON.stringify(opts.shape)} (known: ${Object.keys(SHAPES).join(', ')})`)
-  const shape: ModelShape = { ...base, numLayers: opts.layers ?? base.numLayers }
+  for (const [k, v] of [['layers', opts.layers], ['vocab', opts.vocab]] as const) {
+    if (v != null && (!Number.isInteger(v) || v < 1)) throw new Error(`${k} must be a positive integer (got ${v})`)
+  }
+  const shape: ModelShape = { ...base, numLayers: opts.layers ?? base.numLayers, vocabSize: opts.vocab ?? base.vocabSize }
   const dtype = opts.dtype ?? 'f32'
   if (!(dtype in ST_DTYPE)) throw new Error(`unknown dtype ${JSON.stringify(dtype)} (use f32, bf16 or f16)`)
   const seed = opts.seed ?? 0

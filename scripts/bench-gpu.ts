@@ -1,0 +1,416 @@
+// `npm run bench:gpu -- --shape tinyllama`: Plexus on the GPU (WebGPU by default) against
+// llama.cpp's Vulkan build on the same weights, in the same run: prefill and decode tok/s, the
+// weight bandwidth decode reaches beside the device's measured copy bandwidth, and batched decode
+// of 1/4/8/16 sessions through one span. Table on stderr, one JSON line on stdout.
+import { parseArgs } from 'node:util'
+import { mkdtemp, rm, stat } from 'node:fs/promises'
+import { rmSync } from 'node:fs'
+import { join } from 'node:path'
+import { tmpdir } from 'node:os'
+import {
+  initBackend, LocalModel, Checkpoint, Span, generate, seededRandom, blockBytes, blockTensorShapes, headTensorShapes,
+  DTYPE_BYTES, WASM_HEAP_BUDGET
+} from '@plexus/runtime'
+import type { BackendName, ModelConfig, KVCache } from '@plexus/runtime'
+import { makeModel, SHAPES } from './lib/model-maker.ts'
+import type { ShapeName } from './lib/model-maker.ts'
+import { writeGguf } from './lib/gguf.ts'
+import type { GgufDType } from './lib/gguf.ts'
+import { runLlamaCpp, llamaCppVulkan } from './lib/llama-baseline.ts'
+
+/** Shapes the bench makes itself: the model maker's, plus an 8B-wide cut that fits a quick run. */
+const BENCH_SHAPES: Record<string, { shape: ShapeName, layers?: number, vocab?: number, what: string }> = {
+  ...Object.fromEntries(Object.keys(SHAPES).map(k => [k, { shape: k as ShapeName, what: k }])),
+  'llama3-8b-4l': { shape: 'llama3-8b', layers: 4, vocab: 32000, what: 'Llama 3.1 8B width, 4 layers, 32k vocab' }
+}
+
+const HELP = `usage: npm run bench:gpu -- (--model DIR | --shape NAME) [options]
+
+  --model DIR           Hugging Face model directory
+  --shape NAME          make a random f16 model of this shape in a temporary directory (deleted after):
+                        ${Object.entries(BENCH_SHAPES).map(([k, s]) => `${k}${s.what !== k ? ` (${s.what})` : ''}`).join(', ')}
+  --backend NAME        webgpu | tensorflow | wasm | cpu | auto (default webgpu)
+  --prompt-tokens N     prompt length (default 128)
+  --tokens N            tokens to decode (default 256)
+  --batch LIST          sessions per batched decode step (default 1,4,8,16)
+  --batch-steps N       timed steps per batch size (default 32)
+  --batch-context N     tokens in each session's cache before the timed steps (default 64)
+  --llama WHICH         vulkan (default) | cpu | none: the llama.cpp baseline's build
+  --llama-dtypes LIST   GGUF weight types llama.cpp runs (default f16,q8_0)
+  --threads N           llama.cpp CPU threads (default: all cores)
+  --keep                keep the temporary model
+  --json-only           print only the JSON line`
+
+const { values: a } = parseArgs({
+  options: {
+    model: { type: 'string' },
+    shape: { type: 'string' },
+    backend: { type: 'string', default: 'webgpu' },
+    'prompt-tokens': { type: 'string', default: '128' },
+    tokens: { type: 'string', default: '256' },
+    batch: { type: 'string', default: '1,4,8,16' },
+    'batch-steps': { type: 'string', default: '32' },
+    'batch-context': { type: 'string', default: '64' },
+    llama: { type: 'string', default: 'vulkan' },
+    'llama-dtypes': { type: 'string', default: 'f16,q8_0' },
+    threads: { type: 'string' },
+    keep: { type: 'boolean', default: false },
+    'json-only': { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false }
+  }
+})
+const usage = (msg: string): never => { process.stderr.write(`bench:gpu: ${msg}\n`); process.exit(2) }
+if (a.help === true) { process.stdout.write(HELP + '\n'); process.exit(0) }
+if ((a.model == null) === (a.shape == null)) { process.stderr.write(HELP + '\n'); usage('give exactly one of --model and --shape') }
+if (a.shape != null && BENCH_SHAPES[a.shape] == null) usage(`unknown --shape ${JSON.stringify(a.shape)} (known: ${Object.keys(BENCH_SHAPES).join(', ')})`)
+const int = (k: string, v: string | undefined): number => {
+  const n = Number(v)
+  if (!Number.isInteger(n) || n <= 0) usage(`--${k} must be a positive integer (got ${JSON.stringify(v)})`)
+  return n
+}
+const promptLen = int('prompt-tokens', a['prompt-tokens'])
+const genLen = int('tokens', a.tokens)
+const batchSizes = (a.batch ?? '').split(',').map(s => int('batch', s.trim()))
+const batchSteps = int('batch-steps', a['batch-steps'])
+const batchContext = int('batch-context', a['batch-context'])
+const threads = a.threads != null ? int('threads', a.threads) : undefined
+if (!['vulkan', 'cpu', 'none'].includes(a.llama ?? '')) usage(`--llama must be vulkan, cpu or none (got ${JSON.stringify(a.llama)})`)
+const llamaDtypes = (a['llama-dtypes'] ?? '').split(',').map(s => s.trim()).filter(s => s !== '')
+for (const d of llamaDtypes) if (!['f32', 'f16', 'q8_0'].includes(d)) usage(`--llama-dtypes: unknown GGUF type ${JSON.stringify(d)} (f32, f16, q8_0)`)
+const log = (s: string): void => { if (a['json-only'] !== true) process.stderr.write(s + '\n') }
+const sec = (ms: number): string => `${(ms / 1000).toFixed(1)} s`
+
+// Temporary files (the made model, GGUFs) go even when a timeout kills the run.
+const temps = new Set<string>()
+const cleanUp = (): void => { for (const p of temps) { try { rmSync(p, { recursive: true, force: true }) } catch {} } temps.clear() }
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => { cleanUp(); process.exit(130) })
+
+async function main (): Promise<void> {
+  let dir = a.model as string
+  let made: { shape: string, seconds: number } | undefined
+  if (a.shape != null) {
+    const s = BENCH_SHAPES[a.shape]
+    dir = await mkdtemp(join(tmpdir(), `plexus-bench-gpu-${a.shape}-`))
+    if (a.keep !== true) temps.add(dir)
+    log(`making ${a.shape} (${s.what}, f16, random weights) in ${dir}…`)
+    const t0 = performance.now()
+    await makeModel({ shape: s.shape, out: dir, dtype: 'f16', layers: s.layers, vocab: s.vocab, name: a.shape })
+    made = { shape: a.shape, seconds: (performance.now() - t0) / 1000 }
+    log(`  made in ${sec(performance.now() - t0)}${a.keep === true ? ' (kept)' : ''}`)
+  }
+
+  const backend = await initBackend(a.backend as BackendName | 'auto')
+  const gpu = backend === 'webgpu' ? await gpuContext() : undefined
+  const device = gpu != null
+    ? { kind: 'webgpu', ...gpu.adapterInfo, software: gpu.software }
+    : { kind: 'host', description: `${backend} backend on the CPU` }
+  log(`backend ${backend}: ${gpu != null ? `${gpu.adapterInfo.vendor} ${gpu.adapterInfo.device || gpu.adapterInfo.architecture} (${gpu.adapterInfo.description})${gpu.software ? ', software adapter' : ''}` : device.description}`)
+
+  // The ceiling decode is measured against: bytes a copy moves per second (read + write).
+  const bw = gpu != null ? await gpuCopyBandwidth(gpu.device, gpu.software) : hostCopyBandwidth()
+  log(`measured ${gpu != null ? 'copyBufferToBuffer' : 'host memcpy'}: ${(bw.bytesPerSecond / 1e9).toFixed(1)} GB/s (${(bw.bytes / 2 ** 20).toFixed(0)} MiB × ${bw.copies}, read + write)`)
+
+  const ckpt = await Checkpoint.open(dir)
+  const cfg = ckpt.config
+  const weights = await storedWeightBytes(ckpt)
+  await ckpt.close()
+  const rand = seededRandom(42)
+  const prompt = Array.from({ length: promptLen }, () => 3 + Math.floor(rand() * (cfg.vocabSize - 3)))
+  log(`model: ${cfg.numLayers} blocks, hidden ${cfg.hiddenSize}, heads ${cfg.numHeads}/${cfg.numKvHeads}, FFN ${cfg.intermediateSize}, vocab ${cfg.vocabSize}; ${weights.dtype} weights, ${(weights.perToken / 1e9).toFixed(2)} GB read per decode token`)
+
+  // Prefill and decode through the whole model (LM head included), after a warm-up generation.
+  // Progress lines say which step a timeout cut short.
+  log('plexus: loading…')
+  let t0 = performance.now()
+  const model = await LocalModel.load(dir)
+  const loadSeconds = (performance.now() - t0) / 1000
+  let ours
+  try {
+    log(`plexus: loaded in ${loadSeconds.toFixed(1)} s; warm-up…`)
+    t0 = performance.now()
+    const warm = await model.session(promptLen + 4)
+    await generate(model.head, warm, prompt, { maxTokens: 4 })
+    await warm.close()
+    log(`plexus: warm-up in ${sec(performance.now() - t0)}; ${promptLen} + ${genLen} tokens…`)
+    const session = await model.session(promptLen + genLen)
+    ours = await generate(model.head, session, prompt, { maxTokens: genLen })
+    await session.close()
+  } finally {
+    await model.dispose()
+  }
+  const decodeGBps = weights.perToken * ours.tokensPerSecond / 1e9
+  log(`plexus: prefill ${ours.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${ours.tokensPerSecond.toFixed(1)} tok/s = ${decodeGBps.toFixed(1)} GB/s of weights (${(100 * decodeGBps * 1e9 / bw.bytesPerSecond).toFixed(1)} % of the measured copy bandwidth)`)
+
+  const batched = await batchedDecode(dir, cfg, backend)
+
+  const llama = a.llama === 'none' || llamaDtypes.length === 0 ? { skipped: true as const } : await llamaCpp(dir, cfg, prompt, ours.tokenIds)
+
+  const pct = (gbps: number): number => 100 * gbps * 1e9 / bw.bytesPerSecond
+  const result = {
+    bench: 'gpu',
+    model: a.shape != null ? `shape:${a.shape}` : a.model,
+    made_model_seconds: made?.seconds ?? null,
+    backend,
+    device,
+    shape: { hidden: cfg.hiddenSize, layers: cfg.numLayers, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, ffn: cfg.intermediateSize, vocab: cfg.vocabSize },
+    weights_dtype: weights.dtype,
+    prompt_tokens: promptLen,
+    generated_tokens: ours.tokenIds.length,
+    device_copy_bandwidth_gbps: bw.bytesPerSecond / 1e9,
+    plexus: {
+      load_seconds: loadSeconds,
+      prefill_tokens_per_second: ours.prefillTokensPerSecond,
+      decode_tokens_per_second: ours.tokensPerSecond,
+      weight_bytes_per_token: weights.perToken,
+      decode_weight_gbps: decodeGBps,
+      decode_share_of_copy_bandwidth: decodeGBps * 1e9 / bw.bytesPerSecond
+    },
+    bandwidth_ceiling_tokens_per_second: bw.bytesPerSecond / weights.perToken,
+    batched_decode: batched,
+    llama_cpp: llama
+  }
+
+  if (a['json-only'] !== true) {
+    // Three significant digits below 10 (small models and software adapters give small figures).
+    const f = (n: number | null | undefined, d = 1): string => n == null || !Number.isFinite(n) ? '—' : Math.abs(n) < 10 && d === 1 ? n.toPrecision(3) : n.toFixed(d)
+    const rows: string[][] = [['', 'prefill tok/s', 'decode tok/s', 'weights GB/s', '% of copy BW', 'decode vs llama.cpp']]
+    rows.push([`plexus (${backend}, ${weights.dtype})`, f(ours.prefillTokensPerSecond), f(ours.tokensPerSecond), f(decodeGBps), f(pct(decodeGBps)), ''])
+    if ('runs' in llama) {
+      for (const r of llama.runs) {
+        if ('error' in r) { rows.push([`llama.cpp ${llama.build} ${r.gguf_dtype}`, 'failed', '', '', '', '']); continue }
+        rows.push([`llama.cpp ${llama.build} ${r.gguf_dtype}`, f(r.prefill_tokens_per_second), f(r.decode_tokens_per_second), f(r.decode_weight_gbps), f(pct(r.decode_weight_gbps)), `${f(ours.tokensPerSecond / r.decode_tokens_per_second, 2)}×`])
+      }
+    } else {
+      rows.push(['llama.cpp', 'reason' in llama ? 'unavailable' : 'skipped', '', '', '', ''])
+    }
+    rows.push(['copy-bandwidth ceiling', '', f(result.bandwidth_ceiling_tokens_per_second), f(bw.bytesPerSecond / 1e9), '100', ''])
+    table(rows)
+    log('')
+    const brows: string[][] = [['sessions', 'tokens/s', 'vs 1 session', 'ms per step']]
+    for (const b of batched.runs) brows.push([String(b.sessions), f(b.tokens_per_second), `${f(b.ratio_vs_one, 2)}×`, f(b.ms_per_step, 2)])
+    table(brows)
+    log(`batched: decode steps of blocks [0, ${batched.blocks}) of ${cfg.numLayers} through Span.forwardBatch (no LM head), ${batchSteps} steps after ${batchContext} cached tokens`)
+    if ('reason' in llama) log(`llama.cpp: ${llama.reason}`)
+    else if ('runs' in llama) {
+      const f16 = llama.runs.find(r => r.gguf_dtype === 'f16' && !('error' in r))
+      if (f16 != null && 'greedy_tokens_equal_to_plexus' in f16) log(`greedy tokens equal to llama.cpp f16: ${f16.greedy_tokens_equal_to_plexus}/${ours.tokenIds.length}`)
+    }
+  }
+  process.stdout.write(JSON.stringify(result) + '\n')
+}
+
+function table (rows: string[][]): void {
+  const w = rows[0].map((_, i) => Math.max(...rows.map(r => (r[i] ?? '').length)))
+  for (const r of rows) log('| ' + r.map((c, i) => (c ?? '').padEnd(w[i])).join(' | ') + ' |')
+}
+
+// ---- the device ---------------------------------------------------------------------------
+
+/** The parts of a WebGPU device this bench touches (the runtime owns the device). */
+interface MiniBuffer { destroy: () => void }
+interface MiniDevice {
+  limits: { maxBufferSize: number }
+  createBuffer: (d: { size: number, usage: number }) => MiniBuffer
+  createCommandEncoder: () => { copyBufferToBuffer: (s: MiniBuffer, so: number, d: MiniBuffer, doff: number, n: number) => void, finish: () => unknown }
+  queue: { submit: (c: unknown[]) => void, onSubmittedWorkDone: () => Promise<void> }
+}
+interface GpuInfo { device: MiniDevice, adapterInfo: { vendor: string, architecture: string, device: string, description: string }, software: boolean }
+
+async function gpuContext (): Promise<GpuInfo> {
+  // Through the package index, looked up at run time: the GPU module is optional to this script.
+  const runtime: Record<string, unknown> = await import('@plexus/runtime')
+  const get = runtime.activeGpu as (() => GpuInfo | undefined) | undefined
+  const ctx = get?.()
+  if (ctx == null) throw new Error('bench:gpu: backend webgpu is active but @plexus/runtime gives no activeGpu()')
+  return ctx
+}
+
+const COPY_SRC = 0x0004
+const COPY_DST = 0x0008
+
+/** copyBufferToBuffer of one large buffer, many times in one submission; best of three. */
+async function gpuCopyBandwidth (device: MiniDevice, software: boolean): Promise<{ bytesPerSecond: number, bytes: number, copies: number }> {
+  const bytes = Math.min(software ? 64 * 2 ** 20 : 2 ** 30, Math.floor(device.limits.maxBufferSize / 2 / 256) * 256)
+  const copies = software ? 4 : 20
+  const src = device.createBuffer({ size: bytes, usage: COPY_SRC | COPY_DST })
+  const dst = device.createBuffer({ size: bytes, usage: COPY_SRC | COPY_DST })
+  try {
+    const run = async (n: number): Promise<number> => {
+      const enc = device.createCommandEncoder()
+      for (let i = 0; i < n; i++) enc.copyBufferToBuffer(i % 2 === 0 ? src : dst, 0, i % 2 === 0 ? dst : src, 0, bytes)
+      const t0 = performance.now()
+      device.queue.submit([enc.finish()])
+      await device.queue.onSubmittedWorkDone()
+      return (performance.now() - t0) / 1000
+    }
+    await run(2)
+    let best = Infinity
+    for (let t = 0; t < 3; t++) best = Math.min(best, await run(copies))
+    return { bytesPerSecond: 2 * bytes * copies / best, bytes, copies }
+  } finally {
+    src.destroy()
+    dst.destroy()
+  }
+}
+
+/** The same measure for CPU backends: one large typed-array copy. */
+function hostCopyBandwidth (): { bytesPerSecond: number, bytes: number, copies: number } {
+  const bytes = 256 * 2 ** 20
+  const src = new Uint8Array(bytes).fill(1)
+  const dst = new Uint8Array(bytes)
+  dst.set(src)
+  const copies = 4
+  let best = Infinity
+  for (let t = 0; t < 3; t++) {
+    const t0 = performance.now()
+    for (let i = 0; i < copies; i++) dst.set(src)
+    best = Math.min(best, (performance.now() - t0) / 1000)
+  }
+  return { bytesPerSecond: 2 * bytes * copies / best, bytes, copies }
+}
+
+// ---- what one decode token reads ------------------------------------------------------------
+
+/** Bytes of every block tensor plus the final norm and LM head, in the precision they are stored in. */
+async function storedWeightBytes (ckpt: Checkpoint): Promise<{ perToken: number, dtype: string }> {
+  const cfg = ckpt.config
+  let perToken = 0
+  const dtypes = new Set<string>()
+  const add = async (name: string): Promise<void> => {
+    const { entry } = await ckpt.entry(name)
+    perToken += entry.shape.reduce((x, y) => x * y, 1) * DTYPE_BYTES[entry.dtype]
+    if (entry.shape.length > 1) dtypes.add(entry.dtype.toLowerCase())
+  }
+  for (let b = 0; b < cfg.numLayers; b++) for (const name of blockTensorShapes(cfg, b).keys()) await add(name)
+  const head = headTensorShapes(cfg)
+  await add('model.norm.weight')
+  // A tied head multiplies by the embeddings; an embedding lookup alone reads one row.
+  await add(head.has('lm_head.weight') ? 'lm_head.weight' : 'model.embed_tokens.weight')
+  return { perToken, dtype: [...dtypes].join('+') }
+}
+
+/** The same count for a GGUF of the model, as gguf.ts writes it (vectors f32; q8_0 rows not whole blocks f16). */
+function ggufWeightBytes (cfg: ModelConfig, dtype: GgufDType): number {
+  let n = 0
+  const count = (shape: number[]): void => {
+    const v = shape.reduce((x, y) => x * y, 1)
+    if (shape.length < 2 || dtype === 'f32') n += 4 * v
+    else if (dtype === 'q8_0' && shape[shape.length - 1] % 32 === 0) n += v / 32 * 34
+    else n += 2 * v
+  }
+  for (let b = 0; b < cfg.numLayers; b++) for (const s of blockTensorShapes(cfg, b).values()) count(s)
+  const head = headTensorShapes(cfg)
+  count(head.get('model.norm.weight') as number[])
+  count((head.get('lm_head.weight') ?? head.get('model.embed_tokens.weight')) as number[])
+  return n
+}
+
+// ---- batched decode ---------------------------------------------------------------------------
+
+interface BatchRun { sessions: number, tokens_per_second: number, ratio_vs_one: number, ms_per_step: number }
+
+/**
+ * Decode steps of several sessions as one Span.forwardBatch call (what a server does with
+ * concurrent sessions). The span holds every block on the GPU; a CPU backend gets as many blocks as
+ * one wasm heap holds, since only the ratio between batch sizes is the point there.
+ */
+async function batchedDecode (dir: string, cfg: ModelConfig, backend: BackendName): Promise<{ blocks: number, steps: number, context: number, runs: BatchRun[] }> {
+  const blocks = backend === 'webgpu' ? cfg.numLayers : Math.max(1, Math.min(cfg.numLayers, Math.floor(WASM_HEAP_BUDGET / blockBytes(cfg))))
+  const ckpt = await Checkpoint.open(dir)
+  const runs: BatchRun[] = []
+  let span: Span | undefined
+  try {
+    log(`batched decode: loading blocks [0, ${blocks})…`)
+    span = await Span.load(ckpt, 0, blocks)
+    const H = cfg.hiddenSize
+    const rand = seededRandom(7)
+    const rows = (n: number): Float32Array => Float32Array.from({ length: n * H }, () => 2 * rand() - 1)
+    const maxB = Math.max(...batchSizes)
+    const prefixes = Array.from({ length: maxB }, () => rows(batchContext))
+    const steps = Array.from({ length: maxB }, () => rows(1))
+    for (const B of batchSizes) {
+      const caches: KVCache[] = Array.from({ length: B }, () => (span as Span).newCache(batchContext + batchSteps + 2))
+      try {
+        await span.forwardBatch(caches.map((cache, i) => ({ hidden: prefixes[i], tokens: batchContext, cache })))
+        await span.forwardBatch(caches.map((cache, i) => ({ hidden: steps[i], tokens: 1, cache })))
+        const t0 = performance.now()
+        for (let s = 0; s < batchSteps; s++) await span.forwardBatch(caches.map((cache, i) => ({ hidden: steps[i], tokens: 1, cache })))
+        const seconds = (performance.now() - t0) / 1000
+        runs.push({ sessions: B, tokens_per_second: B * batchSteps / seconds, ratio_vs_one: NaN, ms_per_step: 1000 * seconds / batchSteps })
+        log(`batched decode: ${B} session(s): ${(B * batchSteps / seconds).toFixed(1)} tok/s`)
+      } finally {
+        for (const c of caches) c.dispose()
+      }
+    }
+  } finally {
+    span?.dispose()
+    await ckpt.close()
+  }
+  const one = runs.find(r => r.sessions === 1)?.tokens_per_second
+  for (const r of runs) r.ratio_vs_one = one != null ? r.tokens_per_second / one : NaN
+  return { blocks, steps: batchSteps, context: batchContext, runs }
+}
+
+// ---- llama.cpp ------------------------------------------------------------------------------
+
+type LlamaRun =
+  | { gguf_dtype: string, prefill_tokens_per_second: number, decode_tokens_per_second: number, weight_bytes_per_token: number, decode_weight_gbps: number, greedy_tokens_equal_to_plexus: number }
+  | { gguf_dtype: string, error: string }
+type LlamaResult = { skipped: true } | { build: string, available: false, reason: string } | { build: string, available: true, devices: string[], on_gpu: boolean, runs: LlamaRun[] }
+
+async function llamaCpp (dir: string, cfg: ModelConfig, prompt: number[], ourTokens: number[]): Promise<LlamaResult> {
+  const build = a.llama as 'vulkan' | 'cpu'
+  let devices: string[] = []
+  if (build === 'vulkan') {
+    const v = await llamaCppVulkan()
+    if (!v.ok) {
+      const reason = `Vulkan llama.cpp unavailable (${v.reason}): no llama.cpp baseline in this run`
+      log(`llama.cpp: ${reason}`)
+      return { build, available: false, reason }
+    }
+    devices = v.devices
+    // ggml's Vulkan backend skips CPU-type devices (lavapipe): then its layers run on the CPU.
+    log(devices.length > 0
+      ? `llama.cpp Vulkan devices: ${devices.join(', ')}`
+      : 'llama.cpp Vulkan build found no GPU device: its figures below are llama.cpp on the CPU')
+  }
+  const runs: LlamaRun[] = []
+  for (const dtype of llamaDtypes as GgufDType[]) {
+    const gguf = join(tmpdir(), `plexus-bench-gpu-${process.pid}-${dtype}.gguf`)
+    temps.add(gguf)
+    try {
+      let t0 = performance.now()
+      await writeGguf(dir, gguf, { dtype })
+      log(`llama.cpp ${build} ${dtype}: wrote ${((await stat(gguf)).size / 2 ** 30).toFixed(2)} GiB GGUF in ${sec(performance.now() - t0)}`)
+      t0 = performance.now()
+      const r = await runLlamaCpp(gguf, prompt, genLen, { gpu: build === 'vulkan' ? 'vulkan' : undefined, threads })
+      let same = 0
+      while (same < r.tokenIds.length && r.tokenIds[same] === ourTokens[same]) same++
+      const perToken = ggufWeightBytes(cfg, dtype)
+      runs.push({
+        gguf_dtype: dtype,
+        prefill_tokens_per_second: r.prefillTokensPerSecond,
+        decode_tokens_per_second: r.decodeTokensPerSecond,
+        weight_bytes_per_token: perToken,
+        decode_weight_gbps: perToken * r.decodeTokensPerSecond / 1e9,
+        greedy_tokens_equal_to_plexus: same
+      })
+      log(`llama.cpp ${build} ${dtype}: prefill ${r.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${r.decodeTokensPerSecond.toFixed(1)} tok/s (${sec(performance.now() - t0)} with loading)`)
+    } catch (err: any) {
+      const msg = String(err?.message ?? err).split('\n')[0]
+      log(`llama.cpp ${build} ${dtype}: failed: ${msg}`)
+      runs.push({ gguf_dtype: dtype, error: msg })
+    } finally {
+      await rm(gguf, { force: true })
+      temps.delete(gguf)
+    }
+  }
+  return { build, available: true, devices, on_gpu: build === 'vulkan' && devices.length > 0, runs }
+}
+
+// Last, so every module-level constant above is initialised before main() runs.
+try {
+  await main()
+} finally {
+  if (a.keep !== true) cleanUp()
+}

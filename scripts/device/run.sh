@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Run on the GPU machine (no Node, no network) from the repository root, with ".device" carried
+# (made by scripts/device/pack.sh): unpacks Node, node_modules and the Vulkan/GL libraries under
+# /tmp, prints the GPU and its adapter, runs the WebGPU tests and bench:gpu, and writes each step's
+# output plus summary.json into $OUT. Every step has its own timeout, so a failure or a hang loses
+# only that step. Typically ~5 minutes; at most ~9.5 (the sum of the timeouts).
+#
+# Optional environment:
+#   OUT                    where results go (default /tmp/plexus-device/out)
+#   PLEXUS_DEVICE_WORK     scratch directory (default /tmp/plexus-device)
+#   PLEXUS_DEVICE_SYSROOT  where the .debs are unpacked (default / as root, then ldconfig;
+#                          otherwise $PLEXUS_DEVICE_WORK/sysroot through LD_LIBRARY_PATH)
+#   PLEXUS_DEVICE_STEPS    steps to run (default "probe tests bench")
+#   PLEXUS_BENCH_SHAPES    default "tinyllama llama3-8b-4l"
+#   PLEXUS_BENCH_ARGS      extra bench:gpu flags, e.g. "--tokens 128"
+#   PLEXUS_TEST_TIMEOUT, PLEXUS_BENCH_TIMEOUT   seconds per step (default 120 and 220)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+PACK=$REPO/.device
+WORK=${PLEXUS_DEVICE_WORK:-/tmp/plexus-device}
+OUT=${OUT:-$WORK/out}
+STEPS=${PLEXUS_DEVICE_STEPS:-probe tests bench}
+SHAPES=${PLEXUS_BENCH_SHAPES:-tinyllama llama3-8b-4l}
+TEST_T=${PLEXUS_TEST_TIMEOUT:-120}
+BENCH_T=${PLEXUS_BENCH_TIMEOUT:-220}
+T0=$(date +%s)
+mkdir -p "$OUT" "$WORK"
+: > "$OUT/steps.jsonl"
+
+# xz -dc, or Python's lzma where the machine has no xz.
+dexz () { if command -v xz > /dev/null; then xz -dc "$1"; else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' "$1"; fi; }
+log () { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/run.log"; }
+# step NAME SECONDS CMD...: stdout → $OUT/NAME.out, stderr → $OUT/NAME.err, status → steps.jsonl.
+step () {
+  local name=$1 limit=$2; shift 2
+  log "== $name (timeout ${limit}s): $*"
+  local s=$(date +%s)
+  timeout -k 10 "$limit" "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"
+  local rc=$?
+  local took=$(( $(date +%s) - s ))
+  [ $rc = 124 ] || [ $rc = 137 ] && log "   $name: TIMED OUT after ${took}s"
+  log "   $name: rc=$rc in ${took}s"
+  printf '{"step":"%s","rc":%d,"seconds":%d}\n' "$name" "$rc" "$took" >> "$OUT/steps.jsonl"
+  return $rc
+}
+show () { echo "--- $1"; tail -n "${2:-40}" "$OUT/$1" 2>/dev/null | cut -c1-400; }
+
+[ -s "$PACK/node.xz" ] && [ -s "$PACK/node_modules.tar.xz" ] || { log "no .device/node.xz or node_modules.tar.xz: run scripts/device/pack.sh here and carry .device"; exit 1; }
+log "pack: $(head -1 "$PACK/MANIFEST" 2>/dev/null)"
+
+# 1. Node, and a copy of the working tree with the carried node_modules (Node resolves packages
+#    from the script's own directory upwards, so they go inside the tree, not beside it).
+rm -rf "$WORK/bin" "$WORK/repo"
+mkdir -p "$WORK/bin" "$WORK/repo"
+dexz "$PACK/node.xz" > "$WORK/bin/node" && chmod +x "$WORK/bin/node" || { log "cannot unpack node"; exit 1; }
+export PATH=$WORK/bin:$PATH
+tar cf - --exclude=node_modules --exclude=./.git --exclude=./.device . | tar xf - -C "$WORK/repo"
+dexz "$PACK/node_modules.tar.xz" | tar xf - -C "$WORK/repo" || log "node_modules.tar.xz did not unpack"
+if [ -s "$PACK/llama.tar.xz" ]; then dexz "$PACK/llama.tar.xz" | tar xf - -C "$WORK/repo" || log "llama.tar.xz did not unpack"
+else log "no llama.tar.xz in the pack: bench:gpu will run without the llama.cpp baseline"; fi
+log "node $(node --version) at $WORK/bin/node; tree at $WORK/repo ($(du -sh "$WORK/repo" | cut -f1))"
+
+# 2. The Vulkan loader and GL/EGL dispatch libraries (NVIDIA's Vulkan driver loads only with both).
+SYSROOT=${PLEXUS_DEVICE_SYSROOT:-}
+[ -n "$SYSROOT" ] || { [ "$(id -u)" = 0 ] && SYSROOT=/ || SYSROOT=$WORK/sysroot; }
+mkdir -p "$SYSROOT"
+for f in "$PACK"/debs/*.deb; do
+  [ -e "$f" ] || { log "no .debs in the pack"; break; }
+  if command -v dpkg > /dev/null; then dpkg -x "$f" "$SYSROOT"
+  else (d=$(mktemp -d) && cd "$d" && ar x "$f" && tar xf data.tar.* -C "$SYSROOT"; rm -rf "$d"); fi || log "could not unpack $(basename "$f")"
+done
+if [ "$SYSROOT" = / ]; then ldconfig || log "ldconfig failed"
+else export LD_LIBRARY_PATH=$SYSROOT/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}; fi
+log "Vulkan/GL libraries unpacked into $SYSROOT"
+
+cd "$WORK/repo"
+{
+  echo "## nvidia-smi"; (nvidia-smi 2>&1 || echo "nvidia-smi: not available") | head -30
+  echo "## uname / cpus"; uname -a; nproc; free -g | head -2
+  echo "## Vulkan ICDs"; ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d 2>&1
+  echo "## libvulkan"; ldconfig -p 2>/dev/null | grep -E 'libvulkan|libGLX|libEGL|libGLdispatch' || ls "$SYSROOT/usr/lib/x86_64-linux-gnu"
+} > "$OUT/system.txt" 2>&1
+cat "$OUT/system.txt"
+
+# 3. The adapter. Without one, point the loader at NVIDIA's driver file if it exists and look again.
+if [[ " $STEPS " == *" probe "* ]]; then
+  if ! step probe 60 node scripts/device/probe.ts; then
+    ICD=$(ls /usr/share/vulkan/icd.d/nvidia_icd*.json /etc/vulkan/icd.d/nvidia_icd*.json /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd*.json 2>/dev/null | head -1)
+    if [ -n "$ICD" ]; then
+      export VK_DRIVER_FILES=$ICD VK_ICD_FILENAMES=$ICD
+      log "no adapter: retrying with VK_DRIVER_FILES=$ICD"
+      step probe-icd 60 node scripts/device/probe.ts
+      show probe-icd.out; show probe-icd.err 15
+    fi
+  fi
+  show probe.out; show probe.err 15
+fi
+
+# 4. The GPU test suite (whatever test/webgpu*.test.ts exist), without .mocharc's whole-suite spec.
+if [[ " $STEPS " == *" tests "* ]]; then
+  shopt -s nullglob
+  TESTS=(test/webgpu*.test.ts)
+  if [ ${#TESTS[@]} = 0 ]; then log "no test/webgpu*.test.ts in the tree"
+  else
+    step tests "$TEST_T" node node_modules/mocha/bin/mocha.js --no-config --extension ts --reporter ./test/support/reporter.cjs --timeout 120000 --exit "${TESTS[@]}"
+    show tests.out 60; show tests.err 20
+  fi
+fi
+
+# 5. bench:gpu per shape (node directly: npm's prebench hook would try the network).
+if [[ " $STEPS " == *" bench "* ]]; then
+  for shape in $SHAPES; do
+    # shellcheck disable=SC2086
+    step "bench-$shape" "$BENCH_T" node scripts/bench-gpu.ts --shape "$shape" ${PLEXUS_BENCH_ARGS:-}
+    cp "$OUT/bench-$shape.out" "$OUT/bench-$shape.json" 2>/dev/null
+    show "bench-$shape.err" 45
+  done
+fi
+
+# 6. One summary: step statuses, the probe, and each bench's JSON line.
+node -e '
+  const fs = require("fs"), p = require("path"), out = process.argv[1]
+  const read = f => { try { return fs.readFileSync(p.join(out, f), "utf8") } catch { return "" } }
+  const json = t => t.split("\n").filter(l => l.startsWith("{")).map(l => { try { return JSON.parse(l) } catch { return l } })
+  const benches = {}
+  for (const f of fs.readdirSync(out)) { const m = /^bench-(.+)\.json$/.exec(f); if (m) benches[m[1]] = json(read(f)).pop() ?? null }
+  const s = { seconds: Number(process.argv[2]), steps: json(read("steps.jsonl")), probe: json(read("probe-icd.out") || read("probe.out")), benches }
+  fs.writeFileSync(p.join(out, "summary.json"), JSON.stringify(s, null, 1) + "\n")
+' "$OUT" "$(( $(date +%s) - T0 ))" || log "summary.json could not be written"
+log "done: results in $OUT ($(ls "$OUT" | tr '\n' ' '))"
