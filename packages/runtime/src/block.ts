@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core'
 import type { ModelConfig } from './config.ts'
+import { rawFloat32 } from './checkpoint.ts'
 import type { RawTensor } from './checkpoint.ts'
-import { toFloat32 } from './safetensors.ts'
 
 /**
  * One transformer block's weights, laid out for fast tfjs matmuls: every linear weight is
@@ -63,7 +63,7 @@ function fusedTransposed (parts: RawTensor[]): tf.Tensor2D {
   const dst = new Float32Array(cols * total)
   let offset = 0
   for (const p of parts) {
-    transposeInto(toFloat32(p.bytes, p.dtype), p.shape[0], cols, dst, total, offset)
+    transposeInto(rawFloat32(p), p.shape[0], cols, dst, total, offset)
     offset += p.shape[0]
   }
   return tf.tensor2d(dst, [cols, total])
@@ -76,7 +76,7 @@ export function loadBlockWeights (cfg: ModelConfig, block: number, raws: RawTens
     if (r == null) throw new Error(`block ${block}: tensor ${n} missing`)
     return r
   }
-  const vec = (n: string): tf.Tensor1D => tf.tensor1d(toFloat32(get(n).bytes, get(n).dtype))
+  const vec = (n: string): tf.Tensor1D => tf.tensor1d(rawFloat32(get(n)))
   const w: BlockWeights = {
     inputNorm: vec('input_layernorm.weight'),
     qkv: fusedTransposed([get('self_attn.q_proj.weight'), get('self_attn.k_proj.weight'), get('self_attn.v_proj.weight')]),
@@ -86,7 +86,7 @@ export function loadBlockWeights (cfg: ModelConfig, block: number, raws: RawTens
     down: fusedTransposed([get('mlp.down_proj.weight')])
   }
   if (cfg.qkvBias) {
-    const b = ['q', 'k', 'v'].map(x => toFloat32(get(`self_attn.${x}_proj.bias`).bytes, get(`self_attn.${x}_proj.bias`).dtype))
+    const b = ['q', 'k', 'v'].map(x => rawFloat32(get(`self_attn.${x}_proj.bias`)))
     const all = new Float32Array(b.reduce((n, a) => n + a.length, 0))
     let o = 0
     for (const a of b) { all.set(a, o); o += a.length }

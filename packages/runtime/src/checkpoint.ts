@@ -4,8 +4,21 @@ import { readModelConfig, blockTensorShapes, headTensorShapes } from './config.t
 import type { ModelConfig } from './config.ts'
 import { SafetensorsFile, CheckpointError, toFloat32, fileExists } from './safetensors.ts'
 import type { TensorEntry, DType } from './safetensors.ts'
+import { dequantize } from './gguf/dequant.ts'
 
-export interface RawTensor { name: string, dtype: DType, shape: number[], bytes: Uint8Array }
+/** ggml block formats a weight can be held in (quantized GGUF files, or `--quantize`). */
+export type QuantDType = 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K'
+/** A tensor's storage: a safetensors float type or a ggml block format. */
+export type WeightDType = DType | QuantDType
+
+/** One tensor as stored: `bytes` in `dtype`, row-major (a quantized row is whole blocks). */
+export interface RawTensor { name: string, dtype: WeightDType, shape: number[], bytes: Uint8Array }
+
+/** A raw tensor as float32 (quantized blocks dequantized exactly as llama.cpp does). */
+export function rawFloat32 (raw: Pick<RawTensor, 'dtype' | 'bytes' | 'shape'>): Float32Array {
+  if (raw.dtype === 'F32' || raw.dtype === 'F16' || raw.dtype === 'BF16') return toFloat32(raw.bytes, raw.dtype)
+  return dequantize(raw.dtype, raw.bytes, raw.shape.reduce((a, b) => a * b, 1))
+}
 
 /**
  * A Hugging Face model directory. Shards are opened lazily, so a server that serves
@@ -99,7 +112,7 @@ export class Checkpoint {
 
   async readFloat32 (name: string, expectedShape?: number[]): Promise<Float32Array> {
     const raw = await this.readRaw(name, expectedShape)
-    return toFloat32(raw.bytes, raw.dtype)
+    return rawFloat32(raw)
   }
 
   /** All tensors of one block, shape-checked, as raw bytes (name order is canonical). */

@@ -1,7 +1,7 @@
 import type { ModelConfig } from './config.ts'
+import { rawFloat32 } from './checkpoint.ts'
 import type { Checkpoint, RawTensor } from './checkpoint.ts'
 import { headTensorShapes } from './config.ts'
-import { toFloat32 } from './safetensors.ts'
 import { tensorsDigest } from './model-id.ts'
 import { activeBackend } from './backend.ts'
 import { headWeights, inThreadHeadKernel, workerHeadKernel } from './head-kernel.ts'
@@ -122,7 +122,7 @@ function splitHead (cfg: ModelConfig, raws: RawTensor[]): { embeddings: Float32A
     if (r == null) throw new Error(`model head: tensor ${name} missing`)
     if (r.shape.join() !== shape.join()) throw new Error(`model head: tensor ${name} has shape ${JSON.stringify(r.shape)}, expected ${JSON.stringify(shape)}`)
   }
-  const f32 = (n: string): Float32Array => { const r = by.get(n)!; return toFloat32(r.bytes, r.dtype) }
+  const f32 = (n: string): Float32Array => { const r = by.get(n)!; return rawFloat32(r) }
   const embeddings = f32('model.embed_tokens.weight').slice()
   const lmHead = cfg.tieWordEmbeddings ? embeddings : f32('lm_head.weight')
   return { embeddings, weights: headWeights(cfg, f32('model.norm.weight'), lmHead) }

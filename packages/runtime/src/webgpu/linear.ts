@@ -2,8 +2,8 @@
 import type { GpuContext } from './device.ts'
 import { matvecKernel, gemmKernel, GEMM_MIN_ROWS, STEP_SLOT } from './kernels.ts'
 import type { WeightFormat, LinearShape } from './kernels.ts'
-import type { DType } from '../safetensors.ts'
-import { toFloat32 } from '../safetensors.ts'
+import type { WeightDType } from '../checkpoint.ts'
+import { rawFloat32 } from '../checkpoint.ts'
 
 /** A kernel's bindings in order: storage read, storage read-write, or the per-step uniform slot. */
 export type Binding = 'read' | 'rw' | 'step'
@@ -60,11 +60,11 @@ export function upload (device: GPUDevice, data: ArrayBufferView, label?: string
 }
 
 /** A piece of a weight matrix, as stored: `[rows, in]`, row-major. */
-export interface WeightPart { dtype: DType, shape: number[], bytes: Uint8Array }
+export interface WeightPart { dtype: WeightDType, shape: number[], bytes: Uint8Array }
 
 interface Chunk { weight: GPUBuffer, bias?: GPUBuffer, n0: number, n: number }
 
-const FORMAT: Record<DType, WeightFormat> = { F32: 'f32', F16: 'f16', BF16: 'bf16' }
+const FORMAT: Partial<Record<WeightDType, WeightFormat>> = { F32: 'f32', F16: 'f16', BF16: 'bf16' }
 
 /**
  * A linear layer y = x·Wᵀ (+ b) on the GPU, W `[out, in]` kept in its stored precision. Parts
@@ -90,15 +90,16 @@ export class GpuLinear {
     const k = parts[0].shape[1]
     if (k % 4 !== 0) throw new Error(`${name}: input width ${k} is not a multiple of 4, which the GPU kernels need`)
     if (parts.some(p => p.shape[1] !== k)) throw new Error(`${name}: parts differ in input width`)
-    // one format for the whole matrix: mixed parts are widened to f32
-    const mixed = parts.some(p => p.dtype !== parts[0].dtype)
-    const format: WeightFormat = mixed ? 'f32' : FORMAT[parts[0].dtype]
+    // one format for the whole matrix: mixed parts, and block formats without a GPU kernel, are widened to f32
+    const native = FORMAT[parts[0].dtype]
+    const mixed = native == null || parts.some(p => p.dtype !== parts[0].dtype)
+    const format: WeightFormat = mixed ? 'f32' : native
     const elem = format === 'f32' ? 4 : 2
     const n = parts.reduce((s, p) => s + p.shape[0], 0)
     const all = new Uint8Array(n * k * elem)
     let o = 0
     for (const p of parts) {
-      const b = mixed && p.dtype !== 'F32' ? new Uint8Array(toFloat32(p.bytes, p.dtype).buffer) : p.bytes
+      const b = mixed && p.dtype !== 'F32' ? new Uint8Array(rawFloat32(p).buffer) : p.bytes
       all.set(b, o)
       o += b.byteLength
     }

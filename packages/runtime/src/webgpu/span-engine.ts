@@ -1,7 +1,7 @@
 /// <reference types="@webgpu/types" />
 import type { ModelConfig } from '../config.ts'
+import { rawFloat32 } from '../checkpoint.ts'
 import type { RawTensor } from '../checkpoint.ts'
-import { toFloat32 } from '../safetensors.ts'
 import { rotaryTables } from '../rope.ts'
 import type { GpuContext } from './device.ts'
 import { GpuKVStore } from './kv-store.ts'
@@ -87,7 +87,7 @@ export class GpuSpanEngine {
       if (r == null) throw new Error(`block ${block}: tensor ${n} missing`)
       return r
     }
-    const vec = (n: string): Float32Array => toFloat32(get(n).bytes, get(n).dtype)
+    const vec = (n: string): Float32Array => rawFloat32(get(n))
     const name = (n: string): string => `block ${block} ${n}`
     let bias: Float32Array | undefined
     if (this.cfg.qkvBias) {
