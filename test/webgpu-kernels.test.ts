@@ -4,7 +4,9 @@ import { toFloat32, f32ToF16, f32ToBf16 } from '@plexus/runtime'
 import type { GpuContext, DType } from '@plexus/runtime'
 import { rmsNormKernel, matvecKernel, gemmKernel, kvAppendKernel, attentionKernel, swigluKernel, GEMM_MIN_ROWS } from '../packages/runtime/src/webgpu/kernels.ts'
 import type { WeightFormat } from '../packages/runtime/src/webgpu/kernels.ts'
+import { gpuFormat, gpuBytes } from '../packages/runtime/src/webgpu/formats.ts'
 import { testGpu, skipWebgpu, runKernel, randoms, relErr } from './support/gpu.ts'
+import { blocksOf, rng } from './support/gguf-blocks.ts'
 
 describe('WebGPU kernels against float64 references', function () {
   let gpu: GpuContext
@@ -59,6 +61,34 @@ describe('WebGPU kernels against float64 references', function () {
             let s = bias[n]
             for (let k = 0; k < K; k++) s += x[r * K + k] * wq[n * K + k]
             ref[r * yStride + 2 + n] += s
+          }
+        }
+        assert.ok(relErr(y, ref) < 1e-5, `${relErr(y, ref)}`)
+      })
+    }
+  }
+
+  // Block formats: random ggml blocks (valid scales), laid out for the GPU, against their exact dequantization.
+  for (const [type, K] of [['Q8_0', 96], ['Q4_K', 512]] as const) {
+    for (const rows of [1, 9, GEMM_MIN_ROWS + 7]) {
+      it(`linear ${type}, ${rows} rows (${rows >= GEMM_MIN_ROWS ? 'GEMM' : 'matvec'})`, async () => {
+        const N = 37
+        const blockElems = type === 'Q8_0' ? 32 : 256
+        const { bytes, want } = blocksOf(type, N * K / blockElems, rng(21))
+        const format = gpuFormat(type)
+        const data = gpuBytes(format, { dtype: type, shape: [N, K], bytes })
+        const x = randoms(rows * K, 22)
+        const shape = { format, k: K, n: N, n0: 0, yStride: N, bias: false, accumulate: false }
+        const args = [{ data: x, binding: 'read' as const }, { data, binding: 'read' as const }, { size: rows * N, binding: 'rw' as const }, 'step' as const]
+        const code = rows >= GEMM_MIN_ROWS ? gemmKernel(shape) : matvecKernel(shape)
+        const groups: [number, number] = rows >= GEMM_MIN_ROWS ? [Math.ceil(N / 64), Math.ceil(rows / 64)] : [N, 1]
+        const [y] = await runKernel(gpu, code, args, [[rows]], groups)
+        const ref = new Float64Array(rows * N)
+        for (let r = 0; r < rows; r++) {
+          for (let n = 0; n < N; n++) {
+            let s = 0
+            for (let k = 0; k < K; k++) s += x[r * K + k] * want[n * K + k]
+            ref[r * N + n] = s
           }
         }
         assert.ok(relErr(y, ref) < 1e-5, `${relErr(y, ref)}`)

@@ -2,8 +2,9 @@
 // source, so one compiled pipeline serves every block of a span. Per-step values (rows in the
 // batch, one session's rows, position and cache capacity) come from a `Step` uniform slot.
 
-/** How a weight matrix is stored on the GPU: as in the checkpoint, widened inside the kernels. */
-export type WeightFormat = 'f32' | 'f16' | 'bf16'
+import { weightLoader } from './formats.ts'
+import type { WeightFormat } from './formats.ts'
+export type { WeightFormat } from './formats.ts'
 
 /** Rows the matrix-vector kernel handles per pass over the weights; larger batches loop. */
 export const MATVEC_ROWS = 8
@@ -28,26 +29,6 @@ function workgroupFor (n: number): number {
   let w = 32
   while (w < 256 && w < n) w *= 2
   return w
-}
-
-/** `w4(i)`: the i-th group of 4 consecutive weights, as f32. */
-function weightLoader (format: WeightFormat, binding: number): string {
-  switch (format) {
-    case 'f32':
-      return `@group(0) @binding(${binding}) var<storage, read> w: array<vec4<f32>>;
-fn w4 (i: u32) -> vec4<f32> { return w[i]; }`
-    case 'f16':
-      // no shader-f16 needed: two halves per u32, widened by a core builtin
-      return `@group(0) @binding(${binding}) var<storage, read> w: array<vec2<u32>>;
-fn w4 (i: u32) -> vec4<f32> { let p = w[i]; return vec4<f32>(unpack2x16float(p.x), unpack2x16float(p.y)); }`
-    case 'bf16':
-      // bf16 is the top half of an f32
-      return `@group(0) @binding(${binding}) var<storage, read> w: array<vec2<u32>>;
-fn w4 (i: u32) -> vec4<f32> {
-  let p = w[i];
-  return vec4<f32>(bitcast<f32>(p.x << 16u), bitcast<f32>(p.x & 0xffff0000u), bitcast<f32>(p.y << 16u), bitcast<f32>(p.y & 0xffff0000u));
-}`
-  }
 }
 
 /** out = x / rms(x) · weight, one workgroup per row. */

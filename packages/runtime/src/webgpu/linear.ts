@@ -1,9 +1,10 @@
 /// <reference types="@webgpu/types" />
 import type { GpuContext } from './device.ts'
 import { matvecKernel, gemmKernel, GEMM_MIN_ROWS, STEP_SLOT } from './kernels.ts'
-import type { WeightFormat, LinearShape } from './kernels.ts'
+import type { LinearShape } from './kernels.ts'
+import { gpuFormat, gpuBytes, rowBytes } from './formats.ts'
+import type { WeightFormat } from './formats.ts'
 import type { WeightDType } from '../checkpoint.ts'
-import { rawFloat32 } from '../checkpoint.ts'
 
 /** A kernel's bindings in order: storage read, storage read-write, or the per-step uniform slot. */
 export type Binding = 'read' | 'rw' | 'step'
@@ -62,72 +63,86 @@ export function upload (device: GPUDevice, data: ArrayBufferView, label?: string
 /** A piece of a weight matrix, as stored: `[rows, in]`, row-major. */
 export interface WeightPart { dtype: WeightDType, shape: number[], bytes: Uint8Array }
 
-interface Chunk { weight: GPUBuffer, bias?: GPUBuffer, n0: number, n: number }
-
-const FORMAT: Partial<Record<WeightDType, WeightFormat>> = { F32: 'f32', F16: 'f16', BF16: 'bf16' }
+interface Chunk { format: WeightFormat, weight: GPUBuffer, bias?: GPUBuffer, n0: number, n: number }
 
 /**
  * A linear layer y = x·Wᵀ (+ b) on the GPU, W `[out, in]` kept in its stored precision. Parts
- * (q, k, v or gate, up) are stacked by rows into one matrix; matrices larger than the device's
- * largest binding are split by rows into chunks, each its own buffer and dispatch.
+ * (q, k, v or gate, up) are stacked by rows; consecutive parts of one format share a buffer and a
+ * dispatch. A buffer larger than the device's largest binding is split by rows into chunks.
  */
 export class GpuLinear {
-  readonly format: WeightFormat
   readonly k: number
   readonly n: number
+  /** Bytes on the GPU. */
   readonly bytes: number
   private readonly chunks: Chunk[]
 
-  private constructor (format: WeightFormat, k: number, n: number, chunks: Chunk[], bytes: number) {
-    this.format = format
+  private constructor (k: number, n: number, chunks: Chunk[], bytes: number) {
     this.k = k
     this.n = n
     this.chunks = chunks
     this.bytes = bytes
   }
 
+  /** The formats the layer's weights are held in on the GPU (one per run of parts). */
+  get formats (): WeightFormat[] { return [...new Set(this.chunks.map(c => c.format))] }
+
   static upload (gpu: GpuContext, name: string, parts: WeightPart[], bias?: Float32Array): GpuLinear {
     const k = parts[0].shape[1]
     if (k % 4 !== 0) throw new Error(`${name}: input width ${k} is not a multiple of 4, which the GPU kernels need`)
     if (parts.some(p => p.shape[1] !== k)) throw new Error(`${name}: parts differ in input width`)
-    // one format for the whole matrix: mixed parts, and block formats without a GPU kernel, are widened to f32
-    const native = FORMAT[parts[0].dtype]
-    const mixed = native == null || parts.some(p => p.dtype !== parts[0].dtype)
-    const format: WeightFormat = mixed ? 'f32' : native
-    const elem = format === 'f32' ? 4 : 2
-    const n = parts.reduce((s, p) => s + p.shape[0], 0)
-    const all = new Uint8Array(n * k * elem)
-    let o = 0
+    // runs of consecutive parts with one GPU format
+    const runs: Array<{ format: WeightFormat, parts: WeightPart[], n0: number }> = []
+    let row = 0
     for (const p of parts) {
-      const b = mixed && p.dtype !== 'F32' ? new Uint8Array(rawFloat32(p).buffer) : p.bytes
-      all.set(b, o)
-      o += b.byteLength
+      const format = gpuFormat(p.dtype)
+      const last = runs[runs.length - 1]
+      if (last?.format === format) last.parts.push(p)
+      else runs.push({ format, parts: [p], n0: row })
+      row += p.shape[0]
     }
-    const rowsPerChunk = Math.max(1, Math.floor(gpu.limits.maxStorageBufferBindingSize / (k * elem)))
     const chunks: Chunk[] = []
-    for (let n0 = 0; n0 < n; n0 += rowsPerChunk) {
-      const rows = Math.min(rowsPerChunk, n - n0)
-      chunks.push({
-        weight: upload(gpu.device, all.subarray(n0 * k * elem, (n0 + rows) * k * elem), `${name}[${n0}]`),
-        bias: bias != null ? upload(gpu.device, bias.subarray(n0, n0 + rows), `${name}.bias[${n0}]`) : undefined,
-        n0,
-        n: rows
-      })
+    let bytes = 0
+    for (const run of runs) {
+      const perRow = rowBytes(run.format, k)
+      const data = concat(run.parts.map(p => gpuBytes(run.format, p)))
+      const n = data.byteLength / perRow
+      const rowsPerChunk = Math.max(1, Math.floor(gpu.limits.maxStorageBufferBindingSize / perRow))
+      for (let r0 = 0; r0 < n; r0 += rowsPerChunk) {
+        const rows = Math.min(rowsPerChunk, n - r0)
+        const n0 = run.n0 + r0
+        chunks.push({
+          format: run.format,
+          weight: upload(gpu.device, data.subarray(r0 * perRow, (r0 + rows) * perRow), `${name}[${n0}]`),
+          bias: bias != null ? upload(gpu.device, bias.subarray(n0, n0 + rows), `${name}.bias[${n0}]`) : undefined,
+          n0,
+          n: rows
+        })
+      }
+      bytes += data.byteLength
     }
-    return new GpuLinear(format, k, n, chunks, all.byteLength)
+    return new GpuLinear(k, row, chunks, bytes)
   }
 
   /** Bind groups for input `x` `[rows, k]` and output `y` (row stride `yStride`, this layer's outputs at column `yOffset`). */
   bind (device: GPUDevice, x: GPUBuffer, y: GPUBuffer, step: GPUBuffer, opts: { yStride?: number, yOffset?: number, accumulate?: boolean } = {}): LinearBinding {
     return this.chunks.map(c => {
       const shape: LinearShape = {
-        format: this.format, k: this.k, n: c.n, n0: (opts.yOffset ?? 0) + c.n0, yStride: opts.yStride ?? this.n, bias: c.bias != null, accumulate: opts.accumulate === true
+        format: c.format, k: this.k, n: c.n, n0: (opts.yOffset ?? 0) + c.n0, yStride: opts.yStride ?? this.n, bias: c.bias != null, accumulate: opts.accumulate === true
       }
       const bindings: Binding[] = ['read', 'read', 'rw', 'step', ...(c.bias != null ? ['read' as const] : [])]
       const buffers = [x, c.weight, y, step, ...(c.bias != null ? [c.bias] : [])]
       const mv = kernel(device, matvecKernel(shape), bindings)
-      const gemm = kernel(device, gemmKernel(shape), bindings)
-      return { n: c.n, matvec: { pipeline: mv.pipeline, group: bindGroup(device, mv, buffers) }, gemm: { pipeline: gemm.pipeline, group: bindGroup(device, gemm, buffers) } }
+      // the GEMM is compiled on the first prefill that needs it (compiling is not free)
+      let gemm: Bound | undefined
+      return {
+        n: c.n,
+        matvec: { pipeline: mv.pipeline, group: bindGroup(device, mv, buffers) },
+        gemm: () => {
+          if (gemm == null) { const g = kernel(device, gemmKernel(shape), bindings); gemm = { pipeline: g.pipeline, group: bindGroup(device, g, buffers) } }
+          return gemm
+        }
+      }
     })
   }
 
@@ -136,7 +151,7 @@ export class GpuLinear {
   }
 }
 
-export type LinearBinding = Array<{ n: number, matvec: Bound, gemm: Bound }>
+export type LinearBinding = Array<{ n: number, matvec: Bound, gemm: () => Bound }>
 export interface Bound { pipeline: GPUComputePipeline, group: GPUBindGroup }
 
 /** Records y = x·Wᵀ for `rows` rows: matrix-vector for a few rows, tiled GEMM for many. */
@@ -147,8 +162,9 @@ export function dispatchLinear (pass: GPUComputePassEncoder, l: LinearBinding, r
       pass.setBindGroup(0, c.matvec.group, [0])
       pass.dispatchWorkgroups(Math.min(c.n, 65535), Math.ceil(c.n / 65535))
     } else {
-      pass.setPipeline(c.gemm.pipeline)
-      pass.setBindGroup(0, c.gemm.group, [0])
+      const gemm = c.gemm()
+      pass.setPipeline(gemm.pipeline)
+      pass.setBindGroup(0, gemm.group, [0])
       pass.dispatchWorkgroups(Math.ceil(c.n / 64), Math.ceil(rows / 64))
     }
   }
@@ -160,5 +176,13 @@ export function stepSlots (segments: Array<{ row0: number, tokens: number, pos0:
   const out = new Uint32Array((segments.length + 1) * words)
   out.set([rows, 0, rows, 0, 0], 0)
   segments.forEach((s, i) => out.set([rows, s.row0, s.tokens, s.pos0, s.cap], (i + 1) * words))
+  return out
+}
+
+function concat (parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0]
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0))
+  let o = 0
+  for (const p of parts) { out.set(p, o); o += p.byteLength }
   return out
 }
