@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core'
 import type { ModelConfig } from './config.ts'
-import type { Checkpoint } from './checkpoint.ts'
+import type { ModelSource } from './model-source.ts'
 import { loadBlockWeights, disposeBlockWeights, blockForward } from './block.ts'
 import type { BlockWeights, LayerCache, StepContext, StepSegment } from './block.ts'
 import { inverseFrequencies, rotaryTables } from './rope.ts'
@@ -112,7 +112,7 @@ export class Span {
    * GPU when the webgpu backend is active. `blockDigests` (the model manifest's, indexed by absolute block) makes the load verify that
    * these weights are the ones the model id names.
    */
-  static async load (ckpt: Checkpoint, start: number, end: number, opts: { blockDigests?: string[] } = {}): Promise<Span> {
+  static async load (ckpt: ModelSource, start: number, end: number, opts: { blockDigests?: string[] } = {}): Promise<Span> {
     const L = ckpt.config.numLayers
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > L || start >= end) {
       throw new SpanError(`invalid span [${start}, ${end}) for a model of ${L} blocks`)
@@ -128,7 +128,7 @@ export class Span {
         if (got != null && got !== want) {
           throw new SpanError(`block ${b}'s weights do not match the model id (digest ${got.slice(0, 12)}, manifest says ${want!.slice(0, 12)})`)
         }
-        if (engine != null) engine.addBlock(b, raws)
+        if (engine != null) await engine.addBlock(b, raws)
         else blocks.push(loadBlockWeights(ckpt.config, b, raws))
       }
     } catch (err) {

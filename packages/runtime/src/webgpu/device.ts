@@ -24,6 +24,8 @@ export interface GpuContext {
   software: boolean
   /** Whether the device has `subgroups` (kernels may use subgroup reductions). */
   subgroups: boolean
+  /** The last error the device raised outside an error scope (cleared by `takeGpuError`). */
+  error?: string
   limits: { maxStorageBufferBindingSize: number, maxBufferSize: number, maxComputeWorkgroupStorageSize: number, maxStorageBuffersPerShaderStage: number }
 }
 
@@ -109,7 +111,7 @@ async function open (allowSoftware: boolean): Promise<GpuContext> {
     if (lost.reason !== 'destroyed') process.emitWarning(`GPU device lost: ${lost.message}`)
   }).catch(() => {})
   const l = device.limits
-  return {
+  const ctx: GpuContext = {
     instance,
     device,
     adapterInfo: { vendor: info.vendor, architecture: info.architecture, device: info.device, description: info.description },
@@ -122,6 +124,17 @@ async function open (allowSoftware: boolean): Promise<GpuContext> {
       maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage
     }
   }
+  // a failed allocation or dispatch must fail the step, never hand back garbage
+  device.onuncapturederror = (ev: GPUUncapturedErrorEvent) => { ctx.error ??= firstLine(ev.error.message) }
+  return ctx
+}
+
+/** Throws the error the GPU raised since the last call, naming what was being done. */
+export function takeGpuError (gpu: GpuContext, what: string): void {
+  const e = gpu.error
+  if (e == null) return
+  gpu.error = undefined
+  throw new GpuUnavailableError(`${what} failed on the GPU: ${e}`)
 }
 
 function firstLine (s: unknown): string { return String(s ?? 'unknown error').split('\n')[0] }
@@ -130,10 +143,14 @@ function firstLine (s: unknown): string { return String(s ?? 'unknown error').sp
 export async function checked<T> (device: GPUDevice, what: string, fn: () => T): Promise<T> {
   device.pushErrorScope('validation')
   device.pushErrorScope('out-of-memory')
-  const out = fn()
+  let out: T | undefined
+  let thrown: { err: unknown } | undefined
+  try { out = fn() } catch (err) { thrown = { err } }
+  // the scopes are popped whether or not fn threw
   const oom = await device.popErrorScope()
   const bad = await device.popErrorScope()
+  if (thrown != null) throw thrown.err
   if (oom != null) throw new GpuUnavailableError(`${what}: out of GPU memory (${oom.message})`)
   if (bad != null) throw new Error(`${what}: ${bad.message}`)
-  return out
+  return out as T
 }

@@ -1,6 +1,7 @@
 /// <reference types="@webgpu/types" />
 import type { HeadKernel, HeadWeights } from '../head-kernel.ts'
 import type { GpuContext } from './device.ts'
+import { takeGpuError } from './device.ts'
 import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots } from './linear.ts'
 import type { LinearBinding } from './linear.ts'
 import { rmsNormKernel } from './kernels.ts'
@@ -52,6 +53,7 @@ export function gpuHeadKernel (gpu: GpuContext, w: HeadWeights): HeadKernel {
     device.queue.submit([encoder.finish()])
     await s.readback.mapAsync(GPUMapMode.READ, 0, bytes)
     try {
+      takeGpuError(gpu, 'the LM head')
       return new Float32Array(s.readback.getMappedRange(0, bytes).slice(0))
     } finally {
       s.readback.unmap()

@@ -4,6 +4,7 @@ import { rawFloat32 } from '../checkpoint.ts'
 import type { RawTensor } from '../checkpoint.ts'
 import { rotaryTables } from '../rope.ts'
 import type { GpuContext } from './device.ts'
+import { checked, takeGpuError } from './device.ts'
 import { GpuKVStore } from './kv-store.ts'
 import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots } from './linear.ts'
 import type { LinearBinding, Kernel } from './linear.ts'
@@ -80,7 +81,12 @@ export class GpuSpanEngine {
   }
 
   /** Uploads one block (tensors as `Checkpoint.readBlockRaw` gives them); blocks are appended in order. */
-  addBlock (block: number, raws: RawTensor[]): void {
+  async addBlock (block: number, raws: RawTensor[]): Promise<void> {
+    // an allocation the GPU cannot hold is an error here, not garbage in the first step
+    await checked(this.device, `uploading block ${block}`, () => { this.upload(block, raws) })
+  }
+
+  private upload (block: number, raws: RawTensor[]): void {
     const by = new Map(raws.map(r => [r.name.slice(`model.layers.${block}.`.length), r]))
     const get = (n: string): RawTensor => {
       const r = by.get(n)
@@ -173,6 +179,7 @@ export class GpuSpanEngine {
     for (const st of steps) st.store.release()
     await s.readback.mapAsync(GPUMapMode.READ, 0, bytes)
     try {
+      takeGpuError(this.gpu, 'a step')
       return new Float32Array(s.readback.getMappedRange(0, bytes).slice(0))
     } finally {
       s.readback.unmap()
