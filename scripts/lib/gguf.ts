@@ -4,7 +4,8 @@ import { join } from 'node:path'
 import { Checkpoint } from '../../packages/runtime/src/checkpoint.ts'
 import type { ModelConfig } from '../../packages/runtime/src/config.ts'
 import { fileExists } from '../../packages/runtime/src/safetensors.ts'
-import { f32ToF16, f32ToF16Bits } from '../../packages/runtime/src/safetensors-write.ts'
+import { f32ToF16 } from '../../packages/runtime/src/safetensors-write.ts'
+import { quantizeQ8_0 } from '../../packages/runtime/src/quant/quantize.ts'
 
 // GGUF v3 as llama.cpp reads it: header, metadata key/values, tensor infos, then aligned data.
 const ALIGN = 32
@@ -174,34 +175,6 @@ export async function writeGguf (modelDir: string, outPath: string, opts: { dtyp
   } finally {
     await ckpt.close()
   }
-}
-
-/**
- * llama.cpp's quantize_row_q8_0_ref, bit for bit: per block of 32 values d = amax / 127 (stored as
- * f16), q = roundf(x · (1/d)) with halves away from zero; all arithmetic in float32.
- */
-export function quantizeQ8_0 (x: Float32Array): Uint8Array {
-  if (x.length % QK8_0 !== 0) throw new Error(`q8_0: ${x.length} values are not whole blocks of ${QK8_0}`)
-  const blocks = x.length / QK8_0
-  const out = new Uint8Array(blocks * Q8_0_BLOCK_BYTES)
-  const q = new Int8Array(out.buffer)
-  const f = Math.fround
-  for (let b = 0; b < blocks; b++) {
-    const src = b * QK8_0
-    let amax = 0
-    for (let j = 0; j < QK8_0; j++) amax = Math.max(amax, Math.abs(x[src + j]))
-    const d = f(amax / 127)
-    const id = d !== 0 ? f(1 / d) : 0
-    const h = f32ToF16Bits(d)
-    const dst = b * Q8_0_BLOCK_BYTES
-    out[dst] = h & 0xff
-    out[dst + 1] = h >>> 8
-    for (let j = 0; j < QK8_0; j++) {
-      const v = f(x[src + j] * id)
-      q[dst + 2 + j] = v < 0 ? -Math.round(-v) : Math.round(v)
-    }
-  }
-  return out
 }
 
 function archMetadata (arch: string, cfg: ModelConfig): [string, Value][] {

@@ -18,3 +18,4 @@ export * from "./safetensors-write.ts"
 export * from './head-kernel.ts'
 export * from './webgpu/device.ts'
 export * from './gguf/index.ts'
+export * from './quant/index.ts'
