@@ -2,7 +2,7 @@
 # Run here (a machine with the repo's node_modules and network): fills .device/ with what
 # scripts/device/run.sh needs on a GPU machine that has no Node and no network. The device tool
 # carries ignored paths of at most 64 MiB in all, so everything is xz'd and trimmed to what the
-# GPU tests and bench:gpu run: Node itself, the runtime's production packages (webgpu with only
+# GPU tests and bench:gpu run: Node itself, the workspace's production packages (webgpu with only
 # its linux-x64 dawn.node), mocha, node-llama-cpp with only its linux-x64 Vulkan build, and the
 # Vulkan loader plus GL dispatch libraries as Debian packages (NVIDIA's Vulkan driver needs both).
 #
@@ -39,8 +39,11 @@ EXCLUDES=(
   --exclude='node-llama-cpp/llama/gitRelease.bundle' --exclude='node-llama-cpp/templates'
 )
 
-# 2. The runtime's packages plus mocha, as Node resolves them (workspace links kept as links).
-"$NODE_BIN" scripts/device/closure.ts . .:@plexus/runtime .:webgpu .:mocha | grep -v '^node_modules/@types/' > "$TMP/modules.txt"
+# 2. Every workspace package's production dependencies (the GPU tests start swarms and the CLI) plus
+#    mocha, as Node resolves them (workspace links kept as links).
+WORKSPACES=()
+for p in packages/*/package.json; do WORKSPACES+=(".:$("$NODE_BIN" -p "require('./$p').name")"); done
+"$NODE_BIN" scripts/device/closure.ts . "${WORKSPACES[@]}" .:webgpu .:mocha | grep -v '^node_modules/@types/' > "$TMP/modules.txt"
 echo "pack: node_modules: $(wc -l < "$TMP/modules.txt") packages"
 tar cf "$TMP/modules.tar" "${EXCLUDES[@]}" -T "$TMP/modules.txt"
 xz -9 -T0 -c "$TMP/modules.tar" > "$OUT/node_modules.tar.xz"

@@ -3,7 +3,7 @@
 # (made by scripts/device/pack.sh): unpacks Node, node_modules and the Vulkan/GL libraries under
 # /tmp, prints the GPU and its adapter, runs the WebGPU tests and bench:gpu, and writes each step's
 # output plus summary.json into $OUT. Every step has its own timeout, so a failure or a hang loses
-# only that step. Typically ~5 minutes; at most ~9.5 (the sum of the timeouts).
+# only that step. Typically ~5 minutes; ~10 if every step ran to its timeout.
 #
 # Optional environment:
 #   OUT                    where results go (default /tmp/plexus-device/out)
@@ -13,7 +13,7 @@
 #   PLEXUS_DEVICE_STEPS    steps to run (default "probe tests bench")
 #   PLEXUS_BENCH_SHAPES    default "tinyllama llama3-8b-4l"
 #   PLEXUS_BENCH_ARGS      extra bench:gpu flags, e.g. "--tokens 128"
-#   PLEXUS_TEST_TIMEOUT, PLEXUS_BENCH_TIMEOUT   seconds per step (default 120 and 220)
+#   PLEXUS_TEST_TIMEOUT, PLEXUS_BENCH_TIMEOUT   seconds per step (default 150 and 190)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -22,8 +22,8 @@ WORK=${PLEXUS_DEVICE_WORK:-/tmp/plexus-device}
 OUT=${OUT:-$WORK/out}
 STEPS=${PLEXUS_DEVICE_STEPS:-probe tests bench}
 SHAPES=${PLEXUS_BENCH_SHAPES:-tinyllama llama3-8b-4l}
-TEST_T=${PLEXUS_TEST_TIMEOUT:-120}
-BENCH_T=${PLEXUS_BENCH_TIMEOUT:-220}
+TEST_T=${PLEXUS_TEST_TIMEOUT:-150}
+BENCH_T=${PLEXUS_BENCH_TIMEOUT:-190}
 T0=$(date +%s)
 mkdir -p "$OUT" "$WORK"
 : > "$OUT/steps.jsonl"
