@@ -108,14 +108,16 @@ describe('WebGPU kernels against float64 references', function () {
   })
 
   // Reference attention: rotate q and k (rotate-half, HF), causal softmax over positions 0..pos.
-  for (const [heads, kvHeads, D] of [[4, 4, 64], [8, 2, 128], [8, 1, 64]] as const) {
-    it(`kv append + attention: ${heads}/${kvHeads} heads, head_dim ${D}, past a rolled-back cache`, async () => {
-      const shape = { numHeads: heads, numKvHeads: kvHeads, headDim: D }
+  for (const [heads, kvHeads, D, kv] of [[4, 4, 64, 'f32'], [8, 2, 128, 'f32'], [8, 1, 64, 'f32'], [8, 2, 128, 'f16'], [6, 3, 64, 'f16']] as const) {
+    it(`kv append + attention: ${heads}/${kvHeads} heads, head_dim ${D}, ${kv} cache, past a rolled-back cache`, async () => {
+      const shape = { numHeads: heads, numKvHeads: kvHeads, headDim: D, kv }
       const QD = heads * D; const KVD = kvHeads * D; const QKV = QD + 2 * KVD
       const cap = 80; const pos0 = 70; const T = 3; const rows = T + 2; const row0 = 1
       const qkv = randoms(rows * QKV, 11)
       // cache: positions < pos0 hold keys/values already; positions ≥ pos0 hold garbage from a rolled-back draft
-      const cache = randoms(2 * cap * KVD, 12)
+      const cacheF32 = randoms(2 * cap * KVD, 12)
+      const cache = kv === 'f16' ? new Uint32Array(f32ToF16(cacheF32).buffer) : cacheF32
+      const asF32 = (c: Float32Array): Float32Array => kv === 'f16' ? toFloat32(new Uint8Array(c.buffer, 0, 2 * cap * KVD * 2), 'F16') : c
       const rot = new Float32Array(rows * 2 * D)
       const angle = (p: number, i: number): number => p / Math.pow(10000, (2 * (i % (D / 2))) / D)
       for (let t = 0; t < T; t++) {
@@ -125,12 +127,13 @@ describe('WebGPU kernels against float64 references', function () {
         }
       }
       const slot = [rows, row0, T, pos0, cap]
-      const [cacheOut] = await runKernel(gpu, kvAppendKernel(shape), [{ data: qkv, binding: 'read' }, { data: rot, binding: 'read' }, { data: cache, binding: 'rw' }, 'step'], [[rows], slot], [Math.ceil(T * kvHeads * D / 2 / 64)], 1)
+      const [cacheRaw] = await runKernel(gpu, kvAppendKernel(shape), [{ data: qkv, binding: 'read' }, { data: rot, binding: 'read' }, { data: cache, binding: 'rw' }, 'step'], [[rows], slot], [Math.ceil(T * kvHeads * D / 4 / 64)], 1)
+      const cacheOut = asF32(cacheRaw)
       const rotate = (v: ArrayLike<number>, o: number, t: number): number[] => Array.from({ length: D }, (_, i) => {
         const j = i < D / 2 ? i + D / 2 : i - D / 2
         return v[o + i] * rot[(row0 + t) * 2 * D + i] + v[o + j] * rot[(row0 + t) * 2 * D + D + i]
       })
-      const refCache = Float64Array.from(cache)
+      const refCache = Float64Array.from(asF32(kv === 'f16' ? new Float32Array(cache.buffer) : cacheF32))
       for (let t = 0; t < T; t++) {
         for (let h = 0; h < kvHeads; h++) {
           const src = (row0 + t) * QKV + QD + h * D
@@ -141,9 +144,11 @@ describe('WebGPU kernels against float64 references', function () {
           }
         }
       }
-      assert.ok(relErr(cacheOut, refCache) < 1e-6, `append: ${relErr(cacheOut, refCache)}`)
+      assert.ok(relErr(cacheOut, refCache) < (kv === 'f16' ? 1e-3 : 1e-6), `append: ${relErr(cacheOut, refCache)}`)
+      // attention reads the cache as the GPU wrote it (f16: rounded); the reference reads the same values
+      for (let i = 0; i < refCache.length; i++) refCache[i] = cacheOut[i]
 
-      const [att] = await runKernel(gpu, attentionKernel(shape), [{ data: qkv, binding: 'read' }, { data: rot, binding: 'read' }, { data: cacheOut, binding: 'read' }, { size: rows * QD, binding: 'rw' }, 'step'], [[rows], slot], [heads, T], 1)
+      const [att] = await runKernel(gpu, attentionKernel(shape), [{ data: qkv, binding: 'read' }, { data: rot, binding: 'read' }, { data: cacheRaw, binding: 'read' }, { size: rows * QD, binding: 'rw' }, 'step'], [[rows], slot], [heads, T], 1)
       const ref = new Float64Array(rows * QD)
       for (let t = 0; t < T; t++) {
         for (let h = 0; h < heads; h++) {

@@ -45,6 +45,44 @@ describe('webgpu backend in the runtime and the swarm', function () {
     } finally { await ckpt.close() }
   })
 
+  it('an f16 KV cache holds half the bytes and gives logits within 0.5% of the f32 cache\'s, and the same greedy tokens', async () => {
+    const name = 'tiny-llama3-sharded-bf16'
+    const g = golden(name)
+    const ckpt = await Checkpoint.open(fixtureDir(name))
+    await initBackend('webgpu')
+    const head = await ModelHead.load(ckpt)
+    try {
+      const decode = async (kvCache: 'f32' | 'f16'): Promise<{ logits: Float32Array[], ids: number[], bytes: number }> => {
+        const span = await Span.load(ckpt, 0, ckpt.config.numLayers, { kvCache })
+        const cache = span.newCache(64)
+        let x = head.embed(g.prompt_ids)
+        let n = g.prompt_ids.length
+        const logits: Float32Array[] = []
+        const ids: number[] = []
+        for (let i = 0; i < g.greedy_new_ids.length; i++) {
+          const l = await head.logits(await span.forward(x, n, cache), n)
+          logits.push(l)
+          let best = 0
+          for (let v = 1; v < l.length; v++) if (l[v] > l[best]) best = v
+          ids.push(best)
+          x = head.embed([best]); n = 1
+        }
+        const bytes = cache.bytes()
+        cache.dispose(); span.dispose()
+        return { logits, ids, bytes }
+      }
+      const f32 = await decode('f32')
+      const f16 = await decode('f16')
+      assert.deepEqual(f32.ids, g.greedy_new_ids)
+      assert.deepEqual(f16.ids, g.greedy_new_ids)
+      assert.equal(f16.bytes * 2, f32.bytes)
+      f16.logits.forEach((l, i) => {
+        const scale = Math.max(...f32.logits[i].map(Math.abs))
+        assert.ok(maxAbsDiff(l, f32.logits[i]) < 5e-3 * scale, `step ${i}: ${maxAbsDiff(l, f32.logits[i])} of ${scale}`)
+      })
+    } finally { await head.dispose(); await ckpt.close() }
+  })
+
   it('a swarm of one webgpu node and two wasm nodes gives the golden tokens', async () => {
     const name = 'tiny-llama'
     const g = golden(name)

@@ -112,14 +112,14 @@ export class Span {
    * GPU when the webgpu backend is active. `blockDigests` (the model manifest's, indexed by absolute block) makes the load verify that
    * these weights are the ones the model id names.
    */
-  static async load (ckpt: ModelSource, start: number, end: number, opts: { blockDigests?: string[] } = {}): Promise<Span> {
+  static async load (ckpt: ModelSource, start: number, end: number, opts: { blockDigests?: string[], kvCache?: 'f32' | 'f16' } = {}): Promise<Span> {
     const L = ckpt.config.numLayers
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > L || start >= end) {
       throw new SpanError(`invalid span [${start}, ${end}) for a model of ${L} blocks`)
     }
     const blocks: BlockWeights[] = []
     const gpu = activeBackend() === 'webgpu' ? activeGpu() : undefined
-    const engine = gpu != null ? new GpuSpanEngine(gpu, ckpt.config, inverseFrequencies(ckpt.config)) : undefined
+    const engine = gpu != null ? new GpuSpanEngine(gpu, ckpt.config, inverseFrequencies(ckpt.config), { kv: opts.kvCache }) : undefined
     try {
       for (let b = start; b < end; b++) {
         const raws = await ckpt.readBlockRaw(b)

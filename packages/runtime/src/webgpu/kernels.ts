@@ -177,6 +177,8 @@ export interface AttentionShape {
   numHeads: number
   numKvHeads: number
   headDim: number
+  /** Precision of the cached keys and values (f16: two per u32, half the memory). */
+  kv?: 'f32' | 'f16'
 }
 
 const qkvConsts = (a: AttentionShape): string => `
@@ -188,36 +190,57 @@ const QKV = ${u((a.numHeads + 2 * a.numKvHeads) * a.headDim)};
 const G = ${u(a.numHeads / a.numKvHeads)};`
 
 /**
- * One session's new keys (rotated) and values into its cache at positions pos0…; the cache
- * buffer holds keys `[cap, kvHeads·D]` then values `[cap, kvHeads·D]`. `rot` holds each row's
- * cos then signed sin `[rows, 2·D]`.
+ * The cache buffer and its accessors, by element index (keys `[cap, KVD]`, then values):
+ * `kv2(e)` reads elements e, e+1 (e even); `kv1(e)` one element; `put2(e, v)` writes two.
+ */
+function cacheAccess (a: AttentionShape, access: 'read' | 'read_write'): string {
+  if (a.kv === 'f16') {
+    return `@group(0) @binding(2) var<storage, ${access}> cache: array<u32>;
+fn kv2 (e: u32) -> vec2<f32> { return unpack2x16float(cache[e / 2u]); }
+fn kv1 (e: u32) -> f32 { return kv2(e & ~1u)[e % 2u]; }
+${access === 'read_write' ? 'fn put2 (e: u32, v: vec2<f32>) { cache[e / 2u] = pack2x16float(v); }' : ''}`
+  }
+  return `@group(0) @binding(2) var<storage, ${access}> cache: array<f32>;
+fn kv2 (e: u32) -> vec2<f32> { return vec2<f32>(cache[e], cache[e + 1u]); }
+fn kv1 (e: u32) -> f32 { return cache[e]; }
+${access === 'read_write' ? 'fn put2 (e: u32, v: vec2<f32>) { cache[e] = v.x; cache[e + 1u] = v.y; }' : ''}`
+}
+
+/**
+ * One session's new keys (rotated) and values into its cache at positions pos0…; `rot` holds
+ * each row's cos then signed sin `[rows, 2·D]`.
  */
 export function kvAppendKernel (a: AttentionShape): string {
   return `${STEP}
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
 @group(0) @binding(1) var<storage, read> rot: array<f32>;
-@group(0) @binding(2) var<storage, read_write> cache: array<f32>;
+${cacheAccess(a, 'read_write')}
 @group(0) @binding(3) var<uniform> step: Step;
 ${qkvConsts(a)}
 
 @compute @workgroup_size(64)
 fn main (@builtin(global_invocation_id) gid: vec3<u32>) {
-  // one invocation per (row, kv head, i < D/2): the pair (i, i + D/2) rotates together
-  let i = gid.x % HALF;
-  let kvh = (gid.x / HALF) % ${u(a.numKvHeads)};
-  let t = gid.x / (HALF * ${u(a.numKvHeads)});
+  // one invocation per (row, kv head, i = 2j < D/2): dims i, i+1 rotate with i+D/2, i+1+D/2,
+  // so each writes whole pairs (one u32 each when the cache is f16)
+  let i = 2u * (gid.x % (HALF / 2u));
+  let kvh = (gid.x / (HALF / 2u)) % ${u(a.numKvHeads)};
+  let t = gid.x / ((HALF / 2u) * ${u(a.numKvHeads)});
   if (t >= step.tokens) { return; }
   let row = step.row0 + t;
   let src = row * QKV + QD + kvh * D;
-  let k1 = qkv[src + i];
-  let k2 = qkv[src + i + HALF];
+  let k1 = vec2<f32>(qkv[src + i], qkv[src + i + 1u]);
+  let k2 = vec2<f32>(qkv[src + i + HALF], qkv[src + i + HALF + 1u]);
   let r = row * 2u * D;
+  let c1 = vec2<f32>(rot[r + i], rot[r + i + 1u]);
+  let s1 = vec2<f32>(rot[r + D + i], rot[r + D + i + 1u]);
+  let c2 = vec2<f32>(rot[r + i + HALF], rot[r + i + HALF + 1u]);
+  let s2 = vec2<f32>(rot[r + D + i + HALF], rot[r + D + i + HALF + 1u]);
   let dst = (step.pos0 + t) * KVD + kvh * D;
-  cache[dst + i] = k1 * rot[r + i] + k2 * rot[r + D + i];
-  cache[dst + i + HALF] = k2 * rot[r + i + HALF] + k1 * rot[r + D + i + HALF];
+  put2(dst + i, k1 * c1 + k2 * s1);
+  put2(dst + i + HALF, k2 * c2 + k1 * s2);
   let vdst = step.cap * KVD + dst;
-  cache[vdst + i] = qkv[src + KVD + i];
-  cache[vdst + i + HALF] = qkv[src + KVD + i + HALF];
+  put2(vdst + i, vec2<f32>(qkv[src + KVD + i], qkv[src + KVD + i + 1u]));
+  put2(vdst + i + HALF, vec2<f32>(qkv[src + KVD + i + HALF], qkv[src + KVD + i + HALF + 1u]));
 }`
 }
 
@@ -231,7 +254,7 @@ export function attentionKernel (a: AttentionShape): string {
   return `${STEP}
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
 @group(0) @binding(1) var<storage, read> rot: array<f32>;
-@group(0) @binding(2) var<storage, read> cache: array<f32>;
+${cacheAccess(a, 'read')}
 @group(0) @binding(3) var<storage, read_write> att: array<f32>;
 @group(0) @binding(4) var<uniform> step: Step;
 ${qkvConsts(a)}
@@ -255,14 +278,14 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
   workgroupBarrier();
   var m = -1e30;
   var l = 0.0;
-  var acc: array<f32, ${perThread}>;
+  var acc = array<f32, ${perThread}>();
   for (var c0 = 0u; c0 < keys; c0 += 64u) {
     let j = c0 + t;
     var s = -1e30;
     if (j < keys) {
       s = 0.0;
       let kb = j * KVD + kvh * D;
-      for (var i = 0u; i < D; i++) { s += q[i] * cache[kb + i]; }
+      for (var i = 0u; i < D; i += 2u) { let k = kv2(kb + i); s += q[i] * k.x + q[i + 1u] * k.y; }
     }
     red[t] = s;
     workgroupBarrier();
@@ -289,7 +312,7 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
       if (d < D) {
         var sum = acc[a] * rescale;
         let vb = step.cap * KVD + c0 * KVD + kvh * D + d;
-        for (var jj = 0u; jj < n; jj++) { sum += p[jj] * cache[vb + jj * KVD]; }
+        for (var jj = 0u; jj < n; jj++) { sum += p[jj] * kv1(vb + jj * KVD); }
         acc[a] = sum;
       }
     }

@@ -6,7 +6,7 @@ const INITIAL_POSITIONS = 128
 
 /**
  * One session's keys and values on the GPU, one buffer per block: keys `[cap, kvHeads·headDim]`
- * then values, float32. The buffers grow by doubling up to the session's max length (the
+ * then values, f32 or f16. The buffers grow by doubling up to the session's max length (the
  * server reserves that much of its cache budget when it admits the session), so a short chat
  * does not hold a whole context's worth of GPU memory. Rolling back is only a shorter length:
  * later steps overwrite the dropped positions.
@@ -24,8 +24,12 @@ export class GpuKVStore {
   bound?: { key: string, groups: unknown }
   private disposed = false
 
-  constructor (device: GPUDevice, blocks: number, kvDim: number, maxLength: number) {
+  /** Bytes per cached element: 4 (f32) or 2 (f16). */
+  readonly elementBytes: number
+
+  constructor (device: GPUDevice, blocks: number, kvDim: number, maxLength: number, elementBytes = 4) {
     this.device = device
+    this.elementBytes = elementBytes
     this.blocks = blocks
     this.kvDim = kvDim
     this.maxLength = maxLength
@@ -33,7 +37,7 @@ export class GpuKVStore {
     this.buffers = Array.from({ length: blocks }, (_, b) => storage(device, this.regionBytes(this.cap) * 2, `kv[${b}]`))
   }
 
-  private regionBytes (cap: number): number { return cap * this.kvDim * 4 }
+  private regionBytes (cap: number): number { return cap * this.kvDim * this.elementBytes }
 
   /**
    * Makes room for `positions` (≤ maxLength), recording the copy of the `length` cached

@@ -61,17 +61,21 @@ export class GpuSpanEngine {
   /** Steps run one at a time: they share the scratch buffers and the readback buffer. */
   private tail: Promise<unknown> = Promise.resolve()
 
-  constructor (gpu: GpuContext, cfg: ModelConfig, invFreq: Float64Array) {
+  /** Precision of the sessions' cached keys and values. */
+  readonly kv: 'f32' | 'f16'
+
+  constructor (gpu: GpuContext, cfg: ModelConfig, invFreq: Float64Array, opts: { kv?: 'f32' | 'f16' } = {}) {
     this.gpu = gpu
+    this.kv = opts.kv ?? 'f32'
     this.device = gpu.device
     this.cfg = cfg
     this.invFreq = invFreq
     for (const [what, n] of [['hidden_size', cfg.hiddenSize], ['intermediate_size', cfg.intermediateSize], ['heads × head_dim', cfg.numHeads * cfg.headDim]] as const) {
       if (n % 4 !== 0) throw new Error(`the GPU kernels need ${what} to be a multiple of 4 (got ${n})`)
     }
-    if (cfg.headDim % 2 !== 0) throw new Error(`head_dim ${cfg.headDim} must be even`)
+    if (cfg.headDim % 4 !== 0) throw new Error(`the GPU kernels need head_dim to be a multiple of 4 (got ${cfg.headDim})`)
     this.step = createStepBuffer(this.device, MAX_SEGMENTS + 1)
-    const shape = { numHeads: cfg.numHeads, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim }
+    const shape = { numHeads: cfg.numHeads, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim, kv: this.kv }
     this.k = {
       norm: kernel(this.device, rmsNormKernel(cfg.hiddenSize, cfg.rmsNormEps), ['read', 'read', 'rw', 'step']),
       append: kernel(this.device, kvAppendKernel(shape), ['read', 'read', 'rw', 'step']),
@@ -120,7 +124,7 @@ export class GpuSpanEngine {
   }
 
   newStore (blocks: number, maxLength: number): GpuKVStore {
-    return new GpuKVStore(this.device, blocks, this.cfg.numKvHeads * this.cfg.headDim, maxLength)
+    return new GpuKVStore(this.device, blocks, this.cfg.numKvHeads * this.cfg.headDim, maxLength, this.kv === 'f16' ? 2 : 4)
   }
 
   /**
@@ -196,8 +200,9 @@ export class GpuSpanEngine {
     }
     run(this.k.norm.pipeline, b.norm1, 0, rows)
     dispatchLinear(pass, b.qkv, rows)
-    const half = cfg.headDim / 2
-    segments.forEach((seg, i) => run(this.k.append.pipeline, caches[i].append, i + 1, Math.ceil(seg.tokens * cfg.numKvHeads * half / 64)))
+    // one append invocation per 4 dims of a kv head
+    const quarter = cfg.headDim / 4
+    segments.forEach((seg, i) => run(this.k.append.pipeline, caches[i].append, i + 1, Math.ceil(seg.tokens * cfg.numKvHeads * quarter / 64)))
     segments.forEach((seg, i) => run(this.k.attention.pipeline, caches[i].attention, i + 1, cfg.numHeads, seg.tokens))
     dispatchLinear(pass, b.out, rows)
     run(this.k.norm.pipeline, b.norm2, 0, rows)
