@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import {
   initBackend, Checkpoint, Span, ModelHead, generate, dequantize, GgufFile, GgufCheckpoint, GGUF_VALUE,
-  ggmlTypeByName, f32ToF16, unpermuteRotary, llama3ScalingFromFactors, parseModelConfig, blockTensorShapes, headTensorShapes, toFloat32
+  ggmlTypeByName, f32ToF16, unpermuteRotary, rawFloat32, llama3ScalingFromFactors, parseModelConfig, blockTensorShapes, headTensorShapes, toFloat32
 } from '@plexus/runtime'
 import type { DequantizableType, SessionPipeline } from '@plexus/runtime'
 import { writeGguf, permuteRotary, llama3RopeFactors } from '../scripts/lib/gguf.ts'
@@ -144,10 +144,12 @@ describe('GGUF', function () {
               const shape = (await ref.readRaw(t)).shape
               // The writer stores matrices as f16 and keeps vectors f32: round the same way.
               const rounded = dtype === 'f16' && shape.length > 1 ? toFloat32(new Uint8Array(f32ToF16(want).buffer), 'F16') : want
+              // Tensors come as stored: the writer's f16 matrices stay f16.
               const raw = await g.readRaw(t)
-              assert.equal(raw.dtype, 'F32')
+              assert.equal(raw.dtype, dtype === 'f16' && shape.length > 1 ? 'F16' : 'F32', t)
               assert.deepEqual(raw.shape, shape, t)
-              assertBitsEqual(new Float32Array(raw.bytes.buffer, raw.bytes.byteOffset, raw.bytes.byteLength / 4), rounded, t)
+              assertBitsEqual(rawFloat32(raw), rounded, t)
+              assertBitsEqual(await g.readFloat32(t), rounded, t)
             }
             assert.equal(g.has('lm_head.weight'), !cfg.tieWordEmbeddings)
           } finally { await ref.close(); await g.close() }
@@ -198,10 +200,8 @@ describe('GGUF', function () {
           const ckpt = await GgufCheckpoint.open(path)
           const g = golden(name)
           const T = g.prompt_ids.length
-          // Span and ModelHead take a Checkpoint; GgufCheckpoint has the surface they use.
-          const asCkpt = ckpt as unknown as Checkpoint
-          const spans = [await Span.load(asCkpt, 0, 1), await Span.load(asCkpt, 1, ckpt.config.numLayers)]
-          const head = await ModelHead.load(asCkpt)
+          const spans = [await Span.load(ckpt, 0, 1), await Span.load(ckpt, 1, ckpt.config.numLayers)]
+          const head = await ModelHead.load(ckpt)
           try {
             const hs = g.hidden_at_block_boundaries.h
             const out = await spans[0].forward(Float32Array.from(hs[0].flat()), T, spans[0].newCache(T))
@@ -297,8 +297,8 @@ describe('GGUF', function () {
       const ckpt = await GgufCheckpoint.open(p)
       try {
         await initBackend('wasm')
-        await Span.load(ckpt as unknown as Checkpoint, 0, 1).then(s => s.dispose())
-        await rejects(Span.load(ckpt as unknown as Checkpoint, 1, 2), /^missing\.gguf: tensor model\.layers\.1\.mlp\.up_proj\.weight \(blk\.1\.ffn_up\.weight\) is missing from the file$/)
+        await Span.load(ckpt, 0, 1).then(s => s.dispose())
+        await rejects(Span.load(ckpt, 1, 2), /^missing\.gguf: tensor model\.layers\.1\.mlp\.up_proj\.weight \(blk\.1\.ffn_up\.weight\) is missing from the file$/)
         await rejects(ckpt.readBlockRaw(3), /^missing\.gguf: block 3 is outside the model \(0\.\.2\)$/)
       } finally { await ckpt.close() }
     })

@@ -109,7 +109,7 @@ for (const backend of ['wasm', 'webgpu'] as const) describe(`spans of blocks (${
       const ckpt = await Checkpoint.open(dir)
       const head = await ModelHead.load(ckpt)
       const span = await Span.load(ckpt, 1, 4)
-      const runner = await WorkerSpanRunner.load({ dir, start: 1, end: 4, backend: 'wasm' })
+      const runner = await WorkerSpanRunner.load({ path: dir, start: 1, end: 4, backend: 'wasm' })
       try {
         const prompts = [[1, 5, 9], [1, 7], [1, 2, 3, 4, 5, 6], [1]]
         const solo = prompts.map(() => span.newCache(32))

@@ -22,7 +22,7 @@ function checkTrustFlags (a: Record<string, any>): string | true {
 function report (err: any): never {
   // a failed yargs check rejects with its message string
   if (typeof err === 'string') { process.stderr.write(`plexus-client: ${err}\nRun plexus-client --help for usage.\n`); process.exit(2) }
-  const expected = ['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'BackendError', 'SpanError', 'RangeError', 'NoRouteError', 'RemoteError', 'PeerFailure', 'ModelFetchError', 'TrustError', 'SwarmUnreachableError'].includes(err?.name) || /^bad bootstrap|^cannot reach|^could not/.test(String(err?.message))
+  const expected = ['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'GgufError', 'BackendError', 'SpanError', 'RangeError', 'NoRouteError', 'RemoteError', 'PeerFailure', 'ModelFetchError', 'TrustError', 'SwarmUnreachableError'].includes(err?.name) || /^bad bootstrap|^cannot reach|^could not/.test(String(err?.message))
   process.stderr.write(`plexus-client: ${expected ? err.message : (err?.stack ?? String(err))}\n`)
   process.exit(expected ? 2 : 1)
 }
@@ -36,7 +36,7 @@ await yargs(hideBin(process.argv))
     .option('local', { type: 'boolean', default: false, describe: 'Run every block in this process (no swarm)' })
     .option('bootstrap', { type: 'array', string: true, describe: 'Join a swarm through this peer (multiaddr ending in /p2p/<id>; repeatable)' })
     .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
-    .option('model', { type: 'string', demandOption: true, describe: 'Hugging Face model directory (config.json, *.safetensors, tokenizer.json); with --bootstrap also a model name, id or id prefix (≥ 8 hex digits) fetched from the swarm' })
+    .option('model', { type: 'string', demandOption: true, describe: 'Hugging Face model directory (config.json, *.safetensors, tokenizer.json) or a .gguf file; with --bootstrap also a model name, id or id prefix (≥ 8 hex digits) fetched from the swarm' })
     .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models)' })
     .option('prompt', { type: 'string', describe: 'Prompt text (needs tokenizer.json)' })
     .option('token-ids', { type: 'string', describe: 'Prompt as comma-separated token ids, e.g. 1,450,4996' })
@@ -73,7 +73,7 @@ await yargs(hideBin(process.argv))
       'OpenAI: /v1/models, /v1/chat/completions, /v1/completions; Anthropic: /v1/messages; Ollama: /api/generate, /api/chat, /api/tags; Prometheus: /metrics.')
     .option('local', { type: 'boolean', default: false, describe: 'Run every block in this process (no swarm)' })
     .option('bootstrap', { type: 'array', string: true, describe: 'Join a swarm through this peer (multiaddr ending in /p2p/<id>; repeatable)' })
-    .option('model', { type: 'string', demandOption: true, describe: 'Model directory; with --bootstrap also a model name, id or id prefix fetched from the swarm' })
+    .option('model', { type: 'string', demandOption: true, describe: 'Model directory or .gguf file; with --bootstrap also a model name, id or id prefix fetched from the swarm' })
     .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models)' })
     .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
     .option('port', { type: 'number', default: 9337, describe: 'TCP port (0 = any free port)' })

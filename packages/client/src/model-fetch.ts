@@ -74,7 +74,7 @@ export async function resolveModel (node: PlexusNode, nameOrId: string, opts: Re
   if (dir != null) return dir
   if (found.sources.length === 0) {
     throw new ModelFetchError(`no peer offers the client parts (embeddings, LM head) of ${found.name} (${shortId(found.id)}): ` +
-      `${found.servers} server(s) hold its blocks but none offers the head; pass --model DIR with a local copy`)
+      `${found.servers} server(s) hold its blocks but none offers the head (servers of a GGUF file never do); pass --model DIR or --model FILE.gguf with a local copy`)
   }
   return await fetchModel(node, found, cacheDir, opts)
 }

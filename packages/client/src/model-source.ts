@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises'
 import { createPlexusNode, dialBootstrap, keepBootstrapped } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import { LocalModel, Checkpoint, ModelHead, loadManifest, loadTokenizer, readTokenizerConfig, shortId } from '@plexus/runtime'
+import { LocalModel, ModelHead, loadManifest, openModel, shortId } from '@plexus/runtime'
 import type { ModelConfig, ModelHead as Head, SessionPipeline, TextTokenizer, ModelManifest } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { SwarmDiscovery, SwarmVerifiers } from './routing/discovery.ts'
@@ -29,13 +29,23 @@ export interface OpenModel {
   close (): Promise<void>
 }
 
-export async function openLocal (dir: string): Promise<OpenModel> {
-  const model = await LocalModel.load(dir)
+/** Every block in this process; `path`: a model directory or a .gguf file. */
+export async function openLocal (path: string): Promise<OpenModel> {
+  const model = await LocalModel.load(path)
+  let tokenizer: TextTokenizer | undefined
+  let tokenizerConfig: Record<string, unknown> | undefined
+  try {
+    tokenizer = await model.checkpoint.tokenizer()
+    tokenizerConfig = await model.checkpoint.tokenizerConfig()
+  } catch (err) {
+    await model.dispose()
+    throw err
+  }
   return {
     config: model.config,
     head: model.head,
-    tokenizer: await loadTokenizer(dir),
-    tokenizerConfig: await readTokenizerConfig(dir),
+    tokenizer,
+    tokenizerConfig,
     session: async (n, opts) => {
       if ((opts?.trust ?? 'fast') !== 'fast') throw new TrustError(`trust level ${opts?.trust} checks the servers of a swarm; a local model (--local) runs every block here: use fast`, 501)
       return await model.session(n)
@@ -73,19 +83,19 @@ export async function stopNode (node: PlexusNode, timeoutMs = 10_000): Promise<v
 }
 
 /**
- * `model` itself when it is a directory; otherwise a model name, id or id prefix whose client
+ * `model` itself when it is a directory or a (GGUF) file; otherwise a model name, id or id prefix whose client
  * parts are fetched from the swarm's peers (verified, cached in `cacheDir`).
  */
 export async function swarmModelDir (node: PlexusNode, model: string, init: { cacheDir?: string, log?: (msg: string) => void } = {}): Promise<string> {
   const st = await stat(model).catch(() => undefined)
-  if (st?.isDirectory() === true) return model
-  if (st != null) throw new ModelFetchError(`--model ${model}: not a directory (give a model directory, name or id)`)
-  if (/^(~|\.{1,2})?[/\\]/.test(model) || model === '.' || model === '..') throw new ModelFetchError(`--model ${model}: no such directory`)
+  if (st?.isDirectory() === true || st?.isFile() === true) return model
+  if (st != null) throw new ModelFetchError(`--model ${model}: not a directory or file (give a model directory, a .gguf file, a name or an id)`)
+  if (/^(~|\.{1,2})?[/\\]/.test(model) || model === '.' || model === '..' || /\.gguf$/i.test(model)) throw new ModelFetchError(`--model ${model}: no such file or directory`)
   return await resolveModel(node, model, init)
 }
 
 export interface SwarmModelInit {
-  /** A local model directory holding the client's parts (embeddings, head, tokenizer). */
+  /** A local model directory or .gguf file holding the client's parts (embeddings, head, tokenizer). */
   dir: string
   dtype?: WireDType
   log?: (msg: string) => void
@@ -102,7 +112,7 @@ export interface SwarmModelInit {
 
 /** The model's blocks through the swarm; the client's own parts from `dir`. */
 export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promise<OpenModel> {
-  const ckpt = await Checkpoint.open(init.dir)
+  const ckpt = await openModel(init.dir)
   let head: ModelHead | undefined
   try {
     const manifest = await loadManifest(ckpt)
@@ -119,8 +129,8 @@ export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promis
       config: cfg,
       head,
       manifest,
-      tokenizer: await loadTokenizer(init.dir),
-      tokenizerConfig: await readTokenizerConfig(init.dir),
+      tokenizer: await ckpt.tokenizer(),
+      tokenizerConfig: await ckpt.tokenizerConfig(),
       session: async (maxLength, opts) => {
         const trust = opts?.trust ?? init.trust ?? 'fast'
         if (trust === 'attested') throw new TrustError('trust level attested is not supported yet: it needs hardware attestation of the servers (TEE quotes), which Plexus does not implement; use verified or fast', 501)

@@ -5,6 +5,10 @@ import type { ModelConfig } from './config.ts'
 import { SafetensorsFile, CheckpointError, toFloat32, fileExists } from './safetensors.ts'
 import type { TensorEntry, DType } from './safetensors.ts'
 import { dequantize } from './gguf/dequant.ts'
+import { loadTokenizer } from './tokenizer.ts'
+import type { TextTokenizer } from './tokenizer.ts'
+import { readTokenizerConfig } from './chat-template.ts'
+import type { ModelSource } from './model-source.ts'
 
 /** ggml block formats a weight can be held in (quantized GGUF files, or `--quantize`). */
 export type QuantDType = 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K'
@@ -24,7 +28,8 @@ export function rawFloat32 (raw: Pick<RawTensor, 'dtype' | 'bytes' | 'shape'>): 
  * A Hugging Face model directory. Shards are opened lazily, so a server that serves
  * blocks 10–19 never opens (or needs) the shards holding other blocks.
  */
-export class Checkpoint {
+export class Checkpoint implements ModelSource {
+  readonly format = 'safetensors'
   readonly dir: string
   readonly config: ModelConfig
   /** tensor name → shard file name */
@@ -36,6 +41,9 @@ export class Checkpoint {
     this.config = config
     this.weightMap = weightMap
   }
+
+  get path (): string { return this.dir }
+  get name (): string { return basename(this.dir) }
 
   static async open (dir: string): Promise<Checkpoint> {
     const config = await readModelConfig(dir)
@@ -135,6 +143,10 @@ export class Checkpoint {
       throw new CheckpointError(`block ${block} is outside the model (0..${this.config.numLayers - 1})`)
     }
   }
+
+  async tokenizer (): Promise<TextTokenizer | undefined> { return await loadTokenizer(this.dir) }
+
+  async tokenizerConfig (): Promise<Record<string, unknown> | undefined> { return await readTokenizerConfig(this.dir) }
 
   async close (): Promise<void> {
     const files = [...this.files.values()]

@@ -1,6 +1,7 @@
 import type { ModelConfig } from './config.ts'
 import { rawFloat32 } from './checkpoint.ts'
-import type { Checkpoint, RawTensor } from './checkpoint.ts'
+import type { RawTensor } from './checkpoint.ts'
+import type { ModelSource } from './model-source.ts'
 import { headTensorShapes } from './config.ts'
 import { tensorsDigest } from './model-id.ts'
 import { activeBackend } from './backend.ts'
@@ -34,7 +35,7 @@ export class ModelHead {
    * `headDigest` (from the model manifest) makes the load verify the weights are the ones the
    * model id names. `thread`: run the LM head in a worker thread (clients driving a swarm).
    */
-  static async load (ckpt: Checkpoint, opts: { headDigest?: string, thread?: boolean } = {}): Promise<ModelHead> {
+  static async load (ckpt: ModelSource, opts: { headDigest?: string, thread?: boolean } = {}): Promise<ModelHead> {
     const raws = await ckpt.readHeadRaw()
     if (opts.headDigest != null) {
       const got = await tensorsDigest(raws)

@@ -1,6 +1,7 @@
 export * from './config.ts'
 export * from './safetensors.ts'
 export * from './checkpoint.ts'
+export * from './model-source.ts'
 export * from './backend.ts'
 export * from './block.ts'
 export * from './span.ts'

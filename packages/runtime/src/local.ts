@@ -1,4 +1,5 @@
-import { Checkpoint } from './checkpoint.ts'
+import { openModel } from './model-source.ts'
+import type { ModelSource } from './model-source.ts'
 import { ModelHead } from './head.ts'
 import { Span } from './span.ts'
 import { inProcessRunner } from './runner.ts'
@@ -48,7 +49,7 @@ export interface SpanRunnersOptions extends LocalModelOptions {
  * Loads blocks `[start, end)` as one or more runners: in this thread, or in worker threads (each
  * with its own backend heap) when the weights would not fit one wasm heap, or when asked.
  */
-export async function loadSpanRunners (ckpt: Checkpoint, start: number, end: number, opts: SpanRunnersOptions = {}): Promise<SpanRunner[]> {
+export async function loadSpanRunners (ckpt: ModelSource, start: number, end: number, opts: SpanRunnersOptions = {}): Promise<SpanRunner[]> {
   const cfg = ckpt.config
   let placement = opts.placement ?? 'auto'
   let cuts = opts.cuts
@@ -60,7 +61,7 @@ export async function loadSpanRunners (ckpt: Checkpoint, start: number, end: num
   try {
     for (let i = 0; i + 1 < bounds.length; i++) {
       runners.push(placement === 'workers'
-        ? await WorkerSpanRunner.load({ dir: ckpt.dir, start: bounds[i], end: bounds[i + 1], backend: activeBackend(), blockDigests: opts.blockDigests })
+        ? await WorkerSpanRunner.load({ path: ckpt.path, start: bounds[i], end: bounds[i + 1], backend: activeBackend(), blockDigests: opts.blockDigests })
         : inProcessRunner(await Span.load(ckpt, bounds[i], bounds[i + 1], { blockDigests: opts.blockDigests })))
     }
     return runners
@@ -72,11 +73,11 @@ export async function loadSpanRunners (ckpt: Checkpoint, start: number, end: num
 
 /** A whole model on this machine: the head in this thread plus spans covering every block. */
 export class LocalModel {
-  readonly checkpoint: Checkpoint
+  readonly checkpoint: ModelSource
   readonly head: ModelHead
   readonly spans: SpanRunner[]
 
-  private constructor (checkpoint: Checkpoint, head: ModelHead, spans: SpanRunner[]) {
+  private constructor (checkpoint: ModelSource, head: ModelHead, spans: SpanRunner[]) {
     this.checkpoint = checkpoint
     this.head = head
     this.spans = spans
@@ -84,8 +85,9 @@ export class LocalModel {
 
   get config (): ModelConfig { return this.checkpoint.config }
 
-  static async load (dir: string, opts: LocalModelOptions = {}): Promise<LocalModel> {
-    const ckpt = await Checkpoint.open(dir)
+  /** `path`: a model directory or a .gguf file. */
+  static async load (path: string, opts: LocalModelOptions = {}): Promise<LocalModel> {
+    const ckpt = await openModel(path)
     const cfg = ckpt.config
     try {
       const spans = await loadSpanRunners(ckpt, 0, cfg.numLayers, { ...opts, reservedBytes: 4 * cfg.vocabSize * cfg.hiddenSize })

@@ -1,9 +1,11 @@
-import { readFile, writeFile, rename } from 'node:fs/promises'
-import { join, basename } from 'node:path'
+import { readFile, writeFile, rename, stat, mkdir, realpath } from 'node:fs/promises'
+import { homedir } from 'node:os'
+import { join } from 'node:path'
 import { blake3 } from '@noble/hashes/blake3.js'
 import { bytesToHex, utf8ToBytes } from '@noble/hashes/utils.js'
 import { createBLAKE3 } from 'hash-wasm'
-import type { Checkpoint, RawTensor } from './checkpoint.ts'
+import type { RawTensor } from './checkpoint.ts'
+import type { ModelSource } from './model-source.ts'
 import type { ModelConfig } from './config.ts'
 
 /**
@@ -54,7 +56,7 @@ export function modelIdOf (configD: string, headD: string, blocks: string[]): st
 export function shortId (id: string): string { return id.slice(0, 12) }
 
 /** Reads every tensor once (block by block, never the whole model at a time). */
-export async function computeManifest (ckpt: Checkpoint, name = basename(ckpt.dir)): Promise<ModelManifest> {
+export async function computeManifest (ckpt: ModelSource, name = ckpt.name): Promise<ModelManifest> {
   const blockDigests: string[] = []
   for (let b = 0; b < ckpt.config.numLayers; b++) blockDigests.push(await tensorsDigest(await ckpt.readBlockRaw(b)))
   const headDigest = await tensorsDigest(await ckpt.readHeadRaw())
@@ -72,25 +74,66 @@ export function checkManifest (m: ModelManifest, cfg: ModelConfig): void {
   if (m.id !== modelIdOf(m.configDigest, m.headDigest, m.blockDigests)) throw new Error(`${MANIFEST_FILE}: id does not match its digests`)
 }
 
+/** Where manifests of GGUF files that cannot have one beside them are kept. */
+export function manifestCacheDir (): string {
+  return process.env.PLEXUS_MANIFEST_DIR ?? join(homedir(), '.cache', 'plexus', 'manifests')
+}
+
+/** What a GGUF manifest was computed from: a changed file (same path) gets a fresh one. */
+interface FileStamp { size: number, mtimeMs: number }
+
 /**
- * The manifest stored beside the weights, or a fresh one (written back when the directory is
- * writable, so the full read happens once per checkpoint).
+ * Where a model's manifest may be stored, in order of preference. A directory keeps it inside;
+ * a GGUF file beside itself (`x.gguf.plexus-manifest.json`), or, when that directory is
+ * read-only, in the manifest cache under a name derived from the file's real path.
  */
-export async function loadManifest (ckpt: Checkpoint, opts: { write?: boolean, name?: string } = {}): Promise<ModelManifest> {
-  const path = join(ckpt.dir, MANIFEST_FILE)
-  let text: string | undefined
-  try { text = await readFile(path, 'utf8') } catch (err: any) { if (err.code !== 'ENOENT') throw err }
-  if (text != null) {
-    let m: ModelManifest
-    try { m = JSON.parse(text) } catch (err: any) { throw new Error(`${MANIFEST_FILE}: invalid JSON (${err.message})`) }
-    checkManifest(m, ckpt.config)
-    return m
+async function manifestPlaces (src: ModelSource): Promise<string[]> {
+  if (src.format !== 'gguf') return [join(src.path, MANIFEST_FILE)]
+  const key = bytesToHex(blake3(utf8ToBytes(await realpath(src.path)))).slice(0, 32)
+  return [`${src.path}.${MANIFEST_FILE}`, join(manifestCacheDir(), `${key}.json`)]
+}
+
+async function fileStamp (src: ModelSource): Promise<FileStamp | undefined> {
+  if (src.format !== 'gguf') return undefined
+  const st = await stat(src.path)
+  return { size: st.size, mtimeMs: st.mtimeMs }
+}
+
+async function readStored (path: string, cfg: ModelConfig, stamp: FileStamp | undefined): Promise<ModelManifest | undefined> {
+  let text: string
+  try { text = await readFile(path, 'utf8') } catch (err: any) { if (err.code === 'ENOENT') return undefined; throw err }
+  let m: ModelManifest & { source?: FileStamp }
+  try { m = JSON.parse(text) } catch (err: any) { throw new Error(`${path}: invalid JSON (${err.message})`) }
+  if (stamp != null && (m.source?.size !== stamp.size || m.source?.mtimeMs !== stamp.mtimeMs)) return undefined
+  checkManifest(m, cfg)
+  const { source: _, ...manifest } = m
+  return manifest
+}
+
+/**
+ * The manifest stored with the weights (see manifestPlaces), or a fresh one, written back where
+ * possible (atomically) so the full read happens once per checkpoint.
+ */
+export async function loadManifest (ckpt: ModelSource, opts: { write?: boolean, name?: string } = {}): Promise<ModelManifest> {
+  const places = await manifestPlaces(ckpt)
+  const stamp = await fileStamp(ckpt)
+  for (const p of places) {
+    const m = await readStored(p, ckpt.config, stamp)
+    if (m != null) return m
   }
   const m = await computeManifest(ckpt, opts.name)
   if (opts.write !== false) {
-    // Atomic: other processes may be reading it at the same moment.
-    const tmp = `${path}.${process.pid}.tmp`
-    try { await writeFile(tmp, JSON.stringify(m, null, 2) + '\n'); await rename(tmp, path) } catch {}
+    const text = JSON.stringify(stamp != null ? { ...m, source: stamp } : m, null, 2) + '\n'
+    for (const path of places) {
+      // Atomic: other processes may be reading it at the same moment.
+      const tmp = `${path}.${process.pid}.tmp`
+      try {
+        if (path !== places[0]) await mkdir(manifestCacheDir(), { recursive: true })
+        await writeFile(tmp, text)
+        await rename(tmp, path)
+        break
+      } catch {}
+    }
   }
   return m
 }

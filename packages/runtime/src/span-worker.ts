@@ -2,11 +2,12 @@
 // is capped near 4 GiB per instance), driven by messages from WorkerSpanRunner.
 import { parentPort, workerData } from 'node:worker_threads'
 import { initBackend } from './backend.ts'
-import { Checkpoint } from './checkpoint.ts'
+import { openModel } from './model-source.ts'
 import { Span } from './span.ts'
 import type { KVCache } from './span.ts'
 
-export interface SpanWorkerInit { dir: string, start: number, end: number, backend?: string, blockDigests?: string[] }
+/** `path`: the model directory or .gguf file, reopened in the worker. */
+export interface SpanWorkerInit { path: string, start: number, end: number, backend?: string, blockDigests?: string[] }
 export type SpanWorkerRequest =
   | { id: number, op: 'open', session: number, maxLength: number, start?: number, end?: number }
   | { id: number, op: 'forward', session: number, hidden: Float32Array, tokens: number, positions?: number[] }
@@ -25,7 +26,7 @@ async function main (): Promise<void> {
   let span: Span
   try {
     await initBackend(init.backend as any)
-    const ckpt = await Checkpoint.open(init.dir)
+    const ckpt = await openModel(init.path)
     span = await Span.load(ckpt, init.start, init.end, { blockDigests: init.blockDigests })
     await ckpt.close()
   } catch (err: any) {

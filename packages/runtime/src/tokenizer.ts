@@ -71,6 +71,30 @@ class HfTextTokenizer implements TextTokenizer {
   }
 }
 
+/** The library's tokenizer from a tokenizer.json object; `what` names its source in errors. */
+function libraryTokenizer (json: Record<string, unknown>, config: Record<string, unknown>, what: string): Tokenizer {
+  // The library insists these keys exist (null is fine) and iterates
+  // added_tokens unguarded; files written by other tools may omit them.
+  const normalized: Record<string, unknown> = {
+    normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, ...json
+  }
+  normalized.added_tokens ??= []
+  try {
+    if (normalized.model == null || typeof normalized.model !== 'object') throw new Error('no "model" object')
+    return new Tokenizer(normalized, config)
+  } catch (err) {
+    throw new Error(`${what} is not a usable tokenizer: ${(err as Error).message}`, { cause: err })
+  }
+}
+
+/**
+ * A tokenizer from an in-memory tokenizer.json equivalent (e.g. one built from GGUF metadata),
+ * with its BOS and end-of-generation ids given. `what` names the source in errors.
+ */
+export function tokenizerFromJson (json: Record<string, unknown>, config: Record<string, unknown>, ids: { bos?: number, eos: number[] }, what: string): TextTokenizer {
+  return new HfTextTokenizer(libraryTokenizer(json, config, what), ids.bos, ids.eos)
+}
+
 /**
  * Loads the tokenizer of a Hugging Face model directory. Returns undefined when
  * the directory has no tokenizer.json; throws an Error naming the file when
@@ -81,21 +105,7 @@ export async function loadTokenizer (dir: string): Promise<TextTokenizer | undef
   const json = await readJsonIfPresent(path)
   if (json === undefined) return undefined
   const config = await readTokenizerConfig(dir) ?? {}
-
-  // The library insists these keys exist (null is fine) and iterates
-  // added_tokens unguarded; files written by other tools may omit them.
-  const normalized: Record<string, unknown> = {
-    normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, ...json
-  }
-  normalized.added_tokens ??= []
-  let tok: Tokenizer
-  try {
-    if (normalized.model == null || typeof normalized.model !== 'object') throw new Error('no "model" object')
-    tok = new Tokenizer(normalized, config)
-  } catch (err) {
-    throw new Error(`${path} is not a usable tokenizer: ${(err as Error).message}`, { cause: err })
-  }
-
+  const tok = libraryTokenizer(json, config, path)
   const generation = await readJsonIfPresent(join(dir, 'generation_config.json'))
   const modelConfig = await readJsonIfPresent(join(dir, 'config.json'))
   const idOf = (key: string): number | undefined => {

@@ -4,7 +4,7 @@ import { BACKENDS } from '@plexus/runtime'
 import { runBootstrap, runJoin } from './commands.ts'
 import type { JoinArgs, BootstrapArgs } from './commands.ts'
 
-const EXPECTED = new Set(['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'BackendError', 'SpanError', 'RecordError'])
+const EXPECTED = new Set(['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'GgufError', 'BackendError', 'SpanError', 'RecordError'])
 
 function report (err: any): never {
   // a failed yargs check rejects with its message string
@@ -29,7 +29,7 @@ await yargs(hideBin(process.argv))
   , async (argv) => { await runBootstrap(argv as unknown as BootstrapArgs) })
   .command('join', 'Serve blocks of a model to the swarm', (y) => common(y)
     .option('bootstrap', { type: 'array', string: true, demandOption: true, describe: 'Multiaddr of a bootstrap peer, ending in /p2p/<peer id> (repeatable)' })
-    .option('model', { type: 'string', demandOption: true, describe: 'Hugging Face model directory (config.json, *.safetensors)' })
+    .option('model', { type: 'string', demandOption: true, describe: 'Hugging Face model directory (config.json, *.safetensors) or a .gguf file' })
     .option('blocks', { type: 'string', describe: 'Blocks to serve, as start:end (end exclusive), e.g. 0:8; default: as many as --memory holds, where the swarm needs them most' })
     .option('memory', { type: 'number', describe: 'MiB for weights and KV cache (default: 70% of the memory free at start)' })
     .option('rebalance-interval', { type: 'number', default: 60, describe: 'Seconds between checks whether moving would speed up the swarm (0: never move; ignored with --blocks)' })

@@ -3,7 +3,7 @@ import type { PrivateKey } from '@libp2p/interface'
 import { createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { freemem } from 'node:os'
-import { initBackend, Checkpoint, loadManifest, shortId } from '@plexus/runtime'
+import { initBackend, openModel, loadManifest, shortId } from '@plexus/runtime'
 import type { BackendName } from '@plexus/runtime'
 import { SwarmMember } from './swarm-member.ts'
 import { VerifierNode } from './verifier-node.ts'
@@ -106,7 +106,7 @@ export function parseBlocks (spec: string | undefined, numLayers: number): [numb
 export async function runJoin (args: JoinArgs): Promise<void> {
   const emit = emitter(args.json)
   const backendName = await initBackend(args.backend)
-  const ckpt = await Checkpoint.open(args.model)
+  const ckpt = await openModel(args.model)
   const cfg = ckpt.config
   const blocks = parseBlocks(args.blocks, cfg.numLayers)
   const manifest = await loadManifest(ckpt)

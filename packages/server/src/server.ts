@@ -1,7 +1,8 @@
 import type { PrivateKey, Logger } from '@libp2p/interface'
 import { Announcer, serveInfo, signAnnouncement } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import type { Checkpoint, ModelManifest } from '@plexus/runtime'
+import { Checkpoint } from '@plexus/runtime'
+import type { ModelSource, ModelManifest } from '@plexus/runtime'
 import { createSessionHandler, SESSION_PROTOCOL } from './session-handler.ts'
 import { serveModelFiles } from './model-files-handler.ts'
 import { BackendSet } from './backend.ts'
@@ -14,7 +15,7 @@ export interface PlexusServerComponents {
   backend: BlockBackend
   manifest: ModelManifest
   /** Where the client parts are served from when `offersHead` (without it, the head is not offered). */
-  checkpoint?: Checkpoint
+  checkpoint?: ModelSource
 }
 
 export interface PlexusServerInit {
@@ -101,6 +102,8 @@ export class PlexusServer {
     if (this.init.offersHead === true) {
       try {
         if (this.c.checkpoint == null) throw new Error('no checkpoint to serve the client parts from')
+        // the protocol ships safetensors head tensors: GGUF clients open the same file themselves
+        if (!(this.c.checkpoint instanceof Checkpoint)) throw new Error(`the client parts of a ${this.c.checkpoint.format} model are not served (clients use the same file: --model FILE)`)
         this.stopModelFiles = await serveModelFiles({ node, checkpoint: this.c.checkpoint, manifest: this.c.manifest })
         this.servesHead = true
       } catch (err) {

@@ -2,7 +2,7 @@ import type { PrivateKey, Logger } from '@libp2p/interface'
 import { discoverServers } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { loadSpanRunners, chainRunners, blockBytes } from '@plexus/runtime'
-import type { Checkpoint, ModelManifest, BackendName } from '@plexus/runtime'
+import type { ModelSource, ModelManifest, BackendName } from '@plexus/runtime'
 import { BlockBackend } from './backend.ts'
 import type { FaultInjection } from './backend.ts'
 import { PlexusServer } from './server.ts'
@@ -14,7 +14,7 @@ import type { ServedSpan } from './block-selection.ts'
 export interface SwarmMemberComponents {
   node: PlexusNode
   privateKey: PrivateKey
-  checkpoint: Checkpoint
+  checkpoint: ModelSource
   manifest: ModelManifest
 }
 
@@ -104,7 +104,7 @@ export class SwarmMember {
     })
     const throughput = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir })
     const server = new PlexusServer({ node: this.c.node, privateKey: this.c.privateKey, backend, manifest, checkpoint: ckpt }, {
-      throughput, backend: this.init.backend, offersHead: this.init.offersHead ?? (start === 0 || end === cfg.numLayers), metrics: this.init.metrics
+      throughput, backend: this.init.backend, offersHead: this.init.offersHead ?? (ckpt.format === 'safetensors' && (start === 0 || end === cfg.numLayers)), metrics: this.init.metrics
     })
     await server.start()
     this.server = server

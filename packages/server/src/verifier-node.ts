@@ -2,7 +2,7 @@ import type { PrivateKey, Logger } from '@libp2p/interface'
 import { Announcer, serveInfo, signAnnouncement, signReputation, putReputation } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { chainRunners, loadSpanRunners } from '@plexus/runtime'
-import type { Checkpoint, ModelManifest, SpanRunner } from '@plexus/runtime'
+import type { ModelSource, ModelManifest, SpanRunner } from '@plexus/runtime'
 import { Verifier } from './verifier.ts'
 import type { Tally } from './verifier.ts'
 import { createVerifyHandler, VERIFY_PROTOCOL } from './verify-handler.ts'
@@ -10,7 +10,7 @@ import { createVerifyHandler, VERIFY_PROTOCOL } from './verify-handler.ts'
 export interface VerifierNodeComponents {
   node: PlexusNode
   privateKey: PrivateKey
-  checkpoint: Checkpoint
+  checkpoint: ModelSource
   manifest: ModelManifest
 }
 

@@ -1,9 +1,18 @@
+import { basename } from 'node:path'
 import { blockTensorShapes, headTensorShapes } from '../config.ts'
 import type { ModelConfig } from '../config.ts'
-import type { RawTensor } from '../checkpoint.ts'
+import { rawFloat32 } from '../checkpoint.ts'
+import type { RawTensor, WeightDType } from '../checkpoint.ts'
+import type { ModelSource } from '../model-source.ts'
+import type { TextTokenizer } from '../tokenizer.ts'
 import { GgufFile } from './reader.ts'
+import type { GgufTensorInfo } from './reader.ts'
 import { readGgufConfig } from './config.ts'
 import { GgufError } from './types.ts'
+import { ggufTokenizer, ggufTokenizerConfig } from './tokenizer.ts'
+
+/** Types a RawTensor holds as stored; any other type is widened to F32 at read. */
+const STORED: ReadonlySet<string> = new Set(['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q5_K', 'Q6_K'] satisfies WeightDType[])
 
 const HEAD_NAMES: Record<string, string> = {
   'model.embed_tokens.weight': 'token_embd.weight',
@@ -32,33 +41,45 @@ export function ggufNameOf (hf: string): string | undefined {
 
 /**
  * llama.cpp's converter reorders each head's q/k rows for its rotary layout (pairs adjacent
- * instead of split into halves): GGUF row h·d + 2j + t holds HF row h·d + t·d/2 + j. Undo it.
+ * instead of split into halves): GGUF row h·d + 2j + t holds HF row h·d + t·d/2 + j. Undo it
+ * on stored rows: a row of a quantized tensor is whole blocks, so rows move as byte ranges.
  */
-export function unpermuteRotary (data: Float32Array, rows: number, heads: number): Float32Array {
-  const cols = data.length / rows
+export function unpermuteRows (bytes: Uint8Array, rows: number, heads: number): Uint8Array {
+  const rowBytes = bytes.length / rows
   const d = rows / heads
-  if (!Number.isInteger(d) || d % 2 !== 0 || !Number.isInteger(cols)) throw new RangeError(`cannot split ${rows} rows into ${heads} heads of even size`)
-  const out = new Float32Array(data.length)
+  if (!Number.isInteger(d) || d % 2 !== 0 || !Number.isInteger(rowBytes)) throw new RangeError(`cannot split ${rows} rows into ${heads} heads of even size`)
+  const out = new Uint8Array(bytes.length)
   for (let h = 0; h < heads; h++) {
     for (let j = 0; j < d / 2; j++) {
       for (let t = 0; t < 2; t++) {
-        const src = (h * d + 2 * j + t) * cols
-        out.set(data.subarray(src, src + cols), (h * d + t * d / 2 + j) * cols)
+        const src = (h * d + 2 * j + t) * rowBytes
+        out.set(bytes.subarray(src, src + rowBytes), (h * d + t * d / 2 + j) * rowBytes)
       }
     }
   }
   return out
 }
 
+/** unpermuteRows on float32 rows. */
+export function unpermuteRotary (data: Float32Array, rows: number, heads: number): Float32Array {
+  if (!Number.isInteger(data.length / rows)) throw new RangeError(`cannot split ${rows} rows into ${heads} heads of even size`)
+  const out = unpermuteRows(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), rows, heads)
+  return new Float32Array(out.buffer)
+}
+
 /**
  * A GGUF file as a model source, with Checkpoint's surface: Hugging Face tensor names and
- * layouts, float32 data (dequantized at read). Only the header is read at open; each read
- * touches only the bytes of the tensors asked for.
+ * layouts, each tensor in its stored type (quantized blocks stay blocks; types a RawTensor cannot
+ * hold are widened to F32). Only the header is read at open; each read touches only the bytes of
+ * the tensors asked for.
  */
-export class GgufCheckpoint {
+export class GgufCheckpoint implements ModelSource {
+  readonly format = 'gguf'
   readonly path: string
-  /** The file's path: where a Checkpoint has its directory. */
+  /** The file's path (where a Checkpoint has its directory). */
   readonly dir: string
+  /** The file name without `.gguf`. */
+  readonly name: string
   readonly config: ModelConfig
   readonly file: GgufFile
   /** Whether q/k rows are stored in llama.cpp's rotary order (llama-style architectures). */
@@ -68,6 +89,7 @@ export class GgufCheckpoint {
     this.file = file
     this.path = file.path
     this.dir = file.path
+    this.name = basename(file.path).replace(/\.gguf$/i, '')
     this.config = config
     this.permuted = file.metadata.get('general.architecture') !== 'qwen2'
   }
@@ -93,7 +115,8 @@ export class GgufCheckpoint {
     return []
   }
 
-  async readFloat32 (name: string, expectedShape?: number[]): Promise<Float32Array> {
+  /** A tensor's GGUF info, checked against the shape the config expects. */
+  info (name: string, expectedShape?: number[]): GgufTensorInfo {
     const g = ggufNameOf(name)
     const info = g == null ? undefined : this.file.tensors.get(g)
     if (g == null || info == null) {
@@ -102,15 +125,29 @@ export class GgufCheckpoint {
     if (expectedShape != null && !sameShape(info.shape, expectedShape)) {
       throw new GgufError(`${this.file.name}: tensor ${g}: shape ${JSON.stringify(info.shape)} does not match the config (expected ${JSON.stringify(expectedShape)} for ${name})`)
     }
-    const data = await this.file.readFloat32(g)
-    const heads = this.rotaryHeads(g)
-    return heads == null ? data : unpermuteRotary(data, info.shape[0], heads)
+    return info
   }
 
+  async readFloat32 (name: string, expectedShape?: number[]): Promise<Float32Array> {
+    return rawFloat32(await this.readRaw(name, expectedShape))
+  }
+
+  /** A tensor as stored (quantized: raw blocks), in Hugging Face's row order. */
   async readRaw (name: string, expectedShape?: number[]): Promise<RawTensor> {
-    const data = await this.readFloat32(name, expectedShape)
-    const shape = this.file.tensors.get(ggufNameOf(name) as string)?.shape as number[]
-    return { name, dtype: 'F32', shape: [...shape], bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) }
+    const info = this.info(name, expectedShape)
+    let dtype: WeightDType
+    let bytes: Uint8Array
+    if (STORED.has(info.type.name)) {
+      dtype = info.type.name as WeightDType
+      bytes = await this.file.readBytes(info.name)
+    } else {
+      const data = await this.file.readFloat32(info.name)
+      dtype = 'F32'
+      bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+    }
+    const heads = this.rotaryHeads(info.name)
+    if (heads != null) bytes = unpermuteRows(bytes, info.shape[0], heads)
+    return { name, dtype, shape: [...info.shape], bytes }
   }
 
   /** All tensors of one block, shape-checked (name order is canonical, as Checkpoint's). */
@@ -133,6 +170,10 @@ export class GgufCheckpoint {
       throw new GgufError(`${this.file.name}: block ${block} is outside the model (0..${this.config.numLayers - 1})`)
     }
   }
+
+  async tokenizer (): Promise<TextTokenizer | undefined> { return ggufTokenizer(this.file) }
+
+  async tokenizerConfig (): Promise<Record<string, unknown> | undefined> { return ggufTokenizerConfig(this.file) }
 
   async close (): Promise<void> { await this.file.close() }
 
