@@ -1,6 +1,6 @@
 import yargs from 'yargs'
 import { hideBin } from 'yargs/helpers'
-import { BACKENDS } from '@plexus/runtime'
+import { BACKENDS, QUANT_FORMATS, isQuantFormat } from '@plexus/runtime'
 import { runGenerate } from './commands/generate.ts'
 import { runModels } from './commands/models.ts'
 import type { ModelsArgs } from './commands/models.ts'
@@ -16,6 +16,13 @@ function checkTrustFlags (a: Record<string, any>): string | true {
   for (const v of a['trust-verifier'] ?? []) if (!/^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$/.test(v)) return `--trust-verifier ${v}: not an Ed25519 peer id (12D3KooW…)`
   if (a.local === true && a.trust === 'verified' && a._?.[0] === 'generate') return '--trust verified checks the servers of a swarm: use it with --bootstrap, not --local'
   return true
+}
+
+const QUANTIZE_HELP = `Quantize the blocks' linear weights at load with llama.cpp's algorithms (${QUANT_FORMATS.join(', ')}); with --bootstrap, use the swarm's nodes that quantize the same way`
+
+/** --quantize: a usage error (string) or true. */
+function checkQuantize (a: Record<string, any>): string | true {
+  return a.quantize == null || isQuantFormat(a.quantize) ? true : `--quantize ${a.quantize}: expected one of ${QUANT_FORMATS.join(', ')}`
 }
 
 /** Errors users can act on are printed as one line; anything else keeps its stack for a bug report. */
@@ -38,6 +45,7 @@ await yargs(hideBin(process.argv))
     .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
     .option('model', { type: 'string', demandOption: true, describe: 'Hugging Face model directory (config.json, *.safetensors, tokenizer.json) or a .gguf file; with --bootstrap also a model name, id or id prefix (≥ 8 hex digits) fetched from the swarm' })
     .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models)' })
+    .option('quantize', { type: 'string', describe: QUANTIZE_HELP })
     .option('prompt', { type: 'string', describe: 'Prompt text (needs tokenizer.json)' })
     .option('token-ids', { type: 'string', describe: 'Prompt as comma-separated token ids, e.g. 1,450,4996' })
     .option('chat', { type: 'boolean', default: false, describe: "Wrap the prompt in the model's chat template as a user message" })
@@ -60,7 +68,8 @@ await yargs(hideBin(process.argv))
     .example('$0 generate --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --model small --prompt "Hi" --trust verified --check-rate 0.25', 'spot-check a quarter of the hops')
     .check((a) => {
       if (!Number.isInteger(a['max-tokens']) || a['max-tokens'] < 0) return '--max-tokens must be a non-negative integer'
-      return checkTrustFlags(a)
+      const q = checkQuantize(a)
+      return q !== true ? q : checkTrustFlags(a)
     }),
   async (argv) => { await runGenerate(argv as unknown as GenerateArgs) })
   .command('models', 'List the models a swarm serves and how many servers hold each block', (y) => y
@@ -76,6 +85,7 @@ await yargs(hideBin(process.argv))
     .option('model', { type: 'string', demandOption: true, describe: 'Model directory or .gguf file; with --bootstrap also a model name, id or id prefix fetched from the swarm' })
     .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models)' })
     .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
+    .option('quantize', { type: 'string', describe: QUANTIZE_HELP })
     .option('port', { type: 'number', default: 9337, describe: 'TCP port (0 = any free port)' })
     .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to listen on (loopback by default; others need --api-key to be safe)' })
     .option('api-key', { type: 'string', describe: 'Require this key (Authorization: Bearer KEY or x-api-key: KEY); default $PLEXUS_API_KEY' })
@@ -90,7 +100,8 @@ await yargs(hideBin(process.argv))
     .check((a) => {
       if (!Number.isInteger(a.port) || a.port < 0 || a.port > 65535) return '--port must be an integer in 0..65535'
       if (!Number.isInteger(a['max-concurrent']) || a['max-concurrent'] < 1) return '--max-concurrent must be a positive integer'
-      return checkTrustFlags(a)
+      const q = checkQuantize(a)
+      return q !== true ? q : checkTrustFlags(a)
     }),
   async (argv) => { await runServe(argv as unknown as ServeArgs) })
   .demandCommand(1, 'Choose a command (see --help)')

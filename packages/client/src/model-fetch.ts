@@ -349,7 +349,7 @@ function parseManifest (bytes: Uint8Array): ModelManifest {
     !hex(m.configDigest) || !Array.isArray(m.blockDigests) || !m.blockDigests.every(hex)) {
     throw new Error(`${MANIFEST_FILE} is malformed`)
   }
-  return { format: m.format, name: m.name, id: m.id, configDigest: m.configDigest, headDigest: m.headDigest, blockDigests: m.blockDigests }
+  return { format: m.format, name: m.name, id: m.id, configDigest: m.configDigest, headDigest: m.headDigest, blockDigests: m.blockDigests, ...(m.quantize != null ? { quantize: m.quantize } : {}) }
 }
 
 /** Moves `tmp` into place; if another process got there first, keeps its copy when it checks out. */

@@ -1,8 +1,8 @@
 import { stat } from 'node:fs/promises'
 import { createPlexusNode, dialBootstrap, keepBootstrapped } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import { LocalModel, ModelHead, loadManifest, openModel, shortId } from '@plexus/runtime'
-import type { ModelConfig, ModelHead as Head, SessionPipeline, TextTokenizer, ModelManifest } from '@plexus/runtime'
+import { LocalModel, ModelHead, loadManifest, openModel, shortId, withQuantization } from '@plexus/runtime'
+import type { ModelConfig, ModelHead as Head, SessionPipeline, TextTokenizer, ModelManifest, QuantFormat } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { SwarmDiscovery, SwarmVerifiers } from './routing/discovery.ts'
 import { ReputationView } from './routing/reputation.ts'
@@ -30,8 +30,8 @@ export interface OpenModel {
 }
 
 /** Every block in this process; `path`: a model directory or a .gguf file. */
-export async function openLocal (path: string): Promise<OpenModel> {
-  const model = await LocalModel.load(path)
+export async function openLocal (path: string, opts: { quantize?: QuantFormat } = {}): Promise<OpenModel> {
+  const model = await LocalModel.load(path, { quantize: opts.quantize })
   let tokenizer: TextTokenizer | undefined
   let tokenizerConfig: Record<string, unknown> | undefined
   try {
@@ -97,6 +97,8 @@ export async function swarmModelDir (node: PlexusNode, model: string, init: { ca
 export interface SwarmModelInit {
   /** A local model directory or .gguf file holding the client's parts (embeddings, head, tokenizer). */
   dir: string
+  /** The swarm's nodes quantize the blocks as this (the model id is derived from it). */
+  quantize?: QuantFormat
   dtype?: WireDType
   log?: (msg: string) => void
   /** Trust level of sessions that do not ask for one. Default fast. */
@@ -112,7 +114,7 @@ export interface SwarmModelInit {
 
 /** The model's blocks through the swarm; the client's own parts from `dir`. */
 export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promise<OpenModel> {
-  const ckpt = await openModel(init.dir)
+  const ckpt = withQuantization(await openModel(init.dir), init.quantize)
   let head: ModelHead | undefined
   try {
     const manifest = await loadManifest(ckpt)

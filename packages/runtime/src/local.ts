@@ -1,5 +1,7 @@
 import { openModel } from './model-source.ts'
 import type { ModelSource } from './model-source.ts'
+import { withQuantization, quantizationOf } from './quant/quantized-source.ts'
+import type { QuantFormat } from './quant/quantized-source.ts'
 import { ModelHead } from './head.ts'
 import { Span } from './span.ts'
 import { inProcessRunner } from './runner.ts'
@@ -36,6 +38,8 @@ export interface LocalModelOptions {
   cuts?: number[]
   /** `auto`: worker threads only when the weights would not fit one wasm heap. */
   placement?: 'auto' | 'in-process' | 'workers'
+  /** Quantize the blocks' linear weights at load (LocalModel.load; a source passed in carries its own). */
+  quantize?: QuantFormat
 }
 
 export interface SpanRunnersOptions extends LocalModelOptions {
@@ -61,7 +65,7 @@ export async function loadSpanRunners (ckpt: ModelSource, start: number, end: nu
   try {
     for (let i = 0; i + 1 < bounds.length; i++) {
       runners.push(placement === 'workers'
-        ? await WorkerSpanRunner.load({ path: ckpt.path, start: bounds[i], end: bounds[i + 1], backend: activeBackend(), blockDigests: opts.blockDigests })
+        ? await WorkerSpanRunner.load({ path: ckpt.path, quantize: quantizationOf(ckpt), start: bounds[i], end: bounds[i + 1], backend: activeBackend(), blockDigests: opts.blockDigests })
         : inProcessRunner(await Span.load(ckpt, bounds[i], bounds[i + 1], { blockDigests: opts.blockDigests })))
     }
     return runners
@@ -87,7 +91,7 @@ export class LocalModel {
 
   /** `path`: a model directory or a .gguf file. */
   static async load (path: string, opts: LocalModelOptions = {}): Promise<LocalModel> {
-    const ckpt = await openModel(path)
+    const ckpt = withQuantization(await openModel(path), opts.quantize)
     const cfg = ckpt.config
     try {
       const spans = await loadSpanRunners(ckpt, 0, cfg.numLayers, { ...opts, reservedBytes: 4 * cfg.vocabSize * cfg.hiddenSize })

@@ -7,6 +7,8 @@ import { createBLAKE3 } from 'hash-wasm'
 import type { RawTensor } from './checkpoint.ts'
 import type { ModelSource } from './model-source.ts'
 import type { ModelConfig } from './config.ts'
+import { QuantizedSource, isQuantFormat } from './quant/quantized-source.ts'
+import type { QuantFormat } from './quant/quantized-source.ts'
 
 /**
  * What a model id names: the config and the exact weights, block by block. A block's digest
@@ -21,6 +23,11 @@ export interface ModelManifest {
   configDigest: string
   headDigest: string
   blockDigests: string[]
+  /**
+   * Set when the blocks' linear weights are quantized at load (`--quantize`): the id is then
+   * quantizedModelId of the stored weights' id, and the digests stay those of the stored tensors.
+   */
+  quantize?: QuantFormat
 }
 
 export const MANIFEST_FILE = 'plexus-manifest.json'
@@ -53,6 +60,18 @@ export function modelIdOf (configD: string, headD: string, blocks: string[]): st
   return bytesToHex(blake3(utf8ToBytes(['plexus-model/1', configD, headD, ...blocks].join('\n'))))
 }
 
+/** The id of a model whose weights are `baseId`'s quantized as `format` (deterministically). */
+export function quantizedModelId (baseId: string, format: QuantFormat): string {
+  return bytesToHex(blake3(utf8ToBytes(['plexus-model/1', 'quantize', format, baseId].join('\n'))))
+}
+
+/** The manifest of `base`'s model quantized as `format` (its name tagged like `small:q8_0`). */
+export function quantizedManifest (base: ModelManifest, format: QuantFormat): ModelManifest {
+  if (base.quantize === format) return base
+  if (base.quantize != null) throw new Error(`${base.name} is already quantized as ${base.quantize}: it cannot be quantized as ${format}`)
+  return { ...base, name: `${base.name}:${format}`, id: quantizedModelId(base.id, format), quantize: format }
+}
+
 export function shortId (id: string): string { return id.slice(0, 12) }
 
 /** Reads every tensor once (block by block, never the whole model at a time). */
@@ -71,7 +90,9 @@ export function checkManifest (m: ModelManifest, cfg: ModelConfig): void {
     throw new Error(`${MANIFEST_FILE}: lists ${m.blockDigests?.length} block digests for a model of ${cfg.numLayers} blocks`)
   }
   if (m.configDigest !== configDigest(cfg)) throw new Error(`${MANIFEST_FILE}: config digest does not match config.json`)
-  if (m.id !== modelIdOf(m.configDigest, m.headDigest, m.blockDigests)) throw new Error(`${MANIFEST_FILE}: id does not match its digests`)
+  if (m.quantize != null && !isQuantFormat(m.quantize)) throw new Error(`${MANIFEST_FILE}: unknown quantization ${JSON.stringify(m.quantize)}`)
+  const stored = modelIdOf(m.configDigest, m.headDigest, m.blockDigests)
+  if (m.id !== (m.quantize != null ? quantizedModelId(stored, m.quantize) : stored)) throw new Error(`${MANIFEST_FILE}: id does not match its digests`)
 }
 
 /** Where manifests of GGUF files that cannot have one beside them are kept. */
@@ -115,6 +136,8 @@ async function readStored (path: string, cfg: ModelConfig, stamp: FileStamp | un
  * possible (atomically) so the full read happens once per checkpoint.
  */
 export async function loadManifest (ckpt: ModelSource, opts: { write?: boolean, name?: string } = {}): Promise<ModelManifest> {
+  // a quantized load names the stored weights' manifest and the format, not the quantized bytes
+  if (ckpt instanceof QuantizedSource) return quantizedManifest(await loadManifest(ckpt.base, opts), ckpt.quantize)
   const places = await manifestPlaces(ckpt)
   const stamp = await fileStamp(ckpt)
   for (const p of places) {

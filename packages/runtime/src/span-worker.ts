@@ -4,10 +4,12 @@ import { parentPort, workerData } from 'node:worker_threads'
 import { initBackend } from './backend.ts'
 import { openModel } from './model-source.ts'
 import { Span } from './span.ts'
+import { withQuantization } from './quant/quantized-source.ts'
+import type { QuantFormat } from './quant/quantized-source.ts'
 import type { KVCache } from './span.ts'
 
 /** `path`: the model directory or .gguf file, reopened in the worker. */
-export interface SpanWorkerInit { path: string, start: number, end: number, backend?: string, blockDigests?: string[] }
+export interface SpanWorkerInit { path: string, quantize?: QuantFormat, start: number, end: number, backend?: string, blockDigests?: string[] }
 export type SpanWorkerRequest =
   | { id: number, op: 'open', session: number, maxLength: number, start?: number, end?: number }
   | { id: number, op: 'forward', session: number, hidden: Float32Array, tokens: number, positions?: number[] }
@@ -26,7 +28,7 @@ async function main (): Promise<void> {
   let span: Span
   try {
     await initBackend(init.backend as any)
-    const ckpt = await openModel(init.path)
+    const ckpt = withQuantization(await openModel(init.path), init.quantize)
     span = await Span.load(ckpt, init.start, init.end, { blockDigests: init.blockDigests })
     await ckpt.close()
   } catch (err: any) {

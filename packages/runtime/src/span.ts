@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core'
 import type { ModelConfig } from './config.ts'
 import type { ModelSource } from './model-source.ts'
+import { QuantizedSource } from './quant/quantized-source.ts'
 import { loadBlockWeights, disposeBlockWeights, blockForward } from './block.ts'
 import type { BlockWeights, LayerCache, StepContext, StepSegment } from './block.ts'
 import { inverseFrequencies, rotaryTables } from './rope.ts'
@@ -122,9 +123,11 @@ export class Span {
     const engine = gpu != null ? new GpuSpanEngine(gpu, ckpt.config, inverseFrequencies(ckpt.config), { kv: opts.kvCache }) : undefined
     try {
       for (let b = start; b < end; b++) {
-        const raws = await ckpt.readBlockRaw(b)
         const want = opts.blockDigests?.[b]
-        const got = want != null ? await tensorsDigest(raws) : undefined
+        // a quantized source checks the tensors as stored (what the digests name) before quantizing
+        const quantized = ckpt instanceof QuantizedSource
+        const raws = quantized ? await ckpt.readBlockRaw(b, want) : await ckpt.readBlockRaw(b)
+        const got = want != null && !quantized ? await tensorsDigest(raws) : undefined
         if (got != null && got !== want) {
           throw new SpanError(`block ${b}'s weights do not match the model id (digest ${got.slice(0, 12)}, manifest says ${want!.slice(0, 12)})`)
         }

@@ -1,6 +1,6 @@
 import yargs from 'yargs'
 import { hideBin } from 'yargs/helpers'
-import { BACKENDS } from '@plexus/runtime'
+import { BACKENDS, QUANT_FORMATS, isQuantFormat } from '@plexus/runtime'
 import { runBootstrap, runJoin } from './commands.ts'
 import type { JoinArgs, BootstrapArgs } from './commands.ts'
 
@@ -30,6 +30,7 @@ await yargs(hideBin(process.argv))
   .command('join', 'Serve blocks of a model to the swarm', (y) => common(y)
     .option('bootstrap', { type: 'array', string: true, demandOption: true, describe: 'Multiaddr of a bootstrap peer, ending in /p2p/<peer id> (repeatable)' })
     .option('model', { type: 'string', demandOption: true, describe: 'Hugging Face model directory (config.json, *.safetensors) or a .gguf file' })
+    .option('quantize', { type: 'string', describe: `Quantize the blocks' linear weights at load with llama.cpp's algorithms (${QUANT_FORMATS.join(', ')}); a different model id from the unquantized weights, shared by every node using the same format` })
     .option('blocks', { type: 'string', describe: 'Blocks to serve, as start:end (end exclusive), e.g. 0:8; default: as many as --memory holds, where the swarm needs them most' })
     .option('memory', { type: 'number', describe: 'MiB for weights and KV cache (default: 70% of the memory free at start)' })
     .option('rebalance-interval', { type: 'number', default: 60, describe: 'Seconds between checks whether moving would speed up the swarm (0: never move; ignored with --blocks)' })
@@ -47,6 +48,7 @@ await yargs(hideBin(process.argv))
     .example('$0 join --bootstrap /ip4/192.168.1.10/tcp/31337/p2p/12D3KooW... --model ./llama --blocks 0:16', 'serve the first 16 blocks')
     .example('$0 join --bootstrap /ip4/192.168.1.10/tcp/31337/p2p/12D3KooW... --model ./llama --verify', 'spot-check the servers of this model')
     .check((a: any) => {
+      if (a.quantize != null && !isQuantFormat(a.quantize)) return `--quantize ${a.quantize}: expected one of ${QUANT_FORMATS.join(', ')}`
       if (a.blocks != null && !/^\d+:\d+$/.test(a.blocks)) return `--blocks must look like start:end (got "${a.blocks}")`
       if (!(a['max-sessions'] >= 1)) return '--max-sessions must be at least 1'
       if (!(a['cache-mb'] > 0)) return '--cache-mb must be positive'

@@ -3,8 +3,8 @@ import type { PrivateKey } from '@libp2p/interface'
 import { createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { freemem } from 'node:os'
-import { initBackend, openModel, loadManifest, shortId } from '@plexus/runtime'
-import type { BackendName } from '@plexus/runtime'
+import { initBackend, openModel, loadManifest, shortId, withQuantization } from '@plexus/runtime'
+import type { BackendName, QuantFormat } from '@plexus/runtime'
 import { SwarmMember } from './swarm-member.ts'
 import { VerifierNode } from './verifier-node.ts'
 import type { FaultInjection } from './backend.ts'
@@ -22,6 +22,8 @@ export type BootstrapArgs = CommonArgs
 export interface JoinArgs extends CommonArgs {
   bootstrap: string[]
   model: string
+  /** Quantize the blocks' linear weights at load (a model id of its own). */
+  quantize?: QuantFormat
   blocks?: string
   backend: BackendName | 'auto'
   maxSessions: number
@@ -106,7 +108,7 @@ export function parseBlocks (spec: string | undefined, numLayers: number): [numb
 export async function runJoin (args: JoinArgs): Promise<void> {
   const emit = emitter(args.json)
   const backendName = await initBackend(args.backend)
-  const ckpt = await openModel(args.model)
+  const ckpt = withQuantization(await openModel(args.model), args.quantize)
   const cfg = ckpt.config
   const blocks = parseBlocks(args.blocks, cfg.numLayers)
   const manifest = await loadManifest(ckpt)

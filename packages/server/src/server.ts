@@ -1,7 +1,7 @@
 import type { PrivateKey, Logger } from '@libp2p/interface'
 import { Announcer, serveInfo, signAnnouncement } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import { Checkpoint } from '@plexus/runtime'
+import { Checkpoint, storedSource } from '@plexus/runtime'
 import type { ModelSource, ModelManifest } from '@plexus/runtime'
 import { createSessionHandler, SESSION_PROTOCOL } from './session-handler.ts'
 import { serveModelFiles } from './model-files-handler.ts'
@@ -102,9 +102,11 @@ export class PlexusServer {
     if (this.init.offersHead === true) {
       try {
         if (this.c.checkpoint == null) throw new Error('no checkpoint to serve the client parts from')
+        // a quantized load keeps the head as stored: its files are the stored model's
+        const files = storedSource(this.c.checkpoint)
         // the protocol ships safetensors head tensors: GGUF clients open the same file themselves
-        if (!(this.c.checkpoint instanceof Checkpoint)) throw new Error(`the client parts of a ${this.c.checkpoint.format} model are not served (clients use the same file: --model FILE)`)
-        this.stopModelFiles = await serveModelFiles({ node, checkpoint: this.c.checkpoint, manifest: this.c.manifest })
+        if (!(files instanceof Checkpoint)) throw new Error(`the client parts of a ${files.format} model are not served (clients use the same file: --model FILE)`)
+        this.stopModelFiles = await serveModelFiles({ node, checkpoint: files, manifest: this.c.manifest })
         this.servesHead = true
       } catch (err) {
         // still serve the blocks; just do not claim the head

@@ -1,5 +1,5 @@
 import { initBackend, generate, StreamDecoder, applyChatTemplate } from '@plexus/runtime'
-import type { BackendName, TextTokenizer, SamplingOptions } from '@plexus/runtime'
+import type { BackendName, TextTokenizer, SamplingOptions, QuantFormat } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import type { TrustLevel, AuditEvent } from '../inference/auditor.ts'
 import { openLocal, openSwarm, connectSwarm, swarmModelDir, stopNode } from '../model-source.ts'
@@ -13,6 +13,8 @@ export interface GenerateArgs extends SamplingOptions {
   model: string
   /** Where fetched client parts are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models). */
   cacheDir?: string
+  /** Quantize the blocks' linear weights at load (--local), or use the nodes that do (swarm). */
+  quantize?: QuantFormat
   prompt?: string
   tokenIds?: string
   chat?: boolean
@@ -60,9 +62,10 @@ export async function runGenerate (args: GenerateArgs): Promise<void> {
   const audits: AuditEvent[] = []
   try {
     model = node == null
-      ? await openLocal(args.model)
+      ? await openLocal(args.model, { quantize: args.quantize })
       : await openSwarm(node, {
         dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log }),
+        quantize: args.quantize,
         dtype: args.wireDtype,
         log,
         trust: args.trust,

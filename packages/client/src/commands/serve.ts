@@ -1,7 +1,7 @@
 // `plexus-client serve`: an OpenAI-, Anthropic- and Ollama-compatible HTTP API in front of one model.
 import { basename, resolve } from 'node:path'
 import { initBackend } from '@plexus/runtime'
-import type { BackendName } from '@plexus/runtime'
+import type { BackendName, QuantFormat } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { createGateway, isLoopback } from '@plexus/gateway'
 import type { TrustLevel } from '../inference/auditor.ts'
@@ -14,6 +14,7 @@ export interface ServeArgs {
   bootstrap?: string[]
   model: string
   cacheDir?: string
+  quantize?: QuantFormat
   wireDtype?: WireDType
   port: number
   host: string
@@ -46,9 +47,9 @@ export async function runServe (args: ServeArgs): Promise<void> {
   }
   try {
     model = node == null
-      ? await openLocal(args.model)
+      ? await openLocal(args.model, { quantize: args.quantize })
       : await openSwarm(node, {
-        dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log }), dtype: args.wireDtype, log, checkRate: args.checkRate, trustedVerifiers: args.trustVerifier
+        dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log }), quantize: args.quantize, dtype: args.wireDtype, log, checkRate: args.checkRate, trustedVerifiers: args.trustVerifier
       })
     // A local directory has no manifest: its folder name names the model.
     const modelName = model.manifest?.name ?? basename(resolve(args.model))

@@ -1,1 +1,2 @@
 export * from './quantize.ts'
+export * from './quantized-source.ts'
