@@ -22,10 +22,10 @@ interface QueuedLogits { x: Float32Array, rows: number, resolve: (logits: Float3
  */
 export class ModelHead {
   readonly config: ModelConfig
-  private readonly embeddings: Float32Array
+  private readonly embeddings: EmbeddingRows
   private readonly kernel: HeadKernel
 
-  private constructor (config: ModelConfig, embeddings: Float32Array, kernel: HeadKernel) {
+  private constructor (config: ModelConfig, embeddings: EmbeddingRows, kernel: HeadKernel) {
     this.config = config
     this.embeddings = embeddings
     this.kernel = kernel
@@ -41,12 +41,22 @@ export class ModelHead {
       const got = await tensorsDigest(raws)
       if (got !== opts.headDigest) throw new Error(`the embeddings/LM head do not match the model id (digest ${got.slice(0, 12)}, manifest says ${opts.headDigest.slice(0, 12)})`)
     }
-    const { embeddings, weights } = splitHead(ckpt.config, raws)
     const gpu = activeBackend() === 'webgpu' ? activeGpu() : undefined
-    // a GPU head leaves the main thread free already: it only waits for the GPU
-    if (gpu != null) return new ModelHead(ckpt.config, embeddings, gpuHeadKernel(gpu, weights))
-    if (opts.thread === true) return new ModelHead(ckpt.config, embeddings, await workerHeadKernel(weights, activeBackend()))
-    const head = new ModelHead(ckpt.config, embeddings, inThreadHeadKernel(weights))
+    if (gpu != null) {
+      // The LM head goes to the GPU as stored (f16, q8_0, …) and the embeddings stay as stored
+      // in host memory, a row widened per token: no float32 copy of either. A GPU head leaves
+      // the main thread free already (it only waits for the GPU), so it needs no worker.
+      const cfg = ckpt.config
+      const by = checkedHead(cfg, raws)
+      const emb = ownBytes(by.get('model.embed_tokens.weight')!)
+      const lm = cfg.tieWordEmbeddings ? emb : by.get('lm_head.weight')!
+      const kernel = gpuHeadKernel(gpu, { hiddenSize: cfg.hiddenSize, vocabSize: cfg.vocabSize, rmsNormEps: cfg.rmsNormEps, norm: rawFloat32(by.get('model.norm.weight')!), lmHead: lm })
+      return new ModelHead(cfg, new EmbeddingRows(emb, cfg.hiddenSize), kernel)
+    }
+    const { embeddings, weights } = splitHead(ckpt.config, raws)
+    const rows = new EmbeddingRows({ name: 'model.embed_tokens.weight', dtype: 'F32', shape: [ckpt.config.vocabSize, ckpt.config.hiddenSize], bytes: new Uint8Array(embeddings.buffer) }, ckpt.config.hiddenSize)
+    if (opts.thread === true) return new ModelHead(ckpt.config, rows, await workerHeadKernel(weights, activeBackend()))
+    const head = new ModelHead(ckpt.config, rows, inThreadHeadKernel(weights))
     // Pack the LM head for the backend now, not during the first token.
     await head.logits(new Float32Array(ckpt.config.hiddenSize), 1)
     return head
@@ -61,7 +71,7 @@ export class ModelHead {
       if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
         throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.config.vocabSize - 1})`)
       }
-      out.set(this.embeddings.subarray(id * H, (id + 1) * H), i * H)
+      out.set(this.embeddings.row(id), i * H)
     }
     return out
   }
@@ -114,15 +124,44 @@ export class ModelHead {
   }
 }
 
-/** Checks the head's tensors; the embeddings (copied: the raw buffer may be a view of a larger read) and the LM head's weights. */
-function splitHead (cfg: ModelConfig, raws: RawTensor[]): { embeddings: Float32Array, weights: HeadWeights } {
-  const shapes = headTensorShapes(cfg)
+/** The head's tensors by name, each present with the config's shape. */
+function checkedHead (cfg: ModelConfig, raws: RawTensor[]): Map<string, RawTensor> {
   const by = new Map(raws.map(r => [r.name, r]))
-  for (const [name, shape] of shapes) {
+  for (const [name, shape] of headTensorShapes(cfg)) {
     const r = by.get(name)
     if (r == null) throw new Error(`model head: tensor ${name} missing`)
     if (r.shape.join() !== shape.join()) throw new Error(`model head: tensor ${name} has shape ${JSON.stringify(r.shape)}, expected ${JSON.stringify(shape)}`)
   }
+  return by
+}
+
+/** A tensor with bytes of its own (a raw read may be a view of a larger buffer, which would stay alive with it). */
+function ownBytes (r: RawTensor): RawTensor {
+  return r.bytes.byteOffset === 0 && r.bytes.byteLength === r.bytes.buffer.byteLength ? r : { ...r, bytes: r.bytes.slice() }
+}
+
+/** Embedding rows as stored (float or ggml blocks); a row is widened to float32 when looked up. */
+class EmbeddingRows {
+  private readonly raw: RawTensor
+  private readonly rowBytes: number
+  private readonly hidden: number
+
+  constructor (raw: RawTensor, hidden: number) {
+    this.raw = raw
+    this.hidden = hidden
+    this.rowBytes = raw.bytes.byteLength / raw.shape[0]
+  }
+
+  row (id: number): Float32Array {
+    const bytes = this.raw.bytes.subarray(id * this.rowBytes, (id + 1) * this.rowBytes)
+    // F32 rows are views; others are widened (a quantized row is whole blocks)
+    return this.raw.dtype === 'F32' ? new Float32Array(bytes.buffer, bytes.byteOffset, this.hidden) : rawFloat32({ dtype: this.raw.dtype, shape: [this.hidden], bytes: bytes.byteOffset % 4 === 0 ? bytes : bytes.slice() })
+  }
+}
+
+/** Checks the head's tensors; the embeddings (copied: the raw buffer may be a view of a larger read) and the LM head's weights. */
+function splitHead (cfg: ModelConfig, raws: RawTensor[]): { embeddings: Float32Array, weights: HeadWeights } {
+  const by = checkedHead(cfg, raws)
   const f32 = (n: string): Float32Array => { const r = by.get(n)!; return rawFloat32(r) }
   const embeddings = f32('model.embed_tokens.weight').slice()
   const lmHead = cfg.tieWordEmbeddings ? embeddings : f32('lm_head.weight')

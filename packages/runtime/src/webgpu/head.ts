@@ -1,9 +1,9 @@
 /// <reference types="@webgpu/types" />
-import type { HeadKernel, HeadWeights } from '../head-kernel.ts'
+import type { HeadKernel } from '../head-kernel.ts'
 import type { GpuContext } from './device.ts'
 import { takeGpuError } from './device.ts'
 import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots } from './linear.ts'
-import type { LinearBinding } from './linear.ts'
+import type { LinearBinding, WeightPart } from './linear.ts'
 import { rmsNormKernel } from './kernels.ts'
 
 interface HeadScratch { rows: number, x: GPUBuffer, h: GPUBuffer, logits: GPUBuffer, readback: GPUBuffer, norm: GPUBindGroup, lm: LinearBinding }
@@ -13,12 +13,21 @@ interface HeadScratch { rows: number, x: GPUBuffer, h: GPUBuffer, logits: GPUBuf
  * uses the matrix-vector kernel (rows in groups of 8), so rows batched from several sessions
  * give bitwise the logits each would get alone.
  */
-export function gpuHeadKernel (gpu: GpuContext, w: HeadWeights): HeadKernel {
+export interface GpuHeadWeights {
+  hiddenSize: number
+  vocabSize: number
+  rmsNormEps: number
+  norm: Float32Array
+  /** `[vocab, hidden]` as stored. */
+  lmHead: WeightPart
+}
+
+export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
   const { device } = gpu
   const H = w.hiddenSize
   const V = w.vocabSize
   const norm = upload(device, w.norm, 'final norm')
-  const lmHead = GpuLinear.upload(gpu, 'lm_head', [{ dtype: 'F32', shape: [V, H], bytes: new Uint8Array(w.lmHead.buffer, w.lmHead.byteOffset, w.lmHead.byteLength) }])
+  const lmHead = GpuLinear.upload(gpu, 'lm_head', [w.lmHead])
   const step = createStepBuffer(device, 1)
   const normKernel = kernel(device, rmsNormKernel(H, w.rmsNormEps), ['read', 'read', 'rw', 'step'])
   let scratch: HeadScratch | undefined
