@@ -266,12 +266,12 @@ export function ggufTensorName (hf: string): string {
 
 /** Tokenizer keys: the model's byte-level BPE when it has a tokenizer.json, else placeholder tokens. */
 async function tokenizerMetadata (dir: string, cfg: ModelConfig): Promise<[string, Value][]> {
-  const ids = (unk: number | undefined): [string, Value][] => [
+  const ids = (unk: number | undefined, addBos = false): [string, Value][] => [
     ['tokenizer.ggml.bos_token_id', { t: 'u32', v: cfg.bosTokenId ?? 1 }],
     ['tokenizer.ggml.eos_token_id', { t: 'u32', v: cfg.eosTokenIds[0] ?? 2 }],
     ...(unk != null ? [['tokenizer.ggml.unknown_token_id', { t: 'u32', v: unk }] as [string, Value]] : []),
-    // Callers feed token ids; nothing should be prepended behind their back.
-    ['tokenizer.ggml.add_bos_token', { t: 'bool', v: false }]
+    // Placeholder vocabularies: callers feed token ids, nothing is prepended behind their back.
+    ['tokenizer.ggml.add_bos_token', { t: 'bool', v: addBos }]
   ]
   const path = join(dir, 'tokenizer.json')
   if (!(await fileExists(path))) return [...placeholderVocab(cfg.vocabSize), ...ids(0)]
@@ -300,13 +300,17 @@ async function tokenizerMetadata (dir: string, cfg: ModelConfig): Promise<[strin
   for (let i = 0; i < tokens.length; i++) if (tokens[i] == null) { tokens[i] = `[PAD${i}]`; types[i] = TOK.UNUSED }
   const merges = (model.merges as unknown[]).map(m => Array.isArray(m) ? m.join(' ') : String(m))
   const unk = model.unk_token != null ? model.vocab[model.unk_token] : undefined
+  // tokenizer_config.json: whether text gets a BOS, and the chat template (as convert_hf_to_gguf.py writes them)
+  const config = await readJsonIfPresent(join(dir, 'tokenizer_config.json'))
+  const template = typeof config?.chat_template === 'string' ? [['tokenizer.chat_template', { t: 'str', v: config.chat_template }] as [string, Value]] : []
   return [
     ['tokenizer.ggml.model', { t: 'str', v: 'gpt2' }],
     ['tokenizer.ggml.pre', { t: 'str', v: 'default' }],
     ['tokenizer.ggml.tokens', { t: 'arr_str', v: tokens as string[] }],
     ['tokenizer.ggml.token_type', { t: 'arr_i32', v: types }],
     ['tokenizer.ggml.merges', { t: 'arr_str', v: merges }],
-    ...ids(Number.isInteger(unk) ? unk : undefined)
+    ...ids(Number.isInteger(unk) ? unk : undefined, config?.add_bos_token === true),
+    ...template
   ]
 }
 
@@ -331,6 +335,15 @@ function placeholderVocab (n: number): [string, Value][] {
     ['tokenizer.ggml.scores', { t: 'arr_f32', v: scores }],
     ['tokenizer.ggml.token_type', { t: 'arr_i32', v: types }]
   ]
+}
+
+async function readJsonIfPresent (path: string): Promise<Record<string, any> | undefined> {
+  if (!(await fileExists(path))) return undefined
+  try {
+    return JSON.parse(await readFile(path, 'utf8'))
+  } catch (err: any) {
+    throw new Error(`${path}: invalid JSON (${err.message})`)
+  }
 }
 
 function modelName (dir: string): string {

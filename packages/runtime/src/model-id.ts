@@ -1,4 +1,4 @@
-import { readFile, writeFile, rename, stat, mkdir, realpath } from 'node:fs/promises'
+import { readFile, writeFile, rename, rm, stat, mkdir, realpath } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { blake3 } from '@noble/hashes/blake3.js'
@@ -122,7 +122,8 @@ async function fileStamp (src: ModelSource): Promise<FileStamp | undefined> {
 
 async function readStored (path: string, cfg: ModelConfig, stamp: FileStamp | undefined): Promise<ModelManifest | undefined> {
   let text: string
-  try { text = await readFile(path, 'utf8') } catch (err: any) { if (err.code === 'ENOENT') return undefined; throw err }
+  // absent or unreadable: computed afresh (and written to the next place that takes it)
+  try { text = await readFile(path, 'utf8') } catch { return undefined }
   let m: ModelManifest & { source?: FileStamp }
   try { m = JSON.parse(text) } catch (err: any) { throw new Error(`${path}: invalid JSON (${err.message})`) }
   if (stamp != null && (m.source?.size !== stamp.size || m.source?.mtimeMs !== stamp.mtimeMs)) return undefined
@@ -155,7 +156,9 @@ export async function loadManifest (ckpt: ModelSource, opts: { write?: boolean, 
         await writeFile(tmp, text)
         await rename(tmp, path)
         break
-      } catch {}
+      } catch {
+        await rm(tmp, { force: true }).catch(() => {})
+      }
     }
   }
   return m
