@@ -1,7 +1,11 @@
 // The GPU engine inside the runtime and the swarm: caches that grow, roll back, and a route
 // through a webgpu node and wasm nodes that gives the tokens one machine gives.
 import assert from 'node:assert/strict'
-import { initBackend, Checkpoint, Span, ModelHead } from '@plexus/runtime'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { initBackend, Checkpoint, Span, ModelHead, openModel, withQuantization } from '@plexus/runtime'
+import { makeModel } from '../scripts/lib/model-maker.ts'
 import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import { fixtureDir, golden, maxAbsDiff, runCli, CLIENT_BIN } from './support/fixtures.ts'
 import { skipWebgpu } from './support/gpu.ts'
@@ -81,6 +85,34 @@ describe('webgpu backend in the runtime and the swarm', function () {
         assert.ok(maxAbsDiff(l, f32.logits[i]) < 5e-3 * scale, `step ${i}: ${maxAbsDiff(l, f32.logits[i])} of ${scale}`)
       })
     } finally { await head.dispose(); await ckpt.close() }
+  })
+
+  it('q8_0 and q4_k blocks computed from their blocks on the GPU equal the dequantized weights on wasm (small shape: whole q4_k super-blocks)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'plexus-gpu-quant-'))
+    try {
+      await makeModel({ shape: 'small', layers: 2, dtype: 'bf16', out: join(dir, 'm'), seed: 5 })
+      for (const q of ['q8_0', 'q4_k'] as const) {
+        const src = withQuantization(await openModel(join(dir, 'm')), q)
+        const ids = [1, 450, 4996, 17354, 1701, 29916]
+        const run = async (backend: 'wasm' | 'webgpu'): Promise<Float32Array[]> => {
+          await initBackend(backend)
+          const span = await Span.load(src, 0, 2)
+          const head = await ModelHead.load(src)
+          const cache = span.newCache(32)
+          const outs = [await span.forward(head.embed(ids), ids.length, cache)]
+          for (const id of [7, 8, 9]) outs.push(await span.forward(head.embed([id]), 1, cache))
+          span.dispose(); await head.dispose()
+          return outs
+        }
+        const gpu = await run('webgpu')
+        const cpu = await run('wasm')
+        gpu.forEach((o, i) => {
+          const scale = Math.max(...cpu[i].map(Math.abs))
+          assert.ok(maxAbsDiff(o, cpu[i]) < 1e-4 * scale, `${q} step ${i}: ${maxAbsDiff(o, cpu[i])} of ${scale}`)
+        })
+        await src.close()
+      }
+    } finally { await rm(dir, { recursive: true, force: true }) }
   })
 
   it('a swarm of one webgpu node and two wasm nodes gives the golden tokens', async () => {

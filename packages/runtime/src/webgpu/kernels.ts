@@ -24,12 +24,19 @@ struct Step {
 
 const u = (n: number): string => `${n >>> 0}u`
 
-/** Threads per workgroup for a reduction over `n` items: a power of two in [32, 256], no more than the work needs. */
-function workgroupFor (n: number): number {
+/** Threads per workgroup for a reduction over `n` items: a power of two in [32, max], no more than the work needs. */
+function workgroupFor (n: number, max = 256): number {
   let w = 32
-  while (w < 256 && w < n) w *= 2
+  while (w < max && w < n) w *= 2
   return w
 }
+
+/**
+ * Threads per output of the matrix-vector kernel. 64 keeps every GPU busy (one workgroup per
+ * output: thousands of them) with few reduction steps; 256 made software Vulkan (lavapipe, the
+ * CI's GPU) 4× slower for no gain that a GPU measurement has shown yet.
+ */
+const MATVEC_THREADS = 64
 
 /** out = x / rms(x) · weight, one workgroup per row. */
 export function rmsNormKernel (hidden: number, eps: number): string {
@@ -97,7 +104,7 @@ fn store (r: u32, n: u32, v: f32) {
  */
 export function matvecKernel (s: LinearShape): string {
   const R = MATVEC_ROWS
-  const W = workgroupFor(s.k / 4)
+  const W = workgroupFor(s.k / 4, MATVEC_THREADS)
   return `${linearBindings(s)}
 var<workgroup> part: array<f32, ${W * R}>;
 
