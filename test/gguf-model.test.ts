@@ -6,7 +6,8 @@ import { chmod, copyFile, mkdir, mkdtemp, readdir, rm, stat, truncate, utimes } 
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import {
-  Checkpoint, GgufCheckpoint, openModel, loadManifest, writeSafetensors, applyChatTemplate, blockTensorShapes, headTensorShapes, quantizeQ8_0
+  Checkpoint, GgufCheckpoint, openModel, loadManifest, writeSafetensors, applyChatTemplate, blockTensorShapes, headTensorShapes, quantizeQ8_0,
+  dequantize, ggmlTypeByName, unpermuteRotary, sentencePieceMerges
 } from '@plexus/runtime'
 import { writeGguf } from '../scripts/lib/gguf.ts'
 import { makeModel } from '../scripts/lib/model-maker.ts'
@@ -63,6 +64,21 @@ describe('GGUF models end to end', function () {
         // norms stay f32, as the writer stores them
         assert.equal((await q8.readRaw('model.layers.0.input_layernorm.weight')).dtype, 'F32')
       } finally { await q8.close(); await ref.close() }
+    })
+
+    it('types a RawTensor cannot hold (Q5_0 here) are widened to F32 at read, rows un-permuted', async () => {
+      const f = await GgufCheckpoint.open(gguf.f32)
+      try {
+        const name = 'model.layers.0.self_attn.k_proj.weight'
+        const info = f.info(name)
+        // the tensor's first bytes, read as Q5_0 blocks
+        const end = info.begin + info.elements / 32 * 22
+        f.file.tensors.set(info.name, { ...info, type: ggmlTypeByName('Q5_0'), end })
+        const raw = await f.readRaw(name)
+        assert.equal(raw.dtype, 'F32')
+        const stored = dequantize('Q5_0', await f.file.readBytes(info.name), info.elements)
+        assert.deepEqual(new Float32Array(raw.bytes.buffer, raw.bytes.byteOffset, info.elements), unpermuteRotary(stored, info.shape[0], f.config.numKvHeads))
+      } finally { await f.close() }
     })
   })
 
@@ -204,6 +220,22 @@ describe('GGUF models end to end', function () {
         assert.ok(ca != null && cb != null)
         assert.equal(applyChatTemplate(cb, msgs, { addGenerationPrompt: true }), applyChatTemplate(ca, msgs, { addGenerationPrompt: true }))
       } finally { await st.close(); await gg.close() }
+    })
+
+    it('a SentencePiece (llama) vocabulary tokenizes text as llama.cpp does on the same file', async function () {
+      if (await llamaCppUnavailable() != null) this.skip()
+      const { llamaCppTokenize } = await import('../scripts/lib/llama-baseline.ts')
+      const texts = ['Hello world', ' two  spaces', 'Ünï 漢 😀', 'a\nb', '']
+      const f = await GgufCheckpoint.open(gguf.f16)
+      try {
+        const tok = await f.tokenizer()
+        assert.deepEqual(texts.map(t => tok!.encode(t, { addSpecialTokens: false })), await llamaCppTokenize(gguf.f16, texts))
+      } finally { await f.close() }
+    })
+
+    it('SentencePiece merges follow transformers\' extractor: higher-scored pieces first, then by the halves\' ids', () => {
+      const tokens = ['▁', 'a', 'b', 'ab', '▁a', '▁ab', 'ba']
+      assert.deepEqual(sentencePieceMerges(tokens, [0, 0, 0, -1, -2, -3, -0.5]), ['b a', 'a b', '▁ a', '▁ ab', '▁a b'])
     })
 
     it('generate --local --chat --prompt gives the same prompt ids from the GGUF as from the directory', async () => {

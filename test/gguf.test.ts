@@ -69,7 +69,7 @@ describe('GGUF', function () {
     })
     after(async () => { await deq?.dispose() })
 
-    for (const type of ['F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q5_K', 'Q6_K'] as const) {
+    for (const type of ['F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q4_K', 'Q5_K', 'Q6_K'] as const) {
       it(`${type}: random blocks are bit-for-bit equal`, async () => {
         const t = ggmlTypeByName(type)
         const nBlocks = t.blockSize === 1 ? 4096 : 64
@@ -282,7 +282,7 @@ describe('GGUF', function () {
         [{ name: 'blk.0.ffn_up.weight', dims: [256, 1], type: ggmlTypeByName('Q2_K').id, data: new Uint8Array(84) }]))
       const f = await GgufFile.open(q2Path)
       try {
-        await rejects(f.readFloat32('blk.0.ffn_up.weight'), /^q2k-fixed\.gguf: tensor blk\.0\.ffn_up\.weight: type Q2_K is not supported \(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K\)$/)
+        await rejects(f.readFloat32('blk.0.ffn_up.weight'), /^q2k-fixed\.gguf: tensor blk\.0\.ffn_up\.weight: type Q2_K is not supported \(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K\)$/)
         await rejects(f.readFloat32('nope'), /^q2k-fixed\.gguf: tensor nope is missing from the file$/)
       } finally { await f.close() }
     })

@@ -89,3 +89,14 @@ export async function runLlamaCpp (ggufPath: string, promptIds: number[], maxTok
     await model.dispose()
   }
 }
+
+/** llama.cpp's tokenization of `text` with the file's own vocabulary (no BOS, special tokens as text). */
+export async function llamaCppTokenize (ggufPath: string, texts: string[]): Promise<number[][]> {
+  const llama = await llamaInstance(false)
+  const model = await llama.loadModel({ modelPath: ggufPath, gpuLayers: 0 })
+  try {
+    return texts.map(t => Array.from(model.tokenize(t, false), Number))
+  } finally {
+    await model.dispose()
+  }
+}

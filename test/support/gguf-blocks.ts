@@ -11,6 +11,9 @@ export const LLAMA_CPP_SYMBOL: Record<string, string> = {
   BF16: 'ggml_bf16_to_fp32_row',
   Q8_0: 'dequantize_row_q8_0',
   Q4_0: 'dequantize_row_q4_0',
+  Q4_1: 'dequantize_row_q4_1',
+  Q5_0: 'dequantize_row_q5_0',
+  Q5_1: 'dequantize_row_q5_1',
   Q4_K: 'dequantize_row_q4_K',
   Q5_K: 'dequantize_row_q5_K',
   Q6_K: 'dequantize_row_q6_K'
@@ -107,7 +110,7 @@ export function blocksOf (type: 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K', nBlo
 export function finiteHalf (type: string, b: Uint8Array): void {
   const fix = (o: number): void => { if (((b[o + 1] >> 2) & 0x1f) === 0x1f) b[o + 1] &= ~0x40 }
   const fixBf = (o: number): void => { if ((b[o + 1] & 0x7f) === 0x7f && (b[o] & 0x80) !== 0) b[o + 1] &= ~0x40 }
-  const at: Record<string, [number, number[]]> = { F16: [2, [0]], Q8_0: [34, [0]], Q4_0: [18, [0]], Q4_K: [144, [0, 2]], Q5_K: [176, [0, 2]], Q6_K: [210, [208]] }
+  const at: Record<string, [number, number[]]> = { F16: [2, [0]], Q8_0: [34, [0]], Q4_0: [18, [0]], Q4_1: [20, [0, 2]], Q5_0: [22, [0]], Q5_1: [24, [0, 2]], Q4_K: [144, [0, 2]], Q5_K: [176, [0, 2]], Q6_K: [210, [208]] }
   if (type === 'BF16') { for (let o = 0; o < b.length; o += 2) fixBf(o); return }
   const [stride, offs] = at[type]
   for (let o = 0; o < b.length; o += stride) for (const k of offs) fix(o + k)

@@ -44,6 +44,56 @@ function q4_0 (b: Uint8Array, y: Float32Array, nb: number): void {
   }
 }
 
+// block_q4_1: d, m (f16), qs[16] = 20 bytes per 32 elements; x·d + m rounds the product first.
+function q4_1 (b: Uint8Array, y: Float32Array, nb: number): void {
+  for (let i = 0; i < nb; i++) {
+    const o = i * 20
+    const d = f16At(b, o)
+    const m = f16At(b, o + 2)
+    for (let j = 0; j < 16; j++) {
+      const q = b[o + 4 + j]
+      y[i * 32 + j] = Math.fround((q & 0x0f) * d) + m
+      y[i * 32 + j + 16] = Math.fround((q >> 4) * d) + m
+    }
+  }
+}
+
+/** The fifth bits of q5_0/q5_1: a little-endian u32 at `o`, bit j for element j. */
+const u32At = (b: Uint8Array, o: number): number => (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)) >>> 0
+
+// block_q5_0: d (f16), qh (u32), qs[16] = 22 bytes per 32 elements.
+function q5_0 (b: Uint8Array, y: Float32Array, nb: number): void {
+  for (let i = 0; i < nb; i++) {
+    const o = i * 22
+    const d = f16At(b, o)
+    const qh = u32At(b, o + 2)
+    for (let j = 0; j < 16; j++) {
+      const q = b[o + 6 + j]
+      const h0 = ((qh >>> j) << 4) & 0x10
+      const h1 = (qh >>> (j + 12)) & 0x10
+      y[i * 32 + j] = (((q & 0x0f) | h0) - 16) * d
+      y[i * 32 + j + 16] = (((q >> 4) | h1) - 16) * d
+    }
+  }
+}
+
+// block_q5_1: d, m (f16), qh (u32), qs[16] = 24 bytes per 32 elements.
+function q5_1 (b: Uint8Array, y: Float32Array, nb: number): void {
+  for (let i = 0; i < nb; i++) {
+    const o = i * 24
+    const d = f16At(b, o)
+    const m = f16At(b, o + 2)
+    const qh = u32At(b, o + 4)
+    for (let j = 0; j < 16; j++) {
+      const q = b[o + 8 + j]
+      const h0 = ((qh >>> j) << 4) & 0x10
+      const h1 = (qh >>> (j + 12)) & 0x10
+      y[i * 32 + j] = Math.fround(((q & 0x0f) | h0) * d) + m
+      y[i * 32 + j + 16] = Math.fround(((q >> 4) | h1) * d) + m
+    }
+  }
+}
+
 /** ggml's get_scale_min_k4: the j-th 6-bit scale and min packed in 12 bytes at `o`. */
 function scaleMin (b: Uint8Array, o: number, j: number): [number, number] {
   if (j < 4) return [b[o + j] & 63, b[o + j + 4] & 63]
@@ -118,7 +168,7 @@ function q6_K (b: Uint8Array, y: Float32Array, nb: number): void {
   }
 }
 
-const BLOCKED: Record<string, (b: Uint8Array, y: Float32Array, nb: number) => void> = { Q8_0: q8_0, Q4_0: q4_0, Q4_K: q4_K, Q5_K: q5_K, Q6_K: q6_K }
+const BLOCKED: Record<string, (b: Uint8Array, y: Float32Array, nb: number) => void> = { Q8_0: q8_0, Q4_0: q4_0, Q4_1: q4_1, Q5_0: q5_0, Q5_1: q5_1, Q4_K: q4_K, Q5_K: q5_K, Q6_K: q6_K }
 
 /**
  * `n` elements stored as `type` → float32, as llama.cpp's to_float for that type computes them.

@@ -41,8 +41,11 @@ export function ggmlTypeByName (name: string): GgmlType {
   return t
 }
 
-/** The block formats Plexus can turn into float32 (all that Q4_K_M and Q5_K_M files use). */
-export const DEQUANTIZABLE = ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q5_K', 'Q6_K'] as const
+/**
+ * The block formats Plexus can turn into float32: all that Q4_K_M and Q5_K_M files use, and the
+ * legacy 32-element formats llama.cpp falls back to for rows that are not whole 256-element blocks.
+ */
+export const DEQUANTIZABLE = ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q4_K', 'Q5_K', 'Q6_K'] as const
 export type DequantizableType = typeof DEQUANTIZABLE[number]
 
 /** GGUF metadata value types (gguf.h `enum gguf_type`). */
