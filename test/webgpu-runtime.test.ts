@@ -115,13 +115,13 @@ describe('webgpu backend in the runtime and the swarm', function () {
     } finally { await rm(dir, { recursive: true, force: true }) }
   })
 
-  it('a swarm of one webgpu node and two wasm nodes gives the golden tokens', async () => {
+  it('a swarm of one webgpu node (f16 KV cache) and two wasm nodes gives the golden tokens', async () => {
     const name = 'tiny-llama'
     const g = golden(name)
     const swarm = await startSwarm(fixtureDir(name), [])
     try {
       const nodes = await Promise.all([
-        swarm.add('gpu', fixtureDir(name), '0:1', ['--backend', 'webgpu']),
+        swarm.add('gpu', fixtureDir(name), '0:1', ['--backend', 'webgpu', '--kv-cache', 'f16']),
         swarm.add('wasm-1', fixtureDir(name), '1:2', ['--backend', 'wasm']),
         swarm.add('wasm-2', fixtureDir(name), '2:3', ['--backend', 'wasm'])
       ])

@@ -40,6 +40,8 @@ export interface LocalModelOptions {
   placement?: 'auto' | 'in-process' | 'workers'
   /** Quantize the blocks' linear weights at load (LocalModel.load; a source passed in carries its own). */
   quantize?: QuantFormat
+  /** Precision of the KV cache on the GPU (webgpu backend; the CPU backends keep float32). */
+  kvCache?: 'f32' | 'f16'
 }
 
 export interface SpanRunnersOptions extends LocalModelOptions {
@@ -65,8 +67,8 @@ export async function loadSpanRunners (ckpt: ModelSource, start: number, end: nu
   try {
     for (let i = 0; i + 1 < bounds.length; i++) {
       runners.push(placement === 'workers'
-        ? await WorkerSpanRunner.load({ path: ckpt.path, quantize: quantizationOf(ckpt), start: bounds[i], end: bounds[i + 1], backend: activeBackend(), blockDigests: opts.blockDigests })
-        : inProcessRunner(await Span.load(ckpt, bounds[i], bounds[i + 1], { blockDigests: opts.blockDigests })))
+        ? await WorkerSpanRunner.load({ path: ckpt.path, quantize: quantizationOf(ckpt), start: bounds[i], end: bounds[i + 1], backend: activeBackend(), blockDigests: opts.blockDigests, kvCache: opts.kvCache })
+        : inProcessRunner(await Span.load(ckpt, bounds[i], bounds[i + 1], { blockDigests: opts.blockDigests, kvCache: opts.kvCache })))
     }
     return runners
   } catch (err) {

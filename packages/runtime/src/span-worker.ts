@@ -9,7 +9,7 @@ import type { QuantFormat } from './quant/quantized-source.ts'
 import type { KVCache } from './span.ts'
 
 /** `path`: the model directory or .gguf file, reopened in the worker. */
-export interface SpanWorkerInit { path: string, quantize?: QuantFormat, start: number, end: number, backend?: string, blockDigests?: string[] }
+export interface SpanWorkerInit { path: string, quantize?: QuantFormat, start: number, end: number, backend?: string, blockDigests?: string[], kvCache?: 'f32' | 'f16' }
 export type SpanWorkerRequest =
   | { id: number, op: 'open', session: number, maxLength: number, start?: number, end?: number }
   | { id: number, op: 'forward', session: number, hidden: Float32Array, tokens: number, positions?: number[] }
@@ -29,7 +29,7 @@ async function main (): Promise<void> {
   try {
     await initBackend(init.backend as any)
     const ckpt = withQuantization(await openModel(init.path), init.quantize)
-    span = await Span.load(ckpt, init.start, init.end, { blockDigests: init.blockDigests })
+    span = await Span.load(ckpt, init.start, init.end, { blockDigests: init.blockDigests, kvCache: init.kvCache })
     await ckpt.close()
   } catch (err: any) {
     port.postMessage({ ready: false, name: err.name, message: err.message } satisfies SpanWorkerReply)

@@ -10,8 +10,10 @@ export interface BlockBackendInit {
   modelId: string
   /** Most concurrent sessions. */
   maxSessions?: number
-  /** KV-cache bytes all sessions together may reserve (float32 keys + values at max length). */
+  /** KV-cache bytes all sessions together may reserve (keys + values at max length). */
   cacheBudgetBytes?: number
+  /** Bytes per cached key or value: 4 (float32, the default) or 2 (an f16 cache on a GPU). */
+  kvBytesPerValue?: number
   /** Sessions idle longer than this are closed and their memory freed. */
   idleTimeoutMs?: number
   /** Deliberate faults, for testing verification; off unless set (see docs/operations.md). */
@@ -74,6 +76,7 @@ export class BlockBackend {
   private readonly closed = new Set<string>()
   private readonly maxSessions: number
   private readonly cacheBudget: number
+  private readonly kvBytesPerValue: number
   private readonly idleTimeoutMs: number
   private readonly faults?: FaultInjection
   private reserved = 0
@@ -89,6 +92,7 @@ export class BlockBackend {
     this.end = this.runner.end
     this.maxSessions = init.maxSessions ?? 64
     this.cacheBudget = init.cacheBudgetBytes ?? 2 * 2 ** 30
+    this.kvBytesPerValue = init.kvBytesPerValue ?? 4
     this.idleTimeoutMs = init.idleTimeoutMs ?? 5 * 60_000
     this.faults = init.faults
     this.sweeper = setInterval(() => { void this.expireIdle() }, Math.min(10_000, this.idleTimeoutMs)).unref()
@@ -96,7 +100,7 @@ export class BlockBackend {
 
   /** Bytes of keys and values one session of `maxLength` positions on `blocks` blocks can grow to. */
   cacheBytes (blocks: number, maxLength: number): number {
-    return 2 * 4 * blocks * maxLength * this.config.numKvHeads * this.config.headDim
+    return 2 * this.kvBytesPerValue * blocks * maxLength * this.config.numKvHeads * this.config.headDim
   }
 
   get sessionCount (): number { return this.sessions.size }

@@ -28,6 +28,7 @@ export interface JoinArgs extends CommonArgs {
   backend: BackendName | 'auto'
   maxSessions: number
   cacheMb: number
+  kvCache: 'f32' | 'f16'
   offerHead?: boolean
   memory?: number
   rebalanceInterval: number
@@ -147,6 +148,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     // default: most of the memory free now (weights and caches must fit in RAM)
     memoryBytes: args.memory != null ? args.memory * 2 ** 20 : Math.floor(freemem() * 0.7),
     cacheBudgetBytes: args.cacheMb * 2 ** 20,
+    kvCache: args.kvCache,
     maxSessions: args.maxSessions,
     offersHead: args.offerHead,
     rebalanceMs: args.rebalanceInterval * 1000,

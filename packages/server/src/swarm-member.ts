@@ -25,6 +25,8 @@ export interface SwarmMemberInit {
   /** Bytes for weights and KV cache together (the cache budget comes off it). */
   memoryBytes: number
   cacheBudgetBytes: number
+  /** Precision of the sessions' KV caches on a GPU (f16: twice the sessions in the same budget). */
+  kvCache?: 'f32' | 'f16'
   maxSessions: number
   offersHead?: boolean
   /** How often to consider moving, ms (0: never). */
@@ -98,9 +100,11 @@ export class SwarmMember {
     const { checkpoint: ckpt, manifest } = this.c
     const cfg = ckpt.config
     // Always in worker threads: a long prefill must not stall this thread's networking (pings).
-    const runner = chainRunners(await loadSpanRunners(ckpt, start, end, { placement: 'workers', blockDigests: manifest.blockDigests }))
+    const runner = chainRunners(await loadSpanRunners(ckpt, start, end, { placement: 'workers', blockDigests: manifest.blockDigests, kvCache: this.init.kvCache }))
     const backend = new BlockBackend({ runner, config: cfg }, {
-      modelId: manifest.id, maxSessions: this.init.maxSessions, cacheBudgetBytes: this.init.cacheBudgetBytes, faults: this.init.faults
+      modelId: manifest.id, maxSessions: this.init.maxSessions, cacheBudgetBytes: this.init.cacheBudgetBytes, faults: this.init.faults,
+      // an f16 cache exists only on the GPU; elsewhere the caches stay float32
+      kvBytesPerValue: this.init.kvCache === 'f16' && this.init.backend === 'webgpu' ? 2 : 4
     })
     const throughput = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir })
     const server = new PlexusServer({ node: this.c.node, privateKey: this.c.privateKey, backend, manifest, checkpoint: ckpt }, {
