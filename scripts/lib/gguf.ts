@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { Checkpoint } from '../../packages/runtime/src/checkpoint.ts'
 import type { ModelConfig } from '../../packages/runtime/src/config.ts'
 import { fileExists } from '../../packages/runtime/src/safetensors.ts'
+import { ggufNameOf } from '../../packages/runtime/src/gguf/checkpoint.ts'
 import { f32ToF16 } from '../../packages/runtime/src/safetensors-write.ts'
 import { quantizeQ8_0 } from '../../packages/runtime/src/quant/quantize.ts'
 
@@ -241,27 +242,11 @@ export function permuteRotary (data: Float32Array, shape: number[], heads: numbe
   return out
 }
 
+/** The GGUF name of a Hugging Face tensor (the runtime's reader maps it back). */
 export function ggufTensorName (hf: string): string {
-  const fixed: Record<string, string> = {
-    'model.embed_tokens.weight': 'token_embd.weight',
-    'model.norm.weight': 'output_norm.weight',
-    'lm_head.weight': 'output.weight'
-  }
-  if (fixed[hf] != null) return fixed[hf]
-  const m = /^model\.layers\.(\d+)\.(.+)\.(weight|bias)$/.exec(hf)
-  const parts: Record<string, string> = {
-    input_layernorm: 'attn_norm',
-    post_attention_layernorm: 'ffn_norm',
-    'self_attn.q_proj': 'attn_q',
-    'self_attn.k_proj': 'attn_k',
-    'self_attn.v_proj': 'attn_v',
-    'self_attn.o_proj': 'attn_output',
-    'mlp.gate_proj': 'ffn_gate',
-    'mlp.up_proj': 'ffn_up',
-    'mlp.down_proj': 'ffn_down'
-  }
-  if (m == null || parts[m[2]] == null) throw new Error(`gguf: no GGUF name for tensor ${hf}`)
-  return `blk.${m[1]}.${parts[m[2]]}.${m[3]}`
+  const name = ggufNameOf(hf)
+  if (name == null) throw new Error(`gguf: no GGUF name for tensor ${hf}`)
+  return name
 }
 
 /** Tokenizer keys: the model's byte-level BPE when it has a tokenizer.json, else placeholder tokens. */

@@ -126,16 +126,12 @@ export class Checkpoint implements ModelSource {
   /** All tensors of one block, shape-checked, as raw bytes (name order is canonical). */
   async readBlockRaw (block: number): Promise<RawTensor[]> {
     this.checkBlock(block)
-    const out: RawTensor[] = []
-    for (const [name, shape] of blockTensorShapes(this.config, block)) out.push(await this.readRaw(name, shape))
-    return out
+    return await readAll(this, blockTensorShapes(this.config, block))
   }
 
   /** Embeddings, final norm, LM head (the tied embeddings stand in for it). */
   async readHeadRaw (): Promise<RawTensor[]> {
-    const out: RawTensor[] = []
-    for (const [name, shape] of headTensorShapes(this.config)) out.push(await this.readRaw(name, shape))
-    return out
+    return await readAll(this, headTensorShapes(this.config))
   }
 
   checkBlock (block: number): void {
@@ -153,6 +149,13 @@ export class Checkpoint implements ModelSource {
     this.files.clear()
     for (const p of files) { try { await (await p).close() } catch {} }
   }
+}
+
+/** Reads the named tensors in order, each checked against its shape (one model source or another). */
+export async function readAll (src: { readRaw: (name: string, shape?: number[]) => Promise<RawTensor> }, shapes: Iterable<[string, number[]]>): Promise<RawTensor[]> {
+  const out: RawTensor[] = []
+  for (const [name, shape] of shapes) out.push(await src.readRaw(name, shape))
+  return out
 }
 
 function sameShape (a: number[], b: number[]): boolean {

@@ -1,7 +1,7 @@
 import { basename } from 'node:path'
 import { blockTensorShapes, headTensorShapes } from '../config.ts'
 import type { ModelConfig } from '../config.ts'
-import { rawFloat32 } from '../checkpoint.ts'
+import { rawFloat32, readAll } from '../checkpoint.ts'
 import type { RawTensor, WeightDType } from '../checkpoint.ts'
 import type { ModelSource } from '../model-source.ts'
 import type { TextTokenizer } from '../tokenizer.ts'
@@ -153,16 +153,12 @@ export class GgufCheckpoint implements ModelSource {
   /** All tensors of one block, shape-checked (name order is canonical, as Checkpoint's). */
   async readBlockRaw (block: number): Promise<RawTensor[]> {
     this.checkBlock(block)
-    const out: RawTensor[] = []
-    for (const [name, shape] of blockTensorShapes(this.config, block)) out.push(await this.readRaw(name, shape))
-    return out
+    return await readAll(this, blockTensorShapes(this.config, block))
   }
 
   /** Embeddings, final norm, LM head (absent when tied: token_embd stands in for it). */
   async readHeadRaw (): Promise<RawTensor[]> {
-    const out: RawTensor[] = []
-    for (const [name, shape] of headTensorShapes(this.config)) out.push(await this.readRaw(name, shape))
-    return out
+    return await readAll(this, headTensorShapes(this.config))
   }
 
   checkBlock (block: number): void {
