@@ -24,7 +24,11 @@ const CLIENTS = 16
 const LOAD_MS = 20_000
 /** …and on until this many sessions completed in all (warm-up included), but never past this. */
 const MIN_SESSIONS = 1000
-const HARD_STOP_MS = 55_000
+/**
+ * A bound on the test's time, not a speed target (speed lives in bench:load): 1,000 sessions
+ * took 47–58 s on a 2-core machine in runs of the same code, so 55 s failed at random.
+ */
+const HARD_STOP_MS = 110_000
 const WARMUP_SESSIONS = 50
 const MAX_TOKENS = 4
 const PROMPTS = 12
