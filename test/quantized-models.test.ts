@@ -158,7 +158,9 @@ describe('--quantize', function () {
         for (const n of swarm.nodes) assert.equal(n.ready.modelId, r.model_id)
         const models = await runCli(CLIENT_BIN, ['models', '--bootstrap', swarm.bootstrapAddr, '--json'])
         assert.equal(models.code, 0, models.stderr)
-        assert.equal(JSON.parse(models.stdout).models.find((m: any) => m.modelId === r.model_id)?.name, 'tiny-llama:q8_0')
+        const listed = JSON.parse(models.stdout).models.find((m: any) => m.modelId === r.model_id)
+        assert.equal(listed?.name, 'tiny-llama:q8_0')
+        assert.deepEqual(listed?.formats, ['q8_0'])
       } finally { await swarm.stop() }
     })
   })

@@ -82,6 +82,8 @@ describe('swarm of processes on loopback', function () {
       assert.deepEqual(m.coverage, new Array(12).fill(1))
       assert.equal(m.servers, 3)
       assert.equal(m.offersHead, true)
+      assert.deepEqual(m.formats, ['bf16'])
+      assert.equal(m.backends.length, 1)
     })
 
     it('routes through overlapping spans and still gives the same tokens', async () => {

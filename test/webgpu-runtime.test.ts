@@ -134,6 +134,11 @@ describe('webgpu backend in the runtime and the swarm', function () {
       assert.deepEqual(out.token_ids, g.greedy_new_ids)
       assert.deepEqual(out.route.map((h: any) => `${h.start}:${h.end}`), ['0:1', '1:2', '2:3'])
       assert.equal(out.route[0].peer, nodes[0].ready.peerId)
+      const models = await runCli(CLIENT_BIN, ['models', '--bootstrap', swarm.bootstrapAddr, '--json'])
+      assert.equal(models.code, 0, models.stderr)
+      const listed = JSON.parse(models.stdout).models.find((m: any) => m.modelId === nodes[0].ready.modelId)
+      assert.deepEqual([...listed.backends].sort(), ['wasm', 'webgpu'])
+      assert.deepEqual(listed.formats, ['f32'])
     } finally { await swarm.stop() }
   })
 })

@@ -17,6 +17,8 @@ export interface AnnouncementBody {
   throughput: number
   /** What computes the blocks: webgpu, tensorflow, wasm or cpu (absent in older records). */
   backend?: string
+  /** How the blocks' weights are held: f32, bf16, f16, q8_0, q4_k … (absent in older records). */
+  format?: string
   addrs: string[]
   /** The server also serves the model's client parts (embeddings, final norm, LM head). */
   offersHead: boolean

@@ -23,6 +23,8 @@ export interface PlexusServerInit {
   throughput: number
   /** What computes the blocks (announced so that clients and dashboards can tell). */
   backend?: string
+  /** How the blocks' weights are held (announced: clients list it with the model). */
+  format?: string
   /** Announcements are valid this long and re-signed before they lapse. */
   announcementTtlMs?: number
   /** How often the DHT provider records are refreshed. */
@@ -77,6 +79,7 @@ export class PlexusServer {
       numBlocks: backend.config.numLayers,
       throughput: this.init.throughput,
       ...(this.init.backend != null ? { backend: this.init.backend } : {}),
+      ...(this.init.format != null ? { format: this.init.format } : {}),
       addrs: node.getMultiaddrs().map(a => a.toString()),
       offersHead: this.servesHead,
       capacity: { sessions: backend.sessionCount + backend.freeSessions, freeSessions: backend.isDraining ? 0 : backend.freeSessions },

@@ -1,7 +1,7 @@
 import type { PrivateKey, Logger } from '@libp2p/interface'
 import { discoverServers } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import { loadSpanRunners, chainRunners, blockBytes } from '@plexus/runtime'
+import { loadSpanRunners, chainRunners, blockBytes, weightFormat, bytesPerWeight } from '@plexus/runtime'
 import type { ModelSource, ModelManifest, BackendName } from '@plexus/runtime'
 import { BlockBackend } from './backend.ts'
 import type { FaultInjection } from './backend.ts'
@@ -63,10 +63,17 @@ export class SwarmMember {
 
   get serving (): ServedSpan | undefined { return this.span }
 
-  /** Blocks this machine can hold within its memory budget. */
+  /** How the blocks' weights are held (read at start). */
+  private format?: string
+
+  /**
+   * Blocks this machine can hold within its memory budget: a GPU holds each block in its stored
+   * format; the CPU backends widen it to float32 (wasm keeps a packed copy beside it too).
+   */
   capacity (): number {
     const cfg = this.c.checkpoint.config
-    const perBlock = blockBytes(cfg) * (this.init.backend === 'wasm' ? 2 : 1)
+    const f32 = blockBytes(cfg)
+    const perBlock = this.init.backend === 'webgpu' ? f32 / 4 * bytesPerWeight(this.format ?? 'f32') : f32 * (this.init.backend === 'wasm' ? 2 : 1)
     return blocksThatFit(this.init.memoryBytes - this.init.cacheBudgetBytes, perBlock, cfg.numLayers)
   }
 
@@ -78,6 +85,7 @@ export class SwarmMember {
   }
 
   async start (): Promise<void> {
+    this.format = await weightFormat(this.c.checkpoint)
     let start: number
     let end: number
     if (this.init.blocks != null) {
@@ -108,7 +116,7 @@ export class SwarmMember {
     })
     const throughput = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir })
     const server = new PlexusServer({ node: this.c.node, privateKey: this.c.privateKey, backend, manifest, checkpoint: ckpt }, {
-      throughput, backend: this.init.backend, offersHead: this.init.offersHead ?? (ckpt.format === 'safetensors' && (start === 0 || end === cfg.numLayers)), metrics: this.init.metrics
+      throughput, backend: this.init.backend, format: this.format, offersHead: this.init.offersHead ?? (ckpt.format === 'safetensors' && (start === 0 || end === cfg.numLayers)), metrics: this.init.metrics
     })
     await server.start()
     this.server = server

@@ -31,7 +31,9 @@ export async function runModels (args: ModelsArgs): Promise<void> {
     for (const m of models) {
       const missing = m.coverage.filter(c => c === 0).length
       process.stdout.write(`${m.name}  ${shortId(m.modelId)}  ${m.numBlocks} blocks, ${m.servers} server(s)${missing > 0 ? `, ${missing} block(s) unserved` : ', complete'}${m.offersHead ? '' : ', no peer offers the client parts'}\n`)
-      process.stdout.write(`  servers per block: ${coverageText(m.coverage)}\n  id: ${m.modelId}\n`)
+      process.stdout.write(`  servers per block: ${coverageText(m.coverage)}\n`)
+      if (m.formats.length > 0 || m.backends.length > 0) process.stdout.write(`  weights: ${m.formats.join(', ') || 'unknown'}; computed on: ${m.backends.join(', ') || 'unknown'}\n`)
+      process.stdout.write(`  id: ${m.modelId}\n`)
     }
   } finally {
     await stopNode(node)

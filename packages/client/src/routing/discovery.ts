@@ -75,6 +75,9 @@ export interface ModelListing {
   coverage: number[]
   servers: number
   offersHead: boolean
+  /** How its servers hold the weights (f32, bf16, q8_0 …), and what computes them (webgpu, wasm …). */
+  formats: string[]
+  backends: string[]
 }
 
 /** Every model the reachable servers announce, with how many servers hold each block. */
@@ -87,9 +90,11 @@ export async function listModels (node: PlexusNode, opts: { timeoutMs?: number }
   for (const a of records) {
     let m = models.get(a.modelId)
     if (m == null) {
-      m = { modelId: a.modelId, name: a.modelName, numBlocks: a.numBlocks, coverage: new Array(a.numBlocks).fill(0), servers: 0, offersHead: false }
+      m = { modelId: a.modelId, name: a.modelName, numBlocks: a.numBlocks, coverage: new Array(a.numBlocks).fill(0), servers: 0, offersHead: false, formats: [], backends: [] }
       models.set(a.modelId, m)
     }
+    if (a.format != null && !m.formats.includes(a.format)) m.formats.push(a.format)
+    if (a.backend != null && !m.backends.includes(a.backend)) m.backends.push(a.backend)
     m.servers++
     m.offersHead ||= a.offersHead
     for (let b = a.start; b < Math.min(a.end, m.numBlocks); b++) m.coverage[b]++

@@ -105,3 +105,21 @@ export function quantizationOf (src: ModelSource): QuantFormat | undefined {
 export function storedSource (src: ModelSource): ModelSource {
   return src instanceof QuantizedSource ? src.base : src
 }
+
+/** Bytes per weight of each storage format (ggml block formats: block bytes / block size). */
+const BYTES_PER_WEIGHT: Record<string, number> = {
+  f32: 4, f16: 2, bf16: 2, q8_0: 34 / 32, q4_0: 18 / 32, q4_k: 144 / 256, q5_k: 176 / 256, q6_k: 210 / 256
+}
+
+/**
+ * How the blocks' linear weights are held: the --quantize format, else the stored type of
+ * block 0's q projection, lowercase (f32, bf16, q8_0, q4_k …). Read once, at start-up.
+ */
+export async function weightFormat (src: ModelSource): Promise<string> {
+  const q = quantizationOf(src)
+  if (q != null) return q
+  return (await storedSource(src).readRaw('model.layers.0.self_attn.q_proj.weight')).dtype.toLowerCase()
+}
+
+/** Bytes per weight in `format` (4 for a format this does not know: float32 is the worst case). */
+export function bytesPerWeight (format: string): number { return BYTES_PER_WEIGHT[format] ?? 4 }
