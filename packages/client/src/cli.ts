@@ -29,7 +29,7 @@ function checkQuantize (a: Record<string, any>): string | true {
 function report (err: any): never {
   // a failed yargs check rejects with its message string
   if (typeof err === 'string') { process.stderr.write(`plexus-client: ${err}\nRun plexus-client --help for usage.\n`); process.exit(2) }
-  const expected = ['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'GgufError', 'BackendError', 'SpanError', 'RangeError', 'NoRouteError', 'RemoteError', 'PeerFailure', 'ModelFetchError', 'TrustError', 'SwarmUnreachableError'].includes(err?.name) || /^bad bootstrap|^cannot reach|^could not/.test(String(err?.message))
+  const expected = ['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'GgufError', 'WeightsMismatchError', 'BackendError', 'SpanError', 'RangeError', 'NoRouteError', 'RemoteError', 'PeerFailure', 'ModelFetchError', 'TrustError', 'SwarmUnreachableError'].includes(err?.name) || /^bad bootstrap|^cannot reach|^could not/.test(String(err?.message))
   process.stderr.write(`plexus-client: ${expected ? err.message : (err?.stack ?? String(err))}\n`)
   process.exit(expected ? 2 : 1)
 }

@@ -25,10 +25,9 @@ async function tryImport (spec: string): Promise<boolean> {
   }
 }
 
-async function load (name: BackendName): Promise<boolean> {
+/** Loads a tfjs backend (webgpu is Plexus's own and is opened by initBackend). */
+async function load (name: Exclude<BackendName, 'webgpu'>): Promise<boolean> {
   switch (name) {
-    case 'webgpu':
-      throw new Error('unreachable: webgpu is selected by initBackend')
     case 'tensorflow':
       // The GPU build first: it registers as 'tensorflow' too.
       if (!(await tryImport('@tensorflow/tfjs-node-gpu')) && !(await tryImport('@tensorflow/tfjs-node'))) return false
@@ -64,8 +63,8 @@ export async function initBackend (name?: BackendName | 'auto', opts: InitBacken
     const explicit = name === 'webgpu'
     try {
       await acquireGpu({ allowSoftware: explicit })
-      // Embedding lookups and anything outside the GPU kernels still use a tfjs backend.
-      await initBackend(tf.findBackend('wasm') != null || (await load('wasm')) ? 'wasm' : 'cpu')
+      // whatever still runs on tfjs in this thread gets its fastest portable backend
+      await initBackend('wasm')
       active = 'webgpu'
       return 'webgpu'
     } catch (err: any) {

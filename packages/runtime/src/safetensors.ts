@@ -120,7 +120,8 @@ function parseEntry (file: string, name: string, info: any, dataStart: number, s
 }
 
 let f16Table: Float32Array | undefined
-function halfTable (): Float32Array {
+/** IEEE binary16 bits → float32, exact for every input (ggml's GGML_FP16_TO_FP32 too). */
+export function halfTable (): Float32Array {
   if (f16Table != null) return f16Table
   const t = new Float32Array(65536)
   for (let h = 0; h < 65536; h++) {

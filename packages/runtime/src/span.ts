@@ -1,11 +1,10 @@
 import * as tf from '@tensorflow/tfjs-core'
 import type { ModelConfig } from './config.ts'
 import type { ModelSource } from './model-source.ts'
-import { QuantizedSource } from './quant/quantized-source.ts'
+import { readBlockChecked } from './quant/quantized-source.ts'
 import { loadBlockWeights, disposeBlockWeights, blockForward } from './block.ts'
 import type { BlockWeights, LayerCache, StepContext, StepSegment } from './block.ts'
 import { inverseFrequencies, rotaryTables } from './rope.ts'
-import { tensorsDigest } from './model-id.ts'
 import { activeBackend } from './backend.ts'
 import { activeGpu } from './webgpu/device.ts'
 import { GpuSpanEngine } from './webgpu/span-engine.ts'
@@ -105,9 +104,6 @@ export class Span {
     this.invFreq = inverseFrequencies(config)
   }
 
-  /** Where the blocks compute: `webgpu`, or the tfjs backend of this thread. */
-  get backend (): string { return this.gpu != null ? 'webgpu' : tf.getBackend() }
-
   /**
    * Reads only the tensors of blocks `[start, end)` (and only the shards holding them), into the
    * GPU when the webgpu backend is active. `blockDigests` (the model manifest's, indexed by absolute block) makes the load verify that
@@ -123,14 +119,7 @@ export class Span {
     const engine = gpu != null ? new GpuSpanEngine(gpu, ckpt.config, inverseFrequencies(ckpt.config), { kv: opts.kvCache }) : undefined
     try {
       for (let b = start; b < end; b++) {
-        const want = opts.blockDigests?.[b]
-        // a quantized source checks the tensors as stored (what the digests name) before quantizing
-        const quantized = ckpt instanceof QuantizedSource
-        const raws = quantized ? await ckpt.readBlockRaw(b, want) : await ckpt.readBlockRaw(b)
-        const got = want != null && !quantized ? await tensorsDigest(raws) : undefined
-        if (got != null && got !== want) {
-          throw new SpanError(`block ${b}'s weights do not match the model id (digest ${got.slice(0, 12)}, manifest says ${want!.slice(0, 12)})`)
-        }
+        const raws = await readBlockChecked(ckpt, b, opts.blockDigests?.[b])
         if (engine != null) await engine.addBlock(b, raws)
         else blocks.push(loadBlockWeights(ckpt.config, b, raws))
       }
@@ -221,17 +210,18 @@ export class Span {
     } finally {
       out.dispose()
     }
-    if (steps.length === 1) return [data]
-    const results: Float32Array[] = []
-    o = 0
-    for (const s of steps) { results.push(data.slice(o, o + s.tokens * H)); o += s.tokens * H }
-    return results
+    return this.perStep(data, steps)
   }
 
   private async forwardGpu (steps: SpanStep[], from: number, blocks: number): Promise<Float32Array[]> {
     for (const s of steps) if (s.cache.gpu == null) throw new SpanError('cache belongs to another backend')
     const data = await this.gpu!.forward(steps.map(s => ({ hidden: s.hidden, tokens: s.tokens, store: s.cache.gpu!, length: s.cache.length })), from, blocks)
     for (const s of steps) s.cache.length += s.tokens
+    return this.perStep(data, steps)
+  }
+
+  /** A batch's stacked output rows, split back into each step's. */
+  private perStep (data: Float32Array, steps: SpanStep[]): Float32Array[] {
     if (steps.length === 1) return [data]
     const H = this.config.hiddenSize
     const results: Float32Array[] = []

@@ -4,7 +4,7 @@ import { BACKENDS, QUANT_FORMATS, isQuantFormat } from '@plexus/runtime'
 import { runBootstrap, runJoin } from './commands.ts'
 import type { JoinArgs, BootstrapArgs } from './commands.ts'
 
-const EXPECTED = new Set(['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'GgufError', 'BackendError', 'SpanError', 'RecordError'])
+const EXPECTED = new Set(['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'GgufError', 'WeightsMismatchError', 'BackendError', 'SpanError', 'RecordError'])
 
 function report (err: any): never {
   // a failed yargs check rejects with its message string

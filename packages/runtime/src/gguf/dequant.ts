@@ -1,4 +1,4 @@
-import { toFloat32 } from '../safetensors.ts'
+import { toFloat32, halfTable } from '../safetensors.ts'
 import { ggmlTypeByName } from './types.ts'
 import type { DequantizableType } from './types.ts'
 
@@ -7,22 +7,7 @@ import type { DequantizableType } from './types.ts'
 // intermediate that C keeps as a float is rounded with Math.fround; the final float32 store
 // rounds the last operation. Products of a 16-bit float and a small integer are exact in both.
 
-let halfTable: Float32Array | undefined
-/** IEEE binary16 → binary32, exact for every input (ggml's GGML_FP16_TO_FP32). */
-function half (): Float32Array {
-  if (halfTable != null) return halfTable
-  const t = new Float32Array(65536)
-  for (let h = 0; h < 65536; h++) {
-    const s = (h & 0x8000) !== 0 ? -1 : 1
-    const e = (h >> 10) & 0x1f
-    const m = h & 0x3ff
-    t[h] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m === 0 ? s * Infinity : NaN) : s * (1024 + m) * 2 ** (e - 25)
-  }
-  halfTable = t
-  return t
-}
-
-const f16At = (b: Uint8Array, o: number): number => half()[b[o] | (b[o + 1] << 8)]
+const f16At = (b: Uint8Array, o: number): number => halfTable()[b[o] | (b[o + 1] << 8)]
 
 function q8_0 (b: Uint8Array, y: Float32Array, nb: number): void {
   for (let i = 0; i < nb; i++) {

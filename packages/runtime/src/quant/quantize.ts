@@ -1,4 +1,5 @@
 import { f32ToF16Bits } from '../safetensors-write.ts'
+import { halfTable } from '../safetensors.ts'
 
 // llama.cpp's reference quantizers (ggml-quants.c: quantize_row_q8_0_ref, quantize_row_q4_K_ref
 // with make_qkx2_quants and nearest_int), step by step. ggml computes in float32 without fused
@@ -63,20 +64,7 @@ function nearestInt (v: number): number {
   return (i32[0] & 0x007fffff) - 0x00400000
 }
 
-let halfTable: Float32Array | undefined
-function f16ToF32 (h: number): number {
-  if (halfTable == null) {
-    const t = new Float32Array(65536)
-    for (let b = 0; b < 65536; b++) {
-      const s = (b & 0x8000) !== 0 ? -1 : 1
-      const e = (b >> 10) & 0x1f
-      const m = b & 0x3ff
-      t[b] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m === 0 ? s * Infinity : NaN) : s * (1024 + m) * 2 ** (e - 25)
-    }
-    halfTable = t
-  }
-  return halfTable[h]
-}
+function f16ToF32 (h: number): number { return halfTable()[h] }
 
 /** make_qkx2_quants' second result (`*the_min`). */
 let theMin = 0

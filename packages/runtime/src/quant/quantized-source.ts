@@ -75,20 +75,27 @@ export class QuantizedSource implements ModelSource {
    * The block's tensors, quantized. `digest` (the manifest's, which names the weights as stored)
    * makes the read check the stored tensors before quantizing them.
    */
-  async readBlockRaw (block: number, digest?: string): Promise<RawTensor[]> {
-    const stored = await this.base.readBlockRaw(block)
-    if (digest != null) {
-      const got = await tensorsDigest(stored)
-      if (got !== digest) throw new WeightsMismatchError(`block ${block}'s weights do not match the model id (digest ${got.slice(0, 12)}, manifest says ${digest.slice(0, 12)})`)
-    }
-    return stored.map(t => quantizeTensor(t, this.quantize))
-  }
+  async readBlockRaw (block: number): Promise<RawTensor[]> { return await readBlockChecked(this, block) }
 
   async readHeadRaw (): Promise<RawTensor[]> { return await this.base.readHeadRaw() }
   checkBlock (block: number): void { this.base.checkBlock(block) }
   async tokenizer (): ReturnType<ModelSource['tokenizer']> { return await this.base.tokenizer() }
   async tokenizerConfig (): ReturnType<ModelSource['tokenizerConfig']> { return await this.base.tokenizerConfig() }
   async close (): Promise<void> { await this.base.close() }
+}
+
+/**
+ * Block `block`'s tensors as a span holds them: the stored tensors, checked against the
+ * manifest's `digest` (which names them as stored), then quantized when `src` quantizes.
+ */
+export async function readBlockChecked (src: ModelSource, block: number, digest?: string): Promise<RawTensor[]> {
+  const stored = await storedSource(src).readBlockRaw(block)
+  if (digest != null) {
+    const got = await tensorsDigest(stored)
+    if (got !== digest) throw new WeightsMismatchError(`block ${block}'s weights do not match the model id (digest ${got.slice(0, 12)}, manifest says ${digest.slice(0, 12)})`)
+  }
+  const format = quantizationOf(src)
+  return format == null ? stored : stored.map(t => quantizeTensor(t, format))
 }
 
 /** `src` quantized as `format`, or `src` itself without one. */

@@ -1,8 +1,7 @@
 /// <reference types="@webgpu/types" />
 import type { HeadKernel } from '../head-kernel.ts'
 import type { GpuContext } from './device.ts'
-import { takeGpuError } from './device.ts'
-import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots } from './linear.ts'
+import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially } from './linear.ts'
 import type { LinearBinding, WeightPart } from './linear.ts'
 import { rmsNormKernel } from './kernels.ts'
 
@@ -31,7 +30,8 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
   const step = createStepBuffer(device, 1)
   const normKernel = kernel(device, rmsNormKernel(H, w.rmsNormEps), ['read', 'read', 'rw', 'step'])
   let scratch: HeadScratch | undefined
-  let tail: Promise<unknown> = Promise.resolve()
+  // one call at a time: calls share the scratch and readback buffers
+  const serial = serially()
 
   const ensure = (rows: number): HeadScratch => {
     if (scratch != null && scratch.rows >= rows) return scratch
@@ -57,27 +57,14 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
     pass.dispatchWorkgroups(rows)
     dispatchLinear(pass, s.lm, rows, true)
     pass.end()
-    const bytes = rows * V * 4
-    encoder.copyBufferToBuffer(s.logits, 0, s.readback, 0, bytes)
-    device.queue.submit([encoder.finish()])
-    await s.readback.mapAsync(GPUMapMode.READ, 0, bytes)
-    try {
-      takeGpuError(gpu, 'the LM head')
-      return new Float32Array(s.readback.getMappedRange(0, bytes).slice(0))
-    } finally {
-      s.readback.unmap()
-    }
+    return await submitAndRead(gpu, encoder, s.logits, s.readback, rows * V * 4, 'the LM head')
   }
 
   return {
-    logits: async (x, rows) => {
-      // one call at a time: calls share the scratch and readback buffers
-      const out = tail.then(async () => await run(x, rows))
-      tail = out.catch(() => {})
-      return await out
-    },
+    logits: async (x, rows) => await serial(async () => await run(x, rows)),
     dispose: async () => {
-      await tail
+      // after the calls already queued
+      await serial(async () => {})
       norm.destroy(); lmHead.destroy(); step.destroy()
       if (scratch != null) for (const b of [scratch.x, scratch.h, scratch.logits, scratch.readback]) b.destroy()
       scratch = undefined

@@ -1,5 +1,6 @@
 /// <reference types="@webgpu/types" />
 import type { GpuContext } from './device.ts'
+import { takeGpuError } from './device.ts'
 import { matvecKernel, gemmKernel, GEMM_MIN_ROWS, STEP_SLOT } from './kernels.ts'
 import type { LinearShape } from './kernels.ts'
 import { gpuFormat, gpuBytes, rowBytes } from './formats.ts'
@@ -83,9 +84,6 @@ export class GpuLinear {
     this.chunks = chunks
     this.bytes = bytes
   }
-
-  /** The formats the layer's weights are held in on the GPU (one per run of parts). */
-  get formats (): WeightFormat[] { return [...new Set(this.chunks.map(c => c.format))] }
 
   static upload (gpu: GpuContext, name: string, parts: WeightPart[], bias?: Float32Array): GpuLinear {
     const k = parts[0].shape[1]
@@ -185,4 +183,30 @@ function concat (parts: Uint8Array[]): Uint8Array {
   let o = 0
   for (const p of parts) { out.set(p, o); o += p.byteLength }
   return out
+}
+
+/**
+ * Copies `bytes` of `src` into `readback` as the last command of `encoder`, submits, and returns
+ * them once the GPU is done: the one readback of a step. A GPU error raised meanwhile fails it.
+ */
+export async function submitAndRead (gpu: GpuContext, encoder: GPUCommandEncoder, src: GPUBuffer, readback: GPUBuffer, bytes: number, what: string): Promise<Float32Array> {
+  encoder.copyBufferToBuffer(src, 0, readback, 0, bytes)
+  gpu.device.queue.submit([encoder.finish()])
+  await readback.mapAsync(GPUMapMode.READ, 0, bytes)
+  try {
+    takeGpuError(gpu, what)
+    return new Float32Array(readback.getMappedRange(0, bytes).slice(0))
+  } finally {
+    readback.unmap()
+  }
+}
+
+/** Runs calls one at a time, in order (they share scratch and readback buffers); a failure fails only its call. */
+export function serially (): <T>(fn: () => Promise<T>) => Promise<T> {
+  let tail: Promise<unknown> = Promise.resolve()
+  return async (fn) => {
+    const run = tail.then(fn)
+    tail = run.catch(() => {})
+    return await run
+  }
 }

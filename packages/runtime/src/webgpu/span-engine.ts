@@ -4,9 +4,9 @@ import { rawFloat32 } from '../checkpoint.ts'
 import type { RawTensor } from '../checkpoint.ts'
 import { rotaryTables } from '../rope.ts'
 import type { GpuContext } from './device.ts'
-import { checked, takeGpuError } from './device.ts'
+import { checked } from './device.ts'
 import { GpuKVStore } from './kv-store.ts'
-import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots } from './linear.ts'
+import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially } from './linear.ts'
 import type { LinearBinding, Kernel } from './linear.ts'
 import { rmsNormKernel, kvAppendKernel, attentionKernel, swigluKernel, STEP_SLOT } from './kernels.ts'
 
@@ -59,7 +59,7 @@ export class GpuSpanEngine {
   private scratch?: Scratch
   private generation = 0
   /** Steps run one at a time: they share the scratch buffers and the readback buffer. */
-  private tail: Promise<unknown> = Promise.resolve()
+  private readonly serial = serially()
 
   /** Precision of the sessions' cached keys and values. */
   readonly kv: 'f32' | 'f16'
@@ -117,12 +117,6 @@ export class GpuSpanEngine {
     this.scratch = undefined
   }
 
-  /** Bytes of weights held on the GPU. */
-  get weightBytes (): number {
-    const H = this.cfg.hiddenSize
-    return this.blocks.reduce((n, b) => n + b.qkv.bytes + b.out.bytes + b.gateUp.bytes + b.down.bytes + 8 * H, 0)
-  }
-
   newStore (blocks: number, maxLength: number): GpuKVStore {
     return new GpuKVStore(this.device, blocks, this.cfg.numKvHeads * this.cfg.headDim, maxLength, this.kv === 'f16' ? 2 : 4)
   }
@@ -140,9 +134,7 @@ export class GpuSpanEngine {
       for (const x of outs) { all.set(x, o); o += x.length }
       return all
     }
-    const run = this.tail.then(async () => await this.run(steps, from, count))
-    this.tail = run.catch(() => {})
-    return await run
+    return await this.serial(async () => await this.run(steps, from, count))
   }
 
   private async run (steps: GpuStep[], from: number, count: number): Promise<Float32Array> {
@@ -177,17 +169,10 @@ export class GpuSpanEngine {
     const pass = encoder.beginComputePass()
     for (let i = 0; i < count; i++) this.encodeBlock(pass, s.blocks[from + i], caches.map(c => c[from + i]), segments, rows)
     pass.end()
-    const bytes = rows * H * 4
-    encoder.copyBufferToBuffer(s.x, 0, s.readback, 0, bytes)
-    device.queue.submit([encoder.finish()])
+    const out = submitAndRead(this.gpu, encoder, s.x, s.readback, rows * H * 4, 'a step')
+    // buffers replaced by a growth go once the submitted step that copied them is queued
     for (const st of steps) st.store.release()
-    await s.readback.mapAsync(GPUMapMode.READ, 0, bytes)
-    try {
-      takeGpuError(this.gpu, 'a step')
-      return new Float32Array(s.readback.getMappedRange(0, bytes).slice(0))
-    } finally {
-      s.readback.unmap()
-    }
+    return await out
   }
 
   /** x ← x + attention(norm(x)); x ← x + mlp(norm(x)), for every row of the batch. */
