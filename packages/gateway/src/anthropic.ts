@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import type { ChatMessage, SamplingOptions } from '@plexus/runtime'
 import { badRequest, errorBody, toApiError } from './errors.ts'
 import type { RunResult } from './engine.ts'
-import { checkModel, newId, trustOf } from './context.ts'
+import { resolveModel, newId, trustOf } from './context.ts'
 import type { GatewayContext } from './context.ts'
 import { asBody, contentText, messageList, optBool, optInt, optNumber, stopList } from './validate.ts'
 import { LazyStream, sse, disconnectSignal } from './stream.ts'
@@ -16,7 +16,7 @@ function stopReason (r: RunResult): string {
 export function registerAnthropic (app: FastifyInstance, ctx: GatewayContext): void {
   app.post('/v1/messages', async (request, reply) => {
     const b = asBody(request.body)
-    const model = checkModel(ctx, b.model, 'anthropic')
+    const { name: model, engine } = await resolveModel(ctx, b.model, 'anthropic')
     const requested = optInt(b, 'max_tokens')
     if (requested == null) throw badRequest('max_tokens: field required', { param: 'max_tokens' })
     const messages: ChatMessage[] = messageList(b)
@@ -24,11 +24,11 @@ export function registerAnthropic (app: FastifyInstance, ctx: GatewayContext): v
       if (m.role !== 'user' && m.role !== 'assistant') throw badRequest(`messages: role must be "user" or "assistant" (got "${m.role}"); put instructions in "system"`)
     }
     if (b.system != null) messages.unshift({ role: 'system', content: contentText(b.system, 'system') })
-    const ids = ctx.engine.encodeChat(messages)
-    const maxTokens = ctx.engine.maxTokens(ids.length, requested, requested)
+    const ids = engine.encodeChat(messages)
+    const maxTokens = engine.maxTokens(ids.length, requested, requested)
     const s: SamplingOptions = { temperature: optNumber(b, 'temperature') ?? 1, topP: optNumber(b, 'top_p'), topK: optInt(b, 'top_k') }
     if (s.temperature! > 1) throw badRequest(`temperature: must be between 0 and 1 (got ${s.temperature})`)
-    ctx.engine.checkSampling(s)
+    engine.checkSampling(s)
     const stop = stopList(b, 'stop_sequences', '', 64)
     const stream = optBool(b, 'stream') ?? false
     const signal = disconnectSignal(request, reply)
@@ -46,7 +46,7 @@ export function registerAnthropic (app: FastifyInstance, ctx: GatewayContext): v
     const run = { promptIds: ids, maxTokens, sampling: s, stop, signal, trust: trustOf(request, ctx.defaultTrust) }
 
     if (!stream) {
-      const r = await ctx.engine.run(run)
+      const r = await engine.run(run)
       return message([{ type: 'text', text: r.text }], r)
     }
 
@@ -55,7 +55,7 @@ export function registerAnthropic (app: FastifyInstance, ctx: GatewayContext): v
     out.write(sse({ type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }, 'content_block_start'))
     out.write(sse({ type: 'ping' }, 'ping'))
     try {
-      const r = await ctx.engine.run({
+      const r = await engine.run({
         ...run,
         onChunk: (c) => {
           if (c.text !== '') out.write(sse({ type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: c.text } }, 'content_block_delta'))

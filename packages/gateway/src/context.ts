@@ -4,13 +4,15 @@ import { ApiError, badRequest } from './errors.ts'
 import type { Dialect } from './errors.ts'
 import type { FastifyRequest } from 'fastify'
 import type { Engine } from './engine.ts'
+import type { ModelCatalog } from './catalog.ts'
+import type { GatewayMetrics } from './metrics.ts'
 
 export interface GatewayContext {
-  engine: Engine
-  /** The name clients use for the one model this gateway serves. */
-  modelName: string
-  /** Also accepted as the model: its id, the --model argument. */
-  aliases: Set<string>
+  /** The models requests may name. */
+  catalog: ModelCatalog
+  /** The engine of an opened model (one per model, sharing the gateway's generation slots). */
+  engineOf: (opened: { name: string, model: Engine['model'] }) => Engine
+  metrics: GatewayMetrics
   /** Unix seconds the gateway started (OpenAI's `created` of the model). */
   created: number
   /** max_tokens when a request gives none (capped by what the context leaves). */
@@ -19,15 +21,21 @@ export interface GatewayContext {
   defaultTrust: 'fast' | 'verified'
 }
 
-/** The request's `model` must be this gateway's model: 400 when missing, 404 when another. */
-export function checkModel (ctx: GatewayContext, model: unknown, dialect: Dialect): string {
+/** A model a request named, with its engine. */
+export interface Resolved { name: string, engine: Engine }
+
+/** The request's `model`, opened (on first use) from the catalog: 400 when missing, 404 when unknown. */
+export async function resolveModel (ctx: GatewayContext, model: unknown, dialect: Dialect): Promise<Resolved> {
   if (model == null || model === '') throw badRequest('missing required field model', { param: 'model' })
   if (typeof model !== 'string') throw badRequest('model must be a string', { param: 'model' })
   const bare = dialect === 'ollama' ? model.replace(/:latest$/, '') : model
-  if (bare === ctx.modelName || ctx.aliases.has(bare)) return ctx.modelName
+  const opened = await ctx.catalog.open(bare)
+  if (opened != null) return { name: opened.name, engine: ctx.engineOf(opened) }
+  const names = (await ctx.catalog.names()).map(n => JSON.stringify(n)).join(', ')
+  const serves = names === '' ? 'this gateway serves no model yet' : `this gateway serves ${names}`
   const message = dialect === 'ollama'
-    ? `model "${model}" not found: this gateway serves "${ctx.modelName}"`
-    : `The model \`${model}\` does not exist: this gateway serves \`${ctx.modelName}\``
+    ? `model "${model}" not found: ${serves}`
+    : `The model \`${model}\` does not exist: ${serves}`
   throw new ApiError(404, message, { param: 'model', code: 'model_not_found' })
 }
 

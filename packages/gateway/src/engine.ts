@@ -1,7 +1,7 @@
 // The generation core every API shares: prompts to ids, one swarm session per request,
 // stop strings, logprobs, cancellation, concurrency and metrics.
 import { generate, logSoftmax, StreamDecoder, applyChatTemplate, validateSampling } from '@plexus/runtime'
-import type { ModelConfig, ModelHead, SessionPipeline, TextTokenizer, SamplingOptions, ChatMessage } from '@plexus/runtime'
+import type { ModelConfig, ModelHead, SessionPipeline, TextTokenizer, SamplingOptions, ChatMessage, TokenConstraint } from '@plexus/runtime'
 import { badRequest } from './errors.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { Semaphore } from './semaphore.ts'
@@ -31,6 +31,8 @@ export interface RunRequest {
   logprobs?: number
   /** X-Plexus-Trust: 'verified' spot-checks the servers (rolling back a wrong step). */
   trust?: 'fast' | 'verified'
+  /** Restricts the tokens sampled (structured output, forced tool calls). */
+  constraint?: TokenConstraint
   signal: AbortSignal
   onChunk?: (c: Chunk) => void | Promise<void>
 }
@@ -102,10 +104,11 @@ export class Engine {
   readonly metrics: GatewayMetrics
   readonly #slots: Semaphore
 
-  constructor (model: GatewayModel, metrics: GatewayMetrics, opts: { maxConcurrent?: number } = {}) {
+  /** `slots`: generations at once, shared with the gateway's other models' engines. */
+  constructor (model: GatewayModel, metrics: GatewayMetrics, opts: { slots?: Semaphore } = {}) {
     this.model = model
     this.metrics = metrics
-    this.#slots = new Semaphore(opts.maxConcurrent ?? 16)
+    this.#slots = opts.slots ?? new Semaphore(16)
   }
 
   get contextLength (): number { return this.model.config.maxPositions }
@@ -198,6 +201,7 @@ export class Engine {
         maxTokens: req.maxTokens,
         ...req.sampling,
         eosTokenIds: eos,
+        constraint: req.constraint,
         signal: req.signal,
         onToken: async (id) => {
           const now = performance.now()

@@ -5,3 +5,5 @@ export type { GatewayModel, RunRequest, RunResult, Chunk, TokenLogprob } from '.
 export { GatewayMetrics } from './metrics.ts'
 export { ApiError, errorBody } from './errors.ts'
 export type { Dialect } from './errors.ts'
+export { singleModel } from './catalog.ts'
+export type { ModelCatalog, CatalogEntry, OpenedModel } from './catalog.ts'

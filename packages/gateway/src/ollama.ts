@@ -2,17 +2,17 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ChatMessage, SamplingOptions } from '@plexus/runtime'
 import { badRequest, errorBody, toApiError } from './errors.ts'
-import type { RunResult } from './engine.ts'
-import { checkModel, trustOf } from './context.ts'
+import type { Engine, RunResult } from './engine.ts'
+import { resolveModel, trustOf } from './context.ts'
 import type { GatewayContext } from './context.ts'
 import { asBody, messageList, optBool, optInt, optNumber, optObject, optString, stopList } from './validate.ts'
 import type { Body } from './validate.ts'
 import { LazyStream, disconnectSignal } from './stream.ts'
 
-interface Job { model: string, promptIds: number[], maxTokens: number, sampling: SamplingOptions, stop: string[], stream: boolean }
+interface Job { model: string, engine: Engine, promptIds: number[], maxTokens: number, sampling: SamplingOptions, stop: string[], stream: boolean }
 
 /** `options`: Ollama's defaults are temperature 0.8, top_k 40, top_p 0.9; num_predict -1 = unbounded. */
-function job (ctx: GatewayContext, b: Body, model: string, ids: number[]): Job {
+function job (ctx: GatewayContext, b: Body, model: string, engine: Engine, ids: number[]): Job {
   const o = optObject(b, 'options') ?? {}
   const numPredict = optInt(o, 'num_predict', 'options')
   const s: SamplingOptions = {
@@ -21,12 +21,13 @@ function job (ctx: GatewayContext, b: Body, model: string, ids: number[]): Job {
     topP: optNumber(o, 'top_p', 'options') ?? 0.9,
     seed: optInt(o, 'seed', 'options')
   }
-  ctx.engine.checkSampling(s)
+  engine.checkSampling(s)
   const bounded = numPredict != null && numPredict >= 0
   return {
     model,
+    engine,
     promptIds: ids,
-    maxTokens: ctx.engine.maxTokens(ids.length, bounded ? numPredict : undefined, bounded ? numPredict : ctx.defaultMaxTokens, 'options.num_predict'),
+    maxTokens: engine.maxTokens(ids.length, bounded ? numPredict : undefined, bounded ? numPredict : ctx.defaultMaxTokens, 'options.num_predict'),
     sampling: s,
     stop: stopList(o, 'stop', 'options'),
     stream: optBool(b, 'stream') ?? true
@@ -55,13 +56,13 @@ async function respond (ctx: GatewayContext, j: Job, chat: boolean, request: Fas
   const piece = (text: string): Record<string, unknown> => chat ? { message: { role: 'assistant', content: text } } : { response: text }
   const run = { promptIds: j.promptIds, maxTokens: j.maxTokens, sampling: j.sampling, stop: j.stop, signal, trust: trustOf(request, ctx.defaultTrust) }
   if (!j.stream) {
-    const r = await ctx.engine.run(run)
+    const r = await j.engine.run(run)
     return { ...head(), ...piece(r.text), ...finalFields(r, t0) }
   }
   const out = new LazyStream(reply, 'application/x-ndjson')
   const line = (obj: unknown): void => { out.write(JSON.stringify(obj) + '\n') }
   try {
-    const r = await ctx.engine.run({ ...run, onChunk: (c) => { if (c.text !== '') line({ ...head(), ...piece(c.text), done: false }) } })
+    const r = await j.engine.run({ ...run, onChunk: (c) => { if (c.text !== '') line({ ...head(), ...piece(c.text), done: false }) } })
     line({ ...head(), ...piece(''), ...finalFields(r, t0) })
   } catch (err) {
     if (!out.started && !signal.aborted) throw err
@@ -73,40 +74,37 @@ async function respond (ctx: GatewayContext, j: Job, chat: boolean, request: Fas
 }
 
 export function registerOllama (app: FastifyInstance, ctx: GatewayContext): void {
-  app.get('/api/tags', async () => {
-    const m = ctx.engine.model
-    return {
-      models: [{
-        name: `${ctx.modelName}:latest`,
-        model: `${ctx.modelName}:latest`,
-        modified_at: new Date(ctx.created * 1000).toISOString(),
-        size: 0,
-        digest: m.manifest?.id ?? '',
-        details: { format: 'safetensors', family: 'plexus', parameter_size: '', quantization_level: '' }
-      }]
-    }
-  })
+  app.get('/api/tags', async () => ({
+    models: (await ctx.catalog.list()).map(m => ({
+      name: `${m.name}:latest`,
+      model: `${m.name}:latest`,
+      modified_at: new Date(ctx.created * 1000).toISOString(),
+      size: 0,
+      digest: m.id ?? '',
+      details: { format: m.formats?.join(',') ?? '', family: 'plexus', parameter_size: '', quantization_level: '' }
+    }))
+  }))
 
   app.get('/api/version', async () => ({ version: '0.0.0-plexus' }))
 
   app.post('/api/generate', async (request, reply) => {
     const b = asBody(request.body)
-    const model = checkModel(ctx, b.model, 'ollama')
+    const { name: model, engine } = await resolveModel(ctx, b.model, 'ollama')
     const prompt = optString(b, 'prompt')
     if (prompt == null || prompt === '') throw badRequest('missing required field prompt')
     if (b.images != null) throw badRequest('images are not supported')
     const system = optString(b, 'system')
     // Like Ollama, the prompt goes through the chat template unless raw (or the model has none).
-    const templated = optBool(b, 'raw') !== true && ctx.engine.model.tokenizerConfig?.chat_template != null
+    const templated = optBool(b, 'raw') !== true && engine.model.tokenizerConfig?.chat_template != null
     const messages: ChatMessage[] = [...(system != null ? [{ role: 'system', content: system }] : []), { role: 'user', content: prompt }]
-    const ids = templated ? ctx.engine.encodeChat(messages) : ctx.engine.encodeText(prompt)
-    return await respond(ctx, job(ctx, b, model, ids), false, request, reply)
+    const ids = templated ? engine.encodeChat(messages) : engine.encodeText(prompt)
+    return await respond(ctx, job(ctx, b, model, engine, ids), false, request, reply)
   })
 
   app.post('/api/chat', async (request, reply) => {
     const b = asBody(request.body)
-    const model = checkModel(ctx, b.model, 'ollama')
-    const ids = ctx.engine.encodeChat(messageList(b))
-    return await respond(ctx, job(ctx, b, model, ids), true, request, reply)
+    const { name: model, engine } = await resolveModel(ctx, b.model, 'ollama')
+    const ids = engine.encodeChat(messageList(b))
+    return await respond(ctx, job(ctx, b, model, engine, ids), true, request, reply)
   })
 }

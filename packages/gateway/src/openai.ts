@@ -3,8 +3,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { SamplingOptions } from '@plexus/runtime'
 import { badRequest, errorBody, toApiError } from './errors.ts'
 import { MAX_TOP_LOGPROBS } from './engine.ts'
-import type { RunResult, TokenLogprob, Chunk } from './engine.ts'
-import { checkModel, newId, unixNow, trustOf } from './context.ts'
+import type { Engine, RunResult, TokenLogprob, Chunk } from './engine.ts'
+import { resolveModel, newId, unixNow, trustOf } from './context.ts'
 import type { GatewayContext } from './context.ts'
 import { asBody, optBool, optInt, optNumber, optObject, stopList, messageList } from './validate.ts'
 import type { Body } from './validate.ts'
@@ -15,6 +15,7 @@ type Kind = 'chat' | 'text'
 interface Job {
   kind: Kind
   model: string
+  engine: Engine
   promptIds: number[]
   maxTokens: number
   sampling: SamplingOptions
@@ -24,7 +25,7 @@ interface Job {
   includeUsage: boolean
 }
 
-function sampling (ctx: GatewayContext, b: Body): SamplingOptions {
+function sampling (engine: Engine, b: Body): SamplingOptions {
   const s: SamplingOptions = {
     temperature: optNumber(b, 'temperature') ?? 1,
     topP: optNumber(b, 'top_p'),
@@ -32,7 +33,7 @@ function sampling (ctx: GatewayContext, b: Body): SamplingOptions {
     seed: optInt(b, 'seed')
   }
   if (s.temperature! > 2) throw badRequest(`temperature must be between 0 and 2 (got ${s.temperature})`, { param: 'temperature' })
-  ctx.engine.checkSampling(s)
+  engine.checkSampling(s)
   return s
 }
 
@@ -48,13 +49,13 @@ function singleChoice (b: Body): void {
 }
 
 /** `prompt`: a string, an array of token ids, or a one-element array of either. */
-function promptIds (ctx: GatewayContext, b: Body): number[] {
+function promptIds (engine: Engine, b: Body): number[] {
   let p = b.prompt
   if (p == null) throw badRequest('missing required field prompt', { param: 'prompt' })
   if (Array.isArray(p) && p.length === 1 && (typeof p[0] === 'string' || Array.isArray(p[0]))) p = p[0]
-  if (typeof p === 'string') return ctx.engine.encodeText(p)
+  if (typeof p === 'string') return engine.encodeText(p)
   if (Array.isArray(p) && p.every(x => typeof x === 'number')) {
-    ctx.engine.checkIds(p as number[])
+    engine.checkIds(p as number[])
     return p as number[]
   }
   throw badRequest('prompt must be a string or an array of token ids (one prompt per request)', { param: 'prompt' })
@@ -97,7 +98,7 @@ async function respond (ctx: GatewayContext, job: Job, request: FastifyRequest, 
   const run = { promptIds: job.promptIds, maxTokens: job.maxTokens, sampling: job.sampling, stop: job.stop, logprobs: job.logprobs, signal, trust: trustOf(request, ctx.defaultTrust) }
 
   if (!job.stream) {
-    const r = await ctx.engine.run(run)
+    const r = await job.engine.run(run)
     const logprobs = job.logprobs == null ? null : job.kind === 'chat' ? chatLogprobs(r.tokens) : textLogprobs(r.tokens, 0)
     const choice = job.kind === 'chat'
       ? { index: 0, message: { role: 'assistant', content: r.text, refusal: null }, logprobs, finish_reason: r.finishReason }
@@ -121,7 +122,7 @@ async function respond (ctx: GatewayContext, job: Job, request: FastifyRequest, 
     offset += c.text.length
   }
   try {
-    const r = await ctx.engine.run({ ...run, onChunk })
+    const r = await job.engine.run({ ...run, onChunk })
     if (job.kind === 'chat') send({ delta: {}, logprobs: null, finish_reason: r.finishReason })
     else send({ text: '', logprobs: null, finish_reason: r.finishReason })
     if (job.includeUsage) out.write(sse({ ...base, choices: [], usage: usage(r) }))
@@ -138,19 +139,19 @@ async function respond (ctx: GatewayContext, job: Job, request: FastifyRequest, 
 export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void {
   app.get('/v1/models', async () => ({
     object: 'list',
-    data: [{ id: ctx.modelName, object: 'model', created: ctx.created, owned_by: 'plexus' }]
+    data: (await ctx.catalog.list()).map(m => ({ id: m.name, object: 'model', created: ctx.created, owned_by: 'plexus' }))
   }))
 
   app.get('/v1/models/:model', async (request) => {
-    const name = checkModel(ctx, (request.params as { model: string }).model, 'openai')
+    const { name } = await resolveModel(ctx, (request.params as { model: string }).model, 'openai')
     return { id: name, object: 'model', created: ctx.created, owned_by: 'plexus' }
   })
 
   app.post('/v1/chat/completions', async (request, reply) => {
     const b = asBody(request.body)
-    const model = checkModel(ctx, b.model, 'openai')
+    const { name: model, engine } = await resolveModel(ctx, b.model, 'openai')
     singleChoice(b)
-    const ids = ctx.engine.encodeChat(messageList(b))
+    const ids = engine.encodeChat(messageList(b))
     const requested = optInt(b, 'max_completion_tokens') ?? optInt(b, 'max_tokens')
     const param = b.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens'
     const wantLogprobs = optBool(b, 'logprobs') ?? false
@@ -160,9 +161,10 @@ export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void
     return await respond(ctx, {
       kind: 'chat',
       model,
+      engine,
       promptIds: ids,
-      maxTokens: ctx.engine.maxTokens(ids.length, requested, ctx.defaultMaxTokens, param),
-      sampling: sampling(ctx, b),
+      maxTokens: engine.maxTokens(ids.length, requested, ctx.defaultMaxTokens, param),
+      sampling: sampling(engine, b),
       stop: stopList(b, 'stop'),
       logprobs: wantLogprobs ? (top ?? 0) : undefined,
       ...streamFlags(b)
@@ -171,20 +173,21 @@ export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void
 
   app.post('/v1/completions', async (request, reply) => {
     const b = asBody(request.body)
-    const model = checkModel(ctx, b.model, 'openai')
+    const { name: model, engine } = await resolveModel(ctx, b.model, 'openai')
     singleChoice(b)
     if (optBool(b, 'echo') === true) throw badRequest('echo is not supported', { param: 'echo' })
     if (b.suffix != null) throw badRequest('suffix is not supported', { param: 'suffix' })
-    const ids = promptIds(ctx, b)
+    const ids = promptIds(engine, b)
     const logprobs = optInt(b, 'logprobs')
     if (logprobs != null && (logprobs < 0 || logprobs > MAX_TOP_LOGPROBS)) throw badRequest(`logprobs must be in 0..${MAX_TOP_LOGPROBS}`, { param: 'logprobs' })
     return await respond(ctx, {
       kind: 'text',
       model,
+      engine,
       promptIds: ids,
       // OpenAI's legacy default is 16 tokens.
-      maxTokens: ctx.engine.maxTokens(ids.length, optInt(b, 'max_tokens'), 16),
-      sampling: sampling(ctx, b),
+      maxTokens: engine.maxTokens(ids.length, optInt(b, 'max_tokens'), 16),
+      sampling: sampling(engine, b),
       stop: stopList(b, 'stop'),
       logprobs,
       ...streamFlags(b)

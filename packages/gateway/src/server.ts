@@ -1,4 +1,4 @@
-// The HTTP gateway: one model, three APIs (OpenAI, Anthropic, Ollama), Prometheus metrics.
+// The HTTP gateway: a catalog of models, three APIs (OpenAI, Anthropic, Ollama), Prometheus metrics.
 import { timingSafeEqual } from 'node:crypto'
 import Fastify from 'fastify'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
@@ -11,18 +11,24 @@ import type { GatewayContext } from './context.ts'
 import { registerOpenAI } from './openai.ts'
 import { registerAnthropic } from './anthropic.ts'
 import { registerOllama } from './ollama.ts'
+import { singleModel } from './catalog.ts'
+import type { ModelCatalog } from './catalog.ts'
+import { Semaphore } from './semaphore.ts'
 
 export { TRUST_HEADER }
 
 export interface GatewayOptions {
-  model: GatewayModel
+  /** The one model this gateway serves (or give `catalog`). */
+  model?: GatewayModel
   /** The model's name in requests and listings (default: its manifest name). */
   modelName?: string
   /** More names accepted for the model (e.g. the --model argument). */
   aliases?: string[]
+  /** The models this gateway serves, opened on first use (every model of a swarm, say). */
+  catalog?: ModelCatalog
   /** When set, every API route needs it (Authorization: Bearer KEY, or x-api-key: KEY). */
   apiKey?: string
-  /** Generations run at once; more wait their turn (default 16). */
+  /** Generations run at once, all models together; more wait their turn (default 16). */
   maxConcurrent?: number
   /** max_tokens when a request gives none (default 512, capped by the context). */
   defaultMaxTokens?: number
@@ -36,7 +42,8 @@ export interface GatewayOptions {
 export interface Gateway {
   app: FastifyInstance
   metrics: GatewayMetrics
-  engine: Engine
+  catalog: ModelCatalog
+  /** The name of the model the gateway was started with ('' for a catalog). */
   modelName: string
   /** Listens; resolves with the base URL (http://host:port). */
   listen (port: number, host?: string): Promise<string>
@@ -59,12 +66,19 @@ function sameKey (a: string, b: string): boolean {
 
 export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
   const metrics = new GatewayMetrics({ defaultMetrics: opts.defaultMetrics })
-  const engine = new Engine(opts.model, metrics, { maxConcurrent: opts.maxConcurrent })
-  const modelName = opts.modelName ?? opts.model.manifest?.name ?? 'plexus'
+  const modelName = opts.modelName ?? opts.model?.manifest?.name ?? (opts.model != null ? 'plexus' : '')
+  const catalog = opts.catalog ?? (opts.model != null ? singleModel(opts.model, modelName, opts.aliases) : undefined)
+  if (catalog == null) throw new TypeError('createGateway needs a model or a catalog')
+  const slots = new Semaphore(opts.maxConcurrent ?? 16)
+  const engines = new WeakMap<GatewayModel, Engine>()
   const ctx: GatewayContext = {
-    engine,
-    modelName,
-    aliases: new Set([...(opts.aliases ?? []), ...(opts.model.manifest != null ? [opts.model.manifest.id] : [])]),
+    catalog,
+    engineOf: ({ model }) => {
+      let e = engines.get(model)
+      if (e == null) engines.set(model, e = new Engine(model, metrics, { slots }))
+      return e
+    },
+    metrics,
     created: unixNow(),
     defaultMaxTokens: opts.defaultMaxTokens ?? 512,
     defaultTrust: opts.defaultTrust ?? 'fast'
@@ -115,7 +129,7 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
     void reply.header('content-type', metrics.registry.contentType)
     return await metrics.registry.metrics()
   })
-  app.get('/health', async () => ({ ok: true, model: modelName }))
+  app.get('/health', async () => ({ ok: true, models: (await catalog.list()).map(m => m.name) }))
   registerOpenAI(app, ctx)
   registerAnthropic(app, ctx)
   registerOllama(app, ctx)
@@ -123,7 +137,7 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
   return {
     app,
     metrics,
-    engine,
+    catalog,
     modelName,
     listen: async (port, host = '127.0.0.1') => {
       await app.listen({ port, host })
@@ -131,7 +145,7 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
       const p = typeof addr === 'object' && addr != null ? addr.port : port
       return `http://${host.includes(':') ? `[${host}]` : host}:${p}`
     },
-    close: async () => { await app.close() }
+    close: async () => { await app.close(); await catalog.close?.() }
   }
 }
 

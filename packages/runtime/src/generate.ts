@@ -20,6 +20,18 @@ export interface SessionPipeline {
 
 export type AuditResult = { verified: number } | { rollbackTo: number }
 
+/** Restricts which tokens may come next (a grammar, say): applied to every row sampled from. */
+export interface TokenConstraint {
+  /** Sets the logits of the tokens that may not come next to -Infinity. */
+  mask (logits: Float32Array): void | Promise<void>
+  /** The token chosen. */
+  accept (id: number): void
+  /** Back to the state after the first `count` accepted tokens (a verified session rolled back). */
+  rewind (count: number): void
+  /** Nothing more may follow: generation ends with finish reason stop. */
+  done (): boolean
+}
+
 export interface GenerateOptions extends SamplingOptions {
   maxTokens: number
   /** Token ids that end generation (included in the output); empty = never stop early. */
@@ -28,6 +40,8 @@ export interface GenerateOptions extends SamplingOptions {
   onToken?: (id: number) => void | Promise<void>
   /** Keep each step's logits (for logprobs); off by default. */
   keepLogits?: boolean
+  /** Masks each row before sampling (structured output, forced tool calls). */
+  constraint?: TokenConstraint
   signal?: AbortSignal
 }
 
@@ -55,6 +69,8 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
   const P = promptIds.length
   const sampler = new Sampler(opts)
   const eos = new Set(opts.eosTokenIds ?? [])
+  const constraint = opts.constraint
+  const ended = (): boolean => out.length > 0 && (eos.has(out[out.length - 1]) || constraint?.done() === true)
   const out: number[] = []
   const logits: Float32Array[] = []
   // With verification, a token is delivered once the output it was sampled from is confirmed:
@@ -75,6 +91,7 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
     out.length = Math.min(out.length, keep)
     logits.length = Math.min(logits.length, keep)
     sampler.rewind(out.length)
+    opts.constraint?.rewind(out.length)
   }
   /** Positions whose outputs are confirmed (all, without verification). */
   let confirmed = pipeline.audit == null ? Infinity : 0
@@ -93,7 +110,7 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
   for (;;) {
     opts.signal?.throwIfAborted()
     const last = out[out.length - 1]
-    const done = out.length > 0 ? out.length >= opts.maxTokens || eos.has(last) : opts.maxTokens === 0 && held === P
+    const done = out.length > 0 ? out.length >= opts.maxTokens || ended() : opts.maxTokens === 0 && held === P
     if (done) {
       if (!await audited(true)) continue
       break
@@ -107,13 +124,16 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
     if (!await audited(false)) continue
     if (opts.maxTokens === 0) continue
     const row = await head.logits(hidden, tokens.length)
+    if (constraint != null) await constraint.mask(row)
     if (opts.keepLogits === true) logits.push(row)
-    out.push(sampler.sample(row))
+    const id = sampler.sample(row)
+    constraint?.accept(id)
+    out.push(id)
     // streamed as soon as the output it came from is confirmed (at once without verification)
     await deliver(confirmed)
   }
   await deliver(Infinity)
-  const finishReason: 'stop' | 'length' = out.length > 0 && eos.has(out[out.length - 1]) ? 'stop' : 'length'
+  const finishReason: 'stop' | 'length' = ended() ? 'stop' : 'length'
   const prefillSeconds = (t1 - t0) / 1000
   const decodeSeconds = (t2 - t1) / 1000
   const decodeSteps = Math.max(0, out.length - 1)
