@@ -278,6 +278,30 @@ describe('HTTP gateway over a 3-node swarm', function () {
     assert.equal(await openSessions(), 0)
   })
 
+  it('a field the gateway does not implement is refused with a 400 naming it; no-op values pass', async () => {
+    const body = (o: unknown): string => JSON.stringify(o)
+    const msgs = [{ role: 'user', content: 'hi' }]
+    let r = await post('/v1/chat/completions', body({ model: gw.modelName, messages: msgs, max_tokens: 2, presence_penalty: 0.5 }))
+    assert.equal(r.status, 400); assert.equal(r.json.error.param, 'presence_penalty'); assert.equal(r.json.error.code, 'unsupported_parameter')
+    r = await post('/v1/chat/completions', body({ model: gw.modelName, messages: msgs, max_tokens: 2, reasoning_effort: 'high' }))
+    assert.equal(r.status, 400); assert.equal(r.json.error.param, 'reasoning_effort'); assert.match(r.json.error.message, /reasoning_effort is not supported/)
+    // what some clients always send, at the value that changes nothing, and labels
+    r = await post('/v1/chat/completions', body({ model: gw.modelName, messages: msgs, max_tokens: 2, presence_penalty: 0, frequency_penalty: 0, logit_bias: {}, user: 'u1', n: 1 }))
+    assert.equal(r.status, 200, JSON.stringify(r.json))
+    r = await post('/v1/completions', body({ model: gw.modelName, prompt: 'hi', max_tokens: 2, best_of: 3 }))
+    assert.equal(r.status, 400); assert.equal(r.json.error.param, 'best_of')
+    r = await post('/v1/messages', body({ model: gw.modelName, max_tokens: 2, messages: msgs, thinking: { type: 'enabled', budget_tokens: 1024 } }))
+    assert.equal(r.status, 400); assert.equal(r.json.error.type, 'invalid_request_error'); assert.match(r.json.error.message, /thinking is not supported/)
+    r = await post('/v1/messages', body({ model: gw.modelName, max_tokens: 2, messages: msgs, metadata: { user_id: 'u1' } }))
+    assert.equal(r.status, 200, JSON.stringify(r.json))
+    r = await post('/api/chat', body({ model: gw.modelName, messages: msgs, stream: false, options: { num_predict: 2, mirostat: 2 } }))
+    assert.equal(r.status, 400); assert.match(r.json.error, /options\.mirostat is not supported/)
+    r = await post('/api/generate', body({ model: gw.modelName, prompt: 'hi', stream: false, template: '{{ .Prompt }}' }))
+    assert.equal(r.status, 400); assert.match(r.json.error, /template is not supported/)
+    r = await post('/api/chat', body({ model: gw.modelName, messages: msgs, stream: false, keep_alive: '5m', options: { num_predict: 2, num_ctx: 4096, repeat_penalty: 1 } }))
+    assert.equal(r.status, 200, JSON.stringify(r.json))
+  })
+
   it('plexus-client serve --local answers like the in-process gateway', async () => {
     const child = spawn(process.execPath, [CLIENT_BIN, 'serve', '--local', '--model', modelDir, '--port', '0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
     let err = ''

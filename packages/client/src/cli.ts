@@ -78,11 +78,13 @@ await yargs(hideBin(process.argv))
     .example('$0 models --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW...', 'what can this swarm run?'),
   async (argv) => { await runModels(argv as unknown as ModelsArgs) })
   .command('serve', 'Serve a model over HTTP with OpenAI-, Anthropic- and Ollama-compatible APIs', (y) => y
-    .usage('$0 serve (--bootstrap MULTIADDR... | --local) --model DIR|NAME|ID [--port 9337] [--host 127.0.0.1] [--api-key KEY] [--max-concurrent N]\n\n' +
-      'OpenAI: /v1/models, /v1/chat/completions, /v1/completions; Anthropic: /v1/messages; Ollama: /api/generate, /api/chat, /api/tags; Prometheus: /metrics.')
+    .usage('$0 serve (--bootstrap MULTIADDR... [--model DIR|NAME|ID] | --local --model DIR) [--port 9337] [--host 127.0.0.1] [--api-key KEY] [--max-concurrent N]\n\n' +
+      'OpenAI: /v1/models, /v1/chat/completions, /v1/completions; Anthropic: /v1/messages; Ollama: /api/generate, /api/chat, /api/tags, /api/show, /api/ps; Prometheus: /metrics.\n' +
+      'Through a swarm, every model the swarm serves is available: a request names it in its model field, and its client parts are fetched on first use.')
     .option('local', { type: 'boolean', default: false, describe: 'Run every block in this process (no swarm)' })
     .option('bootstrap', { type: 'array', string: true, describe: 'Join a swarm through this peer (multiaddr ending in /p2p/<id>; repeatable)' })
-    .option('model', { type: 'string', demandOption: true, describe: 'Model directory or .gguf file; with --bootstrap also a model name, id or id prefix fetched from the swarm' })
+    .option('model', { type: 'string', describe: 'Model directory or .gguf file (required with --local); with --bootstrap, a model opened at start (a directory, file, name, id or id prefix), the others on first use' })
+    .option('max-models', { type: 'number', default: 4, describe: "With --bootstrap: the most models open at once (each holds its embeddings and LM head)" })
     .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models)' })
     .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
     .option('quantize', { type: 'string', describe: QUANTIZE_HELP })
@@ -96,10 +98,12 @@ await yargs(hideBin(process.argv))
     .option('check-rate', { type: 'number', default: 0.1, describe: 'With --trust verified: the fraction of hops whose every step a verifier re-computes (0..1)' })
     .option('trust-verifier', { type: 'array', string: true, describe: 'Peer id of a verifier whose fraud reports and reputation records alone are believed (repeatable)' })
     .example('$0 serve --local --model ./models/tiny', 'serve a local model on http://127.0.0.1:9337')
-    .example('$0 serve --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --model small --api-key s3cret', 'serve a swarm\'s model')
+    .example('$0 serve --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --api-key s3cret', 'serve every model of a swarm')
+    .example('$0 serve --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --model small', 'open the swarm\'s model "small" at start')
     .check((a) => {
       if (!Number.isInteger(a.port) || a.port < 0 || a.port > 65535) return '--port must be an integer in 0..65535'
       if (!Number.isInteger(a['max-concurrent']) || a['max-concurrent'] < 1) return '--max-concurrent must be a positive integer'
+      if (!Number.isInteger(a['max-models']) || a['max-models'] < 1) return '--max-models must be a positive integer'
       const q = checkQuantize(a)
       return q !== true ? q : checkTrustFlags(a)
     }),

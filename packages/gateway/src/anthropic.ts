@@ -7,6 +7,7 @@ import { resolveModel, newId, trustOf } from './context.ts'
 import type { GatewayContext } from './context.ts'
 import { asBody, contentText, messageList, optBool, optInt, optNumber, stopList } from './validate.ts'
 import { LazyStream, sse, disconnectSignal } from './stream.ts'
+import { FIELDS, refuseUnsupported } from './fields.ts'
 
 function stopReason (r: RunResult): string {
   if (r.stopSequence != null) return 'stop_sequence'
@@ -16,6 +17,7 @@ function stopReason (r: RunResult): string {
 export function registerAnthropic (app: FastifyInstance, ctx: GatewayContext): void {
   app.post('/v1/messages', async (request, reply) => {
     const b = asBody(request.body)
+    refuseUnsupported(b, FIELDS.anthropicMessages)
     const { name: model, engine } = await resolveModel(ctx, b.model, 'anthropic')
     const requested = optInt(b, 'max_tokens')
     if (requested == null) throw badRequest('max_tokens: field required', { param: 'max_tokens' })

@@ -63,8 +63,9 @@ export function toApiError (err: unknown): ApiError {
     const status = (err as { httpStatus?: number }).httpStatus ?? 503
     return new ApiError(status, String(e.message), { param: 'X-Plexus-Trust', code: status === 501 ? 'trust_mode_not_supported' : 'verification_unavailable' })
   }
-  // The swarm could not run the request (no route, servers failing): retryable, not a gateway bug.
-  if (['NoRouteError', 'RemoteError', 'PeerFailure', 'SwarmUnreachableError'].includes((err as Error)?.name)) {
+  // The swarm could not run the request (no route, servers failing, a model's client parts not
+  // fetchable): retryable, not a gateway bug.
+  if (['NoRouteError', 'RemoteError', 'PeerFailure', 'SwarmUnreachableError', 'ModelFetchError'].includes((err as Error)?.name)) {
     return new ApiError(503, `the swarm could not serve this request: ${String(e.message)}`, { code: 'swarm_unavailable' })
   }
   return new ApiError(500, `internal error: ${String(e?.message ?? err)}`)

@@ -1,4 +1,4 @@
-// Ollama's API: POST /api/generate, POST /api/chat (NDJSON streams by default), GET /api/tags.
+// Ollama's API: POST /api/generate, POST /api/chat (NDJSON streams by default); model routes in ollama-models.ts.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ChatMessage, SamplingOptions } from '@plexus/runtime'
 import { badRequest, errorBody, toApiError } from './errors.ts'
@@ -8,12 +8,15 @@ import type { GatewayContext } from './context.ts'
 import { asBody, messageList, optBool, optInt, optNumber, optObject, optString, stopList } from './validate.ts'
 import type { Body } from './validate.ts'
 import { LazyStream, disconnectSignal } from './stream.ts'
+import { registerOllamaModels } from './ollama-models.ts'
+import { FIELDS, refuseUnsupported } from './fields.ts'
 
 interface Job { model: string, engine: Engine, promptIds: number[], maxTokens: number, sampling: SamplingOptions, stop: string[], stream: boolean }
 
 /** `options`: Ollama's defaults are temperature 0.8, top_k 40, top_p 0.9; num_predict -1 = unbounded. */
 function job (ctx: GatewayContext, b: Body, model: string, engine: Engine, ids: number[]): Job {
   const o = optObject(b, 'options') ?? {}
+  refuseUnsupported(o, FIELDS.ollamaOptions, 'options')
   const numPredict = optInt(o, 'num_predict', 'options')
   const s: SamplingOptions = {
     temperature: optNumber(o, 'temperature', 'options') ?? 0.8,
@@ -74,21 +77,13 @@ async function respond (ctx: GatewayContext, j: Job, chat: boolean, request: Fas
 }
 
 export function registerOllama (app: FastifyInstance, ctx: GatewayContext): void {
-  app.get('/api/tags', async () => ({
-    models: (await ctx.catalog.list()).map(m => ({
-      name: `${m.name}:latest`,
-      model: `${m.name}:latest`,
-      modified_at: new Date(ctx.created * 1000).toISOString(),
-      size: 0,
-      digest: m.id ?? '',
-      details: { format: m.formats?.join(',') ?? '', family: 'plexus', parameter_size: '', quantization_level: '' }
-    }))
-  }))
+  registerOllamaModels(app, ctx)
 
   app.get('/api/version', async () => ({ version: '0.0.0-plexus' }))
 
   app.post('/api/generate', async (request, reply) => {
     const b = asBody(request.body)
+    refuseUnsupported(b, FIELDS.ollamaGenerate)
     const { name: model, engine } = await resolveModel(ctx, b.model, 'ollama')
     const prompt = optString(b, 'prompt')
     if (prompt == null || prompt === '') throw badRequest('missing required field prompt')
@@ -103,6 +98,7 @@ export function registerOllama (app: FastifyInstance, ctx: GatewayContext): void
 
   app.post('/api/chat', async (request, reply) => {
     const b = asBody(request.body)
+    refuseUnsupported(b, FIELDS.ollamaChat)
     const { name: model, engine } = await resolveModel(ctx, b.model, 'ollama')
     const ids = engine.encodeChat(messageList(b))
     return await respond(ctx, job(ctx, b, model, engine, ids), true, request, reply)

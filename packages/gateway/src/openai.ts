@@ -9,6 +9,7 @@ import type { GatewayContext } from './context.ts'
 import { asBody, optBool, optInt, optNumber, optObject, stopList, messageList } from './validate.ts'
 import type { Body } from './validate.ts'
 import { LazyStream, sse, disconnectSignal } from './stream.ts'
+import { FIELDS, refuseUnsupported } from './fields.ts'
 
 type Kind = 'chat' | 'text'
 
@@ -139,7 +140,7 @@ async function respond (ctx: GatewayContext, job: Job, request: FastifyRequest, 
 export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void {
   app.get('/v1/models', async () => ({
     object: 'list',
-    data: (await ctx.catalog.list()).map(m => ({ id: m.name, object: 'model', created: ctx.created, owned_by: 'plexus' }))
+    data: (await ctx.catalog.list()).filter(m => m.complete).map(m => ({ id: m.name, object: 'model', created: ctx.created, owned_by: 'plexus' }))
   }))
 
   app.get('/v1/models/:model', async (request) => {
@@ -149,6 +150,7 @@ export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void
 
   app.post('/v1/chat/completions', async (request, reply) => {
     const b = asBody(request.body)
+    refuseUnsupported(b, FIELDS.openaiChat)
     const { name: model, engine } = await resolveModel(ctx, b.model, 'openai')
     singleChoice(b)
     const ids = engine.encodeChat(messageList(b))
@@ -173,6 +175,7 @@ export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void
 
   app.post('/v1/completions', async (request, reply) => {
     const b = asBody(request.body)
+    refuseUnsupported(b, FIELDS.openaiCompletions)
     const { name: model, engine } = await resolveModel(ctx, b.model, 'openai')
     singleChoice(b)
     if (optBool(b, 'echo') === true) throw badRequest('echo is not supported', { param: 'echo' })

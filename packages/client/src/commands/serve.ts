@@ -1,18 +1,18 @@
-// `plexus-client serve`: an OpenAI-, Anthropic- and Ollama-compatible HTTP API in front of one model.
-import { basename, resolve } from 'node:path'
+// `plexus-client serve`: an OpenAI-, Anthropic- and Ollama-compatible HTTP API in front of one
+// local model, or of every model a swarm serves.
 import { initBackend } from '@plexus/runtime'
 import type { BackendName, QuantFormat } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { createGateway, isLoopback } from '@plexus/gateway'
 import type { TrustLevel } from '../inference/auditor.ts'
-import { openLocal, openSwarm, connectSwarm, swarmModelDir, stopNode } from '../model-source.ts'
-import type { OpenModel } from '../model-source.ts'
+import { openGatewayCatalog } from '../gateway-catalog.ts'
+import type { GatewayCatalog } from '../gateway-catalog.ts'
 import { UsageError } from './generate.ts'
 
 export interface ServeArgs {
   local: boolean
   bootstrap?: string[]
-  model: string
+  model?: string
   cacheDir?: string
   quantize?: QuantFormat
   wireDtype?: WireDType
@@ -20,6 +20,7 @@ export interface ServeArgs {
   host: string
   apiKey?: string
   maxConcurrent: number
+  maxModels: number
   backend?: BackendName | 'auto'
   json?: boolean
   trust?: TrustLevel
@@ -31,39 +32,28 @@ export async function runServe (args: ServeArgs): Promise<void> {
   if (args.local === (args.bootstrap != null && args.bootstrap.length > 0)) {
     throw new UsageError('give either --local (run every block here) or --bootstrap <multiaddr> (run through a swarm)')
   }
+  if (args.local && args.model == null) throw new UsageError('--local needs --model DIR or FILE.gguf')
   const apiKey = args.apiKey ?? (process.env.PLEXUS_API_KEY !== '' ? process.env.PLEXUS_API_KEY : undefined)
   const log = (m: string): void => { process.stderr.write(`[plexus] ${m}\n`) }
   if (!isLoopback(args.host) && apiKey == null) {
     log(`WARNING: listening on ${args.host} without --api-key: anyone who can reach this port can use the model`)
   }
   const backend = await initBackend(args.backend)
-  const node = args.local ? undefined : await connectSwarm(args.bootstrap!)
-  let model: OpenModel | undefined
+  const models: GatewayCatalog = await openGatewayCatalog({ ...args, log })
   let closing: Promise<void> | undefined
-  const shutdown = async (close?: () => Promise<void>): Promise<void> => {
-    await close?.().catch(() => {})
-    await model?.close().catch(() => {})
-    if (node != null) await stopNode(node)
-  }
   try {
-    model = node == null
-      ? await openLocal(args.model, { quantize: args.quantize })
-      : await openSwarm(node, {
-        dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log }), quantize: args.quantize, dtype: args.wireDtype, log, checkRate: args.checkRate, trustedVerifiers: args.trustVerifier
-      })
-    // A local directory has no manifest: its folder name names the model.
-    const modelName = model.manifest?.name ?? basename(resolve(args.model))
-    const gw = await createGateway({ model, modelName, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast', aliases: [args.model], apiKey, maxConcurrent: args.maxConcurrent, defaultMetrics: true })
+    const gw = await createGateway({ catalog: models.catalog, modelName: models.defaultName, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast', apiKey, maxConcurrent: args.maxConcurrent, defaultMetrics: true })
     const url = await gw.listen(args.port, args.host)
-    if (args.json === true) process.stdout.write(JSON.stringify({ event: 'ready', url, model: gw.modelName, backend }) + '\n')
-    else log(`serving ${gw.modelName} at ${url} (OpenAI ${url}/v1, Anthropic ${url}/v1/messages, Ollama ${url}/api, metrics ${url}/metrics; backend ${backend})`)
+    const what = models.defaultName ?? 'every model of the swarm'
+    if (args.json === true) process.stdout.write(JSON.stringify({ event: 'ready', url, model: models.defaultName ?? null, backend }) + '\n')
+    else log(`serving ${what} at ${url} (OpenAI ${url}/v1, Anthropic ${url}/v1/messages, Ollama ${url}/api, metrics ${url}/metrics; backend ${backend})`)
     await new Promise<void>(resolve => {
-      const stop = (): void => { closing ??= shutdown(gw.close).then(resolve) }
+      const stop = (): void => { closing ??= gw.close().catch(() => {}).then(async () => { await models.close() }).then(resolve) }
       process.once('SIGINT', stop)
       process.once('SIGTERM', stop)
     })
   } catch (err) {
-    await shutdown()
+    await models.close().catch(() => {})
     throw err
   }
 }
