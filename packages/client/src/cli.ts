@@ -7,6 +7,8 @@ import type { ModelsArgs } from './commands/models.ts'
 import type { GenerateArgs } from './commands/generate.ts'
 import { runServe } from './commands/serve.ts'
 import type { ServeArgs } from './commands/serve.ts'
+import { runMcp } from './commands/mcp.ts'
+import type { McpArgs } from './commands/mcp.ts'
 
 /** --trust, --check-rate, --trust-verifier: a usage error (string) or true. */
 function checkTrustFlags (a: Record<string, any>): string | true {
@@ -44,7 +46,7 @@ await yargs(hideBin(process.argv))
     .option('bootstrap', { type: 'array', string: true, describe: 'Join a swarm through this peer (multiaddr ending in /p2p/<id>; repeatable)' })
     .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
     .option('model', { type: 'string', demandOption: true, describe: 'Hugging Face model directory (config.json, *.safetensors, tokenizer.json) or a .gguf file; with --bootstrap also a model name, id or id prefix (≥ 8 hex digits) fetched from the swarm' })
-    .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models)' })
+    .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: ~/.cache/plexus/models; $PLEXUS_CACHE_DIR moves ~/.cache/plexus)' })
     .option('quantize', { type: 'string', describe: QUANTIZE_HELP })
     .option('prompt', { type: 'string', describe: 'Prompt text (needs tokenizer.json)' })
     .option('token-ids', { type: 'string', describe: 'Prompt as comma-separated token ids, e.g. 1,450,4996' })
@@ -79,13 +81,13 @@ await yargs(hideBin(process.argv))
   async (argv) => { await runModels(argv as unknown as ModelsArgs) })
   .command('serve', 'Serve a model over HTTP with OpenAI-, Anthropic- and Ollama-compatible APIs', (y) => y
     .usage('$0 serve (--bootstrap MULTIADDR... [--model DIR|NAME|ID] | --local --model DIR) [--port 9337] [--host 127.0.0.1] [--api-key KEY] [--max-concurrent N]\n\n' +
-      'OpenAI: /v1/models, /v1/chat/completions, /v1/completions; Anthropic: /v1/messages; Ollama: /api/generate, /api/chat, /api/tags, /api/show, /api/ps; Prometheus: /metrics.\n' +
+      'OpenAI: /v1/models, /v1/chat/completions, /v1/completions; Anthropic: /v1/messages; Ollama: /api/generate, /api/chat, /api/tags, /api/show, /api/ps; MCP (streamable HTTP): /mcp; Prometheus: /metrics.\n' +
       'Through a swarm, every model the swarm serves is available: a request names it in its model field, and its client parts are fetched on first use.')
     .option('local', { type: 'boolean', default: false, describe: 'Run every block in this process (no swarm)' })
     .option('bootstrap', { type: 'array', string: true, describe: 'Join a swarm through this peer (multiaddr ending in /p2p/<id>; repeatable)' })
     .option('model', { type: 'string', describe: 'Model directory or .gguf file (required with --local); with --bootstrap, a model opened at start (a directory, file, name, id or id prefix), the others on first use' })
     .option('max-models', { type: 'number', default: 4, describe: "With --bootstrap: the most models open at once (each holds its embeddings and LM head)" })
-    .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models)' })
+    .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: ~/.cache/plexus/models; $PLEXUS_CACHE_DIR moves ~/.cache/plexus)' })
     .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
     .option('quantize', { type: 'string', describe: QUANTIZE_HELP })
     .option('port', { type: 'number', default: 9337, describe: 'TCP port (0 = any free port)' })
@@ -108,6 +110,34 @@ await yargs(hideBin(process.argv))
       return q !== true ? q : checkTrustFlags(a)
     }),
   async (argv) => { await runServe(argv as unknown as ServeArgs) })
+  .command('mcp', 'Serve models to MCP clients (Claude Desktop, IDEs, agents) over stdin/stdout', (y) => y
+    .usage('$0 mcp (--bootstrap MULTIADDR... [--model DIR|NAME|ID] | --local --model DIR) [options]\n\n' +
+      'An MCP server on stdio with the tools generate, chat, list_models and swarm_status; it logs to stderr only.\n' +
+      'The HTTP gateway (plexus-client serve) offers the same tools at /mcp (streamable HTTP).')
+    .option('local', { type: 'boolean', default: false, describe: 'Run every block in this process (no swarm)' })
+    .option('bootstrap', { type: 'array', string: true, describe: 'Join a swarm through this peer (multiaddr ending in /p2p/<id>; repeatable)' })
+    .option('model', { type: 'string', describe: 'Model directory or .gguf file (required with --local); with --bootstrap, a model opened at start (a directory, file, name, id or id prefix), the others on first use' })
+    .option('max-models', { type: 'number', default: 4, describe: 'With --bootstrap: the most models open at once (each holds its embeddings and LM head)' })
+    .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: ~/.cache/plexus/models; $PLEXUS_CACHE_DIR moves ~/.cache/plexus)' })
+    .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
+    .option('quantize', { type: 'string', describe: QUANTIZE_HELP })
+    .option('max-concurrent', { type: 'number', default: 16, describe: 'Generations run at once; more calls wait their turn' })
+    .option('backend', { choices: [...BACKENDS, 'auto'], default: 'auto', describe: 'Compute backend (auto = fastest available: a GPU through webgpu, tensorflow, wasm, cpu; webgpu named explicitly also runs on a software adapter)' })
+    .option('trust', { choices: ['fast', 'verified', 'attested'], default: 'fast', describe: "fast: take servers' outputs as they come; verified: verifier peers re-compute a share of the steps, and a wrong one is rolled back and re-run elsewhere; attested: not supported yet" })
+    .option('check-rate', { type: 'number', default: 0.1, describe: 'With --trust verified: the fraction of hops whose every step a verifier re-computes (0..1)' })
+    .option('trust-verifier', { type: 'array', string: true, describe: 'Peer id of a verifier whose fraud reports and reputation records alone are believed (repeatable)' })
+    .example('$0 mcp --local --model ./models/small', 'one local model')
+    .example('$0 mcp --bootstrap /ip4/192.168.1.10/tcp/31337/p2p/12D3KooW...', 'every model of a swarm')
+    .epilog('In an MCP client\'s configuration (Claude Desktop: claude_desktop_config.json):\n' +
+      '  { "mcpServers": { "plexus": { "command": "npx",\n' +
+      '      "args": ["plexus-client", "mcp", "--bootstrap", "/ip4/192.168.1.10/tcp/31337/p2p/12D3KooW..."] } } }')
+    .check((a) => {
+      if (!Number.isInteger(a['max-concurrent']) || a['max-concurrent'] < 1) return '--max-concurrent must be a positive integer'
+      if (!Number.isInteger(a['max-models']) || a['max-models'] < 1) return '--max-models must be a positive integer'
+      const q = checkQuantize(a)
+      return q !== true ? q : checkTrustFlags(a)
+    }),
+  async (argv) => { await runMcp(argv as unknown as McpArgs) })
   .demandCommand(1, 'Choose a command (see --help)')
   .strict()
   .fail((msg, err) => {

@@ -1,12 +1,11 @@
 import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
-import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { lpStream } from '@libp2p/utils'
 import { fetchInfo, findBlockHolders, findServers, PROTOCOL_PREFIX } from '@plexus/p2p'
 import type { PlexusNode, PeerId } from '@plexus/p2p'
 import {
   Checkpoint, DTYPE_BYTES, MANIFEST_FILE, checkManifest, headTensorShapes, loadTokenizer, parseModelConfig, readModelConfig,
-  safetensorsHeader, shortId, tensorsDigest
+  safetensorsHeader, shortId, tensorsDigest, cacheDir as plexusCacheDir
 } from '@plexus/runtime'
 import type { DType, ModelManifest } from '@plexus/runtime'
 import type { Stream } from '@libp2p/interface'
@@ -33,7 +32,7 @@ export class ModelFetchError extends Error {
 }
 
 export interface ResolveModelOptions {
-  /** Default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models. */
+  /** Default: models/ in the cache ($PLEXUS_CACHE_DIR, else ~/.cache/plexus). */
   cacheDir?: string
   log?: (msg: string) => void
   signal?: AbortSignal
@@ -49,10 +48,6 @@ export interface ResolveModelOptions {
   window?: number
 }
 
-export function defaultCacheDir (): string {
-  return process.env.PLEXUS_CACHE_DIR ?? join(homedir(), '.cache', 'plexus', 'models')
-}
-
 /**
  * A local model directory holding the client's parts (config, manifest, tokenizer and a
  * model.safetensors with only the head tensors) of the model named by `nameOrId`: a 64-hex id,
@@ -61,7 +56,7 @@ export function defaultCacheDir (): string {
  * that offers them, verified against the model id, and installed into `<cacheDir>/<id>/`.
  */
 export async function resolveModel (node: PlexusNode, nameOrId: string, opts: ResolveModelOptions = {}): Promise<string> {
-  const cacheDir = opts.cacheDir ?? defaultCacheDir()
+  const cacheDir = opts.cacheDir ?? plexusCacheDir('models')
   const log = opts.log ?? (() => {})
   const wanted = nameOrId.trim()
   if (wanted === '') throw new ModelFetchError('no model given: pass a model name, id or directory')

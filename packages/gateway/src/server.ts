@@ -1,4 +1,4 @@
-// The HTTP gateway: a catalog of models, three APIs (OpenAI, Anthropic, Ollama), Prometheus metrics.
+// The HTTP gateway: a catalog of models, three APIs (OpenAI, Anthropic, Ollama), MCP, Prometheus metrics.
 import { timingSafeEqual } from 'node:crypto'
 import Fastify from 'fastify'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
@@ -14,10 +14,13 @@ import { registerOllama } from './ollama.ts'
 import { singleModel } from './catalog.ts'
 import type { ModelCatalog } from './catalog.ts'
 import { Semaphore } from './semaphore.ts'
+import { registerMcp, isMcpUrl, rpcError } from './mcp/http.ts'
+import type { McpHttpOptions } from './mcp/http.ts'
+import type { SwarmStatusSource } from './mcp/tools.ts'
 
 export { TRUST_HEADER }
 
-export interface GatewayOptions {
+export interface ContextOptions {
   /** The one model this gateway serves (or give `catalog`). */
   model?: GatewayModel
   /** The model's name in requests and listings (default: its manifest name). */
@@ -26,17 +29,24 @@ export interface GatewayOptions {
   aliases?: string[]
   /** The models this gateway serves, opened on first use (every model of a swarm, say). */
   catalog?: ModelCatalog
-  /** When set, every API route needs it (Authorization: Bearer KEY, or x-api-key: KEY). */
-  apiKey?: string
   /** Generations run at once, all models together; more wait their turn (default 16). */
   maxConcurrent?: number
   /** max_tokens when a request gives none (default 512, capped by the context). */
   defaultMaxTokens?: number
   /** Node's process metrics in /metrics too (default false). */
   defaultMetrics?: boolean
-  logger?: boolean
   /** Trust level of requests without an X-Plexus-Trust header (default fast). */
   defaultTrust?: 'fast' | 'verified'
+}
+
+export interface GatewayOptions extends ContextOptions {
+  /** When set, every API route needs it (Authorization: Bearer KEY, or x-api-key: KEY), /mcp included. */
+  apiKey?: string
+  logger?: boolean
+  /** Peers and mode of the swarm behind the catalog, for MCP's swarm_status. */
+  status?: SwarmStatusSource
+  /** MCP sessions open at once on /mcp, and how long an idle one lives (defaults in mcp/http.ts). */
+  mcp?: Omit<McpHttpOptions, 'status'>
 }
 
 export interface Gateway {
@@ -64,14 +74,14 @@ function sameKey (a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y)
 }
 
-export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
+/** The models, engines, limits and metrics every API shares, HTTP or not (`plexus-client mcp` uses it without HTTP). */
+export function createGatewayContext (opts: ContextOptions): GatewayContext {
+  const catalog = opts.catalog ?? (opts.model != null ? singleModel(opts.model, modelNameOf(opts), opts.aliases) : undefined)
+  if (catalog == null) throw new TypeError('a gateway needs a model or a catalog')
   const metrics = new GatewayMetrics({ defaultMetrics: opts.defaultMetrics })
-  const modelName = opts.modelName ?? opts.model?.manifest?.name ?? (opts.model != null ? 'plexus' : '')
-  const catalog = opts.catalog ?? (opts.model != null ? singleModel(opts.model, modelName, opts.aliases) : undefined)
-  if (catalog == null) throw new TypeError('createGateway needs a model or a catalog')
   const slots = new Semaphore(opts.maxConcurrent ?? 16)
   const engines = new WeakMap<GatewayModel, Engine>()
-  const ctx: GatewayContext = {
+  return {
     catalog,
     engineOf: ({ model }) => {
       let e = engines.get(model)
@@ -83,6 +93,14 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
     defaultMaxTokens: opts.defaultMaxTokens ?? 512,
     defaultTrust: opts.defaultTrust ?? 'fast'
   }
+}
+
+const modelNameOf = (opts: ContextOptions): string => opts.modelName ?? opts.model?.manifest?.name ?? (opts.model != null ? 'plexus' : '')
+
+export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
+  const ctx = createGatewayContext(opts)
+  const { catalog, metrics } = ctx
+  const modelName = modelNameOf(opts)
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 16 << 20 })
 
   // Every body is JSON whatever its content type (curl -d sends form-urlencoded).
@@ -118,7 +136,7 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
   app.setErrorHandler((err, request, reply) => {
     const e = toApiError(err)
     if (e.status >= 500) request.log.error(err)
-    void reply.status(e.status).send(errorBody(dialectOf(request.url), e))
+    void reply.status(e.status).send(isMcpUrl(request.url) ? rpcError(e.message) : errorBody(dialectOf(request.url), e))
   })
   app.setNotFoundHandler((request, reply) => {
     const e = new ApiError(404, `no route ${request.method} ${request.url.split('?')[0]}`)
@@ -133,6 +151,7 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
   registerOpenAI(app, ctx)
   registerAnthropic(app, ctx)
   registerOllama(app, ctx)
+  registerMcp(app, ctx, { ...opts.mcp, status: opts.status })
 
   return {
     app,

@@ -1,5 +1,4 @@
 import { readFile, writeFile, rename, rm, stat, mkdir, realpath } from 'node:fs/promises'
-import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { blake3 } from '@noble/hashes/blake3.js'
 import { bytesToHex, utf8ToBytes } from '@noble/hashes/utils.js'
@@ -8,6 +7,7 @@ import type { RawTensor } from './checkpoint.ts'
 import type { ModelSource } from './model-source.ts'
 import type { ModelConfig } from './config.ts'
 import { QuantizedSource, isQuantFormat } from './quant/quantized-source.ts'
+import { cacheDir } from './cache-dir.ts'
 import type { QuantFormat } from './quant/quantized-source.ts'
 
 /**
@@ -97,7 +97,7 @@ export function checkManifest (m: ModelManifest, cfg: ModelConfig): void {
 
 /** Where manifests of GGUF files that cannot have one beside them are kept. */
 export function manifestCacheDir (): string {
-  return process.env.PLEXUS_MANIFEST_DIR ?? join(homedir(), '.cache', 'plexus', 'manifests')
+  return process.env.PLEXUS_MANIFEST_DIR ?? cacheDir('manifests')
 }
 
 /** What a GGUF manifest was computed from: a changed file (same path) gets a fresh one. */

@@ -1,7 +1,7 @@
 import type { PrivateKey, Logger } from '@libp2p/interface'
 import { Announcer, serveInfo, signAnnouncement } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import { Checkpoint, storedSource } from '@plexus/runtime'
+import { Checkpoint, storedSource, PLEXUS_VERSION } from '@plexus/runtime'
 import type { ModelSource, ModelManifest } from '@plexus/runtime'
 import { createSessionHandler, SESSION_PROTOCOL } from './session-handler.ts'
 import { serveModelFiles } from './model-files-handler.ts'
@@ -35,8 +35,6 @@ export interface PlexusServerInit {
   /** Where to count steps and errors (the node's /metrics). */
   metrics?: NodeMetrics
 }
-
-const VERSION = '0.1.0'
 
 // One session handler per node, shared by every span it serves (two while it moves).
 const sessionBackends = new WeakMap<PlexusNode, BackendSet>()
@@ -83,7 +81,7 @@ export class PlexusServer {
       addrs: node.getMultiaddrs().map(a => a.toString()),
       offersHead: this.servesHead,
       capacity: { sessions: backend.sessionCount + backend.freeSessions, freeSessions: backend.isDraining ? 0 : backend.freeSessions },
-      version: VERSION
+      version: PLEXUS_VERSION
     }, { ttlMs: ttl })
   }
 

@@ -1,6 +1,7 @@
 import { readFile, writeFile, mkdir, rename } from 'node:fs/promises'
 import { join, dirname } from 'node:path'
-import { homedir, cpus } from 'node:os'
+import { cpus } from 'node:os'
+import { cacheDir } from '@plexus/runtime'
 import type { SpanRunner } from '@plexus/runtime'
 
 /**
@@ -26,16 +27,12 @@ export async function measureThroughput (runner: SpanRunner, hiddenSize: number,
   }
 }
 
-export function defaultCacheDir (): string {
-  return process.env.PLEXUS_CACHE_DIR ?? join(homedir(), '.cache', 'plexus')
-}
-
 /**
  * The measured throughput, cached per model, backend, span size and machine (CPU model and
  * count): a restart announces at once instead of measuring again.
  */
 export async function cachedThroughput (runner: SpanRunner, hiddenSize: number, opts: { modelId: string, backend: string, cacheDir?: string }): Promise<number> {
-  const file = join(opts.cacheDir ?? defaultCacheDir(), 'throughput.json')
+  const file = opts.cacheDir != null ? join(opts.cacheDir, 'throughput.json') : cacheDir('throughput.json')
   const key = [opts.modelId, opts.backend, runner.end - runner.start, cpus()[0]?.model ?? 'cpu', cpus().length].join('|')
   let table: Record<string, number> = {}
   try { table = JSON.parse(await readFile(file, 'utf8')) } catch {}

@@ -1,7 +1,7 @@
 import type { PrivateKey, Logger } from '@libp2p/interface'
 import { Announcer, serveInfo, signAnnouncement, signReputation, putReputation } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import { chainRunners, loadSpanRunners } from '@plexus/runtime'
+import { chainRunners, loadSpanRunners, PLEXUS_VERSION } from '@plexus/runtime'
 import type { ModelSource, ModelManifest, SpanRunner } from '@plexus/runtime'
 import { Verifier } from './verifier.ts'
 import type { Tally } from './verifier.ts'
@@ -26,7 +26,6 @@ export interface VerifierNodeInit {
   onVerdict?: (server: string, tally: Tally) => void
 }
 
-const VERSION = '0.1.0'
 
 /**
  * A verifier peer: loads blocks like a server but serves no sessions. Clients send it steps of
@@ -83,7 +82,7 @@ export class VerifierNode {
       addrs: node.getMultiaddrs().map(a => a.toString()),
       offersHead: false,
       capacity: { sessions: max, freeSessions: Math.max(0, max - this.verifier.sessionCount) },
-      version: VERSION,
+      version: PLEXUS_VERSION,
       role: 'verifier'
     }, { ttlMs: 60_000 })
   }

@@ -11,7 +11,7 @@ export interface GenerateArgs extends SamplingOptions {
   wireDtype?: WireDType
   /** A model directory; with --bootstrap also a model name, id or id prefix fetched from the swarm. */
   model: string
-  /** Where fetched client parts are kept (default: $PLEXUS_CACHE_DIR or ~/.cache/plexus/models). */
+  /** Where fetched client parts are kept (default: ~/.cache/plexus/models; $PLEXUS_CACHE_DIR moves ~/.cache/plexus). */
   cacheDir?: string
   /** Quantize the blocks' linear weights at load (--local), or use the nodes that do (swarm). */
   quantize?: QuantFormat

@@ -42,11 +42,11 @@ export async function runServe (args: ServeArgs): Promise<void> {
   const models: GatewayCatalog = await openGatewayCatalog({ ...args, log })
   let closing: Promise<void> | undefined
   try {
-    const gw = await createGateway({ catalog: models.catalog, modelName: models.defaultName, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast', apiKey, maxConcurrent: args.maxConcurrent, defaultMetrics: true })
+    const gw = await createGateway({ catalog: models.catalog, modelName: models.defaultName, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast', apiKey, maxConcurrent: args.maxConcurrent, defaultMetrics: true, status: models.status })
     const url = await gw.listen(args.port, args.host)
     const what = models.defaultName ?? 'every model of the swarm'
     if (args.json === true) process.stdout.write(JSON.stringify({ event: 'ready', url, model: models.defaultName ?? null, backend }) + '\n')
-    else log(`serving ${what} at ${url} (OpenAI ${url}/v1, Anthropic ${url}/v1/messages, Ollama ${url}/api, metrics ${url}/metrics; backend ${backend})`)
+    else log(`serving ${what} at ${url} (OpenAI ${url}/v1, Anthropic ${url}/v1/messages, Ollama ${url}/api, MCP ${url}/mcp, metrics ${url}/metrics; backend ${backend})`)
     await new Promise<void>(resolve => {
       const stop = (): void => { closing ??= gw.close().catch(() => {}).then(async () => { await models.close() }).then(resolve) }
       process.once('SIGINT', stop)

@@ -1,0 +1,80 @@
+// `plexus-client mcp`: an MCP server on stdin/stdout (for Claude Desktop and other MCP clients)
+// with the gateway's tools: generate, chat, list_models, swarm_status.
+import { initBackend } from '@plexus/runtime'
+import type { BackendName, QuantFormat } from '@plexus/runtime'
+import type { WireDType } from '@plexus/protocol'
+import { createGatewayContext, createMcpServer } from '@plexus/gateway'
+import type { ModelCatalog } from '@plexus/gateway'
+import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js'
+import type { TrustLevel } from '../inference/auditor.ts'
+import { openGatewayCatalog } from '../gateway-catalog.ts'
+import type { GatewayCatalog } from '../gateway-catalog.ts'
+import { UsageError } from './generate.ts'
+
+export interface McpArgs {
+  local: boolean
+  bootstrap?: string[]
+  model?: string
+  cacheDir?: string
+  quantize?: QuantFormat
+  wireDtype?: WireDType
+  maxConcurrent: number
+  maxModels: number
+  backend?: BackendName | 'auto'
+  trust?: TrustLevel
+  checkRate?: number
+  trustVerifier?: string[]
+}
+
+/** A catalog whose calls wait for the models to open, so the MCP handshake need not. */
+function pending (opening: Promise<GatewayCatalog>): ModelCatalog {
+  return {
+    list: async () => await (await opening).catalog.list(),
+    open: async (name) => await (await opening).catalog.open(name),
+    names: async () => await (await opening).catalog.names()
+  }
+}
+
+export async function runMcp (args: McpArgs): Promise<void> {
+  if (args.local === (args.bootstrap != null && args.bootstrap.length > 0)) {
+    throw new UsageError('give either --local (run every block here) or --bootstrap <multiaddr> (run through a swarm)')
+  }
+  if (args.local && args.model == null) throw new UsageError('--local needs --model DIR or FILE.gguf')
+  // stdout carries the protocol: anything a library prints there would corrupt it
+  console.log = console.info = console.debug = console.error
+  const log = (m: string): void => { process.stderr.write(`[plexus] ${m}\n`) }
+  const backend = await initBackend(args.backend)
+
+  // MCP clients time out a slow handshake: answer it at once and open the models meanwhile
+  const opening = openGatewayCatalog({ ...args, log })
+  opening.catch(() => {})
+  const ctx = createGatewayContext({ catalog: pending(opening), maxConcurrent: args.maxConcurrent, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast' })
+  const server = createMcpServer(ctx, { status: async () => await (await opening).status() })
+
+  let closing: Promise<void> | undefined
+  const shutdown = async (): Promise<void> => {
+    closing ??= (async () => {
+      await server.close().catch(() => {})
+      await (await opening.catch(() => undefined))?.close().catch(() => {})
+    })()
+    await closing
+  }
+  const ended = new Promise<void>(resolve => {
+    const stop = (): void => { void shutdown().then(resolve) }
+    process.stdin.once('end', stop)
+    process.stdin.once('close', stop)
+    process.once('SIGINT', stop)
+    process.once('SIGTERM', stop)
+  })
+  await server.connect(new StdioServerTransport())
+  try {
+    const models = await opening
+    log(`MCP server on stdio: ${models.defaultName ?? 'every model of the swarm'} (backend ${backend}); tools generate, chat, list_models, swarm_status`)
+  } catch (err) {
+    await shutdown()
+    throw err
+  }
+  await ended
+  // a library's stray timer or socket must not keep a finished stdio server alive
+  setTimeout(() => { process.exit(0) }, 1000).unref()
+}
