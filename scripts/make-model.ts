@@ -1,6 +1,8 @@
 // Makes a random-weight Hugging Face model directory (deterministic per seed), optionally with a GGUF copy.
 import { parseArgs } from 'node:util'
 import { makeModel, SHAPES } from './lib/model-maker.ts'
+import { CHAT_TEMPLATE_NAMES } from './lib/chat-templates.ts'
+import type { ChatTemplateName } from './lib/chat-templates.ts'
 import type { ShapeName, WeightDType } from './lib/model-maker.ts'
 
 const HELP = `usage: node_modules/.bin/node scripts/make-model.ts --shape SHAPE --out DIR [options]
@@ -17,6 +19,9 @@ with random values that depend only on the seed (same seed => byte-identical fil
   --layers N          override the shape's layer count
   --vocab N           override the shape's vocabulary size
   --tie               tie the LM head to the embeddings
+  --chat-template chatml|qwen2|llama3|mistral
+                      chat template and its special tokens: a minimal ChatML one (default), or
+                      Qwen2.5-Instruct's, Llama-3.1-Instruct's or Mistral-7B-Instruct-v0.3's (with tools)
   --gguf              also write DIR/model.gguf for llama.cpp
   --gguf-dtype f32|f16|q8_0  GGUF weight type (default f16 for --dtype f16, else f32)
   --workers N         threads generating weights (default: all cores; output does not depend on it)
@@ -46,6 +51,7 @@ try {
       layers: { type: 'string' },
       vocab: { type: 'string' },
       tie: { type: 'boolean', default: false },
+      'chat-template': { type: 'string', default: 'chatml' },
       gguf: { type: 'boolean', default: false },
       'gguf-dtype': { type: 'string' },
       workers: { type: 'string' },
@@ -67,6 +73,7 @@ if (!(args.shape in SHAPES)) fail(`unknown --shape ${JSON.stringify(args.shape)}
 if (args.out == null) fail('--out is required')
 if (!['f32', 'bf16', 'f16'].includes(args.dtype)) fail(`--dtype must be f32, bf16 or f16 (got ${JSON.stringify(args.dtype)})`)
 if (args.arch !== 'llama' && args.arch !== 'qwen2') fail(`--arch must be llama or qwen2 (got ${JSON.stringify(args.arch)})`)
+if (!CHAT_TEMPLATE_NAMES.includes(args['chat-template'] as ChatTemplateName)) fail(`--chat-template must be ${CHAT_TEMPLATE_NAMES.join(', ')} (got ${JSON.stringify(args['chat-template'])})`)
 const ggufDtype = args['gguf-dtype']
 if (ggufDtype != null && ggufDtype !== 'f32' && ggufDtype !== 'f16' && ggufDtype !== 'q8_0') fail(`--gguf-dtype must be f32, f16 or q8_0 (got ${JSON.stringify(ggufDtype)})`)
 if (ggufDtype != null && !args.gguf) fail('--gguf-dtype needs --gguf')
@@ -83,6 +90,7 @@ try {
     layers: intArg('layers', args.layers),
     vocab: intArg('vocab', args.vocab),
     tie: args.tie,
+    chatTemplate: args['chat-template'] as ChatTemplateName,
     gguf: args.gguf ? (ggufDtype != null ? { dtype: ggufDtype } : true) : false,
     workers: intArg('workers', args.workers)
   })

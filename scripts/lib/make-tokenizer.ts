@@ -8,11 +8,13 @@
 //   259 ..                                 merges learned from CORPUS below
 //   ..                                     merges for generated filler words, until full
 //   N-2 <|im_start|>, N-1 <|im_end|>       special, the chat template's turn markers
+//                                          (another family's template: its own markers, see chat-templates.ts)
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { CHAT_FAMILIES } from './chat-templates.ts'
+import type { ChatTemplateName } from './chat-templates.ts'
 
 const SPECIALS = ['<unk>', '<s>', '</s>']
-const CHAT_MARKERS = ['<|im_start|>', '<|im_end|>']
 
 // Plain English prose to learn merges from; written for this file.
 const CORPUS = `The old lighthouse stood at the end of a narrow road that ran along the cliffs. Every evening the keeper climbed the stairs, wound the clock that turned the lens, and watched the first ships of the night come around the point. He had done this for thirty years, and he said that the sea was never the same twice. Some nights it was calm and silver under the moon; other nights the wind came hard from the west and the waves broke white against the rocks below.
@@ -184,12 +186,19 @@ function fillWithWords (bpe: BpeBuilder): void {
 
 const CHAT_TEMPLATE = "{{ bos_token }}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 
-function addedToken (id: number, content: string) {
-  return { id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }
+function addedToken (id: number, content: string, special = true) {
+  return { id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special }
 }
 
-export async function writeTokenizer (dir: string, opts: { vocabSize: number }): Promise<void> {
+/** The ids config.json and generation_config.json name. */
+export interface WrittenTokenizer { bosTokenId: number, eosTokenIds: number[] }
+
+/** `chatTemplate`: the family whose template and turn markers to write (default chatml, the minimal one). */
+export async function writeTokenizer (dir: string, opts: { vocabSize: number, chatTemplate?: ChatTemplateName }): Promise<WrittenTokenizer> {
   const { vocabSize } = opts
+  const family = CHAT_FAMILIES[opts.chatTemplate ?? 'chatml']
+  if (family == null) throw new RangeError(`unknown chat template ${JSON.stringify(opts.chatTemplate)}`)
+  const CHAT_MARKERS = family.markers.map(m => m.content)
   const fixed = SPECIALS.length + 256 + CHAT_MARKERS.length
   if (!Number.isInteger(vocabSize) || vocabSize < fixed) {
     throw new RangeError(`vocabSize must be an integer >= ${fixed}, got ${vocabSize}`)
@@ -202,8 +211,9 @@ export async function writeTokenizer (dir: string, opts: { vocabSize: number }):
   for (const s of CHAT_MARKERS) bpe.addToken(s)
   if (bpe.vocab.size !== vocabSize) throw new Error(`built ${bpe.vocab.size} tokens, wanted ${vocabSize}`)
 
-  const added = [...SPECIALS, ...CHAT_MARKERS].map(s => addedToken(bpe.vocab.get(s)!, s))
-  const bos = { id: '<s>', type_id: 0 }
+  const added = [...SPECIALS.map(s => addedToken(bpe.vocab.get(s)!, s)), ...family.markers.map(m => addedToken(bpe.vocab.get(m.content)!, m.content, m.special))]
+  const bosText = family.bos ?? '<s>'
+  const bos = { id: bosText, type_id: 0 }
   const tokenizer = {
     version: '1.0',
     truncation: null,
@@ -211,14 +221,16 @@ export async function writeTokenizer (dir: string, opts: { vocabSize: number }):
     added_tokens: added,
     normalizer: null,
     pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
-    // Prepends <s> when special tokens are requested, as Llama tokenizers do.
-    post_processor: {
-      type: 'TemplateProcessing',
-      single: [{ SpecialToken: bos }, { Sequence: { id: 'A', type_id: 0 } }],
-      pair: [{ SpecialToken: bos }, { Sequence: { id: 'A', type_id: 0 } },
-        { SpecialToken: { id: '<s>', type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
-      special_tokens: { '<s>': { id: '<s>', ids: [bpe.vocab.get('<s>')], tokens: ['<s>'] } }
-    },
+    // Prepends BOS when special tokens are requested, as Llama tokenizers do (Qwen's does not).
+    post_processor: family.bos == null
+      ? { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false }
+      : {
+          type: 'TemplateProcessing',
+          single: [{ SpecialToken: bos }, { Sequence: { id: 'A', type_id: 0 } }],
+          pair: [{ SpecialToken: bos }, { Sequence: { id: 'A', type_id: 0 } },
+            { SpecialToken: { id: bosText, type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+          special_tokens: { [bosText]: { id: bosText, ids: [bpe.vocab.get(bosText)], tokens: [bosText] } }
+        },
     decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
     model: {
       type: 'BPE',
@@ -241,18 +253,19 @@ export async function writeTokenizer (dir: string, opts: { vocabSize: number }):
   }))
   const config = {
     tokenizer_class: 'PreTrainedTokenizerFast',
-    add_bos_token: true,
+    add_bos_token: family.bos != null,
     add_eos_token: false,
-    bos_token: '<s>',
-    eos_token: '</s>',
+    bos_token: family.bos,
+    eos_token: family.eos[0],
     unk_token: '<unk>',
-    additional_special_tokens: CHAT_MARKERS,
+    additional_special_tokens: family.markers.filter(m => m.special).map(m => m.content),
     added_tokens_decoder: addedTokensDecoder,
     // Cleanup rewrites " ." to "." and would break exact round trips.
     clean_up_tokenization_spaces: false,
-    chat_template: CHAT_TEMPLATE
+    chat_template: family.template ?? CHAT_TEMPLATE
   }
   await mkdir(dir, { recursive: true })
   await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(tokenizer, null, 2) + '\n')
   await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify(config, null, 2) + '\n')
+  return { bosTokenId: bpe.vocab.get(bosText)!, eosTokenIds: family.eos.map(e => bpe.vocab.get(e)!) }
 }

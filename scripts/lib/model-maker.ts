@@ -9,6 +9,8 @@ import type { DType } from '../../packages/runtime/src/safetensors.ts'
 import { writeSafetensors } from '../../packages/runtime/src/safetensors-write.ts'
 import type { TensorToWrite } from '../../packages/runtime/src/safetensors-write.ts'
 import { writeTokenizer } from './make-tokenizer.ts'
+import { CHAT_TEMPLATE_NAMES } from './chat-templates.ts'
+import type { ChatTemplateName } from './chat-templates.ts'
 import { writeGguf } from './gguf.ts'
 import type { GgufDType } from './gguf.ts'
 import { Checkpoint } from '../../packages/runtime/src/checkpoint.ts'
@@ -69,6 +71,8 @@ export interface MakeModelOptions {
   name?: string
   /** Worker threads generating weights (default: available cores); results do not depend on it. */
   workers?: number
+  /** The chat template family, with its special tokens and end-of-turn EOS (default chatml: a minimal template without tools). */
+  chatTemplate?: ChatTemplateName
 }
 
 const ST_DTYPE: Record<WeightDType, DType> = { f32: 'F32', bf16: 'BF16', f16: 'F16' }
@@ -174,9 +178,13 @@ export async function makeModel (opts: MakeModelOptions): Promise<void> {
 
   await mkdir(opts.out, { recursive: true })
   await removeOldWeights(opts.out)
-  await writeJson(join(opts.out, 'config.json'), configJson)
-  await writeJson(join(opts.out, 'generation_config.json'), { bos_token_id: 1, eos_token_id: 2, do_sample: false })
-  await writeTokenizer(opts.out, { vocabSize: shape.vocabSize })
+  const chatTemplate = opts.chatTemplate ?? 'chatml'
+  if (!CHAT_TEMPLATE_NAMES.includes(chatTemplate)) throw new Error(`unknown chat template ${JSON.stringify(chatTemplate)} (use ${CHAT_TEMPLATE_NAMES.join(', ')})`)
+  const ids = await writeTokenizer(opts.out, { vocabSize: shape.vocabSize, chatTemplate })
+  // The family's BOS and end-of-turn tokens, as its checkpoints name them (chatml: 1 and 2, as before).
+  const eos = ids.eosTokenIds.length === 1 ? ids.eosTokenIds[0] : ids.eosTokenIds
+  await writeJson(join(opts.out, 'config.json'), { ...configJson, bos_token_id: ids.bosTokenId, eos_token_id: eos })
+  await writeJson(join(opts.out, 'generation_config.json'), { bos_token_id: ids.bosTokenId, eos_token_id: eos, do_sample: false })
 
   const stDtype = ST_DTYPE[dtype]
   const totalElems = tensors.reduce((a, t) => a + numel(t.shape), 0)

@@ -1,7 +1,7 @@
 // The generation core every API shares: prompts to ids, one swarm session per request,
 // stop strings, logprobs, cancellation, concurrency and metrics.
 import { generate, logSoftmax, StreamDecoder, applyChatTemplate, validateSampling } from '@plexus/runtime'
-import type { ModelConfig, ModelHead, SessionPipeline, TextTokenizer, SamplingOptions, ChatMessage, TokenConstraint } from '@plexus/runtime'
+import type { ModelConfig, ModelHead, SessionPipeline, TextTokenizer, SamplingOptions, ChatMessage, ChatTool, TokenConstraint } from '@plexus/runtime'
 import { badRequest } from './errors.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { Semaphore } from './semaphore.ts'
@@ -31,7 +31,7 @@ export interface RunRequest {
   logprobs?: number
   /** X-Plexus-Trust: 'verified' spot-checks the servers (rolling back a wrong step). */
   trust?: 'fast' | 'verified'
-  /** Restricts the tokens sampled (structured output, forced tool calls). */
+  /** Restricts the tokens sampled (structured output, forced tool calls); one per run, disposed by it. */
   constraint?: TokenConstraint
   signal: AbortSignal
   onChunk?: (c: Chunk) => void | Promise<void>
@@ -121,14 +121,14 @@ export class Engine {
   /** Text prompt to ids, with the tokenizer's BOS. */
   encodeText (text: string): number[] { return this.tokenizer.encode(text, { addSpecialTokens: true }) }
 
-  /** Messages through the model's chat template; the rendered text carries its own BOS. */
-  encodeChat (messages: ChatMessage[]): number[] {
+  /** Messages (and tools) through the model's chat template; the rendered text carries its own BOS. */
+  encodeChat (messages: ChatMessage[], tools?: ChatTool[]): number[] {
     const tok = this.tokenizer
     const cfg = this.model.tokenizerConfig
     if (cfg == null) throw badRequest('this model has no tokenizer_config.json with a chat_template: use a completions endpoint')
     let text: string
     try {
-      text = applyChatTemplate(cfg, messages, { addGenerationPrompt: true })
+      text = applyChatTemplate(cfg, messages, { addGenerationPrompt: true, tools })
     } catch (err) {
       throw badRequest(`cannot format the messages with the model's chat template: ${(err as Error).message}`, { param: 'messages' })
     }
@@ -160,14 +160,18 @@ export class Engine {
     try { validateSampling(s) } catch (err) { throw badRequest((err as Error).message) }
   }
 
-  /** One generation on its own session; the session is closed however it ends. */
+  /** One generation on its own session; the session is closed (and the constraint disposed) however it ends. */
   async run (req: RunRequest): Promise<RunResult> {
-    this.checkIds(req.promptIds)
-    const release = await this.#slots.acquire(req.signal)
     try {
-      return await this.#run(req)
+      this.checkIds(req.promptIds)
+      const release = await this.#slots.acquire(req.signal)
+      try {
+        return await this.#run(req)
+      } finally {
+        release()
+      }
     } finally {
-      release()
+      req.constraint?.dispose?.()
     }
   }
 

@@ -1,15 +1,19 @@
 // OpenAI's API: GET /v1/models, POST /v1/chat/completions, POST /v1/completions.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import type { SamplingOptions } from '@plexus/runtime'
+import type { CompiledGrammar, SamplingOptions } from '@plexus/runtime'
 import { badRequest, errorBody, toApiError } from './errors.ts'
 import { MAX_TOP_LOGPROBS } from './engine.ts'
 import type { Engine, RunResult, TokenLogprob, Chunk } from './engine.ts'
 import { resolveModel, newId, unixNow, trustOf } from './context.ts'
 import type { GatewayContext } from './context.ts'
-import { asBody, optBool, optInt, optNumber, optObject, stopList, messageList } from './validate.ts'
+import { asBody, optBool, optInt, optNumber, optObject, stopList } from './validate.ts'
 import type { Body } from './validate.ts'
 import { LazyStream, sse, disconnectSignal } from './stream.ts'
 import { FIELDS, refuseUnsupported } from './fields.ts'
+import { toolsFor, encodeChat, chatMessages, functionTools, openaiToolRequest } from './tools/index.ts'
+import type { ParsedCall, ToolCalls, ToolRun } from './tools/index.ts'
+import { openaiCall, openaiCallDeltas } from './tools/wire.ts'
+import { openaiResponseFormat, compileFormat } from './response-format.ts'
 
 type Kind = 'chat' | 'text'
 
@@ -22,8 +26,12 @@ interface Job {
   sampling: SamplingOptions
   stop: string[]
   logprobs?: number
+  /** response_format's grammar (structured output). */
+  grammar?: CompiledGrammar
   stream: boolean
   includeUsage: boolean
+  /** The request's tools: output parsed into calls, a call forced by tool_choice. */
+  tools?: ToolCalls
 }
 
 function sampling (engine: Engine, b: Body): SamplingOptions {
@@ -96,13 +104,15 @@ async function respond (ctx: GatewayContext, job: Job, request: FastifyRequest, 
   const created = unixNow()
   const object = job.kind === 'chat' ? 'chat.completion' : 'text_completion'
   const base = { id, object: job.stream && job.kind === 'chat' ? 'chat.completion.chunk' : object, created, model: job.model, system_fingerprint: null }
-  const run = { promptIds: job.promptIds, maxTokens: job.maxTokens, sampling: job.sampling, stop: job.stop, logprobs: job.logprobs, signal, trust: trustOf(request, ctx.defaultTrust) }
+  const run = { promptIds: job.promptIds, maxTokens: job.maxTokens, sampling: job.sampling, stop: job.stop, logprobs: job.logprobs, signal, trust: trustOf(request, ctx.defaultTrust), constraint: await job.grammar?.constraint() }
 
   if (!job.stream) {
-    const r = await job.engine.run(run)
+    const t: ToolRun | undefined = job.tools != null ? await job.tools.run(run) : undefined
+    const r = t?.result ?? await job.engine.run(run)
     const logprobs = job.logprobs == null ? null : job.kind === 'chat' ? chatLogprobs(r.tokens) : textLogprobs(r.tokens, 0)
+    const calls = t != null && t.calls.length > 0 ? { tool_calls: t.calls.map(openaiCall) } : {}
     const choice = job.kind === 'chat'
-      ? { index: 0, message: { role: 'assistant', content: r.text, refusal: null }, logprobs, finish_reason: r.finishReason }
+      ? { index: 0, message: { role: 'assistant', content: t != null ? t.content : r.text, refusal: null, ...calls }, logprobs, finish_reason: 'tool_calls' in calls ? 'tool_calls' : r.finishReason }
       : { index: 0, text: r.text, logprobs, finish_reason: r.finishReason }
     return { ...base, choices: [choice], usage: usage(r) }
   }
@@ -122,9 +132,14 @@ async function respond (ctx: GatewayContext, job: Job, request: FastifyRequest, 
     }
     offset += c.text.length
   }
+  // Each call as OpenAI streams it: a delta naming it, then its arguments.
+  const onCalls = (calls: ParsedCall[], first: number): void => {
+    calls.forEach((c, i) => { for (const d of openaiCallDeltas(c, first + i)) send({ delta: { tool_calls: [d] }, logprobs: null, finish_reason: null }) })
+  }
   try {
-    const r = await job.engine.run({ ...run, onChunk })
-    if (job.kind === 'chat') send({ delta: {}, logprobs: null, finish_reason: r.finishReason })
+    const t = job.tools != null ? await job.tools.run({ ...run, onChunk }, onCalls) : undefined
+    const r = t?.result ?? await job.engine.run({ ...run, onChunk })
+    if (job.kind === 'chat') send({ delta: {}, logprobs: null, finish_reason: t != null && t.calls.length > 0 ? 'tool_calls' : r.finishReason })
     else send({ text: '', logprobs: null, finish_reason: r.finishReason })
     if (job.includeUsage) out.write(sse({ ...base, choices: [], usage: usage(r) }))
     out.write('data: [DONE]\n\n')
@@ -153,7 +168,9 @@ export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void
     refuseUnsupported(b, FIELDS.openaiChat)
     const { name: model, engine } = await resolveModel(ctx, b.model, 'openai')
     singleChoice(b)
-    const ids = engine.encodeChat(messageList(b))
+    const format = openaiResponseFormat(b)
+    const tools = toolsFor(engine, openaiToolRequest(functionTools(b.tools), b.tool_choice, b.parallel_tool_calls))
+    const ids = encodeChat(engine, chatMessages(b), tools)
     const requested = optInt(b, 'max_completion_tokens') ?? optInt(b, 'max_tokens')
     const param = b.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens'
     const wantLogprobs = optBool(b, 'logprobs') ?? false
@@ -169,6 +186,8 @@ export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void
       sampling: sampling(engine, b),
       stop: stopList(b, 'stop'),
       logprobs: wantLogprobs ? (top ?? 0) : undefined,
+      grammar: await compileFormat(engine, format),
+      tools,
       ...streamFlags(b)
     }, request, reply)
   })
@@ -180,6 +199,7 @@ export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void
     singleChoice(b)
     if (optBool(b, 'echo') === true) throw badRequest('echo is not supported', { param: 'echo' })
     if (b.suffix != null) throw badRequest('suffix is not supported', { param: 'suffix' })
+    const format = openaiResponseFormat(b)
     const ids = promptIds(engine, b)
     const logprobs = optInt(b, 'logprobs')
     if (logprobs != null && (logprobs < 0 || logprobs > MAX_TOP_LOGPROBS)) throw badRequest(`logprobs must be in 0..${MAX_TOP_LOGPROBS}`, { param: 'logprobs' })
@@ -193,6 +213,7 @@ export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void
       sampling: sampling(engine, b),
       stop: stopList(b, 'stop'),
       logprobs,
+      grammar: await compileFormat(engine, format),
       ...streamFlags(b)
     }, request, reply)
   })

@@ -78,16 +78,3 @@ export function contentText (v: unknown, param: string): string {
   }
   throw badRequest(`${param} must be a string or an array of text parts`, { param })
 }
-
-/** `[{ role, content }]` with text content. */
-export function messageList (b: Body, key = 'messages'): Array<{ role: string, content: string }> {
-  const v = b[key]
-  if (v == null) throw badRequest(`missing required field ${key}`, { param: key })
-  if (!Array.isArray(v) || v.length === 0) throw badRequest(`${key} must be a non-empty array of messages`, { param: key })
-  return v.map((m, i) => {
-    const msg = m as Body | null
-    if (msg == null || typeof msg !== 'object') throw badRequest(`${key}[${i}] must be an object`, { param: `${key}[${i}]` })
-    if (typeof msg.role !== 'string') throw badRequest(`${key}[${i}].role must be a string`, { param: `${key}[${i}].role` })
-    return { role: msg.role, content: contentText(msg.content, `${key}[${i}].content`) }
-  })
-}

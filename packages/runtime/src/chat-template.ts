@@ -5,13 +5,34 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Template } from '@huggingface/jinja'
 
+/** A call an assistant message made; `arguments` an object, as transformers documents it. */
+export interface ChatToolCall {
+  id?: string
+  type: 'function'
+  function: { name: string, arguments: Record<string, unknown> }
+}
+
+/** A function tool in the shape Hugging Face templates read (OpenAI's). */
+export interface ChatTool {
+  type: 'function'
+  function: { name: string, description?: string, parameters?: Record<string, unknown> }
+}
+
 export interface ChatMessage {
   role: string
-  content: string
+  /** Absent or null for an assistant message that only calls tools. */
+  content?: string | null
+  tool_calls?: ChatToolCall[]
+  /** On `role: 'tool'`: the call this message answers. */
+  tool_call_id?: string
+  /** On `role: 'tool'`: the tool's name. */
+  name?: string
 }
 
 export interface ChatTemplateOptions {
   addGenerationPrompt?: boolean
+  /** Rendered by templates that support tools; absent means no tools (the template's `tools` is undefined). */
+  tools?: ChatTool[]
 }
 
 // The special-token keys transformers passes into the template context.
@@ -30,7 +51,7 @@ export function tokenContent (value: unknown): string | undefined {
 }
 
 /** Picks the template source: a string, or the "default" of a named list/map. */
-function templateSource (config: Record<string, unknown>): string | undefined {
+export function templateSource (config: Record<string, unknown>): string | undefined {
   const raw = config.chat_template
   if (typeof raw === 'string') return raw
   if (Array.isArray(raw)) {
@@ -58,9 +79,11 @@ export function applyChatTemplate (
     throw new Error('tokenizer config has no chat_template; this model cannot format chat messages')
   }
   const context: Record<string, unknown> = {
-    messages,
+    // Keys left undefined are dropped: templates test `'tool_calls' in message`.
+    messages: messages.map(dropUndefined),
     add_generation_prompt: opts.addGenerationPrompt ?? false
   }
+  if (opts.tools != null) context.tools = opts.tools
   for (const key of SPECIAL_TOKEN_KEYS) {
     const content = tokenContent(config[key])
     if (content !== undefined) context[key] = content
@@ -72,6 +95,16 @@ export function applyChatTemplate (
     throw new Error(`chat_template does not parse: ${(err as Error).message}`, { cause: err })
   }
   return template.render(context)
+}
+
+/** Whether the model's template renders `tools` (Hugging Face's tool-use templates all read that variable). */
+export function templateSupportsTools (tokenizerConfig: object): boolean {
+  const source = templateSource(tokenizerConfig as Record<string, unknown>)
+  return source != null && /\btools\b/.test(source)
+}
+
+function dropUndefined (m: ChatMessage): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(m).filter(([, v]) => v !== undefined))
 }
 
 async function readOptional (path: string): Promise<string | undefined> {

@@ -30,6 +30,8 @@ export interface TokenConstraint {
   rewind (count: number): void
   /** Nothing more may follow: generation ends with finish reason stop. */
   done (): boolean
+  /** Frees what it holds (a grammar matcher); called by its owner once generation is over. */
+  dispose? (): void
 }
 
 export interface GenerateOptions extends SamplingOptions {

@@ -13,6 +13,23 @@ export interface TextTokenizer {
   readonly eosTokenIds: number[]
   /** One past the largest id the tokenizer knows (model vocab plus added tokens). */
   readonly vocabSize: number
+  /** Every token's stored string, by id (what a grammar engine needs to mask logits); absent when unknown. */
+  vocabulary? (): TokenVocabulary
+}
+
+/** How a vocabulary's stored strings spell bytes: xgrammar's vocabulary types. */
+export type VocabularyEncoding = 'byte_level' | 'byte_fallback' | 'raw'
+
+/** A tokenizer's tokens as tokenizer.json stores them. */
+export interface TokenVocabulary {
+  /** By id: model vocabulary plus added tokens; '' for ids the file does not define. */
+  tokens: string[]
+  /** Ids of the special added tokens (control tokens such as `<s>`: never text). */
+  specialIds: number[]
+  /** byte_level: GPT-2 byte symbols (`Ġ`); byte_fallback: SentencePiece `▁` and `<0xNN>`; raw: plain text. */
+  encoding: VocabularyEncoding
+  /** The tokenizer puts a space (`▁`) before the text it encodes (older SentencePiece models). */
+  prependSpace: boolean
 }
 
 async function readJsonIfPresent (path: string): Promise<Record<string, unknown> | undefined> {
@@ -47,9 +64,13 @@ class HfTextTokenizer implements TextTokenizer {
   readonly eosTokenIds: number[]
   readonly vocabSize: number
   readonly #tok: Tokenizer
+  /** The tokenizer.json it was built from (for `vocabulary()`). */
+  readonly #json: Record<string, unknown> | undefined
+  #vocabulary: TokenVocabulary | undefined
 
-  constructor (tok: Tokenizer, bosTokenId: number | undefined, eosTokenIds: number[]) {
+  constructor (tok: Tokenizer, bosTokenId: number | undefined, eosTokenIds: number[], json?: Record<string, unknown>) {
     this.#tok = tok
+    this.#json = json
     this.bosTokenId = bosTokenId
     this.eosTokenIds = eosTokenIds
     // The library writes added tokens into the model vocab array by id, so its
@@ -59,6 +80,12 @@ class HfTextTokenizer implements TextTokenizer {
 
   encode (text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
     return this.#tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids
+  }
+
+  vocabulary (): TokenVocabulary {
+    if (this.#json == null) throw new Error('this tokenizer was built without its tokenizer.json: no vocabulary to read')
+    this.#vocabulary ??= vocabularyOf(this.#json)
+    return this.#vocabulary
   }
 
   decode (ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
@@ -92,7 +119,7 @@ function libraryTokenizer (json: Record<string, unknown>, config: Record<string,
  * with its BOS and end-of-generation ids given. `what` names the source in errors.
  */
 export function tokenizerFromJson (json: Record<string, unknown>, config: Record<string, unknown>, ids: { bos?: number, eos: number[] }, what: string): TextTokenizer {
-  return new HfTextTokenizer(libraryTokenizer(json, config, what), ids.bos, ids.eos)
+  return new HfTextTokenizer(libraryTokenizer(json, config, what), ids.bos, ids.eos, json)
 }
 
 /**
@@ -120,7 +147,51 @@ export async function loadTokenizer (dir: string): Promise<TextTokenizer | undef
   if (configEos !== undefined) eos.add(configEos)
   for (const id of idList(generation?.eos_token_id)) eos.add(id)
   for (const id of idList(modelConfig?.eos_token_id)) eos.add(id)
-  return new HfTextTokenizer(tok, bosTokenId, [...eos])
+  return new HfTextTokenizer(tok, bosTokenId, [...eos], json)
+}
+
+type JsonObject = Record<string, unknown>
+const isObject = (v: unknown): v is JsonObject => v != null && typeof v === 'object' && !Array.isArray(v)
+
+/** A component (decoder, normalizer, pre-tokenizer) and, for a Sequence, the ones inside it. */
+function components (c: unknown): JsonObject[] {
+  if (!isObject(c)) return []
+  const inner = [c.decoders, c.normalizers, c.pretokenizers].find(Array.isArray) as unknown[] | undefined
+  return [c, ...(inner ?? []).flatMap(components)]
+}
+
+/**
+ * The id-indexed vocabulary of a tokenizer.json, with the encoding of its strings detected as
+ * xgrammar does from a Hugging Face tokenizer: from the decoder first, then the model.
+ */
+export function vocabularyOf (json: JsonObject): TokenVocabulary {
+  const model = isObject(json.model) ? json.model : {}
+  const tokens: string[] = []
+  if (Array.isArray(model.vocab)) {
+    // Unigram: [piece, score] pairs in id order
+    model.vocab.forEach((entry, id) => { tokens[id] = Array.isArray(entry) ? String(entry[0]) : '' })
+  } else if (isObject(model.vocab)) {
+    for (const [token, id] of Object.entries(model.vocab)) if (Number.isInteger(id)) tokens[id as number] = token
+  }
+  const specialIds: number[] = []
+  for (const t of Array.isArray(json.added_tokens) ? json.added_tokens : []) {
+    if (!isObject(t) || !Number.isInteger(t.id) || typeof t.content !== 'string') continue
+    tokens[t.id as number] = t.content
+    if (t.special === true) specialIds.push(t.id as number)
+  }
+  for (let i = 0; i < tokens.length; i++) tokens[i] ??= ''
+
+  const types = (c: unknown): string[] => components(c).map(x => String(x.type))
+  const decoder = types(json.decoder)
+  const encoding: VocabularyEncoding = decoder.includes('ByteLevel')
+    ? 'byte_level'
+    : decoder.includes('ByteFallback') || model.byte_fallback === true
+      ? 'byte_fallback'
+      : types(json.pre_tokenizer).includes('ByteLevel') ? 'byte_level' : 'raw'
+  const prepends = components(json.normalizer).some(n => n.type === 'Prepend' && n.prepend === '▁') ||
+    components(json.pre_tokenizer).some(p => p.type === 'Metaspace' &&
+      (p.prepend_scheme === 'always' || p.prepend_scheme === 'first' || (p.prepend_scheme == null && p.add_prefix_space === true)))
+  return { tokens, specialIds, encoding, prependSpace: prepends }
 }
 
 /**
