@@ -1,6 +1,6 @@
 // Sampling semantics, and the CLIs' answers to bad flags.
 import assert from 'node:assert/strict'
-import { Sampler, argmax, logSoftmax, seededRandom, generate, initBackend, LocalModel } from '@plexus/runtime'
+import { Sampler, argmax, logSoftmax, seededRandom, rankByLogit, generate, initBackend, LocalModel } from '@plexus/runtime'
 import type { SessionPipeline, AuditResult } from '@plexus/runtime'
 import { fixtureDir, golden, runCli, CLIENT_BIN } from './support/fixtures.ts'
 
@@ -32,6 +32,20 @@ describe('sampling', () => {
     const top3 = [...logits.keys()].sort((a, b) => logits[b] - logits[a]).slice(0, 3)
     const s = new Sampler({ temperature: 5, topK: 3, seed: 1 })
     for (let i = 0; i < 500; i++) assert.ok(top3.includes(s.sample(logits)))
+  })
+
+  it('ranks candidates as a stable sort by logit would (ties: lower id first), leaving masked tokens out', () => {
+    const r = seededRandom(5)
+    for (const V of [3, 50, 4099]) {
+      // quarter steps: many equal logits; some masked (-Infinity), some negative zeros
+      const l = Float32Array.from({ length: V }, (_, i) => i % 17 === 0 ? -Infinity : i % 13 === 0 ? -0 : Math.round((r() - 0.5) * 40) / 4)
+      const want = [...l.keys()].filter(i => l[i] > -Infinity).sort((a, b) => l[b] - l[a])
+      assert.deepEqual([...rankByLogit(l)], want)
+      for (const k of [1, 5, 40]) assert.deepEqual([...rankByLogit(l, k)], want.slice(0, k))
+    }
+    const masked = Float32Array.from([-Infinity, 2, -Infinity, 1])
+    for (let seed = 0; seed < 50; seed++) assert.ok([1, 3].includes(new Sampler({ temperature: 10, seed }).sample(masked)))
+    assert.throws(() => new Sampler({ temperature: 1 }).sample(new Float32Array(4).fill(-Infinity)), /every token is masked/)
   })
 
   it('refuses bad settings', () => {

@@ -1,4 +1,5 @@
 import yargs from 'yargs'
+import type { Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { BACKENDS, QUANT_FORMATS, isQuantFormat } from '@plexus/runtime'
 import { runGenerate } from './commands/generate.ts'
@@ -25,6 +26,31 @@ const QUANTIZE_HELP = `Quantize the blocks' linear weights at load with llama.cp
 /** --quantize: a usage error (string) or true. */
 function checkQuantize (a: Record<string, any>): string | true {
   return a.quantize == null || isQuantFormat(a.quantize) ? true : `--quantize ${a.quantize}: expected one of ${QUANT_FORMATS.join(', ')}`
+}
+
+/** The flags of the commands that serve models to others (serve, mcp): which models, from where, how. */
+function servingOptions<T> (y: Argv<T>) {
+  return y
+    .option('local', { type: 'boolean', default: false, describe: 'Run every block in this process (no swarm)' })
+    .option('bootstrap', { type: 'array', string: true, describe: 'Join a swarm through this peer (multiaddr ending in /p2p/<id>; repeatable)' })
+    .option('model', { type: 'string', describe: 'Model directory or .gguf file (required with --local); with --bootstrap, a model opened at start (a directory, file, name, id or id prefix), the others on first use' })
+    .option('max-models', { type: 'number', default: 4, describe: 'With --bootstrap: the most models open at once (each holds its embeddings and LM head)' })
+    .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: ~/.cache/plexus/models; $PLEXUS_CACHE_DIR moves ~/.cache/plexus)' })
+    .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
+    .option('quantize', { type: 'string', describe: QUANTIZE_HELP })
+    .option('max-concurrent', { type: 'number', default: 16, describe: 'Generations run at once, all models together; more wait their turn' })
+    .option('backend', { choices: [...BACKENDS, 'auto'], default: 'auto', describe: 'Compute backend (auto = fastest available: a GPU through webgpu, tensorflow, wasm, cpu; webgpu named explicitly also runs on a software adapter)' })
+    .option('trust', { choices: ['fast', 'verified', 'attested'], default: 'fast', describe: "Trust level of requests that name none (HTTP: X-Plexus-Trust). fast: take servers' outputs as they come; verified: verifier peers re-compute a share of the steps, and a wrong one is rolled back and re-run elsewhere; attested: not supported yet" })
+    .option('check-rate', { type: 'number', default: 0.1, describe: 'With --trust verified: the fraction of hops whose every step a verifier re-computes (0..1)' })
+    .option('trust-verifier', { type: 'array', string: true, describe: 'Peer id of a verifier whose fraud reports and reputation records alone are believed (repeatable)' })
+}
+
+/** servingOptions' checks: a usage error (string) or true. */
+function checkServing (a: Record<string, any>): string | true {
+  if (!Number.isInteger(a['max-concurrent']) || a['max-concurrent'] < 1) return '--max-concurrent must be a positive integer'
+  if (!Number.isInteger(a['max-models']) || a['max-models'] < 1) return '--max-models must be a positive integer'
+  const q = checkQuantize(a)
+  return q !== true ? q : checkTrustFlags(a)
 }
 
 /** Errors users can act on are printed as one line; anything else keeps its stack for a bug report. */
@@ -79,64 +105,32 @@ await yargs(hideBin(process.argv))
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object' })
     .example('$0 models --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW...', 'what can this swarm run?'),
   async (argv) => { await runModels(argv as unknown as ModelsArgs) })
-  .command('serve', 'Serve a model over HTTP with OpenAI-, Anthropic- and Ollama-compatible APIs', (y) => y
+  .command('serve', 'Serve models over HTTP with OpenAI-, Anthropic- and Ollama-compatible APIs and MCP', (y) => servingOptions(y)
     .usage('$0 serve (--bootstrap MULTIADDR... [--model DIR|NAME|ID] | --local --model DIR) [--port 9337] [--host 127.0.0.1] [--api-key KEY] [--max-concurrent N]\n\n' +
       'OpenAI: /v1/models, /v1/chat/completions, /v1/completions; Anthropic: /v1/messages; Ollama: /api/generate, /api/chat, /api/tags, /api/show, /api/ps; MCP (streamable HTTP): /mcp; Prometheus: /metrics.\n' +
       'Through a swarm, every model the swarm serves is available: a request names it in its model field, and its client parts are fetched on first use.')
-    .option('local', { type: 'boolean', default: false, describe: 'Run every block in this process (no swarm)' })
-    .option('bootstrap', { type: 'array', string: true, describe: 'Join a swarm through this peer (multiaddr ending in /p2p/<id>; repeatable)' })
-    .option('model', { type: 'string', describe: 'Model directory or .gguf file (required with --local); with --bootstrap, a model opened at start (a directory, file, name, id or id prefix), the others on first use' })
-    .option('max-models', { type: 'number', default: 4, describe: "With --bootstrap: the most models open at once (each holds its embeddings and LM head)" })
-    .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: ~/.cache/plexus/models; $PLEXUS_CACHE_DIR moves ~/.cache/plexus)' })
-    .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
-    .option('quantize', { type: 'string', describe: QUANTIZE_HELP })
     .option('port', { type: 'number', default: 9337, describe: 'TCP port (0 = any free port)' })
     .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to listen on (loopback by default; others need --api-key to be safe)' })
     .option('api-key', { type: 'string', describe: 'Require this key (Authorization: Bearer KEY or x-api-key: KEY); default $PLEXUS_API_KEY' })
-    .option('max-concurrent', { type: 'number', default: 16, describe: 'Generations run at once; more requests wait their turn' })
-    .option('backend', { choices: [...BACKENDS, 'auto'], default: 'auto', describe: 'Compute backend (auto = fastest available: a GPU through webgpu, tensorflow, wasm, cpu; webgpu named explicitly also runs on a software adapter)' })
     .option('json', { type: 'boolean', default: false, describe: 'Print a JSON ready event ({ event, url, model }) on stdout' })
-    .option('trust', { choices: ['fast', 'verified', 'attested'], default: 'fast', describe: "Trust level of requests without an X-Plexus-Trust header. fast: take servers' outputs as they come; verified: verifier peers re-compute a share of the steps, and a wrong one is rolled back and re-run elsewhere; attested: not supported yet" })
-    .option('check-rate', { type: 'number', default: 0.1, describe: 'With --trust verified: the fraction of hops whose every step a verifier re-computes (0..1)' })
-    .option('trust-verifier', { type: 'array', string: true, describe: 'Peer id of a verifier whose fraud reports and reputation records alone are believed (repeatable)' })
     .example('$0 serve --local --model ./models/tiny', 'serve a local model on http://127.0.0.1:9337')
     .example('$0 serve --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --api-key s3cret', 'serve every model of a swarm')
     .example('$0 serve --bootstrap /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW... --model small', 'open the swarm\'s model "small" at start')
     .check((a) => {
       if (!Number.isInteger(a.port) || a.port < 0 || a.port > 65535) return '--port must be an integer in 0..65535'
-      if (!Number.isInteger(a['max-concurrent']) || a['max-concurrent'] < 1) return '--max-concurrent must be a positive integer'
-      if (!Number.isInteger(a['max-models']) || a['max-models'] < 1) return '--max-models must be a positive integer'
-      const q = checkQuantize(a)
-      return q !== true ? q : checkTrustFlags(a)
+      return checkServing(a)
     }),
   async (argv) => { await runServe(argv as unknown as ServeArgs) })
-  .command('mcp', 'Serve models to MCP clients (Claude Desktop, IDEs, agents) over stdin/stdout', (y) => y
+  .command('mcp', 'Serve models to MCP clients (Claude Desktop, IDEs, agents) over stdin/stdout', (y) => servingOptions(y)
     .usage('$0 mcp (--bootstrap MULTIADDR... [--model DIR|NAME|ID] | --local --model DIR) [options]\n\n' +
       'An MCP server on stdio with the tools generate, chat, list_models and swarm_status; it logs to stderr only.\n' +
       'The HTTP gateway (plexus-client serve) offers the same tools at /mcp (streamable HTTP).')
-    .option('local', { type: 'boolean', default: false, describe: 'Run every block in this process (no swarm)' })
-    .option('bootstrap', { type: 'array', string: true, describe: 'Join a swarm through this peer (multiaddr ending in /p2p/<id>; repeatable)' })
-    .option('model', { type: 'string', describe: 'Model directory or .gguf file (required with --local); with --bootstrap, a model opened at start (a directory, file, name, id or id prefix), the others on first use' })
-    .option('max-models', { type: 'number', default: 4, describe: 'With --bootstrap: the most models open at once (each holds its embeddings and LM head)' })
-    .option('cache-dir', { type: 'string', describe: 'Where models fetched from the swarm are kept (default: ~/.cache/plexus/models; $PLEXUS_CACHE_DIR moves ~/.cache/plexus)' })
-    .option('wire-dtype', { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' })
-    .option('quantize', { type: 'string', describe: QUANTIZE_HELP })
-    .option('max-concurrent', { type: 'number', default: 16, describe: 'Generations run at once; more calls wait their turn' })
-    .option('backend', { choices: [...BACKENDS, 'auto'], default: 'auto', describe: 'Compute backend (auto = fastest available: a GPU through webgpu, tensorflow, wasm, cpu; webgpu named explicitly also runs on a software adapter)' })
-    .option('trust', { choices: ['fast', 'verified', 'attested'], default: 'fast', describe: "fast: take servers' outputs as they come; verified: verifier peers re-compute a share of the steps, and a wrong one is rolled back and re-run elsewhere; attested: not supported yet" })
-    .option('check-rate', { type: 'number', default: 0.1, describe: 'With --trust verified: the fraction of hops whose every step a verifier re-computes (0..1)' })
-    .option('trust-verifier', { type: 'array', string: true, describe: 'Peer id of a verifier whose fraud reports and reputation records alone are believed (repeatable)' })
     .example('$0 mcp --local --model ./models/small', 'one local model')
     .example('$0 mcp --bootstrap /ip4/192.168.1.10/tcp/31337/p2p/12D3KooW...', 'every model of a swarm')
     .epilog('In an MCP client\'s configuration (Claude Desktop: claude_desktop_config.json):\n' +
       '  { "mcpServers": { "plexus": { "command": "npx",\n' +
       '      "args": ["plexus-client", "mcp", "--bootstrap", "/ip4/192.168.1.10/tcp/31337/p2p/12D3KooW..."] } } }')
-    .check((a) => {
-      if (!Number.isInteger(a['max-concurrent']) || a['max-concurrent'] < 1) return '--max-concurrent must be a positive integer'
-      if (!Number.isInteger(a['max-models']) || a['max-models'] < 1) return '--max-models must be a positive integer'
-      const q = checkQuantize(a)
-      return q !== true ? q : checkTrustFlags(a)
-    }),
+    .check(checkServing),
   async (argv) => { await runMcp(argv as unknown as McpArgs) })
   .demandCommand(1, 'Choose a command (see --help)')
   .strict()

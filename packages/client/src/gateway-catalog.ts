@@ -2,7 +2,7 @@
 // opened (client parts fetched, verified, cached; head loaded) on the first request naming it.
 import { basename, resolve } from 'node:path'
 import { shortId } from '@plexus/runtime'
-import type { QuantFormat } from '@plexus/runtime'
+import type { BackendName, QuantFormat } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import type { PlexusNode } from '@plexus/p2p'
 import { ApiError, singleModel } from '@plexus/gateway'
@@ -28,6 +28,13 @@ export interface CatalogArgs {
   /** Most swarm models open at once (each holds its embeddings and LM head). Default 4. */
   maxModels?: number
   log?: (msg: string) => void
+}
+
+/** The flags `serve` and `mcp` share (cli.ts servingOptions). */
+export interface ServingArgs extends Omit<CatalogArgs, 'log'> {
+  maxConcurrent: number
+  maxModels: number
+  backend?: BackendName | 'auto'
 }
 
 /** What `swarm_status` and /health report. */

@@ -1,30 +1,14 @@
 // `plexus-client mcp`: an MCP server on stdin/stdout (for Claude Desktop and other MCP clients)
 // with the gateway's tools: generate, chat, list_models, swarm_status.
 import { initBackend } from '@plexus/runtime'
-import type { BackendName, QuantFormat } from '@plexus/runtime'
-import type { WireDType } from '@plexus/protocol'
 import { createGatewayContext, createMcpServer } from '@plexus/gateway'
 import type { ModelCatalog } from '@plexus/gateway'
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js'
-import type { TrustLevel } from '../inference/auditor.ts'
 import { openGatewayCatalog } from '../gateway-catalog.ts'
-import type { GatewayCatalog } from '../gateway-catalog.ts'
+import type { GatewayCatalog, ServingArgs } from '../gateway-catalog.ts'
 import { UsageError } from './generate.ts'
 
-export interface McpArgs {
-  local: boolean
-  bootstrap?: string[]
-  model?: string
-  cacheDir?: string
-  quantize?: QuantFormat
-  wireDtype?: WireDType
-  maxConcurrent: number
-  maxModels: number
-  backend?: BackendName | 'auto'
-  trust?: TrustLevel
-  checkRate?: number
-  trustVerifier?: string[]
-}
+export type McpArgs = ServingArgs
 
 /** A catalog whose calls wait for the models to open, so the MCP handshake need not. */
 function pending (opening: Promise<GatewayCatalog>): ModelCatalog {

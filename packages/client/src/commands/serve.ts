@@ -1,31 +1,16 @@
 // `plexus-client serve`: an OpenAI-, Anthropic- and Ollama-compatible HTTP API in front of one
 // local model, or of every model a swarm serves.
 import { initBackend } from '@plexus/runtime'
-import type { BackendName, QuantFormat } from '@plexus/runtime'
-import type { WireDType } from '@plexus/protocol'
 import { createGateway, isLoopback } from '@plexus/gateway'
-import type { TrustLevel } from '../inference/auditor.ts'
 import { openGatewayCatalog } from '../gateway-catalog.ts'
-import type { GatewayCatalog } from '../gateway-catalog.ts'
+import type { GatewayCatalog, ServingArgs } from '../gateway-catalog.ts'
 import { UsageError } from './generate.ts'
 
-export interface ServeArgs {
-  local: boolean
-  bootstrap?: string[]
-  model?: string
-  cacheDir?: string
-  quantize?: QuantFormat
-  wireDtype?: WireDType
+export interface ServeArgs extends ServingArgs {
   port: number
   host: string
   apiKey?: string
-  maxConcurrent: number
-  maxModels: number
-  backend?: BackendName | 'auto'
   json?: boolean
-  trust?: TrustLevel
-  checkRate?: number
-  trustVerifier?: string[]
 }
 
 export async function runServe (args: ServeArgs): Promise<void> {
