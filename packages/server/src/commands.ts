@@ -6,6 +6,7 @@ import { freemem } from 'node:os'
 import { initBackend, openModel, loadManifest, shortId, withQuantization } from '@plexus/runtime'
 import type { BackendName, QuantFormat } from '@plexus/runtime'
 import { SwarmMember } from './swarm-member.ts'
+import { describeThroughput } from './throughput.ts'
 import { VerifierNode } from './verifier-node.ts'
 import type { FaultInjection } from './backend.ts'
 import { NodeMetrics } from './metrics.ts'
@@ -33,6 +34,7 @@ export interface JoinArgs extends CommonArgs {
   memory?: number
   rebalanceInterval: number
   balanceFactor: number
+  remeasure?: boolean
   metricsPort?: number
   metricsHost: string
   faultPerturb?: string
@@ -153,10 +155,11 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     offersHead: args.offerHead,
     rebalanceMs: args.rebalanceInterval * 1000,
     balanceFactor: args.balanceFactor,
+    remeasure: args.remeasure,
     onServing: (event, span) => {
-      const what = `blocks ${span.start}–${span.end - 1} of ${manifest.name} (${shortId(manifest.id)}) on ${backendName} at ${span.throughput.toFixed(1)} tokens/s per block`
+      const what = `blocks ${span.start}–${span.end - 1} of ${manifest.name} (${shortId(manifest.id)}) on ${backendName} at ${span.throughput.tokensPerSecond.toFixed(1)} tokens/s per block, ${describeThroughput(span.throughput)}`
       emit(event, event === 'ready' ? `serving ${what}\npeer ${node.peerId}\n${addrs.map(a => '  ' + a).join('\n')}` : `moved: now serving ${what}`,
-        { peerId: node.peerId.toString(), addrs, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start: span.start, end: span.end, throughput: span.throughput, backend: backendName, metricsPort: metricsServer?.port })
+        { peerId: node.peerId.toString(), addrs, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start: span.start, end: span.end, throughput: span.throughput.tokensPerSecond, throughputMeasuredAt: new Date(span.throughput.measuredAt).toISOString(), throughputCached: span.throughput.cached, backend: backendName, metricsPort: metricsServer?.port })
     }
   })
   try {

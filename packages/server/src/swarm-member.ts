@@ -7,6 +7,7 @@ import { BlockBackend } from './backend.ts'
 import type { FaultInjection } from './backend.ts'
 import { PlexusServer } from './server.ts'
 import { cachedThroughput } from './throughput.ts'
+import type { Throughput } from './throughput.ts'
 import type { NodeMetrics } from './metrics.ts'
 import { chooseStart, planMove, blocksThatFit } from './block-selection.ts'
 import type { ServedSpan } from './block-selection.ts'
@@ -36,9 +37,11 @@ export interface SwarmMemberInit {
   /** Random wait before choosing, so nodes started together see each other's choices. */
   joinJitterMs?: number
   cacheDir?: string
+  /** Measure the throughput even when a cached figure exists. */
+  remeasure?: boolean
   metrics?: NodeMetrics
   faults?: FaultInjection
-  onServing?: (event: 'ready' | 'moved', span: { start: number, end: number, throughput: number }) => void
+  onServing?: (event: 'ready' | 'moved', span: { start: number, end: number, throughput: Throughput }) => void
 }
 
 /**
@@ -114,14 +117,15 @@ export class SwarmMember {
       // an f16 cache exists only on the GPU; elsewhere the caches stay float32
       kvBytesPerValue: this.init.kvCache === 'f16' && this.init.backend === 'webgpu' ? 2 : 4
     })
-    const throughput = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir })
+    const measured = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir, remeasure: this.init.remeasure })
+    const throughput = measured.tokensPerSecond
     const server = new PlexusServer({ node: this.c.node, privateKey: this.c.privateKey, backend, manifest, checkpoint: ckpt }, {
       throughput, backend: this.init.backend, format: this.format, offersHead: this.init.offersHead ?? (ckpt.format === 'safetensors' && (start === 0 || end === cfg.numLayers)), metrics: this.init.metrics
     })
     await server.start()
     this.server = server
     this.span = { peer: this.c.node.peerId.toString(), start, end, throughput }
-    this.init.onServing?.(event, { start, end, throughput })
+    this.init.onServing?.(event, { start, end, throughput: measured })
   }
 
   /** One look at the swarm; moves when it pays and is safe. */

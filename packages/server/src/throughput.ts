@@ -27,18 +27,34 @@ export async function measureThroughput (runner: SpanRunner, hiddenSize: number,
   }
 }
 
+export interface Throughput {
+  /** Decode steps per second of one session through the span, per block. */
+  tokensPerSecond: number
+  /** When it was measured (ms since the epoch). */
+  measuredAt: number
+  /** Read from the cache rather than measured by this process. */
+  cached: boolean
+}
+
+/** A cached figure older than this is measured again (drivers, clocks and code change). */
+export const THROUGHPUT_MAX_AGE_MS = 7 * 24 * 3600_000
+
 /**
  * The measured throughput, cached per model, backend, span size and machine (CPU model and
- * count): a restart announces at once instead of measuring again.
+ * count): a restart announces at once instead of measuring again. `remeasure` ignores the cache.
  */
-export async function cachedThroughput (runner: SpanRunner, hiddenSize: number, opts: { modelId: string, backend: string, cacheDir?: string }): Promise<number> {
+export async function cachedThroughput (runner: SpanRunner, hiddenSize: number, opts: { modelId: string, backend: string, cacheDir?: string, remeasure?: boolean }): Promise<Throughput> {
   const file = opts.cacheDir != null ? join(opts.cacheDir, 'throughput.json') : cacheDir('throughput.json')
   const key = [opts.modelId, opts.backend, runner.end - runner.start, cpus()[0]?.model ?? 'cpu', cpus().length].join('|')
-  let table: Record<string, number> = {}
+  let table: Record<string, { tokensPerSecond: number, measuredAt: number } | number> = {}
   try { table = JSON.parse(await readFile(file, 'utf8')) } catch {}
   const known = table[key]
-  if (typeof known === 'number' && known > 0) return known
-  const measured = await measureThroughput(runner, hiddenSize)
+  // entries of older versions are bare numbers of unknown age: measured again
+  if (opts.remeasure !== true && typeof known === 'object' && known != null && known.tokensPerSecond > 0 &&
+      Date.now() - known.measuredAt < THROUGHPUT_MAX_AGE_MS) {
+    return { tokensPerSecond: known.tokensPerSecond, measuredAt: known.measuredAt, cached: true }
+  }
+  const measured = { tokensPerSecond: await measureThroughput(runner, hiddenSize), measuredAt: Date.now() }
   try {
     await mkdir(dirname(file), { recursive: true })
     table[key] = measured
@@ -46,5 +62,13 @@ export async function cachedThroughput (runner: SpanRunner, hiddenSize: number, 
     await writeFile(tmp, JSON.stringify(table, null, 2) + '\n')
     await rename(tmp, file)
   } catch {}
-  return measured
+  return { ...measured, cached: false }
+}
+
+/** "measured now", or the cached figure's age: "measured 3 h ago (cached)". */
+export function describeThroughput (t: Throughput, now = Date.now()): string {
+  if (!t.cached) return 'measured now'
+  const s = Math.max(0, (now - t.measuredAt) / 1000)
+  const age = s < 120 ? `${Math.round(s)} s` : s < 7200 ? `${Math.round(s / 60)} min` : s < 172800 ? `${Math.round(s / 3600)} h` : `${Math.round(s / 86400)} days`
+  return `measured ${age} ago (cached; --remeasure measures again)`
 }
