@@ -1,5 +1,6 @@
 // The HTTP gateway: a catalog of models, three APIs (OpenAI, Anthropic, Ollama), MCP, Prometheus metrics.
 import { timingSafeEqual } from 'node:crypto'
+import { PLEXUS_VERSION } from '@plexus/runtime'
 import Fastify from 'fastify'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { ApiError, dialectOf, errorBody, toApiError } from './errors.ts'
@@ -147,7 +148,24 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
     void reply.header('content-type', metrics.registry.contentType)
     return await metrics.registry.metrics()
   })
-  app.get('/health', async () => ({ ok: true, models: (await catalog.list()).map(m => m.name) }))
+  // ok while every model in use (open) has a server for each block and some model is servable;
+  // 503 otherwise, so a load balancer or supervisor can tell
+  app.get('/health', async (_request, reply) => {
+    const models = await catalog.list()
+    const view = await opts.status?.().catch(() => undefined)
+    const broken = models.filter(m => m.loaded && !m.complete).map(m => m.name)
+    const status = broken.length > 0 || !models.some(m => m.complete) ? 'degraded' : 'ok'
+    void reply.status(status === 'ok' ? 200 : 503)
+    return {
+      status,
+      ok: status === 'ok',
+      version: PLEXUS_VERSION,
+      ...(view?.mode != null ? { mode: view.mode } : {}),
+      ...(view?.peers != null ? { peers: view.peers } : {}),
+      models: models.map(m => ({ name: m.name, id: m.id, complete: m.complete, loaded: m.loaded, ...(m.coverage != null ? { coverage: m.coverage } : {}) })),
+      ...(broken.length > 0 ? { uncovered: broken } : {})
+    }
+  })
   registerOpenAI(app, ctx)
   registerAnthropic(app, ctx)
   registerOllama(app, ctx)

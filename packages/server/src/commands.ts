@@ -3,13 +3,14 @@ import type { PrivateKey } from '@libp2p/interface'
 import { createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { freemem } from 'node:os'
-import { initBackend, openModel, loadManifest, shortId, withQuantization } from '@plexus/runtime'
+import { initBackend, openModel, loadManifest, shortId, withQuantization, PLEXUS_VERSION } from '@plexus/runtime'
 import type { BackendName, QuantFormat } from '@plexus/runtime'
 import { SwarmMember } from './swarm-member.ts'
 import { describeThroughput } from './throughput.ts'
 import { VerifierNode } from './verifier-node.ts'
 import type { FaultInjection } from './backend.ts'
 import { NodeMetrics } from './metrics.ts'
+import type { NodeHealth } from './metrics.ts'
 import { nodeBackends } from './server.ts'
 
 interface CommonArgs {
@@ -139,10 +140,15 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     return
   }
   const metrics = new NodeMetrics({ backends: () => nodeBackends(node) })
-  const metricsServer = args.metricsPort != null ? await metrics.listen(args.metricsPort, args.metricsHost) : undefined
+  let member: SwarmMember | undefined
+  const health = async (): Promise<NodeHealth> => {
+    const base = { version: PLEXUS_VERSION, peerId: node.peerId.toString(), peers: node.getConnections().length }
+    return member == null ? { status: 'starting', ...base } : { ...await member.health(), ...base }
+  }
+  const metricsServer = args.metricsPort != null ? await metrics.listen(args.metricsPort, args.metricsHost, { health }) : undefined
   const faults = parseFaults(args)
   if (faults != null) process.stderr.write('plexus-node: WARNING: fault injection is on: this node deliberately returns wrong activations (testing only)\n')
-  const member = new SwarmMember({ node, privateKey, checkpoint: ckpt, manifest }, {
+  member = new SwarmMember({ node, privateKey, checkpoint: ckpt, manifest }, {
     metrics,
     faults,
     backend: backendName,

@@ -4,6 +4,12 @@ import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom
 import type { BackendSet } from './backend.ts'
 import type { ErrorCode } from '@plexus/protocol'
 
+/** What a node's `GET /health` answers: ok, or why not (a block of its model without a server). */
+export interface NodeHealth {
+  status: 'ok' | 'starting' | 'degraded'
+  [detail: string]: unknown
+}
+
 /**
  * Prometheus metrics of a node: steps, tokens, step latency, errors by code, and — read at
  * scrape time from the backends — open sessions and KV-cache bytes reserved and held.
@@ -41,11 +47,24 @@ export class NodeMetrics {
 
   error (code: ErrorCode): void { this.errors.inc({ code }) }
 
-  /** Serves `GET /metrics` on `host:port` (port 0: any free port); resolves with the bound port. */
-  async listen (port: number, host = '127.0.0.1'): Promise<{ port: number, close: () => Promise<void> }> {
+  /**
+   * Serves `GET /metrics` and `GET /health` (200 while `health()` says ok, else 503) on
+   * `host:port` (port 0: any free port); resolves with the bound port.
+   */
+  async listen (port: number, host = '127.0.0.1', opts: { health?: () => Promise<NodeHealth> } = {}): Promise<{ port: number, close: () => Promise<void> }> {
     const server: Server = createServer((req, res) => {
-      if (req.method !== 'GET' || req.url?.split('?')[0] !== '/metrics') {
-        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try GET /metrics\n')
+      const path = req.url?.split('?')[0]
+      if (req.method === 'GET' && path === '/health') {
+        const report = opts.health?.() ?? Promise.resolve<NodeHealth>({ status: 'ok' })
+        report.then(h => {
+          res.writeHead(h.status === 'ok' ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h) + '\n')
+        }, err => {
+          res.writeHead(503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'error', error: String(err?.message ?? err) }) + '\n')
+        })
+        return
+      }
+      if (req.method !== 'GET' || path !== '/metrics') {
+        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try GET /metrics or GET /health\n')
         return
       }
       this.registry.metrics().then(text => {

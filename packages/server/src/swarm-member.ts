@@ -80,6 +80,25 @@ export class SwarmMember {
     return blocksThatFit(this.init.memoryBytes - this.init.cacheBudgetBytes, perBlock, cfg.numLayers)
   }
 
+  /**
+   * This node's span and the swarm's coverage of its model (servers per block, this node
+   * included): degraded while some block has no server, starting before the span is served.
+   */
+  async health (): Promise<{ status: 'ok' | 'starting' | 'degraded', model: { id: string, name: string, numBlocks: number }, serving: { start: number, end: number } | null, coverage: number[], unserved: number[] }> {
+    const L = this.c.checkpoint.config.numLayers
+    const coverage = new Array<number>(L).fill(0)
+    const spans = [...await this.swarmView(), ...(this.span != null ? [this.span] : [])]
+    for (const s of spans) for (let b = Math.max(0, s.start); b < Math.min(L, s.end); b++) coverage[b]++
+    const unserved = coverage.flatMap((n, b) => n === 0 ? [b] : [])
+    return {
+      status: this.span == null ? 'starting' : unserved.length > 0 ? 'degraded' : 'ok',
+      model: { id: this.c.manifest.id, name: this.c.manifest.name, numBlocks: L },
+      serving: this.span != null ? { start: this.span.start, end: this.span.end } : null,
+      coverage,
+      unserved
+    }
+  }
+
   private async swarmView (): Promise<ServedSpan[]> {
     const servers = await discoverServers(this.c.node, {
       modelId: this.c.manifest.id, numBlocks: this.c.checkpoint.config.numLayers, exclude: new Set([this.c.node.peerId.toString()])
