@@ -37,9 +37,9 @@ export function maxAbsDiff (a: ArrayLike<number>, b: ArrayLike<number>): number 
 const run = promisify(execFile)
 
 /** Runs a CLI (a bin script path) and returns stdout, stderr and the exit code without throwing. */
-export async function runCli (bin: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<{ code: number, stdout: string, stderr: string }> {
+export async function runCli (bin: string, args: string[], opts: { timeoutMs?: number, env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number, stdout: string, stderr: string }> {
   try {
-    const r = await run(NODE, [join(ROOT, bin), ...args], { timeout: opts.timeoutMs ?? 120_000, maxBuffer: 64 << 20 })
+    const r = await run(NODE, [join(ROOT, bin), ...args], { timeout: opts.timeoutMs ?? 120_000, maxBuffer: 64 << 20, env: opts.env ?? process.env })
     return { code: 0, stdout: r.stdout, stderr: r.stderr }
   } catch (err: any) {
     return { code: err.code ?? 1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' }

@@ -1,6 +1,7 @@
 import yargs from 'yargs'
 import type { Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
+import { withConfig } from '@plexus/p2p'
 import { BACKENDS, QUANT_FORMATS, isQuantFormat } from '@plexus/runtime'
 import { runGenerate } from './commands/generate.ts'
 import { runModels } from './commands/models.ts'
@@ -57,13 +58,23 @@ function checkServing (a: Record<string, any>): string | true {
 function report (err: any): never {
   // a failed yargs check rejects with its message string
   if (typeof err === 'string') { process.stderr.write(`plexus-client: ${err}\nRun plexus-client --help for usage.\n`); process.exit(2) }
-  const expected = ['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'GgufError', 'WeightsMismatchError', 'BackendError', 'SpanError', 'RangeError', 'NoRouteError', 'RemoteError', 'PeerFailure', 'ModelFetchError', 'TrustError', 'SwarmUnreachableError'].includes(err?.name) || /^bad bootstrap|^cannot reach|^could not/.test(String(err?.message))
+  const expected = ['YError', 'UsageError', 'ConfigError', 'ConfigFileError', 'CheckpointError', 'GgufError', 'WeightsMismatchError', 'BackendError', 'SpanError', 'RangeError', 'NoRouteError', 'RemoteError', 'PeerFailure', 'ModelFetchError', 'TrustError', 'SwarmUnreachableError'].includes(err?.name) || /^bad bootstrap|^cannot reach|^could not/.test(String(err?.message))
   process.stderr.write(`plexus-client: ${expected ? err.message : (err?.stack ?? String(err))}\n`)
   process.exit(expected ? 2 : 1)
 }
 
-await yargs(hideBin(process.argv))
+const argv = ((): string[] => {
+  try {
+    return withConfig(hideBin(process.argv), {
+      schema: 'client-config',
+      commands: { generate: ['source', 'generate'], serve: ['source', 'serving', 'serve'], mcp: ['source', 'serving'], models: ['models'] }
+    })
+  } catch (err) { return report(err) }
+})()
+
+await yargs(argv)
   .scriptName('plexus-client')
+  .option('config', { type: 'string', describe: 'YAML or JSON file of flags (keys: the flags without "--"; schemas/client-config.schema.json); flags and PLEXUS_* variables override it' })
   .usage('$0 <command> [options]\n\nRun a language model on your own machine or across a Plexus swarm.')
   .command('generate', 'Generate text from a prompt', (y) => y
     .usage('$0 generate (--local | --bootstrap MULTIADDR) --model DIR|NAME|ID (--prompt TEXT | --token-ids 1,2,3) [options]\n\n' +

@@ -9,6 +9,8 @@ export {
 } from './records.ts'
 export type { RecordPayload, RecordFault, SignRecordOptions, VerifyRecordOptions } from './records.ts'
 export { validate, schemaProblem, getValidator, SCHEMA_DIR } from './schemas.ts'
+export { withConfig, ConfigFileError, ENV_FLAGS } from './cli-config.ts'
+export type { CliConfigSpec } from './cli-config.ts'
 export { signAnnouncement, verifyAnnouncement, ANNOUNCEMENT_KIND, ANNOUNCEMENT_SCHEMA } from './announcement.ts'
 export type { AnnouncementBody, AnnouncementPayload } from './announcement.ts'
 export {

@@ -82,6 +82,7 @@ function describeError (e: ErrorObject | undefined): string {
   const params = e.params as Record<string, unknown>
   let detail = ''
   if (typeof params.additionalProperty === 'string') detail = ` "${params.additionalProperty}"`
+  else if (typeof params.unevaluatedProperty === 'string') detail = ` "${params.unevaluatedProperty}"`
   else if (e.keyword === 'const') detail = ` ${JSON.stringify(params.allowedValue)}`
   return `at ${at}: ${e.message ?? e.keyword}${detail}`
 }

@@ -1,10 +1,11 @@
 import yargs from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { BACKENDS, QUANT_FORMATS, isQuantFormat } from '@plexus/runtime'
+import { withConfig } from '@plexus/p2p'
 import { runBootstrap, runJoin } from './commands.ts'
 import type { JoinArgs, BootstrapArgs } from './commands.ts'
 
-const EXPECTED = new Set(['YError', 'UsageError', 'ConfigError', 'CheckpointError', 'GgufError', 'WeightsMismatchError', 'BackendError', 'SpanError', 'RecordError'])
+const EXPECTED = new Set(['YError', 'UsageError', 'ConfigError', 'ConfigFileError', 'CheckpointError', 'GgufError', 'WeightsMismatchError', 'BackendError', 'SpanError', 'RecordError'])
 
 function report (err: any): never {
   // a failed yargs check rejects with its message string
@@ -20,8 +21,15 @@ const common = (y: any): any => y
   .option('key', { type: 'string', describe: 'Key file: created on first run, giving this node a stable peer id' })
   .option('webrtc', { type: 'boolean', default: false, describe: 'Also reachable over WebRTC (for peers behind NAT)' })
   .option('json', { type: 'boolean', default: false, describe: 'Log events as JSON lines on stdout' })
+  .option('config', { type: 'string', describe: 'YAML or JSON file of flags (keys: the flags without "--"; schemas/node-config.schema.json); flags and PLEXUS_* variables override it' })
 
-await yargs(hideBin(process.argv))
+const argv = ((): string[] => {
+  try {
+    return withConfig(hideBin(process.argv), { schema: 'node-config', commands: { bootstrap: ['common'], join: ['common', 'join'] } })
+  } catch (err) { return report(err) }
+})()
+
+await yargs(argv)
   .scriptName('plexus-node')
   .usage('$0 <command> [options]\n\nContribute your machine to a Plexus swarm.')
   .command('bootstrap', 'Run a bootstrap peer: a DHT server that serves no blocks; others join through it', (y) => common(y)
