@@ -90,16 +90,18 @@ describe('GGUF models end to end', function () {
       })
     }
 
-    it('Q8_0 GGUF gives the tokens of its dequantized weights (and llama.cpp\'s, as far as Q8_0 activations allow)', async function () {
+    it('Q8_0 GGUF gives llama.cpp\'s tokens (and its dequantized weights\', as far as Q8_0 activations allow)', async function () {
       const out = await generateVia(undefined, gguf.q8_0, g.prompt_ids, g.greedy_new_ids.length)
       const ref = await generateVia(undefined, q8Reference, g.prompt_ids, g.greedy_new_ids.length)
-      assert.deepEqual(out.token_ids, ref.token_ids)
+      // the CPU kernels round activations to q8_0 in their dot products, as llama.cpp does, and the
+      // float32 reference does not: the paths part late (measured: at token 31 of 32)
+      assert.deepEqual(out.token_ids.slice(0, 16), ref.token_ids.slice(0, 16))
       assert.notDeepEqual(out.token_ids, g.greedy_new_ids, 'q8_0 rounding changes this model\'s greedy path')
-      if (await llamaCppUnavailable() != null) return
+      const why = await llamaCppUnavailable()
+      if (why != null) { console.log(`      llama.cpp comparison skipped: ${why}`); return }
       const { runLlamaCpp } = await import('../scripts/lib/llama-baseline.ts')
       const ll = await runLlamaCpp(gguf.q8_0, g.prompt_ids, g.greedy_new_ids.length, { threads: 2 })
-      // llama.cpp also rounds activations to q8_0 in its dot products: the paths part late
-      assert.deepEqual(out.token_ids.slice(0, 16), ll.tokenIds.slice(0, 16))
+      assert.deepEqual(out.token_ids, ll.tokenIds)
     })
 
     it('a truncated GGUF is refused with an error naming the file', async () => {

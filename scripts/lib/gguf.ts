@@ -6,7 +6,7 @@ import type { ModelConfig } from '../../packages/runtime/src/config.ts'
 import { fileExists } from '../../packages/runtime/src/safetensors.ts'
 import { ggufNameOf } from '../../packages/runtime/src/gguf/checkpoint.ts'
 import { f32ToF16 } from '../../packages/runtime/src/safetensors-write.ts'
-import { quantizeQ8_0 } from '../../packages/runtime/src/quant/quantize.ts'
+import { quantizeQ8_0, quantizeQ4_K } from '../../packages/runtime/src/quant/quantize.ts'
 
 // GGUF v3 as llama.cpp reads it: header, metadata key/values, tensor infos, then aligned data.
 const ALIGN = 32
@@ -14,11 +14,15 @@ const T = { UINT32: 4, INT32: 5, FLOAT32: 6, BOOL: 7, STRING: 8, ARRAY: 9 } as c
 const GGML_F32 = 0
 const GGML_F16 = 1
 const GGML_Q8_0 = 8
+const GGML_Q4_K = 12
 /** Values per q8_0 block: one f16 scale then 32 int8s (34 bytes). */
 const QK8_0 = 32
 const Q8_0_BLOCK_BYTES = 2 + QK8_0
-/** llama.cpp's `general.file_type` (LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_Q8_0). */
-const FILE_TYPE = { f32: 0, f16: 1, q8_0: 7 } as const
+/** Values per q4_K super-block (144 bytes). */
+const QK_K = 256
+const Q4_K_BLOCK_BYTES = 144
+/** llama.cpp's `general.file_type` (LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_Q8_0, MOSTLY_Q4_K_S). */
+const FILE_TYPE = { f32: 0, f16: 1, q8_0: 7, q4_k: 14 } as const
 export type GgufDType = keyof typeof FILE_TYPE
 // llama.cpp's token types.
 const TOK = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const
@@ -79,9 +83,11 @@ interface GgufTensor {
  * Writes a Hugging Face model directory as a GGUF file that llama.cpp loads, with the same
  * weights: q/k rows permuted into llama.cpp's rotary layout (llama only), 1-D tensors kept f32.
  */
-export async function writeGguf (modelDir: string, outPath: string, opts: { dtype?: GgufDType } = {}): Promise<void> {
+export async function writeGguf (modelDir: string, outPath: string, opts: { dtype?: GgufDType, quantizeHead?: boolean } = {}): Promise<void> {
   const dtype = opts.dtype ?? 'f32'
-  if (!(dtype in FILE_TYPE)) throw new Error(`gguf: dtype must be f32, f16 or q8_0 (got ${JSON.stringify(dtype)})`)
+  if (!(dtype in FILE_TYPE)) throw new Error(`gguf: dtype must be f32, f16, q8_0 or q4_k (got ${JSON.stringify(dtype)})`)
+  // false: token embeddings and output stay f32, as `--quantize` leaves them (only the blocks' matrices change).
+  const quantizeHead = opts.quantizeHead ?? true
   const ckpt = await Checkpoint.open(modelDir)
   try {
     const cfg = ckpt.config
@@ -99,13 +105,18 @@ export async function writeGguf (modelDir: string, outPath: string, opts: { dtyp
     let offset = 0
     const add = (ggufName: string, hfShape: number[], load: () => Promise<Float32Array>): void => {
       // Norms, biases and rope factors stay f32 as convert_hf_to_gguf.py keeps them; a matrix whose
-      // rows are not whole q8_0 blocks falls back to f16, as it does there.
+      // rows are not whole blocks of the format falls back (q4_k → q8_0 → f16), as llama.cpp does.
       const matrix = hfShape.length > 1
-      const type = !matrix || dtype === 'f32'
+      const head = ggufName === 'token_embd.weight' || ggufName === 'output.weight'
+      const cols = hfShape[hfShape.length - 1]
+      const quant = dtype === 'q8_0' || dtype === 'q4_k'
+      const type = !matrix || dtype === 'f32' || (head && quant && !quantizeHead)
         ? GGML_F32
-        : dtype === 'q8_0' && hfShape[hfShape.length - 1] % QK8_0 === 0 ? GGML_Q8_0 : GGML_F16
+        : dtype === 'q4_k' && cols % QK_K === 0 ? GGML_Q4_K
+          : quant && cols % QK8_0 === 0 ? GGML_Q8_0 : GGML_F16
       const n = hfShape.reduce((a, b) => a * b, 1)
-      const bytes = type === GGML_Q8_0 ? n / QK8_0 * Q8_0_BLOCK_BYTES : n * (type === GGML_F16 ? 2 : 4)
+      const bytes = type === GGML_Q4_K ? n / QK_K * Q4_K_BLOCK_BYTES
+        : type === GGML_Q8_0 ? n / QK8_0 * Q8_0_BLOCK_BYTES : n * (type === GGML_F16 ? 2 : 4)
       tensors.push({ ggufName, dims: [...hfShape].reverse(), type, offset, bytes, load })
       offset = alignUp(offset + bytes)
     }
@@ -163,7 +174,7 @@ export async function writeGguf (modelDir: string, outPath: string, opts: { dtyp
       await writeAll(fh, head.buf.subarray(0, head.len), 0)
       for (const t of tensors) {
         const data = await t.load()
-        const out = t.type === GGML_F16 ? f32ToF16(data) : t.type === GGML_Q8_0 ? quantizeQ8_0(data) : data
+        const out = t.type === GGML_F16 ? f32ToF16(data) : t.type === GGML_Q8_0 ? quantizeQ8_0(data) : t.type === GGML_Q4_K ? quantizeQ4_K(data) : data
         const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength)
         if (bytes.length !== t.bytes) throw new Error(`gguf: tensor ${t.ggufName}: ${bytes.length} bytes, expected ${t.bytes}`)
         await writeAll(fh, bytes, headerBytes + t.offset)

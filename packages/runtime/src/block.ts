@@ -2,20 +2,31 @@ import * as tf from '@tensorflow/tfjs-core'
 import type { ModelConfig } from './config.ts'
 import { rawFloat32 } from './checkpoint.ts'
 import type { RawTensor } from './checkpoint.ts'
+import { concatRows, quantMatrixFormat } from './cpu/quant-matrix.ts'
+import type { QuantMatrix } from './cpu/quant-matrix.ts'
 
 /**
- * One transformer block's weights, laid out for fast tfjs matmuls: every linear weight is
- * transposed once at load to `[in, out]` (5× faster than `transposeB` on wasm), and the q/k/v
- * and gate/up projections are fused so a step does 4 matmuls per block instead of 7.
+ * Part of a linear projection: a float32 weight transposed to `[in, out]` for tfjs matmuls (5×
+ * faster than `transposeB` on wasm), or Q8_0/Q4_K rows that the CPU kernels read as stored.
  */
+export type LinearPart = tf.Tensor2D | QuantMatrix
+
+/**
+ * A linear projection `[in] → [Σ out]`: its parts' outputs side by side. The q/k/v and gate/up
+ * weights are fused into one part each when they share a storage, so a step runs 4 projections
+ * per block instead of 7; a mixed file (Q4_K q/k, Q6_K v) keeps one part per storage.
+ */
+export type Linear = LinearPart[]
+
+/** One transformer block's weights. */
 export interface BlockWeights {
   inputNorm: tf.Tensor1D
-  qkv: tf.Tensor2D
+  qkv: Linear
   qkvBias?: tf.Tensor1D
-  out: tf.Tensor2D
+  out: Linear
   postNorm: tf.Tensor1D
-  gateUp: tf.Tensor2D
-  down: tf.Tensor2D
+  gateUp: Linear
+  down: Linear
 }
 
 /** One session's rows within a (possibly batched) step. */
@@ -69,6 +80,24 @@ function fusedTransposed (parts: RawTensor[]): tf.Tensor2D {
   return tf.tensor2d(dst, [cols, total])
 }
 
+/**
+ * Consecutive weights in one kernel format become one quantized part (their blocks, nothing
+ * else: no float32 copy is made); the others are widened to one fused float32 part.
+ */
+function loadLinear (parts: RawTensor[]): Linear {
+  const runs: RawTensor[][] = []
+  for (const p of parts) {
+    const last = runs.at(-1)
+    if (last != null && quantMatrixFormat(last[0].dtype) === quantMatrixFormat(p.dtype)) last.push(p)
+    else runs.push([p])
+  }
+  return runs.map(run => {
+    const format = quantMatrixFormat(run[0].dtype)
+    if (format == null) return fusedTransposed(run)
+    return concatRows(run.map(p => ({ format, rows: p.shape[0], cols: p.shape[1], blocks: p.bytes })))
+  })
+}
+
 export function loadBlockWeights (cfg: ModelConfig, block: number, raws: RawTensor[]): BlockWeights {
   const by = new Map(raws.map(r => [r.name.slice(`model.layers.${block}.`.length), r]))
   const get = (n: string): RawTensor => {
@@ -77,26 +106,56 @@ export function loadBlockWeights (cfg: ModelConfig, block: number, raws: RawTens
     return r
   }
   const vec = (n: string): tf.Tensor1D => tf.tensor1d(rawFloat32(get(n)))
-  const w: BlockWeights = {
-    inputNorm: vec('input_layernorm.weight'),
-    qkv: fusedTransposed([get('self_attn.q_proj.weight'), get('self_attn.k_proj.weight'), get('self_attn.v_proj.weight')]),
-    out: fusedTransposed([get('self_attn.o_proj.weight')]),
-    postNorm: vec('post_attention_layernorm.weight'),
-    gateUp: fusedTransposed([get('mlp.gate_proj.weight'), get('mlp.up_proj.weight')]),
-    down: fusedTransposed([get('mlp.down_proj.weight')])
-  }
-  if (cfg.qkvBias) {
-    const b = ['q', 'k', 'v'].map(x => rawFloat32(get(`self_attn.${x}_proj.bias`)))
-    const all = new Float32Array(b.reduce((n, a) => n + a.length, 0))
-    let o = 0
-    for (const a of b) { all.set(a, o); o += a.length }
-    w.qkvBias = tf.tensor1d(all)
+  const w: BlockWeights = { inputNorm: vec('input_layernorm.weight'), postNorm: vec('post_attention_layernorm.weight'), qkv: [], out: [], gateUp: [], down: [] }
+  try {
+    w.qkv = loadLinear([get('self_attn.q_proj.weight'), get('self_attn.k_proj.weight'), get('self_attn.v_proj.weight')])
+    w.out = loadLinear([get('self_attn.o_proj.weight')])
+    w.gateUp = loadLinear([get('mlp.gate_proj.weight'), get('mlp.up_proj.weight')])
+    w.down = loadLinear([get('mlp.down_proj.weight')])
+    if (cfg.qkvBias) {
+      const b = ['q', 'k', 'v'].map(x => rawFloat32(get(`self_attn.${x}_proj.bias`)))
+      const all = new Float32Array(b.reduce((n, a) => n + a.length, 0))
+      let o = 0
+      for (const a of b) { all.set(a, o); o += a.length }
+      w.qkvBias = tf.tensor1d(all)
+    }
+  } catch (err) {
+    disposeBlockWeights(w)
+    throw err
   }
   return w
 }
 
+function linears (w: BlockWeights): LinearPart[] {
+  return [...w.qkv, ...w.out, ...w.gateUp, ...w.down]
+}
+
+/** Frees the tensors and the quantized blocks (a QuantMatrix's memory is not tfjs's). */
 export function disposeBlockWeights (w: BlockWeights): void {
-  for (const t of Object.values(w)) (t as tf.Tensor | undefined)?.dispose()
+  for (const t of [w.inputNorm, w.postNorm, w.qkvBias]) t?.dispose()
+  for (const p of linears(w)) p.dispose()
+}
+
+/** Bytes the block's weights hold: float32 tensors at 4 per value, quantized parts as their blocks. */
+export function blockWeightBytes (w: BlockWeights): number {
+  let n = 0
+  for (const t of [w.inputNorm, w.postNorm, w.qkvBias]) n += (t?.size ?? 0) * 4
+  for (const p of linears(w)) n += p instanceof tf.Tensor ? p.size * 4 : p.bytes
+  return n
+}
+
+/**
+ * `x · W` for rows `x` `[tokens, in]`. Quantized parts run on the CPU kernels, which read the
+ * activations from host memory (they quantize them per block, as llama.cpp does).
+ */
+function project (x: tf.Tensor2D, w: Linear): tf.Tensor2D {
+  let host: Float32Array | undefined
+  const outs = w.map(p => {
+    if (p instanceof tf.Tensor) return tf.matMul(x, p) as tf.Tensor2D
+    host ??= x.dataSync() as Float32Array
+    return tf.tensor2d(p.forward(host, x.shape[0]), [x.shape[0], p.rows])
+  })
+  return outs.length === 1 ? outs[0] : tf.concat2d(outs, 1)
 }
 
 export function rmsNorm (x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
@@ -124,8 +183,8 @@ export function blockForward (cfg: ModelConfig, w: BlockWeights, x: tf.Tensor2D,
   const qDim = cfg.numHeads * d
   const kvDim = nKv * d
 
-  const h = rmsNorm(x, w.inputNorm, cfg.rmsNormEps)
-  let qkv = tf.matMul(h, w.qkv)
+  const h = rmsNorm(x, w.inputNorm, cfg.rmsNormEps) as tf.Tensor2D
+  let qkv = project(h, w.qkv)
   if (w.qkvBias != null) qkv = tf.add(qkv, w.qkvBias)
   const q = rotary(tf.reshape(tf.slice(qkv, [0, 0], [N, qDim]), [N, cfg.numHeads, d]), ctx, d)
   const k = rotary(tf.reshape(tf.slice(qkv, [0, qDim], [N, kvDim]), [N, nKv, d]), ctx, d)
@@ -144,15 +203,15 @@ export function blockForward (cfg: ModelConfig, w: BlockWeights, x: tf.Tensor2D,
     })
     merged = tf.concat(parts, 0)
   }
-  const x1 = tf.add(x, tf.matMul(merged as tf.Tensor2D, w.out))
+  const x1 = tf.add(x, project(merged as tf.Tensor2D, w.out))
 
-  const h2 = rmsNorm(x1, w.postNorm, cfg.rmsNormEps)
-  const gu = tf.matMul(h2, w.gateUp)
+  const h2 = rmsNorm(x1, w.postNorm, cfg.rmsNormEps) as tf.Tensor2D
+  const gu = project(h2, w.gateUp)
   const F = cfg.intermediateSize
   const gate = tf.slice(gu, [0, 0], [N, F])
   const up = tf.slice(gu, [0, F], [N, F])
   const act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), up)
-  return tf.add(x1, tf.matMul(act, w.down))
+  return tf.add(x1, project(act as tf.Tensor2D, w.down))
 }
 
 /** Grouped-query attention of one session's rows against its cache (which it extends). */

@@ -1,7 +1,8 @@
 import { openModel } from './model-source.ts'
 import type { ModelSource } from './model-source.ts'
-import { withQuantization, quantizationOf } from './quant/quantized-source.ts'
+import { withQuantization, quantizationOf, weightFormat, bytesPerWeight } from './quant/quantized-source.ts'
 import type { QuantFormat } from './quant/quantized-source.ts'
+import { QUANT_BLOCK } from './cpu/quant-matrix.ts'
 import { ModelHead } from './head.ts'
 import { Span } from './span.ts'
 import { inProcessRunner } from './runner.ts'
@@ -11,12 +12,20 @@ import { activeBackend } from './backend.ts'
 import type { SessionPipeline } from './generate.ts'
 import type { ModelConfig } from './config.ts'
 
-/** float32 bytes one block occupies in a backend. */
-export function blockBytes (cfg: ModelConfig): number {
+/** Formats whose blocks the CPU backends keep as stored (every other format is widened to float32). */
+export const CPU_QUANT_FORMATS: readonly string[] = Object.keys(QUANT_BLOCK)
+
+/**
+ * Bytes one block's weights occupy in a CPU backend when its linear weights are stored as
+ * `format` (weightFormat's names): q8_0 and q4_k blocks as stored, anything else as float32.
+ */
+export function blockBytes (cfg: ModelConfig, format = 'f32'): number {
   const H = cfg.hiddenSize
   const q = cfg.numHeads * cfg.headDim
   const kv = cfg.numKvHeads * cfg.headDim
-  return 4 * (H * (q + 2 * kv) + q * H + 3 * H * cfg.intermediateSize + 2 * H + (cfg.qkvBias ? q + 2 * kv : 0))
+  const linear = H * (q + 2 * kv) + q * H + 3 * H * cfg.intermediateSize
+  const perWeight = CPU_QUANT_FORMATS.includes(format) ? bytesPerWeight(format) : 4
+  return linear * perWeight + 4 * (2 * H + (cfg.qkvBias ? q + 2 * kv : 0))
 }
 
 /**
@@ -26,9 +35,9 @@ export function blockBytes (cfg: ModelConfig): number {
 export const WASM_HEAP_BUDGET = 1.5 * 2 ** 30
 
 /** Cut points splitting the blocks into the fewest even groups of at most `budget` bytes each. */
-export function cutsForBudget (cfg: ModelConfig, budget: number): number[] {
+export function cutsForBudget (cfg: ModelConfig, budget: number, format = 'f32'): number[] {
   const L = cfg.numLayers
-  const perGroup = Math.max(1, Math.floor(budget / blockBytes(cfg)))
+  const perGroup = Math.max(1, Math.floor(budget / blockBytes(cfg, format)))
   const groups = Math.ceil(L / perGroup)
   return Array.from({ length: groups - 1 }, (_, i) => Math.round(((i + 1) * L) / groups))
 }
@@ -59,9 +68,12 @@ export async function loadSpanRunners (ckpt: ModelSource, start: number, end: nu
   const cfg = ckpt.config
   let placement = opts.placement ?? 'auto'
   let cuts = opts.cuts
-  const bytes = (end - start) * blockBytes(cfg) + (opts.reservedBytes ?? 0)
+  // Q8_0/Q4_K blocks live in the CPU kernels' own memory, not tfjs's heap: counting them against
+  // its budget only splits a large quantized span into more workers than it needs
+  const format = activeBackend() === 'wasm' ? await weightFormat(ckpt) : 'f32'
+  const bytes = (end - start) * blockBytes(cfg, format) + (opts.reservedBytes ?? 0)
   if (placement === 'auto') placement = activeBackend() === 'wasm' && bytes > WASM_HEAP_BUDGET ? 'workers' : 'in-process'
-  if (placement === 'workers' && cuts == null) cuts = cutsForBudget({ ...cfg, numLayers: end - start }, WASM_HEAP_BUDGET).map(c => c + start)
+  if (placement === 'workers' && cuts == null) cuts = cutsForBudget({ ...cfg, numLayers: end - start }, WASM_HEAP_BUDGET, format).map(c => c + start)
   const bounds = [start, ...(cuts ?? []), end]
   const runners: SpanRunner[] = []
   try {

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core'
 import type { ModelConfig } from './config.ts'
 import type { ModelSource } from './model-source.ts'
 import { readBlockChecked } from './quant/quantized-source.ts'
-import { loadBlockWeights, disposeBlockWeights, blockForward } from './block.ts'
+import { loadBlockWeights, disposeBlockWeights, blockForward, blockWeightBytes } from './block.ts'
 import type { BlockWeights, LayerCache, StepContext, StepSegment } from './block.ts'
 import { inverseFrequencies, rotaryTables } from './rope.ts'
 import { activeBackend } from './backend.ts'
@@ -129,7 +129,12 @@ export class Span {
       throw err
     }
     const span = new Span(ckpt.config, start, end, blocks, engine)
-    await span.warmUp()
+    try {
+      await span.warmUp()
+    } catch (err) {
+      span.dispose()
+      throw err
+    }
     return span
   }
 
@@ -143,6 +148,14 @@ export class Span {
   }
 
   get size (): number { return this.end - this.start }
+
+  /**
+   * Bytes the blocks' weights hold on a CPU backend: float32 tensors at 4 per value (wasm's packed
+   * copies not counted), Q8_0/Q4_K weights as their blocks. Undefined on the GPU.
+   */
+  get weightBytes (): number | undefined {
+    return this.gpu != null ? undefined : this.blocks.reduce((n, w) => n + blockWeightBytes(w), 0)
+  }
 
   /** A session cache for blocks `[start, end)` of this span (all of it by default). */
   newCache (maxLength: number, start = this.start, end = this.end): KVCache {

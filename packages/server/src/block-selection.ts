@@ -1,3 +1,6 @@
+import { blockBytes, bytesPerWeight, CPU_QUANT_FORMATS } from '@plexus/runtime'
+import type { ModelConfig } from '@plexus/runtime'
+
 /**
  * Where a node should serve: the contiguous span where the swarm is weakest. The swarm's
  * throughput for a block is the sum of the announced throughputs of its holders; a route can go
@@ -97,9 +100,17 @@ export function planMove (spans: ServedSpan[], me: ServedSpan, numBlocks: number
 }
 
 /**
- * Blocks this machine can hold: the weight budget over float32 bytes per block (×2 on wasm,
- * whose XNNPACK keeps a packed copy of each matrix), at least 1, at most the model.
+ * Bytes one block takes on `backend` when its linear weights are stored as `format`: a GPU holds
+ * them as stored; the CPU backends keep q8_0/q4_k blocks as stored and widen the rest to float32,
+ * which wasm's XNNPACK packs a second copy of.
  */
+export function bytesPerBlock (cfg: ModelConfig, backend: string, format: string): number {
+  if (backend === 'webgpu') return blockBytes(cfg) / 4 * bytesPerWeight(format)
+  if (CPU_QUANT_FORMATS.includes(format)) return blockBytes(cfg, format)
+  return blockBytes(cfg) * (backend === 'wasm' ? 2 : 1)
+}
+
+/** Blocks this machine can hold: the weight budget over bytesPerBlock, at least 1, at most the model. */
 export function blocksThatFit (budgetBytes: number, bytesPerBlock: number, numBlocks: number): number {
   return Math.max(1, Math.min(numBlocks, Math.floor(budgetBytes / bytesPerBlock)))
 }

@@ -1,7 +1,7 @@
 import type { PrivateKey, Logger } from '@libp2p/interface'
 import { discoverServers } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import { loadSpanRunners, chainRunners, blockBytes, weightFormat, bytesPerWeight } from '@plexus/runtime'
+import { loadSpanRunners, chainRunners, weightFormat } from '@plexus/runtime'
 import type { ModelSource, ModelManifest, BackendName } from '@plexus/runtime'
 import { BlockBackend } from './backend.ts'
 import type { FaultInjection } from './backend.ts'
@@ -9,7 +9,7 @@ import { PlexusServer } from './server.ts'
 import { cachedThroughput } from './throughput.ts'
 import type { Throughput } from './throughput.ts'
 import type { NodeMetrics } from './metrics.ts'
-import { chooseStart, planMove, blocksThatFit } from './block-selection.ts'
+import { chooseStart, planMove, blocksThatFit, bytesPerBlock } from './block-selection.ts'
 import type { ServedSpan } from './block-selection.ts'
 
 export interface SwarmMemberComponents {
@@ -69,14 +69,10 @@ export class SwarmMember {
   /** How the blocks' weights are held (read at start). */
   private format?: string
 
-  /**
-   * Blocks this machine can hold within its memory budget: a GPU holds each block in its stored
-   * format; the CPU backends widen it to float32 (wasm keeps a packed copy beside it too).
-   */
+  /** Blocks this machine can hold within its memory budget, each at its real bytes (bytesPerBlock). */
   capacity (): number {
     const cfg = this.c.checkpoint.config
-    const f32 = blockBytes(cfg)
-    const perBlock = this.init.backend === 'webgpu' ? f32 / 4 * bytesPerWeight(this.format ?? 'f32') : f32 * (this.init.backend === 'wasm' ? 2 : 1)
+    const perBlock = bytesPerBlock(cfg, this.init.backend, this.format ?? 'f32')
     return blocksThatFit(this.init.memoryBytes - this.init.cacheBudgetBytes, perBlock, cfg.numLayers)
   }
 

@@ -1,0 +1,232 @@
+// Plexus CPU kernels: matrix products that read ggml's q8_0 and q4_K blocks as stored.
+// Built to wasm32 with SIMD128 by scripts/build-kernels.sh; loaded by arena.ts, called by
+// wasm-matrix.ts and threads.ts.
+//
+// As in llama.cpp, activations are quantized per block first (q8_0 → 32 int8 with an f16-rounded
+// scale, q8_K → 256 int8 with an f32 scale and sums of each 32), every dot product within a block
+// is an integer one, and only block scales are floats.
+//  - q8_0: activations are stored widened to int16, weights are widened as they are read, and
+//    i32x4.dot_i16x8_s (x86 pmaddwd) multiplies and adds pairs: exact for any int8 weight.
+//  - q4_K: the 4-bit weights are 0..15, so with relaxed SIMD i16x8.relaxed_dot_i8x16_i7x16_s (x86
+//    pmaddubsw: unsigned × signed bytes, pairs added) gives exact int16 sums, which
+//    i32x4.dot_i16x8_s multiplies by the sub-block's scale: llama.cpp's AVX2 sequence. Built
+//    without relaxed SIMD (kernels.wasm, for engines that lack it), products are widened first.
+//
+// No static data and no stack: every pointer comes from JS (the same module instance may run in
+// several threads over one shared memory, each with its own stack pointer global).
+
+#include <stdint.h>
+#include <wasm_simd128.h>
+
+#define QK8_0 32
+#define Q8_0_BYTES 34
+#define QK_K 256
+#define Q4_K_BYTES 144
+
+typedef uint32_t u32;
+
+// rows of row_bytes each in ~64 KiB (at least one)
+#define CHUNK_ROWS(row_bytes) ((row_bytes) >= 65536 ? 1 : 65536 / (row_bytes))
+
+static inline float bits_f32(u32 w) { union { u32 u; float f; } v = { w }; return v.f; }
+static inline u32 f32_bits(float f) { union { float f; u32 u; } v = { f }; return v.u; }
+static inline u32 load_u32(const uint8_t *p) { u32 v; __builtin_memcpy(&v, p, 4); return v; }
+static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; __builtin_memcpy(&v, p, 2); return v; }
+
+// ggml's portable fp32 → fp16 (round to nearest even), for non-negative finite scales.
+static inline uint16_t f32_to_f16(float f) {
+  float base = (__builtin_fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+  const u32 w = f32_bits(f), shl1_w = w + w, sign = w & 0x80000000u;
+  u32 bias = shl1_w & 0xFF000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = bits_f32((bias >> 1) + 0x07800000u) + base;
+  const u32 bits = f32_bits(base);
+  const u32 nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+static inline float hsum_f32(v128_t v) {
+  return wasm_f32x4_extract_lane(v, 0) + wasm_f32x4_extract_lane(v, 1) +
+         wasm_f32x4_extract_lane(v, 2) + wasm_f32x4_extract_lane(v, 3);
+}
+
+static inline int hsum_i32(v128_t v) {
+  v = wasm_i32x4_add(v, wasm_i32x4_shuffle(v, v, 2, 3, 0, 1));
+  return wasm_i32x4_extract_lane(wasm_i32x4_add(v, wasm_i32x4_shuffle(v, v, 1, 0, 3, 2)), 0);
+}
+
+static inline float amax32(const float *x) {
+  v128_t m = wasm_f32x4_splat(0);
+  for (int j = 0; j < 32; j += 4) m = wasm_f32x4_max(m, wasm_f32x4_abs(wasm_v128_load(x + j)));
+  float a = wasm_f32x4_extract_lane(m, 0), b = wasm_f32x4_extract_lane(m, 1);
+  float c = wasm_f32x4_extract_lane(m, 2), d = wasm_f32x4_extract_lane(m, 3);
+  a = a > b ? a : b; c = c > d ? c : d;
+  return a > c ? a : c;
+}
+
+// 16 floats · s, rounded half to even, to 16 int8 (values are within ±127 by construction).
+static inline v128_t round16(const float *x, v128_t s) {
+  v128_t a = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(x), s)));
+  v128_t b = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(x + 4), s)));
+  v128_t c = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(x + 8), s)));
+  v128_t d = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(x + 12), s)));
+  return wasm_i8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(a, b), wasm_i16x8_narrow_i32x4(c, d));
+}
+
+// quantize_row_q8_0 (llama.cpp's AVX2 path): d = amax/127 kept as f16, q = round(x · 127/amax).
+// n values (whole blocks) → q[n] widened to int16, d[n/32] (the f16-rounded scale, via half[]).
+void quantize_q8_0(const float *x, int16_t *q, float *d, int n, const float *half) {
+  for (int b = 0; b < n / QK8_0; b++, x += QK8_0, q += QK8_0) {
+    const float amax = amax32(x);
+    d[b] = half[f32_to_f16(amax / 127.0f)];
+    const v128_t id = wasm_f32x4_splat(amax != 0.0f ? 127.0f / amax : 0.0f);
+    for (int j = 0; j < QK8_0; j += 16) {
+      const v128_t v = round16(x + j, id);
+      wasm_v128_store(q + j, wasm_i16x8_extend_low_i8x16(v));
+      wasm_v128_store(q + j + 8, wasm_i16x8_extend_high_i8x16(v));
+    }
+  }
+}
+
+// quantize_row_q8_K_ref: the value of largest magnitude (first one) maps to −127, d = 1/iscale.
+// Also bs[8 per block]: the sum of each 32 q, which q4_K's mins multiply.
+void quantize_q8_K(const float *x, int8_t *q, float *d, int16_t *bs, int n) {
+  for (int b = 0; b < n / QK_K; b++, x += QK_K, q += QK_K, bs += 8) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < QK_K; j += 32) { float a = amax32(x + j); amax = a > amax ? a : amax; }
+    for (int j = 0; j < QK_K; j++) if (__builtin_fabsf(x[j]) == amax) { max = x[j]; break; }
+    if (amax == 0.0f) {
+      d[b] = 0.0f;
+      for (int j = 0; j < QK_K; j += 16) wasm_v128_store(q + j, wasm_i8x16_splat(0));
+      for (int j = 0; j < 8; j++) bs[j] = 0;
+      continue;
+    }
+    const float iscale = -127.0f / max;
+    const v128_t s = wasm_f32x4_splat(iscale);
+    for (int j = 0; j < QK_K; j += 16) wasm_v128_store(q + j, round16(x + j, s));
+    for (int j = 0; j < 8; j++) {
+      v128_t a = wasm_i16x8_extadd_pairwise_i8x16(wasm_v128_load(q + 32 * j));
+      v128_t c = wasm_i16x8_extadd_pairwise_i8x16(wasm_v128_load(q + 32 * j + 16));
+      v128_t t = wasm_i32x4_extadd_pairwise_i16x8(wasm_i16x8_add(a, c));
+      bs[j] = (int16_t)(wasm_i32x4_extract_lane(t, 0) + wasm_i32x4_extract_lane(t, 1) +
+                        wasm_i32x4_extract_lane(t, 2) + wasm_i32x4_extract_lane(t, 3));
+    }
+    d[b] = 1.0f / iscale;
+  }
+}
+
+// T tokens (t0..t0+T-1) of one row: the weights are loaded and widened once for all T tokens.
+// always_inline with a constant T lets clang keep acc[] in registers (no wasm stack).
+static inline __attribute__((always_inline)) void
+row_q8_0(const uint8_t *row, int nb, const int16_t *x, int cols, const float *dx, float *y, int rows, const float *half, const int T) {
+  v128_t acc[4];
+  _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) acc[k] = wasm_f32x4_splat(0);
+  for (int b = 0; b < nb; b++, x += QK8_0) {
+    const uint8_t *blk = row + b * Q8_0_BYTES;
+    const v128_t w0 = wasm_v128_load(blk + 2), w1 = wasm_v128_load(blk + 18);
+    const v128_t wa = wasm_i16x8_extend_low_i8x16(w0), wb = wasm_i16x8_extend_high_i8x16(w0);
+    const v128_t wc = wasm_i16x8_extend_low_i8x16(w1), wd = wasm_i16x8_extend_high_i8x16(w1);
+    const float dw = half[load_u16(blk)];
+    _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) {
+      const int16_t *xk = x + k * cols;
+      // Σ w·x over the block: i32x4.dot_i16x8_s multiplies and adds pairs (x86 pmaddwd)
+      const v128_t s = wasm_i32x4_add(
+          wasm_i32x4_add(wasm_i32x4_dot_i16x8(wa, wasm_v128_load(xk)), wasm_i32x4_dot_i16x8(wb, wasm_v128_load(xk + 8))),
+          wasm_i32x4_add(wasm_i32x4_dot_i16x8(wc, wasm_v128_load(xk + 16)), wasm_i32x4_dot_i16x8(wd, wasm_v128_load(xk + 24))));
+      acc[k] = wasm_f32x4_add(acc[k], wasm_f32x4_mul(wasm_f32x4_convert_i32x4(s), wasm_f32x4_splat(dw * dx[k * nb + b])));
+    }
+  }
+  _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) y[(uint32_t)k * rows] = hsum_f32(acc[k]);
+}
+
+// y[t·rows + r] = Σ_b d_w[r,b]·d_x[t,b] · Σ_i q_w[r,b,i]·q_x[t,b,i], for rows r0 ≤ r < r1.
+void matmul_q8_0(const uint8_t *w, int rows, int cols, const int16_t *xq, const float *xd, int tokens,
+                 float *y, int r0, int r1, const float *half) {
+  const int nb = cols / QK8_0;
+  // Chunks of rows (~64 KiB, they stay in L2) outside, tiles of 4 tokens inside them, rows of the
+  // chunk innermost: each weight comes from memory once, and a tile's activations stay in L1.
+  const int chunk = CHUNK_ROWS(nb * Q8_0_BYTES);
+  for (int rc = r0; rc < r1; rc += chunk) {
+    const int re = rc + chunk < r1 ? rc + chunk : r1;
+    int t = 0;
+    for (; t + 4 <= tokens; t += 4)
+      for (int r = rc; r < re; r++)
+        row_q8_0(w + (uint32_t)r * nb * Q8_0_BYTES, nb, xq + (uint32_t)t * cols, cols, xd + t * nb, y + (uint32_t)t * rows + r, rows, half, 4);
+    for (; t < tokens; t++)
+      for (int r = rc; r < re; r++)
+        row_q8_0(w + (uint32_t)r * nb * Q8_0_BYTES, nb, xq + (uint32_t)t * cols, cols, xd + t * nb, y + (uint32_t)t * rows + r, rows, half, 1);
+  }
+}
+
+// Σ over pairs of 16 nibbles (0..15) · int8 activations, as eight int16 lanes (|·| ≤ 2·15·127).
+static inline v128_t dot16_q4(v128_t nib, v128_t x) {
+#ifdef __wasm_relaxed_simd__
+  return wasm_i16x8_relaxed_dot_i8x16_i7x16(x, nib);
+#else
+  return wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(nib, x), wasm_i16x8_extmul_high_i8x16(nib, x));
+#endif
+}
+
+// T tokens (t0..t0+T-1) of one q4_K row: nibbles and scales are unpacked once for all T tokens.
+static inline __attribute__((always_inline)) void
+row_q4_K(const uint8_t *row, int nb, const int8_t *x, int cols, const float *xd, const int16_t *xbs,
+         float *y, int rows, const float *half, const int T) {
+  const v128_t m4 = wasm_i8x16_splat(0x0f);
+  float acc[4];
+  _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) acc[k] = 0.0f;
+  for (int b = 0; b < nb; b++, x += QK_K) {
+    const uint8_t *blk = row + b * Q4_K_BYTES;
+    // the twelve scale bytes → eight 6-bit scales (bytes of sc0, sc1) and eight mins (of mn0,
+    // mn1), unpacked as llama.cpp does (utmp with kmask1..3)
+    const u32 u0 = load_u32(blk + 4), u1 = load_u32(blk + 8), u2 = load_u32(blk + 12);
+    const u32 sc0 = u0 & 0x3f3f3f3fu, sc1 = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
+    const u32 mn0 = u1 & 0x3f3f3f3fu, mn1 = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
+    const v128_t mins = wasm_u16x8_extend_low_u8x16(wasm_i32x4_make(mn0, mn1, 0, 0));
+    v128_t sumi[4];
+    _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) sumi[k] = wasm_i32x4_splat(0);
+    // each 32 bytes hold sub-block 2j in their low nibbles and 2j+1 in their high nibbles
+    _Pragma("clang loop unroll(full)") for (int j = 0; j < 4; j++) {
+      const v128_t a = wasm_v128_load(blk + 16 + 32 * j), c = wasm_v128_load(blk + 32 + 32 * j);
+      const v128_t la = wasm_v128_and(a, m4), lc = wasm_v128_and(c, m4);
+      const v128_t ha = wasm_u8x16_shr(a, 4), hc = wasm_u8x16_shr(c, 4);
+      const v128_t slo = wasm_i16x8_splat(((j < 2 ? sc0 : sc1) >> (16 * (j & 1))) & 0xff);
+      const v128_t shi = wasm_i16x8_splat(((j < 2 ? sc0 : sc1) >> (16 * (j & 1) + 8)) & 0xff);
+      _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) {
+        const int8_t *xj = x + k * cols + 64 * j;
+        // |lo|, |hi| ≤ 4·15·127 per lane; the dot multiplies by the 6-bit scale and adds pairs
+        const v128_t lo = wasm_i16x8_add(dot16_q4(la, wasm_v128_load(xj)), dot16_q4(lc, wasm_v128_load(xj + 16)));
+        const v128_t hi = wasm_i16x8_add(dot16_q4(ha, wasm_v128_load(xj + 32)), dot16_q4(hc, wasm_v128_load(xj + 48)));
+        sumi[k] = wasm_i32x4_add(sumi[k], wasm_i32x4_add(wasm_i32x4_dot_i16x8(lo, slo), wasm_i32x4_dot_i16x8(hi, shi)));
+      }
+    }
+    // integer sums to scalars first: how the lanes split them differs between the two builds'
+    // dot16_q4, their totals do not, so both builds round the same floats
+    const float d = half[load_u16(blk)], dmin = half[load_u16(blk + 2)];
+    _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) {
+      const float dy = xd[k * nb + b];
+      const int summ = hsum_i32(wasm_i32x4_dot_i16x8(mins, wasm_v128_load(xbs + 8 * (k * nb + b))));
+      acc[k] += (d * dy) * (float)hsum_i32(sumi[k]) - (dmin * dy) * (float)summ;
+    }
+  }
+  _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) y[(uint32_t)k * rows] = acc[k];
+}
+
+// Rows r0 ≤ r < r1 of y = x · Wᵀ for q4_K W and q8_K x, as ggml_vec_dot_q4_K_q8_K:
+// per super-block d·dy·Σ_j scale_j·(q4·q8)_j − dmin·dy·Σ_j min_j·bs_j.
+void matmul_q4_K(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, const int16_t *xbs,
+                 int tokens, float *y, int r0, int r1, const float *half) {
+  const int nb = cols / QK_K;
+  const int chunk = CHUNK_ROWS(nb * Q4_K_BYTES);
+  for (int rc = r0; rc < r1; rc += chunk) {
+    const int re = rc + chunk < r1 ? rc + chunk : r1;
+    int t = 0;
+    for (; t + 4 <= tokens; t += 4)
+      for (int r = rc; r < re; r++)
+        row_q4_K(w + (uint32_t)r * nb * Q4_K_BYTES, nb, xq + (uint32_t)t * cols, cols, xd + t * nb, xbs + 8 * t * nb,
+                 y + (uint32_t)t * rows + r, rows, half, 4);
+    for (; t < tokens; t++)
+      for (int r = rc; r < re; r++)
+        row_q4_K(w + (uint32_t)r * nb * Q4_K_BYTES, nb, xq + (uint32_t)t * cols, cols, xd + t * nb, xbs + 8 * t * nb,
+                 y + (uint32_t)t * rows + r, rows, half, 1);
+  }
+}

@@ -1,0 +1,120 @@
+import { f32ToF16Bits } from '../safetensors-write.ts'
+import { halfTable } from '../safetensors.ts'
+import { QK8_0, Q8_0_BLOCK_BYTES, QK_K, Q4_K_BLOCK_BYTES } from '../quant/quantize.ts'
+
+// Scalar JS versions of the CPU kernels' arithmetic, as llama.cpp does it: activations are
+// quantized per block (q8_0 for q8_0 weights, q8_K for q4_k weights) and multiplied with the
+// weights' integers; only the block scales are floats. The wasm kernels compute the same
+// integers; tests use these to build their references.
+
+const f = Math.fround
+
+/** Activations quantized like ggml's q8_0 (AVX2 path: round half to even) or q8_K. */
+export interface QuantizedActivations {
+  /** the int8 values, one per input value */
+  q: Int8Array
+  /** one scale per block (q8_0: already rounded through f16, as llama.cpp stores it) */
+  d: Float32Array
+  /** q8_K only: sums of each 16 values' q (ggml's bsums) */
+  bsums?: Int32Array
+}
+
+const f32 = new Float32Array(1)
+const i32 = new Int32Array(f32.buffer)
+/** ggml's nearest_int: round half to even through the float bits of `v + 1.5·2^23`. */
+function nearestInt (v: number): number {
+  f32[0] = v + 12582912
+  return (i32[0] & 0x007fffff) - 0x00400000
+}
+
+/** quantize_row_q8_0 (AVX2): d = amax/127 stored as f16, q = round-half-even(x · 127/amax). */
+export function quantizeActQ8_0 (x: Float32Array): QuantizedActivations {
+  const nb = x.length / QK8_0
+  const q = new Int8Array(x.length)
+  const d = new Float32Array(nb)
+  const half = halfTable()
+  for (let b = 0; b < nb; b++) {
+    let amax = 0
+    for (let j = 0; j < QK8_0; j++) amax = Math.max(amax, Math.abs(x[b * QK8_0 + j]))
+    d[b] = half[f32ToF16Bits(f(amax / 127))]
+    const id = amax !== 0 ? f(127 / amax) : 0
+    for (let j = 0; j < QK8_0; j++) q[b * QK8_0 + j] = nearestInt(f(x[b * QK8_0 + j] * id))
+  }
+  return { q, d }
+}
+
+/** quantize_row_q8_K_ref: the signed value of largest magnitude maps to −127; d = 1/iscale in f32. */
+export function quantizeActQ8_K (x: Float32Array): QuantizedActivations {
+  const nb = x.length / QK_K
+  const q = new Int8Array(x.length)
+  const d = new Float32Array(nb)
+  const bsums = new Int32Array(nb * 16)
+  for (let b = 0; b < nb; b++) {
+    const o = b * QK_K
+    let amax = 0; let max = 0
+    for (let j = 0; j < QK_K; j++) { const a = Math.abs(x[o + j]); if (a > amax) { amax = a; max = x[o + j] } }
+    if (amax === 0) continue
+    const iscale = f(-127 / max)
+    for (let j = 0; j < QK_K; j++) q[o + j] = Math.min(127, nearestInt(f(iscale * x[o + j])))
+    for (let j = 0; j < 16; j++) {
+      let s = 0
+      for (let i = 0; i < 16; i++) s += q[o + 16 * j + i]
+      bsums[b * 16 + j] = s
+    }
+    d[b] = f(1 / iscale)
+  }
+  return { q, d, bsums }
+}
+
+/** The activations as the kernels see them: q · d per value. */
+export function dequantizeActivations (a: QuantizedActivations, block: number): Float32Array {
+  const out = new Float32Array(a.q.length)
+  for (let i = 0; i < out.length; i++) out[i] = a.q[i] * a.d[Math.floor(i / block)]
+  return out
+}
+
+/** One row of q8_0 weights (at byte `wo`) · one token's q8_0 activations (block offset `xb`). */
+export function dotQ8_0 (w: Uint8Array, wo: number, a: QuantizedActivations, xb: number, nb: number): number {
+  const half = halfTable()
+  const wq = new Int8Array(w.buffer, w.byteOffset, w.byteLength)
+  let sum = 0
+  for (let b = 0; b < nb; b++) {
+    const o = wo + b * Q8_0_BLOCK_BYTES
+    let sumi = 0
+    for (let j = 0; j < QK8_0; j++) sumi += wq[o + 2 + j] * a.q[(xb + b) * QK8_0 + j]
+    sum += f(half[w[o] | (w[o + 1] << 8)] * a.d[xb + b]) * sumi
+  }
+  return sum
+}
+
+/** ggml's get_scale_min_k4: the j-th 6-bit scale and min of a q4_K block's 12 scale bytes at `o`. */
+export function scaleMinK4 (b: Uint8Array, o: number, j: number): [number, number] {
+  if (j < 4) return [b[o + j] & 63, b[o + j + 4] & 63]
+  return [(b[o + j + 4] & 0xf) | ((b[o + j - 4] >> 6) << 4), (b[o + j + 4] >> 4) | ((b[o + j] >> 6) << 4)]
+}
+
+/**
+ * One row of q4_K weights · one token's q8_K activations (super-block offset `xb`), as
+ * ggml_vec_dot_q4_K_q8_K: d·dy·Σ scale_j·(q4·q8)_j − dmin·dy·Σ min_j·(bsums of sub-block j).
+ */
+export function dotQ4_K (w: Uint8Array, wo: number, a: QuantizedActivations, xb: number, nb: number): number {
+  const half = halfTable()
+  let sum = 0
+  for (let b = 0; b < nb; b++) {
+    const o = wo + b * Q4_K_BLOCK_BYTES
+    const x = (xb + b) * QK_K
+    let sumi = 0; let summ = 0
+    for (let j = 0; j < 8; j++) {
+      const [sc, m] = scaleMinK4(w, o + 4, j)
+      // sub-block j: low nibbles of bytes 32·(j>>1).. for even j, high nibbles for odd j
+      const qs = o + 16 + 32 * (j >> 1)
+      let dot = 0
+      for (let l = 0; l < 32; l++) dot += ((j & 1) === 0 ? w[qs + l] & 0xf : w[qs + l] >> 4) * a.q[x + 32 * j + l]
+      sumi += sc * dot
+      summ += m * (a.bsums![(xb + b) * 16 + 2 * j] + a.bsums![(xb + b) * 16 + 2 * j + 1])
+    }
+    const dy = a.d[xb + b]
+    sum += f(half[w[o] | (w[o + 1] << 8)] * dy) * sumi - f(half[w[o + 2] | (w[o + 3] << 8)] * dy) * summ
+  }
+  return sum
+}

@@ -1,0 +1,99 @@
+import { Worker } from 'node:worker_threads'
+import { availableParallelism } from 'node:os'
+import type { Arena } from './arena.ts'
+import { kernelsModule } from './arena.ts'
+
+// Rows split across worker threads over the arena's shared memory, synchronously: the calling
+// thread posts the job in a shared control array, wakes the workers with Atomics.notify, runs its
+// own rows, then Atomics.wait's until every worker is done (Node allows waiting on the main thread).
+// Why threads: one thread of these kernels is compute-bound (6–9 GB/s of q8_0 blocks, 5–6 of q4_K,
+// docs/benchmarks.md "CPU quantized kernels") while one core streams ~21 GB/s and two 26–28
+// (compute-notes), so each added core adds compute that memory can still feed; llama.cpp, which
+// Plexus is compared with at equal threads, splits rows across cores the same way. Rows, not
+// columns: each thread writes its own outputs, no reduction. Scaling on an idle machine is still
+// to be measured (the machine was saturated when the benchmark ran).
+
+/** One matrix product, by row ranges (pointers into `arena`'s memory). */
+export interface MatmulJob {
+  kernel: 'q8_0' | 'q4_K'
+  w: number, rows: number, cols: number, xq: number, xd: number, xbs: number, tokens: number, y: number
+}
+
+export function runRange (arena: Arena, j: MatmulJob, r0: number, r1: number): void {
+  const k = arena.kernels
+  if (j.kernel === 'q8_0') k.matmul_q8_0(j.w, j.rows, j.cols, j.xq, j.xd, j.tokens, j.y, r0, r1, arena.half)
+  else k.matmul_q4_K(j.w, j.rows, j.cols, j.xq, j.xd, j.xbs, j.tokens, j.y, r0, r1, arena.half)
+}
+
+// control words (Int32Array over a SharedArrayBuffer), shared with kernel-worker.ts
+export const CTL = { gen: 0, pending: 1, stop: 2, arena: 3, kernel: 4, w: 5, rows: 6, cols: 7, xq: 8, xd: 9, xbs: 10, tokens: 11, y: 12, half: 13, threads: 14, failed: 15, size: 16 }
+
+/** Below this many weight·token products a job runs on the calling thread: waking costs ~20–50 µs. */
+const MIN_SPLIT = 1 << 18
+
+/** Thread t's rows of `rows` split `n` ways (multiples of 4, so threads do not share cache lines of y). */
+export function rowRange (rows: number, n: number, t: number): [number, number] {
+  const per = Math.ceil(rows / n / 4) * 4
+  return [Math.min(rows, t * per), Math.min(rows, (t + 1) * per)]
+}
+
+class Pool {
+  readonly threads: number
+  private readonly ctl = new Int32Array(new SharedArrayBuffer(CTL.size * 4))
+  private readonly workers: Worker[] = []
+  /** arenas whose memory every worker has */
+  private readonly shared = new Set<number>()
+
+  constructor (threads: number) {
+    this.threads = threads
+    for (let i = 1; i < threads; i++) {
+      const w = new Worker(new URL('./kernel-worker.ts', import.meta.url), { workerData: { ctl: this.ctl, index: i, module: kernelsModule() } })
+      w.unref()
+      this.workers.push(w)
+    }
+  }
+
+  run (arena: Arena, j: MatmulJob): void {
+    const c = this.ctl
+    if (!this.shared.has(arena.id)) {
+      // the workers take it with receiveMessageOnPort when a job names this arena
+      for (const w of this.workers) w.postMessage({ arena: arena.id, memory: arena.memory })
+      this.shared.add(arena.id)
+    }
+    c[CTL.arena] = arena.id; c[CTL.kernel] = j.kernel === 'q8_0' ? 0 : 1
+    c[CTL.w] = j.w; c[CTL.rows] = j.rows; c[CTL.cols] = j.cols; c[CTL.xq] = j.xq; c[CTL.xd] = j.xd
+    c[CTL.xbs] = j.xbs; c[CTL.tokens] = j.tokens; c[CTL.y] = j.y; c[CTL.half] = arena.half; c[CTL.threads] = this.threads
+    Atomics.store(c, CTL.pending, this.workers.length)
+    Atomics.add(c, CTL.gen, 1)
+    Atomics.notify(c, CTL.gen)
+    const [r0, r1] = rowRange(j.rows, this.threads, 0)
+    runRange(arena, j, r0, r1)
+    for (let p = Atomics.load(c, CTL.pending); p !== 0; p = Atomics.load(c, CTL.pending)) Atomics.wait(c, CTL.pending, p)
+    if (Atomics.exchange(c, CTL.failed, 0) !== 0) throw new Error('a CPU kernel thread failed; its rows of this product are missing')
+  }
+
+  close (): void {
+    Atomics.store(this.ctl, CTL.stop, 1)
+    Atomics.add(this.ctl, CTL.gen, 1)
+    Atomics.notify(this.ctl, CTL.gen)
+  }
+}
+
+let threads = Math.max(1, Number(process.env.PLEXUS_CPU_THREADS ?? availableParallelism()) || 1)
+let pool: Pool | undefined
+
+/** Threads the kernels split rows over (this one included). Default: PLEXUS_CPU_THREADS, else every core. */
+export function kernelThreads (): number { return threads }
+
+/** Sets the kernels' thread count for this JS thread (workers start at the next product). */
+export function setKernelThreads (n: number): void {
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`kernel threads: ${n} is not a positive integer`)
+  threads = n
+  if (pool != null && pool.threads !== n) { pool.close(); pool = undefined }
+}
+
+export function splitRows (arena: Arena, j: MatmulJob): void {
+  if (threads === 1 || j.rows < 8 * threads || j.rows * j.cols * j.tokens < MIN_SPLIT) { runRange(arena, j, 0, j.rows); return }
+  pool ??= new Pool(threads)
+  pool.run(arena, j)
+}

@@ -1,0 +1,62 @@
+import { allocate } from './arena.ts'
+import type { Arena } from './arena.ts'
+import { QUANT_BLOCK, QuantMatrixError, checkInput } from './quant-matrix.ts'
+import type { QuantMatrix, QuantMatrixFormat, QuantBlocks } from './quant-matrix.ts'
+import { splitRows } from './threads.ts'
+
+const up = (n: number): number => Math.ceil(n / 64) * 64
+
+/** W's blocks in a wasm memory, multiplied by the SIMD128 kernels of kernels.c. */
+export class WasmQuantMatrix implements QuantMatrix {
+  readonly format: QuantMatrixFormat
+  readonly rows: number
+  readonly cols: number
+  readonly bytes: number
+  private readonly arena: Arena
+  private at: number | undefined
+
+  constructor (format: QuantMatrixFormat, rows: number, cols: number, bytes: number, parts: QuantBlocks[]) {
+    this.format = format
+    this.rows = rows
+    this.cols = cols
+    this.bytes = bytes
+    const { arena, at } = allocate(bytes)
+    this.arena = arena
+    this.at = at
+    const mem = arena.memory.buffer
+    let o = at
+    for (const p of parts) { new Uint8Array(mem, o, p.blocks.byteLength).set(p.blocks); o += p.blocks.byteLength }
+  }
+
+  forward (x: Float32Array, tokens: number): Float32Array {
+    const w = this.at
+    if (w === undefined) throw new QuantMatrixError(`${this.format} matrix [${this.rows}, ${this.cols}] used after dispose`)
+    checkInput(this, x, tokens)
+    const { rows, cols, arena } = this
+    const n = tokens * cols
+    const nb = cols / QUANT_BLOCK[this.format].values
+    // scratch: x as f32, its quantized values (int16 for q8_0, int8 for q8_K), one f32 scale per
+    // block, q8_K's int16 sums, then y
+    const xf = arena.scratch(up(4 * n) + up(2 * n) + up(4 * tokens * nb) + up(16 * tokens * nb) + 4 * tokens * rows)
+    const xq = xf + up(4 * n)
+    const xd = xq + up(2 * n)
+    const xbs = xd + up(4 * tokens * nb)
+    const y = xbs + up(16 * tokens * nb)
+    new Float32Array(arena.memory.buffer, xf, n).set(x)
+    const k = arena.kernels
+    if (this.format === 'q8_0') {
+      k.quantize_q8_0(xf, xq, xd, n, arena.half)
+      splitRows(arena, { kernel: 'q8_0', w, rows, cols, xq, xd, xbs, tokens, y })
+    } else {
+      k.quantize_q8_K(xf, xq, xd, xbs, n)
+      splitRows(arena, { kernel: 'q4_K', w, rows, cols, xq, xd, xbs, tokens, y })
+    }
+    return new Float32Array(arena.memory.buffer, y, tokens * rows).slice()
+  }
+
+  dispose (): void {
+    if (this.at === undefined) return
+    this.arena.release(this.at, this.bytes)
+    this.at = undefined
+  }
+}
