@@ -7,37 +7,18 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs-core'
 import {
-  initBackend, openModel, Checkpoint, QuantizedSource, Span, ModelHead, LocalModel, generate, rawFloat32, blockBytes, weightFormat
+  initBackend, openModel, Checkpoint, QuantizedSource, Span, ModelHead, LocalModel, generate, blockBytes, weightFormat
 } from '@plexus/runtime'
-import type { ModelSource, RawTensor, LocalModelOptions } from '@plexus/runtime'
+import type { ModelSource, LocalModelOptions } from '@plexus/runtime'
 import { makeModel } from '../scripts/lib/model-maker.ts'
 import { bytesPerBlock, blocksThatFit } from '../packages/server/src/block-selection.ts'
 import { llamaCppUnavailable } from './support/gguf.ts'
+import { dequantized } from './support/dequantized.ts'
 
 const PROMPT = [1, 17, 250, 3, 99, 42, 7]
 // rows of 256 and 512 values: whole Q4_K super-blocks, so --quantize q4_k keeps every weight Q4_K
 const SHAPE = { hiddenSize: 256, numLayers: 3, numHeads: 4, numKvHeads: 2, intermediateSize: 512, vocabSize: 512 }
 const LINEAR = /\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$/
-
-/** `src` with every tensor widened to float32: the weights the quantized span holds, dequantized. */
-function dequantized (src: ModelSource): ModelSource {
-  const widen = (t: RawTensor): RawTensor => ({ ...t, dtype: 'F32', bytes: new Uint8Array(rawFloat32(t).buffer) })
-  return {
-    format: src.format,
-    path: src.path,
-    name: `${src.name}:dequantized`,
-    config: src.config,
-    has: n => src.has(n),
-    readRaw: async (n, shape) => widen(await src.readRaw(n, shape)),
-    readFloat32: async (n, shape) => await src.readFloat32(n, shape),
-    readBlockRaw: async b => (await src.readBlockRaw(b)).map(widen),
-    readHeadRaw: async () => await src.readHeadRaw(),
-    checkBlock: b => src.checkBlock(b),
-    tokenizer: async () => await src.tokenizer(),
-    tokenizerConfig: async () => await src.tokenizerConfig(),
-    close: async () => { await src.close() }
-  }
-}
 
 describe('CPU spans keep Q8_0 and Q4_K weights quantized (wasm)', function () {
   this.timeout(300_000)
