@@ -48,6 +48,18 @@ export interface SwarmMemberInit {
  * A node's membership in a swarm: which blocks it serves, serving them, and moving when the
  * swarm would be faster with them elsewhere (without ever leaving a block uncovered).
  */
+export interface MemberHealth {
+  status: 'ok' | 'starting' | 'degraded'
+  model: { id: string, name: string, numBlocks: number }
+  serving: { start: number, end: number } | null
+  /** Servers per block of the model, this node included. */
+  coverage: number[]
+  unserved: number[]
+}
+
+/** How long one look at the swarm answers /health. */
+const HEALTH_TTL_MS = 3000
+
 export class SwarmMember {
   private readonly c: SwarmMemberComponents
   private readonly init: SwarmMemberInit
@@ -80,7 +92,18 @@ export class SwarmMember {
    * This node's span and the swarm's coverage of its model (servers per block, this node
    * included): degraded while some block has no server, starting before the span is served.
    */
-  async health (): Promise<{ status: 'ok' | 'starting' | 'degraded', model: { id: string, name: string, numBlocks: number }, serving: { start: number, end: number } | null, coverage: number[], unserved: number[] }> {
+  async health (): Promise<MemberHealth> {
+    // a probe every few seconds must not cost a DHT lookup and a dial per server each time
+    if (this.healthCache != null && Date.now() - this.healthCache.at < HEALTH_TTL_MS) return await this.healthCache.report
+    const report = this.checkHealth()
+    this.healthCache = { at: Date.now(), report }
+    report.catch(() => { this.healthCache = undefined })
+    return await report
+  }
+
+  private healthCache?: { at: number, report: Promise<MemberHealth> }
+
+  private async checkHealth (): Promise<MemberHealth> {
     const L = this.c.checkpoint.config.numLayers
     const coverage = new Array<number>(L).fill(0)
     const spans = [...await this.swarmView(), ...(this.span != null ? [this.span] : [])]

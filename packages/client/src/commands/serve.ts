@@ -18,7 +18,8 @@ export async function runServe (args: ServeArgs): Promise<void> {
     throw new UsageError('give either --local (run every block here) or --bootstrap <multiaddr> (run through a swarm)')
   }
   if (args.local && args.model == null) throw new UsageError('--local needs --model DIR or FILE.gguf')
-  const apiKey = args.apiKey ?? (process.env.PLEXUS_API_KEY !== '' ? process.env.PLEXUS_API_KEY : undefined)
+  // $PLEXUS_API_KEY arrives as --api-key (cli-config.ts)
+  const apiKey = args.apiKey
   const log = (m: string): void => { process.stderr.write(`[plexus] ${m}\n`) }
   if (!isLoopback(args.host) && apiKey == null) {
     log(`WARNING: listening on ${args.host} without --api-key: anyone who can reach this port can use the model`)

@@ -98,7 +98,7 @@ export class ToolCalls {
     }
     try {
       const grammar = await compileGrammar(this.engine.tokenizer, this.engine.model.config.vocabSize, spec as GrammarSpec)
-      return { prefix: prefix ?? '', constraint: once(await grammar.constraint()) }
+      return { prefix: prefix ?? '', constraint: await grammar.constraint() }
     } catch (err) {
       if (err instanceof GrammarError) throw badRequest(`cannot build the grammar of these tools' calls: ${err.message}`, { param: 'tools' })
       throw err
@@ -183,16 +183,4 @@ export interface ToolRun {
   /** The text outside calls; null when the output was only calls. */
   content: string | null
   calls: ParsedCall[]
-}
-
-/** A constraint whose dispose runs once, whoever calls it. */
-function once (c: TokenConstraint): TokenConstraint {
-  let disposed = false
-  return {
-    mask: (logits) => c.mask(logits),
-    accept: (id) => { c.accept(id) },
-    rewind: (count) => { c.rewind(count) },
-    done: () => c.done(),
-    dispose: () => { if (!disposed) { disposed = true; c.dispose?.() } }
-  }
 }

@@ -208,6 +208,7 @@ const UNLIMITED_ROLLBACK = -1
 
 /** One generation's matcher as a TokenConstraint, with the UTF-8 guard's state. */
 class GrammarConstraint implements TokenConstraint {
+  #disposed = false
   readonly #matcher: GrammarMatcher
   readonly #vocabSize: number
   readonly #guard: Utf8Guard
@@ -240,7 +241,12 @@ class GrammarConstraint implements TokenConstraint {
 
   done (): boolean { return this.#matcher.isTerminated() }
 
-  dispose (): void { this.#matcher.dispose() }
+  /** Frees the matcher; later calls do nothing (the run and its caller may both dispose). */
+  dispose (): void {
+    if (this.#disposed) return
+    this.#disposed = true
+    this.#matcher.dispose()
+  }
 }
 
 /**
