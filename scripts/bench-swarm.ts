@@ -17,14 +17,18 @@ const { values: a } = parseArgs({
     tokens: { type: 'string', default: '48' },
     'wire-dtype': { type: 'string', default: 'f32' },
     'json-only': { type: 'boolean', default: false },
+    modes: { type: 'string', default: 'relay,forward' },
+    rounds: { type: 'string', default: '3' },
     help: { type: 'boolean', short: 'h', default: false }
   }
 })
 if (a.help === true) {
-  process.stdout.write(`usage: npm run bench:swarm -- [--model DIR | --shape small|tinyllama] [--prompt-tokens N] [--tokens N] [--wire-dtype f32|f16|bf16] [--json-only]
+  process.stdout.write(`usage: npm run bench:swarm -- [--model DIR | --shape small|tinyllama] [--prompt-tokens N] [--tokens N] [--wire-dtype f32|f16|bf16] [--modes relay,forward] [--rounds N] [--json-only]
 
 Starts a bootstrap peer and 3 plexus-node processes (a third of the blocks each) on 127.0.0.1,
 generates greedily through them and in one process, and prints both speeds and the per-hop overhead.
+--modes: client-relayed routes (relay: every hop answers the client) and/or forwarded routes
+(forward: servers push activations to the next server), measured in alternating rounds.
 Without --model, a random-weight model of --shape is made once in the system temp folder.\n`)
   process.exit(0)
 }
@@ -51,23 +55,49 @@ const swarm = await startSwarm(dir, spans)
 let result
 try {
   const node = await connectSwarm([swarm.bootstrapAddr])
-  const model = await openSwarm(node, { dir, dtype: a['wire-dtype'] as WireDType })
-  const warm = await model.session(promptLen + 4)
-  await generate(model.head, warm, prompt, { maxTokens: 4 })
-  await warm.close()
-  const session = await model.session(promptLen + genLen) as SwarmSession
-  const perHop: Array<{ wall: number[], compute: number[] }> = session.route.map(() => ({ wall: [], compute: [] }))
-  let steps = 0
-  const viaSwarm = await generate(model.head, session, prompt, {
-    maxTokens: genLen,
-    onToken: () => {
-      // the first token comes from the prefill step; count decode steps only
-      if (steps++ === 0) return
-      session.lastStepTimings().forEach((t, i) => { perHop[i]?.wall.push(t.wallMs); perHop[i]?.compute.push(t.computeMs) })
+  const modes = a.modes!.split(',').map(m => m.trim()).filter(m => m !== '')
+  for (const m of modes) if (m !== 'relay' && m !== 'forward') throw new Error(`--modes: relay or forward, not ${m}`)
+  const models = new Map(await Promise.all(modes.map(async m => [m, await openSwarm(node, { dir, dtype: a['wire-dtype'] as WireDType, forward: m === 'forward' })] as const)))
+  /** One generation: the median decode step (wall, and wall minus every hop's compute) and the per-hop timings. */
+  const runMode = async (mode: string): Promise<{ tokens: number[], tokensPerSecond: number, prefillTokensPerSecond: number, stepMs: number[], overheadMs: number[], perHop: Array<{ wall: number[], compute: number[] }>, route: Array<{ peer: string, start: number, end: number }> }> => {
+    const model = models.get(mode)!
+    const warm = await model.session(promptLen + 4)
+    await generate(model.head, warm, prompt, { maxTokens: 4 })
+    await warm.close()
+    const session = await model.session(promptLen + genLen) as SwarmSession
+    const perHop: Array<{ wall: number[], compute: number[] }> = session.route.map(() => ({ wall: [], compute: [] }))
+    const stepMs: number[] = []
+    const overheadMs: number[] = []
+    let steps = 0
+    let last = 0
+    const r = await generate(model.head, session, prompt, {
+      maxTokens: genLen,
+      onToken: () => {
+        const now = performance.now()
+        // the first token comes from the prefill step; count decode steps only
+        if (steps++ > 0) {
+          const t = session.lastStepTimings()
+          t.forEach((h, i) => { perHop[i]?.wall.push(h.wallMs); perHop[i]?.compute.push(h.computeMs) })
+          stepMs.push(now - last)
+          overheadMs.push(now - last - t.reduce((n, h) => n + h.computeMs, 0))
+        }
+        last = now
+      }
+    })
+    const route = session.route
+    await session.close()
+    return { tokens: r.tokenIds, tokensPerSecond: r.tokensPerSecond, prefillTokensPerSecond: r.prefillTokensPerSecond, stepMs, overheadMs, perHop, route }
+  }
+  const runs = new Map<string, Array<Awaited<ReturnType<typeof runMode>>>>(modes.map(m => [m, []]))
+  for (let round = 0; round < Number(a.rounds); round++) {
+    for (const m of round % 2 === 0 ? modes : [...modes].reverse()) {
+      log(`round ${round + 1}: ${m}…`)
+      runs.get(m)!.push(await runMode(m))
     }
-  })
-  const route = session.route
-  await session.close()
+  }
+  const viaSwarm = runs.get(modes[0])![0]
+  const route = viaSwarm.route
+  const perHop = viaSwarm.perHop
   // The transport's floor on this machine: a bare libp2p round trip to each hop's server.
   const rtts: number[] = []
   for (const h of route) {
@@ -79,7 +109,7 @@ try {
       rtts.push(performance.now() - t0)
     }
   }
-  await model.close()
+  for (const m of models.values()) await m.close()
   await node.stop()
   const hops = route.map((h, i) => ({
     peer: h.peer, start: h.start, end: h.end,
@@ -95,9 +125,18 @@ try {
     generated_tokens: genLen,
     spans,
     local: { decode_tokens_per_second: single.tokensPerSecond, prefill_tokens_per_second: single.prefillTokensPerSecond },
-    swarm: { decode_tokens_per_second: viaSwarm.tokensPerSecond, prefill_tokens_per_second: viaSwarm.prefillTokensPerSecond },
+    swarm: { mode: modes[0], decode_tokens_per_second: viaSwarm.tokensPerSecond, prefill_tokens_per_second: viaSwarm.prefillTokensPerSecond },
+    // per mode, over every round: the median decode step's wall time and what is left of it after the servers' compute
+    modes: Object.fromEntries([...runs].map(([m, rs]) => [m, {
+      rounds: rs.length,
+      ms_per_token: median(rs.flatMap(r => r.stepMs)),
+      overhead_ms_per_token: median(rs.flatMap(r => r.overheadMs)),
+      overhead_ms_per_hop: median(rs.flatMap(r => r.overheadMs)) / route.length,
+      decode_tokens_per_second: median(rs.map(r => r.tokensPerSecond)),
+      tokens_identical: rs.every(r => JSON.stringify(r.tokens) === JSON.stringify(single.tokenIds))
+    }])),
     decode_ratio_swarm_vs_local: viaSwarm.tokensPerSecond / single.tokensPerSecond,
-    tokens_identical: JSON.stringify(single.tokenIds) === JSON.stringify(viaSwarm.tokenIds),
+    tokens_identical: [...runs.values()].every(rs => rs.every(r => JSON.stringify(r.tokens) === JSON.stringify(single.tokenIds))),
     hops,
     per_hop_overhead_ms: median(hops.map(h => h.median_overhead_ms)),
     bare_round_trip_ms: median(rtts),
@@ -112,12 +151,15 @@ if (a['json-only'] !== true) {
   const f = (n: number): string => n.toFixed(1)
   const rows = [
     ['', 'decode tok/s', 'prefill tok/s'],
+    // the first mode's first round
     ['local (1 process)', f(result.local.decode_tokens_per_second), f(result.local.prefill_tokens_per_second)],
     [`swarm (3 processes, ${result.wire_dtype} wire)`, f(result.swarm.decode_tokens_per_second), f(result.swarm.prefill_tokens_per_second)],
     ['ratio swarm / local', result.decode_ratio_swarm_vs_local.toFixed(2), '']
   ]
   const w = rows[0].map((_, i) => Math.max(...rows.map(r => r[i].length)))
   for (const r of rows) process.stdout.write('| ' + r.map((c, i) => c.padEnd(w[i])).join(' | ') + ' |\n')
+  process.stdout.write('\n| route mode | ms / token (decode) | of which not compute | per hop | decode tok/s |\n| --- | --- | --- | --- | --- |\n')
+  for (const [m, r] of Object.entries(result.modes)) process.stdout.write(`| ${m === 'forward' ? 'forwarded (server → server)' : 'client-relayed'} | ${r.ms_per_token.toFixed(2)} | ${r.overhead_ms_per_token.toFixed(2)} | ${r.overhead_ms_per_hop.toFixed(2)} | ${r.decode_tokens_per_second.toFixed(1)} |\n`)
   for (const h of result.hops) process.stdout.write(`hop [${h.start},${h.end}): wall ${h.median_wall_ms.toFixed(2)} ms, server compute ${h.median_compute_ms.toFixed(2)} ms, overhead ${h.median_overhead_ms.toFixed(2)} ms per step\n`)
   process.stdout.write(`bare round trip (libp2p ping, a fresh stream each) ${result.bare_round_trip_ms.toFixed(2)} ms: with one per hop and nothing else, the ratio could at best be ${result.ratio_ceiling_one_round_trip_per_hop.toFixed(2)}\n`)
   process.stdout.write(`tokens identical: ${result.tokens_identical ? 'yes' : 'NO'}\n`)

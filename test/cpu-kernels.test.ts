@@ -1,6 +1,7 @@
 // The CPU kernels that read q8_0 and q4_K blocks directly (packages/runtime/src/cpu): their output
 // equals the product of the dequantized weights and the quantized activations (llama.cpp's
-// arithmetic), stays close to the float32 product, and bad shapes are refused.
+// arithmetic), stays close to the float32 product, and bad shapes are refused. bf16 weights: the
+// product of the widened weights and the float32 activations.
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import {
@@ -19,13 +20,14 @@ function randn (n: number, seed: number, scale = 1): Float32Array {
 }
 
 const kernelThreads0 = kernelThreads()
+type BlockFormat = Exclude<QuantMatrixFormat, 'bf16'>
 const DTYPE = { q8_0: 'Q8_0', q4_k: 'Q4_K' } as const
-const quantize = (format: QuantMatrixFormat, w: Float32Array): Uint8Array => format === 'q8_0' ? quantizeQ8_0(w) : quantizeQ4_K(w)
+const quantize = (format: BlockFormat, w: Float32Array): Uint8Array => format === 'q8_0' ? quantizeQ8_0(w) : quantizeQ4_K(w)
 const BLOCK = { q8_0: 32, q4_k: 256 }
 
 interface Case { w: Float32Array, blocks: Uint8Array, x: Float32Array, rows: number, cols: number, tokens: number }
 
-function makeCase (format: QuantMatrixFormat, rows: number, cols: number, tokens: number, seed: number): Case {
+function makeCase (format: BlockFormat, rows: number, cols: number, tokens: number, seed: number): Case {
   const w = randn(rows * cols, seed, 0.05)
   const x = randn(tokens * cols, seed + 1)
   // an outlier and a token of zeros exercise the activation scales' extremes
@@ -35,7 +37,7 @@ function makeCase (format: QuantMatrixFormat, rows: number, cols: number, tokens
 }
 
 /** float64 Σ_c W_deq[r][c] · x_deq[t][c], and Σ |terms| (the scale of float32 rounding errors). */
-function reference (format: QuantMatrixFormat, c: Case): { y: Float64Array, mag: Float64Array } {
+function reference (format: BlockFormat, c: Case): { y: Float64Array, mag: Float64Array } {
   const wd = rawFloat32({ dtype: DTYPE[format], bytes: c.blocks, shape: [c.rows, c.cols] })
   const xd = dequantizeActivations(format === 'q8_0' ? quantizeActQ8_0(c.x) : quantizeActQ8_K(c.x), BLOCK[format])
   const y = new Float64Array(c.tokens * c.rows)
@@ -66,7 +68,7 @@ function relErrorVsF32 (c: Case, y: Float32Array): number {
 // The quantization error of the whole product (weights and activations, with the outlier above),
 // measured 0.008–0.018 for q8_0 and 0.04–0.12 for q4_k on these cases; the bounds leave ~1.6× room.
 const F32_TOLERANCE = { q8_0: 0.03, q4_k: 0.2 }
-const SHAPES: Record<QuantMatrixFormat, Array<[number, number]>> = {
+const SHAPES: Record<BlockFormat, Array<[number, number]>> = {
   // rows not a multiple of 4 (the SIMD width), one block per row, many blocks per row
   q8_0: [[7, 32], [13, 96], [65, 2048]],
   q4_k: [[5, 256], [19, 512], [37, 2048]]
@@ -135,6 +137,59 @@ describe('CPU quantized kernels', function () {
       })
     })
   }
+
+  describe('bf16', function () {
+    /** bf16 weights (float32 rounded to the nearest bf16) and their float32 values. */
+    function bf16Case (rows: number, cols: number, tokens: number, seed: number): { bits: Uint8Array, w: Float32Array, x: Float32Array } {
+      const w = randn(rows * cols, seed, 0.05)
+      const u = new Uint32Array(w.buffer)
+      const bits = new Uint16Array(rows * cols)
+      for (let i = 0; i < u.length; i++) {
+        bits[i] = (u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16
+        u[i] = bits[i] << 16
+      }
+      return { bits: new Uint8Array(bits.buffer), w, x: randn(tokens * cols, seed + 1) }
+    }
+
+    for (const [rows, cols] of [[7, 8], [13, 96], [65, 2048]]) {
+      for (const tokens of [1, 3, 33]) {
+        it(`[${rows}, ${cols}] × ${tokens} tokens equals the float32 product of the widened weights, and the scalar kernel bitwise`, function () {
+          const c = bf16Case(rows, cols, tokens, rows * 1000 + cols + tokens)
+          const m = quantMatrix('bf16', rows, cols, c.bits)
+          assert.equal(m.bytes, 2 * rows * cols)
+          const y = m.forward(c.x, tokens)
+          for (let t = 0; t < tokens; t++) {
+            for (let r = 0; r < rows; r++) {
+              let s = 0; let mag = 0
+              for (let k = 0; k < cols; k++) { const p = c.w[r * cols + k] * c.x[t * cols + k]; s += p; mag += Math.abs(p) }
+              const i = t * rows + r
+              assert.ok(Math.abs(y[i] - s) <= 4e-6 * mag + 1e-12, `y[${i}] = ${y[i]}, float64 reference ${s}`)
+            }
+          }
+          assert.deepEqual(y, new ScalarQuantMatrix('bf16', rows, cols, [{ format: 'bf16', rows, cols, blocks: c.bits }]).forward(c.x, tokens))
+          m.dispose()
+        })
+      }
+    }
+
+    it('a batch gives bitwise the results of its tokens one at a time, on any number of threads', function () {
+      const c = bf16Case(301, 1024, 7, 31)
+      const m = quantMatrix('bf16', 301, 1024, c.bits)
+      setKernelThreads(1)
+      const all = m.forward(c.x, 7)
+      for (const n of [1, 2, 3]) {
+        setKernelThreads(n)
+        assert.deepEqual(m.forward(c.x, 7), all, `${n} threads`)
+        for (let t = 0; t < 7; t++) assert.deepEqual(m.forward(c.x.subarray(t * 1024, (t + 1) * 1024), 1), all.subarray(t * 301, (t + 1) * 301), `token ${t}`)
+      }
+      setKernelThreads(kernelThreads0)
+      m.dispose()
+    })
+
+    it('refuses rows that are not whole eights', function () {
+      assert.throws(() => quantMatrix('bf16', 2, 12, new Uint8Array(48)), /row of 12 values is not whole blocks of 8/)
+    })
+  })
 
   it('splitting rows across threads gives the same results', function () {
     for (const format of ['q8_0', 'q4_k'] as const) {

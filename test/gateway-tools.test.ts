@@ -322,7 +322,7 @@ describe('tool calls through the gateway (OpenAI, Anthropic and Ollama clients)'
     it('bad tools and tool choices get a 400 naming the field', async () => {
       const s = served.get('qwen2')!
       const ask = async (extra: Record<string, unknown>): Promise<any> => {
-        const r = await fetch(`${s.base}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model: s.gw.modelName, messages: [{ role: 'user', content: USER }], max_tokens: 4, ...extra }) })
+        const r = await fetch(`${s.base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: s.gw.modelName, messages: [{ role: 'user', content: USER }], max_tokens: 4, ...extra }) })
         return { status: r.status, ...(await r.json() as any).error }
       }
       const cases: Array<[Record<string, unknown>, string]> = [

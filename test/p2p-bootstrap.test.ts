@@ -60,7 +60,7 @@ describe('p2p: bootstrap', function () {
     assert.throws(() => parseBootstrapAddr(`/p2p/${ghost}`), /has no transport address/)
     await assert.rejects(dialBootstrap(node, [bootAddr, 'garbage']), /bad bootstrap address "garbage"/)
     const ok = parseBootstrapAddr(bootAddr)
-    assert.ok(ok.peerId.equals(boot.peerId))
+    assert.ok(ok.peerId?.equals(boot.peerId) === true)
   })
 
   it('connects, and reports the failed ones beside the good one', async () => {

@@ -11,6 +11,9 @@ export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const NODE_BIN = join(ROOT, 'packages/server/bin/plexus-node.js')
 export const CLIENT_BIN = join(ROOT, 'packages/client/bin/plexus-client.js')
 
+/** Where nodes started here listen unless their args say otherwise: loopback, any free port (plexus-node's own default is every interface). */
+export const LOOPBACK = ['--listen', '/ip4/127.0.0.1/tcp/0']
+
 export interface NodeProcess {
   name: string
   child: ChildProcess
@@ -29,11 +32,14 @@ export interface StartNodeOptions {
   args: string[]
   timeoutMs?: number
   env?: NodeJS.ProcessEnv
+  /** The plexus-node bin to run (default: the repository's). */
+  bin?: string
 }
 
 /** Starts `plexus-node <args> --json` and resolves once it printed its `ready` event. */
 export async function startNode (opts: StartNodeOptions): Promise<NodeProcess> {
-  const child = spawn(process.execPath, [NODE_BIN, ...opts.args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env })
+  const args = opts.args.includes('--listen') || !['bootstrap', 'join'].includes(opts.args[0]) ? opts.args : [...opts.args, ...LOOPBACK]
+  const child = spawn(process.execPath, [opts.bin ?? NODE_BIN, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env })
   let err = ''
   child.stderr!.on('data', (d: Buffer) => { err += d.toString(); if (err.length > 1 << 20) err = err.slice(-(1 << 19)) })
   const exited = new Promise<void>(resolve => child.once('exit', () => resolve()))

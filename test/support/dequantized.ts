@@ -17,6 +17,7 @@ export function dequantized (src: ModelSource): ModelSource {
     readBlockRaw: async b => (await src.readBlockRaw(b)).map(widen),
     readHeadRaw: async () => await src.readHeadRaw(),
     checkBlock: b => src.checkBlock(b),
+    storedBytes: async names => await src.storedBytes(names),
     tokenizer: async () => await src.tokenizer(),
     tokenizerConfig: async () => await src.tokenizerConfig(),
     close: async () => { await src.close() }

@@ -2,8 +2,9 @@
 // opened (client parts fetched, verified, cached; head loaded) on the first request naming it.
 import { basename, resolve } from 'node:path'
 import { shortId } from '@plexus/runtime'
-import type { BackendName, QuantFormat } from '@plexus/runtime'
+import type { BackendName, QuantFormat, ProgressListener } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
+import { RouteLog } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { ApiError, singleModel } from '@plexus/gateway'
 import type { CatalogEntry, ModelCatalog, OpenedModel } from '@plexus/gateway'
@@ -22,12 +23,16 @@ export interface CatalogArgs {
   cacheDir?: string
   quantize?: QuantFormat
   wireDtype?: WireDType
+  /** Servers push activations to the next server (--forward). */
+  forward?: boolean
   trust?: TrustLevel
   checkRate?: number
   trustVerifier?: string[]
   /** Most swarm models open at once (each holds its embeddings and LM head). Default 4. */
   maxModels?: number
   log?: (msg: string) => void
+  /** Told how far loading, hashing and fetching models is. */
+  onProgress?: ProgressListener
 }
 
 /** The flags `serve` and `mcp` share (cli.ts servingOptions). */
@@ -51,6 +56,10 @@ export interface GatewayCatalog {
   defaultName?: string
   status (): Promise<SwarmStatus>
   close (): Promise<void>
+  /** The swarm's node (absent for a local model), for the dashboard. */
+  node?: PlexusNode
+  /** Routes of the latest generations through the swarm, for the dashboard. */
+  routes?: RouteLog
 }
 
 /** How long a swarm listing is reused before the DHT is asked again. */
@@ -60,7 +69,7 @@ const ID_PREFIX = /^[0-9a-f]{8,64}$/
 export async function openGatewayCatalog (args: CatalogArgs): Promise<GatewayCatalog> {
   if (args.local) {
     if (args.model == null) throw new TypeError('a local gateway needs a model directory or .gguf file')
-    const model = await openLocal(args.model, { quantize: args.quantize })
+    const model = await openLocal(args.model, { quantize: args.quantize, onProgress: args.onProgress })
     // A local directory has no manifest: its folder name names the model.
     const name = model.manifest?.name ?? basename(resolve(args.model))
     const catalog = singleModel(model, name, [args.model])
@@ -79,6 +88,8 @@ export async function openGatewayCatalog (args: CatalogArgs): Promise<GatewayCat
     return {
       catalog: swarm,
       defaultName: first?.name,
+      node,
+      routes: swarm.routes,
       status: async () => ({ mode: 'swarm', peers: node.getConnections().length, models: await swarm.list() }),
       close: async () => { await swarm.close(); await stopNode(node) }
     }
@@ -98,6 +109,7 @@ class SwarmCatalog implements ModelCatalog {
   readonly #open = new Map<string, Open>()
   readonly #opening = new Map<string, Promise<Open>>()
   #listing?: { at: number, models: ModelListing[] }
+  readonly routes = new RouteLog()
 
   constructor (node: PlexusNode, args: CatalogArgs) {
     this.#node = node
@@ -156,7 +168,7 @@ class SwarmCatalog implements ModelCatalog {
   /** The model named at start: a directory, file, name or id, as `serve --model` always took. */
   async openNamed (model: string): Promise<Open> {
     const log = this.#args.log
-    const dir = await swarmModelDir(this.#node, model, { cacheDir: this.#args.cacheDir, log })
+    const dir = await swarmModelDir(this.#node, model, { cacheDir: this.#args.cacheDir, log, onProgress: this.#args.onProgress })
     const o = await this.#load(dir, this.#args.quantize)
     o.aliases.add(model)
     return o
@@ -180,7 +192,7 @@ class SwarmCatalog implements ModelCatalog {
       }
       this.#args.log?.(`opening ${name} (${shortId(id)}) for its first request`)
       // an announced id already names the weights as served (a quantized model's id is derived)
-      p = resolveModel(this.#node, id, { cacheDir: this.#args.cacheDir, log: this.#args.log }).then(async dir => await this.#load(dir))
+      p = resolveModel(this.#node, id, { cacheDir: this.#args.cacheDir, log: this.#args.log, onProgress: this.#args.onProgress }).then(async dir => await this.#load(dir))
       this.#opening.set(id, p)
       p.finally(() => this.#opening.delete(id)).catch(() => {})
     }
@@ -189,13 +201,27 @@ class SwarmCatalog implements ModelCatalog {
 
   async #load (dir: string, quantize?: QuantFormat): Promise<Open> {
     const a = this.#args
-    const model = await openSwarm(this.#node, { dir, quantize, dtype: a.wireDtype, log: a.log, trust: a.trust, checkRate: a.checkRate, trustedVerifiers: a.trustVerifier })
+    const model = await openSwarm(this.#node, { dir, quantize, dtype: a.wireDtype, forward: a.forward, log: a.log, onProgress: a.onProgress, trust: a.trust, checkRate: a.checkRate, trustedVerifiers: a.trustVerifier })
     const id = model.manifest!.id
     const existing = this.#open.get(id)
     if (existing != null) { await model.close(); return existing }
-    const o: Open = { name: model.manifest!.name, id, model, aliases: new Set() }
+    const o: Open = { name: model.manifest!.name, id, model: this.#recordingRoutes(model), aliases: new Set() }
     this.#open.set(id, o)
     return o
+  }
+
+  /** `model`, its sessions' routes kept in `routes` (read when shown: a repair changes them). */
+  #recordingRoutes (model: OpenModel): OpenModel {
+    const open = model.session.bind(model)
+    const name = model.manifest!.name
+    model.session = async (maxLength, opts) => {
+      const session = await open(maxLength, opts)
+      const done = this.routes.add(name, () => session.route ?? [])
+      const close = session.close.bind(session)
+      session.close = async () => { try { await close() } finally { done() } }
+      return session
+    }
+    return model
   }
 
   async close (): Promise<void> {

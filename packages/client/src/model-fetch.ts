@@ -5,9 +5,9 @@ import { fetchInfo, findBlockHolders, findServers, PROTOCOL_PREFIX } from '@plex
 import type { PlexusNode, PeerId } from '@plexus/p2p'
 import {
   Checkpoint, DTYPE_BYTES, MANIFEST_FILE, checkManifest, headTensorShapes, loadTokenizer, parseModelConfig, readModelConfig,
-  safetensorsHeader, shortId, tensorsDigest, cacheDir as plexusCacheDir
+  safetensorsHeader, shortId, tensorsDigest, cacheDir as plexusCacheDir, ProgressMeter
 } from '@plexus/runtime'
-import type { DType, ModelManifest } from '@plexus/runtime'
+import type { DType, ModelManifest, ProgressListener } from '@plexus/runtime'
 import type { Stream } from '@libp2p/interface'
 
 /** Served by packages/server/src/model-files-handler.ts (wire format described there). */
@@ -35,6 +35,8 @@ export interface ResolveModelOptions {
   /** Default: models/ in the cache ($PLEXUS_CACHE_DIR, else ~/.cache/plexus). */
   cacheDir?: string
   log?: (msg: string) => void
+  /** Told how far fetching the parts is (task `fetch`, bytes received). */
+  onProgress?: ProgressListener
   signal?: AbortSignal
   /** Deadline of the DHT lookups. Default 10 s. */
   lookupTimeoutMs?: number
@@ -153,7 +155,7 @@ async function fetchModel (node: PlexusNode, found: FoundModel, cacheDir: string
     const tmp = await mkdtemp(join(cacheDir, `.partial-${shortId(found.id)}-`))
     const t0 = performance.now()
     try {
-      const bytes = await fetchFrom(node, peer, found.id, tmp, opts)
+      const bytes = await fetchFrom(node, peer, found, tmp, opts)
       const dir = await install(tmp, join(cacheDir, found.id))
       log(`fetched the client parts of ${found.name} (${shortId(found.id)}) from ${peer}: ` +
         `${(bytes / 2 ** 20).toFixed(1)} MiB in ${Math.round(performance.now() - t0)} ms → ${dir}`)
@@ -169,7 +171,8 @@ async function fetchModel (node: PlexusNode, found: FoundModel, cacheDir: string
 }
 
 /** Fetches and verifies everything from one peer into `tmp`; returns the bytes received. */
-async function fetchFrom (node: PlexusNode, peer: PeerId, id: string, tmp: string, opts: ResolveModelOptions): Promise<number> {
+async function fetchFrom (node: PlexusNode, peer: PeerId, found: FoundModel, tmp: string, opts: ResolveModelOptions): Promise<number> {
+  const id = found.id
   const connect = AbortSignal.timeout(opts.infoTimeoutMs ?? 5000)
   let stream: Stream
   try {
@@ -182,6 +185,9 @@ async function fetchFrom (node: PlexusNode, peer: PeerId, id: string, tmp: strin
   let received: number
   try {
     const list = await c.list()
+    const wanted = new Set([MANIFEST_FILE, 'config.json', ...OPTIONAL_FILES])
+    const total = list.files.filter(f => wanted.has(f.name)).reduce((n, f) => n + f.size, 0) + list.tensors.reduce((n, t) => n + t.size, 0)
+    c.meter = new ProgressMeter(opts.onProgress, { task: 'fetch', model: found.name, total })
     const size = (name: string): number => {
       const f = list.files.find(f => f.name === name)
       if (f == null) throw new Error(`does not offer ${name}`)
@@ -227,6 +233,7 @@ async function fetchFrom (node: PlexusNode, peer: PeerId, id: string, tmp: strin
       await writeFile(join(tmp, name), bytes)
     }
     received = c.received
+    c.meter.finish()
   } finally {
     // done with the peer before the (slow, for big heads) checks
     await c.close()
@@ -247,6 +254,7 @@ interface Listing { files: Array<{ name: string, size: number }>, tensors: Array
 /** Client side of the protocol: pipelined chunk reads on one stream, every answer checked. */
 class FilesClient {
   received = 0
+  meter?: ProgressMeter
   private readonly stream: Stream
   private readonly io: ReturnType<typeof lpStream>
   private readonly id: string
@@ -303,6 +311,7 @@ class FilesClient {
       if (data.byteLength !== want.length) throw new Error(`sent ${data.byteLength} bytes of ${name} for a ${want.length}-byte chunk`)
       this.received += data.byteLength
       await sink(data)
+      this.meter?.add(data.byteLength, name)
       done += want.length
     }
   }

@@ -2,7 +2,7 @@ import { stat } from 'node:fs/promises'
 import { createPlexusNode, dialBootstrap, keepBootstrapped } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { LocalModel, ModelHead, loadManifest, openModel, shortId, withQuantization } from '@plexus/runtime'
-import type { ModelConfig, ModelHead as Head, SessionPipeline, TextTokenizer, ModelManifest, QuantFormat } from '@plexus/runtime'
+import type { ModelConfig, ModelHead as Head, SessionPipeline, TextTokenizer, ModelManifest, QuantFormat, ProgressListener } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { SwarmDiscovery, SwarmVerifiers } from './routing/discovery.ts'
 import { ReputationView } from './routing/reputation.ts'
@@ -30,8 +30,8 @@ export interface OpenModel {
 }
 
 /** Every block in this process; `path`: a model directory or a .gguf file. */
-export async function openLocal (path: string, opts: { quantize?: QuantFormat } = {}): Promise<OpenModel> {
-  const model = await LocalModel.load(path, { quantize: opts.quantize })
+export async function openLocal (path: string, opts: { quantize?: QuantFormat, onProgress?: ProgressListener } = {}): Promise<OpenModel> {
+  const model = await LocalModel.load(path, { quantize: opts.quantize, onProgress: opts.onProgress })
   let tokenizer: TextTokenizer | undefined
   let tokenizerConfig: Record<string, unknown> | undefined
   try {
@@ -86,7 +86,7 @@ export async function stopNode (node: PlexusNode, timeoutMs = 10_000): Promise<v
  * `model` itself when it is a directory or a (GGUF) file; otherwise a model name, id or id prefix whose client
  * parts are fetched from the swarm's peers (verified, cached in `cacheDir`).
  */
-export async function swarmModelDir (node: PlexusNode, model: string, init: { cacheDir?: string, log?: (msg: string) => void } = {}): Promise<string> {
+export async function swarmModelDir (node: PlexusNode, model: string, init: { cacheDir?: string, log?: (msg: string) => void, onProgress?: ProgressListener } = {}): Promise<string> {
   const st = await stat(model).catch(() => undefined)
   if (st?.isDirectory() === true || st?.isFile() === true) return model
   if (st != null) throw new ModelFetchError(`--model ${model}: not a directory or file (give a model directory, a .gguf file, a name or an id)`)
@@ -101,6 +101,8 @@ export interface SwarmModelInit {
   quantize?: QuantFormat
   dtype?: WireDType
   log?: (msg: string) => void
+  /** Told how far hashing the client parts is, when their manifest must be computed. */
+  onProgress?: ProgressListener
   /** Trust level of sessions that do not ask for one. Default fast. */
   trust?: TrustLevel
   /** With `verified`: the fraction of hops whose every step a verifier re-computes. Default 0.1. */
@@ -110,6 +112,8 @@ export interface SwarmModelInit {
   /** Verifiers whose fraud reports and reputation records are believed on their own. */
   trustedVerifiers?: string[]
   onAudit?: (e: AuditEvent) => void
+  /** Servers push activations to the next server instead of back through this client. Default false. */
+  forward?: boolean
 }
 
 /** The model's blocks through the swarm; the client's own parts from `dir`. */
@@ -117,7 +121,7 @@ export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promis
   const ckpt = withQuantization(await openModel(init.dir), init.quantize)
   let head: ModelHead | undefined
   try {
-    const manifest = await loadManifest(ckpt)
+    const manifest = await loadManifest(ckpt, { onProgress: init.onProgress })
     // in a worker thread: a client driving many sessions relays their activations on this one
     head = await ModelHead.load(ckpt, { headDigest: manifest.headDigest, thread: true })
     const cfg = ckpt.config
@@ -144,7 +148,7 @@ export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promis
             modelId: manifest.id, modelName: manifest.name, hiddenSize: cfg.hiddenSize, maxLength, checkRate: init.checkRate ?? 0.1, checkEvery: init.checkEvery, trustedVerifiers: trusted, onEvent: init.onAudit
           })
           : undefined
-        return await SwarmSession.open({
+        const session = await SwarmSession.open({
           dialer: node,
           source: discovery,
           bans,
@@ -153,8 +157,16 @@ export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promis
           // reputation costs DHT lookups: only sessions that asked for checks pay for it
           distrusted: auditor != null ? async (peers) => await reputation.distrusted(peers) : undefined
         }, {
-          modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, hiddenSize: cfg.hiddenSize, maxLength, dtype: init.dtype
+          modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, hiddenSize: cfg.hiddenSize, maxLength, dtype: init.dtype, forward: init.forward
         })
+        // routing weighs servers by what this client measured of their decode steps
+        const forward = session.forward.bind(session)
+        session.forward = async (hidden, tokens) => {
+          const out = await forward(hidden, tokens)
+          if (tokens === 1) discovery.observeStep(session.lastStepTimings())
+          return out
+        }
+        return session
       },
       close: async () => { await head?.dispose(); await ckpt.close() }
     }

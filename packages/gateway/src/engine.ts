@@ -50,6 +50,8 @@ export interface RunResult {
 }
 
 export const MAX_TOP_LOGPROBS = 20
+/** Bytes of prompt text per position of the context beyond which a prompt is refused untokenized. */
+export const MAX_PROMPT_BYTES_PER_TOKEN = 16
 
 /** Thrown from onToken to end generate() early once a stop string appears. */
 class StopSequence extends Error {
@@ -119,7 +121,24 @@ export class Engine {
   }
 
   /** Text prompt to ids, with the tokenizer's BOS. */
-  encodeText (text: string): number[] { return this.tokenizer.encode(text, { addSpecialTokens: true }) }
+  encodeText (text: string): number[] {
+    const tok = this.tokenizer
+    this.checkPromptBytes(text, 'prompt')
+    return tok.encode(text, { addSpecialTokens: true })
+  }
+
+  /**
+   * Tokenizing runs on the event loop (4 MB: seconds): text that cannot fit the context is
+   * refused before it is tokenized. A token spells a few bytes (English ≈ 4); more than
+   * MAX_PROMPT_BYTES_PER_TOKEN per position of the context cannot be an honest prompt.
+   */
+  checkPromptBytes (text: string, param: string): void {
+    const limit = this.contextLength * MAX_PROMPT_BYTES_PER_TOKEN
+    // UTF-8 has at least as many bytes as UTF-16 code units: the cheap test first
+    if (text.length > limit || Buffer.byteLength(text) > limit) {
+      throw badRequest(`the prompt is ${Buffer.byteLength(text)} bytes: more than this model's context of ${this.contextLength} tokens can hold (at most ${limit} bytes, ${MAX_PROMPT_BYTES_PER_TOKEN} per token); it was not tokenized`, { param, code: 'context_length_exceeded' })
+    }
+  }
 
   /** Messages (and tools) through the model's chat template; the rendered text carries its own BOS. */
   encodeChat (messages: ChatMessage[], tools?: ChatTool[]): number[] {
@@ -132,6 +151,7 @@ export class Engine {
     } catch (err) {
       throw badRequest(`cannot format the messages with the model's chat template: ${(err as Error).message}`, { param: 'messages' })
     }
+    this.checkPromptBytes(text, 'messages')
     return tok.encode(text, { addSpecialTokens: false })
   }
 

@@ -28,7 +28,9 @@ export const badRequest = (message: string, init?: ApiErrorInit): ApiError => ne
 const OPENAI_TYPES: Record<number, string> = {
   400: 'invalid_request_error',
   401: 'invalid_request_error',
+  403: 'invalid_request_error',
   404: 'invalid_request_error',
+  408: 'invalid_request_error',
   413: 'invalid_request_error',
   415: 'invalid_request_error',
   429: 'rate_limit_error',

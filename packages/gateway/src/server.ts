@@ -18,6 +18,10 @@ import { Semaphore } from './semaphore.ts'
 import { registerMcp, isMcpUrl, rpcError } from './mcp/http.ts'
 import type { McpHttpOptions } from './mcp/http.ts'
 import type { SwarmStatusSource } from './mcp/tools.ts'
+import { registerDashboard, isDashboardUrl } from './dashboard-routes.ts'
+import type { DashboardHandler } from './dashboard-routes.ts'
+import { guardHttp, serverOptions } from './http-guard.ts'
+import type { HttpLimits } from './http-guard.ts'
 
 export { TRUST_HEADER }
 
@@ -48,6 +52,10 @@ export interface GatewayOptions extends ContextOptions {
   status?: SwarmStatusSource
   /** MCP sessions open at once on /mcp, and how long an idle one lives (defaults in mcp/http.ts). */
   mcp?: Omit<McpHttpOptions, 'status'>
+  /** The swarm dashboard at / (its page, assets and event stream; @plexus/p2p createDashboard). */
+  dashboard?: DashboardHandler
+  /** Host and Origin checks, CORS, timeouts and the connection cap (http-guard.ts). */
+  http?: HttpLimits
 }
 
 export interface Gateway {
@@ -102,19 +110,9 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
   const ctx = createGatewayContext(opts)
   const { catalog, metrics } = ctx
   const modelName = modelNameOf(opts)
-  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 16 << 20 })
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 16 << 20, ...serverOptions(opts.http ?? {}) })
 
-  // Every body is JSON whatever its content type (curl -d sends form-urlencoded).
-  app.removeAllContentTypeParsers()
-  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
-    const text = String(body)
-    if (text.trim() === '') { done(null, undefined); return }
-    try {
-      done(null, JSON.parse(text))
-    } catch (err) {
-      done(new ApiError(400, `the request body is not valid JSON: ${(err as Error).message}`), undefined)
-    }
-  })
+  guardHttp(app, opts.http)
 
   app.addHook('onRequest', async (request, reply) => {
     const endpoint = request.routeOptions.url ?? 'unmatched'
@@ -124,7 +122,7 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
       metrics.requests.inc({ endpoint, status: String(status) })
       if (status >= 400) metrics.errors.inc({ endpoint, status: String(status) })
     })
-    if (request.url === '/metrics' || request.url === '/health') return
+    if (request.url === '/metrics' || request.url === '/health' || request.method === 'OPTIONS' || isDashboardUrl(opts.dashboard, request.url)) return
     if (opts.apiKey != null) {
       const key = apiKeyOf(request)
       if (key == null || !sameKey(key, opts.apiKey)) {
@@ -170,6 +168,7 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
   registerAnthropic(app, ctx)
   registerOllama(app, ctx)
   registerMcp(app, ctx, { ...opts.mcp, status: opts.status })
+  if (opts.dashboard != null) registerDashboard(app, opts.dashboard)
 
   return {
     app,
@@ -182,7 +181,7 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
       const p = typeof addr === 'object' && addr != null ? addr.port : port
       return `http://${host.includes(':') ? `[${host}]` : host}:${p}`
     },
-    close: async () => { await app.close(); await catalog.close?.() }
+    close: async () => { opts.dashboard?.close(); await app.close(); await catalog.close?.() }
   }
 }
 

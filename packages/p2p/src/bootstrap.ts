@@ -1,6 +1,9 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
-import { dhtPeerCount } from './node.ts'
+import { readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { dhtPeerCount, nodeResolver, nodeSwarmKey } from './node.ts'
+import { isDnsAddr, resolveAddr } from './dnsaddr.ts'
 import type { PlexusNode } from './node.ts'
 import type { PeerId } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
@@ -9,7 +12,37 @@ export const DEFAULT_BOOTSTRAP_TIMEOUT_MS = 5000
 
 export interface BootstrapAddr {
   addr: Multiaddr
-  peerId: PeerId
+  /** Absent only for `/dnsaddr/NAME`, whose TXT records name the peers. */
+  peerId?: PeerId
+}
+
+/** bootstrap/peers.txt: the bootstrap peers of known public swarms, shipped with Plexus. */
+export const BOOTSTRAP_PEERS_FILE = fileURLToPath(new URL('../../../bootstrap/peers.txt', import.meta.url))
+
+/**
+ * The bootstrap peers a command uses when given none: the multiaddrs in `file` (default
+ * bootstrap/peers.txt), one a line, `#` starting a comment. ($PLEXUS_BOOTSTRAP, read with the
+ * other PLEXUS_* variables, takes the place of --bootstrap and so overrides this list.)
+ */
+export function defaultBootstrapPeers (file = BOOTSTRAP_PEERS_FILE): string[] {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
+    throw new Error(`cannot read ${file}: ${(err as Error).message}`)
+  }
+  const addrs = text.split('\n').map(l => l.replace(/#.*/, '').trim()).filter(l => l !== '')
+  for (const a of addrs) parseBootstrapAddr(a)
+  return addrs
+}
+
+/** The bootstrap list to use: the one given, else the shipped one; none at all is an error naming the ways to give one. */
+export function bootstrapOrDefault (given: string[] | undefined, file = BOOTSTRAP_PEERS_FILE): string[] {
+  if (given != null && given.length > 0) return given
+  const listed = defaultBootstrapPeers(file)
+  if (listed.length > 0) return listed
+  throw new Error(`no bootstrap peers: pass --bootstrap MULTIADDR (or set PLEXUS_BOOTSTRAP), or list them in ${file}`)
 }
 
 export interface BootstrapResult {
@@ -20,7 +53,7 @@ export interface BootstrapResult {
 }
 
 export interface DialBootstrapOptions {
-  /** Deadline per address (all are dialled in parallel). Default 5000 ms. */
+  /** Deadline per address (all are dialled in parallel), DNS lookups included. Default 5000 ms. */
   timeoutMs?: number
   signal?: AbortSignal
 }
@@ -41,6 +74,8 @@ export function parseBootstrapAddr (s: string): BootstrapAddr {
   }
   const components = addr.getComponents()
   const last = components[components.length - 1]
+  // the TXT records of a dnsaddr name carry the peer ids
+  if (components.length === 1 && last?.name === 'dnsaddr') return { addr }
   if (last?.name !== 'p2p' || last.value == null) throw bad('must end in /p2p/<peer id>')
   if (components.length < 2) throw bad('has no transport address before /p2p/<peer id>')
   let peerId: PeerId
@@ -64,7 +99,7 @@ export async function dialBootstrap (node: PlexusNode, addrs: string[], opts: Di
   const log = node.logger.forComponent('plexus:bootstrap')
   const parsed = addrs.map(s => ({ s, ...parseBootstrapAddr(s) }))
   // a shared bootstrap list may name this very node
-  const targets = parsed.filter(p => !p.peerId.equals(node.peerId))
+  const targets = parsed.filter(p => p.peerId == null || !p.peerId.equals(node.peerId))
 
   const result: BootstrapResult = { connected: [], failed: [] }
   await Promise.all(targets.map(async ({ s, addr }) => {
@@ -72,12 +107,15 @@ export async function dialBootstrap (node: PlexusNode, addrs: string[], opts: Di
     const signal = opts.signal != null ? AbortSignal.any([opts.signal, deadline]) : deadline
     const t0 = Date.now()
     try {
-      await node.dial(addr, { signal })
+      const peers = await peersOf(node, addr, signal)
+      if (peers.size === 0) { result.connected.push(s); return } // names only this node
+      // a dnsaddr name may list several peers: the entry counts when one of them answers
+      await Promise.any([...peers.values()].map(async list => await node.dial(list, { signal })))
       log('connected to bootstrap peer %a in %d ms', addr, Date.now() - t0)
       result.connected.push(s)
     } catch (err) {
       if (opts.signal?.aborted === true) return
-      const error = `cannot reach bootstrap peer ${s}: ${describeDialError(err, addr, deadline.aborted ? timeoutMs : undefined)}`
+      const error = `cannot reach bootstrap peer ${s}: ${describeDialError(err, addr, deadline.aborted ? timeoutMs : undefined, { privateSwarm: nodeSwarmKey(node) != null })}`
       log.error(error)
       result.failed.push({ addr: s, error })
     }
@@ -90,17 +128,45 @@ export async function dialBootstrap (node: PlexusNode, addrs: string[], opts: Di
   return result
 }
 
-/** One short phrase for why a dial failed; `timedOutAfterMs` is set when our deadline fired. */
-export function describeDialError (err: unknown, addr: Multiaddr, timedOutAfterMs?: number): string {
+/** The addresses of each peer an entry names, DNS names resolved; this node left out. */
+async function peersOf (node: PlexusNode, addr: Multiaddr, signal: AbortSignal): Promise<Map<string, Multiaddr[]>> {
+  const resolved = isDnsAddr(addr) ? await resolveAddr(addr, nodeResolver(node), signal) : [addr]
+  const peers = new Map<string, Multiaddr[]>()
+  for (const a of resolved) {
+    const id = a.getComponents().findLast(c => c.name === 'p2p')?.value
+    if (id == null || id === node.peerId.toString()) continue
+    peers.set(id, [...(peers.get(id) ?? []), a])
+  }
+  return peers
+}
+
+/**
+ * One short phrase for why a dial failed; `timedOutAfterMs` is set when our deadline fired,
+ * `privateSwarm` when the dialing node holds a swarm key.
+ */
+export function describeDialError (err: unknown, addr: Multiaddr, timedOutAfterMs?: number, context: { privateSwarm?: boolean } = {}): string {
   type DialFailure = Error & { code?: string }
   // a dial of several addresses fails with all their errors; the first is as telling as any
-  const e: DialFailure | undefined = (err instanceof AggregateError && err.errors.length > 0 ? err.errors[0] : err) as DialFailure | undefined
+  let first: unknown = err
+  while (first instanceof AggregateError && first.errors.length > 0) first = first.errors[0]
+  const e = first as DialFailure | undefined
   const host = addr.getComponents().find(c => c.name.startsWith('dns'))?.value ?? 'host'
   const code = e?.code ?? ''
   const msg = String(e?.message ?? e)
 
+  if (e?.name === 'DnsAddrError') return msg
+  if (e?.name === 'SwarmKeyMismatchError' || /swarm key mismatch/.test(msg)) return 'swarm key mismatch: the peer is not in this private swarm (it holds another --swarm-key, or none)'
+  // a handshake cut short: the peer's side of the swarm key check refused us first
+  const handshake = e?.name === 'EncryptionFailedError'
+  if (handshake && context.privateSwarm === true && (code === 'ECONNRESET' || /ECONNRESET|aborted|timeout|end of stream/i.test(msg))) {
+    return 'swarm key mismatch: the peer refused this swarm\'s key (it holds another --swarm-key, or none)'
+  }
+  if (handshake && context.privateSwarm !== true && /ECONNRESET|newline|multistream|protocol selection/i.test(msg)) {
+    return 'the peer refused the handshake: it belongs to a private swarm (give its --swarm-key)'
+  }
   if (timedOutAfterMs != null || e?.name === 'TimeoutError') {
-    return timedOutAfterMs != null ? `timed out after ${formatSeconds(timedOutAfterMs)}` : 'timed out'
+    const hint = context.privateSwarm === true ? ' (a peer without this swarm\'s key never completes the handshake)' : ''
+    return timedOutAfterMs != null ? `timed out after ${formatSeconds(timedOutAfterMs)}${hint}` : `timed out${hint}`
   }
   if (code === 'ECONNREFUSED') return 'connection refused'
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EAI_FAIL' || e?.name === 'DNSQueryFailedError') {

@@ -25,7 +25,9 @@ export const ENV_FLAGS: Readonly<Record<string, string>> = {
   PLEXUS_METRICS_PORT: 'metrics-port',
   PLEXUS_API_KEY: 'api-key',
   PLEXUS_HOST: 'host',
-  PLEXUS_PORT: 'port'
+  PLEXUS_PORT: 'port',
+  PLEXUS_LOG_LEVEL: 'log-level',
+  PLEXUS_LOG_FORMAT: 'log-format'
 }
 
 /** A configuration file or variable that cannot be used; the message names it. */

@@ -1,7 +1,7 @@
 export { loadOrCreateKey } from './keys.ts'
-export { createPlexusNode, dhtPeerCount, PROTOCOL_PREFIX, DHT_PROTOCOL, DEFAULT_PROVIDER_VALIDITY_MS } from './node.ts'
-export type { PlexusNode, PlexusNodeInit, PlexusServices } from './node.ts'
-export { dialBootstrap, keepBootstrapped, parseBootstrapAddr, describeDialError, DEFAULT_BOOTSTRAP_TIMEOUT_MS } from './bootstrap.ts'
+export { createPlexusNode, dhtPeerCount, dhtProtocol, nodeResolver, setProcessNetwork, PROTOCOL_PREFIX, DHT_PROTOCOL, DEFAULT_PROVIDER_VALIDITY_MS } from './node.ts'
+export type { PlexusNode, PlexusNodeInit, PlexusServices, ProcessNetwork } from './node.ts'
+export { dialBootstrap, keepBootstrapped, parseBootstrapAddr, describeDialError, defaultBootstrapPeers, bootstrapOrDefault, BOOTSTRAP_PEERS_FILE, DEFAULT_BOOTSTRAP_TIMEOUT_MS } from './bootstrap.ts'
 export type { BootstrapAddr, BootstrapResult, DialBootstrapOptions, BootstrapKeeperOptions } from './bootstrap.ts'
 export {
   signRecord, verifyRecord, RecordError, RECORD_SIGNING_PREFIX, DEFAULT_RECORD_TTL_MS, DEFAULT_MAX_RECORD_BYTES,
@@ -14,7 +14,7 @@ export type { CliConfigSpec } from './cli-config.ts'
 export { signAnnouncement, verifyAnnouncement, ANNOUNCEMENT_KIND, ANNOUNCEMENT_SCHEMA } from './announcement.ts'
 export type { AnnouncementBody, AnnouncementPayload } from './announcement.ts'
 export {
-  signReputation, verifyReputation, reputationKey, parseReputationKey, reputationValidator, reputationSelector, putReputation,
+  signReputation, verifyReputation, reputationKey, parseReputationKey, reputationValidator, reputationSelector, putReputation, ReputationValidator,
   getReputation, REPUTATION_KIND, REPUTATION_SCHEMA, REPUTATION_NAMESPACE, DEFAULT_REPUTATION_TTL_MS,
   DEFAULT_REPUTATION_PUT_TIMEOUT_MS, DEFAULT_REPUTATION_GET_TIMEOUT_MS
 } from './reputation.ts'
@@ -29,3 +29,17 @@ export {
 export type { InfoSource, ServeInfoOptions, FetchInfoOptions } from './info.ts'
 export type { PeerId, PrivateKey } from '@libp2p/interface'
 export * from './discovery.ts'
+export * from './dashboard/index.ts'
+export { DEFAULT_PORT, allInterfaces, defaultListen, announceable, onlyLoopback } from './addresses.ts'
+export { newSwarmKey, writeSwarmKey, readSwarmKey, parseSwarmKey, swarmKeyProtector, SwarmKeyError, SwarmKeyMismatchError } from './swarm-key.ts'
+export type { SwarmKey, SwarmKeyMismatch } from './swarm-key.ts'
+export { createResolver, resolveAddr, dnsaddrRecords, checkDnsServer, isDnsAddr, DnsAddrError } from './dnsaddr.ts'
+export type { DnsResolverOptions } from './dnsaddr.ts'
+export { createLog, configureLogging, configureLoggingFromArgv, logSettings, setLogWriter, isLogLevel, isLogFormat, LOG_LEVELS, LOG_FORMATS } from './log.ts'
+export type { Log, LogLevel, LogFormat, LogSettings } from './log.ts'
+export { progressReporter, progressStyle, progressLine, progressLabel } from './progress.ts'
+export type { ProgressReport, ProgressStyle, ProgressReporterOptions } from './progress.ts'
+export { reachability, isPublicHost } from './reachability.ts'
+export type { Reachability } from './reachability.ts'
+export { networkOptions, reportMismatches, bootstrapRecords, runSwarmKey } from './cli-network.ts'
+export type { NetworkArgs, NetworkOptions } from './cli-network.ts'

@@ -1,26 +1,60 @@
-import { networkInterfaces } from 'node:os'
+import type { Resolver } from 'node:dns/promises'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
+import { autoNATv2 } from '@libp2p/autonat-v2'
 import { identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, removePublicAddressesMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
-import { isPrivate } from '@libp2p/utils'
 import { webRTC } from '@libp2p/webrtc'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
-import { REPUTATION_NAMESPACE, reputationSelector, reputationValidator } from './reputation.ts'
+import { REPUTATION_NAMESPACE, reputationSelector, ReputationValidator, rememberOwnRecords } from './reputation.ts'
+import { announceable, isLinkLocalAddr, isLoopbackAddr, onlyLoopback } from './addresses.ts'
+import { createResolver } from './dnsaddr.ts'
+import { swarmKeyProtector } from './swarm-key.ts'
+import type { SwarmKey, SwarmKeyMismatch } from './swarm-key.ts'
 import type { Identify } from '@libp2p/identify'
 import type { ConnectionMonitorInit, Libp2pOptions } from 'libp2p'
-import type { ComponentLogger, Libp2p, PrivateKey } from '@libp2p/interface'
+import type { ComponentLogger, Libp2p, PeerInfo, PrivateKey } from '@libp2p/interface'
 import type { KadDHT } from '@libp2p/kad-dht'
 import type { Ping } from '@libp2p/ping'
-import type { Multiaddr } from '@multiformats/multiaddr'
 
 /** Every Plexus protocol id starts with this, so Plexus peers never mix with public IPFS ones. */
 export const PROTOCOL_PREFIX = '/plexus'
 export const DHT_PROTOCOL = `${PROTOCOL_PREFIX}/kad/1.0.0`
+
+/** The DHT's protocol id: a private swarm's own, so two swarms never mix records. */
+export function dhtProtocol (swarmKey?: SwarmKey): string {
+  return swarmKey == null ? DHT_PROTOCOL : `${PROTOCOL_PREFIX}/swarm/${swarmKey.id}/kad/1.0.0`
+}
+
+/** Network settings that every node a process creates shares unless its init says otherwise (set once by a CLI). */
+export interface ProcessNetwork {
+  swarmKey?: SwarmKey
+  /** A DNS server (`IP[:PORT]`) for bootstrap names instead of the system's. */
+  dnsResolver?: string
+  onSwarmKeyMismatch?: (m: SwarmKeyMismatch) => void
+  /** STUN servers for WebRTC (`stun:HOST:PORT`). */
+  stun?: string[]
+  /** Dial relayed and WebRTC addresses (a client reaching servers behind NAT). */
+  dialRelayed?: boolean
+}
+let processNetwork: ProcessNetwork = {}
+export function setProcessNetwork (network: ProcessNetwork): void { processNetwork = { ...network } }
+
+const networks = new WeakMap<object, { resolver: Resolver, swarmKey?: SwarmKey }>()
+/** The DNS resolver a node's bootstrap names go through. */
+export function nodeResolver (node: PlexusNode): Resolver {
+  let n = networks.get(node)
+  if (n == null) { n = { resolver: createResolver() }; networks.set(node, n) }
+  return n.resolver
+}
+/** The private swarm a node belongs to, if any. */
+export function nodeSwarmKey (node: PlexusNode): SwarmKey | undefined {
+  return networks.get(node)?.swarmKey
+}
 
 export type PlexusServices = { identify: Identify, ping: Ping, dht: KadDHT }
 export type PlexusNode = Libp2p<PlexusServices>
@@ -31,10 +65,12 @@ const PROVIDER_CLEANUP_INTERVAL_MS = 30_000
 
 export interface PlexusNodeInit {
   privateKey: PrivateKey
-  /** Default `['/ip4/127.0.0.1/tcp/0']`. */
+  /** Default `['/ip4/127.0.0.1/tcp/0']` (the CLIs default to every interface: `defaultListen()`). */
   listen?: string[]
   /** Addresses to advertise instead of the listen addresses (e.g. a port-forwarded one). */
   announce?: string[]
+  /** Addresses to advertise besides those found, without waiting for peers to confirm them. */
+  appendAnnounce?: string[]
   /** 'server' answers DHT queries and stores records; 'client' only asks. */
   dhtMode: 'server' | 'client'
   /**
@@ -44,15 +80,23 @@ export interface PlexusNodeInit {
    */
   webrtc?: boolean
   /**
-   * Relays for NATed peers (circuit relay v2 server, default limits: 128 KiB and 2 min per
-   * relayed connection, enough for WebRTC signalling). Give it to nodes with a reachable
-   * address, e.g. the bootstrap node. Default false.
+   * Relays for NATed peers (circuit relay v2 server). A relayed connection carries sessions
+   * when no direct one can be made (a symmetric NAT), so it has no byte or time limit; what a
+   * relay spends is bounded by RELAY_LIMITS (reservations, relayed streams per peer). Give it to
+   * nodes with a reachable address, e.g. the bootstrap node. Default false.
    */
   relayServer?: boolean
+  /** STUN servers for WebRTC (`stun:HOST:PORT`): they tell a node behind NAT its public address. Default: none (a LAN swarm may be offline). */
+  stun?: string[]
   /**
-   * Which peer addresses the DHT keeps. 'private' (LAN swarm) drops public ones; 'all' keeps
-   * every address (mixed swarms). Default: 'private' when every address this node advertises
-   * is private/loopback, else 'all'.
+   * Adds the circuit-relay and WebRTC transports for dialing only: reach servers that are
+   * behind NAT through their relayed and WebRTC addresses (direct ones are tried first).
+   */
+  dialRelayed?: boolean
+  /**
+   * Which peer addresses the DHT keeps. 'private' drops public ones; 'all' (default) keeps every
+   * usable one: all but link-local, and loopback only when this node listens on loopback alone
+   * (or not at all): a LAN node and a public one meet in one swarm.
    */
   peerAddresses?: 'private' | 'all'
   /**
@@ -74,6 +118,12 @@ export interface PlexusNodeInit {
   connectionMonitor?: ConnectionMonitorInit
   /** Route libp2p's and Plexus' logs (default: libp2p's `DEBUG=`-controlled logger). */
   logger?: ComponentLogger
+  /** A private swarm's key: only peers holding it can connect, and the DHT is the swarm's own. */
+  swarmKey?: SwarmKey
+  /** Called when a connection fails because the other side holds another swarm key (or none). */
+  onSwarmKeyMismatch?: (m: SwarmKeyMismatch) => void
+  /** A DNS server (`IP[:PORT]`) for /dnsaddr, /dns4, /dns6 bootstrap addresses. Default: the system's. */
+  dnsResolver?: string
 }
 
 /** Builds and starts a libp2p node with the Plexus transports, services and DHT settings. */
@@ -85,21 +135,30 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
   }
   if (init.dhtMode !== 'server' && init.dhtMode !== 'client') throw new Error(`dhtMode must be 'server' or 'client', got ${JSON.stringify(init.dhtMode)}`)
   const validityMs = init.providerValidityMs ?? DEFAULT_PROVIDER_VALIDITY_MS
-  const peerAddresses = init.peerAddresses ?? (advertisesOnlyPrivate(announce.length > 0 ? announce : listen) ? 'private' : 'all')
+  const peerAddresses = init.peerAddresses ?? 'all'
+  const swarmKey = init.swarmKey ?? processNetwork.swarmKey
+  const onMismatch = init.onSwarmKeyMismatch ?? processNetwork.onSwarmKeyMismatch
+  const resolver = createResolver({ server: init.dnsResolver ?? processNetwork.dnsResolver })
+  // a peer's loopback address means this machine to us: worth keeping only when our peers all run here
+  const keepLoopback = listen.length === 0 || onlyLoopback(listen)
 
   const transports: NonNullable<Libp2pOptions['transports']> = [tcp()]
-  if (init.webrtc === true) {
-    // no STUN/TURN: the defaults are public Internet servers, and a LAN swarm may be offline;
-    // the relay transport carries WebRTC's signalling
-    transports.push(webRTC({ rtcConfiguration: { iceServers: [] } }), circuitRelayTransport())
+  const stun = init.stun ?? processNetwork.stun ?? []
+  if (init.webrtc === true || (init.dialRelayed ?? processNetwork.dialRelayed) === true) {
+    // no STUN/TURN unless given: the defaults are public Internet servers, and a LAN swarm may
+    // be offline; the relay transport carries WebRTC's signalling
+    transports.push(webRTC({ rtcConfiguration: { iceServers: stun.map(urls => ({ urls })) } }), circuitRelayTransport())
   }
   const listenAll = init.webrtc === true ? [...listen, '/p2p-circuit', '/webrtc'] : listen
 
+  const reputation = new ReputationValidator()
   const node = await createLibp2p({
     privateKey: init.privateKey,
     ...(init.logger != null ? { logger: init.logger } : {}),
-    addresses: { listen: listenAll, ...(announce.length > 0 ? { announce } : {}) },
+    // loopback and link-local addresses never reach remote peers (unless loopback is all we have)
+    addresses: { listen: listenAll, ...(announce.length > 0 ? { announce } : {}), ...(init.appendAnnounce != null ? { appendAnnounce: init.appendAnnounce } : {}), announceFilter: announceable },
     transports,
+    ...(swarmKey != null ? { connectionProtector: swarmKeyProtector(swarmKey, onMismatch) } : {}),
     connectionEncrypters: [noise()],
     // a client opens many streams right after dialing; the default (10) resets the connection
     streamMuxers: [yamux({ maxEarlyStreams: 1024 })],
@@ -113,20 +172,24 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
     services: {
       identify: identify(),
       ping: ping(),
-      ...(init.relayServer === true ? { relay: circuitRelayServer({ reservations: { maxReservations: 128 } }) } : {}),
+      ...(init.relayServer === true ? { relay: circuitRelayServer(RELAY_LIMITS) } : {}),
+      // confirms (or refutes) the public addresses peers observe for us before we announce them;
+      // as a server it dials back others' addresses, a bounded number at a time
+      autoNAT: autoNATv2(),
       dht: kadDHT({
-        protocol: DHT_PROTOCOL,
+        protocol: dhtProtocol(swarmKey),
         // explicit: left undefined, a node only becomes a server on seeing a public address
         clientMode: init.dhtMode === 'client',
         // the default mapper drops private addresses, which empties the table on a LAN
-        peerInfoMapper: peerAddresses === 'private' ? removePublicAddressesMapper : passthroughMapper,
+        peerInfoMapper: peerAddresses === 'private' ? removePublicAddressesMapper : usableAddressesMapper(keepLoopback),
         ...(init.kBucketSize != null ? { kBucketSize: init.kBucketSize } : {}),
         // every query waits for the first self-query, by default started 1 s after start;
         // start it at once (it still waits for the first peer) so a fresh node is usable sooner
         initialQuerySelfInterval: 0,
         // every DHT server must know the namespace, or it refuses the PUT; the validator is what
         // makes peers refuse forged reputation records
-        validators: { [REPUTATION_NAMESPACE]: reputationValidator },
+        // (with memory: a replay of an older record is refused, reputation.ts)
+        validators: { [REPUTATION_NAMESPACE]: reputation.validate },
         selectors: { [REPUTATION_NAMESPACE]: reputationSelector },
         reprovide: {
           validity: validityMs,
@@ -136,35 +199,29 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
       })
     }
   })
+  networks.set(node, { resolver, swarmKey })
+  rememberOwnRecords(node, reputation)
   return node as PlexusNode
+}
+
+/** Peers' addresses minus link-local ones, and minus loopback ones unless our peers all run here. */
+function usableAddressesMapper (keepLoopback: boolean): (peer: PeerInfo) => PeerInfo {
+  return (peer) => passthroughMapper({
+    ...peer,
+    multiaddrs: peer.multiaddrs.filter(a => !isLinkLocalAddr(a) && (keepLoopback || !isLoopbackAddr(a)))
+  })
+}
+
+/** What a relay spends on others, at most: reservations, relayed streams per connection, setup time. */
+export const RELAY_LIMITS = {
+  reservations: { maxReservations: 128, applyDefaultLimit: false },
+  maxInboundHopStreams: 32,
+  maxOutboundStopStreams: 64,
+  hopTimeout: 30_000
 }
 
 /** Peers in the DHT routing table (0 until a DHT server has been reached). */
 export function dhtPeerCount (node: PlexusNode): number {
   // the KadDHT interface hides the routing table; the implementation has it
   return (node.services.dht as unknown as { routingTable?: { size?: number } }).routingTable?.size ?? 0
-}
-
-/** True when every IP address we would advertise is private or loopback (wildcards expanded). */
-function advertisesOnlyPrivate (addrs: string[]): boolean {
-  for (const a of addrs) {
-    const ma: Multiaddr = multiaddr(a)
-    const first = ma.getComponents()[0]
-    if (first == null) continue
-    if (first.name === 'dns' || first.name === 'dns4' || first.name === 'dns6' || first.name === 'dnsaddr') return false
-    if (first.name !== 'ip4' && first.name !== 'ip6') continue
-    if (first.value === '0.0.0.0' || first.value === '::') {
-      // a wildcard listener advertises every interface address
-      const family = first.name === 'ip4' ? 'IPv4' : 'IPv6'
-      for (const list of Object.values(networkInterfaces())) {
-        for (const ni of list ?? []) {
-          if (ni.family !== family || ni.address.startsWith('fe80')) continue
-          if (!isPrivate(multiaddr(`/${first.name}/${ni.address}`))) return false
-        }
-      }
-    } else if (!isPrivate(ma)) {
-      return false
-    }
-  }
-  return true
 }

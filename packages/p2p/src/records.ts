@@ -28,7 +28,7 @@ export interface RecordPayload {
   [field: string]: unknown
 }
 
-export type RecordFault = 'oversized' | 'malformed' | 'kind' | 'signature' | 'peer' | 'expired' | 'future' | 'schema'
+export type RecordFault = 'oversized' | 'malformed' | 'kind' | 'signature' | 'peer' | 'expired' | 'future' | 'schema' | 'stale'
 
 /** A record that must not be trusted; `fault` says why, for code that reacts differently. */
 export class RecordError extends Error {

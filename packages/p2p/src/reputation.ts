@@ -15,11 +15,14 @@ import type { PeerId, PrivateKey } from '@libp2p/interface'
  * signer and subject name, is refused by every honest peer: nobody can forge a verifier's
  * verdict or write into its slot. Readers keep the valid record with the highest `seq`.
  *
- * Limits: kad-dht's PUT handler overwrites a stored record without asking the selector, so a
- * replay of a verifier's older (validly signed) record can roll back a peer's copy until the
- * verifier republishes; getters still pick the highest seq among all copies they see, and
- * every copy dies at its own expiresAt (at most 24 h). One slot per (subject, verifier): a
- * verifier checking a server on several models publishes one record (one modelId) at a time.
+ * kad-dht's PUT handler overwrites a stored record without asking the selector, so a node's
+ * validator (`ReputationValidator`) remembers the newest record it accepted per slot and refuses
+ * an older one: a replay of a verifier's earlier (validly signed) record cannot roll a peer's
+ * copy back. Verifiers set seq to the record's issue time, so it only grows, across restarts too.
+ * Limits: a peer that restarted (or forgot the slot: the memory is bounded) takes a replay until
+ * the verifier republishes (on a timer); getters still pick the highest seq among all copies
+ * they see, and every copy dies at its own expiresAt (at most 24 h). One slot per (subject,
+ * verifier): a verifier checking a server on several models publishes one record at a time.
  */
 
 export const REPUTATION_KIND = 'reputation'
@@ -122,6 +125,46 @@ export async function reputationValidator (key: Uint8Array, value: Uint8Array): 
   verifyReputation(value, { expectedSubject: subject, expectedVerifier: verifier })
 }
 
+/** Slots a ReputationValidator remembers by default. */
+export const DEFAULT_REPUTATION_SLOTS_REMEMBERED = 65_536
+
+/**
+ * A node's validator for the `plexus-rep` namespace, with memory: besides everything
+ * `reputationValidator` checks, it refuses a record older (lower seq, or same seq issued
+ * earlier) than the newest one it accepted for that slot and that has not expired yet.
+ * Remembers at most `maxSlots` slots (the least recently accepted is forgotten first).
+ */
+export class ReputationValidator {
+  private readonly newest = new Map<string, { seq: number, issuedAt: number, expiresAt: number }>()
+  private readonly maxSlots: number
+
+  constructor (opts: { maxSlots?: number } = {}) {
+    this.maxSlots = opts.maxSlots ?? DEFAULT_REPUTATION_SLOTS_REMEMBERED
+  }
+
+  get size (): number { return this.newest.size }
+
+  /** For kad-dht's `validators`. */
+  readonly validate = async (key: Uint8Array, value: Uint8Array): Promise<void> => {
+    const { subject, verifier } = parseReputationKey(key)
+    const r = verifyReputation(value, { expectedSubject: subject, expectedVerifier: verifier })
+    const slot = `${subject}/${verifier}`
+    const known = this.newest.get(slot)
+    if (known != null && known.expiresAt > Date.now() && (r.seq < known.seq || (r.seq === known.seq && r.issuedAt < known.issuedAt))) {
+      throw new RecordError('stale', `reputation record seq ${r.seq} of ${verifier} about ${subject} is older than seq ${known.seq} already held (a replay?)`)
+    }
+    this.newest.delete(slot)
+    this.newest.set(slot, { seq: r.seq, issuedAt: r.issuedAt, expiresAt: r.expiresAt })
+    while (this.newest.size > this.maxSlots) this.newest.delete(this.newest.keys().next().value!)
+  }
+}
+
+// kad-dht stores a node's own PUT without running its validator: the node's validator must
+// still learn of it, or a replay of an older record would overwrite the node's own copy
+const validatorsOfNodes = new WeakMap<object, ReputationValidator>()
+/** Lets putReputation tell `node`'s validator of the records `node` itself stores. */
+export function rememberOwnRecords (node: object, validator: ReputationValidator): void { validatorsOfNodes.set(node, validator) }
+
 /**
  * kad-dht selector: index of the valid record with the highest seq (ties: the later issuedAt,
  * then the first). Invalid records are never chosen; if none is valid this throws.
@@ -165,6 +208,8 @@ export async function putReputation (node: PlexusNode, record: Uint8Array, opts:
   const r = verifyReputation(record)
   const key = reputationKey(r.subject, r.peer)
   const log = node.logger.forComponent('plexus:reputation')
+  // an older record than this node holds is refused here as every peer would refuse it
+  await validatorsOfNodes.get(node)?.validate(key, record)
   const deadline = AbortSignal.timeout(opts.timeoutMs ?? DEFAULT_REPUTATION_PUT_TIMEOUT_MS)
   const signal = opts.signal != null ? AbortSignal.any([opts.signal, deadline]) : deadline
   const stored = new Set<string>()

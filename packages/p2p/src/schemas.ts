@@ -1,10 +1,14 @@
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { Ajv2020, MissingRefError } from 'ajv/dist/2020.js'
 import type { ErrorObject, ValidateFunction } from 'ajv/dist/2020.js'
 
-/** The repo-root `schemas/` folder: `<name>.schema.json`, JSON Schema draft 2020-12. */
-export const SCHEMA_DIR = fileURLToPath(new URL('../../../schemas/', import.meta.url))
+/**
+ * The repo-root `schemas/` folder: `<name>.schema.json`, JSON Schema draft 2020-12. A packed
+ * install has no repository root: `npm run pack` puts a copy beside the compiled code.
+ */
+const PACKED_SCHEMAS = new URL('./schemas/', import.meta.url)
+export const SCHEMA_DIR = fileURLToPath(existsSync(PACKED_SCHEMAS) ? PACKED_SCHEMAS : new URL('../../../schemas/', import.meta.url))
 
 // One strict Ajv for the process; each schema is read and compiled on first use only, so a
 // broken schema file of some other component cannot break the ones this code needs.

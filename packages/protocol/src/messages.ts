@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs'
 import { Ajv } from 'ajv'
 import type { ValidateFunction } from 'ajv'
 import { f32ToF16, f32ToBf16, toFloat32 } from '@plexus/runtime'
+import { SCHEMA_DIR } from '@plexus/p2p'
 
 export const SESSION_PROTOCOL = '/plexus/session/1.0.0'
 export const WIRE_VERSION = 1
@@ -9,9 +10,22 @@ export const WIRE_VERSION = 1
 export type WireDType = 'f32' | 'f16' | 'bf16'
 const DTYPE_BYTES: Record<WireDType, number> = { f32: 4, f16: 2, bf16: 2 }
 
-export type ErrorCode = 'bad-frame' | 'bad-request' | 'bad-tensor' | 'unknown-session' | 'closed-session' | 'not-served' | 'busy' | 'too-long' | 'internal'
+export type ErrorCode = 'bad-frame' | 'bad-request' | 'bad-tensor' | 'unknown-session' | 'closed-session' | 'not-served' | 'busy' | 'too-long' | 'next-hop' | 'internal'
 
-export interface OpenMessage { type: 'open', sessionId: string, modelId: string, start: number, end: number, maxLength: number }
+/** Where a server of a forwarded route pushes its output: the client's session on the next server. */
+export interface NextHop { peer: string, sessionId: string, addrs?: string[] }
+export interface OpenMessage { type: 'open', sessionId: string, modelId: string, start: number, end: number, maxLength: number
+  /** Forwarded route: push every step's output to this session (which names this server as `prev`). */
+  next?: NextHop
+  /** Forwarded route: steps come from this peer's `attach`ed stream, not from the client. */
+  prev?: string
+  /** Forwarded route: send the client every output too (spot checks need them), not only the commitment. */
+  returnOutputs?: boolean
+}
+/** Forwarder → next server: this stream feeds `sessionId` (opened by the client naming the forwarder as `prev`). */
+export interface AttachMessage { type: 'attach' | 'attached', sessionId: string }
+/** Server → client on a forwarded route: the step's output went to the next hop; here is the commitment to it. */
+export interface ForwardedMessage { type: 'forwarded', sessionId: string, step: number, position: number, tokens: number, computeMs: number, commitment?: string }
 export interface OpenedMessage { type: 'opened', sessionId: string, start: number, end: number, length: number }
 /** Hidden states `[tokens, hidden]` for positions `[position, position + tokens)`. */
 export interface StepMessage { type: 'step' | 'result', sessionId: string, step: number, position: number, tokens: number, hidden: number, dtype: WireDType, computeMs?: number, data: Float32Array
@@ -21,7 +35,7 @@ export interface StepMessage { type: 'step' | 'result', sessionId: string, step:
 export interface TruncateMessage { type: 'truncate' | 'truncated', sessionId: string, length: number }
 export interface CloseMessage { type: 'close', sessionId: string }
 export interface ErrorMessage { type: 'error', code: ErrorCode, message: string }
-export type SessionMessage = OpenMessage | OpenedMessage | StepMessage | TruncateMessage | CloseMessage | ErrorMessage
+export type SessionMessage = OpenMessage | OpenedMessage | StepMessage | TruncateMessage | CloseMessage | ErrorMessage | AttachMessage | ForwardedMessage
 
 /** A protocol violation: answered with an `error` frame carrying `code`, then the stream closes. */
 export class ProtocolError extends Error {
@@ -35,7 +49,7 @@ export class ProtocolError extends Error {
 
 /** Per-type validators compiled from schemas/session-message.schema.json. */
 const validators: Map<string, ValidateFunction> = (() => {
-  const schema = JSON.parse(readFileSync(new URL('../../../schemas/session-message.schema.json', import.meta.url), 'utf8'))
+  const schema = JSON.parse(readFileSync(`${SCHEMA_DIR}session-message.schema.json`, 'utf8'))
   const ajv = new Ajv({ allErrors: false, strict: true })
   const m = new Map<string, ValidateFunction>()
   for (const variant of schema.oneOf) {

@@ -1,6 +1,7 @@
 import type { PrivateKey } from '@libp2p/interface'
 import { signRecord, verifyRecord, RecordError } from '@plexus/p2p'
 import type { RecordPayload } from '@plexus/p2p'
+import { createBLAKE3 } from 'hash-wasm'
 import { tensorDigest, verifyCommitment } from './commitment.ts'
 import type { StepCommitment } from './commitment.ts'
 
@@ -107,4 +108,13 @@ export async function verifyFraudReport (bytes: Uint8Array, opts: { now?: number
   if (output.length !== last.tokens * report.hidden) throw new RecordError('schema', `fraud report output has ${output.length} values, the bad step has ${last.tokens}×${report.hidden}`)
   if (await tensorDigest(output) !== last.outputDigest) throw new RecordError('schema', 'fraud report output is not the one the server committed to')
   return { report, commitments, inputs, output, length: position }
+}
+
+const hasher = createBLAKE3()
+/** BLAKE3 (hex) of a fraud report's bytes: how reputation records and re-check caches name it. */
+export async function reportDigest (bytes: Uint8Array): Promise<string> {
+  const h = await hasher
+  h.init()
+  h.update(bytes)
+  return h.digest('hex')
 }

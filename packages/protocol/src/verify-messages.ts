@@ -1,6 +1,6 @@
 import { schemaProblem } from '@plexus/p2p'
 
-export type VerifyErrorCode = 'bad-frame' | 'bad-request' | 'bad-commitment' | 'not-served' | 'busy' | 'unknown-session' | 'internal'
+export type VerifyErrorCode = 'bad-frame' | 'bad-request' | 'bad-commitment' | 'not-served' | 'unknown-server' | 'busy' | 'unknown-session' | 'internal'
 
 export interface CheckMessage {
   type: 'check'
@@ -24,7 +24,11 @@ export interface RecheckMessage { type: 'recheck', report: Uint8Array }
 export interface RecheckedMessage { type: 'rechecked', confirmed: boolean, error: number, reason: string }
 export interface VerifyCloseMessage { type: 'close', verifyId: string }
 export interface VerifyErrorMessage { type: 'error', code: VerifyErrorCode, message: string }
-export type VerifyMessage = CheckMessage | VerdictMessage | RecheckMessage | RecheckedMessage | VerifyCloseMessage | VerifyErrorMessage
+/** Asks a verifier for a fraud report its reputation records name (by BLAKE3 digest). */
+export interface GetReportMessage { type: 'get-report', digest: string }
+/** The report's bytes, when the verifier still keeps it. */
+export interface ReportMessage { type: 'report', digest: string, found: boolean, report?: Uint8Array }
+export type VerifyMessage = CheckMessage | VerdictMessage | RecheckMessage | RecheckedMessage | VerifyCloseMessage | VerifyErrorMessage | GetReportMessage | ReportMessage
 
 export class VerifyError extends Error {
   readonly code: VerifyErrorCode
@@ -46,6 +50,9 @@ export function encodeVerifyMessage (msg: VerifyMessage): Uint8Array {
   } else if (msg.type === 'recheck') {
     header = { type: 'recheck' }
     payload = [msg.report]
+  } else if (msg.type === 'report') {
+    header = { type: 'report', digest: msg.digest, found: msg.found }
+    payload = msg.found && msg.report != null ? [msg.report] : []
   }
   const hb = new TextEncoder().encode(JSON.stringify(header))
   const out = new Uint8Array(4 + hb.length + payload.reduce((n, p) => n + p.length, 0))
@@ -71,6 +78,10 @@ export function decodeVerifyMessage (frame: Uint8Array): VerifyMessage {
   if (problem != null) throw new VerifyError('bad-frame', `invalid ${typeof header.type === 'string' ? header.type.slice(0, 40) : ''} message: ${problem}`)
   const rest = frame.subarray(4 + hl)
   if (header.type === 'recheck') return { type: 'recheck', report: rest.slice() }
+  if (header.type === 'report') {
+    if (header.found !== (rest.length > 0)) throw new VerifyError('bad-frame', `report message says found ${String(header.found)} but carries ${rest.length} bytes`)
+    return header.found === true ? { ...header, report: rest.slice() } : header
+  }
   if (header.type !== 'check') {
     if (rest.length !== 0) throw new VerifyError('bad-frame', `${header.type} message carries ${rest.length} unexpected bytes`)
     return header

@@ -123,6 +123,12 @@ export class Checkpoint implements ModelSource {
     return rawFloat32(raw)
   }
 
+  async storedBytes (names: string[]): Promise<number> {
+    let n = 0
+    for (const name of names) { const { entry } = await this.entry(name); n += entry.end - entry.begin }
+    return n
+  }
+
   /** All tensors of one block, shape-checked, as raw bytes (name order is canonical). */
   async readBlockRaw (block: number): Promise<RawTensor[]> {
     this.checkBlock(block)

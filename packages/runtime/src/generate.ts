@@ -1,6 +1,8 @@
 import type { ModelHead } from './head.ts'
 import { Sampler } from './sampling.ts'
 import type { SamplingOptions } from './sampling.ts'
+import { generateSpeculative } from './speculative.ts'
+import type { SpeculativeOptions, SpeculationStats } from './speculative.ts'
 
 /**
  * Every block of a model, bound to one inference session: in-process spans, worker threads or
@@ -9,6 +11,8 @@ import type { SamplingOptions } from './sampling.ts'
 export interface SessionPipeline {
   forward (hidden: Float32Array, tokens: number): Promise<Float32Array>
   close (): Promise<void>
+  /** Keeps only the first `length` positions (speculative decoding drops rejected drafts). */
+  truncate? (length: number): Promise<void>
   /**
    * Verification (optional), called after every step and once more, `final`, before generation
    * ends: how many positions' outputs are confirmed (tokens sampled from them may be delivered),
@@ -45,6 +49,8 @@ export interface GenerateOptions extends SamplingOptions {
   /** Masks each row before sampling (structured output, forced tool calls). */
   constraint?: TokenConstraint
   signal?: AbortSignal
+  /** Draft tokens and check them in one multi-token step (speculative.ts); same output. */
+  speculative?: SpeculativeOptions
 }
 
 export interface GenerateResult {
@@ -58,10 +64,13 @@ export interface GenerateResult {
   /** Generated tokens per second after the first (each needs one decode step). */
   tokensPerSecond: number
   logits?: Float32Array[]
+  /** With `speculative`: drafts proposed and accepted. */
+  speculation?: SpeculationStats
 }
 
 /** Prefill the prompt, then decode token by token: the per-token path of Plexus. */
 export async function generate (head: ModelHead, pipeline: SessionPipeline, promptIds: number[], opts: GenerateOptions): Promise<GenerateResult> {
+  if (opts.speculative != null) return await generateSpeculative(head, pipeline, promptIds, { ...opts, speculative: opts.speculative })
   if (promptIds.length === 0) throw new RangeError('the prompt is empty: give at least one token')
   if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 0) throw new RangeError(`max tokens must be a non-negative integer (got ${opts.maxTokens})`)
   const maxPositions = head.config.maxPositions

@@ -11,6 +11,8 @@ import { WorkerSpanRunner } from './worker-span.ts'
 import { activeBackend } from './backend.ts'
 import type { SessionPipeline } from './generate.ts'
 import type { ModelConfig } from './config.ts'
+import { ProgressMeter, storedPartBytes } from './progress.ts'
+import type { ProgressListener } from './progress.ts'
 
 /** Formats whose blocks the CPU backends keep as stored (every other format is widened to float32). */
 export const CPU_QUANT_FORMATS: readonly string[] = Object.keys(QUANT_BLOCK)
@@ -51,6 +53,10 @@ export interface LocalModelOptions {
   quantize?: QuantFormat
   /** Precision of the KV cache on the GPU (webgpu backend; the CPU backends keep float32). */
   kvCache?: 'f32' | 'f16'
+  /** Told how far loading the blocks is (task `load`, bytes as stored). */
+  onProgress?: ProgressListener
+  /** The model's name in progress events (default: the source's). */
+  modelName?: string
 }
 
 export interface SpanRunnersOptions extends LocalModelOptions {
@@ -76,12 +82,16 @@ export async function loadSpanRunners (ckpt: ModelSource, start: number, end: nu
   if (placement === 'workers' && cuts == null) cuts = cutsForBudget({ ...cfg, numLayers: end - start }, WASM_HEAP_BUDGET, format).map(c => c + start)
   const bounds = [start, ...(cuts ?? []), end]
   const runners: SpanRunner[] = []
+  const sizes = opts.onProgress != null ? await Promise.all(Array.from({ length: end - start }, async (_, i) => await storedPartBytes(ckpt, start + i))) : []
+  const meter = new ProgressMeter(opts.onProgress, { task: 'load', model: opts.modelName ?? ckpt.name, blocks: [start, end], total: sizes.reduce((a, b) => a + b, 0) })
+  const onBlockLoaded = (b: number): void => { meter.add(sizes[b - start] ?? 0) }
   try {
     for (let i = 0; i + 1 < bounds.length; i++) {
       runners.push(placement === 'workers'
-        ? await WorkerSpanRunner.load({ path: ckpt.path, quantize: quantizationOf(ckpt), start: bounds[i], end: bounds[i + 1], backend: activeBackend(), blockDigests: opts.blockDigests, kvCache: opts.kvCache })
-        : inProcessRunner(await Span.load(ckpt, bounds[i], bounds[i + 1], { blockDigests: opts.blockDigests, kvCache: opts.kvCache })))
+        ? await WorkerSpanRunner.load({ path: ckpt.path, quantize: quantizationOf(ckpt), start: bounds[i], end: bounds[i + 1], backend: activeBackend(), blockDigests: opts.blockDigests, kvCache: opts.kvCache }, onBlockLoaded)
+        : inProcessRunner(await Span.load(ckpt, bounds[i], bounds[i + 1], { blockDigests: opts.blockDigests, kvCache: opts.kvCache, onBlockLoaded })))
     }
+    meter.finish()
     return runners
   } catch (err) {
     for (const r of runners) await r.dispose()
@@ -130,6 +140,7 @@ export class LocalModel {
         for (const s of sessions) h = await s.forward(h, tokens)
         return h
       },
+      truncate: async (length) => { for (const s of sessions) await s.truncate(length) },
       close: async () => { for (const s of sessions) await s.close() }
     }
   }

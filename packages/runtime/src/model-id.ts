@@ -8,6 +8,8 @@ import type { ModelSource } from './model-source.ts'
 import type { ModelConfig } from './config.ts'
 import { QuantizedSource, isQuantFormat } from './quant/quantized-source.ts'
 import { cacheDir } from './cache-dir.ts'
+import { ProgressMeter, storedPartBytes } from './progress.ts'
+import type { ProgressListener } from './progress.ts'
 import type { QuantFormat } from './quant/quantized-source.ts'
 
 /**
@@ -75,10 +77,17 @@ export function quantizedManifest (base: ModelManifest, format: QuantFormat): Mo
 export function shortId (id: string): string { return id.slice(0, 12) }
 
 /** Reads every tensor once (block by block, never the whole model at a time). */
-export async function computeManifest (ckpt: ModelSource, name = ckpt.name): Promise<ModelManifest> {
+export async function computeManifest (ckpt: ModelSource, name = ckpt.name, onProgress?: ProgressListener): Promise<ModelManifest> {
+  const L = ckpt.config.numLayers
+  const sizes = onProgress != null ? await Promise.all([...Array.from({ length: L }, (_, b) => b), 'head' as const].map(async p => await storedPartBytes(ckpt, p))) : []
+  const meter = new ProgressMeter(onProgress, { task: 'hash', model: name, total: sizes.reduce((a, b) => a + b, 0) })
   const blockDigests: string[] = []
-  for (let b = 0; b < ckpt.config.numLayers; b++) blockDigests.push(await tensorsDigest(await ckpt.readBlockRaw(b)))
+  for (let b = 0; b < L; b++) {
+    blockDigests.push(await tensorsDigest(await ckpt.readBlockRaw(b)))
+    meter.add(sizes[b] ?? 0)
+  }
   const headDigest = await tensorsDigest(await ckpt.readHeadRaw())
+  meter.finish()
   const cd = configDigest(ckpt.config)
   return { format: 'plexus-model/1', name, id: modelIdOf(cd, headDigest, blockDigests), configDigest: cd, headDigest, blockDigests }
 }
@@ -136,7 +145,7 @@ async function readStored (path: string, cfg: ModelConfig, stamp: FileStamp | un
  * The manifest stored with the weights (see manifestPlaces), or a fresh one, written back where
  * possible (atomically) so the full read happens once per checkpoint.
  */
-export async function loadManifest (ckpt: ModelSource, opts: { write?: boolean, name?: string } = {}): Promise<ModelManifest> {
+export async function loadManifest (ckpt: ModelSource, opts: { write?: boolean, name?: string, onProgress?: ProgressListener } = {}): Promise<ModelManifest> {
   // a quantized load names the stored weights' manifest and the format, not the quantized bytes
   if (ckpt instanceof QuantizedSource) return quantizedManifest(await loadManifest(ckpt.base, opts), ckpt.quantize)
   const places = await manifestPlaces(ckpt)
@@ -145,7 +154,7 @@ export async function loadManifest (ckpt: ModelSource, opts: { write?: boolean, 
     const m = await readStored(p, ckpt.config, stamp)
     if (m != null) return m
   }
-  const m = await computeManifest(ckpt, opts.name)
+  const m = await computeManifest(ckpt, opts.name, opts.onProgress)
   if (opts.write !== false) {
     const text = JSON.stringify(stamp != null ? { ...m, source: stamp } : m, null, 2) + '\n'
     for (const path of places) {

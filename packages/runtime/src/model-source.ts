@@ -27,6 +27,8 @@ export interface ModelSource {
   /** Embeddings, final norm, LM head (absent when tied), in headTensorShapes' order. */
   readHeadRaw: () => Promise<RawTensor[]>
   checkBlock: (block: number) => void
+  /** Bytes the named tensors occupy as stored, from the index alone (progress totals). */
+  storedBytes: (names: string[]) => Promise<number>
   /** The model's tokenizer, or undefined when it has none. */
   tokenizer: () => Promise<TextTokenizer | undefined>
   /** tokenizer_config.json or its equivalent (chat template, special tokens), if any. */

@@ -55,7 +55,8 @@ export function validateSampling (o: SamplingOptions): void {
 
 export class Sampler {
   private readonly opts: SamplingOptions
-  private readonly seed: number
+  /** The seed in use (drawn at random when none was given). */
+  readonly seed: number
   private random: () => number
 
   constructor (opts: SamplingOptions = {}) {
@@ -75,9 +76,16 @@ export class Sampler {
 
   sample (logits: ArrayLike<number>): number {
     if (this.greedy) return argmax(logits)
-    const T = this.opts.temperature!
-    // Candidates by logit, highest first (equal logits: lower id first), masked (-Infinity) ones
-    // left out, cut by top-k, then by top-p on the tempered distribution.
+    return this.pick(this.distribution(logits), this.random())
+  }
+
+  /**
+   * The distribution sampling draws from (temperature, top-k, top-p applied; masked tokens left
+   * out): candidates by logit, highest first (equal logits: lower id first), unnormalized weights.
+   */
+  distribution (logits: ArrayLike<number>): TokenDistribution {
+    const T = this.opts.temperature ?? 0
+    if (T === 0) throw new RangeError('greedy decoding has no sampling distribution')
     const idx = rankByLogit(logits, this.opts.topK ?? 0)
     if (idx.length === 0) throw new RangeError('every token is masked: nothing can be sampled')
     const max = logits[idx[0]]
@@ -93,13 +101,32 @@ export class Sampler {
       total = 0
       for (let i = 0; i < n; i++) total += p[i]
     }
-    let r = this.random() * total
-    for (let i = 0; i < n; i++) {
-      r -= p[i]
-      if (r < 0) return idx[i]
-    }
-    return idx[n - 1]
+    return { ids: idx.subarray(0, n), weights: p.subarray(0, n), total }
   }
+
+  /** The token a uniform draw `u` ∈ [0, 1) picks from `d` (inverse CDF in rank order). */
+  pick (d: TokenDistribution, u: number): number {
+    let r = u * d.total
+    for (let i = 0; i < d.ids.length; i++) {
+      r -= d.weights[i]
+      if (r < 0) return d.ids[i]
+    }
+    return d.ids[d.ids.length - 1]
+  }
+}
+
+/** A sampling distribution: candidate ids (highest logit first) and their unnormalized weights. */
+export interface TokenDistribution {
+  ids: Uint32Array
+  weights: Float64Array
+  total: number
+}
+
+/** `d` as normalized probabilities over the whole vocabulary (0 outside its candidates). */
+export function denseProbabilities (d: TokenDistribution, vocabSize: number): Float64Array {
+  const out = new Float64Array(vocabSize)
+  for (let i = 0; i < d.ids.length; i++) out[d.ids[i]] = d.weights[i] / d.total
+  return out
 }
 
 const f32 = new Float32Array(1)

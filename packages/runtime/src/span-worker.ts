@@ -19,6 +19,8 @@ export type SpanWorkerReply =
   | { id: number, ok: true, hidden?: Float32Array, length?: number, bytes?: number }
   | { id: number, ok: false, name: string, message: string }
   | { ready: true } | { ready: false, name: string, message: string }
+  /** While loading: block `loaded` is in (progress). */
+  | { loaded: number }
 
 const port = parentPort!
 const init = workerData as SpanWorkerInit
@@ -29,7 +31,11 @@ async function main (): Promise<void> {
   try {
     await initBackend(init.backend as any)
     const ckpt = withQuantization(await openModel(init.path), init.quantize)
-    span = await Span.load(ckpt, init.start, init.end, { blockDigests: init.blockDigests, kvCache: init.kvCache })
+    span = await Span.load(ckpt, init.start, init.end, {
+      blockDigests: init.blockDigests,
+      kvCache: init.kvCache,
+      onBlockLoaded: (b) => { port.postMessage({ loaded: b } satisfies SpanWorkerReply) }
+    })
     await ckpt.close()
   } catch (err: any) {
     port.postMessage({ ready: false, name: err.name, message: err.message } satisfies SpanWorkerReply)

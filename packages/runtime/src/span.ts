@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core'
 import type { ModelConfig } from './config.ts'
 import type { ModelSource } from './model-source.ts'
 import { readBlockChecked } from './quant/quantized-source.ts'
+import { collectGarbage } from './memory.ts'
 import { loadBlockWeights, disposeBlockWeights, blockForward, blockWeightBytes } from './block.ts'
 import type { BlockWeights, LayerCache, StepContext, StepSegment } from './block.ts'
 import { inverseFrequencies, rotaryTables } from './rope.ts'
@@ -109,7 +110,16 @@ export class Span {
    * GPU when the webgpu backend is active. `blockDigests` (the model manifest's, indexed by absolute block) makes the load verify that
    * these weights are the ones the model id names.
    */
-  static async load (ckpt: ModelSource, start: number, end: number, opts: { blockDigests?: string[], kvCache?: 'f32' | 'f16' } = {}): Promise<Span> {
+  static async load (ckpt: ModelSource, start: number, end: number, opts: { blockDigests?: string[], kvCache?: 'f32' | 'f16', onBlockLoaded?: (block: number) => void } = {}): Promise<Span> {
+    const span = await Span.loadBlocks(ckpt, start, end, opts)
+    // after loadBlocks returned and a turn of the event loop, so that nothing still holds the
+    // last block's raw tensors
+    await new Promise(resolve => setImmediate(resolve))
+    collectGarbage()
+    return span
+  }
+
+  private static async loadBlocks (ckpt: ModelSource, start: number, end: number, opts: { blockDigests?: string[], kvCache?: 'f32' | 'f16', onBlockLoaded?: (block: number) => void } = {}): Promise<Span> {
     const L = ckpt.config.numLayers
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > L || start >= end) {
       throw new SpanError(`invalid span [${start}, ${end}) for a model of ${L} blocks`)
@@ -122,6 +132,7 @@ export class Span {
         const raws = await readBlockChecked(ckpt, b, opts.blockDigests?.[b])
         if (engine != null) await engine.addBlock(b, raws)
         else blocks.push(loadBlockWeights(ckpt.config, b, raws))
+        opts.onBlockLoaded?.(b)
       }
     } catch (err) {
       blocks.forEach(disposeBlockWeights)

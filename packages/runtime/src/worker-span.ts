@@ -47,13 +47,17 @@ export class WorkerSpanRunner implements SpanRunner {
     worker.on('exit', (code) => fail(new Error(`span worker [${this.start}, ${this.end}) exited with code ${code}`)))
   }
 
-  static async load (init: SpanWorkerInit): Promise<WorkerSpanRunner> {
+  /** `onBlockLoaded`: told as each block is in (progress). */
+  static async load (init: SpanWorkerInit, onBlockLoaded?: (block: number) => void): Promise<WorkerSpanRunner> {
     const worker = new Worker(new URL('./span-worker.ts', import.meta.url), { workerData: init })
+    let loading: ((m: SpanWorkerReply) => void) | undefined
     const ready = await new Promise<SpanWorkerReply>((resolve, reject) => {
-      worker.once('message', resolve)
+      loading = (m) => { if ('loaded' in m) onBlockLoaded?.(m.loaded); else resolve(m) }
+      worker.on('message', loading)
       worker.once('error', reject)
       worker.once('exit', (code) => reject(new Error(`span worker exited with code ${code} while loading`)))
     })
+    worker.off('message', loading!)
     if ('ready' in ready && !ready.ready) {
       await worker.terminate()
       throw revive(ready.name, ready.message)

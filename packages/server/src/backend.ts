@@ -106,6 +106,10 @@ export class BlockBackend {
   get sessionCount (): number { return this.sessions.size }
   get freeSessions (): number { return Math.max(0, this.maxSessions - this.sessions.size) }
   get reservedBytes (): number { return this.reserved }
+  /** The open sessions and their blocks (for the dashboard). */
+  openSessions (): Array<{ id: string, start: number, end: number }> {
+    return [...this.sessions.values()].map(s => ({ id: s.id, start: s.start, end: s.end }))
+  }
 
   async open (id: string, modelId: string, start: number, end: number, maxLength: number): Promise<ServerSession> {
     if (modelId !== this.modelId) throw new ProtocolError('not-served', `model ${modelId.slice(0, 12)} is not served here (this node serves ${this.modelId.slice(0, 12)})`)

@@ -114,3 +114,18 @@ export function bytesPerBlock (cfg: ModelConfig, backend: string, format: string
 export function blocksThatFit (budgetBytes: number, bytesPerBlock: number, numBlocks: number): number {
   return Math.max(1, Math.min(numBlocks, Math.floor(budgetBytes / bytesPerBlock)))
 }
+
+/** How far above the swarm's typical (or this server's own) throughput an announced figure still counts. */
+export const MAX_THROUGHPUT_CLAIM_FACTOR = 4
+
+/**
+ * Announced throughputs are each server's own word (one announcing 1e9 would make every block it
+ * holds look served): each counts for at most MAX_THROUGHPUT_CLAIM_FACTOR × the larger of the
+ * median announced figure and `own`, this server's measured throughput.
+ */
+export function capThroughputs (spans: ServedSpan[], own = 0): ServedSpan[] {
+  const sorted = spans.map(s => s.throughput).filter(t => Number.isFinite(t) && t > 0).sort((a, b) => a - b)
+  const median = sorted.length > 0 ? sorted[Math.floor((sorted.length - 1) / 2)] : 0
+  const ceiling = MAX_THROUGHPUT_CLAIM_FACTOR * Math.max(median, own)
+  return spans.map(s => ({ ...s, throughput: Math.min(Number.isFinite(s.throughput) ? s.throughput : 0, ceiling) }))
+}

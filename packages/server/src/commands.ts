@@ -1,7 +1,7 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
-import { createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey } from '@plexus/p2p'
-import type { PlexusNode } from '@plexus/p2p'
+import { bootstrapOrDefault, bootstrapRecords, createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey, networkOptions, runSwarmKey, configureLogging, createLog, progressReporter, progressStyle, reachability } from '@plexus/p2p'
+import type { PlexusNode, Log, LogLevel, LogFormat } from '@plexus/p2p'
 import { freemem } from 'node:os'
 import { initBackend, openModel, loadManifest, shortId, withQuantization, PLEXUS_VERSION } from '@plexus/runtime'
 import type { BackendName, QuantFormat } from '@plexus/runtime'
@@ -12,17 +12,33 @@ import type { FaultInjection } from './backend.ts'
 import { NodeMetrics } from './metrics.ts'
 import type { NodeHealth } from './metrics.ts'
 import { nodeBackends } from './server.ts'
+import { readyLine } from './ready-line.ts'
+import { startNodeDashboard } from './node-dashboard.ts'
 
 interface CommonArgs {
-  listen: string[]
+  /** Default: every interface on port 31337 (or a free one). */
+  listen?: string[]
   announce?: string[]
+  swarmKey?: string
+  dnsResolver?: string
+  stun?: string[]
+  relay?: boolean
   key?: string
-  webrtc: boolean
+  /** Default: when no address of this node is public. */
+  webrtc?: boolean
   json: boolean
+  logLevel?: LogLevel
+  logFormat?: LogFormat
 }
-export type BootstrapArgs = CommonArgs
+export interface BootstrapArgs extends CommonArgs {
+  dashboardPort?: number
+  dashboardHost?: string
+  /** Print the TXT records that make /dnsaddr/NAME find this peer. */
+  dnsaddr?: string
+}
 export interface JoinArgs extends CommonArgs {
-  bootstrap: string[]
+  /** Default: bootstrap/peers.txt. */
+  bootstrap?: string[]
   model: string
   /** Quantize the blocks' linear weights at load (a model id of its own). */
   quantize?: QuantFormat
@@ -38,10 +54,13 @@ export interface JoinArgs extends CommonArgs {
   remeasure?: boolean
   metricsPort?: number
   metricsHost: string
+  dashboardPort?: number
+  dashboardHost: string
   faultPerturb?: string
   faultSkip?: number
   verify?: boolean
   tolerance?: number
+  maxRechecks?: number
 }
 
 /** `--fault-perturb P,SCALE` / `--fault-skip P` → the backend's fault injection (testing only). */
@@ -63,11 +82,18 @@ export class UsageError extends Error {
   constructor (message: string) { super(message); this.name = 'UsageError' }
 }
 
-/** Human lines by default; `--json`: one JSON object per event (what tests and tools parse). */
-function emitter (json: boolean) {
+/** `--json`: one JSON object per event on stdout (what tests and tools parse); else the log's line. */
+function emitter (json: boolean, log: Log) {
   return (event: string, human: string, data: Record<string, unknown> = {}): void => {
-    process.stdout.write(json ? JSON.stringify({ event, ...data }) + '\n' : human + '\n')
+    if (json) process.stdout.write(JSON.stringify({ event, ...data }) + '\n')
+    else log.event(event, human, data)
   }
+}
+
+/** The node's log, as --log-level and --log-format say. */
+function nodeLog (args: CommonArgs): Log {
+  configureLogging({ prefix: 'plexus-node: ', ...(args.logLevel != null ? { level: args.logLevel } : {}), ...(args.logFormat != null ? { format: args.logFormat } : {}) })
+  return createLog('node')
 }
 
 async function key (path?: string): Promise<PrivateKey> {
@@ -75,7 +101,7 @@ async function key (path?: string): Promise<PrivateKey> {
 }
 
 /** Stops cleanly on SIGINT/SIGTERM (a second signal exits at once). */
-function onShutdown (stop: () => Promise<void>): void {
+function onShutdown (log: Log, stop: () => Promise<void>): void {
   // Diagnosing memory: under `node --expose-gc`, SIGUSR2 runs a full garbage collection.
   const gc = (globalThis as { gc?: () => void }).gc
   if (gc != null) process.on('SIGUSR2', () => { gc() })
@@ -83,8 +109,8 @@ function onShutdown (stop: () => Promise<void>): void {
   const handler = (sig: string): void => {
     if (stopping) process.exit(1)
     stopping = true
-    process.stderr.write(`plexus-node: ${sig}: stopping…\n`)
-    stop().then(() => process.exit(0), (err) => { process.stderr.write(`plexus-node: ${err.message}\n`); process.exit(1) })
+    log.info(`${sig}: stopping…`)
+    stop().then(() => process.exit(0), (err) => { log.error(err.message); process.exit(1) })
   }
   process.on('SIGINT', () => handler('SIGINT'))
   process.on('SIGTERM', () => handler('SIGTERM'))
@@ -94,12 +120,18 @@ function fullAddrs (node: PlexusNode): string[] {
   return node.getMultiaddrs().map(a => a.toString())
 }
 
+export { runSwarmKey }
+
 export async function runBootstrap (args: BootstrapArgs): Promise<void> {
-  const emit = emitter(args.json)
-  const node = await createPlexusNode({ privateKey: await key(args.key), listen: args.listen, announce: args.announce, dhtMode: 'server', webrtc: args.webrtc })
+  const log = nodeLog(args)
+  const emit = emitter(args.json, log)
+  const node = await createPlexusNode({ privateKey: await key(args.key), ...await networkOptions(args, 'bootstrap'), dhtMode: 'server' })
   const addrs = fullAddrs(node)
-  emit('ready', `bootstrap peer ${node.peerId} listening; join with:\n${addrs.map(a => `  plexus-node join --bootstrap ${a} --model DIR`).join('\n')}`, { peerId: node.peerId.toString(), addrs })
-  onShutdown(async () => { await node.stop() })
+  const records = args.dnsaddr != null ? bootstrapRecords(args.dnsaddr, addrs) : undefined
+  const dashboard = args.dashboardPort != null ? await startNodeDashboard({ node, port: args.dashboardPort, host: args.dashboardHost ?? '127.0.0.1' }) : undefined
+  emit('ready', `bootstrap peer ${node.peerId} listening; join with:\n${addrs.map(a => `  plexus-node join --bootstrap ${a} --model DIR`).join('\n')}${records != null ? `\n${records.text}` : ''}`,
+    { peerId: node.peerId.toString(), addrs, role: 'bootstrap', reachable: reachability(node), ...(records != null ? { dnsaddr: records.records } : {}), ...(dashboard != null ? { dashboardPort: dashboard.port } : {}) })
+  onShutdown(log, async () => { await dashboard?.close(); await node.stop() })
 }
 
 export function parseBlocks (spec: string | undefined, numLayers: number): [number, number] | undefined {
@@ -110,18 +142,21 @@ export function parseBlocks (spec: string | undefined, numLayers: number): [numb
 }
 
 export async function runJoin (args: JoinArgs): Promise<void> {
-  const emit = emitter(args.json)
-  const backendName = await initBackend(args.backend)
+  const log = nodeLog(args)
+  const emit = emitter(args.json, log)
+  const onProgress = progressReporter({ log, style: progressStyle({ json: args.json }) })
+  const bootstrap = bootstrapOrDefault(args.bootstrap)
+  const backendName = await initBackend(args.backend, { note: (m) => { log.info(m) } })
   const ckpt = withQuantization(await openModel(args.model), args.quantize)
   const cfg = ckpt.config
   const blocks = parseBlocks(args.blocks, cfg.numLayers)
-  const manifest = await loadManifest(ckpt)
+  const manifest = await loadManifest(ckpt, { onProgress })
   const privateKey = await key(args.key)
-  const node = await createPlexusNode({ privateKey, listen: args.listen, announce: args.announce, dhtMode: 'server', webrtc: args.webrtc })
+  const node = await createPlexusNode({ privateKey, ...await networkOptions(args, 'join'), dhtMode: 'server' })
   try {
-    const r = await dialBootstrap(node, args.bootstrap)
-    for (const f of r.failed) process.stderr.write(`plexus-node: warning: ${f.error}\n`)
-    keepBootstrapped(node, args.bootstrap)
+    const r = await dialBootstrap(node, bootstrap)
+    for (const f of r.failed) log.warn(f.error)
+    keepBootstrapped(node, bootstrap)
   } catch (err) {
     await node.stop()
     throw err
@@ -129,10 +164,10 @@ export async function runJoin (args: JoinArgs): Promise<void> {
   const addrs = fullAddrs(node)
   if (args.verify === true) {
     const [start, end] = blocks ?? [0, cfg.numLayers]
-    const verifier = await VerifierNode.start({ node, privateKey, checkpoint: ckpt, manifest }, { start, end, tolerance: args.tolerance, maxSessions: args.maxSessions })
-    emit('ready', `verifying blocks ${start}–${end - 1} of ${manifest.name} (${shortId(manifest.id)}) on ${backendName}\npeer ${node.peerId}\n${addrs.map(a => '  ' + a).join('\n')}`,
-      { peerId: node.peerId.toString(), addrs, role: 'verifier', modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start, end, backend: backendName, tolerance: verifier.verifier.tolerance })
-    onShutdown(async () => {
+    const verifier = await VerifierNode.start({ node, privateKey, checkpoint: ckpt, manifest }, { start, end, tolerance: args.tolerance, maxSessions: args.maxSessions, maxRechecks: args.maxRechecks, onProgress })
+    const ready = { peerId: node.peerId.toString(), addrs, role: 'verifier' as const, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start, end, backend: backendName, reachable: reachability(node) }
+    emit('ready', readyLine(ready), { ...ready, tolerance: verifier.verifier.tolerance })
+    onShutdown(log, async () => {
       await verifier.stop()
       await node.stop()
       await ckpt.close()
@@ -146,8 +181,11 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     return member == null ? { status: 'starting', ...base } : { ...await member.health(), ...base }
   }
   const metricsServer = args.metricsPort != null ? await metrics.listen(args.metricsPort, args.metricsHost, { health }) : undefined
+  const dashboard = args.dashboardPort != null
+    ? await startNodeDashboard({ node, metrics, member: () => member, modelName: manifest.name, port: args.dashboardPort, host: args.dashboardHost })
+    : undefined
   const faults = parseFaults(args)
-  if (faults != null) process.stderr.write('plexus-node: WARNING: fault injection is on: this node deliberately returns wrong activations (testing only)\n')
+  if (faults != null) log.warn('fault injection is on: this node deliberately returns wrong activations (testing only)')
   member = new SwarmMember({ node, privateKey, checkpoint: ckpt, manifest }, {
     metrics,
     faults,
@@ -162,22 +200,29 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     rebalanceMs: args.rebalanceInterval * 1000,
     balanceFactor: args.balanceFactor,
     remeasure: args.remeasure,
+    onProgress,
     onServing: (event, span) => {
       const what = `blocks ${span.start}–${span.end - 1} of ${manifest.name} (${shortId(manifest.id)}) on ${backendName} at ${span.throughput.tokensPerSecond.toFixed(1)} tokens/s per block, ${describeThroughput(span.throughput)}`
-      emit(event, event === 'ready' ? `serving ${what}\npeer ${node.peerId}\n${addrs.map(a => '  ' + a).join('\n')}` : `moved: now serving ${what}`,
-        { peerId: node.peerId.toString(), addrs, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start: span.start, end: span.end, throughput: span.throughput.tokensPerSecond, throughputMeasuredAt: new Date(span.throughput.measuredAt).toISOString(), throughputCached: span.throughput.cached, backend: backendName, metricsPort: metricsServer?.port })
+      const urls: Record<string, string> = {}
+      if (metricsServer != null) urls.metrics = `http://${args.metricsHost}:${metricsServer.port}/metrics`
+      if (dashboard != null) urls.dashboard = dashboard.url
+      const ready = { peerId: node.peerId.toString(), role: 'server' as const, backend: backendName, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start: span.start, end: span.end, format: member?.weightFormat, throughput: span.throughput, addrs, reachable: reachability(node), urls }
+      emit(event, event === 'ready' ? readyLine(ready) : `moved: now serving ${what}`,
+        { ...ready, throughput: span.throughput.tokensPerSecond, throughputMeasuredAt: new Date(span.throughput.measuredAt).toISOString(), throughputCached: span.throughput.cached, metricsPort: metricsServer?.port, dashboardPort: dashboard?.port })
     }
   })
   try {
     await member.start()
   } catch (err) {
     await member.stop()
+    await dashboard?.close()
     await node.stop()
     throw err
   }
-  onShutdown(async () => {
+  onShutdown(log, async () => {
     await member.stop()
     await metricsServer?.close()
+    await dashboard?.close()
     await node.stop()
     await ckpt.close()
   })

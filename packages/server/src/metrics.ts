@@ -38,7 +38,11 @@ export class NodeMetrics {
     new Gauge({ name: 'plexus_node_blocks_served', help: 'Blocks served', registers: [r], collect () { this.set(all().reduce((n, b) => n + (b.end - b.start), 0)) } })
   }
 
+  /** Token positions computed since start (the dashboard's tokens/s reads it every second). */
+  tokensTotal = 0
+
   step (info: { tokens: number, computeMs: number }): void {
+    this.tokensTotal += info.tokens
     const kind = info.tokens > 1 ? 'prefill' : 'decode'
     this.steps.inc({ kind })
     this.tokens.inc(info.tokens)

@@ -92,7 +92,7 @@ export class PlexusServer {
       set = new BackendSet()
       sessionBackends.set(node, set)
       const metrics = this.init.metrics
-      await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log, privateKey: this.c.privateKey }, {
+      await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log, privateKey: this.c.privateKey, dialer: node, peerId: node.peerId.toString() }, {
         onStep: metrics != null ? (info) => { metrics.step(info) } : undefined,
         onError: metrics != null ? (code) => { metrics.error(code) } : undefined
       }), {

@@ -1,9 +1,12 @@
 import { lpStream } from '@libp2p/utils'
 import type { Stream, Connection, Logger, PrivateKey } from '@libp2p/interface'
-import { SESSION_PROTOCOL, ProtocolError, decodeMessage, encodeMessage, decodeTensor, encodeTensor, signCommitment, tensorDigest } from '@plexus/protocol'
-import type { SessionMessage, ErrorCode } from '@plexus/protocol'
+import { SESSION_PROTOCOL, ProtocolError, decodeMessage, encodeMessage } from '@plexus/protocol'
+import type { SessionMessage, ErrorCode, OpenMessage } from '@plexus/protocol'
 import type { BackendSet, BlockBackend } from './backend.ts'
 import { errorReply } from './handler-errors.ts'
+import { Forwarder } from './forwarder.ts'
+import type { ForwardDialer } from './forwarder.ts'
+import { RouteTable, replyStep, feedCheck } from './routed-sessions.ts'
 
 export { SESSION_PROTOCOL }
 
@@ -13,6 +16,10 @@ export interface SessionHandlerComponents {
   log: Logger
   /** Signs a commitment to every step result (evidence for clients and verifiers). */
   privateKey?: PrivateKey
+  /** Dials the next hop of forwarded routes (without it, an open naming a next hop is refused). */
+  dialer?: ForwardDialer
+  /** This node's peer id (a route may not forward a node to itself). */
+  peerId?: string
 }
 
 export interface SessionHandlerInit {
@@ -37,6 +44,7 @@ export function createSessionHandler (components: SessionHandlerComponents, init
   const idleMs = init.idleTimeoutMs ?? 5 * 60_000
 
   const maxPrefix = varintBytes(maxFrame)
+  const routes = new RouteTable()
 
   return async function handleSession (stream: Stream, connection: Connection): Promise<void> {
     // Bytes of the next frame (its length prefix included) have arrived; its announced length.
@@ -67,6 +75,8 @@ export function createSessionHandler (components: SessionHandlerComponents, init
     const idleAbort = new AbortController()
     const idle = setTimeout(() => { idleAbort.abort(new DOMException(`no message for ${idleMs} ms`, 'TimeoutError')) }, idleMs)
     const owned = new Map<string, BlockBackend>()
+    /** Forwarded sessions this stream feeds (it attached to them as their previous hop). */
+    const fed = new Set<string>()
     /** Only the stream that opened a session may step, truncate or close it. */
     const own = (id: string): BlockBackend => {
       const b = owned.get(id)
@@ -76,6 +86,29 @@ export function createSessionHandler (components: SessionHandlerComponents, init
     }
     const send = async (m: SessionMessage): Promise<void> => { await io.write(encodeMessage(m), { signal: AbortSignal.timeout(30_000) }) }
     const peer = connection.remotePeer.toString()
+    /** An open naming hops: checks them, and dials the next one before answering. */
+    const route = async (msg: OpenMessage, backend: BlockBackend): Promise<void> => {
+      if (msg.next == null && msg.prev == null) return
+      let next: Forwarder | undefined
+      if (msg.next != null) {
+        if (components.dialer == null) throw new ProtocolError('bad-request', 'this server does not forward to a next hop')
+        if (msg.next.peer === components.peerId) throw new ProtocolError('bad-request', 'a route cannot forward a server to itself')
+        next = await Forwarder.open(components.dialer, msg.next, { signal: AbortSignal.timeout(10_000), maxFrameBytes: maxFrame })
+      }
+      routes.add(msg.sessionId, {
+        backend,
+        prev: msg.prev,
+        next,
+        returnOutputs: msg.returnOutputs === true,
+        attached: false,
+        toClient: send,
+        touch: () => { idle.refresh() },
+        fail: async (code, message) => {
+          try { await send({ type: 'error', code, message }) } catch {}
+          stream.abort(new Error(message))
+        }
+      })
+    }
     try {
       while (true) {
         let frame: Uint8Array
@@ -103,17 +136,26 @@ export function createSessionHandler (components: SessionHandlerComponents, init
         const msg = decodeMessage(frame, { requireFinite: true })
         switch (msg.type) {
           case 'open': {
-            if (owned.has(msg.sessionId) || backends.all().some(b => b.has(msg.sessionId) || b.wasClosed(msg.sessionId))) {
+            if (owned.has(msg.sessionId) || routes.has(msg.sessionId) || backends.all().some(b => b.has(msg.sessionId) || b.wasClosed(msg.sessionId))) {
               throw new ProtocolError('bad-request', `session ${msg.sessionId} already exists`)
             }
             const backend = backends.pick(msg.modelId, msg.start, msg.end)
             await backend.open(msg.sessionId, msg.modelId, msg.start, msg.end, msg.maxLength)
             owned.set(msg.sessionId, backend)
+            await route(msg, backend)
             await send({ type: 'opened', sessionId: msg.sessionId, start: msg.start, end: msg.end, length: 0 })
             break
           }
+          case 'attach': {
+            routes.attach(msg.sessionId, peer)
+            fed.add(msg.sessionId)
+            await send({ type: 'attached', sessionId: msg.sessionId })
+            break
+          }
           case 'step': {
-            const backend = own(msg.sessionId)
+            const routed = routes.get(msg.sessionId)
+            feedCheck(routed, fed.has(msg.sessionId), msg.sessionId)
+            const backend = fed.has(msg.sessionId) ? (routed?.backend ?? closedFeed(msg.sessionId)) : own(msg.sessionId)
             if (msg.hidden !== backend.config.hiddenSize) {
               throw new ProtocolError('bad-tensor', `hidden size ${msg.hidden} does not match the model's ${backend.config.hiddenSize}`)
             }
@@ -121,20 +163,7 @@ export function createSessionHandler (components: SessionHandlerComponents, init
             const out = await backend.step(msg.sessionId, msg.position, msg.tokens, msg.data)
             const computeMs = performance.now() - t0
             init.onStep?.({ tokens: msg.tokens, computeMs })
-            const commitment = components.privateKey == null
-              ? undefined
-              : await signCommitment(components.privateKey, {
-                modelId: backend.modelId,
-                ...spanOf(backend.sessionSpan(msg.sessionId)),
-                sessionId: msg.sessionId,
-                step: msg.step,
-                position: msg.position,
-                tokens: msg.tokens,
-                inputDigest: await tensorDigest(msg.data),
-                // what the client will decode: the output through the wire dtype
-                outputDigest: await tensorDigest(msg.dtype === 'f32' ? out : decodeTensor(encodeTensor(out, msg.dtype), msg.dtype))
-              })
-            await send({ type: 'result', sessionId: msg.sessionId, step: msg.step, position: msg.position, tokens: msg.tokens, hidden: msg.hidden, dtype: msg.dtype, computeMs, data: out, commitment })
+            await replyStep({ privateKey: components.privateKey, send }, backend, routed, msg, out, computeMs)
             break
           }
           case 'truncate': {
@@ -145,6 +174,7 @@ export function createSessionHandler (components: SessionHandlerComponents, init
           case 'close': {
             const backend = own(msg.sessionId)
             owned.delete(msg.sessionId)
+            await routes.remove(msg.sessionId)
             await backend.close(msg.sessionId)
             break
           }
@@ -157,15 +187,17 @@ export function createSessionHandler (components: SessionHandlerComponents, init
       init.onError?.(code, message)
       log('session stream from %s: %s: %s', peer, code, message)
       try { await send({ type: 'error', code, message }) } catch {}
+      // a broken feed breaks its sessions: their clients hear it from this server
+      for (const id of fed) await routes.get(id)?.fail(code, `from the previous hop's stream: ${message}`)
     } finally {
       clearTimeout(idle)
-      for (const [id, backend] of owned) await backend.close(id)
+      for (const [id, backend] of owned) { await routes.remove(id); await backend.close(id) }
       try { await stream.close({ signal: AbortSignal.timeout(2000) }) } catch { stream.abort(new Error('session stream closed')) }
     }
   }
 }
 
-function spanOf ([start, end]: [number, number]): { start: number, end: number } { return { start, end } }
+function closedFeed (id: string): never { throw new ProtocolError('closed-session', `session ${id} was closed by its client`) }
 /** Longest varint lpStream decodes. */
 const MAX_VARINT_BYTES = 8
 

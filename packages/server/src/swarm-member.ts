@@ -1,15 +1,15 @@
 import type { PrivateKey, Logger } from '@libp2p/interface'
-import { discoverServers } from '@plexus/p2p'
-import type { PlexusNode } from '@plexus/p2p'
+import { discoverServers, verifyAnnouncement } from '@plexus/p2p'
+import type { PlexusNode, AnnouncementPayload } from '@plexus/p2p'
 import { loadSpanRunners, chainRunners, weightFormat } from '@plexus/runtime'
-import type { ModelSource, ModelManifest, BackendName } from '@plexus/runtime'
+import type { ModelSource, ModelManifest, BackendName, ProgressListener } from '@plexus/runtime'
 import { BlockBackend } from './backend.ts'
 import type { FaultInjection } from './backend.ts'
 import { PlexusServer } from './server.ts'
 import { cachedThroughput } from './throughput.ts'
 import type { Throughput } from './throughput.ts'
 import type { NodeMetrics } from './metrics.ts'
-import { chooseStart, planMove, blocksThatFit, bytesPerBlock } from './block-selection.ts'
+import { chooseStart, planMove, blocksThatFit, bytesPerBlock, capThroughputs } from './block-selection.ts'
 import type { ServedSpan } from './block-selection.ts'
 
 export interface SwarmMemberComponents {
@@ -42,6 +42,8 @@ export interface SwarmMemberInit {
   metrics?: NodeMetrics
   faults?: FaultInjection
   onServing?: (event: 'ready' | 'moved', span: { start: number, end: number, throughput: Throughput }) => void
+  /** Told how far loading a span's blocks is. */
+  onProgress?: ProgressListener
 }
 
 /**
@@ -78,8 +80,17 @@ export class SwarmMember {
 
   get serving (): ServedSpan | undefined { return this.span }
 
+  /** What this node announces now (none before it serves). */
+  async announcements (): Promise<AnnouncementPayload[]> {
+    const server = this.server
+    return server != null ? [verifyAnnouncement(await server.announcement())] : []
+  }
+
   /** How the blocks' weights are held (read at start). */
   private format?: string
+
+  /** How the blocks' weights are held (f32, bf16, q8_0, ...; known once started). */
+  get weightFormat (): string | undefined { return this.format }
 
   /** Blocks this machine can hold within its memory budget, each at its real bytes (bytesPerBlock). */
   capacity (): number {
@@ -122,7 +133,8 @@ export class SwarmMember {
     const servers = await discoverServers(this.c.node, {
       modelId: this.c.manifest.id, numBlocks: this.c.checkpoint.config.numLayers, exclude: new Set([this.c.node.peerId.toString()])
     })
-    return servers.map(s => ({ peer: s.peer, start: s.announcement.start, end: s.announcement.end, throughput: s.announcement.throughput }))
+    // others' figures are their own word: capped (block-selection.ts)
+    return capThroughputs(servers.map(s => ({ peer: s.peer, start: s.announcement.start, end: s.announcement.end, throughput: s.announcement.throughput })), this.span?.throughput)
   }
 
   async start (): Promise<void> {
@@ -149,7 +161,7 @@ export class SwarmMember {
     const { checkpoint: ckpt, manifest } = this.c
     const cfg = ckpt.config
     // Always in worker threads: a long prefill must not stall this thread's networking (pings).
-    const runner = chainRunners(await loadSpanRunners(ckpt, start, end, { placement: 'workers', blockDigests: manifest.blockDigests, kvCache: this.init.kvCache }))
+    const runner = chainRunners(await loadSpanRunners(ckpt, start, end, { placement: 'workers', blockDigests: manifest.blockDigests, kvCache: this.init.kvCache, onProgress: this.init.onProgress, modelName: manifest.name }))
     const backend = new BlockBackend({ runner, config: cfg }, {
       modelId: manifest.id, maxSessions: this.init.maxSessions, cacheBudgetBytes: this.init.cacheBudgetBytes, faults: this.init.faults,
       // an f16 cache exists only on the GPU; elsewhere the caches stay float32

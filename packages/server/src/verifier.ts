@@ -1,9 +1,9 @@
-import { createBLAKE3 } from 'hash-wasm'
 import type { Logger, PrivateKey } from '@libp2p/interface'
-import { DEFAULT_TOLERANCE, VerifyError, f32ToBase64, outputError, signFraudReport, tensorDigest, verifyCommitment, verifyFraudReport } from '@plexus/protocol'
+import { DEFAULT_TOLERANCE, VerifyError, reportDigest, f32ToBase64, outputError, signFraudReport, tensorDigest, verifyCommitment, verifyFraudReport } from '@plexus/protocol'
 import type { CheckMessage, VerdictMessage, RecheckedMessage, StepCommitment } from '@plexus/protocol'
 import { concatFloat32 } from '@plexus/runtime'
 import type { ModelConfig, SpanRunner, SpanSession } from '@plexus/runtime'
+import type { ServerDirectory } from './announced-servers.ts'
 
 export interface VerifierComponents {
   /** Blocks this verifier recomputes; any hop inside them can be checked. */
@@ -25,6 +25,16 @@ export interface VerifierInit {
   maxLength?: number
   /** Called whenever a server's tally changes (to publish its reputation). */
   onTally?: (server: string, tally: Tally) => void
+  /**
+   * Who serves what: checks and re-checks are refused for a peer that does not announce the
+   * model and the span (absent: every peer is taken at its word, for tests of the verifier alone).
+   */
+  servers?: ServerDirectory
+  /** Re-checks computed at once (default 2) and waiting for a turn (default 8); more are refused busy. */
+  maxRechecks?: number
+  maxQueuedRechecks?: number
+  /** Servers whose tallies are kept (default 4,096; the least recently changed is forgotten first). */
+  maxServers?: number
 }
 
 /** What this verifier has seen of one server. */
@@ -57,6 +67,8 @@ interface VerifySession {
 interface Step { c: StepCommitment, text: string, input: Float32Array, output: Float32Array }
 
 const MAX_REPORTS_KEPT = 256
+/** Re-check answers kept by report digest (a report re-checked again costs nothing). */
+const MAX_RECHECKS_KEPT = 256
 
 /**
  * Re-computes the steps a client sends (each bound to the server by its signed commitment) and
@@ -73,6 +85,12 @@ export class Verifier {
   /** Fraud reports by digest, for anyone who wants to re-check them. */
   readonly reports = new Map<string, Uint8Array>()
   private readonly sweeper: NodeJS.Timeout
+  /** Re-check answers (and re-checks in progress) by report digest. */
+  private readonly rechecks = new Map<string, Promise<RecheckedMessage>>()
+  /** Re-checks admitted (decoding, waiting or computing), and those computing. */
+  private admitted = 0
+  private rechecking = 0
+  private readonly recheckQueue: Array<() => void> = []
 
   constructor (components: VerifierComponents, init: VerifierInit) {
     this.c = components
@@ -97,7 +115,10 @@ export class Verifier {
     this.covers(msg.modelId, msg.start, msg.end)
     if (msg.hidden !== this.c.config.hiddenSize) throw new VerifyError('bad-request', `hidden size ${msg.hidden} does not match the model's ${this.c.config.hiddenSize}`)
     let s = this.sessions.get(msg.verifyId)
-    if (s == null) s = await this.openSession(msg)
+    if (s == null) {
+      await this.requireServer(msg.server, msg.modelId, msg.start, msg.end)
+      s = this.sessions.get(msg.verifyId) ?? await this.openSession(msg)
+    }
     else if (s.server !== msg.server || s.sessionId !== msg.sessionId || s.start !== msg.start || s.end !== msg.end) {
       throw new VerifyError('bad-request', `verify session ${msg.verifyId} follows another hop`)
     }
@@ -147,8 +168,30 @@ export class Verifier {
     return { type: 'verdict', verifyId: s.id, ok: true, length: s.length, maxError, tolerance: this.tolerance }
   }
 
-  /** Re-runs a fraud report (from any verifier) on our blocks: does its output really differ? */
+  /**
+   * Re-runs a fraud report (from any verifier) on our blocks: does its output really differ?
+   * The answer is kept by the report's digest, and asking again while it runs shares the run;
+   * at most maxRechecks run at once, each counted against maxSessions.
+   */
   async recheck (bytes: Uint8Array): Promise<RecheckedMessage> {
+    const digest = await reportDigest(bytes)
+    const known = this.rechecks.get(digest)
+    if (known != null) return await known
+    // admitted before the report is even decoded: decoding a large report costs memory too
+    const limit = this.init.maxRechecks ?? 2
+    if (this.admitted >= limit + (this.init.maxQueuedRechecks ?? 8)) {
+      throw new VerifyError('busy', `busy: ${this.rechecking} re-checks running and ${this.admitted - this.rechecking} waiting`)
+    }
+    this.admitted++
+    const run = this.recheckOnce(digest, bytes).finally(() => { this.admitted-- })
+    this.rechecks.set(digest, run)
+    while (this.rechecks.size > MAX_RECHECKS_KEPT) this.rechecks.delete(this.rechecks.keys().next().value!)
+    // a refusal (busy, not served, unknown server) may not hold next time: not kept
+    run.catch(() => { if (this.rechecks.get(digest) === run) this.rechecks.delete(digest) })
+    return await run
+  }
+
+  private async recheckOnce (digest: string, bytes: Uint8Array): Promise<RecheckedMessage> {
     let checked
     try {
       checked = await verifyFraudReport(bytes)
@@ -158,22 +201,41 @@ export class Verifier {
     const { report, inputs, output, length } = checked
     this.covers(report.modelId, report.start, report.end)
     if (report.hidden !== this.c.config.hiddenSize) return { type: 'rechecked', confirmed: false, error: 0, reason: `hidden size ${report.hidden} is not the model's` }
-    const span = await this.c.runner.open(length, report.start, report.end)
+    await this.requireServer(report.server, report.modelId, report.start, report.end)
+    const release = await this.recheckSlot()
     let error: number
     try {
-      const all = concatFloat32(inputs)
-      const out = await span.forward(all, length)
-      error = outputError(out.subarray(out.length - output.length), output)
+      const max = this.init.maxSessions ?? 64
+      if (this.sessions.size + this.rechecking > max) throw new VerifyError('busy', `busy: ${this.sessions.size} verify sessions and ${this.rechecking - 1} re-checks open`)
+      const span = await this.c.runner.open(length, report.start, report.end)
+      try {
+        const all = concatFloat32(inputs)
+        const out = await span.forward(all, length)
+        error = outputError(out.subarray(out.length - output.length), output)
+      } finally {
+        await span.close()
+      }
     } finally {
-      await span.close()
+      release()
     }
     if (!(error > this.tolerance)) {
       return { type: 'rechecked', confirmed: false, error, reason: `the output is within the tolerance here (error ${error.toExponential(2)} ≤ ${this.tolerance})` }
     }
-    const digest = await reportDigest(bytes)
     this.keepReport(digest, bytes)
     this.count(report.server, t => { if (!t.reports.includes(digest)) { t.failed++; t.reports.push(digest) } })
     return { type: 'rechecked', confirmed: true, error, reason: `recomputed: error ${error.toExponential(2)} > tolerance ${this.tolerance}` }
+  }
+
+  /** A turn to re-compute; the caller holds the count of running re-checks until it releases. */
+  private async recheckSlot (): Promise<() => void> {
+    if (this.rechecking >= (this.init.maxRechecks ?? 2)) await new Promise<void>(resolve => { this.recheckQueue.push(resolve) })
+    this.rechecking++
+    return () => { this.rechecking--; this.recheckQueue.shift()?.() }
+  }
+
+  private async requireServer (server: string, modelId: string, start: number, end: number): Promise<void> {
+    if (this.init.servers == null || await this.init.servers.announces(server, modelId, start, end)) return
+    throw new VerifyError('unknown-server', `peer ${server} does not announce blocks [${start}, ${end}) of model ${modelId.slice(0, 12)}: only servers' commitments are checked`)
   }
 
   async close (verifyId: string): Promise<void> {
@@ -234,7 +296,10 @@ export class Verifier {
     const t = this.tallies.get(server) ?? { passed: 0, failed: 0, reports: [] }
     fn(t)
     if (t.reports.length > 64) t.reports.splice(0, t.reports.length - 64)
+    // most recently changed last: the first one is the one to forget
+    this.tallies.delete(server)
     this.tallies.set(server, t)
+    while (this.tallies.size > (this.init.maxServers ?? 4096)) this.tallies.delete(this.tallies.keys().next().value!)
     this.init.onTally?.(server, t)
   }
 
@@ -244,11 +309,4 @@ export class Verifier {
   }
 }
 
-const hasher = createBLAKE3()
-export async function reportDigest (bytes: Uint8Array): Promise<string> {
-  const h = await hasher
-  h.init()
-  h.update(bytes)
-  return h.digest('hex')
-}
-
+export { reportDigest }

@@ -22,7 +22,7 @@ export interface VerifyHandlerInit {
 /**
  * `/plexus/verify/1.0.0`: a client sends `check`s of one or more hops (each a verify session that
  * lives as long as the stream) and reads a `verdict` per check; anyone may send a `recheck` of a
- * fraud report. A malformed request gets an `error` frame naming the problem and the stream
+ * fraud report, or ask for a report by digest (`get-report`). A malformed request gets an `error` frame naming the problem and the stream
  * closes; the verifier goes on serving every other stream.
  */
 export function createVerifyHandler (components: VerifyHandlerComponents, init: VerifyHandlerInit = {}) {
@@ -61,6 +61,12 @@ export function createVerifyHandler (components: VerifyHandlerComponents, init: 
           case 'recheck':
             await send(await verifier.recheck(msg.report))
             break
+          case 'get-report': {
+            // the evidence behind a reputation record, for a client to re-check before believing it
+            const report = verifier.reports.get(msg.digest)
+            await send({ type: 'report', digest: msg.digest, found: report != null, ...(report != null ? { report } : {}) })
+            break
+          }
           case 'close':
             if (owned.delete(msg.verifyId)) await verifier.close(msg.verifyId)
             break

@@ -1,6 +1,7 @@
-import { initBackend, generate, StreamDecoder, applyChatTemplate } from '@plexus/runtime'
-import type { BackendName, TextTokenizer, SamplingOptions, QuantFormat } from '@plexus/runtime'
+import { initBackend, generate, StreamDecoder, applyChatTemplate, DraftModel, PromptLookupDrafter } from '@plexus/runtime'
+import type { BackendName, TextTokenizer, SamplingOptions, QuantFormat, Drafter } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
+import { createLog, progressReporter, progressStyle } from '@plexus/p2p'
 import type { TrustLevel, AuditEvent } from '../inference/auditor.ts'
 import { openLocal, openSwarm, connectSwarm, swarmModelDir, stopNode } from '../model-source.ts'
 import type { OpenModel } from '../model-source.ts'
@@ -9,6 +10,8 @@ export interface GenerateArgs extends SamplingOptions {
   local: boolean
   bootstrap?: string[]
   wireDtype?: WireDType
+  /** Servers push activations to the next server (--forward). */
+  forward?: boolean
   /** A model directory; with --bootstrap also a model name, id or id prefix fetched from the swarm. */
   model: string
   /** Where fetched client parts are kept (default: ~/.cache/plexus/models; $PLEXUS_CACHE_DIR moves ~/.cache/plexus). */
@@ -26,6 +29,12 @@ export interface GenerateArgs extends SamplingOptions {
   checkRate?: number
   checkEvery?: number
   trustVerifier?: string[]
+  /** Speculative decoding: most draft tokens per round. */
+  speculate?: number
+  draft?: 'prompt-lookup' | 'model'
+  /** A local draft model (same tokenizer); without it, prompt-lookup drafting. */
+  draftModel?: string
+  draftBlocks?: number
 }
 
 export class UsageError extends Error {
@@ -55,19 +64,24 @@ export async function runGenerate (args: GenerateArgs): Promise<void> {
   if (args.local === (args.bootstrap != null && args.bootstrap.length > 0)) {
     throw new UsageError('give either --local (run every block here) or --bootstrap <multiaddr> (run through a swarm)')
   }
-  const backend = await initBackend(args.backend)
-  const log = (m: string): void => { process.stderr.write(`[plexus] ${m}\n`) }
+  const clientLog = createLog('client')
+  const log = (m: string): void => { clientLog.info(m) }
+  // progress on stderr: as JSON lines with --json, so stdout keeps only the result
+  const onProgress = progressReporter({ log: clientLog, style: progressStyle({ json: args.json }) })
+  const backend = await initBackend(args.backend, { note: log })
   const node = args.local ? undefined : await connectSwarm(args.bootstrap!)
   let model: OpenModel | undefined
   const audits: AuditEvent[] = []
   try {
     model = node == null
-      ? await openLocal(args.model, { quantize: args.quantize })
+      ? await openLocal(args.model, { quantize: args.quantize, onProgress })
       : await openSwarm(node, {
-        dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log }),
+        dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log, onProgress }),
         quantize: args.quantize,
         dtype: args.wireDtype,
+        forward: args.forward,
         log,
+        onProgress,
         trust: args.trust,
         checkRate: args.checkRate,
         checkEvery: args.checkEvery,
@@ -87,9 +101,23 @@ async function generateWith (model: OpenModel, args: GenerateArgs, backend: stri
   for (const id of ids) {
     if (id >= config.vocabSize) throw new UsageError(`token id ${id} is outside the vocabulary (0..${config.vocabSize - 1})`)
   }
+  const maxLength = Math.min(config.maxPositions, ids.length + args.maxTokens)
+  const draftModel = args.speculate != null && args.draftModel != null ? await DraftModel.load(args.draftModel, { blocks: args.draftBlocks }) : undefined
+  let drafter: Drafter | undefined
+  try {
+    if (args.speculate != null) drafter = draftModel != null ? await draftModel.drafter(maxLength, config.vocabSize) : new PromptLookupDrafter()
+    await generateThrough(model, args, backend, log, audits, ids, maxLength, drafter)
+  } finally {
+    await drafter?.close()
+    await draftModel?.dispose()
+  }
+}
+
+async function generateThrough (model: OpenModel, args: GenerateArgs, backend: string, log: (m: string) => void, audits: AuditEvent[], ids: number[], maxLength: number, drafter: Drafter | undefined): Promise<void> {
+  const { config, tokenizer: tok } = model
   const eos = args.ignoreEos === true ? [] : (tok?.eosTokenIds ?? config.eosTokenIds)
   const decoder = tok != null ? new StreamDecoder(tok) : undefined
-  const session = await model.session(Math.min(config.maxPositions, ids.length + args.maxTokens))
+  const session = await model.session(maxLength)
   const routeText = session.route?.map(h => `${h.peer.slice(-8)}[${h.start},${h.end})`).join(' → ')
   if (routeText != null) log(`route: ${routeText}`)
   const write = (s: string): void => { if (!args.json && s !== '') process.stdout.write(s) }
@@ -103,6 +131,7 @@ async function generateWith (model: OpenModel, args: GenerateArgs, backend: stri
       topP: args.topP,
       seed: args.seed,
       eosTokenIds: eos,
+      speculative: drafter != null ? { drafter, k: args.speculate! } : undefined,
       onToken: (id) => {
         if (decoder != null) write(decoder.push(id))
         else { write((first ? '' : ' ') + id); first = false }
@@ -128,11 +157,13 @@ async function generateWith (model: OpenModel, args: GenerateArgs, backend: stri
       tokens_per_second: r.tokensPerSecond,
       prefill_tokens_per_second: r.prefillTokensPerSecond,
       trust: args.trust ?? 'fast',
+      ...(r.speculation != null ? { speculation: { drafter: r.speculation.drafter, k: args.speculate, drafted: r.speculation.drafted, accepted: r.speculation.accepted, acceptance_rate: r.speculation.acceptanceRate, target_steps: r.speculation.targetSteps, final_k: r.speculation.finalK } } : {}),
       ...(args.trust === 'verified' ? { verification: summarizeAudits(audits) } : {})
     }) + '\n')
   } else {
     process.stdout.write('\n')
     process.stderr.write(`[${r.tokenIds.length} tokens, prefill ${r.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${r.tokensPerSecond.toFixed(1)} tok/s, backend ${backend}]\n`)
+    if (r.speculation != null) process.stderr.write(`[speculative (${r.speculation.drafter}): ${r.speculation.accepted} of ${r.speculation.drafted} drafts accepted (${(100 * r.speculation.acceptanceRate).toFixed(0)}%), ${r.speculation.targetSteps} steps through the blocks for ${Math.max(0, r.tokenIds.length - 1)} tokens]\n`)
     if (args.trust === 'verified') {
       const v = summarizeAudits(audits)
       process.stderr.write(`[verified: ${v.checked_steps} steps re-computed in ${v.checks} checks, max error ${v.max_error.toExponential(2)}; ${v.frauds.length} wrong outputs caught and re-run]\n`)

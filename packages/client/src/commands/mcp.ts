@@ -7,6 +7,7 @@ import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js'
 import { openGatewayCatalog } from '../gateway-catalog.ts'
 import type { GatewayCatalog, ServingArgs } from '../gateway-catalog.ts'
 import { UsageError } from './generate.ts'
+import { createLog, progressReporter } from '@plexus/p2p'
 
 export type McpArgs = ServingArgs
 
@@ -26,11 +27,12 @@ export async function runMcp (args: McpArgs): Promise<void> {
   if (args.local && args.model == null) throw new UsageError('--local needs --model DIR or FILE.gguf')
   // stdout carries the protocol: anything a library prints there would corrupt it
   console.log = console.info = console.debug = console.error
-  const log = (m: string): void => { process.stderr.write(`[plexus] ${m}\n`) }
-  const backend = await initBackend(args.backend)
+  const clientLog = createLog('client')
+  const log = (m: string): void => { clientLog.info(m) }
+  const backend = await initBackend(args.backend, { note: log })
 
   // MCP clients time out a slow handshake: answer it at once and open the models meanwhile
-  const opening = openGatewayCatalog({ ...args, log })
+  const opening = openGatewayCatalog({ ...args, log, onProgress: progressReporter({ log: clientLog }) })
   opening.catch(() => {})
   const ctx = createGatewayContext({ catalog: pending(opening), maxConcurrent: args.maxConcurrent, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast' })
   const server = createMcpServer(ctx, { status: async () => await (await opening).status() })

@@ -5,12 +5,19 @@ import { createGateway, isLoopback } from '@plexus/gateway'
 import { openGatewayCatalog } from '../gateway-catalog.ts'
 import type { GatewayCatalog, ServingArgs } from '../gateway-catalog.ts'
 import { UsageError } from './generate.ts'
+import { createLog, progressReporter, progressStyle } from '@plexus/p2p'
+import { gatewayDashboard } from '../gateway-dashboard.ts'
 
 export interface ServeArgs extends ServingArgs {
   port: number
   host: string
   apiKey?: string
   json?: boolean
+  cors?: string[]
+  allowHost?: string[]
+  /** Seconds. */
+  requestTimeout?: number
+  maxConnections?: number
 }
 
 export async function runServe (args: ServeArgs): Promise<void> {
@@ -20,19 +27,24 @@ export async function runServe (args: ServeArgs): Promise<void> {
   if (args.local && args.model == null) throw new UsageError('--local needs --model DIR or FILE.gguf')
   // $PLEXUS_API_KEY arrives as --api-key (cli-config.ts)
   const apiKey = args.apiKey
-  const log = (m: string): void => { process.stderr.write(`[plexus] ${m}\n`) }
+  const clientLog = createLog('client')
+  const log = (m: string): void => { clientLog.info(m) }
   if (!isLoopback(args.host) && apiKey == null) {
-    log(`WARNING: listening on ${args.host} without --api-key: anyone who can reach this port can use the model`)
+    clientLog.warn(`listening on ${args.host} without --api-key: anyone who can reach this port can use the model`)
   }
-  const backend = await initBackend(args.backend)
-  const models: GatewayCatalog = await openGatewayCatalog({ ...args, log })
+  const backend = await initBackend(args.backend, { note: log })
+  const models: GatewayCatalog = await openGatewayCatalog({ ...args, log, onProgress: progressReporter({ log: clientLog, style: progressStyle({ json: args.json }) }) })
   let closing: Promise<void> | undefined
   try {
-    const gw = await createGateway({ catalog: models.catalog, modelName: models.defaultName, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast', apiKey, maxConcurrent: args.maxConcurrent, defaultMetrics: true, status: models.status })
+    const board = gatewayDashboard(models)
+    const gw = await createGateway({ catalog: models.catalog, modelName: models.defaultName, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast', apiKey, maxConcurrent: args.maxConcurrent, defaultMetrics: true, status: models.status, dashboard: board.dashboard,
+      http: { corsOrigins: args.cors, allowedHosts: args.allowHost, requestTimeoutMs: args.requestTimeout != null ? args.requestTimeout * 1000 : undefined, maxConnections: args.maxConnections }
+    })
     const url = await gw.listen(args.port, args.host)
+    board.watch(gw.metrics)
     const what = models.defaultName ?? 'every model of the swarm'
     if (args.json === true) process.stdout.write(JSON.stringify({ event: 'ready', url, model: models.defaultName ?? null, backend }) + '\n')
-    else log(`serving ${what} at ${url} (OpenAI ${url}/v1, Anthropic ${url}/v1/messages, Ollama ${url}/api, MCP ${url}/mcp, metrics ${url}/metrics; backend ${backend})`)
+    else log(`serving ${what} at ${url} (OpenAI ${url}/v1, Anthropic ${url}/v1/messages, Ollama ${url}/api, MCP ${url}/mcp, metrics ${url}/metrics, dashboard ${url}/; backend ${backend})`)
     await new Promise<void>(resolve => {
       const stop = (): void => { closing ??= gw.close().catch(() => {}).then(async () => { await models.close() }).then(resolve) }
       process.once('SIGINT', stop)

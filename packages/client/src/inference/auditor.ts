@@ -219,7 +219,9 @@ export class Auditor {
     }
     const confirmedBy = [verifier]
     const others = (await this.c.verifiers.verifiers()).filter(v => v.peer !== verifier && v.peer !== h.server && v.start <= h.start && v.end >= h.end)
-    for (const other of others.slice(0, 1)) {
+    // a trusted verifier's re-check first; the next one when a verifier does not answer (announcing is free)
+    others.sort((a, b) => Number(this.init.trustedVerifiers?.has(b.peer) === true) - Number(this.init.trustedVerifiers?.has(a.peer) === true))
+    for (const other of others.slice(0, 3)) {
       try {
         const client = await VerifyClient.open(this.c.dialer, other.peer, this.c.verifiers.target(other.peer))
         try {
@@ -227,6 +229,7 @@ export class Auditor {
           if (r.confirmed) confirmedBy.push(other.peer)
           this.c.log?.(`verifier ${other.peer.slice(-8)} re-checked the report: ${r.reason}`)
         } finally { await client.close() }
+        break
       } catch (err: any) {
         this.c.log?.(`re-check by ${other.peer.slice(-8)} failed: ${err.message}`)
       }

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { lpStream } from '@libp2p/utils'
 import type { Stream } from '@libp2p/interface'
 import { SESSION_PROTOCOL, encodeMessage, decodeMessage, encodeTensor, decodeTensor, tensorDigest, verifyCommitment } from '@plexus/protocol'
-import type { SessionMessage, StepMessage, WireDType, ErrorCode, StepCommitment } from '@plexus/protocol'
+import type { SessionMessage, StepMessage, WireDType, ErrorCode, StepCommitment, NextHop } from '@plexus/protocol'
 
 /** The server answered with an error frame (`busy`, `not-served`, ...). */
 export class RemoteError extends Error {
@@ -46,6 +46,22 @@ export interface RemoteSpanInit {
   maxFrameBytes?: number
   /** Refuse results without a valid signed step commitment (default: required). */
   requireCommitments?: boolean
+  /** Chosen by the caller when other hops must name this session (a forwarded route). */
+  sessionId?: string
+  /** Forwarded route: the server pushes its outputs to this session of the next hop. */
+  next?: NextHop
+  /** Forwarded route: the peer whose pushes feed this session (none: the client sends its steps). */
+  prev?: string
+  /** Forwarded route: the server sends its outputs here too (spot checks need them). */
+  returnOutputs?: boolean
+}
+
+/** One hop's answer to a step of a forwarded route, checked. */
+export interface RoutedReply {
+  /** BLAKE3 of its output as committed (the next hop's input must match it). */
+  outputDigest: string
+  /** The output itself when the server sent it (the last hop, or `returnOutputs`). */
+  output?: Float32Array
 }
 
 /** One session on one server: blocks `[start, end)`, one step in flight at a time. */
@@ -63,6 +79,8 @@ export class RemoteSpanSession {
   lastComputeMs = 0
   /** Wall time of the last step as the client saw it, ms (minus compute: the hop's overhead). */
   lastWallMs = 0
+  /** Steps whose output this server pushed to the next hop (a forwarded route). */
+  forwardedSteps = 0
   /** The server's signed commitments to every step of this session: evidence for verification. */
   readonly commitments: StepCommitment[] = []
   /** The last step as the server committed to it: its signed text, input (as the server decoded it) and output. */
@@ -87,15 +105,29 @@ export class RemoteSpanSession {
     } catch (err: any) {
       throw new PeerFailure(init.peer, `cannot open a session stream: ${err.message}`, { cause: err })
     }
-    const s = new RemoteSpanSession(init, stream, randomBytes(16).toString('hex'))
-    await s.request({ type: 'open', sessionId: s.sessionId, modelId: init.modelId, start: init.start, end: init.end, maxLength: init.maxLength }, 'opened', signal)
+    const s = new RemoteSpanSession(init, stream, init.sessionId ?? randomBytes(16).toString('hex'))
+    const route = { ...(init.next != null ? { next: init.next } : {}), ...(init.prev != null ? { prev: init.prev } : {}), ...(init.returnOutputs === true ? { returnOutputs: true } : {}) }
+    await s.request({ type: 'open', sessionId: s.sessionId, modelId: init.modelId, start: init.start, end: init.end, maxLength: init.maxLength, ...route }, 'opened', signal)
     return s
   }
 
   private async request (msg: SessionMessage, expect: SessionMessage['type'], signal: AbortSignal): Promise<SessionMessage> {
-    let reply: SessionMessage
+    await this.write(msg, signal)
+    return await this.reply(expect, signal)
+  }
+
+  private async write (msg: SessionMessage, signal: AbortSignal): Promise<void> {
     try {
       await this.io.write(encodeMessage(msg), { signal })
+    } catch (err: any) {
+      this.stream.abort(err)
+      throw new PeerFailure(this.peer, err.message, { cause: err })
+    }
+  }
+
+  private async reply (expect: SessionMessage['type'] | Array<SessionMessage['type']>, signal: AbortSignal): Promise<SessionMessage> {
+    let reply: SessionMessage
+    try {
       reply = decodeMessage((await this.io.read({ signal })).subarray(), { hiddenSize: this.init.hiddenSize })
     } catch (err: any) {
       this.stream.abort(err)
@@ -106,7 +138,7 @@ export class RemoteSpanSession {
       this.stream.abort(new Error(reply.message))
       throw new RemoteError(this.peer, reply.code, reply.message)
     }
-    if (reply.type !== expect) {
+    if (Array.isArray(expect) ? !expect.includes(reply.type) : reply.type !== expect) {
       this.stream.abort(new Error('protocol violation'))
       throw new PeerFailure(this.peer, `sent ${reply.type} where ${expect} was expected`)
     }
@@ -131,6 +163,62 @@ export class RemoteSpanSession {
     this.lastComputeMs = r.computeMs ?? 0
     this.lastWallMs = performance.now() - t0
     return r.data
+  }
+
+  /** Forwarded route, first hop: sends a step; the answers come from every hop (`receive`). */
+  async send (hidden: Float32Array, tokens: number, signal: AbortSignal): Promise<void> {
+    await this.write({ type: 'step', sessionId: this.sessionId, step: this.step, position: this.length, tokens, hidden: this.init.hiddenSize, dtype: this.init.dtype ?? 'f32', data: hidden }, signal)
+  }
+
+  /** Forwarded route: this hop's answer to the step in flight (its commitment, its output when sent). */
+  async receive (tokens: number, signal: AbortSignal): Promise<StepMessage | (SessionMessage & { type: 'forwarded' })> {
+    const t0 = performance.now()
+    const r = await this.reply(this.init.next == null || this.init.returnOutputs === true ? 'result' : 'forwarded', signal) as StepMessage | (SessionMessage & { type: 'forwarded' })
+    if (r.step !== this.step || r.position !== this.length || r.tokens !== tokens) {
+      this.stream.abort(new Error('protocol violation'))
+      throw new PeerFailure(this.peer, `answered step ${r.step} at position ${r.position} for step ${this.step} at ${this.length}`)
+    }
+    if (r.type === 'forwarded') this.forwardedSteps++
+    this.lastComputeMs = r.computeMs ?? 0
+    this.lastWallMs = performance.now() - t0
+    return r
+  }
+
+  /**
+   * Forwarded route: checks a hop's answer against the chain of commitments — its input must be
+   * what the previous hop committed to as its output (or what this client sent, at the first hop).
+   */
+  async accept (r: StepMessage | (SessionMessage & { type: 'forwarded' }), tokens: number, input: { digest: string, data?: Float32Array }): Promise<RoutedReply> {
+    const output = r.type === 'result' ? r.data : undefined
+    const step = this.step
+    const fail = (why: string): never => {
+      this.stream.abort(new Error(why))
+      throw new PeerFailure(this.peer, why)
+    }
+    if (r.commitment == null) {
+      if (this.init.requireCommitments !== false) fail('sent a result without a step commitment')
+      this.step++
+      this.length += tokens
+      return { outputDigest: output != null ? await tensorDigest(output) : '', output }
+    }
+    let c: StepCommitment | undefined
+    try {
+      c = verifyCommitment(r.commitment, {
+        expectedPeer: this.peer,
+        expected: {
+          modelId: this.init.modelId, start: this.start, end: this.end, sessionId: this.sessionId, step, position: this.length, tokens,
+          inputDigest: input.digest,
+          ...(output != null ? { outputDigest: await tensorDigest(output) } : {})
+        }
+      })
+    } catch (err: any) {
+      fail(`bad step commitment: ${err.message}`)
+    }
+    this.commitments.push(c!)
+    if (output != null && input.data != null) this.lastStep = { commitment: r.commitment, input: input.data, output }
+    this.step++
+    this.length += tokens
+    return { outputDigest: c!.outputDigest, output }
   }
 
   /** Keeps the server's signed commitment to this step, or fails the step if it is missing or false. */

@@ -7,12 +7,15 @@ import { findRoute, describeBlocks, NoRouteError } from '../routing/route.ts'
 import type { Hop, ServerCandidate } from '../routing/route.ts'
 import type { BanList } from '../routing/ban-list.ts'
 import type { Auditor, HopAudit } from './auditor.ts'
+import { openForwarded, stepForwarded } from './forwarded-route.ts'
 
 /** Where servers come from: discovery on the swarm (or a fixed list in tests). */
 export interface CandidateSource {
   candidates (opts?: { refresh?: boolean }): Promise<ServerCandidate[]>
   /** What the dialer needs to reach a peer (its PeerId, with addresses known to the node). */
   target (peer: string): unknown
+  /** The addresses a peer announced (a forwarded route tells each server where its next hop is). */
+  addrs?: (peer: string) => string[]
 }
 
 export interface SwarmSessionComponents {
@@ -38,6 +41,11 @@ export interface SwarmSessionInit {
   maxRepairs?: number
   /** How long to wait for a full server to have room before answering `busy`. */
   busyWaitMs?: number
+  /**
+   * Servers push activations straight to the next server (forwarded-route.ts) instead of back
+   * through this client. A failed hop then rebuilds the whole route and replays the inputs.
+   */
+  forward?: boolean
 }
 
 /**
@@ -127,6 +135,15 @@ export class SwarmSession implements SessionPipeline {
       }
       const opened: LiveHop[] = []
       try {
+        if (this.forwarding) {
+          const base = { modelId: this.init.modelId, maxLength: this.init.maxLength, hiddenSize: this.init.hiddenSize, dtype: this.init.dtype, stepTimeoutMs: this.init.stepTimeoutMs }
+          const sessions = await openForwarded(this.c.dialer, route.hops, hop => ({ ...base, target: this.c.source.target(hop.peer) }), {
+            addrs: peer => this.c.source.addrs?.(peer) ?? [],
+            // every hop or none: a server must not tell whether its hop is checked
+            returnOutputs: this.c.auditor != null
+          })
+          return sessions.map((session, i) => ({ hop: route.hops[i], session, history: [], audit: this.c.auditor?.newHop(route.hops[i].peer, session.sessionId, route.hops[i].start, route.hops[i].end) }))
+        }
         for (const hop of route.hops) {
           const session = await RemoteSpanSession.open(this.c.dialer, {
             peer: hop.peer, target: this.c.source.target(hop.peer), modelId: this.init.modelId, start: hop.start, end: hop.end,
@@ -145,8 +162,12 @@ export class SwarmSession implements SessionPipeline {
     }
   }
 
+  /** Forwarded mode: each step goes through the servers without coming back here in between. */
+  private get forwarding (): boolean { return this.init.forward === true }
+
   async forward (hidden: Float32Array, tokens: number): Promise<Float32Array> {
     if (this.closed) throw new Error('session is closed')
+    if (this.forwarding) return await this.forwardRouted(hidden, tokens)
     let h = hidden
     let i = 0
     while (i < this.hops.length) {
@@ -208,6 +229,59 @@ export class SwarmSession implements SessionPipeline {
     }
   }
 
+  /** A step through the forwarded route; a failed hop rebuilds the route and replays the inputs first. */
+  private async forwardRouted (hidden: Float32Array, tokens: number): Promise<Float32Array> {
+    for (;;) {
+      try {
+        return await this.runRouted(hidden, tokens)
+      } catch (err: any) {
+        if (!(err instanceof PeerFailure || err instanceof RemoteError)) throw err
+        await this.rebuild(err)
+      }
+    }
+  }
+
+  /** Every hop anew, without the failed server, fed the positions so far (as one step). */
+  private async rebuild (err: PeerFailure | RemoteError): Promise<void> {
+    const maxRepairs = this.init.maxRepairs ?? 16
+    const past = concatFloat32(this.hops[0]?.history ?? [])
+    for (;;) {
+      this.c.bans.fail(err.peer, err instanceof RemoteError && err.code === 'busy' ? 'busy' : 'failure')
+      this.c.log?.(`server ${err.peer.slice(-8)} failed: ${err.message}; rebuilding the forwarded route`)
+      if (this.repairs++ >= maxRepairs) throw new Error(`gave up after ${maxRepairs} route repairs: ${err.message}`)
+      // checked hops' last steps may still hide a lie that shaped the tokens since
+      for (const h of this.hops) {
+        if (h.audit != null && h.audit.checked && h.audit.pending > 0) this.retired.push(h.audit)
+        else await h.audit?.dispose()
+        await h.session.close()
+      }
+      try {
+        this.hops = []
+        this.hops = await this.openRoute(0, this.init.numBlocks)
+        if (past.length > 0) await this.runRouted(past, past.length / this.init.hiddenSize)
+        this.c.log?.(`rerouted through ${this.hops.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
+        return
+      } catch (e: any) {
+        if (e instanceof NoRouteError) throw new NoRouteError(`${e.message}; the last one failed: ${err.message}`, e.missing)
+        if (!(e instanceof PeerFailure || e instanceof RemoteError)) throw e
+        err = e
+      }
+    }
+  }
+
+  /** One step through the forwarded route, remembered for replay and for spot checks. */
+  private async runRouted (x: Float32Array, tokens: number): Promise<Float32Array> {
+    const r = await stepForwarded(this.hops.map(h => h.session), x, tokens, { dtype: this.init.dtype ?? 'f32', timeoutMs: this.init.stepTimeoutMs ?? 30_000 })
+    this.hops[0].history.push(x)
+    r.hops.forEach((step, i) => {
+      const audit = this.hops[i].audit
+      if (audit == null) return
+      if (step.commitment != null && step.input != null && step.output != null) audit.record({ commitment: step.commitment, input: step.input, output: step.output }, tokens)
+      else if (audit.checked) throw new PeerFailure(this.hops[i].hop.peer, 'a checked hop sent no output to check')
+    })
+    return r.output
+  }
+
   /** One step through one hop, remembered for replay and for spot checks. */
   private async runHop (live: LiveHop, x: Float32Array, tokens: number): Promise<Float32Array> {
     const out = await live.session.forward(x, tokens)
@@ -218,6 +292,19 @@ export class SwarmSession implements SessionPipeline {
 
   /** Positions the session holds. */
   get length (): number { return this.hops[0]?.session.length ?? 0 }
+
+  /**
+   * Keeps only the first `length` positions on every hop (speculative decoding drops rejected
+   * drafts): the servers truncate their caches in parallel, and each hop's replay history is cut
+   * to match. Spot checks commit to every step as sent, so a verified session refuses.
+   */
+  async truncate (length: number): Promise<void> {
+    if (this.closed) throw new Error('session is closed')
+    if (this.c.auditor != null) throw new Error('a verified session cannot be rolled back by its client: its steps are committed for spot checks')
+    if (!Number.isInteger(length) || length < 0 || length > this.length) throw new RangeError(`cannot truncate the session to ${length}: it holds ${this.length} positions`)
+    await Promise.all(this.hops.map(async h => { await h.session.truncate(length) }))
+    for (const h of this.hops) h.history = cutHistory(h.history, length * this.init.hiddenSize)
+  }
 
   /**
    * Spot checks (trust level `verified`): every few steps, and always when `final`, verifiers
@@ -247,7 +334,8 @@ export class SwarmSession implements SessionPipeline {
     this.hops = await this.openRoute(0, this.init.numBlocks)
     if (length === 0) return
     let x: Float32Array = embeddings.slice()
-    for (const live of this.hops) x = await this.runHop(live, x, length)
+    if (this.forwarding) await this.runRouted(x, length)
+    else for (const live of this.hops) x = await this.runHop(live, x, length)
     this.c.log?.(`replayed ${length} positions through ${this.hops.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
   }
 
@@ -271,3 +359,13 @@ function findRouteOrUndefined (candidates: ServerCandidate[], from: number, to: 
   try { return findRoute(candidates, from, to) } catch { return undefined }
 }
 
+/** The first `values` values of a hop's consecutive inputs. */
+function cutHistory (history: Float32Array[], values: number): Float32Array[] {
+  const out: Float32Array[] = []
+  for (const x of history) {
+    if (values <= 0) break
+    out.push(x.length <= values ? x : x.subarray(0, values))
+    values -= x.length
+  }
+  return out
+}

@@ -1,7 +1,7 @@
 import { lpStream } from '@libp2p/utils'
 import type { Stream } from '@libp2p/interface'
 import { VERIFY_PROTOCOL, encodeVerifyMessage, decodeVerifyMessage } from '@plexus/protocol'
-import type { CheckMessage, VerdictMessage, RecheckedMessage, VerifyMessage } from '@plexus/protocol'
+import type { CheckMessage, VerdictMessage, RecheckedMessage, ReportMessage, VerifyMessage } from '@plexus/protocol'
 import type { Dialer } from './remote-span.ts'
 import { PeerFailure } from './remote-span.ts'
 
@@ -35,6 +35,13 @@ export class VerifyClient {
 
   async recheck (report: Uint8Array): Promise<RecheckedMessage> {
     return await this.request({ type: 'recheck', report }, 'rechecked') as RecheckedMessage
+  }
+
+  /** The fraud report with this digest, as the verifier keeps it (undefined when it does not). */
+  async getReport (digest: string): Promise<Uint8Array | undefined> {
+    const r = await this.request({ type: 'get-report', digest }, 'report') as ReportMessage
+    if (r.digest !== digest) throw new PeerFailure(this.peer, `verifier answered with report ${r.digest.slice(0, 12)} for ${digest.slice(0, 12)}`)
+    return r.found ? r.report : undefined
   }
 
   private async request (msg: VerifyMessage, expect: VerifyMessage['type']): Promise<VerifyMessage> {

@@ -5,6 +5,8 @@ import type { PlexusNode, AnnouncementPayload } from '@plexus/p2p'
 import type { ServerCandidate } from './route.ts'
 import type { CandidateSource } from '../inference/swarm-session.ts'
 import type { VerifierSource, VerifierCandidate } from '../inference/auditor.ts'
+import { ObservedThroughput } from './observed-throughput.ts'
+import type { StepTiming } from './observed-throughput.ts'
 
 export interface DiscoveryInit {
   modelId: string
@@ -38,8 +40,26 @@ export class SwarmDiscovery implements CandidateSource {
     return this.peers.get(peer) ?? peerIdFromString(peer)
   }
 
+  addrs (peer: string): string[] {
+    return this.cached?.servers.find(s => s.peer === peer)?.announcement.addrs ?? []
+  }
+
+  /** What this client measured of the servers' decode steps. */
+  readonly observed = new ObservedThroughput()
+
+  /** The servers, with the throughput routing should assume (measured, or announced and capped). */
   async candidates (opts: { refresh?: boolean } = {}): Promise<ServerCandidate[]> {
-    return await this.servers(opts)
+    const servers = await this.servers(opts)
+    const throughput = this.observed.effective(servers)
+    return servers.map((s, i) => ({ ...s, throughput: throughput[i] }))
+  }
+
+  /** The hops of one decode step (one token), as timed by the session. */
+  observeStep (timings: StepTiming[]): void {
+    for (const t of timings) {
+      const rtt = this.cached?.servers.find(s => s.peer === t.peer)?.rttMs ?? 0
+      this.observed.observe(t, rtt)
+    }
   }
 
   async servers (opts: { refresh?: boolean } = {}): Promise<ServerInfo[]> {

@@ -4,7 +4,8 @@
 // in a later POST, and only the server instance running that call can abort its generation (and
 // free its swarm session); GET streams and DELETE belong to a session too. Sessions are bounded
 // (maxSessions; an initialize beyond it gets 503) and end after idleTimeoutMs without a request,
-// so forgotten clients cannot pile up servers.
+// so forgotten clients cannot pile up servers. Host and Origin are checked for every route
+// (http-guard.ts), so a web page cannot reach /mcp through a visitor's browser either.
 import { randomUUID } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
@@ -41,32 +42,6 @@ export function rpcError (message: string, code = -32000): unknown {
 }
 
 export const isMcpUrl = (url: string): boolean => url === MCP_PATH || url.startsWith(`${MCP_PATH}?`)
-
-/**
- * Refuses requests whose Host or Origin is not this machine while the gateway listens on loopback:
- * a web page whose name re-resolves to 127.0.0.1 (DNS rebinding) must not reach a local model.
- */
-function localOnly (app: FastifyInstance): (request: FastifyRequest) => Promise<void> {
-  return async (request) => {
-    const addr = app.server.address()
-    if (typeof addr !== 'object' || addr == null || !isLoopbackName(addr.address)) return
-    const host = request.headers.host
-    if (host == null || !isLoopbackName(hostnameOf(`http://${host}`))) {
-      throw new ApiError(403, `refused Host ${JSON.stringify(host ?? '')}: this gateway listens on loopback and answers only requests addressed to it (localhost, 127.0.0.1, [::1])`)
-    }
-    const origin = request.headers.origin
-    if (origin != null && !isLoopbackName(hostnameOf(origin))) {
-      throw new ApiError(403, `refused Origin ${JSON.stringify(origin)}: this gateway listens on loopback and answers only pages served from this machine`)
-    }
-  }
-}
-
-function hostnameOf (url: string): string {
-  try { return new URL(url).hostname } catch { return '' }
-}
-
-const isLoopbackName = (h: string): boolean =>
-  h === 'localhost' || h === '::1' || h === '[::1]' || h === '::ffff:127.0.0.1' || /^127\.\d+\.\d+\.\d+$/.test(h)
 
 export class McpSessions {
   readonly #ctx: GatewayContext
@@ -170,7 +145,6 @@ export function registerMcp (app: FastifyInstance, ctx: GatewayContext, opts: Mc
   app.route({
     method: ['POST', 'GET', 'DELETE'],
     url: MCP_PATH,
-    onRequest: localOnly(app),
     handler: async (request, reply) => { await sessions.handle(request, reply) }
   })
   // open GET streams would otherwise hold app.close() until their clients leave

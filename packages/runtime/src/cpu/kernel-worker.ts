@@ -2,7 +2,7 @@
 // the kernels instantiated over the job's arena memory, and counts itself done.
 import { workerData, parentPort, receiveMessageOnPort } from 'node:worker_threads'
 import type { MessagePort } from 'node:worker_threads'
-import { CTL, rowRange } from './threads.ts'
+import { CTL, KERNEL_CODE, rowRange } from './threads.ts'
 import { wasm } from './wasm-api.ts'
 import type { WasmMemory, WasmModule } from './wasm-api.ts'
 import type { KernelExports } from './arena.ts'
@@ -33,7 +33,9 @@ for (;;) {
     const k = kernelsFor(ctl[CTL.arena])
     const [r0, r1] = rowRange(ctl[CTL.rows], ctl[CTL.threads], index)
     if (r0 < r1) {
-      if (ctl[CTL.kernel] === 0) k.matmul_q8_0(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.xd], ctl[CTL.tokens], ctl[CTL.y], r0, r1, ctl[CTL.half])
+      const kernel = ctl[CTL.kernel]
+      if (kernel === KERNEL_CODE.q8_0) k.matmul_q8_0(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.xd], ctl[CTL.tokens], ctl[CTL.y], r0, r1, ctl[CTL.half])
+      else if (kernel === KERNEL_CODE.bf16) k.matmul_bf16(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.tokens], ctl[CTL.y], r0, r1)
       else k.matmul_q4_K(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.xd], ctl[CTL.xbs], ctl[CTL.tokens], ctl[CTL.y], r0, r1, ctl[CTL.half])
     }
   } catch {

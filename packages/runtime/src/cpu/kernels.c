@@ -1,4 +1,4 @@
-// Plexus CPU kernels: matrix products that read ggml's q8_0 and q4_K blocks as stored.
+// Plexus CPU kernels: matrix products that read ggml's q8_0 and q4_K blocks, and bf16 weights, as stored.
 // Built to wasm32 with SIMD128 by scripts/build-kernels.sh; loaded by arena.ts, called by
 // wasm-matrix.ts and threads.ts.
 //
@@ -228,5 +228,40 @@ void matmul_q4_K(const uint8_t *w, int rows, int cols, const int8_t *xq, const f
       for (int r = rc; r < re; r++)
         row_q4_K(w + (uint32_t)r * nb * Q4_K_BYTES, nb, xq + (uint32_t)t * cols, cols, xd + t * nb, xbs + 8 * t * nb,
                  y + (uint32_t)t * rows + r, rows, half, 1);
+  }
+}
+
+// T tokens of one bf16 row. A bf16 value is the top half of a float32, so widening is a shift
+// (exact) and the products are float32 as the widened tfjs path computes them. Two accumulators
+// per token (the row's low and high four lanes of each eight) keep two add chains in flight.
+static inline __attribute__((always_inline)) void
+row_bf16(const uint16_t *row, const float *x, int cols, float *y, int rows, const int T) {
+  v128_t lo[4], hi[4];
+  _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) { lo[k] = wasm_f32x4_splat(0); hi[k] = wasm_f32x4_splat(0); }
+  for (int c = 0; c < cols; c += 8) {
+    const v128_t w = wasm_v128_load(row + c);
+    const v128_t wl = wasm_i32x4_shl(wasm_u32x4_extend_low_u16x8(w), 16);
+    const v128_t wh = wasm_i32x4_shl(wasm_u32x4_extend_high_u16x8(w), 16);
+    _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) {
+      const float *xk = x + (uint32_t)k * cols + c;
+      lo[k] = wasm_f32x4_add(lo[k], wasm_f32x4_mul(wl, wasm_v128_load(xk)));
+      hi[k] = wasm_f32x4_add(hi[k], wasm_f32x4_mul(wh, wasm_v128_load(xk + 4)));
+    }
+  }
+  _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) y[(uint32_t)k * rows] = hsum_f32(wasm_f32x4_add(lo[k], hi[k]));
+}
+
+// Rows r0 ≤ r < r1 of y = x · Wᵀ for bf16 W [rows, cols] (cols a multiple of 8) and float32 x.
+void matmul_bf16(const uint16_t *w, int rows, int cols, const float *x, int tokens, float *y, int r0, int r1) {
+  const int chunk = CHUNK_ROWS(cols * 2);
+  for (int rc = r0; rc < r1; rc += chunk) {
+    const int re = rc + chunk < r1 ? rc + chunk : r1;
+    int t = 0;
+    for (; t + 4 <= tokens; t += 4)
+      for (int r = rc; r < re; r++)
+        row_bf16(w + (uint32_t)r * cols, x + (uint32_t)t * cols, cols, y + (uint32_t)t * rows + r, rows, 4);
+    for (; t < tokens; t++)
+      for (int r = rc; r < re; r++)
+        row_bf16(w + (uint32_t)r * cols, x + (uint32_t)t * cols, cols, y + (uint32_t)t * rows + r, rows, 1);
   }
 }

@@ -34,6 +34,14 @@ export class WasmQuantMatrix implements QuantMatrix {
     checkInput(this, x, tokens)
     const { rows, cols, arena } = this
     const n = tokens * cols
+    if (this.format === 'bf16') {
+      // float32 activations as they are: the kernel widens the weights, nothing is quantized
+      const x32 = arena.scratch(up(4 * n) + 4 * tokens * rows)
+      const y = x32 + up(4 * n)
+      new Float32Array(arena.memory.buffer, x32, n).set(x)
+      splitRows(arena, { kernel: 'bf16', w, rows, cols, xq: x32, xd: 0, xbs: 0, tokens, y })
+      return new Float32Array(arena.memory.buffer, y, tokens * rows).slice()
+    }
     const nb = cols / QUANT_BLOCK[this.format].values
     // scratch: x as f32, its quantized values (int16 for q8_0, int8 for q8_K), one f32 scale per
     // block, q8_K's int16 sums, then y

@@ -150,6 +150,12 @@ export class GgufCheckpoint implements ModelSource {
     return { name, dtype, shape: [...info.shape], bytes }
   }
 
+  async storedBytes (names: string[]): Promise<number> {
+    let n = 0
+    for (const name of names) { const info = this.info(name); n += info.end - info.begin }
+    return n
+  }
+
   /** All tensors of one block, shape-checked (name order is canonical, as Checkpoint's). */
   async readBlockRaw (block: number): Promise<RawTensor[]> {
     this.checkBlock(block)

@@ -79,6 +79,7 @@ export class QuantizedSource implements ModelSource {
 
   async readHeadRaw (): Promise<RawTensor[]> { return await this.base.readHeadRaw() }
   checkBlock (block: number): void { this.base.checkBlock(block) }
+  async storedBytes (names: string[]): Promise<number> { return await this.base.storedBytes(names) }
   async tokenizer (): ReturnType<ModelSource['tokenizer']> { return await this.base.tokenizer() }
   async tokenizerConfig (): ReturnType<ModelSource['tokenizerConfig']> { return await this.base.tokenizerConfig() }
   async close (): Promise<void> { await this.base.close() }

@@ -1,0 +1,106 @@
+// Which addresses a node listens on by default, and which of its addresses it tells others about.
+import { createServer } from 'node:net'
+import { networkInterfaces } from 'node:os'
+import { isLinkLocal, isLoopback, isPrivate } from '@libp2p/utils'
+import { multiaddr } from '@multiformats/multiaddr'
+import type { Multiaddr } from '@multiformats/multiaddr'
+
+/** The port a node listens on unless told otherwise (another free port when it is taken). */
+export const DEFAULT_PORT = 31337
+
+/** Every interface, IPv4 and IPv6, on `port`. */
+export function allInterfaces (port: number): string[] {
+  return [`/ip4/0.0.0.0/tcp/${port}`, `/ip6/::/tcp/${port}`]
+}
+
+/**
+ * The default listen addresses: every interface on DEFAULT_PORT, or on a free port the system
+ * picks when DEFAULT_PORT is taken (a second node on the same machine). `port` is the one chosen.
+ */
+export async function defaultListen (port = DEFAULT_PORT): Promise<{ listen: string[], port: number }> {
+  const free = await portFree('0.0.0.0', port) && await portFree('::', port)
+  const chosen = free ? port : await anyFreePort()
+  return { listen: allInterfaces(chosen), port: chosen }
+}
+
+/** A port free on every interface now (the system's choice for IPv4, checked for IPv6). */
+async function anyFreePort (): Promise<number> {
+  for (let i = 0; i < 8; i++) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const server = createServer()
+      server.once('error', reject)
+      server.listen({ host: '0.0.0.0', port: 0 }, () => {
+        const p = (server.address() as { port: number }).port
+        server.close(() => { resolve(p) })
+      })
+    })
+    if (await portFree('::', port)) return port
+  }
+  return 0
+}
+
+/**
+ * This machine's public interface addresses on the ports of wildcard listen addresses
+ * (`/ip4/0.0.0.0/tcp/31337` → `/ip4/<each public IPv4>/tcp/31337`): what a node that is known
+ * to be reachable, such as a bootstrap peer, announces without waiting for confirmation.
+ */
+export function publicInterfaceAddrs (listen: string[]): string[] {
+  const out: string[] = []
+  for (const a of listen) {
+    const [, proto, host, transport, port] = a.split('/')
+    if ((host !== '0.0.0.0' && host !== '::') || port == null || port === '0') continue
+    const family = proto === 'ip4' ? 'IPv4' : 'IPv6'
+    for (const list of Object.values(networkInterfaces())) {
+      for (const ni of list ?? []) {
+        if (ni.family !== family || ni.internal) continue
+        const ma = multiaddr(`/${proto}/${ni.address}/${transport}/${port}`)
+        if (!isPrivate(ma) && !isLinkLocalAddr(ma)) out.push(ma.toString())
+      }
+    }
+  }
+  return out
+}
+
+/** True when a TCP listener can take `port` on `host` now (an unsupported address family counts as free). */
+async function portFree (host: string, port: number): Promise<boolean> {
+  return await new Promise(resolve => {
+    const server = createServer()
+    server.once('error', (err: NodeJS.ErrnoException) => { resolve(err.code !== 'EADDRINUSE' && err.code !== 'EACCES') })
+    server.listen({ host, port, ipv6Only: host === '::', exclusive: true }, () => { server.close(() => { resolve(true) }) })
+  })
+}
+
+/** The first IP component of an address (`/ip4/...`, `/ip6/...`), if it has one. */
+function hostOf (ma: Multiaddr): { name: string, value: string } | undefined {
+  const first = ma.getComponents()[0]
+  return first != null && (first.name === 'ip4' || first.name === 'ip6') && first.value != null ? { name: first.name, value: first.value } : undefined
+}
+
+/** Link-local (169.254/16, fe80::/10): meaningless off the link, and to peers elsewhere. */
+export function isLinkLocalAddr (ma: Multiaddr): boolean {
+  return hostOf(ma) != null && isLinkLocal(ma)
+}
+
+export function isLoopbackAddr (ma: Multiaddr): boolean {
+  return hostOf(ma) != null && isLoopback(ma)
+}
+
+/**
+ * The addresses worth telling other peers: never link-local ones, and loopback ones only when
+ * the node has nothing else (it listens on loopback only, so its peers are on this machine).
+ * Relayed addresses are judged by the relay's address they start with.
+ */
+export function announceable (addrs: Multiaddr[]): Multiaddr[] {
+  const usable = addrs.filter(a => !isLinkLocalAddr(a))
+  const beyondLoopback = usable.filter(a => !isLoopbackAddr(a))
+  return beyondLoopback.length > 0 ? beyondLoopback : usable
+}
+
+/** True when every address given is a loopback one (a node whose peers all run on this machine). */
+export function onlyLoopback (addrs: string[]): boolean {
+  if (addrs.length === 0) return false
+  return addrs.every(a => {
+    const ma = multiaddr(a)
+    return isLoopbackAddr(ma)
+  })
+}

@@ -1,0 +1,7 @@
+export { createDashboard, listenDashboard, DASHBOARD_PATHS, DEFAULT_MAX_WATCHERS } from './http.ts'
+export type { Dashboard, DashboardOptions } from './http.ts'
+export { DashboardHub } from './hub.ts'
+export type { DashboardSource, LocalCounters } from './hub.ts'
+export { RouteLog } from './routes.ts'
+export { SwarmLook, MAX_SERVERS } from './swarm-look.ts'
+export type { DashboardView, ModelView, ServerView, RouteView, HopView, LocalView } from './view.ts'

@@ -1,0 +1,41 @@
+// Whether other peers can dial this node, as the ready line and health report it, judged from
+// the addresses it announces: libp2p announces a public address of its own only once peers
+// confirmed it (AutoNAT v2) or it was given (--announce, a bootstrap peer's interfaces).
+import type { PlexusNode } from './node.ts'
+
+/**
+ * yes: it announces a public address of its own (confirmed by peers through AutoNAT, or given);
+ * relayed: none, so it reserved a slot on a relay: peers reach it through the relay, and over
+ * WebRTC where the NATs allow a direct path; lan: private addresses only (its own network);
+ * local: loopback only (this machine); no: no address at all (it only dials); unknown: not yet known.
+ */
+export type Reachability = 'yes' | 'relayed' | 'lan' | 'local' | 'no' | 'unknown'
+
+/** IPv4/IPv6 hosts that no peer outside this network can dial. */
+const PRIVATE_HOST = [
+  /^127\./, /^10\./, /^192\.168\./, /^172\.(1[6-9]|2\d|3[01])\./, /^169\.254\./, /^100\.(6[4-9]|[7-9]\d|1[01]\d|12[0-7])\./, /^0\./,
+  /^::1?$/, /^f[cd][0-9a-f]{2}:/i, /^fe[89ab][0-9a-f]:/i
+]
+
+export function isPublicHost (host: string): boolean {
+  return !PRIVATE_HOST.some(re => re.test(host))
+}
+
+/** This node's reachability as far as is known now (from the addresses it announces). */
+export function reachability (node: Pick<PlexusNode, 'getMultiaddrs'>): Reachability {
+  const addrs = node.getMultiaddrs().map(ma => ma.toString())
+  if (addrs.length === 0) return 'no'
+  let direct = 0
+  let loopback = 0
+  for (const a of addrs) {
+    const parts = a.split('/')
+    // /ip4/HOST/..., /ip6/HOST/...: relayed addresses (p2p-circuit) are not this node's own
+    if (parts.includes('p2p-circuit') || (parts[1] !== 'ip4' && parts[1] !== 'ip6')) continue
+    if (isPublicHost(parts[2])) return 'yes'
+    direct++
+    if (/^127\.|^::1$/.test(parts[2])) loopback++
+  }
+  if (addrs.some(a => a.includes('/p2p-circuit'))) return 'relayed'
+  if (direct > 0) return loopback === direct ? 'local' : 'lan'
+  return 'unknown'
+}

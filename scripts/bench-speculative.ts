@@ -1,0 +1,134 @@
+// `npm run bench:speculative [-- --model DIR]`: greedy decoding through a 3-process loopback swarm,
+// plain and speculative (prompt-lookup, the same model as draft, its first 2 blocks as draft):
+// tokens/s, ms per token, acceptance rate and target steps, with an optional simulated link delay.
+import { parseArgs } from 'node:util'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { initBackend, generate, seededRandom, readModelConfig, DraftModel, PromptLookupDrafter } from '@plexus/runtime'
+import type { Drafter, GenerateResult, SessionPipeline } from '@plexus/runtime'
+import { connectSwarm, openSwarm, stopNode } from '../packages/client/src/model-source.ts'
+import type { SwarmSession } from '../packages/client/src/inference/swarm-session.ts'
+import { benchModel, thirds } from './lib/bench-common.ts'
+import { startSwarm } from './lib/local-swarm.ts'
+
+const { values: a } = parseArgs({
+  options: {
+    model: { type: 'string' },
+    shape: { type: 'string', default: 'small' },
+    'prompt-tokens': { type: 'string', default: '32' },
+    tokens: { type: 'string', default: '48' },
+    speculate: { type: 'string', default: '4' },
+    draft: { type: 'string', default: 'prompt-lookup,same,blocks:2' },
+    'link-ms': { type: 'string', default: '0' },
+    topology: { type: 'string', default: 'forwarded' },
+    forward: { type: 'boolean', default: false },
+    'json-only': { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false }
+  }
+})
+if (a.help === true) {
+  process.stdout.write(`usage: npm run bench:speculative -- [--model DIR | --shape small|tinyllama] [--prompt-tokens N] [--tokens N]
+       [--speculate K[,K…]] [--draft prompt-lookup,same,blocks:N] [--forward] [--link-ms MS] [--topology forwarded|direct] [--json-only]
+
+Starts a bootstrap peer and 3 plexus-node processes (a third of the blocks each) on 127.0.0.1 and
+generates greedily through them: plainly, then speculatively with each draft (prompt-lookup; same:
+the whole model on this machine, which accepts every draft and so bounds the gain; blocks:N: its
+first N blocks and head) at each k. --link-ms adds a simulated one-way delay per link at the client
+(loopback has ~none): per step, (hops + 1) links when servers forward to each other (forwarded),
+2 per hop when every hop answers the client (direct); a truncate costs one round trip (2 links).
+--forward: the servers really forward each step to the next server (plexus-client --forward).\n`)
+  process.exit(0)
+}
+const log = (s: string): void => { if (a['json-only'] !== true) process.stderr.write(s + '\n') }
+const dir = await benchModel(a.model, a.shape!, log)
+const promptLen = Number(a['prompt-tokens'])
+const genLen = Number(a.tokens)
+const ks = a.speculate!.split(',').map(Number)
+const drafts = a.draft!.split(',')
+const linkMs = Number(a['link-ms'])
+const topology = a.topology === 'direct' ? 'direct' : 'forwarded'
+const cfg = await readModelConfig(dir)
+const spans = thirds(cfg.numLayers)
+const rand = seededRandom(7)
+const prompt = Array.from({ length: promptLen }, () => 3 + Math.floor(rand() * (cfg.vocabSize - 3)))
+const backend = await initBackend()
+
+/** The session as seen over links of `linkMs` each way (added at the client, before each call). */
+function overLinks (s: SwarmSession, hops: number): SessionPipeline & { steps: number, truncates: number } {
+  const stepMs = linkMs * (topology === 'forwarded' ? hops + 1 : 2 * hops)
+  const w = {
+    steps: 0,
+    truncates: 0,
+    forward: async (h: Float32Array, tokens: number) => { w.steps++; if (stepMs > 0) await sleep(stepMs); return await s.forward(h, tokens) },
+    truncate: async (length: number) => { w.truncates++; if (linkMs > 0) await sleep(2 * linkMs); await s.truncate(length) },
+    close: async () => { await s.close() }
+  }
+  return w
+}
+
+interface Row { mode: string, draft?: string, k?: number, tokens_per_second: number, ms_per_token: number, acceptance_rate?: number, target_steps: number, truncates: number, speedup_vs_plain?: number, tokens_identical?: boolean }
+const rows: Row[] = []
+
+log(`swarm: bootstrap + 3 processes serving ${spans.join(' ')} (${backend})…`)
+const swarm = await startSwarm(dir, spans)
+try {
+  const node = await connectSwarm([swarm.bootstrapAddr])
+  const model = await openSwarm(node, { dir, forward: a.forward === true })
+  const run = async (drafter?: Drafter, k?: number): Promise<{ r: GenerateResult, steps: number, truncates: number }> => {
+    const s = await model.session(promptLen + genLen) as SwarmSession
+    const w = overLinks(s, s.route.length)
+    try {
+      const r = await generate(model.head, w, prompt, { maxTokens: genLen, speculative: drafter != null ? { drafter, k: k! } : undefined })
+      return { r, steps: w.steps - 1, truncates: w.truncates }
+    } finally { await w.close() }
+  }
+  // warm-up: connections, the servers' first steps
+  await run()
+  await run(new PromptLookupDrafter(), 4)
+  log('plain…')
+  const plain = await run()
+  const plainTps = plain.r.tokensPerSecond
+  rows.push({ mode: 'plain', tokens_per_second: plainTps, ms_per_token: 1000 / plainTps, target_steps: plain.steps, truncates: 0 })
+  for (const d of drafts) {
+    const blocks = d === 'same' ? undefined : d.startsWith('blocks:') ? Number(d.slice(7)) : 0
+    const dm = blocks === 0 ? undefined : await DraftModel.load(dir, { blocks })
+    try {
+      for (const k of ks) {
+        log(`speculative, ${d} draft, k=${k}…`)
+        const drafter = dm != null ? await dm.drafter(promptLen + genLen, cfg.vocabSize) : new PromptLookupDrafter()
+        try {
+          const { r, steps, truncates } = await run(drafter, k)
+          rows.push({
+            mode: 'speculative', draft: d, k, tokens_per_second: r.tokensPerSecond, ms_per_token: 1000 / r.tokensPerSecond,
+            acceptance_rate: r.speculation!.acceptanceRate, target_steps: steps, truncates,
+            speedup_vs_plain: r.tokensPerSecond / plainTps, tokens_identical: JSON.stringify(r.tokenIds) === JSON.stringify(plain.r.tokenIds)
+          })
+        } finally { await drafter.close() }
+      }
+    } finally { await dm?.dispose() }
+  }
+  await model.close()
+  await stopNode(node)
+} catch (err) {
+  // what the servers said: a failed step is often explained there
+  for (const n of swarm.nodes) process.stderr.write(`--- ${n.name}:\n${n.stderr().slice(-2000)}\n`)
+  throw err
+} finally {
+  await swarm.stop()
+}
+
+const result = {
+  model: dir, backend, shape: { hidden: cfg.hiddenSize, layers: cfg.numLayers, vocab: cfg.vocabSize }, spans,
+  prompt_tokens: promptLen, generated_tokens: genLen, forwarded: a.forward === true, link_ms: linkMs, topology: linkMs > 0 ? topology : 'loopback', runs: rows
+}
+if (a['json-only'] !== true) {
+  const f = (n: number | undefined, d = 1): string => n == null ? '' : n.toFixed(d)
+  const table = [
+    ['mode', 'draft', 'k', 'tok/s', 'ms/token', 'accepted', 'target steps', 'truncates', 'vs plain', 'same tokens'],
+    ...rows.map(r => [r.mode, r.draft ?? '', r.k != null ? String(r.k) : '', f(r.tokens_per_second), f(r.ms_per_token), r.acceptance_rate != null ? `${(100 * r.acceptance_rate).toFixed(0)}%` : '',
+      String(r.target_steps), String(r.truncates), r.speedup_vs_plain != null ? `${r.speedup_vs_plain.toFixed(2)}×` : '', r.tokens_identical == null ? '' : r.tokens_identical ? 'yes' : 'NO'])
+  ]
+  const w = table[0].map((_, i) => Math.max(...table.map(r => r[i].length)))
+  for (const r of table) process.stdout.write('| ' + r.map((c, i) => c.padEnd(w[i])).join(' | ') + ' |\n')
+  process.stdout.write(`${genLen} tokens after a ${promptLen}-token prompt; ${linkMs > 0 ? `${linkMs} ms per link (simulated, ${topology})` : 'loopback, no added delay'}\n`)
+}
+process.stdout.write(JSON.stringify(result) + '\n')

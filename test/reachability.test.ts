@@ -1,0 +1,128 @@
+// Reachability over real networks on one machine: Linux network namespaces joined by a bridge.
+// Needs root; without it (or without iproute2/iptables) the suite fails and says why.
+import assert from 'node:assert/strict'
+import { createInterface } from 'node:readline'
+import type { ChildProcess } from 'node:child_process'
+import { NetnsTopology, netnsUnavailable } from './support/netns.ts'
+import { fixtureDir, golden } from './support/fixtures.ts'
+import { CLIENT_BIN, NODE_BIN } from '../scripts/lib/local-swarm.ts'
+
+interface Started { child: ChildProcess, ready: Record<string, any>, stderr: () => string }
+
+/** Starts `plexus-node ARGS --json` in a namespace; resolves on its ready event. */
+async function startIn (topo: NetnsTopology, ns: string, args: string[], timeoutMs = 120_000): Promise<Started> {
+  const child = topo.spawn(ns, process.execPath, [NODE_BIN, ...args, '--json'])
+  let err = ''
+  child.stderr!.on('data', (d: Buffer) => { err += d.toString() })
+  const ready = await new Promise<Record<string, any>>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${ns}: not ready within ${timeoutMs / 1000} s:\n${err}`)), timeoutMs)
+    createInterface({ input: child.stdout! }).on('line', line => {
+      try { const ev = JSON.parse(line); if (ev.event === 'ready') { clearTimeout(timer); resolve(ev) } } catch {}
+    })
+    child.once('exit', code => { clearTimeout(timer); reject(new Error(`${ns}: exited (${code}) before it was ready:\n${err}`)) })
+  })
+  return { child, ready, stderr: () => err }
+}
+
+/** Runs a command in a namespace to its end (killed after `timeoutMs`, its output kept). */
+async function runIn (topo: NetnsTopology, ns: string, args: string[], timeoutMs = 180_000): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const child = topo.spawn(ns, process.execPath, args)
+  let stdout = ''
+  let stderr = ''
+  child.stdout!.on('data', (d: Buffer) => { stdout += d.toString() })
+  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })
+  const timer = setTimeout(() => { stderr += `\n(killed after ${timeoutMs / 1000} s)`; child.kill('SIGKILL') }, timeoutMs)
+  const code = await new Promise<number | null>(resolve => child.once('exit', resolve))
+  clearTimeout(timer)
+  return { code, stdout, stderr }
+}
+
+describe('reachability: network namespaces (needs root)', function () {
+  this.timeout(600_000)
+  let topo: NetnsTopology | undefined
+
+  before(function () {
+    const why = netnsUnavailable()
+    if (why != null) throw new Error(`reachability tests cannot run here: ${why}`)
+  })
+
+  afterEach(async () => {
+    const prefix = topo?.prefix
+    await topo?.destroy()
+    topo = undefined
+    if (prefix != null) assert.deepEqual(NetnsTopology.leftovers(prefix), [], 'namespaces left behind')
+  })
+
+  it("a LAN of three machines: the README's commands (join with only --bootstrap and --model) generate the model's tokens", async () => {
+    topo = new NetnsTopology('pl')
+    topo.addSwitch('lan')
+    topo.addHost('a', 'lan', '10.77.0.1/24')
+    topo.addHost('b', 'lan', '10.77.0.2/24')
+    topo.addHost('c', 'lan', '10.77.0.3/24')
+    const model = fixtureDir('tiny-llama')
+    const g = golden('tiny-llama')
+
+    // 1. the bootstrap peer, as the README runs it
+    const keyFile = `/tmp/${topo.prefix}-bootstrap.key`
+    const boot = await startIn(topo, 'a', ['bootstrap', '--listen', '/ip4/0.0.0.0/tcp/31337', '--key', keyFile])
+    assert.deepEqual(boot.ready.addrs, [`/ip4/10.77.0.1/tcp/31337/p2p/${boot.ready.peerId}`], 'announces its LAN address only (no loopback, no link-local)')
+    const bootstrap = boot.ready.addrs[0]
+
+    // 2. two machines serve the model, given nothing but --bootstrap and --model
+    const [b, c] = await Promise.all([
+      startIn(topo, 'b', ['join', '--bootstrap', bootstrap, '--model', model]),
+      startIn(topo, 'c', ['join', '--bootstrap', bootstrap, '--model', model])
+    ])
+    for (const [n, ip] of [[b, '10.77.0.2'], [c, '10.77.0.3']] as const) {
+      assert.deepEqual(n.ready.addrs, [`/ip4/${ip}/tcp/31337/p2p/${n.ready.peerId}`], 'listens on every interface on the default port; announces the LAN address')
+    }
+
+    // 3. the client on the bootstrap machine: every hop crosses the LAN
+    const r = await runIn(topo, 'a', [CLIENT_BIN, 'generate', '--bootstrap', bootstrap, '--model', model, '--token-ids', g.prompt_ids.join(','),
+      '--max-tokens', String(g.greedy_new_ids.length), '--ignore-eos', '--json'])
+    assert.equal(r.code, 0, r.stderr)
+    assert.deepEqual(JSON.parse(r.stdout).token_ids, g.greedy_new_ids)
+  })
+
+  it('two homes behind NATs (endpoint-independent and symmetric) and a public bootstrap relay: a client in a third home generates the model\'s tokens', async () => {
+    topo = new NetnsTopology('pn')
+    topo.addSwitch('net')
+    topo.addHost('pub', 'net', '7.7.7.1/24')
+    const homes = [['h1', '7.7.7.11', '192.168.1', 'cone'], ['h2', '7.7.7.12', '192.168.2', 'symmetric'], ['h3', '7.7.7.13', '192.168.3', 'cone']] as const
+    let delayed = true
+    for (const [h, wan, lan, nat] of homes) {
+      topo.addSwitch(h)
+      topo.addRouter(`${h}r`, { switch: 'net', cidr: `${wan}/24` }, { switch: h, cidr: `${lan}.1/24` }, nat)
+      topo.addHost(`${h}m`, h, `${lan}.2/24`, `${lan}.1`)
+      delayed = topo.delay(`${h}r`, 'wan', 20) && delayed // 20 ms on every home's uplink
+    }
+    if (!delayed) console.log('      (this kernel has no netem: the homes\' uplinks run without the added 20 ms)')
+    const model = fixtureDir('tiny-llama')
+    const g = golden('tiny-llama')
+    const stun = 'stun:7.7.7.1:3478'
+    topo.spawn('pub', process.execPath, [new URL('./support/stun-server.ts', import.meta.url).pathname, '7.7.7.1', '3478'])
+
+    const boot = await startIn(topo, 'pub', ['bootstrap', '--key', `/tmp/${topo.prefix}-bootstrap.key`])
+    assert.deepEqual(boot.ready.addrs, [`/ip4/7.7.7.1/tcp/31337/p2p/${boot.ready.peerId}`], 'a bootstrap peer announces its public address at once')
+    assert.equal(boot.ready.reachable, 'yes')
+    const bootstrap = boot.ready.addrs[0]
+    const [s1, s2] = await Promise.all([
+      startIn(topo, 'h1m', ['join', '--bootstrap', bootstrap, '--model', model, '--blocks', '0:2', '--stun', stun]),
+      startIn(topo, 'h2m', ['join', '--bootstrap', bootstrap, '--model', model, '--blocks', '2:3', '--stun', stun])
+    ])
+    console.log(`      ready: home 1 ${JSON.stringify(s1.ready.addrs)} reachable ${s1.ready.reachable}; home 2 ${JSON.stringify(s2.ready.addrs)} reachable ${s2.ready.reachable}`)
+    for (const s of [s1, s2]) assert.ok(['relayed', 'lan'].includes(s.ready.reachable), `reachable: ${s.ready.reachable}`)
+
+    const r = await runIn(topo, 'h3m', [CLIENT_BIN, 'generate', '--bootstrap', bootstrap, '--model', model, '--stun', stun, '--token-ids', g.prompt_ids.join(','),
+      '--max-tokens', String(g.greedy_new_ids.length), '--ignore-eos', '--json'], 120_000)
+    assert.equal(r.code, 0, `${r.stderr}\n--- home 1:\n${s1.stderr().slice(-3000)}\n--- home 2:\n${s2.stderr().slice(-3000)}`)
+    const out = JSON.parse(r.stdout)
+    assert.deepEqual(out.token_ids, g.greedy_new_ids)
+
+    const probe = await runIn(topo, 'h3m', [new URL('./support/hop-probe.ts', import.meta.url).pathname, bootstrap, stun, [s1.ready.peerId, s2.ready.peerId].join(',')], 120_000)
+    const hops = JSON.parse(probe.stdout.trim().split('\n').at(-1) ?? '{}')
+    console.log(`      hops: home 1 (endpoint-independent NAT): ${JSON.stringify(hops[s1.ready.peerId])}; home 2 (symmetric NAT): ${JSON.stringify(hops[s2.ready.peerId])}`)
+    assert.equal(hops[s1.ready.peerId]?.via, 'hole-punched', probe.stderr)
+    assert.equal(hops[s2.ready.peerId]?.via, 'relayed', probe.stderr)
+  })
+})

@@ -1,0 +1,29 @@
+// Run inside a client's network namespace: dials each given server the way a swarm client does
+// (direct addresses first, then WebRTC set up through a relay, then the relay itself) and prints
+// one JSON line: for every peer, how the connection runs (direct | hole-punched | relayed).
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { createPlexusNode, dialBootstrap, waitForDhtPeers } from '@plexus/p2p'
+
+const [bootstrap, stun, peers] = process.argv.slice(2)
+const node = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), listen: [], dhtMode: 'client', dialRelayed: true, stun: stun !== '' ? [stun] : [] })
+const out: Record<string, { via: string, addr: string, ms: number } | { error: string }> = {}
+try {
+  await dialBootstrap(node, [bootstrap])
+  await waitForDhtPeers(node, { signal: AbortSignal.timeout(10_000) })
+  for (const id of peers.split(',')) {
+    const t0 = Date.now()
+    try {
+      const peerId = peerIdFromString(id)
+      await node.peerRouting.findPeer(peerId, { signal: AbortSignal.timeout(10_000) })
+      const conn = await node.dial(peerId, { signal: AbortSignal.timeout(30_000) })
+      const addr = conn.remoteAddr.toString()
+      out[id] = { via: addr.includes('/webrtc') ? 'hole-punched' : addr.includes('/p2p-circuit') ? 'relayed' : 'direct', addr, ms: Date.now() - t0 }
+    } catch (err) {
+      out[id] = { error: (err as Error).message }
+    }
+  }
+} finally {
+  process.stdout.write(JSON.stringify(out) + '\n')
+  await node.stop()
+}
