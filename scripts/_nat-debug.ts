@@ -26,6 +26,6 @@ try {
   console.log('PROBE', await probe([new URL('../test/support/hop-probe.ts', import.meta.url).pathname, boot.ready.addrs[0], stun, [s1.ready.peerId, s2.ready.peerId].join(',')], { DEBUG: process.env.PDEBUG ?? '' }))
   if (process.env.GEN) {
     const g = golden('tiny-llama')
-    console.log('GEN', (await probe([CLIENT_BIN, 'generate', '--bootstrap', boot.ready.addrs[0], '--model', m, '--stun', stun, '--token-ids', g.prompt_ids.join(','), '--max-tokens', '4', '--ignore-eos', '--json'], { DEBUG: process.env.GDEBUG ?? '' })).slice(-6000))
+    console.log('GEN', (await probe([CLIENT_BIN, 'generate', '--bootstrap', boot.ready.addrs[0], '--model', m, '--stun', stun, '--token-ids', g.prompt_ids.join(','), '--max-tokens', String(g.greedy_new_ids.length), '--ignore-eos', '--json'], { DEBUG: process.env.GDEBUG ?? '' })).slice(-6000))
   }
 } finally { await topo.destroy() }

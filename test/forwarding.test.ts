@@ -51,8 +51,10 @@ describe('server-to-server forwarding with real server processes', function () {
     const local = await openLocal(model)
     reference = (await generate(local.head, await local.session(prompt.length + MAX_TOKENS), prompt, { maxTokens: MAX_TOKENS })).tokenIds
     await local.close()
-    // every span twice: a spare holder for each server killed below
-    swarm = await startSwarm(model, [...SPANS, ...SPANS])
+    // every span twice: a spare holder for each server killed below (added one by one: six
+    // servers becoming findable at once can take longer than a loaded machine allows)
+    swarm = await startSwarm(model, SPANS)
+    for (const b of SPANS) await swarm.add(`spare[${b}]`, model, b)
     node = await connectSwarm([swarm.bootstrapAddr])
     relayed = await openSwarm(node, { dir: model })
     forwarded = await openSwarm(node, { dir: model, forward: true })

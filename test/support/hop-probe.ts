@@ -18,7 +18,7 @@ try {
       await node.peerRouting.findPeer(peerId, { signal: AbortSignal.timeout(10_000) })
       const conn = await node.dial(peerId, { signal: AbortSignal.timeout(30_000) })
       const addr = conn.remoteAddr.toString()
-      out[id] = { via: addr.includes('/webrtc') ? 'hole-punched' : addr.includes('/p2p-circuit') ? 'relayed' : 'direct', addr, ms: Date.now() - t0 }
+      out[id] = { via: addr.includes('/webrtc') ? 'hole-punched' : addr.includes('/p2p-circuit') ? 'relayed' : 'direct', addr, ms: Date.now() - t0, ...(conn.limits != null ? { limits: JSON.parse(JSON.stringify(conn.limits, (_k, v) => typeof v === 'bigint' ? Number(v) : v)) } : {}) }
     } catch (err) {
       out[id] = { error: (err as Error).message }
     }

@@ -4,6 +4,8 @@ import { reportDigest, verifyFraudReport } from '@plexus/protocol'
 import type { VerifierSource } from '../inference/auditor.ts'
 import { VerifyClient } from '../inference/verify-client.ts'
 
+/** Verifiers asked in turn to re-check one report (until one answers). */
+const MAX_RECHECKERS = 4
 /** How long a fraud claim that could not be proven is not asked about again. */
 const NOT_COUNTED_MS = 5 * 60_000
 
@@ -97,9 +99,9 @@ export class ReputationView {
     const { report } = await verifyFraudReport(bytes)
     if (report.modelId !== this.init.modelId) return { condemns: undefined, why: 'the report is about another model' }
     const others = (await this.verifiers.verifiers()).filter(v => v.peer !== from && v.peer !== report.server && v.start <= report.start && v.end >= report.end)
-    // a trusted verifier's re-check first, else any other one
-    others.sort((a, b) => Number(this.init.trusted?.has(b.peer) === true) - Number(this.init.trusted?.has(a.peer) === true))
-    for (const other of others.slice(0, 2)) {
+    // a trusted verifier's re-check first, else others in random order (announcing is free: some may not answer)
+    others.sort((a, b) => Number(this.init.trusted?.has(b.peer) === true) - Number(this.init.trusted?.has(a.peer) === true) || Math.random() - 0.5)
+    for (const other of others.slice(0, MAX_RECHECKERS)) {
       try {
         const client = await VerifyClient.open(this.node, other.peer, this.verifiers.target(other.peer))
         try {
