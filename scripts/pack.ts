@@ -3,16 +3,20 @@
 // others install is JavaScript: compiled here into dist/packages/<name>/ with a package.json whose
 // exports and bins point at it, then `npm pack`ed into dist/ (or --out DIR).
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, statSync } from 'node:fs'
-import { join, relative, resolve } from 'node:path'
+import { dirname, join, relative, resolve } from 'node:path'
 import { execFileSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { ROOT } from './lib/local-swarm.ts'
 
 const HELP = `usage: npm run pack [-- --out DIR]
 
-Compiles packages/* to JavaScript (tsconfig.build.json) and writes one tarball per package, plus
-react-native-webrtc-124.0.6.tgz (a stub: see below), into DIR (default dist/). Install them
-together from any directory:  npm install DIR/*.tgz   then   npx plexus-node --help`
+Compiles packages/* to JavaScript (tsconfig.build.json) and writes one tarball per package into DIR
+(default dist/), plus react-native-webrtc-124.0.6.tgz: a stand-in for that package, which
+@libp2p/webrtc depends on and whose peer dependency react-native (over 80 MB) npm would install
+too, though Node never loads either. Install them together, from any directory:
+  npm install DIR/*.tgz   then   npx plexus-node --help`
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 
 const { values: opts } = parseArgs({ options: { out: { type: 'string' }, help: { type: 'boolean', short: 'h' } } })
 if (opts.help === true) { console.log(HELP); process.exit(0) }
@@ -70,8 +74,12 @@ for (const d of dirs) {
     if (/['"]\.{1,2}\/[^'"]*\.ts['"]/.test(fixed)) throw new Error(`${relative(ROOT, f)} still names a .ts file: pack.ts does not know that form`)
     if (fixed !== text) writeFileSync(f, fixed)
   }
-  // The JSON Schemas the p2p package validates with (SCHEMA_DIR looks for dist/schemas/ first).
-  if (pkg.name === '@plexus/p2p') cpSync(join(ROOT, 'schemas'), join(stage, 'dist', 'schemas'), { recursive: true })
+  // Repository files the p2p package reads: the JSON Schemas it validates with (SCHEMA_DIR) and the
+  // default bootstrap list (BOOTSTRAP_PEERS_FILE); each looks beside its compiled code first.
+  if (pkg.name === '@plexus/p2p') {
+    cpSync(join(ROOT, 'schemas'), join(stage, 'dist', 'schemas'), { recursive: true })
+    cpSync(join(ROOT, 'bootstrap', 'peers.txt'), join(stage, 'dist', 'bootstrap', 'peers.txt'))
+  }
   const files = ['dist']
   if (pkg.bin != null) { cpSync(join(src, 'bin'), join(stage, 'bin'), { recursive: true }); files.push('bin') }
   const exports: Record<string, unknown> = {}
@@ -96,7 +104,7 @@ for (const d of dirs) {
     license: pkg.license,
     type: 'module',
     engines: ENGINES,
-    exports,
+    ...(Object.keys(exports).length > 0 ? { exports } : {}),
     ...(pkg.bin != null ? { bin: pkg.bin } : {}),
     files,
     dependencies
@@ -107,6 +115,6 @@ for (const d of dirs) {
 
 say(`packing into ${OUT}…`)
 for (const dir of [...dirs.map(d => join(STAGE, d)), STUB]) {
-  const name = execFileSync('npm', ['pack', '--silent', '--pack-destination', OUT], { cwd: dir, encoding: 'utf8' }).trim().split('\n').pop()
+  const name = execFileSync('npm', ['pack', dir, '--silent', '--pack-destination', OUT], { cwd: dir, encoding: 'utf8' }).trim().split('\n').pop()
   console.log(join(OUT, name ?? '?'))
 }

@@ -89,6 +89,27 @@ describe('server-to-server forwarding with real server processes', function () {
     assert.deepEqual(hops.map(h => h.commitments.length), [steps, steps, steps])
   })
 
+  it('float16 activations: a forwarded route gives the same tokens as a relayed one (the commitments chain through the wire dtype)', async () => {
+    const tokensVia = async (forward: boolean): Promise<{ tokens: number[], forwardedSteps: number[], steps: number }> => {
+      const m = await openSwarm(node, { dir: model, forward, dtype: 'f16' })
+      try {
+        const s = await m.session(prompt.length + MAX_TOKENS) as SwarmSession
+        const r = await generate(m.head, s, prompt, { maxTokens: MAX_TOKENS })
+        const hops = hopSessions(s)
+        await s.close()
+        return { tokens: r.tokenIds, forwardedSteps: hops.map(h => h.forwardedSteps), steps: hops[2].commitments.length }
+      } finally { await m.close() }
+    }
+    const relayedF16 = await tokensVia(false)
+    const forwardedF16 = await tokensVia(true)
+    assert.deepEqual(forwardedF16.tokens, relayedF16.tokens)
+    assert.deepEqual(relayedF16.forwardedSteps, [0, 0, 0])
+    // every step (it may stop early at an end token) went server to server
+    const steps = forwardedF16.steps
+    assert.ok(steps > 1)
+    assert.deepEqual(forwardedF16.forwardedSteps, [steps, steps, 0])
+  })
+
   for (const [position, hop] of [['middle', 1], ['first', 0], ['last', 2]] as const) {
     it(`kill -9 of the ${position} server of a forwarded route during decode: same tokens`, async () => {
       const session = await forwarded.session(prompt.length + MAX_TOKENS) as SwarmSession

@@ -87,12 +87,13 @@ describe('bounded load: 16 concurrent clients on a 3-node swarm', function () {
         references.set(i, (await generate(local.head, await local.session(p.length + MAX_TOKENS), p, { maxTokens: MAX_TOKENS })).tokenIds)
       }
     } finally { await local.close() }
+    // every client here is one peer (as behind a gateway): its per-peer cap is the whole node's
     // servers run with --expose-gc so that SIGUSR2 collects garbage before each RSS reading:
     // what is left then is what the servers still hold, not garbage V8 has not got round to
     const nodeOptions = process.env.NODE_OPTIONS
     process.env.NODE_OPTIONS = `${nodeOptions ?? ''} --expose-gc`.trim()
     swarm = await startSwarm(model, [])
-    await Promise.all(NODES.map(async n => await swarm.add(`node[${n.blocks}]`, model, n.blocks, ['--max-sessions', String(n.maxSessions)])))
+    await Promise.all(NODES.map(async n => await swarm.add(`node[${n.blocks}]`, model, n.blocks, ['--max-sessions', String(n.maxSessions), '--max-sessions-per-peer', String(n.maxSessions)])))
     if (nodeOptions == null) delete process.env.NODE_OPTIONS
     else process.env.NODE_OPTIONS = nodeOptions
     node = await connectSwarm([swarm.bootstrapAddr])

@@ -25,8 +25,11 @@ async function sh (cmd: string, args: string[], opts: { cwd?: string, timeoutMs?
   }
 }
 
-// npm and the bins' `#!/usr/bin/env node` find the Node running this test first on the PATH.
-const ENV = { ...process.env, PATH: `${dirname(process.execPath)}${delimiter}${process.env.PATH ?? ''}`, npm_config_audit: 'false', npm_config_fund: 'false', npm_config_update_notifier: 'false' }
+// npm and the bins' `#!/usr/bin/env node` find the Node running this test first on the PATH; what
+// `npm run` adds about the repository (its prefix, its package) is left out, so that the installs
+// below stay in their own directories.
+const ENV: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(npm_(package|lifecycle)_|npm_config_(local_)?prefix$|INIT_CWD$)/i.test(k)))
+Object.assign(ENV, { PATH: `${dirname(process.execPath)}${delimiter}${process.env.PATH ?? ''}`, npm_config_update_notifier: 'false' })
 
 function walk (dir: string, out: string[] = []): string[] {
   for (const e of readdirSync(dir, { withFileTypes: true })) {
@@ -54,7 +57,7 @@ describe('packed tarballs installed into an empty directory', function () {
     app = join(work, 'app')
     mkdirSync(app)
     writeFileSync(join(app, 'package.json'), '{ "name": "app", "private": true }\n')
-    const installed = await sh('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], { cwd: app, timeoutMs: 600_000 })
+    const installed = await sh('npm', ['install', '--prefix', app, '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], { cwd: app, timeoutMs: 600_000 })
     assert.equal(installed.code, 0, `npm install of the tarballs failed:\n${installed.stderr}`)
   })
 
@@ -73,7 +76,7 @@ describe('packed tarballs installed into an empty directory', function () {
       assert.equal(pkg.engines?.node, '>=22', `${pkg.name} engines`)
       const ts = walk(dir).filter(f => f.endsWith('.ts') && !f.endsWith('.d.ts'))
       assert.deepEqual(ts, [], `${pkg.name} ships TypeScript sources`)
-      for (const [k, v] of Object.entries(pkg.exports as Record<string, any>)) {
+      for (const [k, v] of Object.entries((pkg.exports ?? {}) as Record<string, any>)) {
         for (const file of typeof v === 'string' ? [v] : [v.types, v.default]) assert.ok(existsSync(join(dir, file)), `${pkg.name}: export "${k}" names ${file}, which is missing`)
       }
       if (pkg.bin != null) assert.ok(existsSync(join(dir, 'dist', 'cli.js')), `${pkg.name} has no dist/cli.js for its bin`)
@@ -81,6 +84,8 @@ describe('packed tarballs installed into an empty directory', function () {
     // what the code reads beside itself at run time
     assert.ok(existsSync(join(app, 'node_modules/@plexus/runtime/dist/cpu/kernels.wasm')))
     assert.ok(existsSync(join(app, 'node_modules/@plexus/p2p/dist/schemas/session-message.schema.json')))
+    assert.ok(existsSync(join(app, 'node_modules/@plexus/p2p/dist/dashboard/assets')), 'the dashboard\'s assets are missing')
+    assert.equal(readFileSync(join(app, 'node_modules/@plexus/p2p/dist/bootstrap/peers.txt'), 'utf8'), readFileSync(join(ROOT, 'bootstrap/peers.txt'), 'utf8'))
   })
 
   it('installs no react-native: the stub stands in for react-native-webrtc', () => {
@@ -128,7 +133,7 @@ describe('packed tarballs installed into an empty directory', function () {
     const n22 = join(work, 'node22')
     mkdirSync(n22)
     writeFileSync(join(n22, 'package.json'), '{ "name": "node22", "private": true }\n')
-    const got = await sh('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error', 'node@22'], { cwd: n22, timeoutMs: 300_000 })
+    const got = await sh('npm', ['install', '--prefix', n22, '--no-audit', '--no-fund', '--loglevel=error', 'node@22'], { cwd: n22, timeoutMs: 300_000 })
     assert.equal(got.code, 0, `npm install node@22 failed:\n${got.stderr}`)
     const node22 = join(n22, 'node_modules', '.bin', 'node')
     assert.match((await sh(node22, ['--version'])).stdout, /^v22\./)

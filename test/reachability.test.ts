@@ -25,8 +25,8 @@ async function startIn (topo: NetnsTopology, ns: string, args: string[], timeout
 }
 
 /** Runs a command in a namespace to its end (killed after `timeoutMs`, its output kept). */
-async function runIn (topo: NetnsTopology, ns: string, args: string[], timeoutMs = 180_000): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const child = topo.spawn(ns, process.execPath, args)
+async function runIn (topo: NetnsTopology, ns: string, args: string[], timeoutMs = 180_000, env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const child = topo.spawn(ns, process.execPath, args, { ...process.env, ...env })
   let stdout = ''
   let stderr = ''
   child.stdout!.on('data', (d: Buffer) => { stdout += d.toString() })
@@ -106,15 +106,14 @@ describe('reachability: network namespaces (needs root)', function () {
     assert.deepEqual(boot.ready.addrs, [`/ip4/7.7.7.1/tcp/31337/p2p/${boot.ready.peerId}`], 'a bootstrap peer announces its public address at once')
     assert.equal(boot.ready.reachable, 'yes')
     const bootstrap = boot.ready.addrs[0]
-    const [s1, s2] = await Promise.all([
-      startIn(topo, 'h1m', ['join', '--bootstrap', bootstrap, '--model', model, '--blocks', '0:2', '--stun', stun]),
-      startIn(topo, 'h2m', ['join', '--bootstrap', bootstrap, '--model', model, '--blocks', '2:3', '--stun', stun])
-    ])
+    const s1 = await startIn(topo, 'h1m', ['join', '--bootstrap', bootstrap, '--model', model, '--blocks', '0:2', '--stun', stun])
+    const s2 = await startIn(topo, 'h2m', ['join', '--bootstrap', bootstrap, '--model', model, '--blocks', '2:3', '--stun', stun])
     console.log(`      ready: home 1 ${JSON.stringify(s1.ready.addrs)} reachable ${s1.ready.reachable}; home 2 ${JSON.stringify(s2.ready.addrs)} reachable ${s2.ready.reachable}`)
     for (const s of [s1, s2]) assert.ok(['relayed', 'lan'].includes(s.ready.reachable), `reachable: ${s.ready.reachable}`)
 
     // how a client in home 3 reaches each server: direct, hole-punched (WebRTC through both NATs) or relayed
     const probe = await runIn(topo, 'h3m', [new URL('./support/hop-probe.ts', import.meta.url).pathname, bootstrap, stun, [s1.ready.peerId, s2.ready.peerId].join(',')], 120_000)
+    assert.equal(probe.code, 0, probe.stderr)
     const hops = JSON.parse(probe.stdout.trim().split('\n').at(-1) ?? '{}')
     console.log(`      hop to home 1 (endpoint-independent NAT): ${JSON.stringify(hops[s1.ready.peerId])}\n      hop to home 2 (symmetric NAT): ${JSON.stringify(hops[s2.ready.peerId])}`)
     assert.equal(hops[s2.ready.peerId]?.via, 'relayed', probe.stderr)
@@ -122,7 +121,7 @@ describe('reachability: network namespaces (needs root)', function () {
     assert.ok(['hole-punched', 'relayed'].includes(hops[s1.ready.peerId]?.via), probe.stderr)
 
     const r = await runIn(topo, 'h3m', [CLIENT_BIN, 'generate', '--bootstrap', bootstrap, '--model', model, '--stun', stun, '--token-ids', g.prompt_ids.join(','),
-      '--max-tokens', String(g.greedy_new_ids.length), '--ignore-eos', '--json'], 150_000)
+      '--max-tokens', String(g.greedy_new_ids.length), '--ignore-eos', '--json'], 150_000, { DEBUG: process.env.REACH_DEBUG ?? '' })
     assert.equal(r.code, 0, `${r.stderr}\n--- home 1:\n${s1.stderr().slice(-3000)}\n--- home 2:\n${s2.stderr().slice(-3000)}`)
     const out = JSON.parse(r.stdout)
     assert.deepEqual(out.token_ids, g.greedy_new_ids)

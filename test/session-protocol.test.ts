@@ -203,7 +203,8 @@ describe('session protocol under hostile input', function () {
     assert.ok(maxAbsDiff(row(X, 0, T), h[0].flat()) < TOL, 'embeddings differ from the golden reference')
     assert.ok(maxAbsDiff(row(REF, 0, T), h[2].flat()) < TOL, 'local span differs from the golden reference')
 
-    backend = new BlockBackend({ runner: inProcessRunner(span), config: ckpt.config }, { modelId: manifest.id, maxSessions: 128 })
+    // one client peer opens every session here: no per-peer caps (hardening-budgets.test.ts tests those)
+    backend = new BlockBackend({ runner: inProcessRunner(span), config: ckpt.config }, { modelId: manifest.id, maxSessions: 128, maxSessionsPerPeer: 128, maxPeerCacheShare: 1 })
     serverKey = await generateKeyPair('Ed25519')
     server = await createPlexusNode({ privateKey: serverKey, dhtMode: 'server' })
     const handler = createSessionHandler({ backends: BackendSet.of(backend), privateKey: serverKey, log: server.logger.forComponent('plexus:test:session') }, {

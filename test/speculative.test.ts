@@ -180,7 +180,7 @@ describe('speculative decoding', function () {
         assert.equal(out.route.length, 3)
         assert.equal(out.speculation.k, 4)
         assert.ok(out.speculation.target_steps <= g.greedy_new_ids.length - 1)
-        if (label !== 'prompt-lookup') assert.ok(out.speculation.drafted > out.speculation.accepted && out.speculation.accepted > 0, JSON.stringify(out.speculation))
+        if (label !== 'prompt-lookup') assert.ok(out.speculation.drafted > out.speculation.accepted, `drafts were rejected: ${JSON.stringify(out.speculation)}`)
       })
     }
 

@@ -16,6 +16,8 @@ module.exports = [
   'test/gateway.test.ts',
   'test/gateway-models.test.ts',
   'test/hardening-gateway.test.ts',
+  'test/hardening-budgets.test.ts',
+  'test/hardening-verifier.test.ts',
   'test/health.test.ts',
   'test/gguf-model.test.ts',
   'test/quantized-models.test.ts',

@@ -80,7 +80,8 @@ export async function untilDiscoverable (bootstrapAddr: string, servers: NodePro
   if (servers.length === 0) return
   const probe = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), listen: [], dhtMode: 'client' })
   try {
-    await dialBootstrap(probe, [bootstrapAddr])
+    // generous: nodes starting together on a loaded machine answer a dial slowly
+    await dialBootstrap(probe, [bootstrapAddr], { timeoutMs: 20_000 })
     const until = Date.now() + timeoutMs
     const byModel = new Map<string, NodeProcess[]>()
     // servers and verifiers are found through different keys

@@ -27,3 +27,5 @@ try {
   process.stdout.write(JSON.stringify(out) + '\n')
   await node.stop()
 }
+// WebRTC's native library keeps threads alive after the node stopped
+process.exit(0)

@@ -228,4 +228,7 @@ await yargs(argv)
   })
   .help()
   .parseAsync()
+  // a one-shot command is done: WebRTC's native library (used to reach servers behind NAT) keeps
+  // threads that would hold the process open after its node stopped
+  .then((a) => { if (['generate', 'models'].includes(String(a._[0]))) process.exit(process.exitCode ?? 0) })
   .catch(report)

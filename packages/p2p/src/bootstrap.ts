@@ -1,6 +1,6 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { dhtPeerCount, nodeResolver, nodeSwarmKey } from './node.ts'
 import { isDnsAddr, resolveAddr } from './dnsaddr.ts'
@@ -16,8 +16,12 @@ export interface BootstrapAddr {
   peerId?: PeerId
 }
 
-/** bootstrap/peers.txt: the bootstrap peers of known public swarms, shipped with Plexus. */
-export const BOOTSTRAP_PEERS_FILE = fileURLToPath(new URL('../../../bootstrap/peers.txt', import.meta.url))
+/**
+ * bootstrap/peers.txt: the bootstrap peers of known public swarms, shipped with Plexus (a packed
+ * install has no repository root: `npm run pack` puts a copy beside the compiled code).
+ */
+const PACKED_PEERS_FILE = new URL('./bootstrap/peers.txt', import.meta.url)
+export const BOOTSTRAP_PEERS_FILE = fileURLToPath(existsSync(PACKED_PEERS_FILE) ? PACKED_PEERS_FILE : new URL('../../../bootstrap/peers.txt', import.meta.url))
 
 /**
  * The bootstrap peers a command uses when given none: the multiaddrs in `file` (default

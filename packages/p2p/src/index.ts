@@ -1,5 +1,5 @@
 export { loadOrCreateKey } from './keys.ts'
-export { createPlexusNode, dhtPeerCount, dhtProtocol, nodeResolver, setProcessNetwork, PROTOCOL_PREFIX, DHT_PROTOCOL, DEFAULT_PROVIDER_VALIDITY_MS } from './node.ts'
+export { createPlexusNode, dhtPeerCount, dhtProtocol, nodeResolver, setProcessNetwork, PROTOCOL_PREFIX, DHT_PROTOCOL, DEFAULT_PROVIDER_VALIDITY_MS, INBOUND_CONNECTIONS_PER_HOST } from './node.ts'
 export type { PlexusNode, PlexusNodeInit, PlexusServices, ProcessNetwork } from './node.ts'
 export { dialBootstrap, keepBootstrapped, parseBootstrapAddr, describeDialError, defaultBootstrapPeers, bootstrapOrDefault, BOOTSTRAP_PEERS_FILE, DEFAULT_BOOTSTRAP_TIMEOUT_MS } from './bootstrap.ts'
 export type { BootstrapAddr, BootstrapResult, DialBootstrapOptions, BootstrapKeeperOptions } from './bootstrap.ts'

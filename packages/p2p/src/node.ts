@@ -126,6 +126,9 @@ export interface PlexusNodeInit {
   dnsResolver?: string
 }
 
+/** Inbound connections one IP may open per second (more are refused on accept). */
+export const INBOUND_CONNECTIONS_PER_HOST = 16
+
 /** Builds and starts a libp2p node with the Plexus transports, services and DHT settings. */
 export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNode> {
   const listen = init.listen ?? ['/ip4/127.0.0.1/tcp/0']
@@ -163,9 +166,12 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
     // a client opens many streams right after dialing; the default (10) resets the connection
     streamMuxers: [yamux({ maxEarlyStreams: 1024 })],
     connectionManager: {
-      // the defaults (5 per second per host, 10 pending) silently refuse peers that share an IP
-      inboundConnectionThreshold: 10_000,
-      maxIncomingPendingConnections: 1_000
+      // per-IP inbound rate limit on: libp2p's 5 a second is tight for peers behind one NAT,
+      // so 16; a node listening on loopback alone (a local swarm, the tests) exempts loopback,
+      // where every peer shares one address, and nothing else
+      inboundConnectionThreshold: INBOUND_CONNECTIONS_PER_HOST,
+      maxIncomingPendingConnections: 128,
+      ...(keepLoopback ? { allow: ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipcidr/128'] } : {})
     },
     // notice a frozen (SIGSTOP'd, hung) peer in ~3 s instead of ~15 s
     connectionMonitor: init.connectionMonitor ?? { pingInterval: 2000, pingTimeout: { minTimeout: 1000, maxTimeout: 3000 } },

@@ -79,3 +79,28 @@ export function chainRunners (runners: SpanRunner[]): SpanRunner {
     dispose: async () => { for (const r of runners) await r.dispose() }
   }
 }
+
+/**
+ * One step of `tokens` rows run as consecutive steps of at most `maxChunk` rows, each attending
+ * to the cache so far (what Petals does with long prefills): the attention scores of a step grow
+ * with its tokens × the cache, so whole they grow with tokens²; in chunks, linearly. The results
+ * equal the whole step's (within float rounding: the same sums, in other matrix shapes). A chunk
+ * that fails rolls the session back to where the step began.
+ */
+export async function forwardInChunks (session: SpanSession, hidden: Float32Array, tokens: number, maxChunk: number): Promise<Float32Array> {
+  if (!Number.isInteger(maxChunk) || maxChunk < 1) throw new RangeError(`chunk size must be a positive integer (got ${maxChunk})`)
+  if (tokens <= maxChunk) return await session.forward(hidden, tokens)
+  const width = hidden.length / tokens
+  const out = new Float32Array(hidden.length)
+  const start = session.length
+  try {
+    for (let t = 0; t < tokens; t += maxChunk) {
+      const n = Math.min(maxChunk, tokens - t)
+      out.set(await session.forward(hidden.slice(t * width, (t + n) * width), n), t * width)
+    }
+  } catch (err) {
+    if (session.length > start) await session.truncate(start).catch(() => {})
+    throw err
+  }
+  return out
+}

@@ -12,7 +12,11 @@ export interface SpeculativeOptions {
   drafter: Drafter
   /** Most draft tokens per round (1..MAX_SPECULATE). */
   k: number
-  /** Adapt the round's draft length to the acceptance rate within [1, k] (default on). */
+  /**
+   * Adapt the round's draft length to the acceptance rate (default on): one more after a round
+   * accepted whole, one fewer when less than half was, within [1, k]; a draft rejected outright at
+   * length 1 pauses drafting for 2, 4, … 32 rounds (plain steps), until a draft is accepted again.
+   */
   adaptive?: boolean
 }
 
@@ -103,12 +107,16 @@ export async function generateSpeculative (head: ModelHead, pipeline: SessionPip
     t1 = t2 = performance.now()
   }
   let k = spec.k
+  // a drafter the target keeps rejecting at k = 1 only costs: stop drafting for a while, longer each time
+  let pause = 0
+  let backoff = 2
   while (out.length < opts.maxTokens && !ended()) {
     opts.signal?.throwIfAborted()
     const context = [...promptIds, ...out]
     const base = out.length
     // the bonus token comes on top of the drafts: never run past max tokens
-    const kk = Math.min(k, opts.maxTokens - out.length - 1)
+    const kk = pause > 0 ? 0 : Math.min(k, opts.maxTokens - out.length - 1)
+    if (pause > 0) pause--
     const drafts = kk > 0
       ? await spec.drafter.draft(context, kk, (row, i) => greedy ? { id: argmax(row) } : chooseDraft(sampler, row, tokenDraws(base + i)))
       : []
@@ -143,6 +151,7 @@ export async function generateSpeculative (head: ModelHead, pipeline: SessionPip
     const holds = P + base + d
     if (holds > keep) await target.truncate(keep)
     if (spec.adaptive !== false && d > 0) {
+      if (accepted === 0 && k === 1) { pause = backoff; backoff = Math.min(32, 2 * backoff) } else if (accepted > 0) backoff = 2
       if (accepted === d && d === k) k = Math.min(spec.k, k + 1)
       else if (accepted < d / 2) k = Math.max(1, k - 1)
     }

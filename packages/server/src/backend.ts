@@ -1,3 +1,4 @@
+import { forwardInChunks } from '@plexus/runtime'
 import type { SpanRunner, SpanSession, ModelConfig } from '@plexus/runtime'
 import { ProtocolError } from '@plexus/protocol'
 
@@ -6,7 +7,23 @@ export interface BlockBackendComponents {
   config: ModelConfig
 }
 
-export interface BlockBackendInit {
+/** What one peer, one session and one step may make a node spend (docs/security.md). */
+export interface SessionBudgets {
+  /** Sessions one peer may hold open at once (default 16). */
+  maxSessionsPerPeer?: number
+  /** Share of the KV-cache budget one peer's sessions may reserve together (default 0.5). */
+  maxPeerCacheShare?: number
+  /** Tokens one step may carry (default 4096, and never more than the model's context). */
+  maxStepTokens?: number
+  /** A step runs as chunks of at most this many tokens, so its memory is linear in its tokens (default 256). */
+  maxChunkTokens?: number
+  /** Sessions with no step for this long are closed and their memory freed (default 5 min). */
+  idleTimeoutMs?: number
+  /** Sessions are closed this long after they opened, however busy (default 1 h). */
+  maxLifetimeMs?: number
+}
+
+export interface BlockBackendInit extends SessionBudgets {
   modelId: string
   /** Most concurrent sessions. */
   maxSessions?: number
@@ -14,8 +31,6 @@ export interface BlockBackendInit {
   cacheBudgetBytes?: number
   /** Bytes per cached key or value: 4 (float32, the default) or 2 (an f16 cache on a GPU). */
   kvBytesPerValue?: number
-  /** Sessions idle longer than this are closed and their memory freed. */
-  idleTimeoutMs?: number
   /** Deliberate faults, for testing verification; off unless set (see docs/operations.md). */
   faults?: FaultInjection
 }
@@ -55,6 +70,10 @@ interface ServerSession {
   maxLength: number
   reservedBytes: number
   span: SpanSession
+  /** The peer that opened it (undefined: opened in-process, not counted per peer). */
+  peer?: string
+  opened: number
+  /** Time of the last step: only steps keep a session alive (not truncates, not open streams). */
   lastUsed: number
   busy: boolean
 }
@@ -73,11 +92,17 @@ export class BlockBackend {
   readonly config: ModelConfig
   private readonly runner: SpanRunner
   private readonly sessions = new Map<string, ServerSession>()
-  private readonly closed = new Set<string>()
+  /** Closed ids and why they closed. */
+  private readonly closed = new Map<string, string>()
   private readonly maxSessions: number
   private readonly cacheBudget: number
   private readonly kvBytesPerValue: number
   private readonly idleTimeoutMs: number
+  private readonly maxLifetimeMs: number
+  private readonly maxSessionsPerPeer: number
+  private readonly peerCacheBudget: number
+  private readonly maxStepTokens: number
+  private readonly maxChunkTokens: number
   private readonly faults?: FaultInjection
   private reserved = 0
   private inFlight = 0
@@ -94,8 +119,14 @@ export class BlockBackend {
     this.cacheBudget = init.cacheBudgetBytes ?? 2 * 2 ** 30
     this.kvBytesPerValue = init.kvBytesPerValue ?? 4
     this.idleTimeoutMs = init.idleTimeoutMs ?? 5 * 60_000
+    this.maxLifetimeMs = init.maxLifetimeMs ?? 60 * 60_000
+    this.maxSessionsPerPeer = init.maxSessionsPerPeer ?? 16
+    this.peerCacheBudget = Math.floor(this.cacheBudget * (init.maxPeerCacheShare ?? 0.5))
+    this.maxStepTokens = Math.min(init.maxStepTokens ?? 4096, this.config.maxPositions)
+    this.maxChunkTokens = init.maxChunkTokens ?? 256
     this.faults = init.faults
-    this.sweeper = setInterval(() => { void this.expireIdle() }, Math.min(10_000, this.idleTimeoutMs)).unref()
+    const sweep = Math.max(50, Math.min(10_000, this.idleTimeoutMs / 2, this.maxLifetimeMs / 2))
+    this.sweeper = setInterval(() => { void this.expireIdle() }, sweep).unref()
   }
 
   /** Bytes of keys and values one session of `maxLength` positions on `blocks` blocks can grow to. */
@@ -111,7 +142,15 @@ export class BlockBackend {
     return [...this.sessions.values()].map(s => ({ id: s.id, start: s.start, end: s.end }))
   }
 
-  async open (id: string, modelId: string, start: number, end: number, maxLength: number): Promise<ServerSession> {
+  /** Sessions and reserved KV bytes of one peer. */
+  peerUsage (peer: string): { sessions: number, bytes: number } {
+    let sessions = 0
+    let bytes = 0
+    for (const s of this.sessions.values()) if (s.peer === peer) { sessions++; bytes += s.reservedBytes }
+    return { sessions, bytes }
+  }
+
+  async open (id: string, modelId: string, start: number, end: number, maxLength: number, peer?: string): Promise<ServerSession> {
     if (modelId !== this.modelId) throw new ProtocolError('not-served', `model ${modelId.slice(0, 12)} is not served here (this node serves ${this.modelId.slice(0, 12)})`)
     if (start < this.start || end > this.end || start >= end) {
       throw new ProtocolError('not-served', `blocks [${start}, ${end}) are not served here (this node serves [${this.start}, ${this.end}))`)
@@ -121,13 +160,22 @@ export class BlockBackend {
     if (this.sessions.has(id) || this.closed.has(id)) throw new ProtocolError('bad-request', `session ${id} already exists`)
     const bytes = this.cacheBytes(end - start, maxLength)
     if (this.sessions.size >= this.maxSessions) throw new ProtocolError('busy', `busy: ${this.sessions.size} sessions open (limit ${this.maxSessions})`)
+    if (peer != null) {
+      // `busy`, so an honest client tries another server; the message names the per-peer limit
+      const used = this.peerUsage(peer)
+      if (used.sessions >= this.maxSessionsPerPeer) throw new ProtocolError('busy', `busy: per-peer session limit: this peer holds ${used.sessions} sessions here (limit ${this.maxSessionsPerPeer})`)
+      if (used.bytes + bytes > this.peerCacheBudget) {
+        throw new ProtocolError('busy', `busy: per-peer KV limit: a session of ${maxLength} positions needs ${mib(bytes)}; this peer holds ${mib(used.bytes)} of its ${mib(this.peerCacheBudget)}`)
+      }
+    }
     if (this.reserved + bytes > this.cacheBudget) {
       throw new ProtocolError('busy', `busy: a session of ${maxLength} positions needs ${mib(bytes)} of KV cache, ${mib(this.cacheBudget - this.reserved)} free`)
     }
     this.reserved += bytes
     try {
       const span = await this.runner.open(maxLength, start, end)
-      const s: ServerSession = { id, start, end, maxLength, reservedBytes: bytes, span, lastUsed: Date.now(), busy: false }
+      const now = Date.now()
+      const s: ServerSession = { id, start, end, maxLength, reservedBytes: bytes, span, peer, opened: now, lastUsed: now, busy: false }
       this.sessions.set(id, s)
       return s
     } catch (err) {
@@ -144,7 +192,7 @@ export class BlockBackend {
   get (id: string): ServerSession {
     const s = this.sessions.get(id)
     if (s != null) return s
-    if (this.closed.has(id)) throw new ProtocolError('closed-session', `session ${id} is closed`)
+    if (this.closed.has(id)) throw new ProtocolError('closed-session', `session ${id} is closed (${this.closed.get(id)!})`)
     throw new ProtocolError('unknown-session', `unknown session ${id}`)
   }
 
@@ -152,11 +200,16 @@ export class BlockBackend {
     const s = this.get(id)
     if (s.busy) throw new ProtocolError('bad-request', `session ${id} already has a step in flight`)
     if (position !== s.span.length) throw new ProtocolError('bad-request', `position ${position} does not continue session ${id}, which holds ${s.span.length} positions`)
+    if (tokens > this.maxStepTokens) throw new ProtocolError('too-long', `step of ${tokens} tokens exceeds the limit of ${this.maxStepTokens} tokens per step`)
     if (position + tokens > s.maxLength) throw new ProtocolError('too-long', `positions up to ${position + tokens} exceed the session's max length ${s.maxLength}`)
+    if (Date.now() - s.opened > this.maxLifetimeMs) {
+      await this.close(id, `it reached its lifetime of ${this.maxLifetimeMs / 1000} s`)
+      this.get(id)
+    }
     s.busy = true
     this.inFlight++
     try {
-      const out = await s.span.forward(hidden, tokens)
+      const out = await forwardInChunks(s.span, hidden, tokens, this.maxChunkTokens)
       return this.faults == null ? out : applyFaults(this.faults, hidden, out)
     } finally {
       s.busy = false
@@ -168,16 +221,16 @@ export class BlockBackend {
   async truncate (id: string, length: number): Promise<number> {
     const s = this.get(id)
     if (length > s.span.length) throw new ProtocolError('bad-request', `cannot truncate session ${id} to ${length}: it holds ${s.span.length} positions`)
+    // no lastUsed refresh: a client sending only truncates must not keep a cache alive
     await s.span.truncate(length)
-    s.lastUsed = Date.now()
     return s.span.length
   }
 
-  async close (id: string): Promise<void> {
+  async close (id: string, why = 'closed by its client'): Promise<void> {
     const s = this.sessions.get(id)
     if (s == null) return
     this.sessions.delete(id)
-    this.closed.add(id)
+    this.closed.set(id, why)
     if (this.closed.size > CLOSED_MEMORY) this.closed.delete(this.closed.values().next().value!)
     this.reserved -= s.reservedBytes
     await s.span.close()
@@ -186,7 +239,8 @@ export class BlockBackend {
   async expireIdle (now = Date.now()): Promise<number> {
     let n = 0
     for (const s of [...this.sessions.values()]) {
-      if (!s.busy && now - s.lastUsed > this.idleTimeoutMs) { await this.close(s.id); n++ }
+      if (s.busy) continue
+      if (now - s.opened > this.maxLifetimeMs) { await this.close(s.id, `it reached its lifetime of ${this.maxLifetimeMs / 1000} s`); n++ } else if (now - s.lastUsed > this.idleTimeoutMs) { await this.close(s.id, `no step for ${this.idleTimeoutMs / 1000} s`); n++ }
     }
     return n
   }
@@ -255,7 +309,7 @@ export class BackendSet {
   holder (id: string): BlockBackend {
     const all = this.all()
     for (const b of all) if (b.has(id)) return b
-    for (const b of all) if (b.wasClosed(id)) throw new ProtocolError('closed-session', `session ${id} is closed`)
+    for (const b of all) if (b.wasClosed(id)) b.get(id) // throws closed-session, saying why
     throw new ProtocolError('unknown-session', `unknown session ${id}`)
   }
 }

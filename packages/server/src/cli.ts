@@ -77,6 +77,12 @@ await yargs(argv)
     .option('remeasure', { type: 'boolean', default: false, describe: 'Measure this node\'s throughput at start even when a figure measured in the last 7 days is cached' })
     .option('backend', { choices: [...BACKENDS, 'auto'], default: 'auto', describe: 'Compute backend (auto = fastest available: a GPU through webgpu, tensorflow, wasm, cpu; webgpu named explicitly also runs on a software adapter)' })
     .option('max-sessions', { type: 'number', default: 64, describe: 'Most concurrent inference sessions' })
+    .option('max-sessions-per-peer', { type: 'number', default: 16, describe: 'Most sessions one peer may hold open here at once (busy beyond)' })
+    .option('max-kv-share-per-peer', { type: 'number', default: 0.5, describe: 'Share of the KV-cache budget (--cache-mb) one peer\'s sessions may reserve together, 0–1' })
+    .option('max-step-tokens', { type: 'number', default: 4096, describe: 'Most tokens one step may carry (too-long beyond; never more than the model\'s context)' })
+    .option('max-chunk-tokens', { type: 'number', default: 256, describe: 'A long step (a prefill) runs in chunks of at most this many tokens: its memory grows linearly with its tokens' })
+    .option('session-idle-timeout', { type: 'number', default: 300, describe: 'Seconds without a step after which a session is closed (truncates do not count)' })
+    .option('max-session-lifetime', { type: 'number', default: 3600, describe: 'Seconds after which any session is closed, however busy' })
     .option('cache-mb', { type: 'number', default: 2048, describe: 'KV-cache budget for all sessions, MiB' })
     .option('kv-cache', { choices: ['f32', 'f16'], default: 'f32', describe: 'Precision of the KV cache on a GPU (webgpu): f16 holds twice the sessions in the same budget' })
     .option('verify', { type: 'boolean', default: false, describe: "Be a verifier: re-compute steps clients send for spot checks (of --blocks, default all) and publish servers' reputation; serves no sessions" })
@@ -90,6 +96,9 @@ await yargs(argv)
       if (a.blocks != null && !/^\d+:\d+$/.test(a.blocks)) return `--blocks must look like start:end (got "${a.blocks}")`
       if (!(a['max-sessions'] >= 1)) return '--max-sessions must be at least 1'
       if (!(a['cache-mb'] > 0)) return '--cache-mb must be positive'
+      for (const f of ['max-sessions-per-peer', 'max-step-tokens', 'max-chunk-tokens']) if (!Number.isInteger(a[f]) || a[f] < 1) return `--${f} must be an integer ≥ 1`
+      if (!(a['max-kv-share-per-peer'] > 0 && a['max-kv-share-per-peer'] <= 1)) return '--max-kv-share-per-peer must be in (0, 1]'
+      if (!(a['session-idle-timeout'] > 0) || !(a['max-session-lifetime'] > 0)) return '--session-idle-timeout and --max-session-lifetime must be positive'
       if (a.memory != null && !(a.memory > a['cache-mb'])) return `--memory must exceed --cache-mb (${a['cache-mb']} MiB)`
       if (!(a['rebalance-interval'] >= 0)) return '--rebalance-interval must be ≥ 0'
       if (!(a['balance-factor'] >= 1)) return '--balance-factor must be ≥ 1'

@@ -45,6 +45,14 @@ export interface JoinArgs extends CommonArgs {
   blocks?: string
   backend: BackendName | 'auto'
   maxSessions: number
+  maxSessionsPerPeer: number
+  maxKvSharePerPeer: number
+  maxStepTokens: number
+  maxChunkTokens: number
+  /** Seconds. */
+  sessionIdleTimeout: number
+  /** Seconds. */
+  maxSessionLifetime: number
   cacheMb: number
   kvCache: 'f32' | 'f16'
   offerHead?: boolean
@@ -196,6 +204,14 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     cacheBudgetBytes: args.cacheMb * 2 ** 20,
     kvCache: args.kvCache,
     maxSessions: args.maxSessions,
+    budgets: {
+      maxSessionsPerPeer: args.maxSessionsPerPeer,
+      maxPeerCacheShare: args.maxKvSharePerPeer,
+      maxStepTokens: args.maxStepTokens,
+      maxChunkTokens: args.maxChunkTokens,
+      idleTimeoutMs: args.sessionIdleTimeout * 1000,
+      maxLifetimeMs: args.maxSessionLifetime * 1000
+    },
     offersHead: args.offerHead,
     rebalanceMs: args.rebalanceInterval * 1000,
     balanceFactor: args.balanceFactor,

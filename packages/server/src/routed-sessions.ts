@@ -87,7 +87,7 @@ export async function replyStep (ctx: StepReplyContext, backend: BlockBackend, r
 
 function spanOf ([start, end]: [number, number]): { start: number, end: number } { return { start, end } }
 
-/** A step arriving on stream whose peer is `from`: checks it may feed that session. */
+/** A step may come from the stream that attached to its session or, for sessions without a `prev`, from its client. */
 export function feedCheck (routed: RoutedSession | undefined, fedHere: boolean, id: string): void {
   if (fedHere) return
   if (routed?.prev != null) throw new ProtocolError('bad-request', `session ${id} is fed by its previous hop ${routed.prev}, not by its client`)

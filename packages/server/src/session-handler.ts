@@ -140,7 +140,7 @@ export function createSessionHandler (components: SessionHandlerComponents, init
               throw new ProtocolError('bad-request', `session ${msg.sessionId} already exists`)
             }
             const backend = backends.pick(msg.modelId, msg.start, msg.end)
-            await backend.open(msg.sessionId, msg.modelId, msg.start, msg.end, msg.maxLength)
+            await backend.open(msg.sessionId, msg.modelId, msg.start, msg.end, msg.maxLength, peer)
             owned.set(msg.sessionId, backend)
             await route(msg, backend)
             await send({ type: 'opened', sessionId: msg.sessionId, start: msg.start, end: msg.end, length: 0 })

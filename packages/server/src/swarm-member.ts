@@ -4,7 +4,7 @@ import type { PlexusNode, AnnouncementPayload } from '@plexus/p2p'
 import { loadSpanRunners, chainRunners, weightFormat } from '@plexus/runtime'
 import type { ModelSource, ModelManifest, BackendName, ProgressListener } from '@plexus/runtime'
 import { BlockBackend } from './backend.ts'
-import type { FaultInjection } from './backend.ts'
+import type { FaultInjection, SessionBudgets } from './backend.ts'
 import { PlexusServer } from './server.ts'
 import { cachedThroughput } from './throughput.ts'
 import type { Throughput } from './throughput.ts'
@@ -29,6 +29,8 @@ export interface SwarmMemberInit {
   /** Precision of the sessions' KV caches on a GPU (f16: twice the sessions in the same budget). */
   kvCache?: 'f32' | 'f16'
   maxSessions: number
+  /** Per-peer, per-step and per-session limits (docs/security.md). */
+  budgets?: SessionBudgets
   offersHead?: boolean
   /** How often to consider moving, ms (0: never). */
   rebalanceMs?: number
@@ -163,6 +165,7 @@ export class SwarmMember {
     // Always in worker threads: a long prefill must not stall this thread's networking (pings).
     const runner = chainRunners(await loadSpanRunners(ckpt, start, end, { placement: 'workers', blockDigests: manifest.blockDigests, kvCache: this.init.kvCache, onProgress: this.init.onProgress, modelName: manifest.name }))
     const backend = new BlockBackend({ runner, config: cfg }, {
+      ...this.init.budgets,
       modelId: manifest.id, maxSessions: this.init.maxSessions, cacheBudgetBytes: this.init.cacheBudgetBytes, faults: this.init.faults,
       // an f16 cache exists only on the GPU; elsewhere the caches stay float32
       kvBytesPerValue: this.init.kvCache === 'f16' && this.init.backend === 'webgpu' ? 2 : 4
@@ -170,7 +173,10 @@ export class SwarmMember {
     const measured = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir, remeasure: this.init.remeasure })
     const throughput = measured.tokensPerSecond
     const server = new PlexusServer({ node: this.c.node, privateKey: this.c.privateKey, backend, manifest, checkpoint: ckpt }, {
-      throughput, backend: this.init.backend, format: this.format, offersHead: this.init.offersHead ?? (ckpt.format === 'safetensors' && (start === 0 || end === cfg.numLayers)), metrics: this.init.metrics
+      throughput, backend: this.init.backend, format: this.format, offersHead: this.init.offersHead ?? (ckpt.format === 'safetensors' && (start === 0 || end === cfg.numLayers)), metrics: this.init.metrics,
+      // session streams per connection (so per peer): each session's own, and as many feeds
+      // from a previous hop forwarding its clients' sessions, never more than maxSessions each
+      maxInboundStreams: 2 * this.init.maxSessions + 16
     })
     await server.start()
     this.server = server
