@@ -165,7 +165,8 @@ export function describeDialError (err: unknown, addr: Multiaddr, timedOutAfterM
   if (handshake && context.privateSwarm === true && (code === 'ECONNRESET' || /ECONNRESET|aborted|timeout|end of stream/i.test(msg))) {
     return 'swarm key mismatch: the peer refused this swarm\'s key (it holds another --swarm-key, or none)'
   }
-  if (handshake && context.privateSwarm !== true && /ECONNRESET|newline|multistream|protocol selection/i.test(msg)) {
+  // a private swarm's node answers with its key exchange, which multistream-select reads as garbage
+  if (handshake && context.privateSwarm !== true && /ECONNRESET|newline|multistream|protocol selection|length too long|invalid/i.test(msg) && !/identity key/.test(msg)) {
     return 'the peer refused the handshake: it belongs to a private swarm (give its --swarm-key)'
   }
   if (timedOutAfterMs != null || e?.name === 'TimeoutError') {
