@@ -125,12 +125,12 @@ describe('fetching the client parts of a model from the swarm', function () {
   it('names an unknown model clearly', async () => {
     const r = await generate(swarm.bootstrapAddr, 'no-such-model', join(tmp, 'cache-unknown'))
     assert.equal(r.code, 2, r.stderr)
-    assert.match(r.stderr, /^plexus-client: no server in the swarm announces a model named "no-such-model" \(announced: tiny-llama \(03ec28bc2ea1\)\)\n$/m)
+    assert.match(r.stderr, /^plexus-client: no server in the swarm announces a model named "no-such-model" \(announced: tiny-llama \(28e4da1d7f5b\)\)\n$/m)
   })
 
   it('says so when no peer offers the head', async () => {
     await assert.rejects(resolveModel(client, 'tiny-llama', { cacheDir: join(tmp, 'cache-none') }),
-      /no peer offers the client parts \(embeddings, LM head\) of tiny-llama \(03ec28bc2ea1\): 3 server\(s\) hold its blocks but none offers the head/)
+      /no peer offers the client parts \(embeddings, LM head\) of tiny-llama \(28e4da1d7f5b\): 3 server\(s\) hold its blocks but none offers the head/)
   })
 
   it('refuses a peer whose LM head was altered', async () => {
@@ -149,7 +149,7 @@ describe('fetching the client parts of a model from the swarm', function () {
     const logs: string[] = []
     await assert.rejects(resolveModel(client, manifest.id.slice(0, 16), { cacheDir, log: m => logs.push(m) }), (err: Error) => {
       assert.equal(err.name, 'ModelFetchError')
-      assert.match(err.message, new RegExp(`no peer gave verified client parts of tiny-llama \\(03ec28bc2ea1\\): ${fake!.node.peerId}: head tensors do not match the model id`))
+      assert.match(err.message, new RegExp(`no peer gave verified client parts of tiny-llama \\(28e4da1d7f5b\\): ${fake!.node.peerId}: head tensors do not match the model id`))
       return true
     })
     assert.ok(logs.some(l => l.includes(`peer ${fake!.node.peerId} skipped`)), logs.join('\n'))
@@ -189,7 +189,7 @@ describe('fetching the client parts of a model from the swarm', function () {
     // small odd-sized chunks, few in flight: many pipelined reads per tensor
     const dir = await resolveModel(client, 'tiny-llama', { cacheDir, log: m => logs.push(m), chunkBytes: 10_000, window: 3 })
     assert.equal(dir, join(cacheDir, manifest.id))
-    assert.ok(logs.some(l => l.startsWith(`fetched the client parts of tiny-llama (03ec28bc2ea1) from ${headNode!.peerId}`)), logs.join('\n'))
+    assert.ok(logs.some(l => l.startsWith(`fetched the client parts of tiny-llama (28e4da1d7f5b) from ${headNode!.peerId}`)), logs.join('\n'))
     assert.ok(logs.every(l => !l.includes('skipped') || l.includes(`peer ${fake!.node.peerId} skipped: head tensors do not match`)), logs.join('\n'))
     assert.deepEqual((await readdir(cacheDir)).sort(), [manifest.id])
     assert.deepEqual((await readdir(dir)).sort(), ['config.json', 'generation_config.json', 'model.safetensors', 'plexus-manifest.json'])
@@ -269,7 +269,7 @@ describe('fetching the client parts of a model from the swarm', function () {
       assert.equal(r.code, 0, r.stderr)
       assert.deepEqual(r.out.token_ids, g.greedy_new_ids)
       assert.equal(r.out.model_id, manifest.id)
-      assert.match(r.stderr, /\[plexus\] fetched the client parts of tiny-llama \(03ec28bc2ea1\) from 12D3KooW\w+: 0\.\d MiB in \d+ ms/)
+      assert.match(r.stderr, /\[plexus\] fetched the client parts of tiny-llama \(28e4da1d7f5b\) from 12D3KooW\w+: 0\.\d MiB in \d+ ms/)
     })
 
     it('by id prefix: uses the cache', async () => {
@@ -296,7 +296,7 @@ describe('fetching the client parts of a model from the swarm', function () {
     it('a fresh cache with no head-offering peer fails clearly', async () => {
       const r = await generate(swarm.bootstrapAddr, 'tiny-llama', join(tmp, 'cache-empty'))
       assert.equal(r.code, 2)
-      assert.match(r.stderr, /^plexus-client: no peer offers the client parts \(embeddings, LM head\) of tiny-llama \(03ec28bc2ea1\)/m)
+      assert.match(r.stderr, /^plexus-client: no peer offers the client parts \(embeddings, LM head\) of tiny-llama \(28e4da1d7f5b\)/m)
     })
   })
 })

@@ -99,7 +99,7 @@ describe('progress and logs', function () {
     assert.equal(ready.reachable, 'local') // loopback only
     assert.equal(ready.format, 'f32')
     assert.deepEqual([ready.start, ready.end, ready.numBlocks], [0, 3, 3])
-    assert.match(ready.msg, /^ready: server 12D3KooW\w+ \(wasm\) serving blocks 0–2 \(3 of 3\) of progress-tiny \(03ec28bc2ea1\), f32, at [\d.]+ tokens\/s per block \(measured .*\); listening on \/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/12D3KooW\w+; reachable: local$/)
+    assert.match(ready.msg, /^ready: server 12D3KooW\w+ \(wasm\) serving blocks 0–2 \(3 of 3\) of progress-tiny \(28e4da1d7f5b\), f32, at [\d.]+ tokens\/s per block \(measured .*\); listening on \/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/12D3KooW\w+; reachable: local$/)
     assert.equal(out, '', 'nothing on stdout without --json')
   })
 

@@ -4,7 +4,7 @@ import { lpStream } from '@libp2p/utils'
 import { fetchInfo, findBlockHolders, findServers, PROTOCOL_PREFIX } from '@plexus/p2p'
 import type { PlexusNode, PeerId } from '@plexus/p2p'
 import {
-  Checkpoint, DTYPE_BYTES, MANIFEST_FILE, checkManifest, headTensorShapes, loadTokenizer, parseModelConfig, readModelConfig,
+  Checkpoint, CLIENT_FILES, DTYPE_BYTES, GGUF_TOKENIZER_KEY, MANIFEST_FILE, checkManifest, fileDigest, headTensorShapes, loadTokenizer, parseModelConfig, readModelConfig,
   safetensorsHeader, shortId, tensorsDigest, cacheDir as plexusCacheDir, ProgressMeter
 } from '@plexus/runtime'
 import type { DType, ModelManifest, ProgressListener } from '@plexus/runtime'
@@ -19,12 +19,24 @@ const FILE_LIMITS: Record<string, number> = {
   'config.json': 1 << 20,
   'generation_config.json': 1 << 20,
   'tokenizer.json': 64 << 20,
-  'tokenizer_config.json': 16 << 20
+  'tokenizer_config.json': 16 << 20,
+  'special_tokens_map.json': 1 << 20,
+  'chat_template.jinja': 1 << 20
 }
-const OPTIONAL_FILES = ['generation_config.json', 'tokenizer_config.json', 'tokenizer.json']
 const FULL_ID = /^[0-9a-f]{64}$/
 const ID_PREFIX = /^[0-9a-f]{8,64}$/
 const HEAD_FILE = 'model.safetensors'
+
+/**
+ * A peer served a tokenizer, tokenizer config, chat template or generation config other than the
+ * one the model id covers (one poisoned file is enough to rewrite every prompt): refused, and the
+ * next peer is tried.
+ */
+export class ModelFilesMismatchError extends Error {
+  readonly code = 'model-files-mismatch'
+  readonly file: string
+  constructor (file: string, message: string) { super(message); this.name = 'ModelFilesMismatchError'; this.file = file }
+}
 
 /** Nothing usable was found or fetched; the message says why (one line). */
 export class ModelFetchError extends Error {
@@ -142,6 +154,15 @@ async function checkModelDir (dir: string, id: string): Promise<ModelManifest> {
   checkManifest(m, await readModelConfig(dir))
   if (m.id !== id) throw new Error(`${MANIFEST_FILE} describes model ${shortId(m.id)}`)
   if (!(await stat(join(dir, HEAD_FILE))).isFile()) throw new Error(`${HEAD_FILE} is not a file`)
+  // the side files are small: a cached copy edited since is caught here, not in a prompt
+  for (const name of CLIENT_FILES) {
+    const bytes = await readFile(join(dir, name)).catch(() => undefined)
+    const digest = m.files?.[name]
+    if (bytes == null && digest == null) continue
+    if (bytes == null) throw new ModelFilesMismatchError(name, `${name} is missing`)
+    if (digest == null) throw new ModelFilesMismatchError(name, `${name} is not covered by the model id`)
+    checkFile(name, bytes, digest)
+  }
   return m
 }
 
@@ -150,6 +171,7 @@ async function fetchModel (node: PlexusNode, found: FoundModel, cacheDir: string
   await mkdir(cacheDir, { recursive: true })
   await sweepPartials(cacheDir)
   const failures: string[] = []
+  const errors: Error[] = []
   log(`fetching the client parts of ${found.name} (${shortId(found.id)}) from ${found.sources.length} peer(s)`)
   for (const peer of found.sources) {
     const tmp = await mkdtemp(join(cacheDir, `.partial-${shortId(found.id)}-`))
@@ -165,9 +187,11 @@ async function fetchModel (node: PlexusNode, found: FoundModel, cacheDir: string
       if (opts.signal?.aborted === true) throw err
       log(`peer ${peer} skipped: ${(err as Error).message}`)
       failures.push(`${peer}: ${(err as Error).message}`)
+      errors.push(err as Error)
     }
   }
-  throw new ModelFetchError(`no peer gave verified client parts of ${found.name} (${shortId(found.id)}): ${failures.join('; ')}`)
+  throw new ModelFetchError(`no peer gave verified client parts of ${found.name} (${shortId(found.id)}): ${failures.join('; ')}`,
+    { cause: errors.length === 1 ? errors[0] : new AggregateError(errors, 'every peer failed') })
 }
 
 /** Fetches and verifies everything from one peer into `tmp`; returns the bytes received. */
@@ -185,7 +209,7 @@ async function fetchFrom (node: PlexusNode, peer: PeerId, found: FoundModel, tmp
   let received: number
   try {
     const list = await c.list()
-    const wanted = new Set([MANIFEST_FILE, 'config.json', ...OPTIONAL_FILES])
+    const wanted = new Set([MANIFEST_FILE, 'config.json', ...CLIENT_FILES])
     const total = list.files.filter(f => wanted.has(f.name)).reduce((n, f) => n + f.size, 0) + list.tensors.reduce((n, t) => n + t.size, 0)
     c.meter = new ProgressMeter(opts.onProgress, { task: 'fetch', model: found.name, total })
     const size = (name: string): number => {
@@ -199,6 +223,7 @@ async function fetchFrom (node: PlexusNode, peer: PeerId, found: FoundModel, tmp
     const cfg = parseModelConfig(parseJson('config.json', configBytes), 'config.json')
     checkManifest(m, cfg)
     if (m.id !== id) throw new Error(`its manifest describes model ${shortId(m.id)}, not ${shortId(id)}`)
+    if (m.files?.[GGUF_TOKENIZER_KEY] != null) throw new Error('offers the parts of a GGUF model, which come only with the file itself')
     await writeFile(join(tmp, 'config.json'), configBytes)
 
     // head tensors: exactly the config's, in its order, written as one safetensors file
@@ -225,11 +250,11 @@ async function fetchFrom (node: PlexusNode, peer: PeerId, found: FoundModel, tmp
     } finally {
       await fh.close()
     }
-    // not covered by the model id: only checked to be usable
-    for (const name of OPTIONAL_FILES) {
-      if (!list.files.some(f => f.name === name)) continue
+    // exactly the side files the id covers, each checked before it is written anywhere
+    for (const [name, digest] of Object.entries(m.files ?? {})) {
       const bytes = await c.readAll('file', name, size(name))
-      parseJson(name, bytes)
+      checkFile(name, bytes, digest)
+      if (name.endsWith('.json')) parseJson(name, bytes)
       await writeFile(join(tmp, name), bytes)
     }
     received = c.received
@@ -247,6 +272,11 @@ async function fetchFrom (node: PlexusNode, peer: PeerId, found: FoundModel, tmp
   await writeFile(join(tmp, MANIFEST_FILE), JSON.stringify(m, null, 2) + '\n')
   await checkModelDir(tmp, id)
   return received
+}
+
+function checkFile (name: string, bytes: Uint8Array, digest: string): void {
+  const got = fileDigest(bytes)
+  if (got !== digest) throw new ModelFilesMismatchError(name, `${name} does not match the model id (digest ${got.slice(0, 12)}, manifest says ${digest.slice(0, 12)})`)
 }
 
 interface Listing { files: Array<{ name: string, size: number }>, tensors: Array<{ name: string, dtype: DType, shape: number[], size: number }> }
@@ -353,7 +383,11 @@ function parseManifest (bytes: Uint8Array): ModelManifest {
     !hex(m.configDigest) || !Array.isArray(m.blockDigests) || !m.blockDigests.every(hex)) {
     throw new Error(`${MANIFEST_FILE} is malformed`)
   }
-  return { format: m.format, name: m.name, id: m.id, configDigest: m.configDigest, headDigest: m.headDigest, blockDigests: m.blockDigests, ...(m.quantize != null ? { quantize: m.quantize } : {}) }
+  if (m.files != null && (typeof m.files !== 'object' || Array.isArray(m.files))) throw new Error(`${MANIFEST_FILE} is malformed`)
+  return {
+    format: m.format, name: m.name, id: m.id, configDigest: m.configDigest, headDigest: m.headDigest, blockDigests: m.blockDigests,
+    ...(m.files != null ? { files: m.files } : {}), ...(m.quantize != null ? { quantize: m.quantize } : {})
+  }
 }
 
 /** Moves `tmp` into place; if another process got there first, keeps its copy when it checks out. */

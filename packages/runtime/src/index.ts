@@ -18,6 +18,7 @@ export * from './cache-dir.ts'
 export * from './version.ts'
 export * from './tokenizer.ts'
 export * from './chat-template.ts'
+export * from './template-render.ts'
 export * from './runner.ts'
 export * from './worker-span.ts'
 export * from "./safetensors-write.ts"

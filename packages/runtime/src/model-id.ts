@@ -26,6 +26,13 @@ export interface ModelManifest {
   headDigest: string
   blockDigests: string[]
   /**
+   * BLAKE3 (hex) of each client-side file the model directory holds (CLIENT_FILES), by name; for
+   * a GGUF file one entry, GGUF_TOKENIZER_KEY, over its tokenizer.* metadata (tokenizer and chat
+   * template). Covered by the id: a peer cannot serve another tokenizer or template under it.
+   * Absent or empty: none (the id is then computed as before these were covered).
+   */
+  files?: Record<string, string>
+  /**
    * Set when the blocks' linear weights are quantized at load (`--quantize`): the id is then
    * quantizedModelId of the stored weights' id, and the digests stay those of the stored tensors.
    */
@@ -33,6 +40,42 @@ export interface ModelManifest {
 }
 
 export const MANIFEST_FILE = 'plexus-manifest.json'
+/** What a client takes from a model directory besides config and head: covered by the id when present. */
+export const CLIENT_FILES: readonly string[] = ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json', 'chat_template.jinja']
+/** The files entry of a GGUF model: its tokenizer.* metadata (vocabulary, merges, chat template). */
+export const GGUF_TOKENIZER_KEY = 'gguf:tokenizer-metadata'
+
+/** BLAKE3 (hex) of a client-side file's bytes. */
+export function fileDigest (bytes: Uint8Array): string { return bytesToHex(blake3(bytes)) }
+
+/** The digests of the client-side files of `src` (see ModelManifest.files). */
+export async function clientFilesDigests (src: ModelSource): Promise<Record<string, string>> {
+  if (src instanceof QuantizedSource) return await clientFilesDigests(src.base)
+  const out: Record<string, string> = {}
+  if (src.format === 'gguf') {
+    const meta = (src as ModelSource & { file?: { metadata: Map<string, unknown> } }).file?.metadata
+    if (meta == null) return out
+    const keys = [...meta.keys()].filter(k => k.startsWith('tokenizer.')).sort()
+    if (keys.length === 0) return out
+    const text = JSON.stringify(keys.map(k => [k, meta.get(k)]), (_, v) => typeof v === 'bigint' ? v.toString() : v)
+    out[GGUF_TOKENIZER_KEY] = fileDigest(utf8ToBytes(text))
+    return out
+  }
+  for (const name of CLIENT_FILES) {
+    let bytes: Uint8Array
+    try { bytes = await readFile(join(src.path, name)) } catch (err: any) {
+      if (err.code === 'ENOENT') continue
+      throw err
+    }
+    out[name] = fileDigest(bytes)
+  }
+  return out
+}
+
+function sameFiles (a: Record<string, string> | undefined, b: Record<string, string>): boolean {
+  const ka = Object.keys(a ?? {}).sort()
+  return ka.length === Object.keys(b).length && ka.every(k => a![k] === b[k])
+}
 
 /**
  * BLAKE3 over tensors in order: name, dtype, shape and raw stored bytes of each. Weights go
@@ -58,8 +101,11 @@ export function configDigest (cfg: ModelConfig): string {
   return bytesToHex(blake3(utf8ToBytes(canonical)))
 }
 
-export function modelIdOf (configD: string, headD: string, blocks: string[]): string {
-  return bytesToHex(blake3(utf8ToBytes(['plexus-model/1', configD, headD, ...blocks].join('\n'))))
+export function modelIdOf (configD: string, headD: string, blocks: string[], files: Record<string, string> = {}): string {
+  // no files: the id as it was before they were covered (a model without them keeps its id)
+  const names = Object.keys(files).sort()
+  const tail = names.length === 0 ? [] : ['files', ...names.map(n => `${n} ${files[n]}`)]
+  return bytesToHex(blake3(utf8ToBytes(['plexus-model/1', configD, headD, ...blocks, ...tail].join('\n'))))
 }
 
 /** The id of a model whose weights are `baseId`'s quantized as `format` (deterministically). */
@@ -89,7 +135,16 @@ export async function computeManifest (ckpt: ModelSource, name = ckpt.name, onPr
   const headDigest = await tensorsDigest(await ckpt.readHeadRaw())
   meter.finish()
   const cd = configDigest(ckpt.config)
-  return { format: 'plexus-model/1', name, id: modelIdOf(cd, headDigest, blockDigests), configDigest: cd, headDigest, blockDigests }
+  return withFiles({ format: 'plexus-model/1', name, id: '', configDigest: cd, headDigest, blockDigests }, await clientFilesDigests(ckpt))
+}
+
+/** `m` covering `files` instead (the weights' digests kept), its id recomputed. */
+function withFiles (m: ModelManifest, files: Record<string, string>): ModelManifest {
+  const { files: _, id: __, ...rest } = m
+  const stored = modelIdOf(m.configDigest, m.headDigest, m.blockDigests, files)
+  const out: ModelManifest = { ...rest, id: m.quantize != null ? quantizedModelId(stored, m.quantize) : stored }
+  if (Object.keys(files).length > 0) out.files = files
+  return out
 }
 
 /** Checks a manifest's internal consistency and that it describes this config. */
@@ -100,7 +155,10 @@ export function checkManifest (m: ModelManifest, cfg: ModelConfig): void {
   }
   if (m.configDigest !== configDigest(cfg)) throw new Error(`${MANIFEST_FILE}: config digest does not match config.json`)
   if (m.quantize != null && !isQuantFormat(m.quantize)) throw new Error(`${MANIFEST_FILE}: unknown quantization ${JSON.stringify(m.quantize)}`)
-  const stored = modelIdOf(m.configDigest, m.headDigest, m.blockDigests)
+  if (m.files != null && (typeof m.files !== 'object' || Object.entries(m.files).some(([k, v]) => (!CLIENT_FILES.includes(k) && k !== GGUF_TOKENIZER_KEY) || typeof v !== 'string' || !/^[0-9a-f]{64}$/.test(v)))) {
+    throw new Error(`${MANIFEST_FILE}: malformed files digests`)
+  }
+  const stored = modelIdOf(m.configDigest, m.headDigest, m.blockDigests, m.files)
   if (m.id !== (m.quantize != null ? quantizedModelId(stored, m.quantize) : stored)) throw new Error(`${MANIFEST_FILE}: id does not match its digests`)
 }
 
@@ -150,11 +208,15 @@ export async function loadManifest (ckpt: ModelSource, opts: { write?: boolean, 
   if (ckpt instanceof QuantizedSource) return quantizedManifest(await loadManifest(ckpt.base, opts), ckpt.quantize)
   const places = await manifestPlaces(ckpt)
   const stamp = await fileStamp(ckpt)
+  // the side files are small: always re-digested, so an edited tokenizer or template gets its own id
+  const files = await clientFilesDigests(ckpt)
+  let m: ModelManifest | undefined
   for (const p of places) {
-    const m = await readStored(p, ckpt.config, stamp)
-    if (m != null) return m
+    m = await readStored(p, ckpt.config, stamp)
+    if (m != null) break
   }
-  const m = await computeManifest(ckpt, opts.name, opts.onProgress)
+  if (m != null && sameFiles(m.files, files)) return m
+  m = m != null ? withFiles(m, files) : await computeManifest(ckpt, opts.name, opts.onProgress)
   if (opts.write !== false) {
     const text = JSON.stringify(stamp != null ? { ...m, source: stamp } : m, null, 2) + '\n'
     for (const path of places) {

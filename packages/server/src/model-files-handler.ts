@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { lpStream } from '@libp2p/utils'
 import { PROTOCOL_PREFIX, schemaProblem } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import { headTensorShapes, MANIFEST_FILE } from '@plexus/runtime'
+import { CLIENT_FILES, headTensorShapes, MANIFEST_FILE } from '@plexus/runtime'
 import type { Checkpoint, ModelManifest } from '@plexus/runtime'
 import type { Connection, Logger, Stream } from '@libp2p/interface'
 
@@ -28,7 +28,7 @@ import type { Connection, Logger, Stream } from '@libp2p/interface'
 export const MODEL_FILES_PROTOCOL = `${PROTOCOL_PREFIX}/model/1.0.0`
 export const MODEL_FILE_REQUEST_SCHEMA = 'model-file-request'
 /** Side files served from the model directory (the manifest comes from memory). */
-export const MODEL_FILE_NAMES: readonly string[] = ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', MANIFEST_FILE]
+export const MODEL_FILE_NAMES: readonly string[] = ['config.json', ...CLIENT_FILES, MANIFEST_FILE]
 export const MAX_MODEL_CHUNK_BYTES = 4 << 20
 export const MAX_MODEL_REQUEST_BYTES = 4096
 /** Larger side files are not offered (real tokenizer.json files are ≤ ~35 MB). */
