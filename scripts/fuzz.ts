@@ -28,7 +28,8 @@ import type { LocalSwarm, NodeProcess } from './lib/local-swarm.ts'
 import { makeModel } from './lib/model-maker.ts'
 import { prng, streamInput, httpInput } from './lib/fuzz-inputs.ts'
 import type { Target } from './lib/fuzz-inputs.ts'
-import { streamOnce, httpOnce, Tally } from './lib/fuzz-run.ts'
+import * as run from './lib/fuzz-run.ts'
+const { streamOnce, httpOnce, Tally } = run
 
 const { values: a } = parseArgs({
   options: {
@@ -83,6 +84,16 @@ async function honest (gw: Gateway): Promise<string> {
   return body.choices[0].text
 }
 
+/** An initialized MCP session's id (the fuzzer's tool calls name it). */
+async function mcpSession (gw: Gateway): Promise<string> {
+  const r = await fetch(`http://127.0.0.1:${gw.port}/mcp`, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 0, method: 'initialize', params: { protocolVersion: '2025-03-26', capabilities: {}, clientInfo: { name: 'fuzz', version: '0' } } }) })
+  await r.text()
+  const id = r.headers.get('mcp-session-id')
+  if (r.status !== 200 || id == null) throw new Error(`MCP initialize: ${r.status}`)
+  await fetch(`http://127.0.0.1:${gw.port}/mcp`, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-session-id': id }, body: JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) }).then(async x => await x.text())
+  return id
+}
+
 interface Peer { name: string, proc: NodeProcess, id: PeerId, protocols: string[] }
 
 async function main (): Promise<number> {
@@ -107,11 +118,17 @@ async function main (): Promise<number> {
     const server = swarm?.nodes[0]
     const target: Target = { modelId: server?.ready.modelId ?? '0'.repeat(64), numBlocks: 3, hidden: 64, serverPeer: server?.peerId ?? '' }
     const reference = await honest(gw!)
+    const mcp = GATEWAY ? await mcpSession(gw!) : undefined
     const watched: Array<[string, ChildProcess]> = [...(swarm != null ? [['bootstrap', swarm.bootstrap.child] as [string, ChildProcess]] : []), ...peers.map(p => [p.name, p.proc.child] as [string, ChildProcess]), ['gateway', gw!.child]]
+    const connectionsClosed = new Map<string, number>()
+    const inFlight = new Map<number, string>()
+    const closedWhile: string[] = []
     const baseline = new Map(watched.map(([n, c]) => [n, rssMiB(c.pid!)]))
 
     if (NODES) {
       client = await connectSwarm([swarm!.bootstrapAddr])
+      // connections the nodes closed under the fuzzer (a new one is dialed for the next stream)
+      client.addEventListener('connection:close', (e) => { const p = peers.find(x => x.id.equals(e.detail.remotePeer)); if (p != null) { connectionsClosed.set(p.name, (connectionsClosed.get(p.name) ?? 0) + 1); if (closedWhile.length < 10) closedWhile.push(`${p.name} while in flight: ${[...inFlight.values()].join('; ')}`) } })
       for (const p of peers) {
         await client.dial(p.id)
         // what identify says the node registered: every one of them is fuzzed
@@ -137,7 +154,7 @@ async function main (): Promise<number> {
         const toGateway = !NODES || (GATEWAY && i % 10 < GATEWAY_SHARE)
         try {
           if (toGateway) {
-            const input = httpInput(r, gw!.model)
+            const input = httpInput(r, gw!.model, mcp)
             const o = await httpOnce(gw!.port, input, DEADLINE_MS * 3)
             routes.add(`${input.method} ${input.path.startsWith('/v1/models/') ? '/v1/models/:model' : input.path}`, input.mutation, String(o.status))
             if (!o.ok) failures.push(`#${i} ${input.method} ${input.path} (${input.mutation}) → ${o.status}: ${input.body?.slice(0, 300)}`)
@@ -145,9 +162,10 @@ async function main (): Promise<number> {
           } else {
             const { p, proto } = pairs[i % pairs.length]
             const { mutation, data } = streamInput(r, proto, target)
-            const o = await streamOnce(client!, p.id, proto, data, DEADLINE_MS)
+            inFlight.set(i, `#${i} ${p.name} ${proto} ${mutation}`)
+            const o = await streamOnce(client!, p.id, proto, data, DEADLINE_MS).finally(() => inFlight.delete(i))
             streams.add(`${p.name} ${proto}`, mutation, o)
-            if (o === 'stuck') failures.push(`#${i} ${p.name} ${proto} (${mutation}, ${data.length} B) stuck: no end within ${DEADLINE_MS / 1000} s`)
+            if (o === 'stuck') failures.push(`#${i} ${p.name} ${proto} (${mutation}, ${data.length} B) stuck: no end within ${DEADLINE_MS / 1000} s: ${run.lastStuck}`)
             if (a.verbose) log(`#${i} ${p.name} ${proto} ${mutation} ${data.length} B → ${o}`)
           }
         } catch (err) {
@@ -179,13 +197,15 @@ async function main (): Promise<number> {
     const summary = {
       seed: SEED, target: a.target, inputs: streams.total() + routes.total(), streamInputs: streams.total(), httpInputs: routes.total(),
       fuzzSeconds: Math.round(fuzzMs / 100) / 10, totalSeconds: Math.round((Date.now() - started) / 100) / 10, stoppedByTime,
-      crashes, stuck, httpFailures: http5xx, health, sameText: after === reference, rss, rssBoundMiB: RSS_BOUND,
+      crashes, stuck, httpFailures: http5xx, health, sameText: after === reference, rss, rssBoundMiB: RSS_BOUND, connectionsClosed: Object.fromEntries(connectionsClosed),
       streams: streams.json(), routes: routes.json(), failures: failures.slice(0, 50)
     }
     log('')
     if (streams.total() > 0) log(streams.table(`streams (seed ${SEED}): outcome = <reply: error code | reply | none>/<closed | reset>, refused = no stream, stuck = no end within ${DEADLINE_MS / 1000} s`))
     if (routes.total() > 0) log(routes.table('gateway routes: outcome = HTTP status (stuck = no answer, conn-error = dropped)'))
     log(`\n${summary.inputs} inputs in ${summary.fuzzSeconds} s${stoppedByTime ? ' (stopped by --time)' : ''}: ${crashes} crashes, ${stuck} stuck streams, ${http5xx} failed HTTP requests; /health ${health}; honest text ${after === reference ? 'unchanged' : 'CHANGED'}`)
+    if (connectionsClosed.size > 0) log(`  libp2p connections to the nodes closed during the run (and dialed again): ${[...connectionsClosed].map(([n, c]) => `${n} ${c}`).join(', ')}`)
+    for (const c of closedWhile) log(`    ${c}`)
     for (const x of rss) log(`  RSS ${x.process}: ${x.baselineMiB} → ${x.afterMiB} MiB (bound +${RSS_BOUND})`)
     for (const f of failures.slice(0, 50)) log(`FAIL ${f}`)
     if (failures.length > 0) for (const [n, c] of [...peers.map(p => [p.name, p.proc.stderr()]), ['gateway', gw!.stderr()]]) log(`--- ${n} stderr (tail):\n${c.split('\n').slice(-20).join('\n')}`)

@@ -18,6 +18,7 @@ module.exports = [
   'test/hardening-gateway.test.ts',
   'test/hardening-budgets.test.ts',
   'test/hardening-verifier.test.ts',
+  'test/hardening-model-files.test.ts',
   'test/health.test.ts',
   'test/gguf-model.test.ts',
   'test/quantized-models.test.ts',
@@ -25,5 +26,6 @@ module.exports = [
   'test/forwarding.test.ts',
   'test/dashboard.test.ts',
   'test/progress.test.ts',
-  'test/packaging.test.ts'
+  'test/packaging.test.ts',
+  'test/fuzz.test.ts'
 ]

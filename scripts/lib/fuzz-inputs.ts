@@ -29,21 +29,21 @@ const enc = new TextEncoder()
 const NUMBERS = [0, -1, 1, 0.5, -0.0, 2 ** 31, 2 ** 32 + 1, 2 ** 53, -(2 ** 53), 1e308, -1e308, 4096, 65535, 1e-300, 3.5]
 const STRINGS = ['', 'a', '\u0000', 'é漢🙂', '../../etc/passwd', 'config.json', 'tokenizer.json', '{"type":"open"}', '%s%n', 'null']
 
-/** A random JSON value, `depth` levels deep at most (large strings and arrays included). */
-export function randomJson (r: Rand, depth = 3): unknown {
-  const k = int(r, depth > 0 ? 9 : 6)
+/** A random JSON value, `depth` levels deep at most; long strings and arrays, within about 1 MB in all. */
+export function randomJson (r: Rand, depth = 3, budget = { left: 1 << 20 }): unknown {
+  const k = budget.left <= 0 ? 0 : int(r, depth > 0 ? 9 : 6)
   switch (k) {
     case 0: return null
     case 1: return r() < 0.5
     case 2: return r() < 0.5 ? pick(r, NUMBERS) : (r() - 0.5) * 10 ** int(r, 12)
     case 3: return pick(r, STRINGS)
-    case 4: return r() < 0.1 ? 'x'.repeat(int(r, 100_000)) : hex(r, int(r, 80))
+    case 4: { const s = r() < 0.1 ? 'x'.repeat(Math.min(budget.left, int(r, 100_000))) : hex(r, int(r, 80)); budget.left -= s.length; return s }
     case 5: return int(r, 2) === 0 ? hex(r, 32) : hex(r, 64)
-    case 6: return Array.from({ length: r() < 0.05 ? int(r, 5000) : int(r, 5) }, () => randomJson(r, depth - 1))
+    case 6: return Array.from({ length: r() < 0.05 ? int(r, 5000) : int(r, 5) }, () => { budget.left -= 8; return randomJson(r, depth - 1, budget) })
     default: {
       const o: Record<string, unknown> = {}
       const keys = ['type', 'op', 'sessionId', 'modelId', 'code', 'step', 'position', 'tokens', 'hidden', 'length', '__proto__', 'constructor', hex(r, 4)]
-      for (let i = int(r, 6); i > 0; i--) o[pick(r, keys)] = randomJson(r, depth - 1)
+      for (let i = int(r, 6); i > 0; i--) o[pick(r, keys)] = randomJson(r, depth - 1, budget)
       return o
     }
   }
@@ -229,9 +229,10 @@ export function streamInput (r: Rand, protocol: string, t: Target): { mutation: 
 }
 
 /** A gateway request: a route, and a body (random JSON, or a valid one mutated). */
-export interface HttpInput { method: 'GET' | 'POST' | 'DELETE', path: string, body?: string, mutation: string }
+export interface HttpInput { method: 'GET' | 'POST' | 'DELETE', path: string, body?: string, mutation: string, headers?: Record<string, string> }
 
-export function httpInput (r: Rand, model: string): HttpInput {
+/** `mcpSession`: an initialized MCP session, so that tool calls reach the tools. */
+export function httpInput (r: Rand, model: string, mcpSession?: string): HttpInput {
   const msgs = [{ role: 'user', content: 'hello swarm' }]
   const valid: Array<[HttpInput['method'], string, Record<string, unknown> | undefined]> = [
     ['POST', '/v1/chat/completions', { model, messages: msgs, max_tokens: 2, temperature: 0 }],
@@ -242,6 +243,8 @@ export function httpInput (r: Rand, model: string): HttpInput {
     ['POST', '/api/show', { model }],
     ['POST', '/mcp', { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-03-26', capabilities: {}, clientInfo: { name: 'fuzz', version: '0' } } }],
     ['POST', '/mcp', { jsonrpc: '2.0', id: 2, method: 'tools/list' }],
+    ['POST', '/mcp', { jsonrpc: '2.0', id: 3, method: 'tools/call', params: { name: 'generate', arguments: { model, prompt: 'hi', max_tokens: 2 } } }],
+    ['POST', '/mcp', { jsonrpc: '2.0', id: 4, method: 'tools/call', params: { name: pick(r, ['chat', 'list_models', 'swarm_status']), arguments: { model, messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 } } }],
     ['GET', '/v1/models', undefined],
     ['GET', `/v1/models/${encodeURIComponent(model)}`, undefined],
     ['GET', '/api/tags', undefined],
@@ -251,6 +254,13 @@ export function httpInput (r: Rand, model: string): HttpInput {
     ['GET', '/metrics', undefined]
   ]
   const [method, path, body] = pick(r, valid)
+  const input = pickBody(r, method, path, body)
+  // most MCP requests name the live session (its tools run), some none or a made-up one
+  if (path === '/mcp' && mcpSession != null && r() < 0.8) input.headers = { 'mcp-session-id': r() < 0.9 ? mcpSession : hex(r, 32) }
+  return input
+}
+
+function pickBody (r: Rand, method: HttpInput['method'], path: string, body: Record<string, unknown> | undefined): HttpInput {
   // a small share of valid bodies keeps generation and MCP paths exercised; the rest are hostile
   const k = int(r, 10)
   if (body == null) return { method: r() < 0.8 ? method : 'POST', path, body: r() < 0.5 ? undefined : JSON.stringify(randomJson(r)), mutation: 'get' }

@@ -6,6 +6,9 @@ import type { PeerId, Stream } from '@libp2p/interface'
 import type { PlexusNode } from '@plexus/p2p'
 import type { HttpInput } from './fuzz-inputs.ts'
 
+/** The state of the last stream that hung (for the failure report). */
+export let lastStuck = ''
+
 /** What a stream input came to: `<reply>/<end>`, `refused` (no stream), or `stuck`. */
 export type StreamOutcome = string
 
@@ -18,11 +21,13 @@ const sleep = async (ms: number): Promise<null> => await new Promise(resolve => 
  */
 export async function streamOnce (node: PlexusNode, peer: PeerId, protocol: string, data: Uint8Array, deadlineMs: number): Promise<StreamOutcome> {
   let stream: Stream
+  const t0 = Date.now()
   try {
     stream = await node.dialProtocol(peer, protocol, { signal: AbortSignal.timeout(deadlineMs) })
   } catch (err) {
     // per-connection stream caps and busy handlers refuse here (the stream is reset at once)
-    return `refused:${(err as Error).name}`
+    const e = err as Error & { code?: string }
+    return `refused:${e.name !== 'Error' ? e.name : e.code ?? e.message.slice(0, 40)}`
   }
   const head: Uint8Array[] = []
   let size = 0
@@ -32,14 +37,23 @@ export async function streamOnce (node: PlexusNode, peer: PeerId, protocol: stri
     size += d.byteLength
   })
   const closed = new Promise<{ error?: Error }>(resolve => { stream.addEventListener('close', (e) => { resolve(e as any) }, { once: true }) })
+  // a connection that closed while the stream was negotiated hands it back already ended: its
+  // close event fired before anyone listened
+  if (stream.status !== 'open') return `ended-at-open/${stream.status}`
+  let closeErr = 'ok'
+  const sentAt = Date.now()
   try {
     if (!stream.send(data)) await stream.onDrain({ signal: AbortSignal.timeout(deadlineMs) })
     await stream.close({ signal: AbortSignal.timeout(deadlineMs) })
-  } catch {
+  } catch (err) {
+    closeErr = `${(err as Error).name} after ${Date.now() - sentAt} ms`
     // the remote may reset the stream while we still write: the close event says so
   }
   const ev = await Promise.race([closed, sleep(deadlineMs)])
   if (ev == null) {
+    // how it hung: which ends are still open, and whether the connection under it still works
+    const c = node.getConnections(peer)
+    lastStuck = `stream ${stream.status} read ${stream.readStatus} write ${stream.writeStatus} remote read ${stream.remoteReadStatus} remote write ${stream.remoteWriteStatus}, ${size} B received, timeline ${JSON.stringify(stream.timeline)}, sent at ${sentAt - t0} ms, close ${closeErr}; connections ${c.map(x => `${x.status} (${x.streams.length} streams)`).join(', ')}`
     stream.abort(new Error('fuzz deadline'))
     return 'stuck'
   }
@@ -56,16 +70,22 @@ export async function httpOnce (port: number, input: HttpInput, deadlineMs: numb
   return await new Promise((resolve) => {
     const body = input.body != null ? Buffer.from(input.body) : undefined
     const headers: Record<string, string> = { host: `127.0.0.1:${port}`, accept: 'application/json, text/event-stream' }
+    Object.assign(headers, input.headers)
     if (body != null) { headers['content-type'] = 'application/json'; headers['content-length'] = String(body.length) }
     let done = false
     const finish = (o: HttpOutcome): void => { if (!done) { done = true; clearTimeout(timer); resolve(o) } }
+    // a gateway that refuses early (413, 415) may close while the body is still being written:
+    // once a status came, that is the answer
+    let status: number | undefined
+    const answered = (): void => { const s = status!; finish({ status: s, ok: (s >= 200 && s < 500) || s === 503 }) }
     const req = httpRequest({ host: '127.0.0.1', port, path: input.path, method: input.method, headers, agent: false }, (res) => {
+      status = res.statusCode ?? 0
       res.on('data', () => {})
-      res.on('end', () => { const s = res.statusCode ?? 0; finish({ status: s, ok: (s >= 200 && s < 500) || s === 503 }) })
-      res.on('error', () => { finish({ status: 'conn-error', ok: false }) })
+      res.on('end', answered)
+      res.on('error', answered)
     })
     const timer = setTimeout(() => { req.destroy(); finish({ status: 'stuck', ok: false }) }, deadlineMs)
-    req.on('error', () => { finish({ status: 'conn-error', ok: false }) })
+    req.on('error', () => { if (status != null) answered(); else finish({ status: 'conn-error', ok: false }) })
     if (body != null) req.write(body)
     req.end()
   })

@@ -1,18 +1,17 @@
 import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { lpStream } from '@libp2p/utils'
 import { fetchInfo, findBlockHolders, findServers, PROTOCOL_PREFIX } from '@plexus/p2p'
 import type { PlexusNode, PeerId } from '@plexus/p2p'
 import {
   Checkpoint, CLIENT_FILES, DTYPE_BYTES, GGUF_TOKENIZER_KEY, MANIFEST_FILE, checkManifest, fileDigest, headTensorShapes, loadTokenizer, parseModelConfig, readModelConfig,
   safetensorsHeader, shortId, tensorsDigest, cacheDir as plexusCacheDir, ProgressMeter
 } from '@plexus/runtime'
-import type { DType, ModelManifest, ProgressListener } from '@plexus/runtime'
+import type { ModelManifest, ProgressListener } from '@plexus/runtime'
 import type { Stream } from '@libp2p/interface'
+import { FilesClient, parseJson } from './model-files-client.ts'
 
 /** Served by packages/server/src/model-files-handler.ts (wire format described there). */
 export const MODEL_FILES_PROTOCOL = `${PROTOCOL_PREFIX}/model/1.0.0`
-const MAX_FRAME_BYTES = 4 << 20
 /** Most bytes accepted per side file (the head tensors are bounded by the verified config). */
 const FILE_LIMITS: Record<string, number> = {
   [MANIFEST_FILE]: 4 << 20,
@@ -277,102 +276,6 @@ async function fetchFrom (node: PlexusNode, peer: PeerId, found: FoundModel, tmp
 function checkFile (name: string, bytes: Uint8Array, digest: string): void {
   const got = fileDigest(bytes)
   if (got !== digest) throw new ModelFilesMismatchError(name, `${name} does not match the model id (digest ${got.slice(0, 12)}, manifest says ${digest.slice(0, 12)})`)
-}
-
-interface Listing { files: Array<{ name: string, size: number }>, tensors: Array<{ name: string, dtype: DType, shape: number[], size: number }> }
-
-/** Client side of the protocol: pipelined chunk reads on one stream, every answer checked. */
-class FilesClient {
-  received = 0
-  meter?: ProgressMeter
-  private readonly stream: Stream
-  private readonly io: ReturnType<typeof lpStream>
-  private readonly id: string
-  private readonly chunk: number
-  private readonly window: number
-  private readonly opts: ResolveModelOptions
-
-  constructor (stream: Stream, id: string, opts: ResolveModelOptions) {
-    this.stream = stream
-    this.id = id
-    this.opts = opts
-    this.chunk = Math.max(1, Math.min(opts.chunkBytes ?? 1 << 20, MAX_FRAME_BYTES))
-    this.window = Math.max(1, opts.window ?? 8)
-    // everything a source may send before we read: `window` answers of one chunk each
-    this.io = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES, maxBufferSize: this.window * (this.chunk + 4096) + MAX_FRAME_BYTES })
-  }
-
-  async list (): Promise<Listing> {
-    await this.send({ op: 'list', modelId: this.id })
-    const r = await this.answer()
-    if (!Array.isArray(r.files) || !Array.isArray(r.tensors) ||
-      !r.files.every((f: any) => typeof f?.name === 'string' && Number.isSafeInteger(f.size) && f.size >= 0) ||
-      !r.tensors.every((t: any) => typeof t?.name === 'string' && Array.isArray(t.shape) && Number.isSafeInteger(t.size))) {
-      throw new Error('sent a malformed listing')
-    }
-    return r as Listing
-  }
-
-  async readAll (kind: 'file' | 'tensor', name: string, size: number): Promise<Uint8Array> {
-    const out = new Uint8Array(size)
-    let at = 0
-    await this.read(kind, name, size, (chunk) => { out.set(chunk, at); at += chunk.length })
-    return out
-  }
-
-  /** Streams `size` bytes of `name` to `sink` in order, keeping up to `window` reads in flight. */
-  async read (kind: 'file' | 'tensor', name: string, size: number, sink: (chunk: Uint8Array) => unknown, tensor?: { dtype: string, shape: number[] }): Promise<void> {
-    const pending: Array<{ offset: number, length: number }> = []
-    let next = 0
-    for (let done = 0; done < size;) {
-      while (pending.length < this.window && next < size) {
-        const length = Math.min(this.chunk, size - next)
-        await this.send({ op: 'read', modelId: this.id, kind, name, offset: next, length })
-        pending.push({ offset: next, length })
-        next += length
-      }
-      const want = pending.shift()!
-      const h = await this.answer()
-      if (h.name !== name || h.offset !== want.offset || h.length !== want.length || h.size !== size ||
-        (tensor != null && (h.dtype !== tensor.dtype || JSON.stringify(h.shape) !== JSON.stringify(tensor.shape)))) {
-        throw new Error(`answered the read of ${name} [${want.offset}, ${want.offset + want.length}) with ${JSON.stringify(h).slice(0, 200)}`)
-      }
-      const data = (await this.io.read({ signal: this.deadline() })).subarray()
-      if (data.byteLength !== want.length) throw new Error(`sent ${data.byteLength} bytes of ${name} for a ${want.length}-byte chunk`)
-      this.received += data.byteLength
-      await sink(data)
-      this.meter?.add(data.byteLength, name)
-      done += want.length
-    }
-  }
-
-  async close (): Promise<void> {
-    await this.stream.close({ signal: AbortSignal.timeout(1000) }).catch(err => { this.stream.abort(err) })
-  }
-
-  private async send (req: object): Promise<void> {
-    await this.io.write(new TextEncoder().encode(JSON.stringify(req)), { signal: this.deadline() })
-  }
-
-  private async answer (): Promise<any> {
-    const r = parseJson('answer', (await this.io.read({ signal: this.deadline() })).subarray()) as any
-    if (r == null || typeof r !== 'object') throw new Error('sent an answer that is not a JSON object')
-    if (typeof r.error === 'string') throw new Error(`reports: ${r.error.slice(0, 300)}`)
-    return r
-  }
-
-  private deadline (): AbortSignal {
-    const t = AbortSignal.timeout(this.opts.chunkTimeoutMs ?? 30_000)
-    return this.opts.signal != null ? AbortSignal.any([this.opts.signal, t]) : t
-  }
-}
-
-function parseJson (what: string, bytes: Uint8Array): unknown {
-  try {
-    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
-  } catch (err) {
-    throw new Error(`${what} is not valid JSON: ${(err as Error).message}`)
-  }
 }
 
 /** The manifest's known fields only (its name is shown to users: keep it short and a string). */

@@ -29,7 +29,7 @@ export function registerAnthropic (app: FastifyInstance, ctx: GatewayContext): v
     const messages: ChatMessage[] = anthropicMessages(b)
     if (b.system != null) messages.unshift({ role: 'system', content: contentText(b.system, 'system') })
     const tools = toolsFor(engine, anthropicToolRequest(anthropicTools(b.tools), b.tool_choice))
-    const ids = encodeChat(engine, messages, tools)
+    const ids = await encodeChat(engine, messages, tools)
     const maxTokens = engine.maxTokens(ids.length, requested, requested)
     const s: SamplingOptions = { temperature: optNumber(b, 'temperature') ?? 1, topP: optNumber(b, 'top_p'), topK: optInt(b, 'top_k') }
     if (s.temperature! > 1) throw badRequest(`temperature: must be between 0 and 1 (got ${s.temperature})`)

@@ -1,6 +1,6 @@
 // The generation core every API shares: prompts to ids, one swarm session per request,
 // stop strings, logprobs, cancellation, concurrency and metrics.
-import { generate, logSoftmax, StreamDecoder, applyChatTemplate, validateSampling } from '@plexus/runtime'
+import { generate, logSoftmax, StreamDecoder, renderChatTemplate, TemplateError, validateSampling } from '@plexus/runtime'
 import type { ModelConfig, ModelHead, SessionPipeline, TextTokenizer, SamplingOptions, ChatMessage, ChatTool, TokenConstraint } from '@plexus/runtime'
 import { badRequest } from './errors.ts'
 import type { GatewayMetrics } from './metrics.ts'
@@ -141,15 +141,16 @@ export class Engine {
   }
 
   /** Messages (and tools) through the model's chat template; the rendered text carries its own BOS. */
-  encodeChat (messages: ChatMessage[], tools?: ChatTool[]): number[] {
+  async encodeChat (messages: ChatMessage[], tools?: ChatTool[]): Promise<number[]> {
     const tok = this.tokenizer
     const cfg = this.model.tokenizerConfig
     if (cfg == null) throw badRequest('this model has no tokenizer_config.json with a chat_template: use a completions endpoint')
     let text: string
     try {
-      text = applyChatTemplate(cfg, messages, { addGenerationPrompt: true, tools })
+      // off the event loop, within a time budget: the template came with the model
+      text = await renderChatTemplate(cfg, messages, { addGenerationPrompt: true, tools })
     } catch (err) {
-      throw badRequest(`cannot format the messages with the model's chat template: ${(err as Error).message}`, { param: 'messages' })
+      throw badRequest(`cannot format the messages with the model's chat template: ${(err as Error).message}`, { param: 'messages', ...(err instanceof TemplateError ? { code: err.code } : {}) })
     }
     this.checkPromptBytes(text, 'messages')
     return tok.encode(text, { addSpecialTokens: false })

@@ -108,7 +108,7 @@ export function registerOllama (app: FastifyInstance, ctx: GatewayContext): void
     // Like Ollama, the prompt goes through the chat template unless raw (or the model has none).
     const templated = optBool(b, 'raw') !== true && engine.model.tokenizerConfig?.chat_template != null
     const messages: ChatMessage[] = [...(system != null ? [{ role: 'system', content: system }] : []), { role: 'user', content: prompt }]
-    const ids = templated ? engine.encodeChat(messages) : engine.encodeText(prompt)
+    const ids = templated ? await engine.encodeChat(messages) : engine.encodeText(prompt)
     return await respond(ctx, job(ctx, b, model, engine, ids), false, request, reply)
   })
 
@@ -118,7 +118,7 @@ export function registerOllama (app: FastifyInstance, ctx: GatewayContext): void
     const { name: model, engine } = await resolveModel(ctx, b.model, 'ollama')
     // Ollama's API has no tool_choice: OpenAI's is taken as an extension (to force a call).
     const tools = toolsFor(engine, openaiToolRequest(functionTools(b.tools), b.tool_choice, undefined))
-    const ids = encodeChat(engine, chatMessages(b, 'ollama'), tools)
+    const ids = await encodeChat(engine, chatMessages(b, 'ollama'), tools)
     return await respond(ctx, { ...job(ctx, b, model, engine, ids), tools }, true, request, reply)
   })
 }

@@ -170,7 +170,7 @@ export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void
     singleChoice(b)
     const format = openaiResponseFormat(b)
     const tools = toolsFor(engine, openaiToolRequest(functionTools(b.tools), b.tool_choice, b.parallel_tool_calls))
-    const ids = encodeChat(engine, chatMessages(b), tools)
+    const ids = await encodeChat(engine, chatMessages(b), tools)
     const requested = optInt(b, 'max_completion_tokens') ?? optInt(b, 'max_tokens')
     const param = b.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens'
     const wantLogprobs = optBool(b, 'logprobs') ?? false

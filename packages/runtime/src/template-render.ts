@@ -27,7 +27,7 @@ const DEFAULT_MAX_CHARS = 4 << 20
 // the worker's heap: a template building a huge string dies here, not in the process
 const WORKER_HEAP_MB = 256
 
-interface Job { req: TemplateRequest, timeoutMs: number, resolve: (s: string) => void, reject: (e: Error) => void }
+interface Job { req: TemplateRequest, timeoutMs: number, resolve: (s: string) => void, reject: (e: Error) => void, worker?: Worker }
 
 let worker: Worker | undefined
 let busy: Job | undefined
@@ -39,18 +39,19 @@ function spawn (): Worker {
   // an idle worker keeps no process alive
   w.unref()
   w.on('message', (r: TemplateReply) => {
-    const job = busy
-    if (job == null || r.id !== job.req.id) return
+    if (busy?.worker !== w || r.id !== busy.req.id) return
     finish(r.ok ? undefined : new TemplateError(r.code, r.code === 'template-invalid' ? r.message : `chat template ${r.message}`), r.ok ? r.text : undefined)
   })
   w.on('error', (err: Error & { code?: string }) => {
     if (worker === w) worker = undefined
+    if (busy?.worker !== w) return
     const oom = err.code === 'ERR_WORKER_OUT_OF_MEMORY'
     finish(new TemplateError(oom ? 'template-too-large' : 'template-invalid', oom ? `chat template used more than ${WORKER_HEAP_MB} MiB while rendering` : `chat template renderer failed: ${err.message}`))
   })
   w.on('exit', () => {
     if (worker === w) worker = undefined
-    finish(new TemplateError('template-invalid', 'chat template renderer exited'))
+    // a terminated worker's job was settled already; another's is no longer its own
+    if (busy?.worker === w) finish(new TemplateError('template-invalid', 'chat template renderer exited'))
   })
   return w
 }
@@ -76,7 +77,7 @@ function pump (): void {
   worker ??= spawn()
   // held while a render is in flight: a caller awaiting it keeps the process up
   worker.ref()
-  const w = worker
+  const w = job.worker = worker
   timer = setTimeout(() => {
     worker = undefined
     finish(new TemplateError('template-timeout', `chat template did not render within ${job.timeoutMs} ms`))

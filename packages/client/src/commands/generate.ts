@@ -1,4 +1,4 @@
-import { initBackend, generate, StreamDecoder, applyChatTemplate, DraftModel, PromptLookupDrafter } from '@plexus/runtime'
+import { initBackend, generate, StreamDecoder, renderChatTemplate, DraftModel, PromptLookupDrafter } from '@plexus/runtime'
 import type { BackendName, TextTokenizer, SamplingOptions, QuantFormat, Drafter } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { createLog, progressReporter, progressStyle } from '@plexus/p2p'
@@ -42,7 +42,7 @@ export class UsageError extends Error {
 }
 
 /** Token ids from `--token-ids 1,2,3`, or the prompt through the tokenizer (and chat template). */
-export function promptIds (args: Pick<GenerateArgs, 'prompt' | 'tokenIds' | 'chat'>, tok: TextTokenizer | undefined, tokConfig?: Record<string, unknown>): number[] {
+export async function promptIds (args: Pick<GenerateArgs, 'prompt' | 'tokenIds' | 'chat'>, tok: TextTokenizer | undefined, tokConfig?: Record<string, unknown>): Promise<number[]> {
   if ((args.prompt == null) === (args.tokenIds == null)) throw new UsageError('give exactly one of --prompt or --token-ids')
   if (args.tokenIds != null) {
     const parts = String(args.tokenIds).split(',').map(s => s.trim())
@@ -55,7 +55,7 @@ export function promptIds (args: Pick<GenerateArgs, 'prompt' | 'tokenIds' | 'cha
   if (args.chat === true) {
     if (tokConfig == null) throw new UsageError('--chat needs tokenizer_config.json with a chat_template')
     // The template writes its own BOS.
-    return tok.encode(applyChatTemplate(tokConfig, [{ role: 'user', content: args.prompt! }], { addGenerationPrompt: true }), { addSpecialTokens: false })
+    return tok.encode(await renderChatTemplate(tokConfig, [{ role: 'user', content: args.prompt! }], { addGenerationPrompt: true }), { addSpecialTokens: false })
   }
   return tok.encode(args.prompt!, { addSpecialTokens: true })
 }
@@ -97,7 +97,7 @@ export async function runGenerate (args: GenerateArgs): Promise<void> {
 
 async function generateWith (model: OpenModel, args: GenerateArgs, backend: string, log: (m: string) => void, audits: AuditEvent[]): Promise<void> {
   const { config, tokenizer: tok } = model
-  const ids = promptIds(args, tok, model.tokenizerConfig)
+  const ids = await promptIds(args, tok, model.tokenizerConfig)
   for (const id of ids) {
     if (id >= config.vocabSize) throw new UsageError(`token id ${id} is outside the vocabulary (0..${config.vocabSize - 1})`)
   }

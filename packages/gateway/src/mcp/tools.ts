@@ -89,7 +89,7 @@ export function createMcpServer (ctx: GatewayContext, opts: McpServerOptions = {
     outputSchema: completionOutput
   }, async ({ model, messages, ...s }, extra) => await toolResult(async () => {
     const m = await pick(ctx, model)
-    return await complete(ctx, m, m.engine.encodeChat(messages), s, extra)
+    return await complete(ctx, m, await m.engine.encodeChat(messages), s, extra)
   }))
 
   server.registerTool('list_models', {

@@ -46,14 +46,14 @@ export function toolsFor (engine: Engine, req: ToolRequest | undefined, param = 
  * Messages (and tools) through the model's chat template, as token ids. Call ids are rewritten
  * where the family's template demands a format (Mistral's 9 alphanumerics).
  */
-export function encodeChat (engine: Engine, messages: ChatMessage[], tools?: ToolCalls): number[] {
+export async function encodeChat (engine: Engine, messages: ChatMessage[], tools?: ToolCalls): Promise<number[]> {
   const family = tools?.family ?? familyOf(engine.model.tokenizerConfig)
   const rendered = family?.callId == null ? messages : messages.map(m => withCallIds(m, family.callId!))
   const chatTools: ChatTool[] | undefined = tools?.request.tools.map(t => ({
     type: 'function',
     function: { name: t.name, ...(t.description != null ? { description: t.description } : {}), parameters: t.parameters }
   }))
-  return engine.encodeChat(rendered, chatTools)
+  return await engine.encodeChat(rendered, chatTools)
 }
 
 function withCallIds (m: ChatMessage, callId: (id: string) => string): ChatMessage {
