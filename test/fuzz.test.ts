@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { ROOT } from '../scripts/lib/local-swarm.ts'
 
-const COUNT = 500
+const COUNT = 1000
 const TIME_S = 60
 
 describe('fuzzer: random and mutated frames on every protocol, random JSON on every route', function () {
