@@ -190,6 +190,26 @@ describe('MCP server (stdio and streamable HTTP)', function () {
     }
   })
 
+  // found by the fuzzer (scripts/fuzz.ts): the transport answers by request id, so the second of
+  // two calls with one id took the first one's answer and the first HTTP request hung forever
+  it('streamable HTTP: a request reusing the id of one still in progress is refused, and both requests end', async () => {
+    const h = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }
+    const init = await fetch(`${base}/mcp`, { method: 'POST', headers: h, body: JSON.stringify({ jsonrpc: '2.0', id: 0, method: 'initialize', params: { protocolVersion: '2025-03-26', capabilities: {}, clientInfo: { name: 'plexus-test', version: '1' } } }) })
+    await init.text()
+    const hs = { ...h, 'mcp-session-id': init.headers.get('mcp-session-id')! }
+    await (await fetch(`${base}/mcp`, { method: 'POST', headers: hs, body: JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) })).text()
+    // 64 tokens each: the two calls overlap, whichever arrives first
+    const generate = async (prompt: string, maxTokens = 64): Promise<[number, string]> => {
+      const r = await fetch(`${base}/mcp`, { method: 'POST', headers: hs, body: JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'tools/call', params: { name: 'generate', arguments: { prompt, max_tokens: maxTokens } } }), signal: AbortSignal.timeout(30_000) })
+      return [r.status, await r.text()]
+    }
+    const answers = await Promise.all([generate('one'), generate('two')])
+    assert.deepEqual(answers.map(a => a[0]).sort(), [200, 400])
+    assert.match(answers.find(a => a[0] === 400)![1], /request id 3 is already in progress/)
+    // once the first ended, its id may be used again
+    assert.equal((await generate('three', 4))[0], 200)
+  })
+
   it('streamable HTTP: sessions are bounded, and an idle one expires to make room', async () => {
     const small = await createGateway({ model: local, modelName: 'tiny', mcp: { maxSessions: 1, idleTimeoutMs: 300 } })
     const url = new URL(`${await small.listen(0)}/mcp`)

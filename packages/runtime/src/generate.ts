@@ -2,6 +2,7 @@ import type { ModelHead } from './head.ts'
 import { Sampler } from './sampling.ts'
 import type { SamplingOptions } from './sampling.ts'
 import { generateSpeculative } from './speculative.ts'
+import { generationResult } from './generate-result.ts'
 import type { SpeculativeOptions, SpeculationStats } from './speculative.ts'
 
 /**
@@ -144,20 +145,7 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
     await deliver(confirmed)
   }
   await deliver(Infinity)
-  const finishReason: 'stop' | 'length' = ended() ? 'stop' : 'length'
-  const prefillSeconds = (t1 - t0) / 1000
-  const decodeSeconds = (t2 - t1) / 1000
-  const decodeSteps = Math.max(0, out.length - 1)
-  return {
-    tokenIds: out,
-    finishReason,
-    promptTokens: P,
-    prefillSeconds,
-    decodeSeconds,
-    prefillTokensPerSecond: P / prefillSeconds,
-    tokensPerSecond: decodeSteps > 0 ? decodeSteps / decodeSeconds : 0,
-    logits: opts.keepLogits === true ? logits : undefined
-  }
+  return generationResult(out, ended(), P, { t0, t1, t2 }, opts.keepLogits === true ? logits : undefined)
 }
 
 /** Consecutive tensors (a hop's steps, say) as one. */

@@ -3,6 +3,7 @@ import { Sampler, seededRandom, argmax, denseProbabilities } from './sampling.ts
 import type { TokenDistribution } from './sampling.ts'
 import type { SessionPipeline, GenerateOptions, GenerateResult } from './generate.ts'
 import { SpeculativeError } from './drafters.ts'
+import { generationResult } from './generate-result.ts'
 import type { Drafter, DraftChoice } from './drafters.ts'
 
 /** Most draft tokens one round may propose (the target's step then has k + 1 positions). */
@@ -158,21 +159,7 @@ export async function generateSpeculative (head: ModelHead, pipeline: SessionPip
   }
   stats.finalK = k
   stats.acceptanceRate = stats.drafted > 0 ? stats.accepted / stats.drafted : 0
-  const finishReason: 'stop' | 'length' = ended() ? 'stop' : 'length'
-  const prefillSeconds = (t1 - t0) / 1000
-  const decodeSeconds = (t2 - t1) / 1000
-  const decoded = Math.max(0, out.length - 1)
-  return {
-    tokenIds: out,
-    finishReason,
-    promptTokens: P,
-    prefillSeconds,
-    decodeSeconds,
-    prefillTokensPerSecond: P / prefillSeconds,
-    tokensPerSecond: decoded > 0 ? decoded / decodeSeconds : 0,
-    logits: opts.keepLogits === true ? logits : undefined,
-    speculation: stats
-  }
+  return { ...generationResult(out, ended(), P, { t0, t1, t2 }, opts.keepLogits === true ? logits : undefined), speculation: stats }
 }
 
 /** A model draft drawn from the drafter's own sampling distribution with draw `u`. */

@@ -1,7 +1,7 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { bootstrapOrDefault, bootstrapRecords, createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey, networkOptions, runSwarmKey, configureLogging, createLog, progressReporter, progressStyle, reachability } from '@plexus/p2p'
-import type { PlexusNode, Log, LogLevel, LogFormat } from '@plexus/p2p'
+import type { PlexusNode, Log, LogLevel, LogFormat, NetworkArgs } from '@plexus/p2p'
 import { freemem } from 'node:os'
 import { initBackend, openModel, loadManifest, shortId, withQuantization, PLEXUS_VERSION } from '@plexus/runtime'
 import type { BackendName, QuantFormat } from '@plexus/runtime'
@@ -15,17 +15,9 @@ import { nodeBackends } from './server.ts'
 import { readyLine } from './ready-line.ts'
 import { startNodeDashboard } from './node-dashboard.ts'
 
-interface CommonArgs {
-  /** Default: every interface on port 31337 (or a free one). */
-  listen?: string[]
-  announce?: string[]
-  swarmKey?: string
-  dnsResolver?: string
-  stun?: string[]
-  relay?: boolean
+/** Network flags (listen: every interface on port 31337 by default), then the node's own. */
+interface CommonArgs extends NetworkArgs {
   key?: string
-  /** Default: when no address of this node is public. */
-  webrtc?: boolean
   json: boolean
   logLevel?: LogLevel
   logFormat?: LogFormat

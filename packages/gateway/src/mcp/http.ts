@@ -32,6 +32,15 @@ interface Session {
   lastUsed: number
   /** POSTs in progress (a running generation keeps its session from expiring). */
   busy: number
+  /** JSON-RPC ids of the requests in progress: the transport answers by id, so a second request
+   * with the id of one still running would take its answer and leave one HTTP request unanswered. */
+  ids: Set<string>
+}
+
+/** The ids of the JSON-RPC requests (not notifications) in a POST body, one message or a batch. */
+function requestIds (body: unknown): string[] {
+  return (Array.isArray(body) ? body : [body]).flatMap(m =>
+    m != null && typeof m === 'object' && typeof m.method === 'string' && (typeof m.id === 'string' || typeof m.id === 'number') ? [JSON.stringify(m.id)] : [])
 }
 
 const SESSION_HEADER = 'mcp-session-id'
@@ -77,11 +86,16 @@ export class McpSessions {
       return
     }
     const counts = request.method === 'POST'
+    const ids = counts ? requestIds(request.body) : []
+    const dup = ids.find((id, i) => session.ids.has(id) || ids.indexOf(id) !== i)
+    if (dup != null) { void reply.status(400).send(rpcError(`request id ${dup} is already in progress in this session: use a new id for each request`, -32600)); return }
+    for (const id of ids) session.ids.add(id)
     if (counts) session.busy++
     session.lastUsed = Date.now()
     reply.hijack()
     reply.raw.once('close', () => {
       if (counts) session.busy--
+      for (const id of ids) session.ids.delete(id)
       session.lastUsed = Date.now()
       // an initialize that failed leaves a session nobody can name
       if (session.transport.sessionId == null) void this.#close(session)
@@ -106,7 +120,8 @@ export class McpSessions {
         onsessioninitialized: (id) => { this.#byId.set(id, session) }
       }),
       lastUsed: Date.now(),
-      busy: 0
+      busy: 0,
+      ids: new Set()
     }
     // set before connect(), which chains its own handler after this one
     session.transport.onclose = () => { this.#forget(session) }
