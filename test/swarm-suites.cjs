@@ -27,5 +27,8 @@ module.exports = [
   'test/dashboard.test.ts',
   'test/progress.test.ts',
   'test/packaging.test.ts',
-  'test/fuzz.test.ts'
+  'test/fuzz.test.ts',
+  // a swarm on the GPU backend; many plexus-client processes
+  'test/webgpu-runtime.test.ts',
+  'test/cli-and-sampling.test.ts'
 ]
