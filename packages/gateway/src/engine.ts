@@ -145,6 +145,8 @@ export class Engine {
     const tok = this.tokenizer
     const cfg = this.model.tokenizerConfig
     if (cfg == null) throw badRequest('this model has no tokenizer_config.json with a chat_template: use a completions endpoint')
+    // the messages' own text may already be more than the context holds: refused before rendering
+    this.checkPromptBytes(messages.map(m => m.content ?? '').join(''), 'messages')
     let text: string
     try {
       // off the event loop, within a time budget: the template came with the model
