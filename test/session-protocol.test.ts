@@ -13,7 +13,7 @@ import { createPlexusNode } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { SESSION_PROTOCOL, WIRE_VERSION, encodeMessage, decodeMessage } from '@plexus/protocol'
 import type { SessionMessage, ErrorCode } from '@plexus/protocol'
-import { initBackend, Checkpoint, Span, ModelHead, loadManifest, inProcessRunner, f32ToF16 } from '@plexus/runtime'
+import { initBackend, Checkpoint, Span, ModelHead, loadManifest, inProcessRunner, f32ToF16, seededRandom } from '@plexus/runtime'
 import type { ModelManifest } from '@plexus/runtime'
 import { BlockBackend, BackendSet } from '../packages/server/src/backend.ts'
 import { createSessionHandler } from '../packages/server/src/session-handler.ts'
@@ -29,17 +29,8 @@ const timings: Record<string, number> = {}
 const IDLE_PROTOCOL = '/plexus/test/session-idle/1.0.0'
 const IDLE_MS = 300
 
-/** Deterministic bytes (mulberry32), so a failing seed can be replayed. */
-function seeded (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** Deterministic bytes, so a failing seed can be replayed. */
+const seeded = seededRandom
 function randomBuf (seed: number, n: number): Uint8Array {
   const r = seeded(seed)
   return Uint8Array.from({ length: n }, () => Math.floor(r() * 256))

@@ -3,19 +3,12 @@
 // (mutated fields, bit flips, truncation, length-prefix lies, wrong version bytes, random bodies,
 // valid frames out of order) or random bytes. Every input is a function of the seed alone.
 
+import { seededRandom } from '@plexus/runtime'
+
 export type Rand = () => number
 
-/** mulberry32: small, fast, and the same sequence on every platform for a seed. */
-export function prng (seed: number): Rand {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** The runtime's seeded generator (sfc32): the same sequence on every platform for a seed. */
+export const prng: (seed: number) => Rand = seededRandom
 export const int = (r: Rand, n: number): number => Math.floor(r() * n)
 export const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)]
 export const hex = (r: Rand, n: number): string => Array.from({ length: n }, () => '0123456789abcdef'[int(r, 16)]).join('')
