@@ -1,0 +1,12 @@
+// The server's public surface: a node that serves blocks, a verifier node, and the pieces the
+// swarm suites drive directly (a backend behind a session handler, placement's arithmetic).
+export { PlexusServer } from './server.ts'
+export type { PlexusServerComponents, PlexusServerInit } from './server.ts'
+export { VerifierNode } from './verifier-node.ts'
+export { Verifier } from './verifier.ts'
+export { BlockBackend, BackendSet, applyFaults } from './backend.ts'
+export type { FaultInjection, SessionBudgets } from './backend.ts'
+export { createSessionHandler } from './session-handler.ts'
+export { serveModelFiles, MODEL_FILES_PROTOCOL } from './model-files-handler.ts'
+export { bytesPerBlock, blocksThatFit, capThroughputs, chooseStart, planMove, blockThroughputs } from './block-selection.ts'
+export { cachedThroughput, describeThroughput, THROUGHPUT_MAX_AGE_MS } from './throughput.ts'
