@@ -1,4 +1,4 @@
-// `npm run bench:cpu-kernels`: the CPU kernels that read q8_0 and q4_K blocks directly
+// `npm run bench:cpu-kernels`: the CPU kernels that read q8_0, q4_K, q5_K and q6_K blocks directly
 // (packages/runtime/src/cpu), against TensorFlow.js's wasm float32 matmul of the same shape.
 // Per tinyllama matrix shape: ms per matvec (1 token) and GB/s of weights streamed, and ms per
 // token for a batch (prefill-like). Blocks are synthetic (fixed scales, random integers): the
@@ -16,12 +16,14 @@ const { values: a } = parseArgs({
     threads: { type: 'string', default: '1,2' },
     batch: { type: 'string', default: '32' },
     reps: { type: 'string', default: '40' },
+    formats: { type: 'string', default: 'q8_0,q4_k,q5_k,q6_k' },
     'json-only': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false }
   }
 })
 if (a.help === true) {
-  process.stdout.write(`usage: npm run bench:cpu-kernels -- [--shapes 2048x5632,...] [--threads 1,2] [--batch 32] [--reps 40] [--json-only]
+  process.stdout.write(`usage: npm run bench:cpu-kernels -- [--shapes 2048x5632,...] [--threads 1,2] [--batch 32] [--reps 40]
+       [--formats q8_0,q4_k,q5_k,q6_k] [--json-only]
 
 Shapes are rows×cols of W (y = x·Wᵀ: 2048x5632 is tinyllama's down projection, 5632x2048 gate or
 up, 2048x2048 q or o). Each figure is the median of --reps runs after a warm-up.\n`)
@@ -32,6 +34,7 @@ const reps = Number(a.reps)
 const batch = Number(a.batch)
 const shapes = a.shapes!.split(',').map(s => s.split('x').map(Number) as [number, number])
 const threadCounts = a.threads!.split(',').map(Number)
+const formats = a.formats!.split(',') as QuantMatrixFormat[]
 
 /**
  * Median wall ms of one run, and the mean CPU ms (all threads) of one run: on a shared machine the
@@ -54,8 +57,9 @@ function syntheticBlocks (format: QuantMatrixFormat, rows: number, cols: number)
   for (let i = 0; i < b.length; i++) b[i] = (Math.random() * 256) | 0
   for (let i = 0; i < n; i++) {
     const o = i * bytes
-    b[o] = 0x00; b[o + 1] = 0x20 // d = 2^-7 as f16
-    if (format === 'q4_k') { b[o + 2] = 0x00; b[o + 3] = 0x1c } // dmin = 2^-8
+    const d = o + (format === 'q6_k' ? 208 : 0)
+    b[d] = 0x00; b[d + 1] = 0x20 // d = 2^-7 as f16
+    if (format === 'q4_k' || format === 'q5_k') { b[o + 2] = 0x00; b[o + 3] = 0x1c } // dmin = 2^-8
   }
   return b
 }
@@ -80,7 +84,7 @@ for (const [rows, cols] of shapes) {
     results.push(row('tfjs-wasm f32', 1, rows, cols, rows * cols * 4, time(run(x1, 1)), time(run(xb, batch))))
     wt.dispose()
   }
-  for (const format of ['q8_0', 'q4_k'] as const) {
+  for (const format of formats) {
     const m = quantMatrix(format, rows, cols, syntheticBlocks(format, rows, cols))
     for (const threads of threadCounts) {
       setKernelThreads(threads)

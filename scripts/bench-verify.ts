@@ -124,7 +124,7 @@ async function detection (): Promise<void> {
           // count the steps the cheater serves until it is caught
           const counted: SessionPipeline = {
             forward: async (h, n) => { const out = await session.forward(h, n); if (stepsAtCatch < 0) steps++; return out },
-            audit: async (final) => await session.audit(final),
+            confirm: async (final) => await session.confirm(final),
             close: async () => { await session.close() }
           }
           try {

@@ -13,7 +13,8 @@ build () {
   "$CC" --target=wasm32 -O3 -ffp-contract=off -msimd128 "$@" -matomics -mbulk-memory -nostdlib -ffreestanding \
     -Wall -Wextra -Werror \
     -Wl,--no-entry -Wl,--import-memory -Wl,--shared-memory -Wl,--max-memory=4294967296 \
-    -Wl,--export=quantize_q8_0 -Wl,--export=quantize_q8_K -Wl,--export=matmul_q8_0 -Wl,--export=matmul_q4_K -Wl,--export=matmul_bf16 \
+    -Wl,--export=quantize_q8_0 -Wl,--export=quantize_q8_K -Wl,--export=matmul_q8_0 -Wl,--export=matmul_q4_K -Wl,--export=matmul_q5_K \
+    -Wl,--export=matmul_q6_K -Wl,--export=matmul_bf16 \
     -Wl,-z,stack-size=4096 -Wl,--global-base=4096 -Wl,--strip-all
 }
 # Threads share the module's one stack pointer: the kernels must not use the stack at all.

@@ -1,7 +1,7 @@
 // Sampling semantics, and the CLIs' answers to bad flags.
 import assert from 'node:assert/strict'
 import { Sampler, argmax, logSoftmax, seededRandom, rankByLogit, generate, initBackend, LocalModel } from '@plexus/runtime'
-import type { SessionPipeline, AuditResult } from '@plexus/runtime'
+import type { SessionPipeline, Confirmation } from '@plexus/runtime'
 import { fixtureDir, golden, runCli, CLIENT_BIN } from './support/fixtures.ts'
 
 describe('sampling', () => {
@@ -67,15 +67,15 @@ describe('generate: when tokens are delivered', () => {
   before(async () => { await initBackend('wasm'); model = await LocalModel.load(fixtureDir('tiny-llama')) })
   after(async () => { await model?.dispose() })
 
-  /** The local session, with an audit hook; logs forwards and deliveries in order. */
-  async function run (audit: (held: number, final: boolean) => AuditResult): Promise<string[]> {
+  /** The local session, with a confirmation hook; logs forwards and deliveries in order. */
+  async function run (confirm: (held: number, final: boolean) => Confirmation): Promise<string[]> {
     const inner = await model.session(32)
     let held = 0
     const events: string[] = []
     const pipeline: SessionPipeline = {
       forward: async (h, n) => { events.push(`forward ${held}`); held += n; return await inner.forward(h, n) },
       close: async () => { await inner.close() },
-      audit: async (final) => audit(held, final)
+      confirm: async (final) => confirm(held, final)
     }
     const r = await generate(model.head, pipeline, [1, 2, 3], { maxTokens: 3, onToken: id => { events.push(`token ${id}`) } })
     await pipeline.close()
@@ -84,12 +84,41 @@ describe('generate: when tokens are delivered', () => {
   }
 
   it('without checks, each token is delivered before the next step runs', async () => {
-    assert.deepEqual(await run(() => ({ verified: Infinity })), ['forward 0', 'token', 'forward 3', 'token', 'forward 4', 'token'])
+    assert.deepEqual(await run(() => ({ confirmed: Infinity })), ['forward 0', 'token', 'forward 3', 'token', 'forward 4', 'token'])
   })
 
   it('with checks, a token waits until the output it was sampled from is confirmed', async () => {
-    // confirms nothing until the final audit
-    assert.deepEqual(await run((held, final) => ({ verified: final ? held : 0 })), ['forward 0', 'forward 3', 'forward 4', 'token', 'token', 'token'])
+    // confirms nothing until the final check
+    assert.deepEqual(await run((held, final) => ({ confirmed: final ? held : 0 })), ['forward 0', 'forward 3', 'forward 4', 'token', 'token', 'token'])
+  })
+
+  it('hands each token the logits row it was sampled from, also after the pipeline went back', async () => {
+    const plain = await model.session(32)
+    const want = await generate(model.head, plain, [1, 2, 3], { maxTokens: 5, keepLogits: true })
+    await plain.close()
+    const inner = await model.session(32)
+    let held = 0
+    let wentBack = false
+    const pipeline: SessionPipeline = {
+      forward: async (h, n) => { held += n; return await inner.forward(h, n) },
+      close: async () => { await inner.close() },
+      // confirms two positions behind, and once, at 6 positions held, goes back to 4
+      confirm: async (final) => {
+        if (!wentBack && held === 6) { wentBack = true; await inner.truncate!(4); held = 4; return { rewoundTo: 4 } }
+        return { confirmed: final ? held : held - 2 }
+      }
+    }
+    const handed: Array<[number, Float32Array]> = []
+    const r = await generate(model.head, pipeline, [1, 2, 3], { maxTokens: 5, keepLogits: true, onToken: (id, row) => { handed.push([id, row]) } })
+    await pipeline.close()
+    assert.ok(wentBack)
+    assert.deepEqual(r.tokenIds, want.tokenIds)
+    assert.deepEqual(handed.map(([id]) => id), r.tokenIds)
+    handed.forEach(([id, row], i) => {
+      assert.equal(row, r.logits![i])
+      assert.equal(argmax(row), id)
+      assert.deepEqual(row, want.logits![i])
+    })
   })
 })
 

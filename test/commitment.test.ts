@@ -58,9 +58,10 @@ describe('step commitments', function () {
     const s = await open(honest)
     const x = head.embed(g.prompt_ids)
     const y = await s.forward(x, g.prompt_ids.length)
+    const c0 = s.lastCommitment!
     const y2 = await s.forward(head.embed([7]), 1)
-    assert.equal(s.commitments.length, 2)
-    const [c0, c1] = s.commitments
+    const c1 = s.lastCommitment!
+    assert.equal(s.committedSteps, 2)
     assert.equal(c0.peer, honest.peerId.toString())
     assert.deepEqual([c0.step, c0.position, c0.tokens, c1.step, c1.position, c1.tokens], [0, 0, 12, 1, 12, 1])
     assert.equal(c0.inputDigest, await tensorDigest(x))
@@ -82,8 +83,8 @@ describe('step commitments', function () {
     const s = await open(liar)
     const lie = await s.forward(x, 3)
     assert.ok(maxAbsDiff(lie, truth) > 1e-2, 'the injected fault changes the output')
-    assert.equal(s.commitments[0].outputDigest, await tensorDigest(lie))
-    assert.notEqual(s.commitments[0].outputDigest, await tensorDigest(truth))
+    assert.equal(s.lastCommitment!.outputDigest, await tensorDigest(lie))
+    assert.notEqual(s.lastCommitment!.outputDigest, await tensorDigest(truth))
     await liar.stop()
   })
 

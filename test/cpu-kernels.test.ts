@@ -1,11 +1,12 @@
-// The CPU kernels that read q8_0 and q4_K blocks directly (packages/runtime/src/cpu): their output
-// equals the product of the dequantized weights and the quantized activations (llama.cpp's
-// arithmetic), stays close to the float32 product, and bad shapes are refused. bf16 weights: the
-// product of the widened weights and the float32 activations.
+// The CPU kernels that read q8_0, q4_K, q5_K and q6_K blocks directly (packages/runtime/src/cpu):
+// their output equals the product of the dequantized weights and the quantized activations
+// (llama.cpp's arithmetic), stays close to the float32 product, and bad shapes are refused; q5_K
+// and q6_K equal their scalar definitions (reference.ts) bit for bit. bf16 weights: the product
+// of the widened weights and the float32 activations.
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import {
-  quantMatrix, concatRows, quantizeQ8_0, quantizeQ4_K, rawFloat32, QuantMatrixError, ScalarQuantMatrix, setKernelThreads, kernelThreads
+  quantMatrix, concatRows, quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, rawFloat32, QuantMatrixError, ScalarQuantMatrix, setKernelThreads, kernelThreads
 } from '@plexus/runtime'
 import type { QuantMatrixFormat } from '@plexus/runtime'
 import { quantizeActQ8_0, quantizeActQ8_K, dequantizeActivations } from '../packages/runtime/src/cpu/reference.ts'
@@ -21,9 +22,13 @@ function randn (n: number, seed: number, scale = 1): Float32Array {
 
 const kernelThreads0 = kernelThreads()
 type BlockFormat = Exclude<QuantMatrixFormat, 'bf16'>
-const DTYPE = { q8_0: 'Q8_0', q4_k: 'Q4_K' } as const
-const quantize = (format: BlockFormat, w: Float32Array): Uint8Array => format === 'q8_0' ? quantizeQ8_0(w) : quantizeQ4_K(w)
-const BLOCK = { q8_0: 32, q4_k: 256 }
+const DTYPE = { q8_0: 'Q8_0', q4_k: 'Q4_K', q5_k: 'Q5_K', q6_k: 'Q6_K' } as const
+const QUANTIZE = { q8_0: quantizeQ8_0, q4_k: quantizeQ4_K, q5_k: quantizeQ5_K, q6_k: quantizeQ6_K }
+const quantize = (format: BlockFormat, w: Float32Array): Uint8Array => QUANTIZE[format](w)
+const BLOCK = { q8_0: 32, q4_k: 256, q5_k: 256, q6_k: 256 }
+const FORMATS = ['q8_0', 'q4_k', 'q5_k', 'q6_k'] as const
+/** Formats whose kernels are defined float for float by reference.ts (bitwise equal). */
+const BITWISE: ReadonlySet<BlockFormat> = new Set(['q5_k', 'q6_k'])
 
 interface Case { w: Float32Array, blocks: Uint8Array, x: Float32Array, rows: number, cols: number, tokens: number }
 
@@ -66,16 +71,19 @@ function relErrorVsF32 (c: Case, y: Float32Array): number {
 }
 
 // The quantization error of the whole product (weights and activations, with the outlier above),
-// measured 0.008–0.018 for q8_0 and 0.04–0.12 for q4_k on these cases; the bounds leave ~1.6× room.
-const F32_TOLERANCE = { q8_0: 0.03, q4_k: 0.2 }
+// measured 0.008–0.018 for q8_0, 0.04–0.12 for q4_k and q5_k (q8_K's one scale per 256 activations,
+// set by the outlier, dominates) and 0.02–0.064 for q6_k on these cases; the bounds leave ~1.6× room.
+const F32_TOLERANCE = { q8_0: 0.03, q4_k: 0.2, q5_k: 0.2, q6_k: 0.1 }
 const SHAPES: Record<BlockFormat, Array<[number, number]>> = {
   // rows not a multiple of 4 (the SIMD width), one block per row, many blocks per row
   q8_0: [[7, 32], [13, 96], [65, 2048]],
-  q4_k: [[5, 256], [19, 512], [37, 2048]]
+  q4_k: [[5, 256], [19, 512], [37, 2048]],
+  q5_k: [[5, 256], [19, 512], [37, 2048]],
+  q6_k: [[5, 256], [19, 512], [37, 2048]]
 }
 
 describe('CPU quantized kernels', function () {
-  for (const format of ['q8_0', 'q4_k'] as const) {
+  for (const format of FORMATS) {
     describe(format, function () {
       for (const [rows, cols] of SHAPES[format]) {
         for (const tokens of [1, 3, 33]) {
@@ -92,6 +100,7 @@ describe('CPU quantized kernels', function () {
               assert.ok(Math.abs(y[i] - ref.y[i]) <= tol, `y[${i}] = ${y[i]}, reference ${ref.y[i]} (tolerance ${tol})`)
             }
             if (tokens > 1) for (let r = 0; r < rows; r++) assert.equal(y[rows + r], 0, 'a token of zeros gives zeros')
+            if (BITWISE.has(format)) assert.deepEqual(y, new ScalarQuantMatrix(format, rows, cols, [{ format, rows, cols, blocks: c.blocks }]).forward(c.x, tokens))
             const err = relErrorVsF32(c, y)
             assert.ok(err < F32_TOLERANCE[format], `relative error ${err} vs the float32 product`)
             m.dispose()
@@ -192,7 +201,7 @@ describe('CPU quantized kernels', function () {
   })
 
   it('splitting rows across threads gives the same results', function () {
-    for (const format of ['q8_0', 'q4_k'] as const) {
+    for (const format of FORMATS) {
       const rows = 301; const cols = 2048; const tokens = 3
       const c = makeCase(format, rows, cols, tokens, 4242)
       const m = quantMatrix(format, rows, cols, c.blocks)
@@ -211,11 +220,11 @@ describe('CPU quantized kernels', function () {
   it('the plain SIMD128 build gives the relaxed-SIMD build\'s bits', function () {
     // each build computes the same integers and sums the same floats in the same order
     const script = `
-      import { quantMatrix, quantizeQ8_0, quantizeQ4_K, kernelsBuild } from '@plexus/runtime'
+      import { quantMatrix, quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, kernelsBuild } from '@plexus/runtime'
       const x = new Float32Array(3 * 512).map((_, i) => Math.sin(i * 0.37) * (1 + i % 7))
       const w = new Float32Array(45 * 512).map((_, i) => Math.cos(i * 0.11) * 0.05)
       const out = { build: '', y: [] }
-      for (const [f, q] of [['q8_0', quantizeQ8_0], ['q4_k', quantizeQ4_K]]) out.y.push(Array.from(quantMatrix(f, 45, 512, q(w)).forward(x, 3)))
+      for (const [f, q] of [['q8_0', quantizeQ8_0], ['q4_k', quantizeQ4_K], ['q5_k', quantizeQ5_K], ['q6_k', quantizeQ6_K]]) out.y.push(Array.from(quantMatrix(f, 45, 512, q(w)).forward(x, 3)))
       out.build = kernelsBuild
       process.stdout.write(JSON.stringify(out))`
     const run = (env: Record<string, string>): { build: string, y: number[][] } => JSON.parse(execFileSync(process.execPath,
@@ -231,6 +240,8 @@ describe('CPU quantized kernels', function () {
     const q8 = quantizeQ8_0(randn(4 * 64, 1))
     assert.throws(() => quantMatrix('q8_0', 4, 48, q8), /row of 48 values is not whole blocks of 32/)
     assert.throws(() => quantMatrix('q4_k', 1, 64, q8), /row of 64 values is not whole blocks of 256/)
+    assert.throws(() => quantMatrix('q6_k', 1, 64, q8), /row of 64 values is not whole blocks of 256/)
+    assert.throws(() => quantMatrix('q5_k', 2, 256, q8), /expected 352 bytes of blocks, got 272/)
     assert.throws(() => quantMatrix('q8_0', 4, 64, q8.subarray(1)), /expected 272 bytes of blocks, got 271/)
     assert.throws(() => quantMatrix('q8_0', 0, 64, q8), QuantMatrixError)
     assert.throws(() => quantMatrix('f32' as QuantMatrixFormat, 4, 64, q8), /unknown quantized format f32/)

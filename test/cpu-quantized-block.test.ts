@@ -1,18 +1,21 @@
-// On the CPU backends a span's Q8_0 (GGUF) or Q4_K (--quantize) linear weights stay quantized:
-// the span holds their blocks, not float32, its outputs stay close to the same weights
-// dequantized, and every way of running it (batched, in span workers) gives the same tokens.
+// On the CPU backends a span's Q8_0 (GGUF), Q4_K (--quantize) or mixed Q4_K/Q5_K/Q6_K (GGUF, as
+// llama.cpp's Q4_K_M and Q5_K_M files mix them) linear weights stay quantized: the span holds
+// their blocks, not float32, its outputs stay close to the same weights dequantized, and every
+// way of running it (batched, in span workers) gives the same tokens.
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, rm, readFile, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs-core'
 import {
-  initBackend, openModel, Checkpoint, QuantizedSource, Span, ModelHead, LocalModel, generate, blockBytes, weightFormat
+  initBackend, openModel, Checkpoint, QuantizedSource, Span, ModelHead, LocalModel, generate, blockBytes, weightFormat,
+  GgufFile, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K
 } from '@plexus/runtime'
 import type { ModelSource, LocalModelOptions } from '@plexus/runtime'
 import { makeModel } from '../scripts/lib/model-maker.ts'
 import { bytesPerBlock, blocksThatFit } from '../packages/server/src/block-selection.ts'
-import { llamaCppUnavailable } from './support/gguf.ts'
+import { llamaCppUnavailable, tensorTypeOffset } from './support/gguf.ts'
+import { writeGguf } from '../scripts/lib/gguf.ts'
 import { dequantized } from './support/dequantized.ts'
 
 const PROMPT = [1, 17, 250, 3, 99, 42, 7]
@@ -20,21 +23,76 @@ const PROMPT = [1, 17, 250, 3, 99, 42, 7]
 const SHAPE = { hiddenSize: 256, numLayers: 3, numHeads: 4, numKvHeads: 2, intermediateSize: 512, vocabSize: 512 }
 const LINEAR = /\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$/
 
-describe('CPU spans keep Q8_0 and Q4_K weights quantized (wasm)', function () {
+/**
+ * The mixed file's types, as llama.cpp's Q4_K_M / Q5_K_M pick them: attn_v, ffn_down and the
+ * output in Q6_K, the other matrices in Q4_K (even blocks) or Q5_K (odd blocks).
+ */
+function mixedType (ggufName: string): 'Q4_K' | 'Q5_K' | 'Q6_K' | undefined {
+  if (/^blk\.\d+\.(attn_v|ffn_down)\.weight$/.test(ggufName) || ggufName === 'output.weight') return 'Q6_K'
+  const m = /^blk\.(\d+)\.(attn_[qk]|attn_output|ffn_gate|ffn_up)\.weight$/.exec(ggufName)
+  return m == null ? undefined : Number(m[1]) % 2 === 0 ? 'Q4_K' : 'Q5_K'
+}
+/** A linear weight's type in the mixed file, by its Hugging Face name. */
+const MIXED_HF: Record<string, 'Q4_K' | 'Q5_K' | 'Q6_K'> = { v_proj: 'Q6_K', down_proj: 'Q6_K' }
+const mixedDtype = (name: string): string => MIXED_HF[/(\w+)_proj\.weight$/.exec(name)![1] + '_proj'] ??
+  (Number(/layers\.(\d+)\./.exec(name)![1]) % 2 === 0 ? 'Q4_K' : 'Q5_K')
+
+/**
+ * An f32 GGUF rewritten with the mixed types: its header up to the tensor infos as it is, then
+ * the infos with the new types and offsets, then each tensor quantized by llama.cpp's reference
+ * quantizers (ported in quant/quantize.ts, checked bit for bit in quantize.test.ts).
+ */
+async function writeMixedGguf (f32Path: string, out: string): Promise<void> {
+  const src = await GgufFile.open(f32Path)
+  try {
+    const file = Buffer.from(await readFile(f32Path))
+    const infos = [...src.tensors.values()]
+    const head = file.subarray(0, tensorTypeOffset(file, infos[0].name) - 4 - 8 * infos[0].dims.length - infos[0].name.length - 8)
+    const parts: Buffer[] = [head]
+    const u32 = (v: number): void => { const b = Buffer.alloc(4); b.writeUInt32LE(v); parts.push(b) }
+    const u64 = (v: number): void => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); parts.push(b) }
+    const align = (n: number): number => Math.ceil(n / src.alignment) * src.alignment
+    const TYPE = { Q4_K: 12, Q5_K: 13, Q6_K: 14 }
+    const QUANTIZE = { Q4_K: quantizeQ4_K, Q5_K: quantizeQ5_K, Q6_K: quantizeQ6_K }
+    const data: Uint8Array[] = []
+    let offset = 0
+    for (const t of infos) {
+      const type = mixedType(t.name)
+      const bytes = await src.readBytes(t.name)
+      data.push(type == null ? bytes : QUANTIZE[type](new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)))
+      const name = Buffer.from(t.name, 'utf8')
+      u64(name.length); parts.push(name); u32(t.dims.length)
+      for (const d of t.dims) u64(d)
+      u32(type == null ? t.type.id : TYPE[type]); u64(offset)
+      offset = align(offset + data.at(-1)!.length)
+    }
+    const header = Buffer.concat(parts)
+    const outBuf = Buffer.alloc(align(header.length) + offset)
+    header.copy(outBuf)
+    let at = align(header.length)
+    for (const d of data) { outBuf.set(d, at); at = align(at + d.length) }
+    await writeFile(out, outBuf)
+  } finally { await src.close() }
+}
+
+describe('CPU spans keep Q8_0, Q4_K, Q5_K and Q6_K weights quantized (wasm)', function () {
   this.timeout(300_000)
   let tmp: string
   let dir: string
   /** Each case's tokens from the in-process generation test. */
   const tokens = new Map<string, number[]>()
-  const cases: Array<{ name: string, format: 'Q8_0' | 'Q4_K', open: () => Promise<ModelSource>, path: () => string, opts: LocalModelOptions }> = [
-    { name: 'a q8_0 GGUF', format: 'Q8_0', open: async () => await openModel(join(dir, 'model.gguf')), path: () => join(dir, 'model.gguf'), opts: {} },
-    { name: '--quantize q4_k', format: 'Q4_K', open: async () => new QuantizedSource(await Checkpoint.open(dir), 'q4_k'), path: () => dir, opts: { quantize: 'q4_k' } }
+  const cases: Array<{ name: string, format: 'Q8_0' | 'Q4_K' | 'Q4_K/Q5_K/Q6_K', dtype: (name: string) => string, open: () => Promise<ModelSource>, path: () => string, opts: LocalModelOptions }> = [
+    { name: 'a q8_0 GGUF', format: 'Q8_0', dtype: () => 'Q8_0', open: async () => await openModel(join(dir, 'model.gguf')), path: () => join(dir, 'model.gguf'), opts: {} },
+    { name: '--quantize q4_k', format: 'Q4_K', dtype: () => 'Q4_K', open: async () => new QuantizedSource(await Checkpoint.open(dir), 'q4_k'), path: () => dir, opts: { quantize: 'q4_k' } },
+    { name: 'a GGUF of mixed k-quants', format: 'Q4_K/Q5_K/Q6_K', dtype: mixedDtype, open: async () => await openModel(join(tmp, 'mixed.gguf')), path: () => join(tmp, 'mixed.gguf'), opts: {} }
   ]
 
   before(async () => {
     tmp = await mkdtemp(join(tmpdir(), 'plexus-cpu-quant-'))
     dir = join(tmp, 'model')
     await makeModel({ shape: SHAPE, dtype: 'f32', out: dir, seed: 5, gguf: { dtype: 'q8_0' } })
+    await writeGguf(dir, join(tmp, 'f32.gguf'), { dtype: 'f32' })
+    await writeMixedGguf(join(tmp, 'f32.gguf'), join(tmp, 'mixed.gguf'))
     await initBackend('wasm')
   })
   after(async () => { await rm(tmp, { recursive: true, force: true }) })
@@ -49,7 +107,7 @@ describe('CPU spans keep Q8_0 and Q4_K weights quantized (wasm)', function () {
           let floats = 0
           for (let b = 0; b < cfg.numLayers; b++) {
             for (const t of await src.readBlockRaw(b)) {
-              if (LINEAR.test(t.name)) { assert.equal(t.dtype, c.format, t.name); quantized += t.bytes.length } else floats += t.shape.reduce((a, n) => a * n, 1) * 4
+              if (LINEAR.test(t.name)) { assert.equal(t.dtype, c.dtype(t.name), t.name); quantized += t.bytes.length } else floats += t.shape.reduce((a, n) => a * n, 1) * 4
             }
           }
           const tfBefore = tf.memory().numBytes
@@ -58,7 +116,8 @@ describe('CPU spans keep Q8_0 and Q4_K weights quantized (wasm)', function () {
           assert.equal(tf.memory().numBytes - tfBefore, floats)
           assert.equal(span.weightBytes, quantized + floats)
           const f32 = cfg.numLayers * blockBytes(cfg)
-          assert.ok(span.weightBytes! < f32 * (c.format === 'Q8_0' ? 0.27 : 0.15), `${span.weightBytes} bytes held, float32 would be ${f32}`)
+          // bytes per weight over float32's: q8_0 34/128, q4_K 144/1024, q5_K 176/1024, q6_K 210/1024
+          assert.ok(span.weightBytes! < f32 * { Q8_0: 0.27, Q4_K: 0.15, 'Q4_K/Q5_K/Q6_K': 0.21 }[c.format], `${span.weightBytes} bytes held, float32 would be ${f32}`)
           span.dispose()
           assert.equal(span.weightBytes, 0)
           assert.equal(tf.memory().numBytes, tfBefore)
@@ -78,9 +137,9 @@ describe('CPU spans keep Q8_0 and Q4_K weights quantized (wasm)', function () {
           }))
           // The kernels round each block of activations to 8 bits (q8_0: per 32 values, q8_K: per
           // 256) as llama.cpp does (its greedy tokens are checked below and in gguf-model.test.ts),
-          // the reference does not. Measured: an RMS difference of 2.8% (q8_0) and 3.9% (q4_k) of
-          // the logits' RMS; 6% leaves margin, while a wrong block, a dropped scale or a swapped
-          // row moves the logits by about their whole RMS.
+          // the reference does not. Measured: an RMS difference of 2.8% (q8_0), 3.9% (q4_k) and
+          // 4.2% (mixed k-quants) of the logits' RMS; 6% leaves margin, while a wrong block, a
+          // dropped scale or a swapped row moves the logits by about their whole RMS.
           let d2 = 0; let rms = 0
           for (let i = 0; i < f.length; i++) { d2 += (q[i] - f[i]) ** 2; rms += f[i] * f[i] }
           const rel = Math.sqrt(d2 / rms)
@@ -137,8 +196,11 @@ describe('CPU spans keep Q8_0 and Q4_K weights quantized (wasm)', function () {
         assert.ok(Math.abs(q8 / f32 - 34 / 32 / 4) < 0.01, `${q8} bytes per q8_0 block, ${f32} in float32`)
         assert.equal(bytesPerBlock(cfg, 'wasm', 'f32'), 2 * f32)
         assert.equal(bytesPerBlock(cfg, 'tensorflow', 'q4_k'), blockBytes(cfg, 'q4_k'))
-        // formats the CPU kernels do not read are widened
-        assert.equal(bytesPerBlock(cfg, 'cpu', 'q6_k'), f32)
+        // formats the CPU kernels do not read are widened; q5_K and q6_K blocks are read as stored
+        assert.equal(bytesPerBlock(cfg, 'cpu', 'q4_0'), f32)
+        assert.equal(bytesPerBlock(cfg, 'cpu', 'q6_k'), blockBytes(cfg, 'q6_k'))
+        assert.equal(bytesPerBlock(cfg, 'wasm', 'q5_k'), blockBytes(cfg, 'q5_k'))
+        assert.ok(Math.abs(blockBytes(cfg, 'q6_k') / f32 - 210 / 256 / 4) < 0.01)
         const budget = 40 * f32
         assert.equal(blocksThatFit(budget, q8, 1000), Math.floor(budget / q8))
         assert.ok(blocksThatFit(budget, q8, 1000) >= 7 * blocksThatFit(budget, bytesPerBlock(cfg, 'wasm', 'f32'), 1000))
@@ -152,6 +214,15 @@ describe('CPU spans keep Q8_0 and Q4_K weights quantized (wasm)', function () {
       assert.ok(ours != null, 'the q8_0 GGUF generated no tokens above')
       const { runLlamaCpp } = await import('../scripts/lib/llama-baseline.ts')
       assert.deepEqual(ours, (await runLlamaCpp(join(dir, 'model.gguf'), PROMPT, ours.length, { threads: 2 })).tokenIds)
+    })
+
+    it('a GGUF of mixed Q4_K/Q5_K/Q6_K generates llama.cpp\'s greedy tokens on the same file', async function () {
+      const why = await llamaCppUnavailable()
+      if (why != null) { console.log(`      skipped: ${why}`); this.skip() }
+      const ours = tokens.get('a GGUF of mixed k-quants')
+      assert.ok(ours != null, 'the mixed GGUF generated no tokens above')
+      const { runLlamaCpp } = await import('../scripts/lib/llama-baseline.ts')
+      assert.deepEqual(ours, (await runLlamaCpp(join(tmp, 'mixed.gguf'), PROMPT, ours.length, { threads: 2 })).tokenIds)
     })
   })
 })

@@ -86,7 +86,7 @@ describe('server-to-server forwarding with real server processes', function () {
     const steps = MAX_TOKENS
     assert.deepEqual(hops.map(h => h.forwardedSteps), [steps, steps, 0])
     // …and every hop's commitment came back and was checked
-    assert.deepEqual(hops.map(h => h.commitments.length), [steps, steps, steps])
+    assert.deepEqual(hops.map(h => h.committedSteps), [steps, steps, steps])
   })
 
   it('float16 activations: a forwarded route gives the same tokens as a relayed one (the commitments chain through the wire dtype)', async () => {
@@ -97,7 +97,7 @@ describe('server-to-server forwarding with real server processes', function () {
         const r = await generate(m.head, s, prompt, { maxTokens: MAX_TOKENS })
         const hops = hopSessions(s)
         await s.close()
-        return { tokens: r.tokenIds, forwardedSteps: hops.map(h => h.forwardedSteps), steps: hops[2].commitments.length }
+        return { tokens: r.tokenIds, forwardedSteps: hops.map(h => h.forwardedSteps), steps: hops[2].committedSteps }
       } finally { await m.close() }
     }
     const relayedF16 = await tokensVia(false)
@@ -261,7 +261,7 @@ describe('spot checks on a forwarded route', function () {
       for (const h of session.route) assert.ok(checked.has(h.peer), `hop ${h.peer} checked`)
       assert.equal(session.route.length, 2)
       // under checks every hop returns its output as well (so none can tell which hop is checked): no bare `forwarded`
-      assert.ok(hops.every(h => h.forwardedSteps === 0) && hops.every(h => h.commitments.length > 0))
+      assert.ok(hops.every(h => h.forwardedSteps === 0) && hops.every(h => h.committedSteps > 0))
       assert.equal(hops[1].init.prev, session.route[0].peer, 'the second hop is fed by the first, not by the client')
     } finally { await m.close() }
   })

@@ -20,6 +20,7 @@ import { makeModel } from '../scripts/lib/model-maker.ts'
 import { connectSwarm } from '../packages/client/src/model-source.ts'
 import { resolveModel, ModelFetchError } from '../packages/client/src/model-fetch.ts'
 import { fixtureDir, golden, runCli, CLIENT_BIN } from './support/fixtures.ts'
+import { captureLog } from './support/log-capture.ts'
 
 const g = golden('tiny-llama')
 const TEMPLATE = '{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}'
@@ -113,7 +114,8 @@ describe('hardening: model files and chat templates', function () {
     it('is refused with ModelFilesMismatchError (model-files-mismatch); nothing is cached', async () => {
       const cacheDir = join(tmp, 'cache-poisoned')
       const logs: string[] = []
-      await assert.rejects(resolveModel(client, manifest.id, { cacheDir, log: m => logs.push(m) }), (err: Error) => {
+      const stop = captureLog(logs)
+      await assert.rejects(resolveModel(client, manifest.id, { cacheDir }).finally(stop), (err: Error) => {
         assert.ok(err instanceof ModelFetchError, String(err))
         const cause = err.cause as Error & { code?: string, file?: string }
         assert.equal(cause.name, 'ModelFilesMismatchError')
@@ -140,7 +142,8 @@ describe('hardening: model files and chat templates', function () {
       // a cached copy poisoned afterwards is caught before use and fetched again
       await writeFile(join(cacheDir, manifest.id, 'tokenizer_config.json'), JSON.stringify({ chat_template: POISONED, eos_token: '</s>' }, null, 2))
       const logs: string[] = []
-      const dir = await resolveModel(client, manifest.id, { cacheDir, log: m => logs.push(m) })
+      const stop = captureLog(logs)
+      const dir = await resolveModel(client, manifest.id, { cacheDir }).finally(stop)
       assert.ok(logs.some(l => /is unusable \(tokenizer_config\.json does not match the model id/.test(l)), logs.join('\n'))
       assert.deepEqual(await readFile(join(dir, 'tokenizer_config.json')), honestConfig)
     })

@@ -27,6 +27,7 @@ import { Verifier } from '../packages/server/src/verifier.ts'
 import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import type { LocalSwarm, NodeProcess } from '../scripts/lib/local-swarm.ts'
 import { makeModel } from '../scripts/lib/model-maker.ts'
+import { captureLog } from './support/log-capture.ts'
 
 const MAX_TOKENS = 10
 /** The verifier's RSS may grow by this much over its baseline across every attack (MiB). */
@@ -244,18 +245,21 @@ describe('hardening: verifiers and reputation under attack', function () {
       await new Promise(resolve => setTimeout(resolve, 1000))
     }
     const log: string[] = []
-    const view = new ReputationView({ node, verifiers: source }, { modelId, lookupTimeoutMs: 10_000, log: m => { log.push(m) } })
-    const claims = (await view.records(victim)).filter(r => r.failed > 0)
-    assert.equal(claims.length, 2, 'both claims are in the DHT')
-    // the cheater's record from verifier-a names the big report; verifier-b re-computes it
-    const until = Date.now() + 20_000
-    while ((await getReputation(node, cheater.peerId, verifiers[0].peerId, { timeoutMs: 3000 }))?.failed == null) {
-      if (Date.now() > until) throw new Error('verifier-a published no record of the cheater')
-      await new Promise(resolve => setTimeout(resolve, 500))
-    }
-    const distrusted = await view.distrusted([victim, cheater.peerId])
-    assert.deepEqual([...distrusted], [cheater.peerId], log.join('\n'))
-    assert.ok(log.some(l => /not counted: .*does not hand it out|cannot open a verify stream/.test(l)), log.join('\n'))
+    const stop = captureLog(log)
+    try {
+      const view = new ReputationView({ node, verifiers: source }, { modelId, lookupTimeoutMs: 10_000 })
+      const claims = (await view.records(victim)).filter(r => r.failed > 0)
+      assert.equal(claims.length, 2, 'both claims are in the DHT')
+      // the cheater's record from verifier-a names the big report; verifier-b re-computes it
+      const until = Date.now() + 20_000
+      while ((await getReputation(node, cheater.peerId, verifiers[0].peerId, { timeoutMs: 3000 }))?.failed == null) {
+        if (Date.now() > until) throw new Error('verifier-a published no record of the cheater')
+        await new Promise(resolve => setTimeout(resolve, 500))
+      }
+      const distrusted = await view.distrusted([victim, cheater.peerId])
+      assert.deepEqual([...distrusted], [cheater.peerId], log.join('\n'))
+      assert.ok(log.some(l => /not counted: .*does not hand it out|cannot open a verify stream/.test(l)), log.join('\n'))
+    } finally { stop() }
     // a verified client's routes still use the honest server (the cheater, now proven, is avoided)
     const m = await openSwarm(node, { dir: model, trust: 'verified', checkRate: 1 })
     try {

@@ -16,6 +16,7 @@ import { connectSwarm } from '../packages/client/src/model-source.ts'
 import { resolveModel, MODEL_FILES_PROTOCOL as CLIENT_PROTOCOL } from '../packages/client/src/model-fetch.ts'
 import { serveModelFiles, MODEL_FILES_PROTOCOL } from '../packages/server/src/model-files-handler.ts'
 import { fixtureDir, golden, runCli, CLIENT_BIN } from './support/fixtures.ts'
+import { captureLog } from './support/log-capture.ts'
 
 const g = golden('tiny-llama')
 
@@ -147,7 +148,8 @@ describe('fetching the client parts of a model from the swarm', function () {
 
     const cacheDir = join(tmp, 'cache-fake')
     const logs: string[] = []
-    await assert.rejects(resolveModel(client, manifest.id.slice(0, 16), { cacheDir, log: m => logs.push(m) }), (err: Error) => {
+    const stop = captureLog(logs)
+    await assert.rejects(resolveModel(client, manifest.id.slice(0, 16), { cacheDir }).finally(stop), (err: Error) => {
       assert.equal(err.name, 'ModelFetchError')
       assert.match(err.message, new RegExp(`no peer gave verified client parts of tiny-llama \\(28e4da1d7f5b\\): ${fake!.node.peerId}: head tensors do not match the model id`))
       return true
@@ -186,8 +188,9 @@ describe('fetching the client parts of a model from the swarm', function () {
     await untilFindable(client, [headNode.peerId], manifest.id)
     const cacheDir = join(tmp, 'cache-honest')
     const logs: string[] = []
+    const stop = captureLog(logs)
     // small odd-sized chunks, few in flight: many pipelined reads per tensor
-    const dir = await resolveModel(client, 'tiny-llama', { cacheDir, log: m => logs.push(m), chunkBytes: 10_000, window: 3 })
+    const dir = await resolveModel(client, 'tiny-llama', { cacheDir, chunkBytes: 10_000, window: 3 }).finally(stop)
     assert.equal(dir, join(cacheDir, manifest.id))
     assert.ok(logs.some(l => l.startsWith(`fetched the client parts of tiny-llama (28e4da1d7f5b) from ${headNode!.peerId}`)), logs.join('\n'))
     assert.ok(logs.every(l => !l.includes('skipped') || l.includes(`peer ${fake!.node.peerId} skipped: head tensors do not match`)), logs.join('\n'))
@@ -210,7 +213,8 @@ describe('fetching the client parts of a model from the swarm', function () {
 
     // the cache is used from then on, without asking anyone for a full id
     const again: string[] = []
-    assert.equal(await resolveModel(client, manifest.id, { cacheDir, log: m => again.push(m) }), dir)
+    const stopAgain = captureLog(again)
+    assert.equal(await resolveModel(client, manifest.id, { cacheDir }).finally(stopAgain), dir)
     assert.deepEqual(again, [`using the cached client parts in ${dir}`])
   })
 

@@ -1,8 +1,10 @@
-// llama.cpp's reference quantizers (Q8_0, Q4_K) re-implemented in packages/runtime/src/quant:
+// llama.cpp's reference quantizers (Q8_0, Q4_K, Q5_K, Q6_K) re-implemented in packages/runtime/src/quant:
 // bytes equal to llama.cpp's own quantize_row_*_ref on the same rows, and dequantize(quantize(x))
 // within each format's error bound.
 import assert from 'node:assert/strict'
-import { quantizeQ8_0, quantizeQ4_K, dequantize, Q8_0_BLOCK_BYTES, Q4_K_BLOCK_BYTES, QK_K } from '@plexus/runtime'
+import {
+  quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, dequantize, Q8_0_BLOCK_BYTES, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES, QK_K
+} from '@plexus/runtime'
 import { llamaCppUnavailable } from './support/gguf.ts'
 import { llamaCppQuantizer } from './support/ggml-quant.ts'
 import type { LlamaCppQuantizer } from './support/ggml-quant.ts'
@@ -61,7 +63,9 @@ describe('quantizers (llama.cpp reference algorithms)', function () {
 
     const cases = [
       { name: 'Q8_0', symbol: 'quantize_row_q8_0_ref', fn: quantizeQ8_0, blockValues: 32, blockBytes: Q8_0_BLOCK_BYTES },
-      { name: 'Q4_K', symbol: 'quantize_row_q4_K_ref', fn: quantizeQ4_K, blockValues: QK_K, blockBytes: Q4_K_BLOCK_BYTES }
+      { name: 'Q4_K', symbol: 'quantize_row_q4_K_ref', fn: quantizeQ4_K, blockValues: QK_K, blockBytes: Q4_K_BLOCK_BYTES },
+      { name: 'Q5_K', symbol: 'quantize_row_q5_K_ref', fn: quantizeQ5_K, blockValues: QK_K, blockBytes: Q5_K_BLOCK_BYTES },
+      { name: 'Q6_K', symbol: 'quantize_row_q6_K_ref', fn: quantizeQ6_K, blockValues: QK_K, blockBytes: Q6_K_BLOCK_BYTES }
     ]
     for (const c of cases) {
       it(`${c.name}: ${c.symbol} on ${testRows(1).length} kinds of rows × 4 seeds`, async () => {
@@ -137,9 +141,28 @@ describe('quantizers (llama.cpp reference algorithms)', function () {
       assert.deepEqual([...dequantize('Q4_K', quantizeQ4_K(x), QK_K)], [...x])
     })
 
+    for (const [name, fn, bits, bound] of [['Q5_K', quantizeQ5_K, 5, 0.06], ['Q6_K', quantizeQ6_K, 6, 0.03]] as const) {
+      it(`${name}: RMS error ≈ ${bits}-bit on gaussian rows, zeros come back as zeros`, () => {
+        // not ×1e-4: there q6_K's one f16 scale per 256 values (≈ max/4096) is an f16 subnormal
+        for (const [rowName, x] of finiteRows.filter(([n]) => n.startsWith('gaussian ×') && n !== 'gaussian ×0.0001')) {
+          const y = dequantize(name, fn(x), x.length)
+          let se = 0; let sx = 0
+          for (let i = 0; i < x.length; i++) { se += (y[i] - x[i]) ** 2; sx += x[i] ** 2 }
+          const rel = Math.sqrt(se / sx)
+          // measured 0.036 (Q5_K) and 0.017–0.018 (Q6_K): each bit halves the error
+          if (process.env.LOG_RMS != null) console.log(`RMS ${name} ${rowName} ${rel.toFixed(4)}`)
+          assert.ok(rel < bound, `${rowName}: relative RMS error ${rel.toFixed(4)}`)
+        }
+        // (as −0 for Q6_K: a zero block stores q = 0, read as (0 − 32) · 0)
+        assert.ok(dequantize(name, fn(new Float32Array(QK_K)), QK_K).every(v => v === 0))
+      })
+    }
+
     it('refuses rows that are not whole blocks', () => {
       assert.throws(() => quantizeQ8_0(new Float32Array(33)), /q8_0: 33 values are not whole blocks of 32/)
       assert.throws(() => quantizeQ4_K(new Float32Array(255)), /q4_K: 255 values are not whole blocks of 256/)
+      assert.throws(() => quantizeQ5_K(new Float32Array(255)), /q5_K: 255 values are not whole blocks of 256/)
+      assert.throws(() => quantizeQ6_K(new Float32Array(255)), /q6_K: 255 values are not whole blocks of 256/)
     })
   })
 })

@@ -124,7 +124,7 @@ describe('speculative decoding', function () {
         await assert.rejects(generate(m.head, s, [1, 2, 3], { maxTokens: 4, speculative: { drafter, k: 0 } }), (e: any) => e.code === 'bad-speculate')
         const noTruncate: SessionPipeline = { forward: s.forward, close: s.close }
         await assert.rejects(generate(m.head, noTruncate, [1, 2, 3], { maxTokens: 4, speculative: { drafter, k: 2 } }), (e: any) => e.code === 'no-rollback')
-        const audited: SessionPipeline = { ...s, audit: async () => ({ verified: 0 }) }
+        const audited: SessionPipeline = { ...s, confirm: async () => ({ confirmed: 0 }) }
         await assert.rejects(generate(m.head, audited, [1, 2, 3], { maxTokens: 4, speculative: { drafter, k: 2 } }), (e: any) => e.code === 'verified-trust')
         await s.close()
       } finally { await dm.dispose(); await m.dispose() }

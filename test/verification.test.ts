@@ -25,6 +25,7 @@ import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import type { LocalSwarm, NodeProcess } from '../scripts/lib/local-swarm.ts'
 import { makeModel } from '../scripts/lib/model-maker.ts'
 import { tamper } from './support/records.ts'
+import { captureLog } from './support/log-capture.ts'
 
 const MAX_TOKENS = 12
 
@@ -75,12 +76,15 @@ describe('verifiable inference on a loopback swarm', function () {
   /** A swarm client whose first routes must go through `through` (for blocks 0–2) until it is banned. */
   async function client (opts: { checkRate: number, checkEvery?: number, trusted?: string[], events: AuditEvent[], dtype?: 'f32' | 'f16' }): Promise<OpenModel> {
     return await openSwarm(node, {
-      dir: model, trust: 'verified', checkRate: opts.checkRate, checkEvery: opts.checkEvery, trustedVerifiers: opts.trusted, onAudit: e => { opts.events.push(e) }, dtype: opts.dtype, log: m => { clientLog.push(m) }
+      dir: model, trust: 'verified', checkRate: opts.checkRate, checkEvery: opts.checkEvery, trustedVerifiers: opts.trusted, onAudit: e => { opts.events.push(e) }, dtype: opts.dtype
     })
   }
   /** What the clients logged (routes, failures, rollbacks): shown when a test fails. */
   const clientLog: string[] = []
+  let stopClientLog = (): void => {}
+  beforeEach(() => { stopClientLog = captureLog(clientLog) })
   afterEach(function () {
+    stopClientLog()
     if (this.currentTest?.state === 'failed') console.log(`      client log:\n${clientLog.slice(-40).map(l => `        ${l}`).join('\n')}`)
     clientLog.length = 0
   })

@@ -5,7 +5,7 @@ import { Checkpoint } from '../../packages/runtime/src/checkpoint.ts'
 import type { ModelConfig } from '../../packages/runtime/src/config.ts'
 import { fileExists } from '../../packages/runtime/src/safetensors.ts'
 import { ggufNameOf } from '../../packages/runtime/src/gguf/checkpoint.ts'
-import { f32ToF16 } from '../../packages/runtime/src/safetensors-write.ts'
+import { f32ToF16 } from '@plexus/runtime'
 import { quantizeQ8_0, quantizeQ4_K } from '../../packages/runtime/src/quant/quantize.ts'
 
 // GGUF v3 as llama.cpp reads it: header, metadata key/values, tensor infos, then aligned data.

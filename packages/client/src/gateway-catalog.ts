@@ -2,18 +2,19 @@
 // opened (client parts fetched, verified, cached; head loaded) on the first request naming it.
 import { basename, resolve } from 'node:path'
 import { shortId } from '@plexus/runtime'
-import type { BackendName, QuantFormat, ProgressListener } from '@plexus/runtime'
+import type { QuantFormat, ProgressListener, TrustLevel } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
-import { RouteLog } from '@plexus/p2p'
+import { RouteLog, componentLog } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { ApiError, singleModel } from '@plexus/gateway'
 import type { CatalogEntry, ModelCatalog, OpenedModel } from '@plexus/gateway'
-import type { TrustLevel } from './inference/auditor.ts'
 import { openLocal, openSwarm, connectSwarm, swarmModelDir, stopNode } from './model-source.ts'
 import type { OpenModel } from './model-source.ts'
 import { listModels } from './routing/discovery.ts'
 import type { ModelListing } from './routing/discovery.ts'
 import { resolveModel } from './model-fetch.ts'
+
+const log = componentLog('client', 'catalog')
 
 export interface CatalogArgs {
   local: boolean
@@ -30,16 +31,8 @@ export interface CatalogArgs {
   trustVerifier?: string[]
   /** Most swarm models open at once (each holds its embeddings and LM head). Default 4. */
   maxModels?: number
-  log?: (msg: string) => void
   /** Told how far loading, hashing and fetching models is. */
   onProgress?: ProgressListener
-}
-
-/** The flags `serve` and `mcp` share (cli.ts servingOptions). */
-export interface ServingArgs extends Omit<CatalogArgs, 'log'> {
-  maxConcurrent: number
-  maxModels: number
-  backend?: BackendName | 'auto'
 }
 
 /** What `swarm_status` and /health report. */
@@ -167,8 +160,7 @@ class SwarmCatalog implements ModelCatalog {
 
   /** The model named at start: a directory, file, name or id, as `serve --model` always took. */
   async openNamed (model: string): Promise<Open> {
-    const log = this.#args.log
-    const dir = await swarmModelDir(this.#node, model, { cacheDir: this.#args.cacheDir, log, onProgress: this.#args.onProgress })
+    const dir = await swarmModelDir(this.#node, model, { cacheDir: this.#args.cacheDir, onProgress: this.#args.onProgress })
     const o = await this.#load(dir, this.#args.quantize)
     o.aliases.add(model)
     return o
@@ -190,9 +182,9 @@ class SwarmCatalog implements ModelCatalog {
       if (this.#open.size + this.#opening.size >= (this.#args.maxModels ?? 4)) {
         throw new ApiError(503, `this gateway already holds ${this.#open.size} models open (--max-models ${this.#args.maxModels ?? 4}); cannot open ${name} too`, { param: 'model', code: 'too_many_models' })
       }
-      this.#args.log?.(`opening ${name} (${shortId(id)}) for its first request`)
+      log.info(`opening ${name} (${shortId(id)}) for its first request`)
       // an announced id already names the weights as served (a quantized model's id is derived)
-      p = resolveModel(this.#node, id, { cacheDir: this.#args.cacheDir, log: this.#args.log, onProgress: this.#args.onProgress }).then(async dir => await this.#load(dir))
+      p = resolveModel(this.#node, id, { cacheDir: this.#args.cacheDir, onProgress: this.#args.onProgress }).then(async dir => await this.#load(dir))
       this.#opening.set(id, p)
       p.finally(() => this.#opening.delete(id)).catch(() => {})
     }
@@ -201,7 +193,7 @@ class SwarmCatalog implements ModelCatalog {
 
   async #load (dir: string, quantize?: QuantFormat): Promise<Open> {
     const a = this.#args
-    const model = await openSwarm(this.#node, { dir, quantize, dtype: a.wireDtype, forward: a.forward, log: a.log, onProgress: a.onProgress, trust: a.trust, checkRate: a.checkRate, trustedVerifiers: a.trustVerifier })
+    const model = await openSwarm(this.#node, { dir, quantize, dtype: a.wireDtype, forward: a.forward, onProgress: a.onProgress, trust: a.trust, checkRate: a.checkRate, trustedVerifiers: a.trustVerifier })
     const id = model.manifest!.id
     const existing = this.#open.get(id)
     if (existing != null) { await model.close(); return existing }

@@ -1,17 +1,18 @@
 import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { fetchInfo, findBlockHolders, findServers, PROTOCOL_PREFIX } from '@plexus/p2p'
+import { fetchInfo, findBlockHolders, findServers, componentLog } from '@plexus/p2p'
+import { MODEL_FILES_PROTOCOL } from '@plexus/protocol'
 import type { PlexusNode, PeerId } from '@plexus/p2p'
 import {
   Checkpoint, CLIENT_FILES, DTYPE_BYTES, GGUF_TOKENIZER_KEY, MANIFEST_FILE, checkManifest, fileDigest, headTensorShapes, loadTokenizer, parseModelConfig, readModelConfig,
-  safetensorsHeader, shortId, tensorsDigest, cacheDir as plexusCacheDir, ProgressMeter
+  safetensorsHeader, shortId, tensorsDigest, cacheDir as plexusCacheDir, ProgressMeter, PlexusError
 } from '@plexus/runtime'
 import type { ModelManifest, ProgressListener } from '@plexus/runtime'
 import type { Stream } from '@libp2p/interface'
 import { FilesClient, parseJson } from './model-files-client.ts'
 
 /** Served by packages/server/src/model-files-handler.ts (wire format described there). */
-export const MODEL_FILES_PROTOCOL = `${PROTOCOL_PREFIX}/model/1.0.0`
+export { MODEL_FILES_PROTOCOL }
 /** Most bytes accepted per side file (the head tensors are bounded by the verified config). */
 const FILE_LIMITS: Record<string, number> = {
   [MANIFEST_FILE]: 4 << 20,
@@ -31,21 +32,22 @@ const HEAD_FILE = 'model.safetensors'
  * one the model id covers (one poisoned file is enough to rewrite every prompt): refused, and the
  * next peer is tried.
  */
-export class ModelFilesMismatchError extends Error {
-  readonly code = 'model-files-mismatch'
+export class ModelFilesMismatchError extends PlexusError {
+  declare readonly code: 'model-files-mismatch'
   readonly file: string
-  constructor (file: string, message: string) { super(message); this.name = 'ModelFilesMismatchError'; this.file = file }
+  constructor (file: string, message: string) { super('model-files-mismatch', message, { httpStatus: 503 }); this.name = 'ModelFilesMismatchError'; this.file = file }
 }
 
+const log = componentLog('client', 'fetch')
+
 /** Nothing usable was found or fetched; the message says why (one line). */
-export class ModelFetchError extends Error {
-  constructor (message: string, options?: ErrorOptions) { super(message, options); this.name = 'ModelFetchError' }
+export class ModelFetchError extends PlexusError {
+  constructor (message: string, options?: ErrorOptions) { super('model-fetch', message, { ...options, httpStatus: 503 }); this.name = 'ModelFetchError' }
 }
 
 export interface ResolveModelOptions {
   /** Default: models/ in the cache ($PLEXUS_CACHE_DIR, else ~/.cache/plexus). */
   cacheDir?: string
-  log?: (msg: string) => void
   /** Told how far fetching the parts is (task `fetch`, bytes received). */
   onProgress?: ProgressListener
   signal?: AbortSignal
@@ -70,15 +72,14 @@ export interface ResolveModelOptions {
  */
 export async function resolveModel (node: PlexusNode, nameOrId: string, opts: ResolveModelOptions = {}): Promise<string> {
   const cacheDir = opts.cacheDir ?? plexusCacheDir('models')
-  const log = opts.log ?? (() => {})
   const wanted = nameOrId.trim()
   if (wanted === '') throw new ModelFetchError('no model given: pass a model name, id or directory')
   if (FULL_ID.test(wanted.toLowerCase())) {
-    const dir = await cached(cacheDir, wanted.toLowerCase(), log)
+    const dir = await cached(cacheDir, wanted.toLowerCase())
     if (dir != null) return dir
   }
   const found = await findModel(node, wanted, opts)
-  const dir = await cached(cacheDir, found.id, log)
+  const dir = await cached(cacheDir, found.id)
   if (dir != null) return dir
   if (found.sources.length === 0) {
     throw new ModelFetchError(`no peer offers the client parts (embeddings, LM head) of ${found.name} (${shortId(found.id)}): ` +
@@ -133,15 +134,15 @@ async function findModel (node: PlexusNode, wanted: string, opts: ResolveModelOp
 }
 
 /** `<cacheDir>/<id>` when it holds a consistent copy; a broken one is removed. */
-async function cached (cacheDir: string, id: string, log: (msg: string) => void): Promise<string | undefined> {
+async function cached (cacheDir: string, id: string): Promise<string | undefined> {
   const dir = join(cacheDir, id)
   if (!(await exists(dir))) return undefined
   try {
     await checkModelDir(dir, id)
-    log(`using the cached client parts in ${dir}`)
+    log.info(`using the cached client parts in ${dir}`)
     return dir
   } catch (err) {
-    log(`cached copy ${dir} is unusable (${(err as Error).message}); fetching it again`)
+    log.info(`cached copy ${dir} is unusable (${(err as Error).message}); fetching it again`)
     await discard(dir)
     return undefined
   }
@@ -166,25 +167,24 @@ async function checkModelDir (dir: string, id: string): Promise<ModelManifest> {
 }
 
 async function fetchModel (node: PlexusNode, found: FoundModel, cacheDir: string, opts: ResolveModelOptions): Promise<string> {
-  const log = opts.log ?? (() => {})
   await mkdir(cacheDir, { recursive: true })
   await sweepPartials(cacheDir)
   const failures: string[] = []
   const errors: Error[] = []
-  log(`fetching the client parts of ${found.name} (${shortId(found.id)}) from ${found.sources.length} peer(s)`)
+  log.info(`fetching the client parts of ${found.name} (${shortId(found.id)}) from ${found.sources.length} peer(s)`)
   for (const peer of found.sources) {
     const tmp = await mkdtemp(join(cacheDir, `.partial-${shortId(found.id)}-`))
     const t0 = performance.now()
     try {
       const bytes = await fetchFrom(node, peer, found, tmp, opts)
       const dir = await install(tmp, join(cacheDir, found.id))
-      log(`fetched the client parts of ${found.name} (${shortId(found.id)}) from ${peer}: ` +
+      log.info(`fetched the client parts of ${found.name} (${shortId(found.id)}) from ${peer}: ` +
         `${(bytes / 2 ** 20).toFixed(1)} MiB in ${Math.round(performance.now() - t0)} ms → ${dir}`)
       return dir
     } catch (err) {
       await rm(tmp, { recursive: true, force: true })
       if (opts.signal?.aborted === true) throw err
-      log(`peer ${peer} skipped: ${(err as Error).message}`)
+      log.info(`peer ${peer} skipped: ${(err as Error).message}`)
       failures.push(`${peer}: ${(err as Error).message}`)
       errors.push(err as Error)
     }

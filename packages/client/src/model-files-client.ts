@@ -1,10 +1,10 @@
 // Client side of /plexus/model/1.0.0 (served by packages/server/src/model-files-handler.ts).
-import { lpStream } from '@libp2p/utils'
+import { Channel, PROTOCOLS } from '@plexus/protocol'
 import type { DType, ProgressMeter } from '@plexus/runtime'
 import type { Stream } from '@libp2p/interface'
 import type { ResolveModelOptions } from './model-fetch.ts'
 
-export const MAX_FRAME_BYTES = 4 << 20
+export const MAX_FRAME_BYTES = PROTOCOLS.model.client.maxFrameBytes
 
 export interface Listing { files: Array<{ name: string, size: number }>, tensors: Array<{ name: string, dtype: DType, shape: number[], size: number }> }
 
@@ -12,21 +12,19 @@ export interface Listing { files: Array<{ name: string, size: number }>, tensors
 export class FilesClient {
   received = 0
   meter?: ProgressMeter
-  private readonly stream: Stream
-  private readonly io: ReturnType<typeof lpStream>
+  private readonly channel: Channel
   private readonly id: string
   private readonly chunk: number
   private readonly window: number
   private readonly opts: ResolveModelOptions
 
   constructor (stream: Stream, id: string, opts: ResolveModelOptions) {
-    this.stream = stream
     this.id = id
     this.opts = opts
     this.chunk = Math.max(1, Math.min(opts.chunkBytes ?? 1 << 20, MAX_FRAME_BYTES))
     this.window = Math.max(1, opts.window ?? 8)
     // everything a source may send before we read: `window` answers of one chunk each
-    this.io = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES, maxBufferSize: this.window * (this.chunk + 4096) + MAX_FRAME_BYTES })
+    this.channel = new Channel(stream, { ...PROTOCOLS.model.client, maxBufferBytes: this.window * (this.chunk + 4096) + MAX_FRAME_BYTES })
   }
 
   async list (): Promise<Listing> {
@@ -64,7 +62,7 @@ export class FilesClient {
         (tensor != null && (h.dtype !== tensor.dtype || JSON.stringify(h.shape) !== JSON.stringify(tensor.shape)))) {
         throw new Error(`answered the read of ${name} [${want.offset}, ${want.offset + want.length}) with ${JSON.stringify(h).slice(0, 200)}`)
       }
-      const data = (await this.io.read({ signal: this.deadline() })).subarray()
+      const data = await this.frame()
       if (data.byteLength !== want.length) throw new Error(`sent ${data.byteLength} bytes of ${name} for a ${want.length}-byte chunk`)
       this.received += data.byteLength
       await sink(data)
@@ -74,18 +72,24 @@ export class FilesClient {
   }
 
   async close (): Promise<void> {
-    await this.stream.close({ signal: AbortSignal.timeout(1000) }).catch(err => { this.stream.abort(err) })
+    await this.channel.close()
   }
 
   private async send (req: object): Promise<void> {
-    await this.io.write(new TextEncoder().encode(JSON.stringify(req)), { signal: this.deadline() })
+    await this.channel.write(new TextEncoder().encode(JSON.stringify(req)), this.deadline())
   }
 
   private async answer (): Promise<any> {
-    const r = parseJson('answer', (await this.io.read({ signal: this.deadline() })).subarray()) as any
+    const r = parseJson('answer', await this.frame()) as any
     if (r == null || typeof r !== 'object') throw new Error('sent an answer that is not a JSON object')
     if (typeof r.error === 'string') throw new Error(`reports: ${r.error.slice(0, 300)}`)
     return r
+  }
+
+  private async frame (): Promise<Uint8Array> {
+    const f = await this.channel.read(this.deadline())
+    if (f == null) throw new Error('closed the stream before answering')
+    return f
   }
 
   private deadline (): AbortSignal {

@@ -1,17 +1,19 @@
 import { stat } from 'node:fs/promises'
-import { createPlexusNode, dialBootstrap, keepBootstrapped } from '@plexus/p2p'
+import { createPlexusNode, dialBootstrap, keepBootstrapped, componentLog } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import { LocalModel, ModelHead, loadManifest, openModel, shortId, withQuantization } from '@plexus/runtime'
-import type { ModelConfig, ModelHead as Head, SessionPipeline, TextTokenizer, ModelManifest, QuantFormat, ProgressListener } from '@plexus/runtime'
+import { LocalModel, ModelHead, loadManifest, openModel, shortId, withQuantization, parseTrust, TrustError } from '@plexus/runtime'
+import type { ModelConfig, ModelHead as Head, SessionPipeline, TextTokenizer, ModelManifest, QuantFormat, ProgressListener, TrustLevel } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { SwarmDiscovery, SwarmVerifiers } from './routing/discovery.ts'
 import { ReputationView } from './routing/reputation.ts'
-import { Auditor, TrustError } from './inference/auditor.ts'
-import type { TrustLevel, AuditEvent } from './inference/auditor.ts'
+import { Auditor } from './inference/auditor.ts'
+import type { AuditEvent } from './inference/auditor.ts'
 import { BanList } from './routing/ban-list.ts'
 import { SwarmSession } from './inference/swarm-session.ts'
 import type { Hop } from './routing/route.ts'
 import { resolveModel, ModelFetchError } from './model-fetch.ts'
+
+const log = componentLog('client', 'model')
 
 export interface SessionOptions {
   trust?: TrustLevel
@@ -47,7 +49,7 @@ export async function openLocal (path: string, opts: { quantize?: QuantFormat, o
     tokenizer,
     tokenizerConfig,
     session: async (n, opts) => {
-      if ((opts?.trust ?? 'fast') !== 'fast') throw new TrustError(`trust level ${opts?.trust} checks the servers of a swarm; a local model (--local) runs every block here: use fast`, 501)
+      if ((opts?.trust ?? 'fast') !== 'fast') throw new TrustError('trust-unsupported', `trust level ${opts?.trust} checks the servers of a swarm; a local model (--local) runs every block here: use fast`)
       return await model.session(n)
     },
     close: async () => { await model.dispose() }
@@ -86,7 +88,7 @@ export async function stopNode (node: PlexusNode, timeoutMs = 10_000): Promise<v
  * `model` itself when it is a directory or a (GGUF) file; otherwise a model name, id or id prefix whose client
  * parts are fetched from the swarm's peers (verified, cached in `cacheDir`).
  */
-export async function swarmModelDir (node: PlexusNode, model: string, init: { cacheDir?: string, log?: (msg: string) => void, onProgress?: ProgressListener } = {}): Promise<string> {
+export async function swarmModelDir (node: PlexusNode, model: string, init: { cacheDir?: string, onProgress?: ProgressListener } = {}): Promise<string> {
   const st = await stat(model).catch(() => undefined)
   if (st?.isDirectory() === true || st?.isFile() === true) return model
   if (st != null) throw new ModelFetchError(`--model ${model}: not a directory or file (give a model directory, a .gguf file, a name or an id)`)
@@ -100,7 +102,6 @@ export interface SwarmModelInit {
   /** The swarm's nodes quantize the blocks as this (the model id is derived from it). */
   quantize?: QuantFormat
   dtype?: WireDType
-  log?: (msg: string) => void
   /** Told how far hashing the client parts is, when their manifest must be computed. */
   onProgress?: ProgressListener
   /** Trust level of sessions that do not ask for one. Default fast. */
@@ -130,7 +131,7 @@ export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promis
     const verifiers = new SwarmVerifiers({ node }, { modelId: manifest.id, numBlocks: cfg.numLayers })
     const trusted = new Set(init.trustedVerifiers ?? [])
     const reputation = new ReputationView({ node, verifiers }, { modelId: manifest.id, trusted })
-    init.log?.(`model ${manifest.name} (${shortId(manifest.id)}), ${cfg.numLayers} blocks`)
+    log.info(`model ${manifest.name} (${shortId(manifest.id)}), ${cfg.numLayers} blocks`)
     return {
       config: cfg,
       head,
@@ -138,13 +139,12 @@ export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promis
       tokenizer: await ckpt.tokenizer(),
       tokenizerConfig: await ckpt.tokenizerConfig(),
       session: async (maxLength, opts) => {
-        const trust = opts?.trust ?? init.trust ?? 'fast'
-        if (trust === 'attested') throw new TrustError('trust level attested is not supported yet: it needs hardware attestation of the servers (TEE quotes), which Plexus does not implement; use verified or fast', 501)
+        const trust = parseTrust(opts?.trust ?? init.trust, 'trust level')
         if (trust === 'verified' && (init.checkRate ?? 0.1) > 0 && (await verifiers.verifiers()).length === 0 && (await verifiers.verifiers({ refresh: true })).length === 0) {
-          throw new TrustError(`no verifier peers for ${manifest.name} (${shortId(manifest.id)}) in this swarm: verified needs at least one (plexus-node join --verify); use fast to go without checks`)
+          throw new TrustError('trust-unavailable', `no verifier peers for ${manifest.name} (${shortId(manifest.id)}) in this swarm: verified needs at least one (plexus-node join --verify); use fast to go without checks`)
         }
         const auditor = trust === 'verified'
-          ? new Auditor({ dialer: node, verifiers, bans, log: init.log }, {
+          ? new Auditor({ dialer: node, verifiers, bans }, {
             modelId: manifest.id, modelName: manifest.name, hiddenSize: cfg.hiddenSize, maxLength, checkRate: init.checkRate ?? 0.1, checkEvery: init.checkEvery, trustedVerifiers: trusted, onEvent: init.onAudit
           })
           : undefined
@@ -152,7 +152,6 @@ export async function openSwarm (node: PlexusNode, init: SwarmModelInit): Promis
           dialer: node,
           source: discovery,
           bans,
-          log: init.log,
           auditor,
           // reputation costs DHT lookups: only sessions that asked for checks pay for it
           distrusted: auditor != null ? async (peers) => await reputation.distrusted(peers) : undefined

@@ -1,5 +1,7 @@
 // What every API's routes share: the engine, the model's names and request limits.
 import { randomBytes } from 'node:crypto'
+import { parseTrust } from '@plexus/runtime'
+import type { SupportedTrust } from '@plexus/runtime'
 import { ApiError, badRequest } from './errors.ts'
 import type { Dialect } from './errors.ts'
 import type { FastifyRequest } from 'fastify'
@@ -45,15 +47,9 @@ export const unixNow = (): number => Math.floor(Date.now() / 1000)
 /** The header carrying a request's trust level. */
 export const TRUST_HEADER = 'x-plexus-trust'
 
-/** The request's trust level (X-Plexus-Trust, else the gateway's default). */
-export function trustOf (request: FastifyRequest, fallback: 'fast' | 'verified' = 'fast'): 'fast' | 'verified' {
+/** The request's trust level (X-Plexus-Trust, else the gateway's default); a TrustError for one it cannot honour. */
+export function trustOf (request: FastifyRequest, fallback: SupportedTrust = 'fast'): SupportedTrust {
   const raw = request.headers[TRUST_HEADER]
-  if (raw == null) return fallback
-  const mode = String(raw).trim().toLowerCase()
-  if (mode === '') return fallback
-  if (mode === 'fast' || mode === 'verified') return mode
-  if (mode === 'attested') {
-    throw new ApiError(501, 'X-Plexus-Trust: attested is not supported yet: it needs hardware attestation of the servers (TEE quotes), which Plexus does not implement; send "verified" (spot checks) or "fast"', { param: 'X-Plexus-Trust', code: 'trust_mode_not_supported' })
-  }
-  throw new ApiError(400, `X-Plexus-Trust must be fast, verified or attested (got ${JSON.stringify(String(raw))})`, { param: 'X-Plexus-Trust' })
+  if (raw == null || String(raw).trim() === '') return fallback
+  return parseTrust(String(raw), 'X-Plexus-Trust')
 }

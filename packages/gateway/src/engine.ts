@@ -206,13 +206,6 @@ export class Engine {
     const filter = new StopFilter(req.stop ?? [])
     const tokens: TokenLogprob[] = []
     const ids: number[] = []
-    // generate() samples from each row head.logits returns; tap it for logprobs.
-    let lastRow: Float32Array | undefined
-    const head: ModelHead = req.logprobs == null
-      ? model.head
-      : Object.assign(Object.create(model.head) as ModelHead, {
-        logits: async (h: Float32Array, n: number) => { lastRow = await model.head.logits(h, n); return lastRow }
-      })
     const tokenText = (id: number): string => tok?.decode([id]) ?? String(id)
 
     const session = await model.session(Math.min(this.contextLength, req.promptIds.length + req.maxTokens), { trust: req.trust ?? 'fast' })
@@ -224,13 +217,14 @@ export class Engine {
     let tFirst = t0
     try {
       req.signal.throwIfAborted()
-      const r = await generate(head, session, req.promptIds, {
+      const r = await generate(model.head, session, req.promptIds, {
         maxTokens: req.maxTokens,
         ...req.sampling,
         eosTokenIds: eos,
         constraint: req.constraint,
         signal: req.signal,
-        onToken: async (id) => {
+        // each token comes with the row it was sampled from: its logprobs
+        onToken: async (id, row) => {
           const now = performance.now()
           metrics.tokenLatency.observe({ phase: ids.length === 0 ? 'prefill' : 'decode' }, (now - tPrev) / 1000)
           if (ids.length === 0) tFirst = now
@@ -238,8 +232,8 @@ export class Engine {
           metrics.generatedTokens.inc()
           ids.push(id)
           let token: TokenLogprob | undefined
-          if (req.logprobs != null && lastRow != null) {
-            const lp = logSoftmax(lastRow)
+          if (req.logprobs != null) {
+            const lp = logSoftmax(row)
             const top = topK(lp, req.logprobs).map(i => ({ id: i, text: tokenText(i), logprob: lp[i] }))
             token = { id, text: tokenText(id), logprob: lp[id], top }
             tokens.push(token)

@@ -1,4 +1,5 @@
 // One error type for every API; each dialect renders it in its own wire shape.
+import { PlexusError } from '@plexus/runtime'
 
 export type Dialect = 'openai' | 'anthropic' | 'ollama'
 
@@ -50,25 +51,33 @@ const ANTHROPIC_TYPES: Record<number, string> = {
   503: 'overloaded_error'
 }
 
-/** Any thrown value as an ApiError: ours as is, fastify's 4xx by status, anything else a 500. */
+/** Codes of ours that the APIs name their own way, with the request field at fault. */
+const API_CODES: Record<string, ApiErrorInit> = {
+  'trust-level': { param: 'X-Plexus-Trust', code: 'invalid_trust_level' },
+  // verification asked for where it cannot run: a local model, or no verifier for some blocks
+  'trust-unsupported': { param: 'X-Plexus-Trust', code: 'trust_mode_not_supported' },
+  'trust-unavailable': { param: 'X-Plexus-Trust', code: 'verification_unavailable' }
+}
+
+/** A PlexusError by its code and status: 503 is the swarm's condition (retryable), other 5xx our fault. */
+function fromPlexusError (err: PlexusError): ApiError {
+  const named = API_CODES[err.code]
+  if (named != null) return new ApiError(err.httpStatus, err.message, named)
+  if (err.httpStatus === 503) return new ApiError(503, `the swarm could not serve this request: ${err.message}`, { code: 'swarm_unavailable' })
+  if (err.httpStatus >= 500) return new ApiError(err.httpStatus, `internal error: ${err.message}`)
+  return new ApiError(err.httpStatus, err.message, { code: err.code })
+}
+
+/** Any thrown value as an ApiError: ours as is, a PlexusError by its code, fastify's 4xx by status, anything else a 500. */
 export function toApiError (err: unknown): ApiError {
   if (err instanceof ApiError) return err
+  if (err instanceof PlexusError) return fromPlexusError(err)
   const e = err as { statusCode?: number, message?: string, code?: string }
   if (typeof e?.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
     const message = e.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || e.code === 'FST_ERR_CTP_INVALID_JSON_BODY'
       ? 'the request body is not valid JSON'
       : String(e.message ?? 'bad request')
     return new ApiError(e.statusCode, message)
-  }
-  // Verification asked for where it cannot run (no verifier for some blocks, a local model).
-  if ((err as Error)?.name === 'TrustError') {
-    const status = (err as { httpStatus?: number }).httpStatus ?? 503
-    return new ApiError(status, String(e.message), { param: 'X-Plexus-Trust', code: status === 501 ? 'trust_mode_not_supported' : 'verification_unavailable' })
-  }
-  // The swarm could not run the request (no route, servers failing, a model's client parts not
-  // fetchable): retryable, not a gateway bug.
-  if (['NoRouteError', 'RemoteError', 'PeerFailure', 'SwarmUnreachableError', 'ModelFetchError'].includes((err as Error)?.name)) {
-    return new ApiError(503, `the swarm could not serve this request: ${String(e.message)}`, { code: 'swarm_unavailable' })
   }
   return new ApiError(500, `internal error: ${String(e?.message ?? err)}`)
 }

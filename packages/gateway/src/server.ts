@@ -1,6 +1,7 @@
 // The HTTP gateway: a catalog of models, three APIs (OpenAI, Anthropic, Ollama), MCP, Prometheus metrics.
 import { timingSafeEqual } from 'node:crypto'
 import { PLEXUS_VERSION } from '@plexus/runtime'
+import { componentLog } from '@plexus/p2p'
 import Fastify from 'fastify'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { ApiError, dialectOf, errorBody, toApiError } from './errors.ts'
@@ -22,6 +23,8 @@ import { registerDashboard, isDashboardUrl } from './dashboard-routes.ts'
 import type { DashboardHandler } from './dashboard-routes.ts'
 import { guardHttp, serverOptions } from './http-guard.ts'
 import type { HttpLimits } from './http-guard.ts'
+
+const log = componentLog('gateway', 'http')
 
 export { TRUST_HEADER }
 
@@ -134,7 +137,8 @@ export async function createGateway (opts: GatewayOptions): Promise<Gateway> {
 
   app.setErrorHandler((err, request, reply) => {
     const e = toApiError(err)
-    if (e.status >= 500) request.log.error(err)
+    // Fastify's own logger is off: a server-side failure goes to the plexus log, stack and all
+    if (e.status >= 500) log.error(err instanceof Error && err.stack != null ? err.stack : String(err), { error: err instanceof Error ? err.name : 'Error', status: e.status, url: request.url.split('?')[0] })
     void reply.status(e.status).send(isMcpUrl(request.url) ? rpcError(e.message) : errorBody(dialectOf(request.url), e))
   })
   app.setNotFoundHandler((request, reply) => {

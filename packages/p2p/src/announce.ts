@@ -79,10 +79,6 @@ export interface AnnounceRound {
   ms: number
 }
 
-// Which CIDs each node provides on behalf of how many Announcers, so stopping one of two
-// Announcers that share a CID (the models CID, overlapping spans) keeps the other's record.
-const holds = new WeakMap<PlexusNode, Map<string, number>>()
-
 /** Longest pause between rounds while some records reach no peer. */
 const MAX_RETRY_MS = 4000
 
@@ -144,12 +140,13 @@ export class Announcer {
     await running
     const cids = this.cids
     this.cids = []
-    const counts = holds.get(this.node)
+    // a CID another Announcer of this node still provides keeps its record (services.ts)
+    const counts = this.node.services.plexus.provided
     for (const cid of cids) {
       const key = cid.toString()
-      const n = (counts?.get(key) ?? 1) - 1
-      if (n > 0) { counts?.set(key, n); continue }
-      counts?.delete(key)
+      const n = (counts.get(key) ?? 1) - 1
+      if (n > 0) { counts.set(key, n); continue }
+      counts.delete(key)
       try {
         await this.node.services.dht.cancelReprovide(cid)
       } catch (err) {
@@ -162,8 +159,7 @@ export class Announcer {
     const cids = this.init.role === 'verifier' ? [await verifiersCid(this.init.modelId)] : [await modelsCid()]
     if (this.init.role !== 'verifier') for (let b = this.init.start; b < this.init.end; b++) cids.push(await blockCid(this.init.modelId, b))
     this.cids = cids
-    let counts = holds.get(this.node)
-    if (counts == null) holds.set(this.node, counts = new Map())
+    const counts = this.node.services.plexus.provided
     for (const cid of cids) counts.set(cid.toString(), (counts.get(cid.toString()) ?? 0) + 1)
   }
 

@@ -2,11 +2,12 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { existsSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
-import { dhtPeerCount, nodeResolver, nodeSwarmKey } from './node.ts'
+import { dhtPeerCount } from './node.ts'
 import { isDnsAddr, resolveAddr } from './dnsaddr.ts'
 import type { PlexusNode } from './node.ts'
 import type { PeerId } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
+import { PlexusError } from '@plexus/runtime'
 
 export const DEFAULT_BOOTSTRAP_TIMEOUT_MS = 5000
 
@@ -34,7 +35,7 @@ export function defaultBootstrapPeers (file = BOOTSTRAP_PEERS_FILE): string[] {
     text = readFileSync(file, 'utf8')
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
-    throw new Error(`cannot read ${file}: ${(err as Error).message}`)
+    throw new PlexusError('bootstrap-list', `cannot read ${file}: ${(err as Error).message}`)
   }
   const addrs = text.split('\n').map(l => l.replace(/#.*/, '').trim()).filter(l => l !== '')
   for (const a of addrs) parseBootstrapAddr(a)
@@ -46,7 +47,7 @@ export function bootstrapOrDefault (given: string[] | undefined, file = BOOTSTRA
   if (given != null && given.length > 0) return given
   const listed = defaultBootstrapPeers(file)
   if (listed.length > 0) return listed
-  throw new Error(`no bootstrap peers: pass --bootstrap MULTIADDR (or set PLEXUS_BOOTSTRAP), or list them in ${file}`)
+  throw new PlexusError('no-bootstrap-peers', `no bootstrap peers: pass --bootstrap MULTIADDR (or set PLEXUS_BOOTSTRAP), or list them in ${file}`, { httpStatus: 400 })
 }
 
 export interface BootstrapResult {
@@ -68,7 +69,7 @@ export interface DialBootstrapOptions {
  * silently drops such entries.
  */
 export function parseBootstrapAddr (s: string): BootstrapAddr {
-  const bad = (why: string): Error => new Error(`bad bootstrap address "${s}": ${why}`)
+  const bad = (why: string): Error => new PlexusError('bootstrap-address', `bad bootstrap address "${s}": ${why}`, { httpStatus: 400 })
   if (typeof s !== 'string' || s.trim() === '') throw bad('empty')
   let addr: Multiaddr
   try {
@@ -119,7 +120,7 @@ export async function dialBootstrap (node: PlexusNode, addrs: string[], opts: Di
       result.connected.push(s)
     } catch (err) {
       if (opts.signal?.aborted === true) return
-      const error = `cannot reach bootstrap peer ${s}: ${describeDialError(err, addr, deadline.aborted ? timeoutMs : undefined, { privateSwarm: nodeSwarmKey(node) != null })}`
+      const error = `cannot reach bootstrap peer ${s}: ${describeDialError(err, addr, deadline.aborted ? timeoutMs : undefined, { privateSwarm: node.services.plexus.network.swarmKey != null })}`
       log.error(error)
       result.failed.push({ addr: s, error })
     }
@@ -127,14 +128,14 @@ export async function dialBootstrap (node: PlexusNode, addrs: string[], opts: Di
   opts.signal?.throwIfAborted()
 
   if (targets.length > 0 && result.connected.length === 0) {
-    throw new Error(`could not connect to any bootstrap peer:\n  ${result.failed.map(f => f.error).join('\n  ')}`)
+    throw new PlexusError('swarm-unreachable', `could not connect to any bootstrap peer:\n  ${result.failed.map(f => f.error).join('\n  ')}`, { httpStatus: 503 })
   }
   return result
 }
 
 /** The addresses of each peer an entry names, DNS names resolved; this node left out. */
 async function peersOf (node: PlexusNode, addr: Multiaddr, signal: AbortSignal): Promise<Map<string, Multiaddr[]>> {
-  const resolved = isDnsAddr(addr) ? await resolveAddr(addr, nodeResolver(node), signal) : [addr]
+  const resolved = isDnsAddr(addr) ? await resolveAddr(addr, node.services.plexus.network.resolver, signal) : [addr]
   const peers = new Map<string, Multiaddr[]>()
   for (const a of resolved) {
     const id = a.getComponents().findLast(c => c.name === 'p2p')?.value

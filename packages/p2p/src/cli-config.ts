@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs'
 import { parse as parseYaml } from 'yaml'
 import { getValidator, schemaProblem } from './schemas.ts'
+import { PlexusError } from '@plexus/runtime'
 
 export interface CliConfigSpec {
   /** The schema of the tool's file, e.g. 'node-config'. */
@@ -31,8 +32,8 @@ export const ENV_FLAGS: Readonly<Record<string, string>> = {
 }
 
 /** A configuration file or variable that cannot be used; the message names it. */
-export class ConfigFileError extends Error {
-  constructor (message: string) { super(message); this.name = 'ConfigFileError' }
+export class ConfigFileError extends PlexusError {
+  constructor (message: string) { super('config-file', message, { httpStatus: 400 }); this.name = 'ConfigFileError' }
 }
 
 type FlagSchema = { type?: string, items?: unknown }

@@ -5,18 +5,11 @@ import { isPublicHost } from './reachability.ts'
 import { checkDnsServer, dnsaddrRecords } from './dnsaddr.ts'
 import { readSwarmKey, writeSwarmKey } from './swarm-key.ts'
 import type { SwarmKey, SwarmKeyMismatch } from './swarm-key.ts'
+import type { FlagValues, nodeNetworkFlags } from './cli-options.ts'
+import { UsageError } from '@plexus/runtime'
 
-export interface NetworkArgs {
-  listen?: string[]
-  announce?: string[]
-  swarmKey?: string
-  dnsResolver?: string
-  stun?: string[]
-  /** Relay for peers behind NAT (default: on for bootstrap peers). */
-  relay?: boolean
-  /** Reachable through a relay and WebRTC (default: when no address of ours is public). */
-  webrtc?: boolean
-}
+/** The network flags as parsed (cli-options.ts nodeNetworkFlags). */
+export type NetworkArgs = FlagValues<typeof nodeNetworkFlags>
 
 export interface NetworkOptions {
   listen: string[]
@@ -61,7 +54,7 @@ export function reportMismatches (tool: string, write: (line: string) => void = 
 export async function networkOptions (args: NetworkArgs, role: 'bootstrap' | 'join' = 'join', tool = 'plexus-node'): Promise<NetworkOptions> {
   const swarmKey = args.swarmKey != null ? await readSwarmKey(args.swarmKey) : undefined
   const dnsResolver = args.dnsResolver != null ? checkDnsServer(args.dnsResolver) : undefined
-  for (const s of args.stun ?? []) if (!/^stun:[^\s/]+$/.test(s)) throw new Error(`bad --stun ${s}: expected stun:HOST:PORT`)
+  for (const s of args.stun ?? []) if (!/^stun:[^\s/]+$/.test(s)) throw new UsageError(`bad --stun ${s}: expected stun:HOST:PORT`)
   const listen = args.listen ?? (await defaultListen()).listen
   const announce = args.announce != null && args.announce.length > 0 ? args.announce : undefined
   const appendAnnounce = role === 'bootstrap' && announce == null ? publicInterfaceAddrs(listen) : []
@@ -84,7 +77,7 @@ export async function networkOptions (args: NetworkArgs, role: 'bootstrap' | 'jo
 export function bootstrapRecords (name: string, addrs: string[]): { text: string, records: string[] } {
   const host = name.replace(/\.$/, '')
   if (!/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$/.test(host)) {
-    throw new Error(`bad --dnsaddr ${name}: expected a DNS name such as bootstrap.example.org`)
+    throw new UsageError(`bad --dnsaddr ${name}: expected a DNS name such as bootstrap.example.org`)
   }
   const records = dnsaddrRecords(host, addrs)
   const text = records.length > 0

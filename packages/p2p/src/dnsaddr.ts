@@ -5,15 +5,16 @@ import { Resolver } from 'node:dns/promises'
 import { isIP } from 'node:net'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Multiaddr } from '@multiformats/multiaddr'
+import { PlexusError } from '@plexus/runtime'
 
 /** Nested /dnsaddr records followed at most this deep, and addresses taken from one name at most. */
 const MAX_DNSADDR_DEPTH = 4
 const MAX_RESOLVED_ADDRS = 32
 
 /** A bootstrap name that does not resolve to a usable address; `code` says why. */
-export class DnsAddrError extends Error {
-  readonly code: string
-  constructor (message: string, code: string) { super(message); this.name = 'DnsAddrError'; this.code = code }
+export class DnsAddrError extends PlexusError {
+  // a bad resolver is a setting to fix; a name that does not resolve, a network condition
+  constructor (message: string, code: string) { super(code, message, { httpStatus: code === 'ERR_BAD_DNS_RESOLVER' ? 400 : 503 }); this.name = 'DnsAddrError' }
 }
 
 export interface DnsResolverOptions {

@@ -33,19 +33,17 @@ export interface ServeInfoOptions {
 const enc = new TextEncoder()
 const dec = new TextDecoder('utf-8', { fatal: true })
 
-// Every source registered on a node: one handler answers with the records of all of them, so
-// two servers sharing a node (two models, two spans) both show up.
-const sources = new WeakMap<PlexusNode, Set<InfoSource>>()
-
 /**
  * Answers info requests with the records `source` returns. Returns a function that removes
  * this source (and the protocol handler once no source is left).
  */
 export async function serveInfo (node: PlexusNode, source: InfoSource, opts: ServeInfoOptions = {}): Promise<() => Promise<void>> {
-  let set = sources.get(node)
+  // one handler answers with the records of every source the node holds (services.ts)
+  const services = node.services.plexus
+  let set = services.infoSources
   if (set == null) {
     set = new Set()
-    sources.set(node, set)
+    services.infoSources = set
     const all = set
     const timeoutMs = opts.timeoutMs ?? DEFAULT_INFO_TIMEOUT_MS
     const log = node.logger.forComponent('plexus:info')
@@ -59,7 +57,7 @@ export async function serveInfo (node: PlexusNode, source: InfoSource, opts: Ser
         }
       }, { runOnLimitedConnection: true, maxInboundStreams: 64 })
     } catch (err) {
-      sources.delete(node)
+      services.infoSources = undefined
       throw new Error(`cannot serve ${INFO_PROTOCOL}: ${(err as Error).message}`, { cause: err })
     }
   }
@@ -67,8 +65,8 @@ export async function serveInfo (node: PlexusNode, source: InfoSource, opts: Ser
   const mine = set
   return async () => {
     mine.delete(source)
-    if (mine.size === 0 && sources.get(node) === mine) {
-      sources.delete(node)
+    if (mine.size === 0 && services.infoSources === mine) {
+      services.infoSources = undefined
       await node.unhandle(INFO_PROTOCOL)
     }
   }

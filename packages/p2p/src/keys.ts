@@ -3,6 +3,12 @@ import { link, mkdir, readFile, unlink, writeFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { Ed25519PrivateKey } from '@libp2p/interface'
+import { PlexusError } from '@plexus/runtime'
+
+/** A key file that cannot be read, written or used; the message names it. */
+export class KeyFileError extends PlexusError {
+  constructor (message: string) { super('key-file', message); this.name = 'KeyFileError' }
+}
 
 /**
  * The node's identity: an Ed25519 key kept on disk as libp2p protobuf bytes (mode 0600).
@@ -22,9 +28,9 @@ export async function loadOrCreateKey (path: string): Promise<Ed25519PrivateKey>
   try {
     await link(tmp, path)
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new Error(`cannot save key file ${path}: ${(err as Error).message}`)
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new KeyFileError(`cannot save key file ${path}: ${(err as Error).message}`)
     const theirs = await readKeyFile(path)
-    if (theirs == null) throw new Error(`key file ${path} vanished while it was being created`)
+    if (theirs == null) throw new KeyFileError(`key file ${path} vanished while it was being created`)
     return theirs
   } finally {
     await unlink(tmp).catch(() => {})
@@ -38,14 +44,14 @@ async function readKeyFile (path: string): Promise<Ed25519PrivateKey | undefined
     bytes = await readFile(path)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-    throw new Error(`cannot read key file ${path}: ${(err as Error).message}`)
+    throw new KeyFileError(`cannot read key file ${path}: ${(err as Error).message}`)
   }
   let key
   try {
     key = privateKeyFromProtobuf(bytes)
   } catch (err) {
-    throw new Error(`key file ${path} is corrupt (not a libp2p protobuf private key: ${(err as Error).message}); move it away to create a new identity`)
+    throw new KeyFileError(`key file ${path} is corrupt (not a libp2p protobuf private key: ${(err as Error).message}); move it away to create a new identity`)
   }
-  if (key.type !== 'Ed25519') throw new Error(`key file ${path} holds a ${key.type} key; Plexus needs Ed25519`)
+  if (key.type !== 'Ed25519') throw new KeyFileError(`key file ${path} holds a ${key.type} key; Plexus needs Ed25519`)
   return key
 }

@@ -1,7 +1,7 @@
 // The command-line tools' own messages: a level (--log-level) and a format (--log-format), on
 // stderr so that what a command prints on stdout (JSON results, generated text) stays clean.
 // Library modules keep libp2p's component logger; `debug` switches its plexus namespaces on.
-import { enable } from '@libp2p/logger'
+import { enable, logger } from '@libp2p/logger'
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const
 export type LogLevel = typeof LOG_LEVELS[number]
@@ -35,6 +35,9 @@ const TAG: Record<LogLevel, string> = { error: '', warn: 'warning: ', info: '', 
 
 let settings: LogSettings = { level: 'info', format: 'text', prefix: '' }
 let writeLine: (line: string) => void = (line) => { process.stderr.write(line) }
+/** A tool configured logging, or a writer is set: library components write through the tool's log. */
+let configured = false
+let writerSet = false
 
 export function isLogLevel (s: unknown): s is LogLevel { return (LOG_LEVELS as readonly unknown[]).includes(s) }
 export function isLogFormat (s: unknown): s is LogFormat { return (LOG_FORMATS as readonly unknown[]).includes(s) }
@@ -44,6 +47,7 @@ export function logSettings (): Readonly<LogSettings> { return settings }
 /** Sets how every Log writes from now on; `debug` also turns on libp2p's `plexus:*` debug logs. */
 export function configureLogging (s: Partial<LogSettings>): void {
   settings = { ...settings, ...s }
+  configured = true
   if (settings.level === 'debug') enable([process.env.DEBUG, 'plexus:*'].filter(v => v != null && v !== '').join(','))
 }
 
@@ -68,6 +72,7 @@ export function configureLoggingFromArgv (argv: string[], prefix: string): void 
 /** Routes log lines elsewhere while set (the progress bars print them above themselves); undefined: stderr again. */
 export function setLogWriter (write: ((line: string) => void) | undefined): void {
   writeLine = write ?? ((line) => { process.stderr.write(line) })
+  writerSet = write != null
 }
 
 /** A log for `component` (e.g. "node", "client", "gateway"), following configureLogging. */
@@ -91,4 +96,24 @@ export function createLog (component: string): Log {
     jsonEvent: (name, msg, fields, level = 'info') => { write(level, msg, fields, name, true) },
     enabled
   }
+}
+
+/** What a library component logs: plain messages at a level. */
+export type ComponentLog = Pick<Log, 'error' | 'warn' | 'info' | 'debug'>
+
+/**
+ * One library component's log, e.g. componentLog('client', 'session'). In a tool (once it
+ * configured logging, or while a writer is set) its lines are the tool's log's, as `component`;
+ * elsewhere they go to libp2p's `plexus:<component>:<name>` debug logger, as the server's do,
+ * so a library stays quiet unless DEBUG asks.
+ */
+export function componentLog (component: string, name: string): ComponentLog {
+  const tool = createLog(component)
+  const debug = logger(`plexus:${component}:${name}`)
+  const at = (level: keyof ComponentLog) => (msg: string, fields?: Record<string, unknown>): void => {
+    if (configured || writerSet) tool[level](msg, fields)
+    else if (level === 'error') debug.error('%s', msg)
+    else debug('%s', msg)
+  }
+  return { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug') }
 }

@@ -1,4 +1,3 @@
-import type { Resolver } from 'node:dns/promises'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
@@ -10,16 +9,19 @@ import { tcp } from '@libp2p/tcp'
 import { webRTC } from '@libp2p/webrtc'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
-import { REPUTATION_NAMESPACE, reputationSelector, ReputationValidator, rememberOwnRecords } from './reputation.ts'
+import { REPUTATION_NAMESPACE, reputationSelector, ReputationValidator } from './reputation.ts'
 import { announceable, isLinkLocalAddr, isLoopbackAddr, onlyLoopback } from './addresses.ts'
 import { createResolver } from './dnsaddr.ts'
 import { swarmKeyProtector } from './swarm-key.ts'
+import { nodeServices } from './services.ts'
+import type { NodeServices } from './services.ts'
 import type { SwarmKey, SwarmKeyMismatch } from './swarm-key.ts'
 import type { Identify } from '@libp2p/identify'
 import type { ConnectionMonitorInit, Libp2pOptions } from 'libp2p'
 import type { ComponentLogger, Libp2p, PeerInfo, PrivateKey } from '@libp2p/interface'
 import type { KadDHT } from '@libp2p/kad-dht'
 import type { Ping } from '@libp2p/ping'
+import { UsageError } from '@plexus/runtime'
 
 /** Every Plexus protocol id starts with this, so Plexus peers never mix with public IPFS ones. */
 export const PROTOCOL_PREFIX = '/plexus'
@@ -44,19 +46,8 @@ export interface ProcessNetwork {
 let processNetwork: ProcessNetwork = {}
 export function setProcessNetwork (network: ProcessNetwork): void { processNetwork = { ...network } }
 
-const networks = new WeakMap<object, { resolver: Resolver, swarmKey?: SwarmKey }>()
-/** The DNS resolver a node's bootstrap names go through. */
-export function nodeResolver (node: PlexusNode): Resolver {
-  let n = networks.get(node)
-  if (n == null) { n = { resolver: createResolver() }; networks.set(node, n) }
-  return n.resolver
-}
-/** The private swarm a node belongs to, if any. */
-export function nodeSwarmKey (node: PlexusNode): SwarmKey | undefined {
-  return networks.get(node)?.swarmKey
-}
-
-export type PlexusServices = { identify: Identify, ping: Ping, dht: KadDHT }
+/** libp2p's services of a Plexus node, and `plexus`: what the node owns besides (services.ts). */
+export type PlexusServices = { identify: Identify, ping: Ping, dht: KadDHT, plexus: NodeServices }
 export type PlexusNode = Libp2p<PlexusServices>
 
 /** Defaults chosen so a provider record of a vanished server is gone within ~3.5 minutes. */
@@ -134,7 +125,7 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
   const listen = init.listen ?? ['/ip4/127.0.0.1/tcp/0']
   const announce = init.announce ?? []
   for (const a of [...listen, ...announce]) {
-    try { multiaddr(a) } catch (err) { throw new Error(`bad listen/announce address "${a}": ${(err as Error).message}`) }
+    try { multiaddr(a) } catch (err) { throw new UsageError(`bad listen/announce address "${a}": ${(err as Error).message}`) }
   }
   if (init.dhtMode !== 'server' && init.dhtMode !== 'client') throw new Error(`dhtMode must be 'server' or 'client', got ${JSON.stringify(init.dhtMode)}`)
   const validityMs = init.providerValidityMs ?? DEFAULT_PROVIDER_VALIDITY_MS
@@ -178,6 +169,7 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
     services: {
       identify: identify(),
       ping: ping(),
+      plexus: nodeServices({ network: { resolver, ...(swarmKey != null ? { swarmKey } : {}) }, reputation }),
       ...(init.relayServer === true ? { relay: circuitRelayServer(RELAY_LIMITS) } : {}),
       // confirms (or refutes) the public addresses peers observe for us before we announce them;
       // as a server it dials back others' addresses, a bounded number at a time
@@ -205,8 +197,6 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
       })
     }
   })
-  networks.set(node, { resolver, swarmKey })
-  rememberOwnRecords(node, reputation)
   return node as PlexusNode
 }
 

@@ -3,6 +3,7 @@ import type { KeyObject } from 'node:crypto'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { schemaProblem } from './schemas.ts'
 import type { PeerId, PrivateKey } from '@libp2p/interface'
+import { PlexusError } from '@plexus/runtime'
 
 /**
  * Signed records. On the wire (UTF-8 JSON):
@@ -31,10 +32,10 @@ export interface RecordPayload {
 export type RecordFault = 'oversized' | 'malformed' | 'kind' | 'signature' | 'peer' | 'expired' | 'future' | 'schema' | 'stale'
 
 /** A record that must not be trusted; `fault` says why, for code that reacts differently. */
-export class RecordError extends Error {
+export class RecordError extends PlexusError {
   readonly fault: RecordFault
   constructor (fault: RecordFault, message: string) {
-    super(message)
+    super('record', message)
     this.name = 'RecordError'
     this.fault = fault
   }

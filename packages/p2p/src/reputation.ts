@@ -159,12 +159,6 @@ export class ReputationValidator {
   }
 }
 
-// kad-dht stores a node's own PUT without running its validator: the node's validator must
-// still learn of it, or a replay of an older record would overwrite the node's own copy
-const validatorsOfNodes = new WeakMap<object, ReputationValidator>()
-/** Lets putReputation tell `node`'s validator of the records `node` itself stores. */
-export function rememberOwnRecords (node: object, validator: ReputationValidator): void { validatorsOfNodes.set(node, validator) }
-
 /**
  * kad-dht selector: index of the valid record with the highest seq (ties: the later issuedAt,
  * then the first). Invalid records are never chosen; if none is valid this throws.
@@ -208,8 +202,10 @@ export async function putReputation (node: PlexusNode, record: Uint8Array, opts:
   const r = verifyReputation(record)
   const key = reputationKey(r.subject, r.peer)
   const log = node.logger.forComponent('plexus:reputation')
-  // an older record than this node holds is refused here as every peer would refuse it
-  await validatorsOfNodes.get(node)?.validate(key, record)
+  // an older record than this node holds is refused here as every peer would refuse it; and
+  // kad-dht stores a node's own PUT without running its validator, which must still learn of
+  // it, or a replay of an older record would overwrite the node's own copy
+  await node.services.plexus.reputation.validate(key, record)
   const deadline = AbortSignal.timeout(opts.timeoutMs ?? DEFAULT_REPUTATION_PUT_TIMEOUT_MS)
   const signal = opts.signal != null ? AbortSignal.any([opts.signal, deadline]) : deadline
   const stored = new Set<string>()

@@ -4,6 +4,7 @@ import { createHash } from 'node:crypto'
 import { readFile, writeFile } from 'node:fs/promises'
 import { generateKey, preSharedKey } from '@libp2p/pnet'
 import type { ConnectionProtector, MessageStream } from '@libp2p/interface'
+import { PlexusError } from '@plexus/runtime'
 
 const KEY_FILE_BYTES = 95 // "/key/swarm/psk/1.0.0/\n/base16/\n" + 64 hex digits
 /** Every libp2p connection starts with multistream-select's header, so a peer that holds the
@@ -11,9 +12,8 @@ const KEY_FILE_BYTES = 95 // "/key/swarm/psk/1.0.0/\n/base16/\n" + 64 hex digits
 const FIRST_BYTES = new Uint8Array([0x13, ...new TextEncoder().encode('/multistream/1.0.0\n')])
 
 /** A swarm key file that cannot be used; `code` says why. */
-export class SwarmKeyError extends Error {
-  readonly code: string
-  constructor (message: string, code: string) { super(message); this.name = 'SwarmKeyError'; this.code = code }
+export class SwarmKeyError extends PlexusError {
+  constructor (message: string, code: string) { super(code, message, { httpStatus: 400 }); this.name = 'SwarmKeyError' }
 }
 
 /** A connection refused because the two sides hold different swarm keys (or one holds none). */

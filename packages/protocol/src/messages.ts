@@ -3,9 +3,8 @@ import { Ajv } from 'ajv'
 import type { ValidateFunction } from 'ajv'
 import { f32ToF16, f32ToBf16, toFloat32 } from '@plexus/runtime'
 import { SCHEMA_DIR } from '@plexus/p2p'
-
-export const SESSION_PROTOCOL = '/plexus/session/1.0.0'
-export const WIRE_VERSION = 1
+import { MAX_SESSION_HEADER_BYTES, SESSION_PREAMBLE_BYTES, WIRE_VERSION } from './protocols.ts'
+import type { ChannelCodec } from './channel-serve.ts'
 
 export type WireDType = 'f32' | 'f16' | 'bf16'
 const DTYPE_BYTES: Record<WireDType, number> = { f32: 4, f16: 2, bf16: 2 }
@@ -148,4 +147,37 @@ export function decodeMessage (frame: Uint8Array, limits: DecodeLimits = {}): Se
     }
   }
   return { ...h, data }
+}
+
+/** The session protocol on the channel (channel-serve.ts): its messages, its error frame, its codes. */
+export function sessionCodec (limits: DecodeLimits = {}): ChannelCodec<SessionMessage, ErrorCode> {
+  return {
+    decode: (frame) => decodeMessage(frame, limits),
+    encodeError: ({ code, message }) => encodeMessage({ type: 'error', code, message }),
+    isOwn: (e): e is ProtocolError => e instanceof ProtocolError,
+    channelCode: (e) => e.code === 'idle-timeout' ? 'bad-request' : 'bad-frame'
+  }
+}
+
+/**
+ * A channel `inspect` for session frames: reads a step's header before its tensor and refuses
+ * more tokens than one step may carry (too-long), so such a tensor is never buffered.
+ * Anything it cannot make sense of is left to decodeMessage.
+ */
+export function inspectStep (maxStepTokens: () => number): (declared: number, head: Uint8Array) => number {
+  return (declared, head) => {
+    const P = SESSION_PREAMBLE_BYTES
+    if (head.length < P) return P
+    if (head[0] !== WIRE_VERSION) return 0
+    const hl = new DataView(head.buffer, head.byteOffset, head.byteLength).getUint32(2)
+    if (hl > MAX_SESSION_HEADER_BYTES || P + hl > declared) return 0
+    if (head.length < P + hl) return P + hl
+    let h: any
+    try { h = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(head.subarray(P, P + hl))) } catch { return 0 }
+    const max = maxStepTokens()
+    if (h?.type === 'step' && Number.isSafeInteger(h.tokens) && h.tokens > max) {
+      throw new ProtocolError('too-long', `step of ${h.tokens as number} tokens exceeds the limit of ${max} tokens per step`)
+    }
+    return 0
+  }
 }

@@ -5,7 +5,6 @@ import { createBLAKE3 } from 'hash-wasm'
 import { tensorDigest, verifyCommitment } from './commitment.ts'
 import type { StepCommitment } from './commitment.ts'
 
-export const VERIFY_PROTOCOL = '/plexus/verify/1.0.0'
 export const FRAUD_REPORT_KIND = 'fraud-report'
 /** Reports are evidence for as long as the commitments inside them are. */
 export const FRAUD_REPORT_TTL_MS = 24 * 3600_000

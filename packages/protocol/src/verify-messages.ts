@@ -1,4 +1,5 @@
 import { schemaProblem } from '@plexus/p2p'
+import type { ChannelCodec } from './channel-serve.ts'
 
 export type VerifyErrorCode = 'bad-frame' | 'bad-request' | 'bad-commitment' | 'not-served' | 'unknown-server' | 'busy' | 'unknown-session' | 'internal'
 
@@ -95,3 +96,11 @@ export function decodeVerifyMessage (frame: Uint8Array): VerifyMessage {
 }
 
 function bytesOf (x: Float32Array): Uint8Array { return new Uint8Array(x.buffer, x.byteOffset, x.byteLength) }
+
+/** The verify protocol on the channel (channel-serve.ts). */
+export const verifyCodec: ChannelCodec<VerifyMessage, VerifyErrorCode> = {
+  decode: decodeVerifyMessage,
+  encodeError: ({ code, message }) => encodeVerifyMessage({ type: 'error', code, message }),
+  isOwn: (e): e is VerifyError => e instanceof VerifyError,
+  channelCode: (e) => e.code === 'idle-timeout' ? 'bad-request' : 'bad-frame'
+}

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core'
 import { acquireGpu } from './webgpu/device.ts'
+import { PlexusError } from './errors.ts'
 
 /**
  * `webgpu` = Plexus's own WGSL kernels on the GPU (any vendor, through Dawn); `tensorflow` =
@@ -9,8 +10,9 @@ import { acquireGpu } from './webgpu/device.ts'
 export type BackendName = 'webgpu' | 'tensorflow' | 'wasm' | 'cpu'
 export const BACKENDS: readonly BackendName[] = ['webgpu', 'tensorflow', 'wasm', 'cpu']
 
-export class BackendError extends Error {
-  constructor (message: string) { super(message); this.name = 'BackendError' }
+/** A compute backend that cannot run here (not installed, no device). */
+export class BackendError extends PlexusError {
+  constructor (message: string) { super('backend', message); this.name = 'BackendError' }
 }
 
 let active: BackendName | undefined

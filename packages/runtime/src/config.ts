@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { PlexusError } from './errors.ts'
 
 /** The shape of a decoder-only transformer, read from a Hugging Face `config.json`. */
 export interface ModelConfig {
@@ -31,8 +32,9 @@ export interface Llama3RopeScaling {
   originalMaxPositions: number
 }
 
-export class ConfigError extends Error {
-  constructor (message: string) { super(message); this.name = 'ConfigError' }
+/** A model's config.json that cannot be read or is not a model Plexus runs. */
+export class ConfigError extends PlexusError {
+  constructor (message: string) { super('model-config', message); this.name = 'ConfigError' }
 }
 
 const ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const

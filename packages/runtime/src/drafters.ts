@@ -6,6 +6,7 @@ import { ModelHead } from './head.ts'
 import { loadSpanRunners } from './local.ts'
 import type { SpanRunner, SpanSession } from './runner.ts'
 import type { TokenDistribution } from './sampling.ts'
+import { PlexusError } from './errors.ts'
 
 /** A draft token and, when drafting samples, the distribution it was drawn from. */
 export interface DraftChoice {
@@ -30,12 +31,11 @@ export interface Drafter {
   close (): Promise<void>
 }
 
-export class SpeculativeError extends Error {
-  readonly code: 'bad-speculate' | 'draft-vocabulary' | 'draft-blocks' | 'no-rollback' | 'verified-trust'
+export class SpeculativeError extends PlexusError {
+  declare readonly code: 'bad-speculate' | 'draft-vocabulary' | 'draft-blocks' | 'no-rollback' | 'verified-trust'
   constructor (code: SpeculativeError['code'], message: string) {
-    super(message)
+    super(code, message, { httpStatus: 400 })
     this.name = 'SpeculativeError'
-    this.code = code
   }
 }
 

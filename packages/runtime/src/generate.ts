@@ -2,7 +2,7 @@ import type { ModelHead } from './head.ts'
 import { Sampler } from './sampling.ts'
 import type { SamplingOptions } from './sampling.ts'
 import { generateSpeculative } from './speculative.ts'
-import { generationResult } from './generate-result.ts'
+import { generationResult, GeneratedTokens } from './generate-result.ts'
 import type { SpeculativeOptions, SpeculationStats } from './speculative.ts'
 
 /**
@@ -15,15 +15,16 @@ export interface SessionPipeline {
   /** Keeps only the first `length` positions (speculative decoding drops rejected drafts). */
   truncate? (length: number): Promise<void>
   /**
-   * Verification (optional), called after every step and once more, `final`, before generation
-   * ends: how many positions' outputs are confirmed (tokens sampled from them may be delivered),
-   * or that a check failed and the pipeline now holds only the first `rollbackTo` positions,
-   * all confirmed: generation resumes from there.
+   * For a pipeline whose outputs stay provisional until it has checked them: called after every
+   * step and once more, `final`, before generation ends. Says how many positions' outputs are
+   * confirmed (tokens sampled from them may be delivered), or that the pipeline went back to
+   * its first `rewoundTo` positions, all confirmed: generation resumes from there. Absent:
+   * every output is final as it comes.
    */
-  audit? (final: boolean): Promise<AuditResult>
+  confirm? (final: boolean): Promise<Confirmation>
 }
 
-export type AuditResult = { verified: number } | { rollbackTo: number }
+export type Confirmation = { confirmed: number } | { rewoundTo: number }
 
 /** Restricts which tokens may come next (a grammar, say): applied to every row sampled from. */
 export interface TokenConstraint {
@@ -31,7 +32,7 @@ export interface TokenConstraint {
   mask (logits: Float32Array): void | Promise<void>
   /** The token chosen. */
   accept (id: number): void
-  /** Back to the state after the first `count` accepted tokens (a verified session rolled back). */
+  /** Back to the state after the first `count` accepted tokens (the pipeline went back: `confirm`). */
   rewind (count: number): void
   /** Nothing more may follow: generation ends with finish reason stop. */
   done (): boolean
@@ -43,9 +44,13 @@ export interface GenerateOptions extends SamplingOptions {
   maxTokens: number
   /** Token ids that end generation (included in the output); empty = never stop early. */
   eosTokenIds?: number[]
-  /** Called with each new token id as soon as it is chosen. */
-  onToken?: (id: number) => void | Promise<void>
-  /** Keep each step's logits (for logprobs); off by default. */
+  /**
+   * Called with each new token id as soon as it is chosen (once confirmed, with a pipeline that
+   * confirms later), and the logits row it was sampled from, after the constraint's mask: the
+   * caller's logprobs. The row is shared with the result's `logits`: read it, do not change it.
+   */
+  onToken?: (id: number, logits: Float32Array) => void | Promise<void>
+  /** Keep each step's logits in the result; off by default. */
   keepLogits?: boolean
   /** Masks each row before sampling (structured output, forced tool calls). */
   constraint?: TokenConstraint
@@ -82,37 +87,26 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
   const sampler = new Sampler(opts)
   const eos = new Set(opts.eosTokenIds ?? [])
   const constraint = opts.constraint
-  const ended = (): boolean => out.length > 0 && (eos.has(out[out.length - 1]) || constraint?.done() === true)
-  const out: number[] = []
-  const logits: Float32Array[] = []
-  // With verification, a token is delivered once the output it was sampled from is confirmed:
-  // token i (at position P + i) needs positions [0, P + i) confirmed.
-  let delivered = 0
-  const deliver = async (upTo: number): Promise<void> => {
-    while (delivered < out.length && P + delivered <= upTo) {
-      const id = out[delivered++]
-      await opts.onToken?.(id)
-    }
-  }
+  const out = new GeneratedTokens(P, opts)
+  const ended = (): boolean => out.length > 0 && (eos.has(out.last!) || constraint?.done() === true)
   /** Positions the pipeline holds. */
   let held = 0
-  /** After a failed check: keep what the confirmed positions decided, resume after it. */
-  const rollback = (to: number): void => {
-    held = to
-    const keep = to >= P ? to - P + 1 : 0
-    out.length = Math.min(out.length, keep)
-    logits.length = Math.min(logits.length, keep)
-    sampler.rewind(out.length)
-    opts.constraint?.rewind(out.length)
-  }
-  /** Positions whose outputs are confirmed (all, without verification). */
-  let confirmed = pipeline.audit == null ? Infinity : 0
-  const audited = async (final: boolean): Promise<boolean> => {
-    if (pipeline.audit == null) return true
-    const r = await pipeline.audit(final)
-    if ('rollbackTo' in r) { rollback(r.rollbackTo); confirmed = r.rollbackTo; return false }
-    confirmed = r.verified
-    await deliver(confirmed)
+  /** Positions whose outputs are confirmed: all of them unless the pipeline confirms later. */
+  let confirmed = pipeline.confirm == null ? Infinity : 0
+  /** Hands over the tokens now confirmed; false when the pipeline went back (resume from there). */
+  const settle = async (final: boolean): Promise<boolean> => {
+    if (pipeline.confirm == null) return true
+    const c = await pipeline.confirm(final)
+    if ('rewoundTo' in c) {
+      held = confirmed = c.rewoundTo
+      // keep what the confirmed positions decided: the token sampled from the last one too
+      out.truncate(held >= P ? held - P + 1 : 0)
+      sampler.rewind(out.length)
+      constraint?.rewind(out.length)
+      return false
+    }
+    confirmed = c.confirmed
+    await out.deliver(confirmed)
     return true
   }
 
@@ -121,31 +115,29 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
   let t2 = 0
   for (;;) {
     opts.signal?.throwIfAborted()
-    const last = out[out.length - 1]
     const done = out.length > 0 ? out.length >= opts.maxTokens || ended() : opts.maxTokens === 0 && held === P
     if (done) {
-      if (!await audited(true)) continue
+      if (!await settle(true)) continue
       break
     }
-    // the prompt (or, after a rollback into it, the rest of it), else the last token
-    const tokens = out.length === 0 ? promptIds.slice(held) : [last]
+    // the prompt (or, after going back into it, the rest of it), else the last token
+    const tokens = out.length === 0 ? promptIds.slice(held) : [out.last!]
     const hidden = await pipeline.forward(head.embed(tokens), tokens.length)
     held += tokens.length
     if (t1 === 0) t1 = t2 = performance.now()
     else t2 = performance.now()
-    if (!await audited(false)) continue
+    if (!await settle(false)) continue
     if (opts.maxTokens === 0) continue
     const row = await head.logits(hidden, tokens.length)
     if (constraint != null) await constraint.mask(row)
-    if (opts.keepLogits === true) logits.push(row)
     const id = sampler.sample(row)
     constraint?.accept(id)
-    out.push(id)
-    // streamed as soon as the output it came from is confirmed (at once without verification)
-    await deliver(confirmed)
+    out.push(id, row)
+    // streamed as soon as the output it came from is confirmed (at once without checks)
+    await out.deliver(confirmed)
   }
-  await deliver(Infinity)
-  return generationResult(out, ended(), P, { t0, t1, t2 }, opts.keepLogits === true ? logits : undefined)
+  await out.deliver(Infinity)
+  return generationResult(out.ids, ended(), P, { t0, t1, t2 }, out.logits())
 }
 
 /** Consecutive tensors (a hop's steps, say) as one. */

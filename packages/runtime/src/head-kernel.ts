@@ -3,6 +3,7 @@ import { Worker } from 'node:worker_threads'
 import type { ModelConfig } from './config.ts'
 import { transposeInto, rmsNorm } from './block.ts'
 import type { BackendName } from './backend.ts'
+import { WorkerRpc, ownBuffer } from './worker-rpc.ts'
 
 /** The LM head's kernel: final norm, then `[rows, hidden] · [hidden, vocab]`. */
 export interface HeadKernel {
@@ -47,11 +48,10 @@ export function inThreadHeadKernel (w: HeadWeights): HeadKernel {
   }
 }
 
-export type HeadWorkerRequest = { id: number, x: Float32Array, rows: number }
-export type HeadWorkerReply =
-  | { id: number, ok: true, logits: Float32Array }
-  | { id: number, ok: false, message: string }
-  | { ready: true } | { ready: false, message: string }
+/** What the LM-head worker (head-worker.ts) answers. */
+export interface HeadWorkerApi {
+  logits (p: { x: Float32Array, rows: number }): Float32Array
+}
 
 /**
  * The LM head in a worker thread with its own backend. A client or gateway driving many sessions
@@ -60,46 +60,14 @@ export type HeadWorkerReply =
  */
 export async function workerHeadKernel (w: HeadWeights, backend?: BackendName): Promise<HeadKernel> {
   const worker = new Worker(new URL('./head-worker.ts', import.meta.url), { workerData: { weights: w, backend } })
-  const pending = new Map<number, { resolve: (l: Float32Array) => void, reject: (e: Error) => void }>()
-  let failure: Error | undefined
-  await new Promise<void>((resolve, reject) => {
-    worker.once('message', (m: HeadWorkerReply) => {
-      if ('ready' in m && m.ready) resolve()
-      else reject(new Error(`LM head worker: ${'message' in m ? m.message : 'did not start'}`))
-    })
-    worker.once('error', reject)
-    worker.once('exit', (code) => reject(new Error(`LM head worker exited with code ${code} while loading`)))
-  }).catch(async (err) => { await worker.terminate(); throw err })
-  const fail = (err: Error): void => {
-    failure ??= err
-    for (const p of pending.values()) p.reject(err)
-    pending.clear()
-  }
-  worker.on('message', (m: HeadWorkerReply) => {
-    if (!('id' in m)) return
-    const p = pending.get(m.id)
-    if (p == null) return
-    pending.delete(m.id)
-    if (m.ok) p.resolve(m.logits)
-    else p.reject(new Error(m.message))
-  })
-  worker.on('error', fail)
-  worker.on('exit', (code) => fail(new Error(`LM head worker exited with code ${code}`)))
   // An idle head must not keep a finished CLI alive; pending calls hold the process meanwhile.
-  worker.unref()
-  let nextId = 1
+  const rpc = await WorkerRpc.start<HeadWorkerApi>(worker, { label: 'LM head worker', unrefWhenIdle: true })
   return {
     logits: async (x, rows) => {
-      if (failure != null) throw failure
-      const id = nextId++
       // x's buffer moves to the worker when x is all of it (ModelHead builds one per call)
-      const own = x.byteOffset === 0 && x.byteLength === x.buffer.byteLength ? x : x.slice()
-      return await new Promise<Float32Array>((resolve, reject) => {
-        pending.set(id, { resolve, reject })
-        worker.ref()
-        worker.postMessage({ id, x: own, rows } satisfies HeadWorkerRequest, [own.buffer as ArrayBuffer])
-      }).finally(() => { if (pending.size === 0) worker.unref() })
+      const own = ownBuffer(x)
+      return await rpc.call('logits', { x: own, rows }, [own.buffer as ArrayBuffer])
     },
-    dispose: async () => { await worker.terminate() }
+    dispose: async () => { await rpc.terminate() }
   }
 }

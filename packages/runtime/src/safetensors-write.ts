@@ -1,9 +1,9 @@
 import { open } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
-import { endianness } from 'node:os'
 import { basename } from 'node:path'
 import { DTYPE_BYTES } from './safetensors.ts'
 import type { DType } from './safetensors.ts'
+import { f32ToBf16, f32ToF16 } from './dtype.ts'
 
 /**
  * A tensor to write. `data` may be a function so that a caller can produce one tensor at a
@@ -18,66 +18,6 @@ export interface TensorToWrite {
 
 /** Bytes converted and written per `write` call: bounds the extra memory for 16-bit output. */
 const CHUNK_ELEMS = 4 << 20
-
-if (endianness() !== 'LE') throw new Error('safetensors-write: big-endian hosts are not supported (safetensors is little-endian)')
-
-const f32 = new Float32Array(1)
-const u32 = new Uint32Array(f32.buffer)
-
-/** float32 → bfloat16 bits, rounding to nearest even; NaN stays NaN (quiet), ±inf stays ±inf. */
-export function f32ToBf16Bits (x: number): number {
-  f32[0] = x
-  return bitsToBf16(u32[0])
-}
-
-/** float32 → IEEE half bits, rounding to nearest even, with subnormals, ±inf and NaN. */
-export function f32ToF16Bits (x: number): number {
-  f32[0] = x
-  return bitsToF16(u32[0])
-}
-
-function bitsToBf16 (b: number): number {
-  if ((b & 0x7fffffff) > 0x7f800000) return ((b >>> 16) | 0x40) & 0xffff
-  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff
-}
-
-function bitsToF16 (b: number): number {
-  const sign = (b >>> 16) & 0x8000
-  const x = b & 0x7fffffff
-  if (x >= 0x7f800000) {
-    // Keep a NaN's top payload bits but force it quiet so it cannot turn into infinity.
-    return x === 0x7f800000 ? sign | 0x7c00 : sign | 0x7e00 | ((x >>> 13) & 0x3ff)
-  }
-  if (x >= 0x477ff000) return sign | 0x7c00 // ≥ 65520 rounds past the largest half (65504)
-  if (x >= 0x38800000) {
-    // Normal half: rebias the exponent (127 → 15) after rounding the dropped 13 bits.
-    return sign | (((x + 0xfff + ((x >>> 13) & 1)) >>> 13) - (112 << 10))
-  }
-  if (x < 0x33000000) return sign // ≤ 2^-25 (a tie with 0) rounds to zero
-  // Subnormal half: the value in units of 2^-24 is the 24-bit significand shifted right.
-  const e = x >>> 23
-  const m = (x & 0x7fffff) | 0x800000
-  const shift = 126 - e
-  let r = m >>> shift
-  const rem = m & ((1 << shift) - 1)
-  const half = 1 << (shift - 1)
-  if (rem > half || (rem === half && (r & 1) === 1)) r++
-  return sign | r
-}
-
-/** Converts a float32 array to bf16 bits. */
-export function f32ToBf16 (src: Float32Array, out = new Uint16Array(src.length)): Uint16Array {
-  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length)
-  for (let i = 0; i < bits.length; i++) out[i] = bitsToBf16(bits[i])
-  return out
-}
-
-/** Converts a float32 array to IEEE half bits. */
-export function f32ToF16 (src: Float32Array, out = new Uint16Array(src.length)): Uint16Array {
-  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length)
-  for (let i = 0; i < bits.length; i++) out[i] = bitsToF16(bits[i])
-  return out
-}
 
 /** The serialized header: 8-byte length then JSON padded with spaces to an 8-byte boundary, as HF does. */
 export function safetensorsHeader (tensors: { name: string, dtype: DType, shape: number[] }[], metadata?: Record<string, string>): Buffer {

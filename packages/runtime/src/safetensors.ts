@@ -1,6 +1,8 @@
 import { open, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { basename } from 'node:path'
+import { bf16ToF32, f16ToF32 } from './dtype.ts'
+import { PlexusError } from './errors.ts'
 
 /** Storage types Plexus reads; everything is widened to float32 at load (tfjs has no 16-bit floats). */
 export type DType = 'F32' | 'F16' | 'BF16'
@@ -15,8 +17,8 @@ export interface TensorEntry {
   end: number
 }
 
-export class CheckpointError extends Error {
-  constructor (message: string) { super(message); this.name = 'CheckpointError' }
+export class CheckpointError extends PlexusError {
+  constructor (message: string, code = 'checkpoint') { super(code, message); this.name = 'CheckpointError' }
 }
 
 /** Largest header we accept: real headers of 70B-class shards are well under this. */
@@ -119,35 +121,11 @@ function parseEntry (file: string, name: string, info: any, dataStart: number, s
   return { name, dtype, shape, begin, end }
 }
 
-let f16Table: Float32Array | undefined
-/** IEEE binary16 bits → float32, exact for every input (ggml's GGML_FP16_TO_FP32 too). */
-export function halfTable (): Float32Array {
-  if (f16Table != null) return f16Table
-  const t = new Float32Array(65536)
-  for (let h = 0; h < 65536; h++) {
-    const s = (h & 0x8000) !== 0 ? -1 : 1
-    const e = (h >> 10) & 0x1f
-    const m = h & 0x3ff
-    t[h] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m === 0 ? s * Infinity : NaN) : s * (1 + m / 1024) * 2 ** (e - 15)
-  }
-  f16Table = t
-  return t
-}
-
-/** Widens stored bytes to float32. */
+/** Widens stored bytes to float32 (F32: a view of them). */
 export function toFloat32 (bytes: Uint8Array, dtype: DType): Float32Array {
   if (dtype === 'F32') return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
   const src = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2)
-  const out = new Float32Array(src.length)
-  if (dtype === 'BF16') {
-    // bfloat16 is the top half of a float32.
-    const bits = new Uint32Array(out.buffer)
-    for (let i = 0; i < src.length; i++) bits[i] = src[i] << 16
-  } else {
-    const t = halfTable()
-    for (let i = 0; i < src.length; i++) out[i] = t[src[i]]
-  }
-  return out
+  return dtype === 'BF16' ? bf16ToF32(src) : f16ToF32(src)
 }
 
 export async function fileExists (path: string): Promise<boolean> {

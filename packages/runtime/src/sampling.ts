@@ -66,7 +66,7 @@ export class Sampler {
     this.random = seededRandom(this.seed)
   }
 
-  /** Back to the state after `samples` draws (a verified session rolled back). */
+  /** Back to the state after `samples` draws (the pipeline went back: `confirm`). */
   rewind (samples: number): void {
     this.random = seededRandom(this.seed)
     if (!this.greedy) for (let i = 0; i < samples; i++) this.random()

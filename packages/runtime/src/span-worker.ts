@@ -7,55 +7,54 @@ import { Span } from './span.ts'
 import { withQuantization } from './quant/quantized-source.ts'
 import type { QuantFormat } from './quant/quantized-source.ts'
 import type { KVCache } from './span.ts'
+import { serveCalls, transfer, ownBuffer } from './worker-rpc.ts'
 
 /** `path`: the model directory or .gguf file, reopened in the worker. */
 export interface SpanWorkerInit { path: string, quantize?: QuantFormat, start: number, end: number, backend?: string, blockDigests?: string[], kvCache?: 'f32' | 'f16' }
-export type SpanWorkerRequest =
-  | { id: number, op: 'open', session: number, maxLength: number, start?: number, end?: number }
-  | { id: number, op: 'forward', session: number, hidden: Float32Array, tokens: number, positions?: number[] }
-  | { id: number, op: 'truncate', session: number, length: number }
-  | { id: number, op: 'close', session: number }
-export type SpanWorkerReply =
-  | { id: number, ok: true, hidden?: Float32Array, length?: number, bytes?: number }
-  | { id: number, ok: false, name: string, message: string }
-  | { ready: true } | { ready: false, name: string, message: string }
-  /** While loading: block `loaded` is in (progress). */
-  | { loaded: number }
 
-const port = parentPort!
+/** A session's cache after a call: positions held and bytes used. */
+export interface CacheState { length: number, bytes: number }
+export interface StepParams { session: number, hidden: Float32Array, tokens: number, positions?: number[] }
+export type StepAnswer = CacheState & { hidden: Float32Array }
+
+/** What a span worker answers (WorkerSpanRunner calls it); while loading it reports each block loaded. */
+export interface SpanWorkerApi {
+  open (p: { session: number, maxLength: number, start?: number, end?: number }): void
+  forward (p: StepParams): StepAnswer
+  truncate (p: { session: number, length: number }): CacheState
+  close (p: { session: number }): void
+}
+
 const init = workerData as SpanWorkerInit
 const caches = new Map<number, KVCache>()
 
-async function main (): Promise<void> {
-  let span: Span
-  try {
-    await initBackend(init.backend as any)
-    const ckpt = withQuantization(await openModel(init.path), init.quantize)
-    span = await Span.load(ckpt, init.start, init.end, {
-      blockDigests: init.blockDigests,
-      kvCache: init.kvCache,
-      onBlockLoaded: (b) => { port.postMessage({ loaded: b } satisfies SpanWorkerReply) }
-    })
-    await ckpt.close()
-  } catch (err: any) {
-    port.postMessage({ ready: false, name: err.name, message: err.message } satisfies SpanWorkerReply)
-    return
+void serveCalls<SpanWorkerApi, number>(parentPort!, async (blockLoaded) => {
+  await initBackend(init.backend as any)
+  const ckpt = withQuantization(await openModel(init.path), init.quantize)
+  const span = await Span.load(ckpt, init.start, init.end, { blockDigests: init.blockDigests, kvCache: init.kvCache, onBlockLoaded: blockLoaded })
+  await ckpt.close()
+  return {
+    open: ({ session, maxLength, start, end }) => { caches.set(session, span.newCache(maxLength, start, end)) },
+    forward: async (req) => {
+      const r = await enqueueStep(span, req)
+      // transfer needs a buffer of its own, not a view into a larger one
+      const hidden = ownBuffer(r.hidden)
+      return transfer({ ...r, hidden }, [hidden.buffer as ArrayBuffer])
+    },
+    truncate: ({ session, length }) => {
+      const cache = cacheOf(session)
+      cache.truncate(length)
+      return stateOf(cache)
+    },
+    close: ({ session }) => {
+      caches.get(session)?.dispose()
+      caches.delete(session)
+      lastServed.delete(session)
+    }
   }
-  port.on('message', (req: SpanWorkerRequest) => {
-    const work = req.op === 'forward' ? enqueueStep(span, req) : handle(span, req)
-    void work.then(
-      (reply) => {
-        const transfer = reply.hidden != null ? [reply.hidden.buffer as ArrayBuffer] : []
-        port.postMessage(reply, transfer)
-      },
-      (err: any) => port.postMessage({ id: req.id, ok: false, name: err.name ?? 'Error', message: err.message } satisfies SpanWorkerReply))
-  })
-  port.postMessage({ ready: true } satisfies SpanWorkerReply)
-}
+})
 
-type Reply = { id: number, ok: true, hidden?: Float32Array, length?: number, bytes?: number }
-type ForwardRequest = Extract<SpanWorkerRequest, { op: 'forward' }>
-interface QueuedStep { req: ForwardRequest, resolve: (r: Reply) => void, reject: (e: Error) => void }
+interface QueuedStep { req: StepParams, resolve: (r: StepAnswer) => void, reject: (e: Error) => void }
 
 /** Most rows one batched call takes (a prefill of many tokens runs alone when it exceeds it). */
 const MAX_BATCH_ROWS = 256
@@ -67,7 +66,7 @@ let draining = false
  * call when the span is free again, and concurrent decoding reads the weights once per batch
  * instead of once per session.
  */
-function enqueueStep (span: Span, req: ForwardRequest): Promise<Reply> {
+function enqueueStep (span: Span, req: StepParams): Promise<StepAnswer> {
   return new Promise((resolve, reject) => {
     queue.push({ req, resolve, reject })
     if (gathered != null && awaited().length === 0) gathered()
@@ -149,13 +148,13 @@ async function runBatch (span: Span, batch: QueuedStep[]): Promise<void> {
   if (batch.length > 1) {
     try {
       const outs = await span.forwardBatch(batch.map(({ req }) => ({ hidden: req.hidden, tokens: req.tokens, cache: cacheOf(req.session), positions: req.positions })))
-      batch.forEach(({ req, resolve }, i) => { const c = cacheOf(req.session); resolve({ id: req.id, ok: true, hidden: outs[i], length: c.length, bytes: c.bytes() }) })
+      batch.forEach(({ req, resolve }, i) => { resolve({ hidden: outs[i], ...stateOf(cacheOf(req.session)) }) })
       return
     } catch {
       // one bad step must not fail the others: run them one by one, each with its own answer
     }
   }
-  for (const q of batch) await handle(span, q.req).then(q.resolve, q.reject)
+  for (const q of batch) await step(span, q.req).then(q.resolve, q.reject)
 }
 
 function cacheOf (session: number): KVCache {
@@ -164,29 +163,13 @@ function cacheOf (session: number): KVCache {
   return c
 }
 
-async function handle (span: Span, req: SpanWorkerRequest): Promise<{ id: number, ok: true, hidden?: Float32Array, length?: number, bytes?: number }> {
-  switch (req.op) {
-    case 'open':
-      caches.set(req.session, span.newCache(req.maxLength, req.start, req.end))
-      return { id: req.id, ok: true }
-    case 'forward': {
-      const cache = cacheOf(req.session)
-      let hidden = await span.forward(req.hidden, req.tokens, cache, req.positions)
-      // Transfer needs a buffer of its own, not a view into a larger one.
-      if (hidden.byteOffset !== 0 || hidden.byteLength !== hidden.buffer.byteLength) hidden = hidden.slice()
-      return { id: req.id, ok: true, hidden, length: cache.length, bytes: cache.bytes() }
-    }
-    case 'truncate': {
-      const cache = cacheOf(req.session)
-      cache.truncate(req.length)
-      return { id: req.id, ok: true, length: cache.length, bytes: cache.bytes() }
-    }
-    case 'close':
-      caches.get(req.session)?.dispose()
-      caches.delete(req.session)
-      lastServed.delete(req.session)
-      return { id: req.id, ok: true }
-  }
+function stateOf (cache: KVCache): CacheState {
+  return { length: cache.length, bytes: cache.bytes() }
 }
 
-void main()
+/** One session's step alone. */
+async function step (span: Span, req: StepParams): Promise<StepAnswer> {
+  const cache = cacheOf(req.session)
+  const hidden = await span.forward(req.hidden, req.tokens, cache, req.positions)
+  return { hidden, ...stateOf(cache) }
+}

@@ -10,9 +10,11 @@ import { activeBackend } from './backend.ts'
 import { activeGpu } from './webgpu/device.ts'
 import { GpuSpanEngine } from './webgpu/span-engine.ts'
 import type { GpuKVStore } from './webgpu/kv-store.ts'
+import { PlexusError } from './errors.ts'
 
-export class SpanError extends Error {
-  constructor (message: string) { super(message); this.name = 'SpanError' }
+/** A span asked for what it cannot do (positions past its cache, a cache of another backend). */
+export class SpanError extends PlexusError {
+  constructor (message: string) { super('span', message); this.name = 'SpanError' }
 }
 
 /**

@@ -3,7 +3,7 @@ import { Sampler, seededRandom, argmax, denseProbabilities } from './sampling.ts
 import type { TokenDistribution } from './sampling.ts'
 import type { SessionPipeline, GenerateOptions, GenerateResult } from './generate.ts'
 import { SpeculativeError } from './drafters.ts'
-import { generationResult } from './generate-result.ts'
+import { generationResult, GeneratedTokens } from './generate-result.ts'
 import type { Drafter, DraftChoice } from './drafters.ts'
 
 /** Most draft tokens one round may propose (the target's step then has k + 1 positions). */
@@ -60,10 +60,10 @@ type Rollbackable = SessionPipeline & { truncate: (length: number) => Promise<vo
 export async function generateSpeculative (head: ModelHead, pipeline: SessionPipeline, promptIds: number[], opts: GenerateOptions & { speculative: SpeculativeOptions }): Promise<SpeculativeResult> {
   const spec = opts.speculative
   if (!Number.isInteger(spec.k) || spec.k < 1 || spec.k > MAX_SPECULATE) throw new SpeculativeError('bad-speculate', `speculate must be an integer in 1..${MAX_SPECULATE} (got ${spec.k})`)
-  // a pipeline without checks confirms everything at once ({ verified: Infinity }); one with them
+  // a pipeline without checks confirms everything at once ({ confirmed: Infinity }); one with them
   // confirms nothing before its first step
-  const audit = await pipeline.audit?.(false)
-  if (audit != null && !('verified' in audit && audit.verified === Infinity)) throw new SpeculativeError('verified-trust', 'speculative decoding rolls the servers\' caches back past rejected drafts, which spot checks (--trust verified) cannot follow: use --trust fast, or leave out --speculate')
+  const c = await pipeline.confirm?.(false)
+  if (c != null && !('confirmed' in c && c.confirmed === Infinity)) throw new SpeculativeError('verified-trust', 'speculative decoding rolls the servers\' caches back past rejected drafts, which spot checks (--trust verified) cannot follow: use --trust fast, or leave out --speculate')
   if (pipeline.truncate == null) throw new SpeculativeError('no-rollback', 'this session cannot roll its caches back (no truncate): speculative decoding needs it')
   const target = pipeline as Rollbackable
   if (promptIds.length === 0) throw new RangeError('the prompt is empty: give at least one token')
@@ -79,16 +79,14 @@ export async function generateSpeculative (head: ModelHead, pipeline: SessionPip
   const acceptDraw = seededRandom(sampler.seed ^ 0x5bd1e995)
   const eos = new Set(opts.eosTokenIds ?? [])
   const constraint = opts.constraint
-  const out: number[] = []
-  const logits: Float32Array[] = []
-  const ended = (): boolean => out.length > 0 && (eos.has(out[out.length - 1]) || constraint?.done() === true)
+  const out = new GeneratedTokens(P, opts)
+  const ended = (): boolean => out.length > 0 && (eos.has(out.last!) || constraint?.done() === true)
   const stats: SpeculationStats = { drafter: spec.drafter.kind, rounds: 0, drafted: 0, accepted: 0, acceptanceRate: 0, targetSteps: 0, finalK: spec.k }
 
   const emit = async (id: number, row: Float32Array): Promise<void> => {
     constraint?.accept(id)
-    if (opts.keepLogits === true) logits.push(row)
-    out.push(id)
-    await opts.onToken?.(id)
+    out.push(id, row)
+    await out.deliver(Infinity)
   }
   /** The target's own token from a (masked) row: argmax, or the output index's draw. */
   const own = (row: Float32Array): number => greedy ? argmax(row) : sampler.pick(sampler.distribution(row), tokenDraws(out.length))
@@ -113,7 +111,7 @@ export async function generateSpeculative (head: ModelHead, pipeline: SessionPip
   let backoff = 2
   while (out.length < opts.maxTokens && !ended()) {
     opts.signal?.throwIfAborted()
-    const context = [...promptIds, ...out]
+    const context = [...promptIds, ...out.ids]
     const base = out.length
     // the bonus token comes on top of the drafts: never run past max tokens
     const kk = pause > 0 ? 0 : Math.min(k, opts.maxTokens - out.length - 1)
@@ -123,7 +121,7 @@ export async function generateSpeculative (head: ModelHead, pipeline: SessionPip
       : []
     const d = drafts.length
     for (const c of drafts) if (!Number.isInteger(c.id) || c.id < 0 || c.id >= V) throw new RangeError(`the drafter proposed token ${c.id}, outside the vocabulary (0..${V - 1})`)
-    const hidden = await target.forward(head.embed([out[out.length - 1], ...drafts.map(c => c.id)]), d + 1)
+    const hidden = await target.forward(head.embed([out.last!, ...drafts.map(c => c.id)]), d + 1)
     const rows = await head.logits(hidden, d + 1, d + 1)
     stats.targetSteps++
     let accepted = 0
@@ -159,7 +157,7 @@ export async function generateSpeculative (head: ModelHead, pipeline: SessionPip
   }
   stats.finalK = k
   stats.acceptanceRate = stats.drafted > 0 ? stats.accepted / stats.drafted : 0
-  return { ...generationResult(out, ended(), P, { t0, t1, t2 }, opts.keepLogits === true ? logits : undefined), speculation: stats }
+  return { ...generationResult(out.ids, ended(), P, { t0, t1, t2 }, out.logits()), speculation: stats }
 }
 
 /** A model draft drawn from the drafter's own sampling distribution with draw `u`. */

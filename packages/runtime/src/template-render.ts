@@ -3,17 +3,23 @@
 // budget and an output cap; a worker over budget is terminated (a fresh one takes the next).
 import { Worker } from 'node:worker_threads'
 import type { ChatMessage, ChatTemplateOptions } from './chat-template.ts'
+import { PlexusError } from './errors.ts'
+import { WorkerRpc } from './worker-rpc.ts'
 
 export type TemplateErrorCode = 'template-timeout' | 'template-too-large' | 'template-invalid'
 
 /** A chat template that did not render: over its time budget, its output or memory cap, or broken. */
-export class TemplateError extends Error {
-  readonly code: TemplateErrorCode
-  constructor (code: TemplateErrorCode, message: string) { super(message); this.name = 'TemplateError'; this.code = code }
+export class TemplateError extends PlexusError {
+  declare readonly code: TemplateErrorCode
+  constructor (code: TemplateErrorCode, message: string) { super(code, message, { httpStatus: 400 }); this.name = 'TemplateError' }
 }
 
-export interface TemplateRequest { id: number, config: object, messages: ChatMessage[], opts: ChatTemplateOptions, maxChars: number }
-export type TemplateReply = { id: number, ok: true, text: string } | { id: number, ok: false, code: TemplateErrorCode, message: string }
+export interface TemplateRequest { config: object, messages: ChatMessage[], opts: ChatTemplateOptions, maxChars: number }
+
+/** What the template worker (template-worker.ts) answers; it throws TemplateError. */
+export interface TemplateWorkerApi {
+  render (req: TemplateRequest): string
+}
 
 export interface RenderLimits {
   /** Wall-clock budget of one render, once it starts. Default 2 s. */
@@ -27,63 +33,55 @@ const DEFAULT_MAX_CHARS = 4 << 20
 // the worker's heap: a template building a huge string dies here, not in the process
 const WORKER_HEAP_MB = 256
 
-interface Job { req: TemplateRequest, timeoutMs: number, resolve: (s: string) => void, reject: (e: Error) => void, worker?: Worker }
+interface Job { req: TemplateRequest, timeoutMs: number, resolve: (s: string) => void, reject: (e: Error) => void }
 
-let worker: Worker | undefined
-let busy: Job | undefined
+let renderer: WorkerRpc<TemplateWorkerApi> | undefined
+let busy = false
 const queue: Job[] = []
-let nextId = 1
 
-function spawn (): Worker {
+function spawn (): WorkerRpc<TemplateWorkerApi> {
   const w = new Worker(new URL('./template-worker.ts', import.meta.url), { resourceLimits: { maxOldGenerationSizeMb: WORKER_HEAP_MB } })
-  // an idle worker keeps no process alive
-  w.unref()
-  w.on('message', (r: TemplateReply) => {
-    if (busy?.worker !== w || r.id !== busy.req.id) return
-    finish(r.ok ? undefined : new TemplateError(r.code, r.code === 'template-invalid' ? r.message : `chat template ${r.message}`), r.ok ? r.text : undefined)
+  // held only while a render is in flight: a caller awaiting it keeps the process up, an idle worker none
+  return new WorkerRpc<TemplateWorkerApi>(w, {
+    label: 'the template worker',
+    errors: { TemplateError: e => new TemplateError(e.code as TemplateErrorCode, e.message) },
+    unrefWhenIdle: true
   })
-  w.on('error', (err: Error & { code?: string }) => {
-    if (worker === w) worker = undefined
-    if (busy?.worker !== w) return
-    const oom = err.code === 'ERR_WORKER_OUT_OF_MEMORY'
-    finish(new TemplateError(oom ? 'template-too-large' : 'template-invalid', oom ? `chat template used more than ${WORKER_HEAP_MB} MiB while rendering` : `chat template renderer failed: ${err.message}`))
-  })
-  w.on('exit', () => {
-    if (worker === w) worker = undefined
-    // a terminated worker's job was settled already; another's is no longer its own
-    if (busy?.worker === w) finish(new TemplateError('template-invalid', 'chat template renderer exited'))
-  })
-  return w
 }
 
-let timer: ReturnType<typeof setTimeout> | undefined
-
-function finish (err?: Error, text?: string): void {
-  const job = busy
-  if (job == null) return
-  busy = undefined
-  clearTimeout(timer)
-  worker?.unref()
-  if (err != null) job.reject(err)
-  else job.resolve(text!)
-  pump()
+/** Whatever stopped a render, as the TemplateError its caller gets. */
+function templateError (err: Error & { code?: string }): TemplateError {
+  if (err instanceof TemplateError) return err
+  if (err.code === 'ERR_WORKER_OUT_OF_MEMORY') return new TemplateError('template-too-large', `chat template used more than ${WORKER_HEAP_MB} MiB while rendering`)
+  return new TemplateError('template-invalid', `chat template renderer failed: ${err.message}`)
 }
 
-function pump (): void {
-  if (busy != null) return
-  const job = queue.shift()
-  if (job == null) return
-  busy = job
-  worker ??= spawn()
-  // held while a render is in flight: a caller awaiting it keeps the process up
-  worker.ref()
-  const w = job.worker = worker
-  timer = setTimeout(() => {
-    worker = undefined
-    finish(new TemplateError('template-timeout', `chat template did not render within ${job.timeoutMs} ms`))
-    void w.terminate()
-  }, job.timeoutMs)
-  w.postMessage(job.req)
+/** One job on the current worker; a worker over budget or dead is dropped (the next job spawns one). */
+async function render (job: Job): Promise<void> {
+  const r = renderer ??= spawn()
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const overBudget = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => { reject(new TemplateError('template-timeout', `chat template did not render within ${job.timeoutMs} ms`)) }, job.timeoutMs)
+  })
+  try {
+    job.resolve(await Promise.race([r.call('render', job.req), overBudget]))
+  } catch (err) {
+    const e = templateError(err as Error)
+    if (e.code === 'template-timeout' || r.failure != null) {
+      if (renderer === r) renderer = undefined
+      void r.terminate()
+    }
+    job.reject(e)
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+async function pump (): Promise<void> {
+  if (busy) return
+  busy = true
+  for (let job = queue.shift(); job != null; job = queue.shift()) await render(job)
+  busy = false
 }
 
 /**
@@ -91,9 +89,9 @@ function pump (): void {
  * template-timeout, template-too-large or template-invalid); the process keeps serving.
  */
 export async function renderChatTemplate (tokenizerConfig: object, messages: ChatMessage[], opts: ChatTemplateOptions = {}, limits: RenderLimits = {}): Promise<string> {
-  const req: TemplateRequest = { id: nextId++, config: tokenizerConfig, messages, opts, maxChars: limits.maxChars ?? DEFAULT_MAX_CHARS }
+  const req: TemplateRequest = { config: tokenizerConfig, messages, opts, maxChars: limits.maxChars ?? DEFAULT_MAX_CHARS }
   return await new Promise<string>((resolve, reject) => {
     queue.push({ req, timeoutMs: limits.timeoutMs ?? DEFAULT_TIMEOUT_MS, resolve, reject })
-    pump()
+    void pump()
   })
 }

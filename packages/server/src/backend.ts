@@ -101,7 +101,8 @@ export class BlockBackend {
   private readonly maxLifetimeMs: number
   private readonly maxSessionsPerPeer: number
   private readonly peerCacheBudget: number
-  private readonly maxStepTokens: number
+  /** Most tokens one step may carry (the session protocol sizes its frames by it). */
+  readonly maxStepTokens: number
   private readonly maxChunkTokens: number
   private readonly faults?: FaultInjection
   private reserved = 0

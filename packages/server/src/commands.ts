@@ -1,67 +1,20 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
-import { bootstrapOrDefault, bootstrapRecords, createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey, networkOptions, runSwarmKey, configureLogging, createLog, progressReporter, progressStyle, reachability } from '@plexus/p2p'
-import type { PlexusNode, Log, LogLevel, LogFormat, NetworkArgs } from '@plexus/p2p'
+import { bootstrapOrDefault, bootstrapRecords, createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey, networkOptions, runSwarmKey, configureLogging, createLog, progressReporter, progressStyle, reachability, quantizeFormat } from '@plexus/p2p'
+import type { PlexusNode, Log } from '@plexus/p2p'
 import { freemem } from 'node:os'
-import { initBackend, openModel, loadManifest, shortId, withQuantization, PLEXUS_VERSION } from '@plexus/runtime'
-import type { BackendName, QuantFormat } from '@plexus/runtime'
+import { initBackend, openModel, loadManifest, shortId, withQuantization, PLEXUS_VERSION, UsageError } from '@plexus/runtime'
 import { SwarmMember } from './swarm-member.ts'
 import { describeThroughput } from './throughput.ts'
 import { VerifierNode } from './verifier-node.ts'
 import type { FaultInjection } from './backend.ts'
 import { NodeMetrics } from './metrics.ts'
 import type { NodeHealth } from './metrics.ts'
-import { nodeBackends } from './server.ts'
 import { readyLine } from './ready-line.ts'
 import { startNodeDashboard } from './node-dashboard.ts'
+import type { NodeArgs, BootstrapArgs, JoinArgs } from './cli-options.ts'
 
-/** Network flags (listen: every interface on port 31337 by default), then the node's own. */
-interface CommonArgs extends NetworkArgs {
-  key?: string
-  json: boolean
-  logLevel?: LogLevel
-  logFormat?: LogFormat
-}
-export interface BootstrapArgs extends CommonArgs {
-  dashboardPort?: number
-  dashboardHost?: string
-  /** Print the TXT records that make /dnsaddr/NAME find this peer. */
-  dnsaddr?: string
-}
-export interface JoinArgs extends CommonArgs {
-  /** Default: bootstrap/peers.txt. */
-  bootstrap?: string[]
-  model: string
-  /** Quantize the blocks' linear weights at load (a model id of its own). */
-  quantize?: QuantFormat
-  blocks?: string
-  backend: BackendName | 'auto'
-  maxSessions: number
-  maxSessionsPerPeer: number
-  maxKvSharePerPeer: number
-  maxStepTokens: number
-  maxChunkTokens: number
-  /** Seconds. */
-  sessionIdleTimeout: number
-  /** Seconds. */
-  maxSessionLifetime: number
-  cacheMb: number
-  kvCache: 'f32' | 'f16'
-  offerHead?: boolean
-  memory?: number
-  rebalanceInterval: number
-  balanceFactor: number
-  remeasure?: boolean
-  metricsPort?: number
-  metricsHost: string
-  dashboardPort?: number
-  dashboardHost: string
-  faultPerturb?: string
-  faultSkip?: number
-  verify?: boolean
-  tolerance?: number
-  maxRechecks?: number
-}
+export type { BootstrapArgs, JoinArgs } from './cli-options.ts'
 
 /** `--fault-perturb P,SCALE` / `--fault-skip P` → the backend's fault injection (testing only). */
 export function parseFaults (args: Pick<JoinArgs, 'faultPerturb' | 'faultSkip'>): FaultInjection | undefined {
@@ -78,10 +31,6 @@ export function parseFaults (args: Pick<JoinArgs, 'faultPerturb' | 'faultSkip'>)
   return faults.perturb != null || faults.skip != null ? faults : undefined
 }
 
-export class UsageError extends Error {
-  constructor (message: string) { super(message); this.name = 'UsageError' }
-}
-
 /** `--json`: one JSON object per event on stdout (what tests and tools parse); else the log's line. */
 function emitter (json: boolean, log: Log) {
   return (event: string, human: string, data: Record<string, unknown> = {}): void => {
@@ -91,7 +40,7 @@ function emitter (json: boolean, log: Log) {
 }
 
 /** The node's log, as --log-level and --log-format say. */
-function nodeLog (args: CommonArgs): Log {
+function nodeLog (args: NodeArgs): Log {
   configureLogging({ prefix: 'plexus-node: ', ...(args.logLevel != null ? { level: args.logLevel } : {}), ...(args.logFormat != null ? { format: args.logFormat } : {}) })
   return createLog('node')
 }
@@ -147,7 +96,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
   const onProgress = progressReporter({ log, style: progressStyle({ json: args.json }) })
   const bootstrap = bootstrapOrDefault(args.bootstrap)
   const backendName = await initBackend(args.backend, { note: (m) => { log.info(m) } })
-  const ckpt = withQuantization(await openModel(args.model), args.quantize)
+  const ckpt = withQuantization(await openModel(args.model), quantizeFormat(args.quantize))
   const cfg = ckpt.config
   const blocks = parseBlocks(args.blocks, cfg.numLayers)
   const manifest = await loadManifest(ckpt, { onProgress })
@@ -174,7 +123,9 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     })
     return
   }
-  const metrics = new NodeMetrics({ backends: () => nodeBackends(node) })
+  // the node's counters: its servers count into them, its dashboard reads them (node-services.ts)
+  const metrics = new NodeMetrics({ backends: () => node.services.plexus.sessions })
+  node.services.plexus.metrics = metrics
   let member: SwarmMember | undefined
   const health = async (): Promise<NodeHealth> => {
     const base = { version: PLEXUS_VERSION, peerId: node.peerId.toString(), peers: node.getConnections().length }
@@ -182,12 +133,11 @@ export async function runJoin (args: JoinArgs): Promise<void> {
   }
   const metricsServer = args.metricsPort != null ? await metrics.listen(args.metricsPort, args.metricsHost, { health }) : undefined
   const dashboard = args.dashboardPort != null
-    ? await startNodeDashboard({ node, metrics, member: () => member, modelName: manifest.name, port: args.dashboardPort, host: args.dashboardHost })
+    ? await startNodeDashboard({ node, member: () => member, modelName: manifest.name, port: args.dashboardPort, host: args.dashboardHost })
     : undefined
   const faults = parseFaults(args)
   if (faults != null) log.warn('fault injection is on: this node deliberately returns wrong activations (testing only)')
   member = new SwarmMember({ node, privateKey, checkpoint: ckpt, manifest }, {
-    metrics,
     faults,
     backend: backendName,
     blocks,

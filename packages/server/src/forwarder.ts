@@ -1,8 +1,7 @@
-import { lpStream } from '@libp2p/utils'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Stream } from '@libp2p/interface'
-import { SESSION_PROTOCOL, ProtocolError, decodeMessage, encodeMessage } from '@plexus/protocol'
+import { PROTOCOLS, SESSION_PROTOCOL, Channel, ProtocolError, decodeMessage, encodeMessage } from '@plexus/protocol'
 import type { NextHop, StepMessage } from '@plexus/protocol'
 
 /** What a server needs to reach the next hop of a forwarded route (the libp2p node). */
@@ -19,14 +18,12 @@ export interface ForwardDialer {
  */
 export class Forwarder {
   readonly next: NextHop
-  private readonly stream: Stream
-  private readonly io: ReturnType<typeof lpStream>
+  private readonly channel: Channel
   private dead?: string
 
   private constructor (next: NextHop, stream: Stream, maxFrameBytes: number) {
     this.next = next
-    this.stream = stream
-    this.io = lpStream(stream, { maxDataLength: maxFrameBytes, maxBufferSize: maxFrameBytes + 16 })
+    this.channel = new Channel(stream, { ...PROTOCOLS.session.client, maxFrameBytes })
   }
 
   /** Dials the next hop and attaches to the client's session there (refused unless the client named us as its `prev`). */
@@ -40,8 +37,7 @@ export class Forwarder {
     }
     const f = new Forwarder(next, stream, opts.maxFrameBytes)
     try {
-      await f.io.write(encodeMessage({ type: 'attach', sessionId: next.sessionId }), { signal: opts.signal })
-      const reply = decodeMessage((await f.io.read({ signal: opts.signal })).subarray())
+      const reply = decodeMessage(await f.channel.request(encodeMessage({ type: 'attach', sessionId: next.sessionId }), opts.signal))
       if (reply.type === 'error') fail(`refused the attach: ${reply.code}: ${reply.message}`)
       if (reply.type !== 'attached' || reply.sessionId !== next.sessionId) fail(`answered ${reply.type} to an attach`)
     } catch (err: any) {
@@ -56,20 +52,21 @@ export class Forwarder {
   /** Reads what the next hop says on this stream (only an error before it closes it). */
   private async watch (): Promise<void> {
     try {
-      const frame = await this.io.read()
-      const msg = decodeMessage(frame.subarray())
+      const frame = await this.channel.read()
+      if (frame == null) throw new Error('the next hop closed it')
+      const msg = decodeMessage(frame)
       this.dead = msg.type === 'error' ? `${msg.code}: ${msg.message}` : `sent ${msg.type} on a forward stream`
     } catch (err: any) {
       this.dead ??= `stream ended: ${err.message}`
     }
-    this.stream.abort(new Error(this.dead))
+    if (this.dead !== 'closed') this.channel.abort(new Error(this.dead))
   }
 
   /** Pushes a step (the span's output) to the next hop's session: one frame, one write. */
   async push (step: Omit<StepMessage, 'type' | 'sessionId' | 'computeMs' | 'commitment'>): Promise<void> {
     if (this.dead != null) throw new ProtocolError('next-hop', `next hop ${this.next.peer}: ${this.dead}`)
     try {
-      await this.io.write(encodeMessage({ ...step, type: 'step', sessionId: this.next.sessionId }), { signal: AbortSignal.timeout(30_000) })
+      await this.channel.write(encodeMessage({ ...step, type: 'step', sessionId: this.next.sessionId }))
     } catch (err: any) {
       this.dead = err.message
       throw new ProtocolError('next-hop', `next hop ${this.next.peer}: cannot push a step: ${err.message}`)
@@ -78,7 +75,7 @@ export class Forwarder {
 
   async close (): Promise<void> {
     this.dead ??= 'closed'
-    try { await this.stream.close({ signal: AbortSignal.timeout(2000) }) } catch { this.stream.abort(new Error('forward stream closed')) }
+    await this.channel.close()
   }
 }
 

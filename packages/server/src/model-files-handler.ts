@@ -1,10 +1,11 @@
 import { open, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
-import { lpStream } from '@libp2p/utils'
-import { PROTOCOL_PREFIX, schemaProblem } from '@plexus/p2p'
+import { schemaProblem } from '@plexus/p2p'
+import { MODEL_FILES_PROTOCOL, PROTOCOLS, jsonErrorFrame, serveChannel } from '@plexus/protocol'
+import type { ChannelCodec } from '@plexus/protocol'
 import type { PlexusNode } from '@plexus/p2p'
-import { CLIENT_FILES, headTensorShapes, MANIFEST_FILE } from '@plexus/runtime'
+import { CheckpointError, CLIENT_FILES, headTensorShapes, MANIFEST_FILE } from '@plexus/runtime'
 import type { Checkpoint, ModelManifest } from '@plexus/runtime'
 import type { Connection, Logger, Stream } from '@libp2p/interface'
 
@@ -25,12 +26,12 @@ import type { Connection, Logger, Stream } from '@libp2p/interface'
  * are ever served; names are never joined from the request, so nothing else can be reached.
  * The client verifies everything against the model id (a peer's word is not trusted).
  */
-export const MODEL_FILES_PROTOCOL = `${PROTOCOL_PREFIX}/model/1.0.0`
+export { MODEL_FILES_PROTOCOL }
 export const MODEL_FILE_REQUEST_SCHEMA = 'model-file-request'
 /** Side files served from the model directory (the manifest comes from memory). */
 export const MODEL_FILE_NAMES: readonly string[] = ['config.json', ...CLIENT_FILES, MANIFEST_FILE]
 export const MAX_MODEL_CHUNK_BYTES = 4 << 20
-export const MAX_MODEL_REQUEST_BYTES = 4096
+export const MAX_MODEL_REQUEST_BYTES = PROTOCOLS.model.server.maxFrameBytes
 /** Larger side files are not offered (real tokenizer.json files are ≤ ~35 MB). */
 export const MAX_MODEL_SIDE_FILE_BYTES = 64 << 20
 
@@ -52,14 +53,18 @@ export interface ModelFilesInit {
 }
 
 interface Served { checkpoint: Checkpoint, manifest: ModelManifest, manifestBytes: Uint8Array }
-interface NodeState { models: Map<string, Served[]>, active: number, log: Logger }
+/** A node's model files service (`node.services.plexus.modelFiles`): what it serves, transfers in progress. */
+export interface ModelFilesState { models: Map<string, Served[]>, active: number, log: Logger }
 
-class RequestError extends Error {}
+type ModelFilesErrorCode = 'bad-request' | 'not-served' | 'busy'
+/** A refused request: the client is told why, then the stream closes. */
+class RequestError extends Error {
+  readonly code: ModelFilesErrorCode
+  constructor (message: string, code: ModelFilesErrorCode = 'bad-request') { super(message); this.name = 'RequestError'; this.code = code }
+}
 
 const enc = new TextEncoder()
 const dec = new TextDecoder('utf-8', { fatal: true })
-// One handler per node serves every registered model (two servers may share a node).
-const states = new WeakMap<PlexusNode, NodeState>()
 
 /**
  * Serves the client's parts of `manifest`'s model from `checkpoint`. Throws (serving nothing)
@@ -74,18 +79,20 @@ export async function serveModelFiles (components: ModelFilesComponents, init: M
     try {
       await checkpoint.entry(name, shape)
     } catch (err) {
-      throw new Error(`cannot offer the client parts of ${manifest.name}: ${(err as Error).message}`)
+      throw new CheckpointError(`cannot offer the client parts of ${manifest.name}: ${(err as Error).message}`)
     }
   }
   const served: Served = { checkpoint, manifest, manifestBytes: enc.encode(JSON.stringify(manifest, null, 2) + '\n') }
-  let state = states.get(node)
+  // one handler per node serves every registered model (two servers may share a node)
+  const services = node.services.plexus
+  let state = services.modelFiles
   if (state == null) {
-    const s: NodeState = { models: new Map(), active: 0, log: node.logger.forComponent('plexus:model-files') }
-    states.set(node, state = s)
+    const s: ModelFilesState = { models: new Map(), active: 0, log: node.logger.forComponent('plexus:model-files') }
+    services.modelFiles = state = s
     const opts = {
       maxTransfers: init.maxTransfers ?? 16,
-      idleMs: init.idleTimeoutMs ?? 30_000,
-      writeMs: init.writeTimeoutMs ?? 60_000
+      idleMs: init.idleTimeoutMs ?? PROTOCOLS.model.server.idleMs,
+      writeMs: init.writeTimeoutMs ?? PROTOCOLS.model.server.writeMs
     }
     await node.handle(MODEL_FILES_PROTOCOL, async (stream: Stream, connection: Connection) => {
       await handleStream(s, opts, stream, connection)
@@ -100,51 +107,37 @@ export async function serveModelFiles (components: ModelFilesComponents, init: M
     const i = l.indexOf(served)
     if (i >= 0) l.splice(i, 1)
     if (l.length === 0) mine.models.delete(manifest.id)
-    if (mine.models.size === 0 && states.get(node) === mine) {
-      states.delete(node)
+    if (mine.models.size === 0 && services.modelFiles === mine) {
+      services.modelFiles = undefined
       await node.unhandle(MODEL_FILES_PROTOCOL)
     }
   }
 }
 
-async function handleStream (state: NodeState, opts: { maxTransfers: number, idleMs: number, writeMs: number }, stream: Stream, connection: Connection): Promise<void> {
-  const { log } = state
-  const peer = connection.remotePeer
-  const io = lpStream(stream, { maxDataLength: MAX_MODEL_REQUEST_BYTES, maxBufferSize: 64 * 1024 })
-  const send = async (...frames: Uint8Array[]): Promise<void> => { await io.writeV(frames, { signal: AbortSignal.timeout(opts.writeMs) }) }
+/** The model files protocol on the channel: JSON requests, `{"error", "code"}` refusals. */
+const codec: ChannelCodec<Request, ModelFilesErrorCode> = {
+  decode: (frame) => parseRequest(frame),
+  encodeError: jsonErrorFrame,
+  isOwn: (e): e is RequestError => e instanceof RequestError,
+  channelCode: () => 'bad-request'
+}
+
+async function handleStream (state: ModelFilesState, opts: { maxTransfers: number, idleMs: number, writeMs: number }, stream: Stream, connection: Connection): Promise<void> {
   const handles = new Map<string, Promise<FileHandle>>()
-  let sentBytes = 0
   state.active++
   try {
-    if (state.active > opts.maxTransfers) throw new RequestError(`busy: ${opts.maxTransfers} transfers in progress, try another peer`)
-    while (true) {
-      let frame: Uint8Array
-      try {
-        frame = (await io.read({ signal: AbortSignal.timeout(opts.idleMs) })).subarray()
-      } catch (err: any) {
-        if (err.name === 'InvalidDataLengthError' || err.name === 'InvalidDataLengthLengthError') throw new RequestError(`request over ${MAX_MODEL_REQUEST_BYTES} bytes`)
-        if (err.name === 'TimeoutError') throw new RequestError(`no request for ${opts.idleMs / 1000} s: closing the stream`)
-        // the client is done (EOF) or gone: nothing to answer
-        log('model-files stream from %p ended after %d bytes: %s', peer, sentBytes, err.message)
-        await stream.close().catch(e => { stream.abort(e) })
-        return
-      }
-      const frames = await answer(state, parseRequest(frame), handles)
-      sentBytes += frames[1]?.byteLength ?? 0
-      await send(...frames)
-    }
-  } catch (err) {
-    const why = err instanceof RequestError ? err.message : `cannot serve: ${(err as Error).message}`
-    log('model-files request from %p refused: %s', peer, why)
-    try {
-      await send(enc.encode(JSON.stringify({ error: why.slice(0, 500) })))
-      await stream.close({ signal: AbortSignal.timeout(opts.writeMs) })
-    } catch (e) {
-      stream.abort(e as Error)
-    }
+    await serveChannel(stream, connection.remotePeer.toString(), {
+      name: 'model-files',
+      codec,
+      log: state.log,
+      // requests are small: a client sending far ahead of its answers is cut off
+      limits: { maxFrameBytes: MAX_MODEL_REQUEST_BYTES, idleMs: opts.idleMs, writeMs: opts.writeMs, maxBufferBytes: 64 * 1024 },
+      admit: () => { if (state.active > opts.maxTransfers) throw new RequestError(`busy: ${opts.maxTransfers} transfers in progress, try another peer`, 'busy') },
+      dispatch: async (req, channel) => { await channel.writeV(await answer(state, req, handles)) },
+      cleanup: async () => { for (const h of handles.values()) await h.then(async fh => { await fh.close() }, () => {}) }
+    })
   } finally {
     state.active--
-    for (const h of handles.values()) await h.then(async fh => { await fh.close() }, () => {})
   }
 }
 
@@ -164,9 +157,9 @@ function parseRequest (frame: Uint8Array): Request {
 }
 
 /** The response frames for one request. */
-async function answer (state: NodeState, req: Request, handles: Map<string, Promise<FileHandle>>): Promise<Uint8Array[]> {
+async function answer (state: ModelFilesState, req: Request, handles: Map<string, Promise<FileHandle>>): Promise<Uint8Array[]> {
   const served = state.models.get(req.modelId)?.[0]
-  if (served == null) throw new RequestError(`model ${req.modelId} is not served here`)
+  if (served == null) throw new RequestError(`model ${req.modelId} is not served here`, 'not-served')
   const json = (v: object): Uint8Array => enc.encode(JSON.stringify(v))
   if (req.op === 'list') {
     return [json({ modelId: req.modelId, files: await listFiles(served), tensors: await listTensors(served) })]

@@ -3,9 +3,7 @@
 import { createDashboard, listenDashboard } from '@plexus/p2p'
 import type { PlexusNode, RouteView } from '@plexus/p2p'
 import { PLEXUS_VERSION } from '@plexus/runtime'
-import type { NodeMetrics } from './metrics.ts'
 import type { SwarmMember } from './swarm-member.ts'
-import { nodeBackends } from './server.ts'
 
 /** Sessions remembered after they close. */
 const KEEP_SESSIONS = 20
@@ -14,18 +12,19 @@ export interface NodeDashboardInit {
   node: PlexusNode
   port: number
   host: string
-  /** A serving node's counters, span and model (a bootstrap peer has none). */
-  metrics?: NodeMetrics
+  /** A serving node's span and model (a bootstrap peer has none; its counters are the node's metrics). */
   member?: () => SwarmMember | undefined
   modelName?: string
 }
 
 export async function startNodeDashboard (init: NodeDashboardInit): Promise<{ url: string, port: number, close: () => Promise<void> }> {
-  const { node, metrics } = init
+  const { node } = init
+  // the node's sessions and counters, read at each look (node-services.ts)
+  const services = node.services.plexus
   const self = node.peerId.toString()
   // every session seen open, by id: the route a node knows is its own hop
   const seen = new Map<string, RouteView>()
-  const sessions = (): Array<{ id: string, start: number, end: number }> => nodeBackends(node)?.all().flatMap(b => b.openSessions()) ?? []
+  const sessions = (): Array<{ id: string, start: number, end: number }> => services.sessions?.all().flatMap(b => b.openSessions()) ?? []
   const dashboard = createDashboard({
     role: 'node',
     version: PLEXUS_VERSION,
@@ -46,7 +45,7 @@ export async function startNodeDashboard (init: NodeDashboardInit): Promise<{ ur
       }
       const span = init.member?.()?.serving
       return {
-        tokensTotal: metrics?.tokensTotal ?? 0,
+        tokensTotal: services.metrics?.tokensTotal ?? 0,
         sessions: open.length,
         serving: span != null ? { model: init.modelName ?? '', start: span.start, end: span.end } : undefined
       }

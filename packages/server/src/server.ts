@@ -6,7 +6,6 @@ import type { ModelSource, ModelManifest } from '@plexus/runtime'
 import { createSessionHandler, SESSION_PROTOCOL } from './session-handler.ts'
 import { serveModelFiles } from './model-files-handler.ts'
 import { BackendSet } from './backend.ts'
-import type { NodeMetrics } from './metrics.ts'
 import type { BlockBackend } from './backend.ts'
 
 export interface PlexusServerComponents {
@@ -32,15 +31,7 @@ export interface PlexusServerInit {
   /** This node can hand out the model's client parts (embeddings, head, tokenizer). */
   offersHead?: boolean
   maxInboundStreams?: number
-  /** Where to count steps and errors (the node's /metrics). */
-  metrics?: NodeMetrics
 }
-
-// One session handler per node, shared by every span it serves (two while it moves).
-const sessionBackends = new WeakMap<PlexusNode, BackendSet>()
-
-/** The spans a node serves right now (for metrics and status). */
-export function nodeBackends (node: PlexusNode): BackendSet | undefined { return sessionBackends.get(node) }
 
 /**
  * A node serving blocks `[start, end)` of one model: the session protocol, signed announcements
@@ -87,14 +78,16 @@ export class PlexusServer {
 
   async start (): Promise<void> {
     const { node, backend } = this.c
-    let set = sessionBackends.get(node)
+    // one session handler per node, shared by every span it serves (two while it moves)
+    const services = node.services.plexus
+    let set = services.sessions
     if (set == null) {
       set = new BackendSet()
-      sessionBackends.set(node, set)
-      const metrics = this.init.metrics
+      services.sessions = set
+      // steps and errors count into the node's metrics, if it keeps any (node-services.ts)
       await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log, privateKey: this.c.privateKey, dialer: node, peerId: node.peerId.toString() }, {
-        onStep: metrics != null ? (info) => { metrics.step(info) } : undefined,
-        onError: metrics != null ? (code) => { metrics.error(code) } : undefined
+        onStep: (info) => { services.metrics?.step(info) },
+        onError: (code) => { services.metrics?.error(code) }
       }), {
         maxInboundStreams: this.init.maxInboundStreams ?? 1024
       })
@@ -129,10 +122,11 @@ export class PlexusServer {
     this.draining = true
     await this.announcer.stop()
     await this.c.backend.drain(deadlineMs)
-    const set = sessionBackends.get(this.c.node)
+    const services = this.c.node.services.plexus
+    const set = services.sessions
     set?.delete(this.c.backend)
     if (set != null && set.all().length === 0) {
-      sessionBackends.delete(this.c.node)
+      services.sessions = undefined
       await this.c.node.unhandle(SESSION_PROTOCOL)
     }
     await this.stopModelFiles?.()

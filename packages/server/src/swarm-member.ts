@@ -8,7 +8,6 @@ import type { FaultInjection, SessionBudgets } from './backend.ts'
 import { PlexusServer } from './server.ts'
 import { cachedThroughput } from './throughput.ts'
 import type { Throughput } from './throughput.ts'
-import type { NodeMetrics } from './metrics.ts'
 import { chooseStart, planMove, blocksThatFit, bytesPerBlock, capThroughputs } from './block-selection.ts'
 import type { ServedSpan } from './block-selection.ts'
 
@@ -41,7 +40,6 @@ export interface SwarmMemberInit {
   cacheDir?: string
   /** Measure the throughput even when a cached figure exists. */
   remeasure?: boolean
-  metrics?: NodeMetrics
   faults?: FaultInjection
   onServing?: (event: 'ready' | 'moved', span: { start: number, end: number, throughput: Throughput }) => void
   /** Told how far loading a span's blocks is. */
@@ -173,7 +171,7 @@ export class SwarmMember {
     const measured = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir, remeasure: this.init.remeasure })
     const throughput = measured.tokensPerSecond
     const server = new PlexusServer({ node: this.c.node, privateKey: this.c.privateKey, backend, manifest, checkpoint: ckpt }, {
-      throughput, backend: this.init.backend, format: this.format, offersHead: this.init.offersHead ?? (ckpt.format === 'safetensors' && (start === 0 || end === cfg.numLayers)), metrics: this.init.metrics,
+      throughput, backend: this.init.backend, format: this.format, offersHead: this.init.offersHead ?? (ckpt.format === 'safetensors' && (start === 0 || end === cfg.numLayers)),
       // session streams per connection (so per peer): each session's own, and as many feeds
       // from a previous hop forwarding its clients' sessions, never more than maxSessions each
       maxInboundStreams: 2 * this.init.maxSessions + 16

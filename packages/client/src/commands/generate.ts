@@ -1,45 +1,12 @@
-import { initBackend, generate, StreamDecoder, renderChatTemplate, DraftModel, PromptLookupDrafter } from '@plexus/runtime'
-import type { BackendName, TextTokenizer, SamplingOptions, QuantFormat, Drafter } from '@plexus/runtime'
-import type { WireDType } from '@plexus/protocol'
-import { createLog, progressReporter, progressStyle } from '@plexus/p2p'
-import type { TrustLevel, AuditEvent } from '../inference/auditor.ts'
+import { initBackend, generate, StreamDecoder, renderChatTemplate, DraftModel, PromptLookupDrafter, UsageError } from '@plexus/runtime'
+import type { TextTokenizer, Drafter } from '@plexus/runtime'
+import { createLog, progressReporter, progressStyle, quantizeFormat } from '@plexus/p2p'
+import type { AuditEvent } from '../inference/auditor.ts'
 import { openLocal, openSwarm, connectSwarm, swarmModelDir, stopNode } from '../model-source.ts'
 import type { OpenModel } from '../model-source.ts'
+import type { GenerateArgs } from '../cli-options.ts'
 
-export interface GenerateArgs extends SamplingOptions {
-  local: boolean
-  bootstrap?: string[]
-  wireDtype?: WireDType
-  /** Servers push activations to the next server (--forward). */
-  forward?: boolean
-  /** A model directory; with --bootstrap also a model name, id or id prefix fetched from the swarm. */
-  model: string
-  /** Where fetched client parts are kept (default: ~/.cache/plexus/models; $PLEXUS_CACHE_DIR moves ~/.cache/plexus). */
-  cacheDir?: string
-  /** Quantize the blocks' linear weights at load (--local), or use the nodes that do (swarm). */
-  quantize?: QuantFormat
-  prompt?: string
-  tokenIds?: string
-  chat?: boolean
-  maxTokens: number
-  json: boolean
-  backend?: BackendName | 'auto'
-  ignoreEos?: boolean
-  trust?: TrustLevel
-  checkRate?: number
-  checkEvery?: number
-  trustVerifier?: string[]
-  /** Speculative decoding: most draft tokens per round. */
-  speculate?: number
-  draft?: 'prompt-lookup' | 'model'
-  /** A local draft model (same tokenizer); without it, prompt-lookup drafting. */
-  draftModel?: string
-  draftBlocks?: number
-}
-
-export class UsageError extends Error {
-  constructor (message: string) { super(message); this.name = 'UsageError' }
-}
+export type { GenerateArgs }
 
 /** Token ids from `--token-ids 1,2,3`, or the prompt through the tokenizer (and chat template). */
 export async function promptIds (args: Pick<GenerateArgs, 'prompt' | 'tokenIds' | 'chat'>, tok: TextTokenizer | undefined, tokConfig?: Record<string, unknown>): Promise<number[]> {
@@ -69,18 +36,18 @@ export async function runGenerate (args: GenerateArgs): Promise<void> {
   // progress on stderr: as JSON lines with --json, so stdout keeps only the result
   const onProgress = progressReporter({ log: clientLog, style: progressStyle({ json: args.json }) })
   const backend = await initBackend(args.backend, { note: log })
+  const quantize = quantizeFormat(args.quantize)
   const node = args.local ? undefined : await connectSwarm(args.bootstrap!)
   let model: OpenModel | undefined
   const audits: AuditEvent[] = []
   try {
     model = node == null
-      ? await openLocal(args.model, { quantize: args.quantize, onProgress })
+      ? await openLocal(args.model, { quantize, onProgress })
       : await openSwarm(node, {
-        dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, log, onProgress }),
-        quantize: args.quantize,
+        dir: await swarmModelDir(node, args.model, { cacheDir: args.cacheDir, onProgress }),
+        quantize,
         dtype: args.wireDtype,
         forward: args.forward,
-        log,
         onProgress,
         trust: args.trust,
         checkRate: args.checkRate,

@@ -1,15 +1,15 @@
 // `plexus-client mcp`: an MCP server on stdin/stdout (for Claude Desktop and other MCP clients)
 // with the gateway's tools: generate, chat, list_models, swarm_status.
-import { initBackend } from '@plexus/runtime'
+import { initBackend, UsageError } from '@plexus/runtime'
 import { createGatewayContext, createMcpServer } from '@plexus/gateway'
 import type { ModelCatalog } from '@plexus/gateway'
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js'
 import { openGatewayCatalog } from '../gateway-catalog.ts'
-import type { GatewayCatalog, ServingArgs } from '../gateway-catalog.ts'
-import { UsageError } from './generate.ts'
-import { createLog, progressReporter } from '@plexus/p2p'
+import type { GatewayCatalog } from '../gateway-catalog.ts'
+import type { McpArgs } from '../cli-options.ts'
+import { createLog, progressReporter, quantizeFormat } from '@plexus/p2p'
 
-export type McpArgs = ServingArgs
+export type { McpArgs }
 
 /** A catalog whose calls wait for the models to open, so the MCP handshake need not. */
 function pending (opening: Promise<GatewayCatalog>): ModelCatalog {
@@ -32,7 +32,7 @@ export async function runMcp (args: McpArgs): Promise<void> {
   const backend = await initBackend(args.backend, { note: log })
 
   // MCP clients time out a slow handshake: answer it at once and open the models meanwhile
-  const opening = openGatewayCatalog({ ...args, log, onProgress: progressReporter({ log: clientLog }) })
+  const opening = openGatewayCatalog({ ...args, quantize: quantizeFormat(args.quantize), onProgress: progressReporter({ log: clientLog }) })
   opening.catch(() => {})
   const ctx = createGatewayContext({ catalog: pending(opening), maxConcurrent: args.maxConcurrent, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast' })
   const server = createMcpServer(ctx, { status: async () => await (await opening).status() })

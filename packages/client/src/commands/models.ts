@@ -1,8 +1,9 @@
 import { shortId } from '@plexus/runtime'
 import { listModels } from '../routing/discovery.ts'
 import { connectSwarm, stopNode } from '../model-source.ts'
+import type { ModelsArgs } from '../cli-options.ts'
 
-export interface ModelsArgs { bootstrap: string[], json: boolean }
+export type { ModelsArgs }
 
 /** Coverage as compact ranges of equal server counts, e.g. "0–3×2 4–7×1 8–11×0". */
 export function coverageText (coverage: number[]): string {
@@ -17,7 +18,8 @@ export function coverageText (coverage: number[]): string {
 }
 
 export async function runModels (args: ModelsArgs): Promise<void> {
-  const node = await connectSwarm(args.bootstrap)
+  // the CLI's middleware fills in the shipped list when none is given (or says there is none)
+  const node = await connectSwarm(args.bootstrap ?? [])
   try {
     const models = await listModels(node)
     if (args.json) {

@@ -1,24 +1,14 @@
 // `plexus-client serve`: an OpenAI-, Anthropic- and Ollama-compatible HTTP API in front of one
 // local model, or of every model a swarm serves.
-import { initBackend } from '@plexus/runtime'
+import { initBackend, UsageError } from '@plexus/runtime'
 import { createGateway, isLoopback } from '@plexus/gateway'
 import { openGatewayCatalog } from '../gateway-catalog.ts'
-import type { GatewayCatalog, ServingArgs } from '../gateway-catalog.ts'
-import { UsageError } from './generate.ts'
-import { createLog, progressReporter, progressStyle } from '@plexus/p2p'
+import type { GatewayCatalog } from '../gateway-catalog.ts'
+import { createLog, progressReporter, progressStyle, quantizeFormat } from '@plexus/p2p'
 import { gatewayDashboard } from '../gateway-dashboard.ts'
+import type { ServeArgs } from '../cli-options.ts'
 
-export interface ServeArgs extends ServingArgs {
-  port: number
-  host: string
-  apiKey?: string
-  json?: boolean
-  cors?: string[]
-  allowHost?: string[]
-  /** Seconds. */
-  requestTimeout?: number
-  maxConnections?: number
-}
+export type { ServeArgs }
 
 export async function runServe (args: ServeArgs): Promise<void> {
   if (args.local === (args.bootstrap != null && args.bootstrap.length > 0)) {
@@ -33,7 +23,7 @@ export async function runServe (args: ServeArgs): Promise<void> {
     clientLog.warn(`listening on ${args.host} without --api-key: anyone who can reach this port can use the model`)
   }
   const backend = await initBackend(args.backend, { note: log })
-  const models: GatewayCatalog = await openGatewayCatalog({ ...args, log, onProgress: progressReporter({ log: clientLog, style: progressStyle({ json: args.json }) }) })
+  const models: GatewayCatalog = await openGatewayCatalog({ ...args, quantize: quantizeFormat(args.quantize), onProgress: progressReporter({ log: clientLog, style: progressStyle({ json: args.json }) }) })
   let closing: Promise<void> | undefined
   try {
     const board = gatewayDashboard(models)

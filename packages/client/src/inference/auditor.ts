@@ -1,29 +1,14 @@
 import { randomBytes } from 'node:crypto'
 import { verifyFraudReport } from '@plexus/protocol'
-import { concatFloat32 } from '@plexus/runtime'
+import { concatFloat32, TrustError } from '@plexus/runtime'
 import type { Dialer } from './remote-span.ts'
 import { PeerFailure } from './remote-span.ts'
 import { VerifyClient } from './verify-client.ts'
 import type { BanList } from '../routing/ban-list.ts'
 import { describeBlocks } from '../routing/route.ts'
+import { componentLog } from '@plexus/p2p'
 
-/** `fast`: no checks; `verified`: spot checks with rollback; `attested`: hardware attestation (not yet). */
-export type TrustLevel = 'fast' | 'verified' | 'attested'
-export const TRUST_LEVELS: TrustLevel[] = ['fast', 'verified', 'attested']
-
-export class TrustError extends Error {
-  /** 501: this client cannot verify at all; 503: the swarm lacks verifiers now. */
-  readonly httpStatus: number
-  constructor (message: string, httpStatus = 503) { super(message); this.name = 'TrustError'; this.httpStatus = httpStatus }
-}
-
-/** A trust level from a flag or header, refusing the ones this build cannot honour. */
-export function parseTrust (raw: string | undefined, where = '--trust'): TrustLevel {
-  const t = (raw ?? 'fast').trim().toLowerCase()
-  if (t === 'attested') throw new TrustError(`${where} attested is not supported yet: it needs hardware attestation of the servers (TEE quotes), which Plexus does not implement; use verified (spot checks) or fast`)
-  if (t !== 'fast' && t !== 'verified') throw new TrustError(`${where} must be fast, verified or attested (got ${JSON.stringify(raw)})`)
-  return t
-}
+const log = componentLog('client', 'auditor')
 
 export interface VerifierCandidate { peer: string, start: number, end: number }
 
@@ -37,7 +22,6 @@ export interface AuditorComponents {
   dialer: Dialer
   verifiers: VerifierSource
   bans: BanList
-  log?: (msg: string) => void
 }
 
 export interface AuditorInit {
@@ -153,7 +137,7 @@ export class Auditor {
         try {
           h.client = await VerifyClient.open(this.c.dialer, v.peer, this.c.verifiers.target(v.peer))
         } catch (err: any) {
-          this.c.log?.(`verifier ${v.peer.slice(-8)}: ${err.message}`)
+          log.info(`verifier ${v.peer.slice(-8)}: ${err.message}`)
           continue
         }
         // a fresh verifier starts from the hop's first step
@@ -188,7 +172,7 @@ export class Auditor {
       } catch (err: any) {
         if (!(err instanceof PeerFailure)) throw err
         // the verifier failed, not the server: ask another one, from the hop's first step
-        this.c.log?.(`verifier ${h.client.peer.slice(-8)} failed: ${err.message}`)
+        log.info(`verifier ${h.client.peer.slice(-8)} failed: ${err.message}`)
         await h.dispose()
       }
     }
@@ -199,7 +183,7 @@ export class Auditor {
       const all = (await this.c.verifiers.verifiers({ refresh })).filter(v => v.start <= h.start && v.end >= h.end && v.peer !== h.server && !tried.has(v.peer) && !this.c.bans.isBanned(v.peer))
       if (all.length > 0) return all[Math.floor(this.random() * all.length)]
     }
-    throw new TrustError(`no verifier can check ${describeBlocks([h.start, h.end])} of ${this.init.modelName}${tried.size > 0 ? ` (${tried.size} failed)` : ''}: verified needs a verifier peer holding those blocks (plexus-node join --verify), or use --trust fast`)
+    throw new TrustError('trust-unavailable', `no verifier can check ${describeBlocks([h.start, h.end])} of ${this.init.modelName}${tried.size > 0 ? ` (${tried.size} failed)` : ''}: verified needs a verifier peer holding those blocks (plexus-node join --verify), or use --trust fast`)
   }
 
   /**
@@ -213,7 +197,7 @@ export class Auditor {
       await verifyFraudReport(bytes)
     } catch (err: any) {
       // a verifier that cries fraud without evidence is the one not to trust
-      this.c.log?.(`verifier ${verifier.slice(-8)} reported ${h.server.slice(-8)} without a valid report (${err.message}); not using that verifier`)
+      log.info(`verifier ${verifier.slice(-8)} reported ${h.server.slice(-8)} without a valid report (${err.message}); not using that verifier`)
       this.c.bans.fail(verifier, 'fraud')
       throw new PeerFailure(verifier, 'sent an invalid fraud report')
     }
@@ -227,16 +211,16 @@ export class Auditor {
         try {
           const r = await client.recheck(bytes)
           if (r.confirmed) confirmedBy.push(other.peer)
-          this.c.log?.(`verifier ${other.peer.slice(-8)} re-checked the report: ${r.reason}`)
+          log.info(`verifier ${other.peer.slice(-8)} re-checked the report: ${r.reason}`)
         } finally { await client.close() }
         break
       } catch (err: any) {
-        this.c.log?.(`re-check by ${other.peer.slice(-8)} failed: ${err.message}`)
+        log.info(`re-check by ${other.peer.slice(-8)} failed: ${err.message}`)
       }
     }
     const trusted = confirmedBy.length >= 2 || this.init.trustedVerifiers?.has(verifier) === true
     this.c.bans.fail(h.server, trusted ? 'fraud' : 'failure')
-    this.c.log?.(`server ${h.server.slice(-8)} gave a wrong output at step ${badStep} of ${describeBlocks([h.start, h.end])} (error ${error.toExponential(2)}, reported by ${confirmedBy.map(p => p.slice(-8)).join(', ')}); rolling back`)
+    log.info(`server ${h.server.slice(-8)} gave a wrong output at step ${badStep} of ${describeBlocks([h.start, h.end])} (error ${error.toExponential(2)}, reported by ${confirmedBy.map(p => p.slice(-8)).join(', ')}); rolling back`)
     this.init.onEvent?.({ kind: 'fraud', server: h.server, verifier, badStep, error, confirmedBy, report: bytes })
   }
 }

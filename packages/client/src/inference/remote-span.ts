@@ -1,26 +1,26 @@
 import { randomBytes } from 'node:crypto'
-import { lpStream } from '@libp2p/utils'
 import type { Stream } from '@libp2p/interface'
-import { SESSION_PROTOCOL, encodeMessage, decodeMessage, encodeTensor, decodeTensor, tensorDigest, verifyCommitment } from '@plexus/protocol'
+import { PROTOCOLS, SESSION_PROTOCOL, Channel, sessionFrameLimit, encodeMessage, decodeMessage, encodeTensor, decodeTensor, tensorDigest, verifyCommitment } from '@plexus/protocol'
 import type { SessionMessage, StepMessage, WireDType, ErrorCode, StepCommitment, NextHop } from '@plexus/protocol'
+import { PlexusError } from '@plexus/runtime'
 
 /** The server answered with an error frame (`busy`, `not-served`, ...). */
-export class RemoteError extends Error {
-  readonly code: ErrorCode
+export class RemoteError extends PlexusError {
+  /** The wire's error code, as the server sent it. */
+  declare readonly code: ErrorCode
   readonly peer: string
   constructor (peer: string, code: ErrorCode, message: string) {
-    super(`${peer.slice(-8)}: ${message}`)
+    super(code, `${peer.slice(-8)}: ${message}`, { httpStatus: 503 })
     this.name = 'RemoteError'
-    this.code = code
     this.peer = peer
   }
 }
 
 /** The server could not be reached, died, hung, or broke the protocol. */
-export class PeerFailure extends Error {
+export class PeerFailure extends PlexusError {
   readonly peer: string
   constructor (peer: string, message: string, opts?: { cause?: unknown }) {
-    super(`${peer.slice(-8)}: ${message}`, opts)
+    super('peer-failure', `${peer.slice(-8)}: ${message}`, { ...opts, httpStatus: 503 })
     this.name = 'PeerFailure'
     this.peer = peer
   }
@@ -43,6 +43,7 @@ export interface RemoteSpanInit {
   /** Deadline for one step's answer (a hung server is abandoned after it). */
   stepTimeoutMs?: number
   openTimeoutMs?: number
+  /** Largest answer accepted; default: a result of `maxLength` tokens of `hiddenSize` values. */
   maxFrameBytes?: number
   /** Refuse results without a valid signed step commitment (default: required). */
   requireCommitments?: boolean
@@ -71,7 +72,7 @@ export class RemoteSpanSession {
   readonly end: number
   readonly sessionId: string
   private readonly stream: Stream
-  private readonly io: ReturnType<typeof lpStream>
+  private readonly channel: Channel
   private readonly init: RemoteSpanInit
   private step = 0
   length = 0
@@ -81,8 +82,10 @@ export class RemoteSpanSession {
   lastWallMs = 0
   /** Steps whose output this server pushed to the next hop (a forwarded route). */
   forwardedSteps = 0
-  /** The server's signed commitments to every step of this session: evidence for verification. */
-  readonly commitments: StepCommitment[] = []
+  /** Steps whose signed commitment the server sent and this client verified. */
+  committedSteps = 0
+  /** The last of them (only the last is kept: the auditor records what checks need from `lastStep`). */
+  lastCommitment?: StepCommitment
   /** The last step as the server committed to it: its signed text, input (as the server decoded it) and output. */
   lastStep?: { commitment: string, input: Float32Array, output: Float32Array }
 
@@ -93,8 +96,8 @@ export class RemoteSpanSession {
     this.end = init.end
     this.stream = stream
     this.sessionId = sessionId
-    const max = init.maxFrameBytes ?? 64 << 20
-    this.io = lpStream(stream, { maxDataLength: max, maxBufferSize: max + 16 })
+    const maxFrameBytes = init.maxFrameBytes ?? sessionFrameLimit({ hiddenSize: init.hiddenSize, maxStepTokens: init.maxLength })
+    this.channel = new Channel(stream, { ...PROTOCOLS.session.client, maxFrameBytes })
   }
 
   static async open (dialer: Dialer, init: RemoteSpanInit): Promise<RemoteSpanSession> {
@@ -118,7 +121,7 @@ export class RemoteSpanSession {
 
   private async write (msg: SessionMessage, signal: AbortSignal): Promise<void> {
     try {
-      await this.io.write(encodeMessage(msg), { signal })
+      await this.channel.write(encodeMessage(msg), signal)
     } catch (err: any) {
       this.stream.abort(err)
       throw new PeerFailure(this.peer, err.message, { cause: err })
@@ -128,7 +131,9 @@ export class RemoteSpanSession {
   private async reply (expect: SessionMessage['type'] | Array<SessionMessage['type']>, signal: AbortSignal): Promise<SessionMessage> {
     let reply: SessionMessage
     try {
-      reply = decodeMessage((await this.io.read({ signal })).subarray(), { hiddenSize: this.init.hiddenSize })
+      const frame = await this.channel.read(signal)
+      if (frame == null) throw new Error('closed the stream without answering')
+      reply = decodeMessage(frame, { hiddenSize: this.init.hiddenSize })
     } catch (err: any) {
       this.stream.abort(err)
       const why = err.name === 'TimeoutError' || err.name === 'AbortError' ? 'no answer in time (hung?)' : err.message
@@ -214,7 +219,8 @@ export class RemoteSpanSession {
     } catch (err: any) {
       fail(`bad step commitment: ${err.message}`)
     }
-    this.commitments.push(c!)
+    this.lastCommitment = c!
+    this.committedSteps++
     if (output != null && input.data != null) this.lastStep = { commitment: r.commitment, input: input.data, output }
     this.step++
     this.length += tokens
@@ -233,7 +239,7 @@ export class RemoteSpanSession {
     const sent = dtype === 'f32' ? hidden : decodeTensor(encodeTensor(hidden, dtype), dtype)
     try {
       this.lastStep = { commitment: r.commitment!, input: sent, output: r.data }
-      this.commitments.push(verifyCommitment(r.commitment!, {
+      this.lastCommitment = verifyCommitment(r.commitment!, {
         expectedPeer: this.peer,
         expected: {
           modelId: this.init.modelId,
@@ -246,7 +252,8 @@ export class RemoteSpanSession {
           inputDigest: await tensorDigest(sent),
           outputDigest: await tensorDigest(r.data)
         }
-      }))
+      })
+      this.committedSteps++
     } catch (err: any) {
       fail(`bad step commitment: ${err.message}`)
     }
@@ -260,10 +267,10 @@ export class RemoteSpanSession {
   /** Frees the server's cache; never throws (the server also frees it when the stream ends). */
   async close (): Promise<void> {
     try {
-      await this.io.write(encodeMessage({ type: 'close', sessionId: this.sessionId }), { signal: AbortSignal.timeout(2000) })
-      await this.stream.close({ signal: AbortSignal.timeout(2000) })
+      await this.channel.write(encodeMessage({ type: 'close', sessionId: this.sessionId }), AbortSignal.timeout(2000))
+      await this.channel.close()
     } catch {
-      this.stream.abort(new Error('session closed'))
+      this.channel.abort(new Error('session closed'))
     }
   }
 }

@@ -1,5 +1,5 @@
-import { concatFloat32 } from '@plexus/runtime'
-import type { SessionPipeline, AuditResult } from '@plexus/runtime'
+import { concatFloat32, PlexusError } from '@plexus/runtime'
+import type { SessionPipeline, Confirmation } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { RemoteSpanSession, RemoteError, PeerFailure } from './remote-span.ts'
 import type { Dialer } from './remote-span.ts'
@@ -8,6 +8,9 @@ import type { Hop, ServerCandidate } from '../routing/route.ts'
 import type { BanList } from '../routing/ban-list.ts'
 import type { Auditor, HopAudit } from './auditor.ts'
 import { openForwarded, stepForwarded } from './forwarded-route.ts'
+import { componentLog } from '@plexus/p2p'
+
+const log = componentLog('client', 'session')
 
 /** Where servers come from: discovery on the swarm (or a fixed list in tests). */
 export interface CandidateSource {
@@ -22,7 +25,6 @@ export interface SwarmSessionComponents {
   dialer: Dialer
   source: CandidateSource
   bans: BanList
-  log?: (msg: string) => void
   /** Spot checks (trust level `verified`); absent: `fast`. */
   auditor?: Auditor
   /** Servers not to route through whatever they announce (e.g. a bad reputation). */
@@ -157,7 +159,7 @@ export class SwarmSession implements SessionPipeline {
         if (!(err instanceof PeerFailure || err instanceof RemoteError) || attempt >= 8) throw err
         // busy: try elsewhere without punishing; anything else: ban with backoff
         this.c.bans.fail(err.peer, err instanceof RemoteError && err.code === 'busy' ? 'busy' : 'failure')
-        this.c.log?.(`route through ${describeBlocks([from, to])}: ${err.message}; rerouting`)
+        log.info(`route through ${describeBlocks([from, to])}: ${err.message}; rerouting`)
       }
     }
   }
@@ -189,7 +191,7 @@ export class SwarmSession implements SessionPipeline {
   private async repair (i: number, err: PeerFailure | RemoteError, h: Float32Array, tokens: number): Promise<{ out: Float32Array, hops: number }> {
     const failed = this.hops[i]
     this.c.bans.fail(failed.hop.peer, err instanceof RemoteError && err.code === 'busy' ? 'busy' : 'failure')
-    this.c.log?.(`server ${failed.hop.peer.slice(-8)} failed on ${describeBlocks([failed.hop.start, failed.hop.end])}: ${err.message}`)
+    log.info(`server ${failed.hop.peer.slice(-8)} failed on ${describeBlocks([failed.hop.start, failed.hop.end])}: ${err.message}`)
     await failed.session.close()
     // its last steps may still hide a lie that shaped the tokens since: check them later
     if (failed.audit != null && failed.audit.checked && failed.audit.pending > 0) this.retired.push(failed.audit)
@@ -197,7 +199,7 @@ export class SwarmSession implements SessionPipeline {
     const maxRepairs = this.init.maxRepairs ?? 16
     for (;;) {
       if (this.repairs++ >= maxRepairs) {
-        throw new Error(`gave up after ${maxRepairs} route repairs; ${describeBlocks([failed.hop.start, failed.hop.end])} could not be served: ${err.message}`)
+        throw new PlexusError('route-repairs', `gave up after ${maxRepairs} route repairs; ${describeBlocks([failed.hop.start, failed.hop.end])} could not be served: ${err.message}`, { httpStatus: 503, cause: err })
       }
       let replacement: LiveHop[]
       try {
@@ -218,7 +220,7 @@ export class SwarmSession implements SessionPipeline {
           y = await this.runHop(r, y, tokens)
         }
         this.hops.splice(i, 1, ...replacement)
-        this.c.log?.(`rerouted ${describeBlocks([failed.hop.start, failed.hop.end])} through ${replacement.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
+        log.info(`rerouted ${describeBlocks([failed.hop.start, failed.hop.end])} through ${replacement.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
         return { out: y, hops: replacement.length }
       } catch (e: any) {
         for (const r of replacement) await r.session.close()
@@ -247,8 +249,8 @@ export class SwarmSession implements SessionPipeline {
     const past = concatFloat32(this.hops[0]?.history ?? [])
     for (;;) {
       this.c.bans.fail(err.peer, err instanceof RemoteError && err.code === 'busy' ? 'busy' : 'failure')
-      this.c.log?.(`server ${err.peer.slice(-8)} failed: ${err.message}; rebuilding the forwarded route`)
-      if (this.repairs++ >= maxRepairs) throw new Error(`gave up after ${maxRepairs} route repairs: ${err.message}`)
+      log.info(`server ${err.peer.slice(-8)} failed: ${err.message}; rebuilding the forwarded route`)
+      if (this.repairs++ >= maxRepairs) throw new PlexusError('route-repairs', `gave up after ${maxRepairs} route repairs: ${err.message}`, { httpStatus: 503, cause: err })
       // checked hops' last steps may still hide a lie that shaped the tokens since
       for (const h of this.hops) {
         if (h.audit != null && h.audit.checked && h.audit.pending > 0) this.retired.push(h.audit)
@@ -259,7 +261,7 @@ export class SwarmSession implements SessionPipeline {
         this.hops = []
         this.hops = await this.openRoute(0, this.init.numBlocks)
         if (past.length > 0) await this.runRouted(past, past.length / this.init.hiddenSize)
-        this.c.log?.(`rerouted through ${this.hops.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
+        log.info(`rerouted through ${this.hops.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
         return
       } catch (e: any) {
         if (e instanceof NoRouteError) throw new NoRouteError(`${e.message}; the last one failed: ${err.message}`, e.missing)
@@ -310,20 +312,21 @@ export class SwarmSession implements SessionPipeline {
    * Spot checks (trust level `verified`): every few steps, and always when `final`, verifiers
    * re-compute the checked hops' new steps. On a mismatch the cheater is banned and the whole
    * session is rebuilt on a new route from the last confirmed position; the caller resumes there.
+   * Without spot checks every output is confirmed as it comes.
    */
-  async audit (final: boolean): Promise<AuditResult> {
+  async confirm (final: boolean): Promise<Confirmation> {
     const auditor = this.c.auditor
-    if (auditor == null) return { verified: Infinity }
+    if (auditor == null) return { confirmed: Infinity }
     const audits = (): HopAudit[] => [...this.hops.flatMap(h => h.audit != null ? [h.audit] : []), ...this.retired]
-    if (!auditor.due(final)) return { verified: auditor.verifiedLength(audits(), this.length) }
+    if (!auditor.due(final)) return { confirmed: auditor.verifiedLength(audits(), this.length) }
     const r = await auditor.sync(audits())
     if (r.ok) {
       for (const a of this.retired) await a.dispose()
       this.retired = []
-      return { verified: auditor.verifiedLength(audits(), this.length) }
+      return { confirmed: auditor.verifiedLength(audits(), this.length) }
     }
     await this.rollback(r.rollbackTo)
-    return { rollbackTo: r.rollbackTo }
+    return { rewoundTo: r.rollbackTo }
   }
 
   /** A new route for every block, fed the first `length` positions again (their embeddings). */
@@ -336,7 +339,7 @@ export class SwarmSession implements SessionPipeline {
     let x: Float32Array = embeddings.slice()
     if (this.forwarding) await this.runRouted(x, length)
     else for (const live of this.hops) x = await this.runHop(live, x, length)
-    this.c.log?.(`replayed ${length} positions through ${this.hops.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
+    log.info(`replayed ${length} positions through ${this.hops.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
   }
 
   private async dropHops (): Promise<void> {

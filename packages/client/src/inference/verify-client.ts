@@ -1,6 +1,4 @@
-import { lpStream } from '@libp2p/utils'
-import type { Stream } from '@libp2p/interface'
-import { VERIFY_PROTOCOL, encodeVerifyMessage, decodeVerifyMessage } from '@plexus/protocol'
+import { PROTOCOLS, VERIFY_PROTOCOL, Channel, openChannel, encodeVerifyMessage, decodeVerifyMessage } from '@plexus/protocol'
 import type { CheckMessage, VerdictMessage, RecheckedMessage, ReportMessage, VerifyMessage } from '@plexus/protocol'
 import type { Dialer } from './remote-span.ts'
 import { PeerFailure } from './remote-span.ts'
@@ -8,22 +6,19 @@ import { PeerFailure } from './remote-span.ts'
 /** One stream to a verifier: checks of one hop (a verify session), or re-checks of reports. */
 export class VerifyClient {
   readonly peer: string
-  private readonly stream: Stream
-  private readonly io: ReturnType<typeof lpStream>
+  private readonly channel: Channel
   private readonly timeoutMs: number
 
-  private constructor (peer: string, stream: Stream, timeoutMs: number) {
+  private constructor (peer: string, channel: Channel, timeoutMs: number) {
     this.peer = peer
-    this.stream = stream
+    this.channel = channel
     this.timeoutMs = timeoutMs
-    const max = 96 << 20
-    this.io = lpStream(stream, { maxDataLength: max, maxBufferSize: max + 16 })
   }
 
   static async open (dialer: Dialer, peer: string, target: unknown, opts: { timeoutMs?: number } = {}): Promise<VerifyClient> {
     try {
-      const stream = await dialer.dialProtocol(target, VERIFY_PROTOCOL, { signal: AbortSignal.timeout(10_000) })
-      return new VerifyClient(peer, stream, opts.timeoutMs ?? 60_000)
+      const channel = await openChannel(dialer, target, VERIFY_PROTOCOL, PROTOCOLS.verify.client, AbortSignal.timeout(10_000))
+      return new VerifyClient(peer, channel, opts.timeoutMs ?? 60_000)
     } catch (err: any) {
       throw new PeerFailure(peer, `cannot open a verify stream: ${err.message}`, { cause: err })
     }
@@ -48,24 +43,23 @@ export class VerifyClient {
     const signal = AbortSignal.timeout(this.timeoutMs)
     let reply: VerifyMessage
     try {
-      await this.io.write(encodeVerifyMessage(msg), { signal })
-      reply = decodeVerifyMessage((await this.io.read({ signal })).subarray())
+      reply = decodeVerifyMessage(await this.channel.request(encodeVerifyMessage(msg), signal))
     } catch (err: any) {
-      this.stream.abort(err)
+      this.channel.abort(err)
       throw new PeerFailure(this.peer, err.name === 'TimeoutError' ? 'verifier gave no answer in time' : err.message, { cause: err })
     }
     if (reply.type === 'error') {
-      this.stream.abort(new Error(reply.message))
+      this.channel.abort(new Error(reply.message))
       throw new PeerFailure(this.peer, `verifier refused: ${reply.code}: ${reply.message}`)
     }
     if (reply.type !== expect) {
-      this.stream.abort(new Error('protocol violation'))
+      this.channel.abort(new Error('protocol violation'))
       throw new PeerFailure(this.peer, `verifier sent ${reply.type} where ${expect} was expected`)
     }
     return reply
   }
 
   async close (): Promise<void> {
-    try { await this.stream.close({ signal: AbortSignal.timeout(2000) }) } catch { this.stream.abort(new Error('verify stream closed')) }
+    await this.channel.close()
   }
 }

@@ -2,6 +2,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
 import { discoverServers, discoverVerifiers, findServers, fetchInfo, dhtPeerCount } from '@plexus/p2p'
 import type { PlexusNode, AnnouncementPayload } from '@plexus/p2p'
+import { PlexusError } from '@plexus/runtime'
 import type { ServerCandidate } from './route.ts'
 import type { CandidateSource } from '../inference/swarm-session.ts'
 import type { VerifierSource, VerifierCandidate } from '../inference/auditor.ts'
@@ -123,8 +124,8 @@ export async function listModels (node: PlexusNode, opts: { timeoutMs?: number }
 }
 
 /** A client that cannot reach the swarm at all (rather than a swarm where nobody serves a block). */
-export class SwarmUnreachableError extends Error {
-  constructor (message: string) { super(message); this.name = 'SwarmUnreachableError' }
+export class SwarmUnreachableError extends PlexusError {
+  constructor (message: string) { super('swarm-unreachable', message, { httpStatus: 503 }); this.name = 'SwarmUnreachableError' }
 }
 
 /**

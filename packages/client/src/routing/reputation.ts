@@ -1,4 +1,4 @@
-import { getReputation } from '@plexus/p2p'
+import { getReputation, componentLog } from '@plexus/p2p'
 import type { PlexusNode, ReputationRecord } from '@plexus/p2p'
 import { reportDigest, verifyFraudReport } from '@plexus/protocol'
 import type { VerifierSource } from '../inference/auditor.ts'
@@ -17,8 +17,9 @@ export interface ReputationInit {
   lookupTimeoutMs?: number
   /** Fraud reports fetched and re-checked per distrusted() call at most (default 8); the others wait for a later call. */
   maxRechecks?: number
-  log?: (msg: string) => void
 }
+
+const log = componentLog('client', 'reputation')
 
 /** What re-checking one fraud report found: the server it condemns, if it holds. */
 type Verdict = { condemns: string } | { condemns: undefined, why: string }
@@ -84,7 +85,7 @@ export class ReputationView {
       // a proven fraud stays proven; a claim that did not hold may be retried later (a verifier was down)
       void v.then(r => { if (r.condemns != null) entry.at = Infinity })
       while (this.verdicts.size > 1024) this.verdicts.delete(this.verdicts.keys().next().value!)
-      void v.then(r => { if (r.condemns == null) this.init.log?.(`fraud report ${digest.slice(0, 12)} from verifier ${from.slice(-8)} not counted: ${r.why}`) })
+      void v.then(r => { if (r.condemns == null) log.info(`fraud report ${digest.slice(0, 12)} from verifier ${from.slice(-8)} not counted: ${r.why}`) })
     }
     return await v
   }

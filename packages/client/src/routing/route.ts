@@ -1,3 +1,5 @@
+import { PlexusError } from '@plexus/runtime'
+
 /** A server as routing sees it: what it serves and how fast it is expected to be. */
 export interface ServerCandidate {
   peer: string
@@ -14,14 +16,13 @@ export interface Hop { peer: string, start: number, end: number }
 
 export interface Route {
   hops: Hop[]
-  /** Expected seconds per decode step along the route. */
-  expectedStepSeconds: number
 }
 
-export class NoRouteError extends Error {
+/** No server (left) holds some blocks: a swarm condition, worth a retry (503). */
+export class NoRouteError extends PlexusError {
   readonly missing: Array<[number, number]>
   constructor (message: string, missing: Array<[number, number]>) {
-    super(message)
+    super('no-route', message, { httpStatus: 503 })
     this.name = 'NoRouteError'
     this.missing = missing
   }
@@ -86,5 +87,5 @@ export function findRoute (candidates: ServerCandidate[], from: number, to: numb
     hops.unshift({ peer: p.c.peer, start: from + p.at, end: from + v })
     v = p.at
   }
-  return { hops, expectedStepSeconds: dist[n - 1] }
+  return { hops }
 }

@@ -5,8 +5,8 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
 import type { CallToolResult, ServerNotification, ServerRequest } from '@modelcontextprotocol/sdk/types.js'
 import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js'
 import { z } from 'zod'
-import { PLEXUS_VERSION } from '@plexus/runtime'
-import type { SamplingOptions } from '@plexus/runtime'
+import { PLEXUS_VERSION, parseTrust } from '@plexus/runtime'
+import type { SamplingOptions, SupportedTrust } from '@plexus/runtime'
 import { ApiError, toApiError } from '../errors.ts'
 import { resolveModel, TRUST_HEADER } from '../context.ts'
 import type { GatewayContext, Resolved } from '../context.ts'
@@ -165,10 +165,9 @@ async function complete (ctx: GatewayContext, { name, engine }: Resolved, prompt
 }
 
 /** X-Plexus-Trust on HTTP (the gateway's hook already refused bad values); stdio has no headers. */
-function trustOf (extra: Extra, fallback: 'fast' | 'verified'): 'fast' | 'verified' {
+function trustOf (extra: Extra, fallback: SupportedTrust): SupportedTrust {
   const raw = extra.requestInfo?.headers?.[TRUST_HEADER]
-  const mode = typeof raw === 'string' ? raw.trim().toLowerCase() : ''
-  return mode === 'fast' || mode === 'verified' ? mode : fallback
+  return typeof raw === 'string' && raw.trim() !== '' ? parseTrust(raw, 'X-Plexus-Trust') : fallback
 }
 
 /** Failures as MCP tool errors (`isError`), with the same messages the HTTP APIs give. */

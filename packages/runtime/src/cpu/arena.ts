@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs'
-import { halfTable } from '../safetensors.ts'
+import { halfTable } from '../dtype.ts'
 import { wasm } from './wasm-api.ts'
 import type { WasmMemory, WasmModule } from './wasm-api.ts'
 
@@ -19,6 +19,8 @@ export interface KernelExports {
   quantize_q8_K: (x: number, q: number, d: number, bs: number, n: number) => void
   matmul_q8_0: (w: number, rows: number, cols: number, xq: number, xd: number, tokens: number, y: number, r0: number, r1: number, half: number) => void
   matmul_q4_K: (w: number, rows: number, cols: number, xq: number, xd: number, xbs: number, tokens: number, y: number, r0: number, r1: number, half: number) => void
+  matmul_q5_K: (w: number, rows: number, cols: number, xq: number, xd: number, xbs: number, tokens: number, y: number, r0: number, r1: number, half: number) => void
+  matmul_q6_K: (w: number, rows: number, cols: number, xq: number, xd: number, xbs: number, tokens: number, y: number, r0: number, r1: number, half: number) => void
   matmul_bf16: (w: number, rows: number, cols: number, x: number, tokens: number, y: number, r0: number, r1: number) => void
 }
 

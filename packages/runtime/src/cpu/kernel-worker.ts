@@ -36,7 +36,11 @@ for (;;) {
       const kernel = ctl[CTL.kernel]
       if (kernel === KERNEL_CODE.q8_0) k.matmul_q8_0(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.xd], ctl[CTL.tokens], ctl[CTL.y], r0, r1, ctl[CTL.half])
       else if (kernel === KERNEL_CODE.bf16) k.matmul_bf16(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.tokens], ctl[CTL.y], r0, r1)
-      else k.matmul_q4_K(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.xd], ctl[CTL.xbs], ctl[CTL.tokens], ctl[CTL.y], r0, r1, ctl[CTL.half])
+      else {
+        // the k-quants (q8_K activations) share one signature
+        const f = kernel === KERNEL_CODE.q4_K ? k.matmul_q4_K : kernel === KERNEL_CODE.q5_K ? k.matmul_q5_K : k.matmul_q6_K
+        f(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.xd], ctl[CTL.xbs], ctl[CTL.tokens], ctl[CTL.y], r0, r1, ctl[CTL.half])
+      }
     }
   } catch {
     // the caller is blocked in Atomics.wait and cannot hear an 'error' event: flag it instead

@@ -1,4 +1,5 @@
-// Plexus CPU kernels: matrix products that read ggml's q8_0 and q4_K blocks, and bf16 weights, as stored.
+// Plexus CPU kernels: matrix products that read ggml's q8_0, q4_K, q5_K and q6_K blocks, and bf16
+// weights, as stored.
 // Built to wasm32 with SIMD128 by scripts/build-kernels.sh; loaded by arena.ts, called by
 // wasm-matrix.ts and threads.ts.
 //
@@ -11,6 +12,8 @@
 //    pmaddubsw: unsigned × signed bytes, pairs added) gives exact int16 sums, which
 //    i32x4.dot_i16x8_s multiplies by the sub-block's scale: llama.cpp's AVX2 sequence. Built
 //    without relaxed SIMD (kernels.wasm, for engines that lack it), products are widened first.
+//  - q5_K, q6_K: the same, with 5- and 6-bit unsigned weights (q6_K's stored q + 32: the 32 comes
+//    off once per block through the activations' sums of 16).
 //
 // No static data and no stack: every pointer comes from JS (the same module instance may run in
 // several threads over one shared memory, each with its own stack pointer global).
@@ -22,6 +25,8 @@
 #define Q8_0_BYTES 34
 #define QK_K 256
 #define Q4_K_BYTES 144
+#define Q5_K_BYTES 176
+#define Q6_K_BYTES 210
 
 typedef uint32_t u32;
 
@@ -89,27 +94,25 @@ void quantize_q8_0(const float *x, int16_t *q, float *d, int n, const float *hal
 }
 
 // quantize_row_q8_K_ref: the value of largest magnitude (first one) maps to −127, d = 1/iscale.
-// Also bs[8 per block]: the sum of each 32 q, which q4_K's mins multiply.
+// Also bs[16 per block]: the sum of each 16 q (ggml's bsums), which the k-quants' mins (q4_K,
+// q5_K: pairs of them) and q6_K's offset of 32 multiply.
 void quantize_q8_K(const float *x, int8_t *q, float *d, int16_t *bs, int n) {
-  for (int b = 0; b < n / QK_K; b++, x += QK_K, q += QK_K, bs += 8) {
+  for (int b = 0; b < n / QK_K; b++, x += QK_K, q += QK_K, bs += 16) {
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < QK_K; j += 32) { float a = amax32(x + j); amax = a > amax ? a : amax; }
     for (int j = 0; j < QK_K; j++) if (__builtin_fabsf(x[j]) == amax) { max = x[j]; break; }
     if (amax == 0.0f) {
       d[b] = 0.0f;
       for (int j = 0; j < QK_K; j += 16) wasm_v128_store(q + j, wasm_i8x16_splat(0));
-      for (int j = 0; j < 8; j++) bs[j] = 0;
+      for (int j = 0; j < 16; j++) bs[j] = 0;
       continue;
     }
     const float iscale = -127.0f / max;
     const v128_t s = wasm_f32x4_splat(iscale);
     for (int j = 0; j < QK_K; j += 16) wasm_v128_store(q + j, round16(x + j, s));
-    for (int j = 0; j < 8; j++) {
-      v128_t a = wasm_i16x8_extadd_pairwise_i8x16(wasm_v128_load(q + 32 * j));
-      v128_t c = wasm_i16x8_extadd_pairwise_i8x16(wasm_v128_load(q + 32 * j + 16));
-      v128_t t = wasm_i32x4_extadd_pairwise_i16x8(wasm_i16x8_add(a, c));
-      bs[j] = (int16_t)(wasm_i32x4_extract_lane(t, 0) + wasm_i32x4_extract_lane(t, 1) +
-                        wasm_i32x4_extract_lane(t, 2) + wasm_i32x4_extract_lane(t, 3));
+    for (int j = 0; j < 16; j++) {
+      v128_t t = wasm_i32x4_extadd_pairwise_i16x8(wasm_i16x8_extadd_pairwise_i8x16(wasm_v128_load(q + 16 * j)));
+      bs[j] = (int16_t)hsum_i32(t);
     }
     d[b] = 1.0f / iscale;
   }
@@ -158,77 +161,179 @@ void matmul_q8_0(const uint8_t *w, int rows, int cols, const int16_t *xq, const 
   }
 }
 
-// Σ over pairs of 16 nibbles (0..15) · int8 activations, as eight int16 lanes (|·| ≤ 2·15·127).
-static inline v128_t dot16_q4(v128_t nib, v128_t x) {
+// Σ over pairs of 16 unsigned weights (0..63: q4_K's nibbles, q5_K's 5 bits, q6_K's 6 bits) ·
+// int8 activations, as eight int16 lanes (|·| ≤ 2·63·127).
+static inline v128_t dot16_u(v128_t w, v128_t x) {
 #ifdef __wasm_relaxed_simd__
-  return wasm_i16x8_relaxed_dot_i8x16_i7x16(x, nib);
+  return wasm_i16x8_relaxed_dot_i8x16_i7x16(x, w);
 #else
-  return wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(nib, x), wasm_i16x8_extmul_high_i8x16(nib, x));
+  return wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(w, x), wasm_i16x8_extmul_high_i8x16(w, x));
 #endif
 }
 
-// T tokens (t0..t0+T-1) of one q4_K row: nibbles and scales are unpacked once for all T tokens.
+// Bit `bit` of each byte of h moved to bit 4 (value 16): q5_K's fifth bit.
+static inline v128_t bit_to_16(v128_t h, const int bit) {
+  return wasm_v128_and(bit <= 4 ? wasm_i8x16_shl(h, 4 - bit) : wasm_u8x16_shr(h, bit - 4), wasm_i8x16_splat(0x10));
+}
+
+// Σ_j min_j·(Σ of sub-block j's 32 activations) from ggml's per-16 bsums: each min counts twice.
+static inline int sum_mins(v128_t mins, const int16_t *bs) {
+  const v128_t m0 = wasm_i16x8_shuffle(mins, mins, 0, 0, 1, 1, 2, 2, 3, 3);
+  const v128_t m1 = wasm_i16x8_shuffle(mins, mins, 4, 4, 5, 5, 6, 6, 7, 7);
+  return hsum_i32(wasm_i32x4_add(wasm_i32x4_dot_i16x8(m0, wasm_v128_load(bs)), wasm_i32x4_dot_i16x8(m1, wasm_v128_load(bs + 8))));
+}
+
+// T tokens (t0..t0+T-1) of one q4_K (Q5 = 0) or q5_K (Q5 = 1) row: the two formats differ only by
+// q5_K's fifth bits (qh[32] before qs); weights and scales are unpacked once for all T tokens.
 static inline __attribute__((always_inline)) void
-row_q4_K(const uint8_t *row, int nb, const int8_t *x, int cols, const float *xd, const int16_t *xbs,
-         float *y, int rows, const float *half, const int T) {
+row_q45_K(const uint8_t *row, int nb, const int8_t *x, int cols, const float *xd, const int16_t *xbs,
+          float *y, int rows, const float *half, const int T, const int Q5) {
+  const int bytes = Q5 ? Q5_K_BYTES : Q4_K_BYTES, qs = Q5 ? 48 : 16;
   const v128_t m4 = wasm_i8x16_splat(0x0f);
   float acc[4];
   _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) acc[k] = 0.0f;
   for (int b = 0; b < nb; b++, x += QK_K) {
-    const uint8_t *blk = row + b * Q4_K_BYTES;
+    const uint8_t *blk = row + b * bytes;
     // the twelve scale bytes → eight 6-bit scales (bytes of sc0, sc1) and eight mins (of mn0,
     // mn1), unpacked as llama.cpp does (utmp with kmask1..3)
     const u32 u0 = load_u32(blk + 4), u1 = load_u32(blk + 8), u2 = load_u32(blk + 12);
     const u32 sc0 = u0 & 0x3f3f3f3fu, sc1 = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
     const u32 mn0 = u1 & 0x3f3f3f3fu, mn1 = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
     const v128_t mins = wasm_u16x8_extend_low_u8x16(wasm_i32x4_make(mn0, mn1, 0, 0));
+    // q5_K: bit 2j of qh[l] is the fifth bit of value l of sub-block 2j, bit 2j+1 of sub-block 2j+1
+    const v128_t h0 = Q5 ? wasm_v128_load(blk + 16) : wasm_i8x16_splat(0);
+    const v128_t h1 = Q5 ? wasm_v128_load(blk + 32) : wasm_i8x16_splat(0);
     v128_t sumi[4];
     _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) sumi[k] = wasm_i32x4_splat(0);
     // each 32 bytes hold sub-block 2j in their low nibbles and 2j+1 in their high nibbles
     _Pragma("clang loop unroll(full)") for (int j = 0; j < 4; j++) {
-      const v128_t a = wasm_v128_load(blk + 16 + 32 * j), c = wasm_v128_load(blk + 32 + 32 * j);
-      const v128_t la = wasm_v128_and(a, m4), lc = wasm_v128_and(c, m4);
-      const v128_t ha = wasm_u8x16_shr(a, 4), hc = wasm_u8x16_shr(c, 4);
+      const v128_t a = wasm_v128_load(blk + qs + 32 * j), c = wasm_v128_load(blk + qs + 16 + 32 * j);
+      v128_t la = wasm_v128_and(a, m4), lc = wasm_v128_and(c, m4);
+      v128_t ha = wasm_u8x16_shr(a, 4), hc = wasm_u8x16_shr(c, 4);
+      if (Q5) {
+        la = wasm_v128_or(la, bit_to_16(h0, 2 * j)); lc = wasm_v128_or(lc, bit_to_16(h1, 2 * j));
+        ha = wasm_v128_or(ha, bit_to_16(h0, 2 * j + 1)); hc = wasm_v128_or(hc, bit_to_16(h1, 2 * j + 1));
+      }
       const v128_t slo = wasm_i16x8_splat(((j < 2 ? sc0 : sc1) >> (16 * (j & 1))) & 0xff);
       const v128_t shi = wasm_i16x8_splat(((j < 2 ? sc0 : sc1) >> (16 * (j & 1) + 8)) & 0xff);
       _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) {
         const int8_t *xj = x + k * cols + 64 * j;
-        // |lo|, |hi| ≤ 4·15·127 per lane; the dot multiplies by the 6-bit scale and adds pairs
-        const v128_t lo = wasm_i16x8_add(dot16_q4(la, wasm_v128_load(xj)), dot16_q4(lc, wasm_v128_load(xj + 16)));
-        const v128_t hi = wasm_i16x8_add(dot16_q4(ha, wasm_v128_load(xj + 32)), dot16_q4(hc, wasm_v128_load(xj + 48)));
+        // |lo|, |hi| ≤ 4·31·127 per lane; the dot multiplies by the 6-bit scale and adds pairs
+        const v128_t lo = wasm_i16x8_add(dot16_u(la, wasm_v128_load(xj)), dot16_u(lc, wasm_v128_load(xj + 16)));
+        const v128_t hi = wasm_i16x8_add(dot16_u(ha, wasm_v128_load(xj + 32)), dot16_u(hc, wasm_v128_load(xj + 48)));
         sumi[k] = wasm_i32x4_add(sumi[k], wasm_i32x4_add(wasm_i32x4_dot_i16x8(lo, slo), wasm_i32x4_dot_i16x8(hi, shi)));
       }
     }
     // integer sums to scalars first: how the lanes split them differs between the two builds'
-    // dot16_q4, their totals do not, so both builds round the same floats
+    // dot16_u, their totals do not, so both builds round the same floats
     const float d = half[load_u16(blk)], dmin = half[load_u16(blk + 2)];
     _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) {
       const float dy = xd[k * nb + b];
-      const int summ = hsum_i32(wasm_i32x4_dot_i16x8(mins, wasm_v128_load(xbs + 8 * (k * nb + b))));
+      const int summ = sum_mins(mins, xbs + 16 * (k * nb + b));
       acc[k] += (d * dy) * (float)hsum_i32(sumi[k]) - (dmin * dy) * (float)summ;
     }
   }
   _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) y[(uint32_t)k * rows] = acc[k];
 }
 
-// Rows r0 ≤ r < r1 of y = x · Wᵀ for q4_K W and q8_K x, as ggml_vec_dot_q4_K_q8_K:
-// per super-block d·dy·Σ_j scale_j·(q4·q8)_j − dmin·dy·Σ_j min_j·bs_j.
-void matmul_q4_K(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, const int16_t *xbs,
-                 int tokens, float *y, int r0, int r1, const float *half) {
+// T tokens of one q6_K row. A half-block (128 values) is ql[64] (low 4 bits) and qh[32] (high 2
+// bits): value l, l+32, l+64, l+96 of the half take ql[l]'s low, ql[l+32]'s low, ql[l]'s high and
+// ql[l+32]'s high nibble, and bits 0-1, 2-3, 4-5, 6-7 of qh[l]. Each 16 values have an int8 scale.
+// The weights are read as stored (q + 32, 0..63, unsigned like q4_K's nibbles) and the offset is
+// taken off once per block: Σ sc·(q − 32)·x = Σ sc·q·x − 32·Σ_g sc_g·bsum_g.
+static inline __attribute__((always_inline)) void
+row_q6_K(const uint8_t *row, int nb, const int8_t *x, int cols, const float *xd, const int16_t *xbs,
+         float *y, int rows, const float *half, const int T) {
+  const v128_t m4 = wasm_i8x16_splat(0x0f), m30 = wasm_i8x16_splat(0x30);
+  float acc[4];
+  _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) acc[k] = 0.0f;
+  for (int b = 0; b < nb; b++, x += QK_K) {
+    const uint8_t *blk = row + b * Q6_K_BYTES;
+    const int8_t *sc = (const int8_t *)(blk + 192);
+    v128_t sumi[4];
+    _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) sumi[k] = wasm_i32x4_splat(0);
+    _Pragma("clang loop unroll(full)") for (int j = 0; j < 2; j++) {
+      const uint8_t *ql = blk + 64 * j, *qh = blk + 128 + 32 * j;
+      const v128_t l0 = wasm_v128_load(ql), l1 = wasm_v128_load(ql + 16), l2 = wasm_v128_load(ql + 32), l3 = wasm_v128_load(ql + 48);
+      const v128_t h0 = wasm_v128_load(qh), h1 = wasm_v128_load(qh + 16);
+      // the half's eight groups of 16 values, in order (group g has scale sc[8j + g])
+      const v128_t q0 = wasm_v128_or(wasm_v128_and(l0, m4), wasm_v128_and(wasm_i8x16_shl(h0, 4), m30));
+      const v128_t q1 = wasm_v128_or(wasm_v128_and(l1, m4), wasm_v128_and(wasm_i8x16_shl(h1, 4), m30));
+      const v128_t q2 = wasm_v128_or(wasm_v128_and(l2, m4), wasm_v128_and(wasm_i8x16_shl(h0, 2), m30));
+      const v128_t q3 = wasm_v128_or(wasm_v128_and(l3, m4), wasm_v128_and(wasm_i8x16_shl(h1, 2), m30));
+      const v128_t q4 = wasm_v128_or(wasm_u8x16_shr(l0, 4), wasm_v128_and(h0, m30));
+      const v128_t q5 = wasm_v128_or(wasm_u8x16_shr(l1, 4), wasm_v128_and(h1, m30));
+      const v128_t q6 = wasm_v128_or(wasm_u8x16_shr(l2, 4), wasm_v128_and(wasm_u8x16_shr(h0, 2), m30));
+      const v128_t q7 = wasm_v128_or(wasm_u8x16_shr(l3, 4), wasm_v128_and(wasm_u8x16_shr(h1, 2), m30));
+      const int8_t *s = sc + 8 * j;
+      const v128_t s0 = wasm_i16x8_splat(s[0]), s1 = wasm_i16x8_splat(s[1]), s2 = wasm_i16x8_splat(s[2]), s3 = wasm_i16x8_splat(s[3]);
+      const v128_t s4 = wasm_i16x8_splat(s[4]), s5 = wasm_i16x8_splat(s[5]), s6 = wasm_i16x8_splat(s[6]), s7 = wasm_i16x8_splat(s[7]);
+      _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) {
+        const int8_t *xj = x + k * cols + 128 * j;
+        // each group: pairs of q·x (≤ 2·63·127) times its scale (int8), pairs added in int32
+        v128_t t = wasm_i32x4_add(wasm_i32x4_dot_i16x8(dot16_u(q0, wasm_v128_load(xj)), s0),
+                                  wasm_i32x4_dot_i16x8(dot16_u(q1, wasm_v128_load(xj + 16)), s1));
+        t = wasm_i32x4_add(t, wasm_i32x4_add(wasm_i32x4_dot_i16x8(dot16_u(q2, wasm_v128_load(xj + 32)), s2),
+                                             wasm_i32x4_dot_i16x8(dot16_u(q3, wasm_v128_load(xj + 48)), s3)));
+        t = wasm_i32x4_add(t, wasm_i32x4_add(wasm_i32x4_dot_i16x8(dot16_u(q4, wasm_v128_load(xj + 64)), s4),
+                                             wasm_i32x4_dot_i16x8(dot16_u(q5, wasm_v128_load(xj + 80)), s5)));
+        t = wasm_i32x4_add(t, wasm_i32x4_add(wasm_i32x4_dot_i16x8(dot16_u(q6, wasm_v128_load(xj + 96)), s6),
+                                             wasm_i32x4_dot_i16x8(dot16_u(q7, wasm_v128_load(xj + 112)), s7)));
+        sumi[k] = wasm_i32x4_add(sumi[k], t);
+      }
+    }
+    const v128_t scl = wasm_i16x8_extend_low_i8x16(wasm_v128_load(sc)), sch = wasm_i16x8_extend_high_i8x16(wasm_v128_load(sc));
+    const float d = half[load_u16(blk + 208)];
+    _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) {
+      const int16_t *bs = xbs + 16 * (k * nb + b);
+      const int off = hsum_i32(wasm_i32x4_add(wasm_i32x4_dot_i16x8(scl, wasm_v128_load(bs)), wasm_i32x4_dot_i16x8(sch, wasm_v128_load(bs + 8))));
+      acc[k] += (d * xd[k * nb + b]) * (float)(hsum_i32(sumi[k]) - 32 * off);
+    }
+  }
+  _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) y[(uint32_t)k * rows] = acc[k];
+}
+
+// Rows r0 ≤ r < r1 of y = x · Wᵀ for a k-quant W (KIND 4, 5, 6: q4_K, q5_K, q6_K) and q8_K x:
+// chunks of rows outside, tiles of 4 tokens inside, rows of the chunk innermost (as matmul_q8_0).
+static inline __attribute__((always_inline)) void
+matmul_K(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, const int16_t *xbs,
+         int tokens, float *y, int r0, int r1, const float *half, const int KIND) {
   const int nb = cols / QK_K;
-  const int chunk = CHUNK_ROWS(nb * Q4_K_BYTES);
+  const int bytes = KIND == 4 ? Q4_K_BYTES : KIND == 5 ? Q5_K_BYTES : Q6_K_BYTES;
+  const int chunk = CHUNK_ROWS(nb * bytes);
   for (int rc = r0; rc < r1; rc += chunk) {
     const int re = rc + chunk < r1 ? rc + chunk : r1;
     int t = 0;
-    for (; t + 4 <= tokens; t += 4)
-      for (int r = rc; r < re; r++)
-        row_q4_K(w + (uint32_t)r * nb * Q4_K_BYTES, nb, xq + (uint32_t)t * cols, cols, xd + t * nb, xbs + 8 * t * nb,
-                 y + (uint32_t)t * rows + r, rows, half, 4);
-    for (; t < tokens; t++)
-      for (int r = rc; r < re; r++)
-        row_q4_K(w + (uint32_t)r * nb * Q4_K_BYTES, nb, xq + (uint32_t)t * cols, cols, xd + t * nb, xbs + 8 * t * nb,
-                 y + (uint32_t)t * rows + r, rows, half, 1);
+#define ROWS_K(T)                                                                                                    \
+    for (int r = rc; r < re; r++) {                                                                                  \
+      const uint8_t *wr = w + (uint32_t)r * nb * bytes;                                                              \
+      const int8_t *xt = xq + (uint32_t)t * cols;                                                                    \
+      float *yt = y + (uint32_t)t * rows + r;                                                                        \
+      if (KIND == 6) row_q6_K(wr, nb, xt, cols, xd + t * nb, xbs + 16 * t * nb, yt, rows, half, T);                  \
+      else row_q45_K(wr, nb, xt, cols, xd + t * nb, xbs + 16 * t * nb, yt, rows, half, T, KIND == 5);                \
+    }
+    for (; t + 4 <= tokens; t += 4) { ROWS_K(4) }
+    for (; t < tokens; t++) { ROWS_K(1) }
+#undef ROWS_K
   }
+}
+
+// As ggml_vec_dot_q4_K_q8_K: per super-block d·dy·Σ_j scale_j·(q4·q8)_j − dmin·dy·Σ_j min_j·bsum_j.
+void matmul_q4_K(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, const int16_t *xbs,
+                 int tokens, float *y, int r0, int r1, const float *half) {
+  matmul_K(w, rows, cols, xq, xd, xbs, tokens, y, r0, r1, half, 4);
+}
+
+// As ggml_vec_dot_q5_K_q8_K: q4_K's sum with 5-bit weights (0..31).
+void matmul_q5_K(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, const int16_t *xbs,
+                 int tokens, float *y, int r0, int r1, const float *half) {
+  matmul_K(w, rows, cols, xq, xd, xbs, tokens, y, r0, r1, half, 5);
+}
+
+// As ggml_vec_dot_q6_K_q8_K: per super-block d·dy·Σ_g scale_g·((q6 − 32)·q8)_g.
+void matmul_q6_K(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, const int16_t *xbs,
+                 int tokens, float *y, int r0, int r1, const float *half) {
+  matmul_K(w, rows, cols, xq, xd, xbs, tokens, y, r0, r1, half, 6);
 }
 
 // T tokens of one bf16 row. A bf16 value is the top half of a float32, so widening is a shift

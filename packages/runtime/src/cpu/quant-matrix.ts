@@ -1,10 +1,10 @@
-import { QK8_0, Q8_0_BLOCK_BYTES, QK_K, Q4_K_BLOCK_BYTES } from '../quant/quantize.ts'
+import { QK8_0, Q8_0_BLOCK_BYTES, QK_K, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES } from '../quant/quantize.ts'
 import type { QuantDType } from '../checkpoint.ts'
-import { quantizeActQ8_0, quantizeActQ8_K, dotQ8_0, dotQ4_K, dotBf16 } from './reference.ts'
+import { quantizeActQ8_0, quantizeActQ8_K, dotQ8_0, dotQ4_K, dotQ5_K, dotQ6_K, dotBf16 } from './reference.ts'
 import { WasmQuantMatrix } from './wasm-matrix.ts'
 
 /** Storage formats the CPU kernels read directly: ggml blocks, and bf16 (rows of 8-value "blocks"). */
-export type QuantMatrixFormat = 'q8_0' | 'q4_k' | 'bf16'
+export type QuantMatrixFormat = 'q8_0' | 'q4_k' | 'q5_k' | 'q6_k' | 'bf16'
 
 /** A linear weight W [rows, cols] held as ggml blocks, row-major; y = x · Wᵀ. */
 export interface QuantMatrix {
@@ -36,19 +36,23 @@ export class QuantMatrixError extends RangeError {
 export const QUANT_BLOCK: Record<QuantMatrixFormat, { values: number, bytes: number }> = {
   q8_0: { values: QK8_0, bytes: Q8_0_BLOCK_BYTES },
   q4_k: { values: QK_K, bytes: Q4_K_BLOCK_BYTES },
+  q5_k: { values: QK_K, bytes: Q5_K_BLOCK_BYTES },
+  q6_k: { values: QK_K, bytes: Q6_K_BLOCK_BYTES },
   // not a ggml block: the kernel reads eight values a step, so rows must be whole eights
   bf16: { values: 8, bytes: 16 }
 }
 
+const FORMAT_OF: Record<string, QuantMatrixFormat> = { Q8_0: 'q8_0', Q4_K: 'q4_k', Q5_K: 'q5_k', Q6_K: 'q6_k', BF16: 'bf16' }
+
 /** The kernel format of a stored dtype, or undefined when the kernels cannot read it. */
 export function quantMatrixFormat (dtype: QuantDType | string): QuantMatrixFormat | undefined {
-  return dtype === 'Q8_0' ? 'q8_0' : dtype === 'Q4_K' ? 'q4_k' : dtype === 'BF16' ? 'bf16' : undefined
+  return Object.hasOwn(FORMAT_OF, dtype) ? FORMAT_OF[dtype] : undefined
 }
 
 /** The byte length of a [rows, cols] matrix's blocks; throws when cols is not whole blocks. */
 export function quantBlocksBytes (format: QuantMatrixFormat, rows: number, cols: number): number {
   const blk = QUANT_BLOCK[format]
-  if (blk == null) throw new QuantMatrixError(`unknown quantized format ${String(format)} (expected q8_0, q4_k or bf16)`)
+  if (blk == null) throw new QuantMatrixError(`unknown quantized format ${String(format)} (expected ${Object.keys(QUANT_BLOCK).join(', ')})`)
   if (!Number.isInteger(rows) || !Number.isInteger(cols) || rows <= 0 || cols <= 0) {
     throw new QuantMatrixError(`${format} matrix: bad shape [${rows}, ${cols}]`)
   }
@@ -119,7 +123,7 @@ export class ScalarQuantMatrix implements QuantMatrix {
       return y
     }
     const a = this.format === 'q8_0' ? quantizeActQ8_0(x) : quantizeActQ8_K(x)
-    const dot = this.format === 'q8_0' ? dotQ8_0 : dotQ4_K
+    const dot = { q8_0: dotQ8_0, q4_k: dotQ4_K, q5_k: dotQ5_K, q6_k: dotQ6_K }[this.format]
     for (let t = 0; t < tokens; t++) {
       for (let r = 0; r < this.rows; r++) y[t * this.rows + r] = dot(w, r * nb * bytes, a, t * nb, nb)
     }

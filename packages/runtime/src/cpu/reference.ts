@@ -1,9 +1,8 @@
-import { f32ToF16Bits } from '../safetensors-write.ts'
-import { halfTable } from '../safetensors.ts'
-import { QK8_0, Q8_0_BLOCK_BYTES, QK_K, Q4_K_BLOCK_BYTES } from '../quant/quantize.ts'
+import { f32ToF16Bits, halfTable } from '../dtype.ts'
+import { QK8_0, Q8_0_BLOCK_BYTES, QK_K, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES } from '../quant/quantize.ts'
 
 // Scalar JS versions of the CPU kernels' arithmetic, as llama.cpp does it: activations are
-// quantized per block (q8_0 for q8_0 weights, q8_K for q4_k weights) and multiplied with the
+// quantized per block (q8_0 for q8_0 weights, q8_K for the k-quants) and multiplied with the
 // weights' integers; only the block scales are floats. The wasm kernels compute the same
 // integers; tests use these to build their references.
 
@@ -132,4 +131,57 @@ export function dotQ4_K (w: Uint8Array, wo: number, a: QuantizedActivations, xb:
     sum += f(half[w[o] | (w[o + 1] << 8)] * dy) * sumi - f(half[w[o + 2] | (w[o + 3] << 8)] * dy) * summ
   }
   return sum
+}
+
+/**
+ * One row of q5_K weights · one token's q8_K activations, as ggml_vec_dot_q5_K_q8_K: q4_K's sum
+ * with a fifth bit per weight (bit j of qh[l] for value l of sub-block j). Float for float the
+ * kernel's arithmetic: integer sums per super-block, then float32 scales and one float32 sum.
+ */
+export function dotQ5_K (w: Uint8Array, wo: number, a: QuantizedActivations, xb: number, nb: number): number {
+  const half = halfTable()
+  let acc = 0
+  for (let b = 0; b < nb; b++) {
+    const o = wo + b * Q5_K_BLOCK_BYTES
+    const x = (xb + b) * QK_K
+    let sumi = 0; let summ = 0
+    for (let j = 0; j < 8; j++) {
+      const [sc, m] = scaleMinK4(w, o + 4, j)
+      const qs = o + 48 + 32 * (j >> 1)
+      let dot = 0
+      for (let l = 0; l < 32; l++) {
+        const q = ((j & 1) === 0 ? w[qs + l] & 0xf : w[qs + l] >> 4) | (((w[o + 16 + l] >> j) & 1) << 4)
+        dot += q * a.q[x + 32 * j + l]
+      }
+      sumi += sc * dot
+      summ += m * (a.bsums![(xb + b) * 16 + 2 * j] + a.bsums![(xb + b) * 16 + 2 * j + 1])
+    }
+    const dy = a.d[xb + b]
+    acc = f(acc + f(f(f(half[w[o] | (w[o + 1] << 8)] * dy) * f(sumi)) - f(f(half[w[o + 2] | (w[o + 3] << 8)] * dy) * f(summ))))
+  }
+  return acc
+}
+
+/**
+ * One row of q6_K weights · one token's q8_K activations, as ggml_vec_dot_q6_K_q8_K:
+ * d·dy·Σ_g scale_g·Σ (q − 32)·x over each 16 values g. Float for float the kernel's arithmetic.
+ */
+export function dotQ6_K (w: Uint8Array, wo: number, a: QuantizedActivations, xb: number, nb: number): number {
+  const half = halfTable()
+  let acc = 0
+  for (let b = 0; b < nb; b++) {
+    const o = wo + b * Q6_K_BLOCK_BYTES
+    const x = (xb + b) * QK_K
+    let sumi = 0
+    for (let e = 0; e < QK_K; e++) {
+      // value e is in half h, quarter g of it, position l: ql[64h + 32(g & 1) + l]'s low (g < 2) or
+      // high nibble, bits 2g, 2g+1 of qh[32h + l]
+      const h = e >> 7; const g = (e >> 5) & 3; const l = e & 31
+      const ql = w[o + 64 * h + 32 * (g & 1) + l]
+      const q = ((g < 2 ? ql & 0xf : ql >> 4) | (((w[o + 128 + 32 * h + l] >> (2 * g)) & 3) << 4)) - 32
+      sumi += ((w[o + 192 + (e >> 4)] << 24) >> 24) * q * a.q[x + e]
+    }
+    acc = f(acc + f(f(half[w[o + 208] | (w[o + 209] << 8)] * a.d[xb + b]) * f(sumi)))
+  }
+  return acc
 }

@@ -5,6 +5,8 @@ import type { QuantMatrix, QuantMatrixFormat, QuantBlocks } from './quant-matrix
 import { splitRows } from './threads.ts'
 
 const up = (n: number): number => Math.ceil(n / 64) * 64
+/** The kernel of each k-quant format (q8_K activations). */
+const KQUANT_KERNEL: Record<string, 'q4_K' | 'q5_K' | 'q6_K'> = { q4_k: 'q4_K', q5_k: 'q5_K', q6_k: 'q6_K' }
 
 /** W's blocks in a wasm memory, multiplied by the SIMD128 kernels of kernels.c. */
 export class WasmQuantMatrix implements QuantMatrix {
@@ -44,12 +46,12 @@ export class WasmQuantMatrix implements QuantMatrix {
     }
     const nb = cols / QUANT_BLOCK[this.format].values
     // scratch: x as f32, its quantized values (int16 for q8_0, int8 for q8_K), one f32 scale per
-    // block, q8_K's int16 sums, then y
-    const xf = arena.scratch(up(4 * n) + up(2 * n) + up(4 * tokens * nb) + up(16 * tokens * nb) + 4 * tokens * rows)
+    // block, q8_K's int16 sums (16 per block), then y
+    const xf = arena.scratch(up(4 * n) + up(2 * n) + up(4 * tokens * nb) + up(32 * tokens * nb) + 4 * tokens * rows)
     const xq = xf + up(4 * n)
     const xd = xq + up(2 * n)
     const xbs = xd + up(4 * tokens * nb)
-    const y = xbs + up(16 * tokens * nb)
+    const y = xbs + up(32 * tokens * nb)
     new Float32Array(arena.memory.buffer, xf, n).set(x)
     const k = arena.kernels
     if (this.format === 'q8_0') {
@@ -57,7 +59,7 @@ export class WasmQuantMatrix implements QuantMatrix {
       splitRows(arena, { kernel: 'q8_0', w, rows, cols, xq, xd, xbs, tokens, y })
     } else {
       k.quantize_q8_K(xf, xq, xd, xbs, n)
-      splitRows(arena, { kernel: 'q4_K', w, rows, cols, xq, xd, xbs, tokens, y })
+      splitRows(arena, { kernel: KQUANT_KERNEL[this.format], w, rows, cols, xq, xd, xbs, tokens, y })
     }
     return new Float32Array(arena.memory.buffer, y, tokens * rows).slice()
   }

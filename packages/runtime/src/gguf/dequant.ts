@@ -1,4 +1,5 @@
-import { toFloat32, halfTable } from '../safetensors.ts'
+import { toFloat32 } from '../safetensors.ts'
+import { f16BitsToF32 } from '../dtype.ts'
 import { ggmlTypeByName } from './types.ts'
 import type { DequantizableType } from './types.ts'
 
@@ -7,7 +8,7 @@ import type { DequantizableType } from './types.ts'
 // intermediate that C keeps as a float is rounded with Math.fround; the final float32 store
 // rounds the last operation. Products of a 16-bit float and a small integer are exact in both.
 
-const f16At = (b: Uint8Array, o: number): number => halfTable()[b[o] | (b[o + 1] << 8)]
+const f16At = (b: Uint8Array, o: number): number => f16BitsToF32(b[o] | (b[o + 1] << 8))
 
 function q8_0 (b: Uint8Array, y: Float32Array, nb: number): void {
   for (let i = 0; i < nb; i++) {

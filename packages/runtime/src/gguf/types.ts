@@ -5,7 +5,7 @@ import { CheckpointError } from '../safetensors.ts'
  * CheckpointError so callers that handle bad safetensors checkpoints handle these too.
  */
 export class GgufError extends CheckpointError {
-  constructor (message: string) { super(message); this.name = 'GgufError' }
+  constructor (message: string) { super(message, 'gguf'); this.name = 'GgufError' }
 }
 
 export interface GgmlType {

@@ -18,7 +18,7 @@ const LINEAR = /\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$/
 
 /** A block's stored weights that are not the ones the model id names. */
 export class WeightsMismatchError extends CheckpointError {
-  constructor (message: string) { super(message); this.name = 'WeightsMismatchError' }
+  constructor (message: string) { super(message, 'weights-mismatch'); this.name = 'WeightsMismatchError' }
 }
 
 /**
