@@ -45,6 +45,7 @@ export class PlexusServer {
   private draining = false
   private servesHead = false
   private stopModelFiles?: () => Promise<void>
+  private stopInfo?: () => Promise<void>
 
   constructor (components: PlexusServerComponents, init: PlexusServerInit) {
     this.c = components
@@ -107,7 +108,7 @@ export class PlexusServer {
         this.log.error('not offering the client parts: %s', (err as Error).message)
       }
     }
-    await serveInfo(node, async () => this.draining ? [] : [await this.announcement()])
+    this.stopInfo = await serveInfo(node, async () => this.draining ? [] : [await this.announcement()])
     // Ready means findable: wait for the first round of provider records (it never throws).
     const round = await this.announcer.start()
     if (round.unreached > 0) this.log('%d of %d announcements reached no peer yet; retrying in the background', round.unreached, round.unreached + round.provided)
@@ -130,6 +131,8 @@ export class PlexusServer {
       await this.c.node.unhandle(SESSION_PROTOCOL)
     }
     await this.stopModelFiles?.()
+    // a server that moves its blocks starts a new one first: the old source must not stay behind
+    await this.stopInfo?.()
     await this.c.backend.dispose()
   }
 }

@@ -55,6 +55,7 @@ export class VerifierNode {
   private readonly pending = new Map<string, ReturnType<typeof setTimeout>>()
   private republisher?: NodeJS.Timeout
   private stopped = false
+  private stopInfo?: () => Promise<void>
 
   private constructor (components: VerifierNodeComponents, init: VerifierNodeInit, runner: SpanRunner) {
     this.c = components
@@ -78,7 +79,7 @@ export class VerifierNode {
     const v = new VerifierNode(components, init, runner)
     const { node } = components
     await node.handle(VERIFY_PROTOCOL, createVerifyHandler({ verifier: v.verifier, log: v.log }), { maxInboundStreams: 1024 })
-    await serveInfo(node, async () => v.stopped ? [] : [await v.announcement()])
+    v.stopInfo = await serveInfo(node, async () => v.stopped ? [] : [await v.announcement()])
     await v.announcer.start()
     v.republisher = setInterval(() => { v.republish() }, init.republishMs ?? 10 * 60_000)
     v.republisher.unref()
@@ -147,6 +148,7 @@ export class VerifierNode {
     this.pending.clear()
     await this.announcer.stop()
     await this.c.node.unhandle(VERIFY_PROTOCOL)
+    await this.stopInfo?.()
     await this.verifier.dispose()
     await this.runner.dispose()
   }
