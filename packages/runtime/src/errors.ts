@@ -26,15 +26,15 @@ export class PlexusError extends Error {
   }
 }
 
+/** A flag, argument or setting that cannot work as given; the message says what to give instead. */
+export class UsageError extends PlexusError {
+  constructor (message: string) { super('usage', message, { httpStatus: 400 }); this.name = 'UsageError' }
+}
+
 /** An error as a worker thread posts it: enough to rebuild it on the other side, a PlexusError as one. */
 export interface PostedError { name: string, message: string, code?: string, httpStatus?: number }
 
 export function postedError (err: any): PostedError {
   const posted: PostedError = { name: err?.name ?? 'Error', message: String(err?.message ?? err) }
   return err instanceof PlexusError ? { ...posted, code: err.code, httpStatus: err.httpStatus } : posted
-}
-
-/** A flag, argument or setting that cannot work as given; the message says what to give instead. */
-export class UsageError extends PlexusError {
-  constructor (message: string) { super('usage', message, { httpStatus: 400 }); this.name = 'UsageError' }
 }

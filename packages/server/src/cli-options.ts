@@ -71,4 +71,3 @@ export const swarmKeyFlags = {
 export type NodeArgs = FlagValues<typeof nodeFlags>
 export type BootstrapArgs = FlagValues<typeof nodeFlags & typeof bootstrapFlags>
 export type JoinArgs = FlagValues<typeof nodeFlags & typeof servedModelFlags & typeof sessionFlags & typeof verifierFlags>
-export type SwarmKeyArgs = FlagValues<typeof swarmKeyFlags>

@@ -26,8 +26,9 @@ export interface KernelExports {
 
 let module: WasmModule | undefined
 /**
- * Which build runs: with relaxed SIMD (q4_K's pmaddubsw) where the engine has it (V8 ≥ 11.4, Node
- * 22+), else plain SIMD128; PLEXUS_CPU_KERNELS=simd128 forces the latter. Both give the same bits.
+ * Which build runs: with relaxed SIMD (the k-quants' pmaddubsw) where the engine has it (V8 ≥
+ * 11.4, Node 22+), else plain SIMD128; PLEXUS_CPU_KERNELS=simd128 forces the latter. Both give
+ * the same bits.
  */
 export let kernelsBuild: 'relaxed-simd' | 'simd128' | undefined
 export function kernelsModule (): WasmModule {

@@ -171,10 +171,13 @@ static inline v128_t dot16_u(v128_t w, v128_t x) {
 #endif
 }
 
-// Bit `bit` of each byte of h moved to bit 4 (value 16): q5_K's fifth bit.
-static inline v128_t bit_to_16(v128_t h, const int bit) {
-  return wasm_v128_and(bit <= 4 ? wasm_i8x16_shl(h, 4 - bit) : wasm_u8x16_shr(h, bit - 4), wasm_i8x16_splat(0x10));
+// Each byte of h shifted so that its bit `from` lands on bit `to` (the caller masks the rest).
+static inline v128_t move_bits(v128_t h, const int from, const int to) {
+  return from <= to ? wasm_i8x16_shl(h, to - from) : wasm_u8x16_shr(h, from - to);
 }
+
+// Bit `bit` of each byte of h moved to bit 4 (value 16): q5_K's fifth bit.
+static inline v128_t bit_to_16(v128_t h, const int bit) { return wasm_v128_and(move_bits(h, bit, 4), wasm_i8x16_splat(0x10)); }
 
 // Σ_j min_j·(Σ of sub-block j's 32 activations) from ggml's per-16 bsums: each min counts twice.
 static inline int sum_mins(v128_t mins, const int16_t *bs) {
@@ -253,33 +256,21 @@ row_q6_K(const uint8_t *row, int nb, const int8_t *x, int cols, const float *xd,
     v128_t sumi[4];
     _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) sumi[k] = wasm_i32x4_splat(0);
     _Pragma("clang loop unroll(full)") for (int j = 0; j < 2; j++) {
-      const uint8_t *ql = blk + 64 * j, *qh = blk + 128 + 32 * j;
-      const v128_t l0 = wasm_v128_load(ql), l1 = wasm_v128_load(ql + 16), l2 = wasm_v128_load(ql + 32), l3 = wasm_v128_load(ql + 48);
-      const v128_t h0 = wasm_v128_load(qh), h1 = wasm_v128_load(qh + 16);
-      // the half's eight groups of 16 values, in order (group g has scale sc[8j + g])
-      const v128_t q0 = wasm_v128_or(wasm_v128_and(l0, m4), wasm_v128_and(wasm_i8x16_shl(h0, 4), m30));
-      const v128_t q1 = wasm_v128_or(wasm_v128_and(l1, m4), wasm_v128_and(wasm_i8x16_shl(h1, 4), m30));
-      const v128_t q2 = wasm_v128_or(wasm_v128_and(l2, m4), wasm_v128_and(wasm_i8x16_shl(h0, 2), m30));
-      const v128_t q3 = wasm_v128_or(wasm_v128_and(l3, m4), wasm_v128_and(wasm_i8x16_shl(h1, 2), m30));
-      const v128_t q4 = wasm_v128_or(wasm_u8x16_shr(l0, 4), wasm_v128_and(h0, m30));
-      const v128_t q5 = wasm_v128_or(wasm_u8x16_shr(l1, 4), wasm_v128_and(h1, m30));
-      const v128_t q6 = wasm_v128_or(wasm_u8x16_shr(l2, 4), wasm_v128_and(wasm_u8x16_shr(h0, 2), m30));
-      const v128_t q7 = wasm_v128_or(wasm_u8x16_shr(l3, 4), wasm_v128_and(wasm_u8x16_shr(h1, 2), m30));
-      const int8_t *s = sc + 8 * j;
-      const v128_t s0 = wasm_i16x8_splat(s[0]), s1 = wasm_i16x8_splat(s[1]), s2 = wasm_i16x8_splat(s[2]), s3 = wasm_i16x8_splat(s[3]);
-      const v128_t s4 = wasm_i16x8_splat(s[4]), s5 = wasm_i16x8_splat(s[5]), s6 = wasm_i16x8_splat(s[6]), s7 = wasm_i16x8_splat(s[7]);
-      _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) {
-        const int8_t *xj = x + k * cols + 128 * j;
-        // each group: pairs of q·x (≤ 2·63·127) times its scale (int8), pairs added in int32
-        v128_t t = wasm_i32x4_add(wasm_i32x4_dot_i16x8(dot16_u(q0, wasm_v128_load(xj)), s0),
-                                  wasm_i32x4_dot_i16x8(dot16_u(q1, wasm_v128_load(xj + 16)), s1));
-        t = wasm_i32x4_add(t, wasm_i32x4_add(wasm_i32x4_dot_i16x8(dot16_u(q2, wasm_v128_load(xj + 32)), s2),
-                                             wasm_i32x4_dot_i16x8(dot16_u(q3, wasm_v128_load(xj + 48)), s3)));
-        t = wasm_i32x4_add(t, wasm_i32x4_add(wasm_i32x4_dot_i16x8(dot16_u(q4, wasm_v128_load(xj + 64)), s4),
-                                             wasm_i32x4_dot_i16x8(dot16_u(q5, wasm_v128_load(xj + 80)), s5)));
-        t = wasm_i32x4_add(t, wasm_i32x4_add(wasm_i32x4_dot_i16x8(dot16_u(q6, wasm_v128_load(xj + 96)), s6),
-                                             wasm_i32x4_dot_i16x8(dot16_u(q7, wasm_v128_load(xj + 112)), s7)));
-        sumi[k] = wasm_i32x4_add(sumi[k], t);
+      const uint8_t *ql = blk + 64 * j;
+      const v128_t h0 = wasm_v128_load(blk + 128 + 32 * j), h1 = wasm_v128_load(blk + 144 + 32 * j);
+      // groups 2p and 2p+1 of the half (values 32p..32p+31): ql[32(p & 1)..]'s low (p < 2) or high
+      // nibbles, bits 2p, 2p+1 of qh; a pair at a time keeps few vectors live across the tokens
+      _Pragma("clang loop unroll(full)") for (int p = 0; p < 4; p++) {
+        const v128_t la = wasm_v128_load(ql + 32 * (p & 1)), lb = wasm_v128_load(ql + 32 * (p & 1) + 16);
+        const v128_t qa = wasm_v128_or(p < 2 ? wasm_v128_and(la, m4) : wasm_u8x16_shr(la, 4), wasm_v128_and(move_bits(h0, 2 * p, 4), m30));
+        const v128_t qb = wasm_v128_or(p < 2 ? wasm_v128_and(lb, m4) : wasm_u8x16_shr(lb, 4), wasm_v128_and(move_bits(h1, 2 * p, 4), m30));
+        const v128_t sa = wasm_i16x8_splat(sc[8 * j + 2 * p]), sb = wasm_i16x8_splat(sc[8 * j + 2 * p + 1]);
+        _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) {
+          const int8_t *xp = x + k * cols + 128 * j + 32 * p;
+          // each group: pairs of q·x (≤ 2·63·127) times its scale (int8), pairs added in int32
+          sumi[k] = wasm_i32x4_add(sumi[k], wasm_i32x4_add(wasm_i32x4_dot_i16x8(dot16_u(qa, wasm_v128_load(xp)), sa),
+                                                           wasm_i32x4_dot_i16x8(dot16_u(qb, wasm_v128_load(xp + 16)), sb)));
+        }
       }
     }
     const v128_t scl = wasm_i16x8_extend_low_i8x16(wasm_v128_load(sc)), sch = wasm_i16x8_extend_high_i8x16(wasm_v128_load(sc));
@@ -304,13 +295,14 @@ matmul_K(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd
   for (int rc = r0; rc < r1; rc += chunk) {
     const int re = rc + chunk < r1 ? rc + chunk : r1;
     int t = 0;
-#define ROWS_K(T)                                                                                                    \
-    for (int r = rc; r < re; r++) {                                                                                  \
-      const uint8_t *wr = w + (uint32_t)r * nb * bytes;                                                              \
-      const int8_t *xt = xq + (uint32_t)t * cols;                                                                    \
-      float *yt = y + (uint32_t)t * rows + r;                                                                        \
-      if (KIND == 6) row_q6_K(wr, nb, xt, cols, xd + t * nb, xbs + 16 * t * nb, yt, rows, half, T);                  \
-      else row_q45_K(wr, nb, xt, cols, xd + t * nb, xbs + 16 * t * nb, yt, rows, half, T, KIND == 5);                \
+    // rows rc ≤ r < re for tokens t..t+T-1
+#define ROWS_K(T) \
+    for (int r = rc; r < re; r++) { \
+      const uint8_t *wr = w + (uint32_t)r * nb * bytes; \
+      const int8_t *xt = xq + (uint32_t)t * cols; \
+      float *yt = y + (uint32_t)t * rows + r; \
+      if (KIND == 6) row_q6_K(wr, nb, xt, cols, xd + t * nb, xbs + 16 * t * nb, yt, rows, half, T); \
+      else row_q45_K(wr, nb, xt, cols, xd + t * nb, xbs + 16 * t * nb, yt, rows, half, T, KIND == 5); \
     }
     for (; t + 4 <= tokens; t += 4) { ROWS_K(4) }
     for (; t < tokens; t++) { ROWS_K(1) }
