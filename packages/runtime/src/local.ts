@@ -19,7 +19,8 @@ export const CPU_QUANT_FORMATS: readonly string[] = Object.keys(QUANT_BLOCK)
 
 /**
  * Bytes one block's weights occupy in a CPU backend when its linear weights are stored as
- * `format` (weightFormat's names): q8_0 and q4_k blocks as stored, anything else as float32.
+ * `format` (weightFormat's names): q8_0, q4_k, q5_k, q6_k and bf16 blocks as stored (the
+ * formats of `QUANT_BLOCK`), anything else as float32.
  */
 export function blockBytes (cfg: ModelConfig, format = 'f32'): number {
   const H = cfg.hiddenSize

@@ -101,7 +101,8 @@ export function planMove (spans: ServedSpan[], me: ServedSpan, numBlocks: number
 
 /**
  * Bytes one block takes on `backend` when its linear weights are stored as `format`: a GPU holds
- * them as stored; the CPU backends keep q8_0/q4_k blocks as stored and widen the rest to float32,
+ * them as stored; the CPU backends keep the formats their kernels read (q8_0, q4_k, q5_k, q6_k,
+ * bf16) as stored and widen the rest to float32,
  * which wasm's XNNPACK packs a second copy of.
  */
 export function bytesPerBlock (cfg: ModelConfig, backend: string, format: string): number {
