@@ -96,6 +96,10 @@ export class NetnsTopology {
     if (wan.gateway != null) sh('ip', ['-n', ns, 'route', 'add', 'default', 'via', wan.gateway])
     sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'])
     sh('ip', ['netns', 'exec', ns, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-o', 'wan', '-j', 'MASQUERADE', ...(nat === 'symmetric' ? ['--random-fully'] : [])])
+    // a home router's firewall drops unsolicited packets from outside. Without it, a hole punch's
+    // first packet (sent before the peer's own went out) leaves a conntrack entry on the router that
+    // takes the port the peer's mapping needs, and MASQUERADE then picks another: symmetric by accident
+    sh('ip', ['netns', 'exec', ns, 'iptables', '-A', 'INPUT', '-i', 'wan', '-m', 'conntrack', '--ctstate', 'NEW,INVALID', '-j', 'DROP'])
     return ns
   }
 

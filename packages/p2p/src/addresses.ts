@@ -1,4 +1,5 @@
 // Which addresses a node listens on by default, and which of its addresses it tells others about.
+import { createSocket } from 'node:dgram'
 import { createServer } from 'node:net'
 import { networkInterfaces } from 'node:os'
 import { isLinkLocal, isLoopback, isPrivate } from '@libp2p/utils'
@@ -14,11 +15,26 @@ export function allInterfaces (port: number): string[] {
 }
 
 /**
+ * QUIC (`/udp/P/quic-v1`) beside every TCP listen address, on the same host and port: one UDP
+ * socket per address, which NATs map like any UDP flow.
+ */
+export function withQuic (listen: string[]): string[] {
+  const quic = listen.map(a => a.match(/^(\/ip[46]\/[^/]+)\/tcp\/(\d+)$/)).filter(m => m != null).map(m => `${m[1]}/udp/${m[2]}/quic-v1`)
+  return [...listen, ...quic.filter(q => !listen.includes(q))]
+}
+
+/** True for a QUIC address (`.../udp/P/quic-v1`). */
+export function isQuicAddr (addr: string): boolean {
+  return /\/udp\/\d+\/quic-v1(\/|$)/.test(addr)
+}
+
+/**
  * The default listen addresses: every interface on DEFAULT_PORT, or on a free port the system
- * picks when DEFAULT_PORT is taken (a second node on the same machine). `port` is the one chosen.
+ * picks when DEFAULT_PORT is taken (a second node on the same machine). `port` is the one chosen,
+ * free for TCP and for UDP (QUIC listens on it too: withQuic).
  */
 export async function defaultListen (port = DEFAULT_PORT): Promise<{ listen: string[], port: number }> {
-  const free = await portFree('0.0.0.0', port) && await portFree('::', port)
+  const free = await portFree('0.0.0.0', port) && await portFree('::', port) && await udpPortFree('0.0.0.0', port) && await udpPortFree('::', port)
   const chosen = free ? port : await anyFreePort()
   return { listen: allInterfaces(chosen), port: chosen }
 }
@@ -34,7 +50,7 @@ async function anyFreePort (): Promise<number> {
         server.close(() => { resolve(p) })
       })
     })
-    if (await portFree('::', port)) return port
+    if (await portFree('::', port) && await udpPortFree('0.0.0.0', port) && await udpPortFree('::', port)) return port
   }
   return 0
 }
@@ -47,13 +63,14 @@ async function anyFreePort (): Promise<number> {
 export function publicInterfaceAddrs (listen: string[]): string[] {
   const out: string[] = []
   for (const a of listen) {
-    const [, proto, host, transport, port] = a.split('/')
+    const [, proto, host, transport, port, ...rest] = a.split('/')
     if ((host !== '0.0.0.0' && host !== '::') || port == null || port === '0') continue
     const family = proto === 'ip4' ? 'IPv4' : 'IPv6'
     for (const list of Object.values(networkInterfaces())) {
       for (const ni of list ?? []) {
         if (ni.family !== family || ni.internal) continue
-        const ma = multiaddr(`/${proto}/${ni.address}/${transport}/${port}`)
+        // keep what follows the port (`/quic-v1`)
+        const ma = multiaddr(`/${proto}/${ni.address}/${transport}/${port}${rest.length > 0 ? `/${rest.join('/')}` : ''}`)
         if (!isPrivate(ma) && !isLinkLocalAddr(ma)) out.push(ma.toString())
       }
     }
@@ -67,6 +84,15 @@ async function portFree (host: string, port: number): Promise<boolean> {
     const server = createServer()
     server.once('error', (err: NodeJS.ErrnoException) => { resolve(err.code !== 'EADDRINUSE' && err.code !== 'EACCES') })
     server.listen({ host, port, ipv6Only: host === '::', exclusive: true }, () => { server.close(() => { resolve(true) }) })
+  })
+}
+
+/** True when a UDP socket can take `port` on `host` now (an unsupported address family counts as free). */
+async function udpPortFree (host: string, port: number): Promise<boolean> {
+  return await new Promise(resolve => {
+    const socket = createSocket({ type: host === '::' ? 'udp6' : 'udp4', ipv6Only: host === '::' })
+    socket.once('error', (err: NodeJS.ErrnoException) => { socket.close(); resolve(err.code !== 'EADDRINUSE' && err.code !== 'EACCES') })
+    socket.bind({ address: host, port, exclusive: true }, () => { socket.close(() => { resolve(true) }) })
   })
 }
 

@@ -1,6 +1,6 @@
 // The network flags every plexus-node and plexus-client command shares: --listen, --announce,
 // --swarm-key, --dns-resolver; and what the tools print about them.
-import { defaultListen, onlyLoopback, publicInterfaceAddrs } from './addresses.ts'
+import { defaultListen, onlyLoopback, publicInterfaceAddrs, withQuic } from './addresses.ts'
 import { isPublicHost } from './reachability.ts'
 import { checkDnsServer, dnsaddrRecords } from './dnsaddr.ts'
 import { readSwarmKey, writeSwarmKey } from './swarm-key.ts'
@@ -47,7 +47,7 @@ export function reportMismatches (tool: string, write: (line: string) => void = 
 
 /**
  * The node options the flags give: `listen` defaults to every interface on port 31337 (or a
- * free one). A bootstrap peer must be reachable: it announces its public interface addresses
+ * free one), TCP and QUIC. A bootstrap peer must be reachable: it announces its public interface addresses
  * at once and relays for others. A server with no public address (behind NAT, as far as it
  * knows) reserves a slot on relays and takes WebRTC connections, which its relay signals.
  */
@@ -55,7 +55,8 @@ export async function networkOptions (args: NetworkArgs, role: 'bootstrap' | 'jo
   const swarmKey = args.swarmKey != null ? await readSwarmKey(args.swarmKey) : undefined
   const dnsResolver = args.dnsResolver != null ? checkDnsServer(args.dnsResolver) : undefined
   for (const s of args.stun ?? []) if (!/^stun:[^\s/]+$/.test(s)) throw new UsageError(`bad --stun ${s}: expected stun:HOST:PORT`)
-  const listen = args.listen ?? (await defaultListen()).listen
+  // QUIC beside TCP on the same port, except in a private swarm (QUIC skips the swarm key check)
+  const listen = args.listen ?? (swarmKey == null ? withQuic((await defaultListen()).listen) : (await defaultListen()).listen)
   const announce = args.announce != null && args.announce.length > 0 ? args.announce : undefined
   const appendAnnounce = role === 'bootstrap' && announce == null ? publicInterfaceAddrs(listen) : []
   const ours = announce ?? [...listen, ...appendAnnounce]

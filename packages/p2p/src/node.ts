@@ -1,7 +1,9 @@
 import { noise } from '@chainsafe/libp2p-noise'
+import { quic } from '@chainsafe/libp2p-quic'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { autoNATv2 } from '@libp2p/autonat-v2'
+import { dcutr } from '@libp2p/dcutr'
 import { identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, removePublicAddressesMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
@@ -10,7 +12,7 @@ import { webRTC } from '@libp2p/webrtc'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { REPUTATION_NAMESPACE, reputationSelector, ReputationValidator } from './reputation.ts'
-import { announceable, isLinkLocalAddr, isLoopbackAddr, onlyLoopback } from './addresses.ts'
+import { announceable, isLinkLocalAddr, isLoopbackAddr, isQuicAddr, onlyLoopback } from './addresses.ts'
 import { createResolver } from './dnsaddr.ts'
 import { swarmKeyProtector } from './swarm-key.ts'
 import { nodeServices } from './services.ts'
@@ -56,7 +58,10 @@ const PROVIDER_CLEANUP_INTERVAL_MS = 30_000
 
 export interface PlexusNodeInit {
   privateKey: PrivateKey
-  /** Default `['/ip4/127.0.0.1/tcp/0']` (the CLIs default to every interface: `defaultListen()`). */
+  /**
+   * Default `['/ip4/127.0.0.1/tcp/0']` (the CLIs default to every interface, TCP and QUIC:
+   * `withQuic(defaultListen())`). QUIC addresses (`/udp/P/quic-v1`) need `quic` (the default).
+   */
   listen?: string[]
   /** Addresses to advertise instead of the listen addresses (e.g. a port-forwarded one). */
   announce?: string[]
@@ -115,6 +120,12 @@ export interface PlexusNodeInit {
   onSwarmKeyMismatch?: (m: SwarmKeyMismatch) => void
   /** A DNS server (`IP[:PORT]`) for /dnsaddr, /dns4, /dns6 bootstrap addresses. Default: the system's. */
   dnsResolver?: string
+  /**
+   * The QUIC transport (dial, and listen on the `/quic-v1` listen addresses). Default: on, except
+   * in a private swarm: QUIC encrypts with its own TLS and skips libp2p's connection protector,
+   * so a peer without the swarm key could connect over it.
+   */
+  quic?: boolean
 }
 
 /** Inbound connections one IP may open per second (more are refused on accept). */
@@ -127,18 +138,26 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
   for (const a of [...listen, ...announce]) {
     try { multiaddr(a) } catch (err) { throw new UsageError(`bad listen/announce address "${a}": ${(err as Error).message}`) }
   }
+  const swarmKey = init.swarmKey ?? processNetwork.swarmKey
+  const useQuic = init.quic ?? swarmKey == null
+  if (useQuic && swarmKey != null) throw new UsageError('QUIC cannot be used in a private swarm: it skips the swarm key check (listen on TCP only)')
+  const quicListen = listen.filter(isQuicAddr)
+  if (!useQuic && quicListen.length > 0) {
+    throw new UsageError(`cannot listen on ${quicListen.join(', ')}: QUIC is off${swarmKey != null ? ' in a private swarm (it would skip the swarm key check)' : ''}`)
+  }
   if (init.dhtMode !== 'server' && init.dhtMode !== 'client') throw new Error(`dhtMode must be 'server' or 'client', got ${JSON.stringify(init.dhtMode)}`)
   const validityMs = init.providerValidityMs ?? DEFAULT_PROVIDER_VALIDITY_MS
   const peerAddresses = init.peerAddresses ?? 'all'
-  const swarmKey = init.swarmKey ?? processNetwork.swarmKey
   const onMismatch = init.onSwarmKeyMismatch ?? processNetwork.onSwarmKeyMismatch
   const resolver = createResolver({ server: init.dnsResolver ?? processNetwork.dnsResolver })
   // a peer's loopback address means this machine to us: worth keeping only when our peers all run here
   const keepLoopback = listen.length === 0 || onlyLoopback(listen)
 
   const transports: NonNullable<Libp2pOptions['transports']> = [tcp()]
+  if (useQuic) transports.push(quic())
   const stun = init.stun ?? processNetwork.stun ?? []
-  if (init.webrtc === true || (init.dialRelayed ?? processNetwork.dialRelayed) === true) {
+  const viaRelays = init.webrtc === true || (init.dialRelayed ?? processNetwork.dialRelayed) === true
+  if (viaRelays) {
     // no STUN/TURN unless given: the defaults are public Internet servers, and a LAN swarm may
     // be offline; the relay transport carries WebRTC's signalling
     transports.push(webRTC({ rtcConfiguration: { iceServers: stun.map(urls => ({ urls })) } }), circuitRelayTransport())
@@ -171,6 +190,9 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
       ping: ping(),
       plexus: nodeServices({ network: { resolver, ...(swarmKey != null ? { swarmKey } : {}) }, reputation }),
       ...(init.relayServer === true ? { relay: circuitRelayServer(RELAY_LIMITS) } : {}),
+      // a relayed connection becomes a direct one when either side has a public address the other
+      // can dial (the NATed side dials back); two NATed peers meet over WebRTC (ICE) instead
+      ...(viaRelays ? { dcutr: dcutr() } : {}),
       // confirms (or refutes) the public addresses peers observe for us before we announce them;
       // as a server it dials back others' addresses, a bounded number at a time
       autoNAT: autoNATv2(),

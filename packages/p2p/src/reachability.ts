@@ -39,3 +39,26 @@ export function reachability (node: Pick<PlexusNode, 'getMultiaddrs'>): Reachabi
   if (direct > 0) return loopback === direct ? 'local' : 'lan'
   return 'unknown'
 }
+
+/** How long a node behind NAT waits for its relay reservation before it says it is ready. */
+export const RELAY_WAIT_MS = 10_000
+/** The protocol a node that accepts relayed connections handles (circuit relay v2 transport). */
+const RELAY_STOP_PROTOCOL = '/libp2p/circuit/relay/0.2.0/stop'
+
+/**
+ * This node's reachability once a node that reserves relay slots (one without a public address)
+ * holds a reservation, or after `timeoutMs`: the ready line then lists the relayed addresses
+ * others will use, not the private ones it had a moment before. Returns at once when the node
+ * is public, local, or takes no relayed connections.
+ */
+export async function settledReachability (node: Pick<PlexusNode, 'getMultiaddrs' | 'getProtocols' | 'addEventListener' | 'removeEventListener'>, timeoutMs = RELAY_WAIT_MS): Promise<Reachability> {
+  const settled = (r: Reachability): boolean => r === 'yes' || r === 'relayed' || r === 'local'
+  if (settled(reachability(node)) || !node.getProtocols().includes(RELAY_STOP_PROTOCOL)) return reachability(node)
+  await new Promise<void>(resolve => {
+    const done = (): void => { clearTimeout(timer); node.removeEventListener('self:peer:update', check); resolve() }
+    const check = (): void => { if (settled(reachability(node))) done() }
+    const timer = setTimeout(done, timeoutMs)
+    node.addEventListener('self:peer:update', check)
+  })
+  return reachability(node)
+}

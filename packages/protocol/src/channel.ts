@@ -263,11 +263,14 @@ export class Channel {
         const onDrain = (): void => { resolve() }
         const onClose = (evt: any): void => { reject(evt.error ?? new Error('the stream closed while a frame was being written')) }
         const onAbort = (): void => { reject(signal!.reason) }
-        const timer = setTimeout(() => {
-          const err = new ChannelError('write-timeout', `the peer read nothing for ${this.init.writeMs / 1000} s: aborting the stream`)
-          stream.abort(err)
-          reject(err)
-        }, this.init.writeMs)
+        const writeMs = this.init.writeMs
+        const timer = writeMs == null
+          ? undefined
+          : setTimeout(() => {
+            const err = new ChannelError('write-timeout', `the peer read nothing for ${writeMs / 1000} s: aborting the stream`)
+            stream.abort(err)
+            reject(err)
+          }, writeMs)
         stream.addEventListener('drain', onDrain, { once: true })
         stream.addEventListener('close', onClose, { once: true })
         signal?.addEventListener('abort', onAbort, { once: true })
@@ -297,7 +300,7 @@ export class Channel {
   /** Half-closes our side after what is queued went out; aborts if that cannot happen in time. */
   async close (): Promise<void> {
     this.detach()
-    try { await this.stream.close({ signal: AbortSignal.timeout(Math.min(this.init.writeMs, 2000)) }) } catch (err) { this.stream.abort(err as Error) }
+    try { await this.stream.close({ signal: AbortSignal.timeout(Math.min(this.init.writeMs ?? 2000, 2000)) }) } catch (err) { this.stream.abort(err as Error) }
   }
 
   abort (err: Error): void {

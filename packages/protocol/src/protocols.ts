@@ -29,14 +29,15 @@ export interface ChannelLimits {
   maxFrameBytes: number
   /** A stream with no complete frame for this long is closed (none: reads wait on the caller's signal). */
   idleMs?: number
-  /** A write that cannot drain for this long aborts the stream. */
-  writeMs: number
+  /** A write that cannot drain for this long aborts the stream (none: the caller's signal rules). */
+  writeMs?: number
 }
 
 export interface ProtocolSpec {
   id: string
   /** Limits of the serving side (what it reads) and of the asking side (what it reads back). */
-  server: ChannelLimits
+  server: Required<ChannelLimits>
+  /** Clients bound their waits with each request's own deadline. */
   client: ChannelLimits
 }
 
@@ -45,25 +46,25 @@ export const PROTOCOLS = {
   session: {
     id: SESSION_PROTOCOL,
     server: { maxFrameBytes: 64 << 20, idleMs: 5 * 60_000, writeMs: 30_000 },
-    client: { maxFrameBytes: 64 << 20, writeMs: 30_000 }
+    client: { maxFrameBytes: 64 << 20 }
   },
   /** A check carries a hop's steps since the last one; a recheck a whole fraud report. */
   verify: {
     id: VERIFY_PROTOCOL,
     server: { maxFrameBytes: 96 << 20, idleMs: 5 * 60_000, writeMs: 30_000 },
-    client: { maxFrameBytes: 96 << 20, writeMs: 30_000 }
+    client: { maxFrameBytes: 96 << 20 }
   },
   /** Requests are small JSON; answers are chunks of at most 4 MiB. */
   model: {
     id: MODEL_FILES_PROTOCOL,
     server: { maxFrameBytes: 4096, idleMs: 30_000, writeMs: 60_000 },
-    client: { maxFrameBytes: 4 << 20, writeMs: 30_000 }
+    client: { maxFrameBytes: 4 << 20 }
   },
   /** One request, one answer (served by @plexus/p2p: it sits below this package). */
   info: {
     id: INFO_PROTOCOL,
     server: { maxFrameBytes: MAX_INFO_REQUEST_BYTES, idleMs: DEFAULT_INFO_TIMEOUT_MS, writeMs: DEFAULT_INFO_TIMEOUT_MS },
-    client: { maxFrameBytes: MAX_INFO_RESPONSE_BYTES, writeMs: DEFAULT_INFO_TIMEOUT_MS }
+    client: { maxFrameBytes: MAX_INFO_RESPONSE_BYTES }
   }
 } as const satisfies Record<string, ProtocolSpec>
 

@@ -226,7 +226,12 @@ export class Span {
     const out = tf.tidy(() => {
       const ctx = this.stepContext(steps)
       let x = tf.tensor2d(input, [rows, H])
-      for (let i = 0; i < blocks; i++) x = blockForward(this.config, this.blocks[from + i], x, ctx, steps.map(s => s.cache.layers[i]))
+      for (let i = 0; i < blocks; i++) {
+        const next = blockForward(this.config, this.blocks[from + i], x, ctx, steps.map(s => s.cache.layers[i]))
+        // now, not at the scope's end: a block's input is dead once its output exists
+        x.dispose()
+        x = next
+      }
       return x
     })
     for (const s of steps) s.cache.length += s.tokens

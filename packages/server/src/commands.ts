@@ -1,6 +1,6 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
-import { bootstrapOrDefault, bootstrapRecords, createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey, networkOptions, runSwarmKey, configureLogging, createLog, progressReporter, progressStyle, reachability, quantizeFormat } from '@plexus/p2p'
+import { bootstrapOrDefault, bootstrapRecords, createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey, networkOptions, runSwarmKey, configureLogging, createLog, progressReporter, progressStyle, reachability, settledReachability, quantizeFormat } from '@plexus/p2p'
 import type { PlexusNode, Log } from '@plexus/p2p'
 import { freemem } from 'node:os'
 import { initBackend, openModel, loadManifest, shortId, withQuantization, PLEXUS_VERSION, UsageError } from '@plexus/runtime'
@@ -110,6 +110,8 @@ export async function runJoin (args: JoinArgs): Promise<void> {
     await node.stop()
     throw err
   }
+  // behind NAT: the relay reservation first (≤ 10 s), so the ready line lists the addresses peers use
+  await settledReachability(node)
   const addrs = fullAddrs(node)
   if (args.verify === true) {
     const [start, end] = blocks ?? [0, cfg.numLayers]
@@ -164,7 +166,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
       const urls: Record<string, string> = {}
       if (metricsServer != null) urls.metrics = `http://${args.metricsHost}:${metricsServer.port}/metrics`
       if (dashboard != null) urls.dashboard = dashboard.url
-      const ready = { peerId: node.peerId.toString(), role: 'server' as const, backend: backendName, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start: span.start, end: span.end, format: member?.weightFormat, throughput: span.throughput, addrs, reachable: reachability(node), urls }
+      const ready = { peerId: node.peerId.toString(), role: 'server' as const, backend: backendName, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start: span.start, end: span.end, format: member?.weightFormat, throughput: span.throughput, addrs: fullAddrs(node), reachable: reachability(node), urls }
       emit(event, event === 'ready' ? readyLine(ready) : `moved: now serving ${what}`,
         { ...ready, throughput: span.throughput.tokensPerSecond, throughputMeasuredAt: new Date(span.throughput.measuredAt).toISOString(), throughputCached: span.throughput.cached, metricsPort: metricsServer?.port, dashboardPort: dashboard?.port })
     }

@@ -23,7 +23,8 @@ export class Forwarder {
 
   private constructor (next: NextHop, stream: Stream, maxFrameBytes: number) {
     this.next = next
-    this.channel = new Channel(stream, { ...PROTOCOLS.session.client, maxFrameBytes })
+    // pushes are not answered: a next hop that stops reading is dropped after the server's write deadline
+    this.channel = new Channel(stream, { ...PROTOCOLS.session.client, maxFrameBytes, writeMs: PROTOCOLS.session.server.writeMs })
   }
 
   /** Dials the next hop and attaches to the client's session there (refused unless the client named us as its `prev`). */
