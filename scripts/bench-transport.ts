@@ -1,4 +1,4 @@
-// `node scripts/bench-transport.ts [--iterations 1000] [--dials 30] [--bytes 3200]`: TCP (noise,
+// `node scripts/bench-transport.ts [--iterations 1000] [--dials 30] [--bytes 3200] [--order tcp,quic]`: TCP (noise,
 // yamux) against QUIC (TLS 1.3 and streams of its own) on loopback, two nodes in one process:
 // connection setup (dial to a usable connection, a fresh one each time) and the round trip of a
 // step-sized frame (3.2 KB: a 768-wide f32 activation and its header) on one open stream.
@@ -9,7 +9,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { createPlexusNode } from '@plexus/p2p'
 import { median } from './lib/bench-common.ts'
 
-const { values: a } = parseArgs({ options: { iterations: { type: 'string', default: '1000' }, dials: { type: 'string', default: '30' }, bytes: { type: 'string', default: '3200' } } })
+const { values: a } = parseArgs({ options: { iterations: { type: 'string', default: '1000' }, dials: { type: 'string', default: '30' }, bytes: { type: 'string', default: '3200' }, order: { type: 'string', default: 'tcp,quic' } } })
 const N = Number(a.iterations)
 const DIALS = Number(a.dials)
 const payload = new Uint8Array(Number(a.bytes)).map((_, i) => i)
@@ -24,7 +24,7 @@ await server.handle(PROTO, async (stream) => {
 })
 const client = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), listen: [], dhtMode: 'client' })
 const out: Record<string, Record<string, number>> = {}
-for (const kind of ['tcp', 'quic'] as const) {
+for (const kind of (a.order ?? 'tcp,quic').split(',') as Array<'tcp' | 'quic'>) {
   const addr = server.getMultiaddrs().find(m => kind === 'quic' ? m.toString().includes('/quic-v1') : m.toString().includes('/tcp/'))
   if (addr == null) throw new Error(`the server has no ${kind} address`)
   const setup: number[] = []

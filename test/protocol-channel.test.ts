@@ -14,9 +14,8 @@ import {
   errorReply, encodeVarint, encodeMessage, decodeMessage, serveChannel, sessionCodec, sessionFrameLimit
 } from '@plexus/protocol'
 import type { SessionMessage } from '@plexus/protocol'
-import { BackendSet } from '../packages/server/src/backend.ts'
-import type { BlockBackend } from '../packages/server/src/backend.ts'
-import { createSessionHandler } from '../packages/server/src/session-handler.ts'
+import { BackendSet, createSessionHandler } from '@plexus/server'
+import type { BlockBackend } from '@plexus/server'
 
 const ECHO = '/plexus/test/channel-echo/1.0.0'
 const IDLE = '/plexus/test/channel-idle/1.0.0'

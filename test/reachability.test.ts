@@ -12,6 +12,11 @@ function ownAddrs (addrs: string[]): string[] {
   return addrs.filter(a => !a.includes('/p2p-circuit')).sort()
 }
 
+/** direct | hole-punched (WebRTC, set up through a relay) | relayed, from a connection's remote address. */
+function hopKind (addr: string): string {
+  return addr.includes('/webrtc') ? 'hole-punched' : addr.includes('/p2p-circuit') ? 'relayed' : 'direct'
+}
+
 interface Started { child: ChildProcess, ready: Record<string, any>, stderr: () => string }
 
 /** Starts `plexus-node ARGS --json` in a namespace; resolves on its ready event. */
@@ -134,10 +139,43 @@ describe('reachability: network namespaces (needs root)', function () {
     assert.equal(hops[s1.ready.peerId]?.via, 'hole-punched', probe.stderr)
 
     const r = await runIn(topo, 'h3m', [CLIENT_BIN, 'generate', '--bootstrap', bootstrap, '--model', model, '--stun', stun, '--token-ids', g.prompt_ids.join(','),
-      '--max-tokens', String(g.greedy_new_ids.length), '--ignore-eos', '--json'], 150_000, { DEBUG: process.env.REACH_DEBUG ?? '' })
+      '--max-tokens', String(g.greedy_new_ids.length), '--ignore-eos', '--json'], 150_000, { DEBUG: ['libp2p:connection-manager:dial-queue', 'libp2p:*:circuit-relay:connection:*', process.env.REACH_DEBUG].filter(d => d != null && d !== '').join(',') })
     assert.equal(r.code, 0, `${r.stderr}\n--- home 1:\n${s1.stderr().slice(-3000)}\n--- home 2:\n${s2.stderr().slice(-3000)}`)
     const out = JSON.parse(r.stdout)
     assert.deepEqual(out.token_ids, g.greedy_new_ids)
     assert.deepEqual(out.route.map((h: { peer: string }) => h.peer), [s1.ready.peerId, s2.ready.peerId])
+    // the client's own connections, per hop, from libp2p's logs: the dials that succeeded, and the
+    // relayed connections (also those WebRTC opens for its signalling and keeps when ICE fails)
+    const made = [...r.stderr.matchAll(/dial to (\S+) succeeded|outbound relayed connection established to (\S+)/g)]
+      .map(m => m[1] ?? `/p2p-circuit/p2p/${m[2]}`)
+    const kinds = (peer: string): string[] => [...new Set(made.filter(a => a.endsWith(`/p2p/${peer}`)).map(hopKind))]
+    console.log(`      generate: connections to home 1: ${kinds(s1.ready.peerId).join(', ')}; to home 2: ${kinds(s2.ready.peerId).join(', ')}`)
+    // libp2p runs streams on a direct connection when it has one besides a relayed one
+    assert.ok(kinds(s1.ready.peerId).includes('hole-punched'), `client to home 1: ${kinds(s1.ready.peerId).join(', ')}`)
+    assert.deepEqual(kinds(s2.ready.peerId), ['relayed'])
+  })
+
+  it('AutoNAT v2: a node on the public network is confirmed reachable, one behind NAT is not (the ready line says which)', async () => {
+    topo = new NetnsTopology('pa')
+    topo.addSwitch('net')
+    topo.addHost('pub', 'net', '7.7.7.1/24')
+    topo.addHost('open', 'net', '7.7.7.2/24')
+    topo.addSwitch('h1')
+    topo.addRouter('h1r', { switch: 'net', cidr: '7.7.7.11/24' }, { switch: 'h1', cidr: '192.168.1.1/24' }, 'cone')
+    topo.addHost('h1m', 'h1', '192.168.1.2/24', '192.168.1.1')
+    const model = fixtureDir('tiny-llama')
+    const boot = await startIn(topo, 'pub', ['bootstrap', '--key', `/tmp/${topo.prefix}-bootstrap.key`])
+    const bootstrap = boot.ready.addrs[0]
+    const [open, home] = await Promise.all([
+      startIn(topo, 'open', ['join', '--bootstrap', bootstrap, '--model', model, '--blocks', '0:1']),
+      startIn(topo, 'h1m', ['join', '--bootstrap', bootstrap, '--model', model, '--blocks', '1:2'])
+    ])
+    console.log(`      public node: reachable ${open.ready.reachable} ${JSON.stringify(open.ready.addrs)}\n      home node: reachable ${home.ready.reachable}`)
+    // the public address is announced only once the bootstrap peer dialled it back
+    assert.equal(open.ready.reachable, 'yes', open.stderr())
+    assert.ok(open.ready.addrs.includes(`/ip4/7.7.7.2/tcp/31337/p2p/${open.ready.peerId}`), open.ready.addrs.join(' '))
+    // behind NAT: no dial-back succeeds, so no public address of its own; peers reach it through the relay
+    assert.equal(home.ready.reachable, 'relayed', home.stderr())
+    assert.ok(!home.ready.addrs.some((a: string) => a.startsWith('/ip4/7.7.7.11/')), home.ready.addrs.join(' '))
   })
 })

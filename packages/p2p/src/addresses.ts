@@ -117,9 +117,28 @@ export function isLoopbackAddr (ma: Multiaddr): boolean {
  * Relayed addresses are judged by the relay's address they start with.
  */
 export function announceable (addrs: Multiaddr[]): Multiaddr[] {
-  const usable = addrs.filter(a => !isLinkLocalAddr(a))
+  const usable = oneRelayPath(addrs.filter(a => !isLinkLocalAddr(a)))
   const beyondLoopback = usable.filter(a => !isLoopbackAddr(a))
   return beyondLoopback.length > 0 ? beyondLoopback : usable
+}
+
+/**
+ * One relayed address per relay and kind (plain, WebRTC), over TCP where the relay has it: a
+ * client dials them one after another, and a WebRTC attempt that cannot succeed (a symmetric
+ * NAT) costs the full per-address timeout (6 s) each time.
+ */
+function oneRelayPath (addrs: Multiaddr[]): Multiaddr[] {
+  const best = new Map<string, Multiaddr>()
+  for (const a of addrs) {
+    const s = a.toString()
+    const at = s.indexOf('/p2p-circuit')
+    if (at < 0) continue
+    const relay = s.slice(0, at).match(/\/p2p\/([^/]+)$/)?.[1] ?? s.slice(0, at)
+    const key = `${relay}${s.slice(at)}`
+    const kept = best.get(key)
+    if (kept == null || (!kept.toString().includes('/tcp/') && s.slice(0, at).includes('/tcp/'))) best.set(key, a)
+  }
+  return addrs.filter(a => !a.toString().includes('/p2p-circuit') || [...best.values()].includes(a))
 }
 
 /** True when every address given is a loopback one (a node whose peers all run on this machine). */

@@ -8,7 +8,6 @@ import { identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, removePublicAddressesMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
-import { webRTC } from '@libp2p/webrtc'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { REPUTATION_NAMESPACE, reputationSelector, ReputationValidator } from './reputation.ts'
@@ -160,6 +159,8 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
   if (viaRelays) {
     // no STUN/TURN unless given: the defaults are public Internet servers, and a LAN swarm may
     // be offline; the relay transport carries WebRTC's signalling
+    // imported only here: WebRTC's native library and modules cost a node ~10 MiB of RSS
+    const { webRTC } = await import('@libp2p/webrtc')
     transports.push(webRTC({ rtcConfiguration: { iceServers: stun.map(urls => ({ urls })) } }), circuitRelayTransport())
   }
   const listenAll = init.webrtc === true ? [...listen, '/p2p-circuit', '/webrtc'] : listen

@@ -1,6 +1,7 @@
 // Whether other peers can dial this node, as the ready line and health report it, judged from
 // the addresses it announces: libp2p announces a public address of its own only once peers
 // confirmed it (AutoNAT v2) or it was given (--announce, a bootstrap peer's interfaces).
+import { networkInterfaces } from 'node:os'
 import type { PlexusNode } from './node.ts'
 
 /**
@@ -45,15 +46,23 @@ export const RELAY_WAIT_MS = 10_000
 /** The protocol a node that accepts relayed connections handles (circuit relay v2 transport). */
 const RELAY_STOP_PROTOCOL = '/libp2p/circuit/relay/0.2.0/stop'
 
+/** True when this machine has a public interface address (it may be reachable without a relay). */
+function hasPublicInterface (): boolean {
+  return Object.values(networkInterfaces()).some(list => (list ?? []).some(ni => !ni.internal && isPublicHost(ni.address)))
+}
+
 /**
- * This node's reachability once a node that reserves relay slots (one without a public address)
- * holds a reservation, or after `timeoutMs`: the ready line then lists the relayed addresses
- * others will use, not the private ones it had a moment before. Returns at once when the node
- * is public, local, or takes no relayed connections.
+ * This node's reachability once it is known, or after `timeoutMs`: a node that reserves relay
+ * slots (one without a public address) waits for its reservation, and one on a machine with a
+ * public interface address for a peer to confirm it (AutoNAT v2 dials it back), so the ready line
+ * lists the addresses others will use, not what the node had a moment before (a second line
+ * when they come later would leave the first one wrong for whoever read it). Returns at once
+ * when there is nothing to wait for.
  */
 export async function settledReachability (node: Pick<PlexusNode, 'getMultiaddrs' | 'getProtocols' | 'addEventListener' | 'removeEventListener'>, timeoutMs = RELAY_WAIT_MS): Promise<Reachability> {
   const settled = (r: Reachability): boolean => r === 'yes' || r === 'relayed' || r === 'local'
-  if (settled(reachability(node)) || !node.getProtocols().includes(RELAY_STOP_PROTOCOL)) return reachability(node)
+  const waits = node.getProtocols().includes(RELAY_STOP_PROTOCOL) || hasPublicInterface()
+  if (settled(reachability(node)) || !waits) return reachability(node)
   await new Promise<void>(resolve => {
     const done = (): void => { clearTimeout(timer); node.removeEventListener('self:peer:update', check); resolve() }
     const check = (): void => { if (settled(reachability(node))) done() }

@@ -31,11 +31,14 @@ export interface ErrorReply<C extends string = string> { code: C, message: strin
  * the protocol's code for it (`channelCode`); anything else is an internal error, still named.
  */
 export function errorReply<C extends string> (err: any, isOwn: (e: unknown) => e is Error & { code: C }, channelCode: (e: ChannelError) => C | 'bad-request' = () => 'bad-request'): ErrorReply<C | 'bad-request' | 'internal'> {
-  let code: C | 'bad-request' | 'internal'
-  let message: string
-  if (isOwn(err)) ({ code, message } = err)
-  else if (err instanceof ChannelError) { code = channelCode(err); message = err.message } else if (err?.name === 'SpanError') { code = 'bad-request'; message = err.message } else { code = 'internal'; message = `internal error: ${err?.message ?? String(err)}` }
-  return { code, message: boundMessage(message) }
+  const reply: ErrorReply<C | 'bad-request' | 'internal'> = isOwn(err)
+    ? { code: err.code, message: err.message }
+    : err instanceof ChannelError
+      ? { code: channelCode(err), message: err.message }
+      : err?.name === 'SpanError'
+        ? { code: 'bad-request', message: err.message }
+        : { code: 'internal', message: `internal error: ${err?.message ?? String(err)}` }
+  return { code: reply.code, message: boundMessage(reply.message) }
 }
 
 /** The error reply of the JSON protocols (model files, info): `{"error": message, "code": code}`. */
@@ -116,6 +119,7 @@ export class Channel {
     if (this.buffered > max) {
       this.failure = new ChannelError('buffer-overflow', `peer sent ${this.buffered} bytes ahead of the reader (limit ${max})`)
       this.chunks = []
+      this.buffered = 0
       queueMicrotask(() => { this.stream.abort(this.failure!) })
     }
     this.wake?.()

@@ -9,6 +9,7 @@ import { inProcessRunner } from './runner.ts'
 import type { SpanRunner, SpanSession } from './runner.ts'
 import { WorkerSpanRunner } from './worker-span.ts'
 import { activeBackend } from './backend.ts'
+import { collectGarbage } from './memory.ts'
 import type { SessionPipeline } from './generate.ts'
 import type { ModelConfig } from './config.ts'
 import { ProgressMeter, storedPartBytes } from './progress.ts'
@@ -93,6 +94,8 @@ export async function loadSpanRunners (ckpt: ModelSource, start: number, end: nu
         : inProcessRunner(await Span.load(ckpt, bounds[i], bounds[i + 1], { blockDigests: opts.blockDigests, kvCache: opts.kvCache, onBlockLoaded })))
     }
     meter.finish()
+    // this thread's share of the load (manifest, messages, workers' start) is garbage now too
+    if (placement === 'workers') collectGarbage()
     return runners
   } catch (err) {
     for (const r of runners) await r.dispose()
