@@ -1,4 +1,5 @@
 import type { Stream } from '@libp2p/interface'
+import { PlexusError } from '@plexus/runtime'
 import { MAX_ERROR_MESSAGE } from './protocols.ts'
 import type { ChannelLimits } from './protocols.ts'
 
@@ -12,13 +13,12 @@ export const MAX_VARINT_BYTES = 8
 
 export type ChannelErrorCode = 'frame-too-large' | 'bad-prefix' | 'truncated' | 'ended' | 'idle-timeout' | 'write-timeout' | 'buffer-overflow'
 
-/** The peer broke the framing, went quiet, or could not keep up. */
-export class ChannelError extends Error {
-  readonly code: ChannelErrorCode
+/** The peer broke the framing, went quiet, or could not keep up (a peer's fault: 502 at a gateway). */
+export class ChannelError extends PlexusError {
+  declare readonly code: ChannelErrorCode
   constructor (code: ChannelErrorCode, message: string) {
-    super(message)
+    super(code, message, { httpStatus: 502 })
     this.name = 'ChannelError'
-    this.code = code
   }
 }
 
