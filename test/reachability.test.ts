@@ -132,7 +132,7 @@ describe('reachability: network namespaces (needs root)', function () {
     const hops = JSON.parse(probe.stdout.trim().split('\n').at(-1) ?? '{}')
     for (const [name, s] of [['home 1 (endpoint-independent NAT)', s1], ['home 2 (symmetric NAT)', s2]] as const) {
       const hop = hops[s.ready.peerId]
-      console.log(`      hop to ${name}: ${hop?.via ?? 'failed'}${hop?.ms != null ? ` in ${hop.ms} ms` : ''} (${hop?.addr ?? hop?.error})`)
+      console.log(`      hop to ${name}: ${hop?.via ?? 'failed'}${hop?.ms != null ? ` in ${hop.ms} ms, ping ${hop.pingMs} ms (median of 20)` : ''} (${hop?.addr ?? hop?.error})`)
     }
     assert.equal(hops[s2.ready.peerId]?.via, 'relayed', probe.stderr)
     // the hole punch: WebRTC (ICE, STUN) set up through the relay, then direct through both NATs

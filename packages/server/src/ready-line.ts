@@ -17,6 +17,7 @@ export interface ReadyInfo {
   /** How the weights are held: f32, bf16, q8_0, ... */
   format?: string
   throughput?: Throughput
+  /** What it announces, read once its reachability settled (a NATed node's relay reservation: settledReachability). */
   addrs: string[]
   reachable: Reachability
   /** Pages it serves besides the swarm protocols (metrics, dashboard), by name. */
