@@ -1,8 +1,9 @@
 'use strict'
-// `npm test`: every test file except the swarm suites (test/swarm-suites.cjs), which
-// `npm run test:swarm` runs (.mocharc.swarm.cjs).
+// `npm test`: each package's own tests (packages/*/test, mirroring src) and every file of test/
+// except the swarm suites (test/swarm-suites.cjs), which `npm run test:swarm` runs
+// (.mocharc.swarm.cjs).
 module.exports = {
-  spec: ['test/**/*.test.ts'],
+  spec: ['packages/*/test/**/*.test.ts', 'test/**/*.test.ts'],
   ignore: require('./test/swarm-suites.cjs'),
   extension: ['ts'],
   reporter: './test/support/reporter.cjs',

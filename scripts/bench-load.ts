@@ -2,9 +2,9 @@
 // clients on a 3-node loopback swarm, and how long clients take to recover from a killed server.
 import { parseArgs } from 'node:util'
 import { initBackend, generate, seededRandom, readModelConfig } from '@plexus/runtime'
-import { connectSwarm, openSwarm } from '../packages/client/src/model-source.ts'
-import type { OpenModel } from '../packages/client/src/model-source.ts'
-import type { SwarmSession } from '../packages/client/src/inference/swarm-session.ts'
+import { connectSwarm, openSwarm } from '@plexus/client'
+import type { OpenModel } from '@plexus/client'
+import type { SwarmSession } from '@plexus/client'
 import { benchModel, thirds, median } from './lib/bench-common.ts'
 import { startSwarm } from './lib/local-swarm.ts'
 

@@ -4,7 +4,7 @@
 import { access } from 'node:fs/promises'
 import { join } from 'node:path'
 import { initBackend, generate, StreamDecoder, shortId } from '@plexus/runtime'
-import { connectSwarm, openSwarm, openLocal } from '../packages/client/src/model-source.ts'
+import { connectSwarm, openSwarm, openLocal } from '@plexus/client'
 import { makeModel } from './lib/model-maker.ts'
 import { startSwarm, ROOT } from './lib/local-swarm.ts'
 

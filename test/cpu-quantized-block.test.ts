@@ -13,7 +13,7 @@ import {
 } from '@plexus/runtime'
 import type { ModelSource, LocalModelOptions } from '@plexus/runtime'
 import { makeModel } from '../scripts/lib/model-maker.ts'
-import { bytesPerBlock, blocksThatFit } from '../packages/server/src/block-selection.ts'
+import { bytesPerBlock, blocksThatFit } from '@plexus/server'
 import { llamaCppUnavailable, tensorTypeOffset } from './support/gguf.ts'
 import { writeGguf } from '../scripts/lib/gguf.ts'
 import { dequantized } from './support/dequantized.ts'

@@ -9,10 +9,10 @@ import {
   createPlexusNode, dialBootstrap, waitForDhtPeers
 } from '@plexus/p2p'
 import type { PlexusNode, PrivateKey, ReputationBody } from '@plexus/p2p'
-import { ObservedThroughput } from '../packages/client/src/routing/observed-throughput.ts'
-import { findRoute } from '../packages/client/src/routing/route.ts'
-import type { ServerCandidate } from '../packages/client/src/routing/route.ts'
-import { capThroughputs, chooseStart } from '../packages/server/src/block-selection.ts'
+import { ObservedThroughput } from '@plexus/client'
+import { findRoute } from '@plexus/client'
+import type { ServerCandidate } from '@plexus/client'
+import { capThroughputs, chooseStart } from '@plexus/server'
 
 const MODEL = '7c'.repeat(32)
 const DIGEST = (n: number): string => n.toString(16).padStart(2, '0').repeat(32)

@@ -12,9 +12,9 @@ import { Checkpoint, ModelHead, SafetensorsFile, initBackend, loadManifest } fro
 import type { ModelManifest } from '@plexus/runtime'
 import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import type { LocalSwarm, NodeProcess } from '../scripts/lib/local-swarm.ts'
-import { connectSwarm } from '../packages/client/src/model-source.ts'
-import { resolveModel, MODEL_FILES_PROTOCOL as CLIENT_PROTOCOL } from '../packages/client/src/model-fetch.ts'
-import { serveModelFiles, MODEL_FILES_PROTOCOL } from '../packages/server/src/model-files-handler.ts'
+import { connectSwarm } from '@plexus/client'
+import { resolveModel, MODEL_FILES_PROTOCOL as CLIENT_PROTOCOL } from '@plexus/client'
+import { serveModelFiles, MODEL_FILES_PROTOCOL } from '@plexus/server'
 import { fixtureDir, golden, runCli, CLIENT_BIN } from './support/fixtures.ts'
 import { captureLog } from './support/log-capture.ts'
 

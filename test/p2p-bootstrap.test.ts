@@ -156,7 +156,7 @@ describe('p2p: staying bootstrapped', function () {
 describe('client: a swarm it cannot reach', function () {
   this.timeout(20_000)
   it('says it is not connected, instead of "no peer serves" the blocks', async () => {
-    const { SwarmDiscovery } = await import('../packages/client/src/routing/discovery.ts')
+    const { SwarmDiscovery } = await import('@plexus/client')
     const alone = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), dhtMode: 'client', listen: [] })
     try {
       const d = new SwarmDiscovery({ node: alone }, { modelId: 'a'.repeat(64), numBlocks: 4 })

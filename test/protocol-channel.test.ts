@@ -1,4 +1,4 @@
-// The framed channel every Plexus protocol runs on (packages/protocol/src/channel.ts): two real
+// The framed channel every Plexus protocol runs on (packages/p2p/src/channel.ts): two real
 // libp2p nodes over loopback, one serving test protocols through serveChannel and the real
 // session handler, the other speaking raw bytes. A declared length over the limit is refused
 // before its body is read, an idle stream is closed, a wrong version byte is named, every

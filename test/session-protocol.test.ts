@@ -15,10 +15,10 @@ import { SESSION_PROTOCOL, WIRE_VERSION, encodeMessage, decodeMessage } from '@p
 import type { SessionMessage, ErrorCode } from '@plexus/protocol'
 import { initBackend, Checkpoint, Span, ModelHead, loadManifest, inProcessRunner, f32ToF16, seededRandom } from '@plexus/runtime'
 import type { ModelManifest } from '@plexus/runtime'
-import { BlockBackend, BackendSet } from '../packages/server/src/backend.ts'
-import { createSessionHandler } from '../packages/server/src/session-handler.ts'
-import { RemoteSpanSession } from '../packages/client/src/inference/remote-span.ts'
-import type { Dialer } from '../packages/client/src/inference/remote-span.ts'
+import { BlockBackend, BackendSet } from '@plexus/server'
+import { createSessionHandler } from '@plexus/server'
+import { RemoteSpanSession } from '@plexus/client'
+import type { Dialer } from '@plexus/client'
 import { fixtureDir, golden, maxAbsDiff } from './support/fixtures.ts'
 
 const H = 64

@@ -8,8 +8,8 @@ import { initBackend, LocalModel, generate, DraftModel, PromptLookupDrafter, Spe
 import type { Drafter, SessionPipeline, TokenConstraint, ModelHead } from '@plexus/runtime'
 import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import type { LocalSwarm } from '../scripts/lib/local-swarm.ts'
-import { connectSwarm, openSwarm, stopNode } from '../packages/client/src/model-source.ts'
-import type { SwarmSession } from '../packages/client/src/inference/swarm-session.ts'
+import { connectSwarm, openSwarm, stopNode } from '@plexus/client'
+import type { SwarmSession } from '@plexus/client'
 import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff, runCli, CLIENT_BIN } from './support/fixtures.ts'
 
 type DraftKind = 'prompt-lookup' | 'same' | 'blocks:1'

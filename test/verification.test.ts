@@ -14,13 +14,13 @@ import { signFraudReport, verifyFraudReport, base64ToF32, f32ToBase64, encodeVer
 import type { FraudReport } from '@plexus/protocol'
 import { lpStream } from '@libp2p/utils'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { connectSwarm, openSwarm, openLocal } from '../packages/client/src/model-source.ts'
-import type { OpenModel } from '../packages/client/src/model-source.ts'
-import type { AuditEvent } from '../packages/client/src/inference/auditor.ts'
-import { SwarmVerifiers } from '../packages/client/src/routing/discovery.ts'
-import { ReputationView } from '../packages/client/src/routing/reputation.ts'
-import { VerifyClient } from '../packages/client/src/inference/verify-client.ts'
-import { createGateway } from '../packages/gateway/src/index.ts'
+import { connectSwarm, openSwarm, openLocal } from '@plexus/client'
+import type { OpenModel } from '@plexus/client'
+import type { AuditEvent } from '@plexus/client'
+import { SwarmVerifiers } from '@plexus/client'
+import { ReputationView } from '@plexus/client'
+import { VerifyClient } from '@plexus/client'
+import { createGateway } from '@plexus/gateway'
 import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import type { LocalSwarm, NodeProcess } from '../scripts/lib/local-swarm.ts'
 import { makeModel } from '../scripts/lib/model-maker.ts'
@@ -277,7 +277,7 @@ describe('verifiable inference on a loopback swarm', function () {
 
   /** A genuine honest session's evidence, signed by `liar` as if it were fraud. */
   async function honestEvidence (liar: Awaited<ReturnType<typeof generateKeyPair>>): Promise<Uint8Array> {
-    const { RemoteSpanSession } = await import('../packages/client/src/inference/remote-span.ts')
+    const { RemoteSpanSession } = await import('@plexus/client')
     const m = await openLocal(model)
     try {
       const s = await RemoteSpanSession.open(node, { peer: honest[0].peerId, target: peerIdFromString(honest[0].peerId), modelId: honest[0].ready.modelId, start: 0, end: 3, maxLength: 32, hiddenSize: m.config.hiddenSize })

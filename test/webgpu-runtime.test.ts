@@ -8,8 +8,10 @@ import { initBackend, Checkpoint, Span, ModelHead, openModel, withQuantization }
 import { makeModel } from '../scripts/lib/model-maker.ts'
 import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import { fixtureDir, golden, maxAbsDiff, runCli, CLIENT_BIN } from './support/fixtures.ts'
-import { skipWebgpu } from './support/gpu.ts'
 import { dequantized } from './support/dequantized.ts'
+
+// the same opt-out as the runtime's kernel tests (packages/runtime/test/support/gpu.ts)
+const skipWebgpu = process.env.PLEXUS_SKIP_WEBGPU === '1'
 
 describe('webgpu backend in the runtime and the swarm', function () {
   this.timeout(300_000)

@@ -1,12 +1,12 @@
 import { open, readFile } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Checkpoint } from '../../packages/runtime/src/checkpoint.ts'
-import type { ModelConfig } from '../../packages/runtime/src/config.ts'
-import { fileExists } from '../../packages/runtime/src/safetensors.ts'
-import { ggufNameOf } from '../../packages/runtime/src/gguf/checkpoint.ts'
+import { Checkpoint } from '@plexus/runtime'
+import type { ModelConfig } from '@plexus/runtime'
+import { fileExists } from '@plexus/runtime'
+import { ggufNameOf } from '@plexus/runtime'
 import { f32ToF16 } from '@plexus/runtime'
-import { quantizeQ8_0, quantizeQ4_K } from '../../packages/runtime/src/quant/quantize.ts'
+import { quantizeQ8_0, quantizeQ4_K } from '@plexus/runtime'
 
 // GGUF v3 as llama.cpp reads it: header, metadata key/values, tensor infos, then aligned data.
 const ALIGN = 32

@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os'
 import { getLlama, LlamaLogLevel } from 'node-llama-cpp'
 import type { Llama, Token } from 'node-llama-cpp'
-import { fileExists } from '../../packages/runtime/src/safetensors.ts'
+import { fileExists } from '@plexus/runtime'
 
 export interface LlamaCppRun {
   tokenIds: number[]

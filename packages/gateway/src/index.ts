@@ -14,3 +14,6 @@ export type { ModelCatalog, CatalogEntry, OpenedModel } from './catalog.ts'
 export { guardHttp, refusedBrowserRequest, isLoopbackName, DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from './http-guard.ts'
 export type { HttpLimits, BrowserRule } from './http-guard.ts'
 export type { DashboardHandler } from './dashboard-routes.ts'
+// tool calls by chat-template family: which family a template is, and its output parsers
+export { FAMILIES, familyOf, CallStream, parseOutput, ToolCalls } from './tools/index.ts'
+export type { ToolFamily } from './tools/index.ts'

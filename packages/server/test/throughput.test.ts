@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { initBackend, loadSpanRunners, chainRunners, openModel } from '@plexus/runtime'
 import type { SpanRunner } from '@plexus/runtime'
-import { cachedThroughput, describeThroughput, THROUGHPUT_MAX_AGE_MS } from '../packages/server/src/throughput.ts'
-import { fixtureDir } from './support/fixtures.ts'
+import { cachedThroughput, describeThroughput, THROUGHPUT_MAX_AGE_MS } from '../src/throughput.ts'
+import { fixtureDir } from '../../../test/support/fixtures.ts'
 
 describe('throughput: measured, or cached with its age', function () {
   this.timeout(60_000)

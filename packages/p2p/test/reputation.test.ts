@@ -9,7 +9,7 @@ import {
   createPlexusNode, dialBootstrap, waitForDhtPeers
 } from '@plexus/p2p'
 import type { PlexusNode, PrivateKey, ReputationBody } from '@plexus/p2p'
-import { rejects, tamper } from './support/records.ts'
+import { rejects, tamper } from '../../../test/support/records.ts'
 
 const MODEL = '7c'.repeat(32)
 const DIGEST = (n: number): string => n.toString(16).padStart(2, '0').repeat(32)

@@ -9,7 +9,7 @@ import {
   quantMatrix, concatRows, quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, rawFloat32, QuantMatrixError, ScalarQuantMatrix, setKernelThreads, kernelThreads
 } from '@plexus/runtime'
 import type { QuantMatrixFormat } from '@plexus/runtime'
-import { quantizeActQ8_0, quantizeActQ8_K, dequantizeActivations } from '../packages/runtime/src/cpu/reference.ts'
+import { quantizeActQ8_0, quantizeActQ8_K, dequantizeActivations } from '../../src/cpu/reference.ts'
 
 /** Deterministic normal-ish values (xorshift, sum of uniforms). */
 function randn (n: number, seed: number, scale = 1): Float32Array {

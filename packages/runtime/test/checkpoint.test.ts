@@ -4,7 +4,7 @@ import { mkdtemp, cp, rm, readFile, writeFile, truncate, stat } from 'node:fs/pr
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { initBackend, Checkpoint, Span, ModelHead, readModelConfig, parseModelConfig, computeManifest, loadManifest, tensorsDigest } from '@plexus/runtime'
-import { fixtureDir, golden, maxAbsDiff } from './support/fixtures.ts'
+import { fixtureDir, golden, maxAbsDiff } from '../../../test/support/fixtures.ts'
 
 const SHARDED = 'tiny-llama3-sharded-bf16'
 

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict'
 import { createGateway } from '@plexus/gateway'
 import type { Gateway, ModelCatalog } from '@plexus/gateway'
-import { captureLog } from './support/log-capture.ts'
+import { captureLog } from '../../../test/support/log-capture.ts'
 
 /** A catalog whose listing fails as a bug would. */
 const broken: ModelCatalog = {

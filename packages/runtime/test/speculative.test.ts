@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict'
 import { initBackend, LocalModel, generate, DraftModel, Sampler, denseProbabilities, argmax } from '@plexus/runtime'
 import type { SamplingOptions } from '@plexus/runtime'
-import { fixtureDir, golden } from './support/fixtures.ts'
+import { fixtureDir, golden } from '../../../test/support/fixtures.ts'
 
 /** Upper α-quantile of the chi-square distribution (Wilson–Hilferty; z for α = 0.001). */
 function chiSquareCritical (dof: number, z = 3.09): number {

@@ -1,7 +1,7 @@
 // The runtime against an independent float64 reference: every fixture, both portable backends.
 import assert from 'node:assert/strict'
 import { initBackend, Checkpoint, Span, ModelHead, LocalModel } from '@plexus/runtime'
-import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff, runCli, CLIENT_BIN } from './support/fixtures.ts'
+import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff, runCli, CLIENT_BIN } from '../../../test/support/fixtures.ts'
 import { skipWebgpu } from './support/gpu.ts'
 
 for (const backend of ['wasm', 'cpu', 'webgpu'] as const) {

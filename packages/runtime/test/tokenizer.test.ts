@@ -2,10 +2,10 @@ import assert from 'node:assert/strict'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { writeTokenizer } from '../scripts/lib/make-tokenizer.ts'
-import { loadTokenizer, StreamDecoder } from '../packages/runtime/src/tokenizer.ts'
-import type { TextTokenizer } from '../packages/runtime/src/tokenizer.ts'
-import { applyChatTemplate, readTokenizerConfig } from '../packages/runtime/src/chat-template.ts'
+import { writeTokenizer } from '../../../scripts/lib/make-tokenizer.ts'
+import { loadTokenizer, StreamDecoder } from '../src/tokenizer.ts'
+import type { TextTokenizer } from '../src/tokenizer.ts'
+import { applyChatTemplate, readTokenizerConfig } from '../src/chat-template.ts'
 
 const SAMPLES = [
   'The keeper climbed the stairs and wound the clock.',

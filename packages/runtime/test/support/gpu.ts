@@ -3,9 +3,9 @@
 // against float64 references.
 import { acquireGpu } from '@plexus/runtime'
 import type { GpuContext } from '@plexus/runtime'
-import { kernel, bindGroup, upload, storage, createStepBuffer } from '../../packages/runtime/src/webgpu/linear.ts'
-import type { Binding } from '../../packages/runtime/src/webgpu/linear.ts'
-import { STEP_SLOT } from '../../packages/runtime/src/webgpu/kernels.ts'
+import { kernel, bindGroup, upload, storage, createStepBuffer } from '../../src/webgpu/linear.ts'
+import type { Binding } from '../../src/webgpu/linear.ts'
+import { STEP_SLOT } from '../../src/webgpu/kernels.ts'
 
 /**
  * The GPU for tests: software adapters accepted. Without one the suite fails, saying what to

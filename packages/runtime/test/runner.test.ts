@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs-core'
 import { initBackend, Checkpoint, Span, ModelHead, cacheSession, forwardInChunks, seededRandom } from '@plexus/runtime'
-import { makeModel } from '../scripts/lib/model-maker.ts'
-import { fixtureDir, golden, maxAbsDiff } from './support/fixtures.ts'
+import { makeModel } from '../../../scripts/lib/model-maker.ts'
+import { fixtureDir, golden, maxAbsDiff } from '../../../test/support/fixtures.ts'
 
 describe('chunked prefill (wasm)', function () {
   this.timeout(300_000)

@@ -9,7 +9,7 @@ import {
   loadOrCreateKey, signRecord, verifyRecord, signAnnouncement, verifyAnnouncement, validate
 } from '@plexus/p2p'
 import type { AnnouncementBody, PrivateKey } from '@plexus/p2p'
-import { rejects } from './support/records.ts'
+import { rejects } from '../../../test/support/records.ts'
 
 const MODEL = 'ab'.repeat(32)
 const body = (over: Partial<AnnouncementBody> = {}): AnnouncementBody => ({

@@ -5,10 +5,10 @@ import assert from 'node:assert/strict'
 import {
   quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, dequantize, Q8_0_BLOCK_BYTES, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES, QK_K
 } from '@plexus/runtime'
-import { llamaCppUnavailable } from './support/gguf.ts'
-import { llamaCppQuantizer } from './support/ggml-quant.ts'
-import type { LlamaCppQuantizer } from './support/ggml-quant.ts'
-import { rng } from './support/gguf-blocks.ts'
+import { llamaCppUnavailable } from '../../../../test/support/gguf.ts'
+import { llamaCppQuantizer } from '../../../../test/support/ggml-quant.ts'
+import type { LlamaCppQuantizer } from '../../../../test/support/ggml-quant.ts'
+import { rng } from '../../../../test/support/gguf-blocks.ts'
 
 const ROW = 4 * QK_K
 
