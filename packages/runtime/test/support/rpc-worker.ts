@@ -1,4 +1,4 @@
-// A worker for test/runtime-worker-rpc.test.ts: a few methods that answer, throw, transfer or hang.
+// A worker for packages/runtime/test/worker-rpc.test.ts: a few methods that answer, throw, transfer or hang.
 import { parentPort, workerData } from 'node:worker_threads'
 import { serveCalls, transfer, PlexusError, SpanError } from '@plexus/runtime'
 
