@@ -3,8 +3,9 @@ import assert from 'node:assert/strict'
 import { mkdtemp, cp, rm, readFile, writeFile, truncate, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { initBackend, Checkpoint, Span, ModelHead, readModelConfig, parseModelConfig, computeManifest, loadManifest, tensorsDigest } from '@plexus/runtime'
+import { initBackend, Checkpoint, Span, ModelHead, readModelConfig, parseModelConfig, loadManifest, tensorsDigest } from '@plexus/runtime'
 import { fixtureDir, golden, maxAbsDiff } from '../../../test/support/fixtures.ts'
+import { computeManifest } from '../src/model-id.ts'
 
 const SHARDED = 'tiny-llama3-sharded-bf16'
 

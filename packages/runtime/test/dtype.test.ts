@@ -2,7 +2,8 @@
 // against the engine's own Float16Array, NaN, infinities and subnormals included.
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
-import { halfTable, f16BitsToF32, f16ToF32, bf16ToF32, f32ToF16, f32ToBf16, f32ToF16Bits, f32ToBf16Bits, toFloat32 } from '@plexus/runtime'
+import { f32ToF16, f32ToBf16, f32ToF16Bits, f32ToBf16Bits, toFloat32 } from '@plexus/runtime'
+import { halfTable, f16BitsToF32, f16ToF32, bf16ToF32 } from '../src/dtype.ts'
 
 const digest = (a: ArrayBufferView): string => createHash('sha256').update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)).digest('hex')
 const bitsOf = (x: Float32Array): Uint32Array => new Uint32Array(x.buffer, x.byteOffset, x.length)

@@ -7,9 +7,10 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as tf from '@tensorflow/tfjs-core'
-import { initBackend, Checkpoint, Span, ModelHead, cacheSession, forwardInChunks, seededRandom } from '@plexus/runtime'
+import { initBackend, Checkpoint, Span, ModelHead, forwardInChunks, seededRandom } from '@plexus/runtime'
 import { makeModel } from '../../../scripts/lib/model-maker.ts'
 import { fixtureDir, golden, maxAbsDiff } from '../../../test/support/fixtures.ts'
+import { cacheSession } from '../src/runner.ts'
 
 describe('chunked prefill (wasm)', function () {
   this.timeout(300_000)

@@ -1,8 +1,9 @@
 // Spans compose exactly, and the KV cache changes nothing but speed.
 import assert from 'node:assert/strict'
-import { initBackend, Checkpoint, Span, ModelHead, SpanError, WorkerSpanRunner } from '@plexus/runtime'
+import { initBackend, Checkpoint, Span, ModelHead, SpanError } from '@plexus/runtime'
 import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff } from '../../../test/support/fixtures.ts'
 import { skipWebgpu } from './support/gpu.ts'
+import { WorkerSpanRunner } from '../src/worker-span.ts'
 
 for (const backend of ['wasm', 'webgpu'] as const) describe(`spans of blocks (${backend})`, function () {
   before(async function () {

@@ -2,9 +2,10 @@
 // tokens over many seeds against the exact joint probabilities, with a drafter that often
 // disagrees, and a check (computed, not assumed) that the test would catch a wrong correction step.
 import assert from 'node:assert/strict'
-import { initBackend, LocalModel, generate, DraftModel, Sampler, denseProbabilities, argmax } from '@plexus/runtime'
+import { initBackend, LocalModel, generate, DraftModel, Sampler, argmax } from '@plexus/runtime'
 import type { SamplingOptions } from '@plexus/runtime'
 import { fixtureDir, golden } from '../../../test/support/fixtures.ts'
+import { denseProbabilities } from '../src/sampling.ts'
 
 /** Upper α-quantile of the chi-square distribution (Wilson–Hilferty; z for α = 0.001). */
 function chiSquareCritical (dof: number, z = 3.09): number {

@@ -2,8 +2,9 @@
 // transferred buffers, and a worker that is terminated or dies failing the calls still waiting.
 import assert from 'node:assert/strict'
 import { Worker } from 'node:worker_threads'
-import { WorkerRpc, PlexusError, SpanError } from '@plexus/runtime'
+import { PlexusError, SpanError } from '@plexus/runtime'
 import type { TestApi } from './support/rpc-worker.ts'
+import { WorkerRpc } from '../src/worker-rpc.ts'
 
 const WORKER = new URL('./support/rpc-worker.ts', import.meta.url)
 

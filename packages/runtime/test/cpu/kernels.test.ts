@@ -5,11 +5,10 @@
 // of the widened weights and the float32 activations.
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import {
-  quantMatrix, concatRows, quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, rawFloat32, QuantMatrixError, ScalarQuantMatrix, setKernelThreads, kernelThreads
-} from '@plexus/runtime'
+import { quantMatrix, quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, rawFloat32, QuantMatrixError, setKernelThreads, kernelThreads } from '@plexus/runtime'
 import type { QuantMatrixFormat } from '@plexus/runtime'
 import { quantizeActQ8_0, quantizeActQ8_K, dequantizeActivations } from '../../src/cpu/reference.ts'
+import { concatRows, ScalarQuantMatrix } from '../../src/cpu/quant-matrix.ts'
 
 /** Deterministic normal-ish values (xorshift, sum of uniforms). */
 function randn (n: number, seed: number, scale = 1): Float32Array {

@@ -5,16 +5,15 @@ import assert from 'node:assert/strict'
 import { mkdtemp, rm, writeFile, readFile, truncate, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import {
-  initBackend, Checkpoint, Span, ModelHead, generate, dequantize, GgufFile, GgufCheckpoint, GGUF_VALUE,
-  ggmlTypeByName, f32ToF16, unpermuteRotary, rawFloat32, llama3ScalingFromFactors, parseModelConfig, blockTensorShapes, headTensorShapes, toFloat32
-} from '@plexus/runtime'
-import type { DequantizableType, SessionPipeline } from '@plexus/runtime'
+import { initBackend, Checkpoint, Span, ModelHead, generate, dequantize, GgufFile, GgufCheckpoint, GGUF_VALUE, ggmlTypeByName, f32ToF16, unpermuteRotary, rawFloat32, parseModelConfig, blockTensorShapes, headTensorShapes, toFloat32 } from '@plexus/runtime'
+import type { SessionPipeline } from '@plexus/runtime'
 import { writeGguf, permuteRotary, llama3RopeFactors } from '../../../../scripts/lib/gguf.ts'
 import { runLlamaCpp } from '../../../../scripts/lib/llama-baseline.ts'
 import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff } from '../../../../test/support/fixtures.ts'
 import { buildGguf, tensorTypeOffset, llamaCppUnavailable, llamaCppDequantizer } from '../../../../test/support/gguf.ts'
 import { blocksOf, rng, finiteHalf, LLAMA_CPP_SYMBOL } from '../../../../test/support/gguf-blocks.ts'
+import { llama3ScalingFromFactors } from '../../src/gguf/config.ts'
+import type { DequantizableType } from '../../src/gguf/types.ts'
 
 const bits = (a: Float32Array): Uint32Array => new Uint32Array(a.buffer, a.byteOffset, a.length)
 function assertBitsEqual (got: Float32Array, want: Float32Array, what: string): void {

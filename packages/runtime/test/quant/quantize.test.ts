@@ -2,13 +2,12 @@
 // bytes equal to llama.cpp's own quantize_row_*_ref on the same rows, and dequantize(quantize(x))
 // within each format's error bound.
 import assert from 'node:assert/strict'
-import {
-  quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, dequantize, Q8_0_BLOCK_BYTES, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES, QK_K
-} from '@plexus/runtime'
+import { quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, dequantize } from '@plexus/runtime'
 import { llamaCppUnavailable } from '../../../../test/support/gguf.ts'
 import { llamaCppQuantizer } from '../../../../test/support/ggml-quant.ts'
 import type { LlamaCppQuantizer } from '../../../../test/support/ggml-quant.ts'
 import { rng } from '../../../../test/support/gguf-blocks.ts'
+import { Q8_0_BLOCK_BYTES, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES, QK_K } from '../../src/quant/quantize.ts'
 
 const ROW = 4 * QK_K
 

@@ -1,11 +1,11 @@
 /// <reference types="@webgpu/types" />
 // Runs single WGSL kernels on the test machine's WebGPU adapter (lavapipe in CI), for checks
 // against float64 references.
-import { acquireGpu } from '@plexus/runtime'
-import type { GpuContext } from '@plexus/runtime'
 import { kernel, bindGroup, upload, storage, createStepBuffer } from '../../src/webgpu/linear.ts'
 import type { Binding } from '../../src/webgpu/linear.ts'
 import { STEP_SLOT } from '../../src/webgpu/kernels.ts'
+import { acquireGpu } from '../../src/webgpu/device.ts'
+import type { GpuContext } from '../../src/webgpu/device.ts'
 
 /**
  * The GPU for tests: software adapters accepted. Without one the suite fails, saying what to

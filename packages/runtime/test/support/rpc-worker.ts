@@ -1,6 +1,7 @@
 // A worker for packages/runtime/test/worker-rpc.test.ts: a few methods that answer, throw, transfer or hang.
 import { parentPort, workerData } from 'node:worker_threads'
-import { serveCalls, transfer, PlexusError, SpanError } from '@plexus/runtime'
+import { PlexusError, SpanError } from '@plexus/runtime'
+import { serveCalls, transfer } from '../../src/worker-rpc.ts'
 
 export interface TestApi {
   echo (p: unknown): unknown

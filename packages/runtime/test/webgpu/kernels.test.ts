@@ -1,12 +1,13 @@
 // Every WGSL kernel of the block forward against a float64 reference, on odd shapes.
 import assert from 'node:assert/strict'
 import { toFloat32, f32ToF16, f32ToBf16 } from '@plexus/runtime'
-import type { GpuContext, DType } from '@plexus/runtime'
+import type { DType } from '@plexus/runtime'
 import { rmsNormKernel, matvecKernel, gemmKernel, kvAppendKernel, attentionKernel, swigluKernel, GEMM_MIN_ROWS } from '../../src/webgpu/kernels.ts'
 import type { WeightFormat } from '../../src/webgpu/kernels.ts'
 import { gpuFormat, gpuBytes } from '../../src/webgpu/formats.ts'
 import { testGpu, skipWebgpu, runKernel, randoms, relErr } from '../support/gpu.ts'
 import { blocksOf, rng } from '../../../../test/support/gguf-blocks.ts'
+import type { GpuContext } from '../../src/webgpu/device.ts'
 
 describe('WebGPU kernels against float64 references', function () {
   let gpu: GpuContext
