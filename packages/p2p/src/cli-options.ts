@@ -47,7 +47,7 @@ export const dialFlags = {
 
 /** The network flags of plexus-node's commands (networkOptions turns them into node options). */
 export const nodeNetworkFlags = {
-  listen: { type: 'array', string: true, describe: 'Multiaddrs to listen on (default: every interface, IPv4 and IPv6, TCP port 31337, or a free port when that one is taken)' },
+  listen: { type: 'array', string: true, describe: 'Multiaddrs to listen on (default: every interface, IPv4 and IPv6, TCP and QUIC (UDP) port 31337, or a free port when that one is taken; no QUIC with --swarm-key)' },
   announce: { type: 'array', string: true, describe: 'Addresses to advertise instead of the ones found (e.g. a forwarded port); loopback and link-local ones never reach other machines\' peers' },
   'swarm-key': { type: 'string', describe: 'Private swarm: the key file every member holds (plexus-node swarm-key --out FILE); peers without it cannot connect' },
   ...dialFlags,
