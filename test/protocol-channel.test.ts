@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream, Connection } from '@libp2p/interface'
-import { createPlexusNode } from '@plexus/p2p'
+import { createPlexusNode, serveInfo, INFO_PROTOCOL, MAX_INFO_REQUEST_BYTES } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import {
   Channel, ChannelError, ProtocolError, MAX_ERROR_MESSAGE, SESSION_PREAMBLE_BYTES, MAX_SESSION_HEADER_BYTES, PROTOCOLS, WIRE_VERSION,
@@ -265,6 +265,30 @@ describe('protocol channel: one framing for every protocol', function () {
     }
   })
 
+  it('info runs on it too: one request, one answer, the JSON error reply for a refusal', async () => {
+    const remove = await serveInfo(server, async () => [])
+    const ask = async (send: (stream: Stream) => void): Promise<any> => {
+      const stream = await client.dialProtocol(server.peerId, INFO_PROTOCOL, { signal: AbortSignal.timeout(5000) })
+      const channel = new Channel(stream, PROTOCOLS.info.client)
+      send(stream)
+      const frame = await channel.read(AbortSignal.timeout(5000))
+      assert.ok(frame != null, 'the server closed without an answer')
+      // one answer per stream: the server closes its side after it, whether or not we close ours
+      assert.equal(await channel.read(AbortSignal.timeout(5000)), null, 'the server did not close its side after answering')
+      await channel.close()
+      return JSON.parse(new TextDecoder().decode(frame))
+    }
+    try {
+      assert.equal(PROTOCOLS.info.id, INFO_PROTOCOL)
+      assert.deepEqual(await ask(s => s.send(Uint8Array.of(2, 0x7b, 0x7d))), { records: [] })
+      assert.deepEqual(await ask(s => s.send(Uint8Array.of(2, 0x5b, 0x5d))), { error: 'info request is not a JSON object', code: 'bad-request' })
+      // refused at its prefix, as on every protocol
+      assert.deepEqual(await ask(s => s.send(encodeVarint(MAX_INFO_REQUEST_BYTES + 1))),
+        { error: `frame of ${MAX_INFO_REQUEST_BYTES + 1} bytes is too large (limit ${MAX_INFO_REQUEST_BYTES} bytes)`, code: 'bad-request' })
+    } finally {
+      await remove()
+    }
+  })
 
   describe('afterwards', () => {
     it('no served stream is left open', async () => {

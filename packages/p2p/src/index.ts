@@ -25,10 +25,17 @@ export type {
 } from './reputation.ts'
 export { Announcer, blockCid, modelsCid, findBlockHolders, findServers, waitForDhtPeers } from './announce.ts'
 export type { AnnouncerComponents, AnnouncerInit, AnnounceRound, FindOptions } from './announce.ts'
-export {
-  serveInfo, fetchInfo, INFO_PROTOCOL, MAX_INFO_REQUEST_BYTES, MAX_INFO_RESPONSE_BYTES, MAX_INFO_RECORDS, DEFAULT_INFO_TIMEOUT_MS
-} from './info.ts'
+export { serveInfo, fetchInfo, MAX_INFO_RECORDS, InfoError } from './info.ts'
 export type { InfoSource, ServeInfoOptions, FetchInfoOptions } from './info.ts'
+export {
+  PROTOCOLS, SESSION_PROTOCOL, VERIFY_PROTOCOL, MODEL_FILES_PROTOCOL, INFO_PROTOCOL, MAX_INFO_REQUEST_BYTES, MAX_INFO_RESPONSE_BYTES,
+  DEFAULT_INFO_TIMEOUT_MS, MAX_ERROR_MESSAGE
+} from './protocols.ts'
+export type { ChannelLimits, ProtocolSpec } from './protocols.ts'
+export { Channel, ChannelError, errorReply, jsonErrorFrame, boundMessage, varintBytes, encodeVarint, MAX_VARINT_BYTES } from './channel.ts'
+export type { ChannelErrorCode, ErrorReply, ChannelInit } from './channel.ts'
+export { serveChannel, openChannel, request } from './channel-serve.ts'
+export type { ChannelCodec, ServeLimits, ServeInit, ChannelDialer } from './channel-serve.ts'
 export type { PeerId, PrivateKey } from '@libp2p/interface'
 export * from './discovery.ts'
 export * from './dashboard/index.ts'

@@ -1,37 +1,58 @@
 import { peerIdFromString } from '@libp2p/peer-id'
-import { lpStream } from '@libp2p/utils'
+import { PlexusError } from '@plexus/runtime'
 import { verifyAnnouncement } from './announcement.ts'
-import { PROTOCOL_PREFIX } from './node.ts'
+import { jsonErrorFrame } from './channel.ts'
+import { request, serveChannel } from './channel-serve.ts'
+import { DEFAULT_INFO_TIMEOUT_MS, INFO_PROTOCOL, MAX_INFO_RESPONSE_BYTES, PROTOCOLS } from './protocols.ts'
 import type { AnnouncementPayload } from './announcement.ts'
+import type { ChannelCodec, ChannelDialer } from './channel-serve.ts'
 import type { PlexusNode } from './node.ts'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 
 /**
- * `/plexus/info/1.0.0`: "what do you serve right now?". One request/response per stream, each
- * a varint-length-prefixed UTF-8 JSON message:
+ * `/plexus/info/1.0.0`: "what do you serve right now?". One request and one answer per stream,
+ * each one frame of the framed channel (channel.ts: varint length, then UTF-8 JSON):
  *
  *   request:  {}                                   (fields reserved for filters; ignored today)
- *   response: { "records": ["<signed record>", ...] }  or  { "error": "<why>" }
+ *   response: { "records": ["<signed record>", ...] }  or  { "error": "<why>", "code": "<code>" }
  *
  * Each record is the exact JSON text of a signed announcement (records.ts), so the client
- * verifies what the server signed, byte for byte.
+ * verifies what the server signed, byte for byte. Limits: PROTOCOLS.info.
  */
-export const INFO_PROTOCOL = `${PROTOCOL_PREFIX}/info/1.0.0`
-export const MAX_INFO_REQUEST_BYTES = 4 * 1024
-export const MAX_INFO_RESPONSE_BYTES = 1024 * 1024
 export const MAX_INFO_RECORDS = 256
-export const DEFAULT_INFO_TIMEOUT_MS = 5000
 
 /** Current signed announcement records of one thing this node serves. */
 export type InfoSource = () => Promise<Uint8Array[]>
 
 export interface ServeInfoOptions {
-  /** Deadline for one request, reading to replying. Default 5 s. */
+  /** Deadline for each part of one request: reading it, listing records, writing the answer. Default 5 s. */
   timeoutMs?: number
+}
+
+type InfoErrorCode = 'bad-request' | 'internal'
+
+/** A refusal of the info protocol, answered with its code in the JSON error frame. */
+export class InfoError extends PlexusError {
+  declare readonly code: InfoErrorCode
+  constructor (code: InfoErrorCode, message: string) {
+    super(code, message, { httpStatus: code === 'bad-request' ? 400 : 502 })
+    this.name = 'InfoError'
+  }
 }
 
 const enc = new TextEncoder()
 const dec = new TextDecoder('utf-8', { fatal: true })
+
+const infoCodec: ChannelCodec<object, InfoErrorCode> = {
+  decode: (frame) => {
+    const msg = parseJson(frame)
+    if (msg == null || typeof msg !== 'object' || Array.isArray(msg)) throw new InfoError('bad-request', 'info request is not a JSON object')
+    return msg
+  },
+  encodeError: jsonErrorFrame,
+  isOwn: (err): err is InfoError => err instanceof InfoError,
+  channelCode: () => 'bad-request'
+}
 
 /**
  * Answers info requests with the records `source` returns. Returns a function that removes
@@ -46,15 +67,18 @@ export async function serveInfo (node: PlexusNode, source: InfoSource, opts: Ser
     services.infoSources = set
     const all = set
     const timeoutMs = opts.timeoutMs ?? DEFAULT_INFO_TIMEOUT_MS
+    const limits = { ...PROTOCOLS.info.server, idleMs: timeoutMs, writeMs: timeoutMs }
     const log = node.logger.forComponent('plexus:info')
     try {
       await node.handle(INFO_PROTOCOL, async (stream: Stream, connection: Connection) => {
-        try {
-          await answer(stream, all, AbortSignal.timeout(timeoutMs))
-        } catch (err) {
-          log.error('info request from %p failed: %e', connection.remotePeer, err)
-          stream.abort(err as Error)
-        }
+        await serveChannel(stream, connection.remotePeer.toString(), {
+          name: 'info',
+          codec: infoCodec,
+          limits,
+          log,
+          once: true,
+          dispatch: async (_request, channel) => { await channel.write(await answer(all, AbortSignal.timeout(timeoutMs))) }
+        })
       }, { runOnLimitedConnection: true, maxInboundStreams: 64 })
     } catch (err) {
       services.infoSources = undefined
@@ -72,25 +96,19 @@ export async function serveInfo (node: PlexusNode, source: InfoSource, opts: Ser
   }
 }
 
-async function answer (stream: Stream, all: Set<InfoSource>, signal: AbortSignal): Promise<void> {
-  const io = lpStream(stream, { maxDataLength: MAX_INFO_REQUEST_BYTES })
-  const request = parseJson((await io.read({ signal })).subarray())
-  if (request == null || typeof request !== 'object' || Array.isArray(request)) throw new Error('info request is not a JSON object')
-
-  let response: object
+/** The records of every source, as one answer frame; a source that fails or hangs is an `internal` refusal. */
+async function answer (sources: Set<InfoSource>, signal: AbortSignal): Promise<Uint8Array> {
+  let records: string[]
   try {
-    const lists = await Promise.all([...all].map(async s => await untilAborted(s(), signal)))
-    const records = lists.flat()
-    if (records.length > MAX_INFO_RECORDS) throw new Error(`${records.length} records, over the limit of ${MAX_INFO_RECORDS}`)
-    response = { records: records.map(r => dec.decode(r)) }
+    const signed = (await Promise.all([...sources].map(async s => await untilAborted(s(), signal)))).flat()
+    if (signed.length > MAX_INFO_RECORDS) throw new Error(`${signed.length} records, over the limit of ${MAX_INFO_RECORDS}`)
+    records = signed.map(r => dec.decode(r))
   } catch (err) {
-    signal.throwIfAborted()
-    response = { error: `cannot list records: ${(err as Error).message}` }
+    throw new InfoError('internal', `cannot list records: ${(err as Error).message}`)
   }
-  let bytes = enc.encode(JSON.stringify(response))
-  if (bytes.byteLength > MAX_INFO_RESPONSE_BYTES) bytes = enc.encode(JSON.stringify({ error: `records take ${bytes.byteLength} bytes, over the ${MAX_INFO_RESPONSE_BYTES}-byte limit` }))
-  await io.write(bytes, { signal })
-  await stream.close({ signal })
+  const bytes = enc.encode(JSON.stringify({ records }))
+  if (bytes.byteLength > MAX_INFO_RESPONSE_BYTES) throw new InfoError('internal', `records take ${bytes.byteLength} bytes, over the ${MAX_INFO_RESPONSE_BYTES}-byte limit`)
+  return bytes
 }
 
 export interface FetchInfoOptions {
@@ -112,23 +130,25 @@ export async function fetchInfo (node: PlexusNode, peer: PeerId | string, opts: 
   const signal = opts.signal != null ? AbortSignal.any([opts.signal, deadline]) : deadline
   const fail = (why: string, cause?: unknown): Error => new Error(`info from peer ${peerId.toString()}: ${why}`, { cause })
 
+  // info may cross a relay (a limited connection); the flag tells a failed dial from a failed exchange
+  let dialed = false
+  const dialer: ChannelDialer = {
+    dialProtocol: async (target, protocol, o) => {
+      const stream = await node.dialProtocol(target, protocol, { ...o, runOnLimitedConnection: true })
+      dialed = true
+      return stream
+    }
+  }
   let bytes: Uint8Array
-  let stream: Stream | undefined
   try {
-    stream = await node.dialProtocol(peerId, INFO_PROTOCOL, { signal, runOnLimitedConnection: true })
-    const io = lpStream(stream, { maxDataLength: MAX_INFO_RESPONSE_BYTES })
-    await io.write(enc.encode('{}'), { signal })
-    bytes = (await io.read({ signal })).subarray()
+    bytes = await request(dialer, peerId, INFO_PROTOCOL, enc.encode('{}'), PROTOCOLS.info.client, signal)
   } catch (err) {
-    stream?.abort(err as Error)
     const e = err as Error
     if (opts.signal?.aborted === true) throw fail('aborted', err)
     if (deadline.aborted) throw fail('no answer in time', err)
-    if (stream == null) throw fail(`cannot connect: ${e.name === 'Error' ? e.message : `${e.name}: ${e.message}`}`, err)
+    if (!dialed) throw fail(`cannot connect: ${e.name === 'Error' ? e.message : `${e.name}: ${e.message}`}`, err)
     throw fail(`exchange failed: ${e.name}: ${e.message}`, err)
   }
-  const s = stream
-  await s.close({ signal }).catch(err => { s.abort(err as Error) })
 
   const response = parseJson(bytes) as { records?: unknown, error?: unknown } | undefined
   if (response == null || typeof response !== 'object') throw fail('answer is not JSON')

@@ -3,8 +3,8 @@ import { Ajv } from 'ajv'
 import type { ValidateFunction } from 'ajv'
 import { f32ToF16, f32ToBf16, toFloat32 } from '@plexus/runtime'
 import { SCHEMA_DIR } from '@plexus/p2p'
-import { MAX_SESSION_HEADER_BYTES, SESSION_PREAMBLE_BYTES, WIRE_VERSION } from './protocols.ts'
-import type { ChannelCodec } from './channel-serve.ts'
+import { MAX_SESSION_HEADER_BYTES, SESSION_PREAMBLE_BYTES, WIRE_VERSION } from './session-limits.ts'
+import type { ChannelCodec } from '@plexus/p2p'
 
 export type WireDType = 'f32' | 'f16' | 'bf16'
 const DTYPE_BYTES: Record<WireDType, number> = { f32: 4, f16: 2, bf16: 2 }
@@ -149,7 +149,7 @@ export function decodeMessage (frame: Uint8Array, limits: DecodeLimits = {}): Se
   return { ...h, data }
 }
 
-/** The session protocol on the channel (channel-serve.ts): its messages, its error frame, its codes. */
+/** The session protocol on the channel (serveChannel, @plexus/p2p): its messages, its error frame, its codes. */
 export function sessionCodec (limits: DecodeLimits = {}): ChannelCodec<SessionMessage, ErrorCode> {
   return {
     decode: (frame) => decodeMessage(frame, limits),

@@ -1,5 +1,5 @@
 import { schemaProblem } from '@plexus/p2p'
-import type { ChannelCodec } from './channel-serve.ts'
+import type { ChannelCodec } from '@plexus/p2p'
 
 export type VerifyErrorCode = 'bad-frame' | 'bad-request' | 'bad-commitment' | 'not-served' | 'unknown-server' | 'busy' | 'unknown-session' | 'internal'
 
@@ -97,7 +97,7 @@ export function decodeVerifyMessage (frame: Uint8Array): VerifyMessage {
 
 function bytesOf (x: Float32Array): Uint8Array { return new Uint8Array(x.buffer, x.byteOffset, x.byteLength) }
 
-/** The verify protocol on the channel (channel-serve.ts). */
+/** The verify protocol on the channel (serveChannel, @plexus/p2p). */
 export const verifyCodec: ChannelCodec<VerifyMessage, VerifyErrorCode> = {
   decode: decodeVerifyMessage,
   encodeError: ({ code, message }) => encodeVerifyMessage({ type: 'error', code, message }),

@@ -1,25 +1,19 @@
-import { PROTOCOL_PREFIX, INFO_PROTOCOL, MAX_INFO_REQUEST_BYTES, MAX_INFO_RESPONSE_BYTES, DEFAULT_INFO_TIMEOUT_MS } from '@plexus/p2p'
+import { PROTOCOL_PREFIX } from './node.ts'
 
 // Every Plexus stream protocol, its id and its framing limits, in one table. Each frame on every
 // one of them is [varint length][payload] (channel.ts); the limits bound what a peer may make
-// the other buffer, and the deadlines how long a quiet or slow peer may hold a stream.
+// the other buffer, and the deadlines how long a quiet or slow peer may hold a stream. It lives
+// here, below @plexus/protocol, so that the info protocol (info.ts) runs on the same channel.
 
 export const SESSION_PROTOCOL = `${PROTOCOL_PREFIX}/session/1.0.0`
 export const VERIFY_PROTOCOL = `${PROTOCOL_PREFIX}/verify/1.0.0`
 export const MODEL_FILES_PROTOCOL = `${PROTOCOL_PREFIX}/model/1.0.0`
-export { INFO_PROTOCOL }
+/** "What do you serve right now?" (info.ts). */
+export const INFO_PROTOCOL = `${PROTOCOL_PREFIX}/info/1.0.0`
+export const MAX_INFO_REQUEST_BYTES = 4 * 1024
+export const MAX_INFO_RESPONSE_BYTES = 1024 * 1024
+export const DEFAULT_INFO_TIMEOUT_MS = 5000
 
-/** First byte of every session frame payload. */
-export const WIRE_VERSION = 1
-/** Session frame preamble: [u8 version][u8 0][u32 BE header length]. */
-export const SESSION_PREAMBLE_BYTES = 6
-/**
- * Room for a session frame's JSON header: a result's commitment (≤ 8 KiB by the schema), an
- * open's next-hop addresses (8 × 256 chars) or an error message (≤ 2,000 chars, escaped).
- */
-export const MAX_SESSION_HEADER_BYTES = 32 << 10
-/** Widest value a tensor crosses the wire in (f32); f16 and bf16 take 2. */
-export const MAX_BYTES_PER_VALUE = 4
 /** Cap on an error reply's message, in characters: errors may quote a peer's input. */
 export const MAX_ERROR_MESSAGE = 2000
 
@@ -42,7 +36,7 @@ export interface ProtocolSpec {
 }
 
 export const PROTOCOLS = {
-  /** Fixed defaults only: a session handler derives its frame limit from its model (sessionFrameLimit). */
+  /** Fixed defaults only: a session handler derives its frame limit from its model (sessionFrameLimit, @plexus/protocol). */
   session: {
     id: SESSION_PROTOCOL,
     server: { maxFrameBytes: 64 << 20, idleMs: 5 * 60_000, writeMs: 30_000 },
@@ -60,21 +54,10 @@ export const PROTOCOLS = {
     server: { maxFrameBytes: 4096, idleMs: 30_000, writeMs: 60_000 },
     client: { maxFrameBytes: 4 << 20 }
   },
-  /** One request, one answer (served by @plexus/p2p: it sits below this package). */
+  /** One request, one answer per stream (info.ts). */
   info: {
     id: INFO_PROTOCOL,
     server: { maxFrameBytes: MAX_INFO_REQUEST_BYTES, idleMs: DEFAULT_INFO_TIMEOUT_MS, writeMs: DEFAULT_INFO_TIMEOUT_MS },
     client: { maxFrameBytes: MAX_INFO_RESPONSE_BYTES }
   }
 } as const satisfies Record<string, ProtocolSpec>
-
-/** What a session frame must hold for a model: one step of `maxStepTokens` tokens of `hiddenSize` values. */
-export interface SessionShape { hiddenSize: number, maxStepTokens: number }
-
-/**
- * Largest session frame for a model: the biggest step (tokens × hidden × bytes per value) plus
- * preamble and header. Every other message is smaller.
- */
-export function sessionFrameLimit (shape: SessionShape): number {
-  return SESSION_PREAMBLE_BYTES + MAX_SESSION_HEADER_BYTES + shape.hiddenSize * shape.maxStepTokens * MAX_BYTES_PER_VALUE
-}

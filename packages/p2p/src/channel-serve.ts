@@ -25,6 +25,8 @@ export interface ServeInit<M, C extends string> {
   admit?: () => void
   /** Answers one message: one handler per message type (like kad-dht's rpc/handlers). */
   dispatch: (msg: M, channel: Channel) => Promise<void>
+  /** One request, one answer per stream (info): the stream closes after the first message. */
+  once?: boolean
   /** After a refusal was answered (metrics; a forwarded route tells its other streams). */
   onRefused?: (reply: ErrorReply<C | 'bad-request' | 'internal'>) => void | Promise<void>
   /** Frees what the stream held, however it ended. */
@@ -32,9 +34,9 @@ export interface ServeInit<M, C extends string> {
 }
 
 /**
- * The one server loop of every protocol: reads frames until the peer ends its side, hands each
- * message to `dispatch`, and answers any refusal with one error frame, after which the stream
- * closes. A peer that resets or vanishes gets no answer; its stream is freed all the same.
+ * The one server loop of every protocol: reads frames until the peer ends its side (or, with
+ * `once`, one frame), hands each message to `dispatch`, and answers any refusal with one error
+ * frame, after which the stream closes. A peer that resets or vanishes gets no answer; its stream is freed all the same.
  */
 export async function serveChannel<M, C extends string> (stream: Stream, peer: string, init: ServeInit<M, C>): Promise<void> {
   const { codec, log, name } = init
@@ -56,6 +58,7 @@ export async function serveChannel<M, C extends string> (stream: Stream, peer: s
         return
       }
       await init.dispatch(codec.decode(frame), channel)
+      if (init.once === true) return
     }
   } catch (err: any) {
     const reply = errorReply(err, codec.isOwn, codec.channelCode)
