@@ -9,10 +9,8 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream, Connection } from '@libp2p/interface'
 import { createPlexusNode, serveInfo, INFO_PROTOCOL, MAX_INFO_REQUEST_BYTES } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
-import {
-  Channel, ChannelError, ProtocolError, MAX_ERROR_MESSAGE, SESSION_PREAMBLE_BYTES, MAX_SESSION_HEADER_BYTES, PROTOCOLS, WIRE_VERSION,
-  errorReply, encodeVarint, encodeMessage, decodeMessage, serveChannel, sessionCodec, sessionFrameLimit
-} from '@plexus/protocol'
+import { ProtocolError, SESSION_PREAMBLE_BYTES, MAX_SESSION_HEADER_BYTES, WIRE_VERSION, encodeMessage, decodeMessage, sessionCodec, sessionFrameLimit } from '@plexus/protocol'
+import { Channel, ChannelError, MAX_ERROR_MESSAGE, PROTOCOLS, errorReply, encodeVarint, serveChannel } from '@plexus/p2p'
 import type { SessionMessage } from '@plexus/protocol'
 import { BackendSet, createSessionHandler } from '@plexus/server'
 import type { BlockBackend } from '@plexus/server'

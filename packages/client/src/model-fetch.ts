@@ -1,7 +1,7 @@
 import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fetchInfo, findBlockHolders, findServers, componentLog } from '@plexus/p2p'
-import { MODEL_FILES_PROTOCOL } from '@plexus/protocol'
+import { MODEL_FILES_PROTOCOL } from '@plexus/p2p'
 import type { PlexusNode, PeerId } from '@plexus/p2p'
 import {
   Checkpoint, CLIENT_FILES, DTYPE_BYTES, GGUF_TOKENIZER_KEY, MANIFEST_FILE, checkManifest, fileDigest, headTensorShapes, loadTokenizer, parseModelConfig, readModelConfig,

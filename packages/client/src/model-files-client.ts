@@ -1,5 +1,5 @@
 // Client side of /plexus/model/1.0.0 (served by packages/server/src/model-files-handler.ts).
-import { Channel, PROTOCOLS } from '@plexus/protocol'
+import { Channel, PROTOCOLS } from '@plexus/p2p'
 import type { DType, ProgressMeter } from '@plexus/runtime'
 import type { Stream } from '@libp2p/interface'
 import type { ResolveModelOptions } from './model-fetch.ts'

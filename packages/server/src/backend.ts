@@ -1,4 +1,4 @@
-import { forwardInChunks } from '@plexus/runtime'
+import { forwardInChunks, collectStepGarbage } from '@plexus/runtime'
 import type { SpanRunner, SpanSession, ModelConfig } from '@plexus/runtime'
 import { ProtocolError } from '@plexus/protocol'
 
@@ -216,6 +216,8 @@ export class BlockBackend {
       s.busy = false
       this.inFlight--
       s.lastUsed = Date.now()
+      // the step's frames and copies of its hidden states are dead now: don't let them pile up
+      collectStepGarbage()
     }
   }
 

@@ -1,7 +1,8 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Stream } from '@libp2p/interface'
-import { PROTOCOLS, SESSION_PROTOCOL, Channel, ProtocolError, decodeMessage, encodeMessage } from '@plexus/protocol'
+import { ProtocolError, decodeMessage, encodeMessage } from '@plexus/protocol'
+import { PROTOCOLS, SESSION_PROTOCOL, Channel } from '@plexus/p2p'
 import type { NextHop, StepMessage } from '@plexus/protocol'
 
 /** What a server needs to reach the next hop of a forwarded route (the libp2p node). */

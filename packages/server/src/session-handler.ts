@@ -1,5 +1,6 @@
 import type { Stream, Connection } from '@libp2p/interface'
-import { PROTOCOLS, SESSION_PROTOCOL, ProtocolError, inspectStep, serveChannel, sessionCodec, sessionFrameLimit } from '@plexus/protocol'
+import { ProtocolError, inspectStep, sessionCodec, sessionFrameLimit } from '@plexus/protocol'
+import { PROTOCOLS, SESSION_PROTOCOL, serveChannel } from '@plexus/p2p'
 import type { AttachMessage, CloseMessage, OpenMessage, SessionMessage, StepMessage, TruncateMessage } from '@plexus/protocol'
 import type { BackendSet } from './backend.ts'
 import { RouteTable } from './routed-sessions.ts'

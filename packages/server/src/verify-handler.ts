@@ -1,5 +1,6 @@
 import type { Stream, Connection, Logger } from '@libp2p/interface'
-import { PROTOCOLS, VERIFY_PROTOCOL, VerifyError, serveChannel, verifyCodec } from '@plexus/protocol'
+import { VerifyError, verifyCodec } from '@plexus/protocol'
+import { PROTOCOLS, VERIFY_PROTOCOL, serveChannel } from '@plexus/p2p'
 import type { CheckMessage, GetReportMessage, RecheckMessage, VerifyCloseMessage, VerifyErrorCode, VerifyMessage } from '@plexus/protocol'
 import type { Verifier } from './verifier.ts'
 import { verifyStream } from './handlers/verify-context.ts'

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import type { Stream } from '@libp2p/interface'
-import { PROTOCOLS, SESSION_PROTOCOL, Channel, sessionFrameLimit, encodeMessage, decodeMessage, encodeTensor, decodeTensor, tensorDigest, verifyCommitment } from '@plexus/protocol'
+import { sessionFrameLimit, encodeMessage, decodeMessage, encodeTensor, decodeTensor, tensorDigest, verifyCommitment } from '@plexus/protocol'
+import { PROTOCOLS, SESSION_PROTOCOL, Channel } from '@plexus/p2p'
 import type { SessionMessage, StepMessage, WireDType, ErrorCode, StepCommitment, NextHop } from '@plexus/protocol'
 import { PlexusError } from '@plexus/runtime'
 

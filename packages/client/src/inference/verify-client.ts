@@ -1,4 +1,5 @@
-import { PROTOCOLS, VERIFY_PROTOCOL, Channel, openChannel, encodeVerifyMessage, decodeVerifyMessage } from '@plexus/protocol'
+import { encodeVerifyMessage, decodeVerifyMessage } from '@plexus/protocol'
+import { PROTOCOLS, VERIFY_PROTOCOL, Channel, openChannel } from '@plexus/p2p'
 import type { CheckMessage, VerdictMessage, RecheckedMessage, ReportMessage, VerifyMessage } from '@plexus/protocol'
 import type { Dialer } from './remote-span.ts'
 import { PeerFailure } from './remote-span.ts'

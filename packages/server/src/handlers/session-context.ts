@@ -1,6 +1,7 @@
 import type { Logger, PrivateKey } from '@libp2p/interface'
 import { ProtocolError, encodeMessage } from '@plexus/protocol'
-import type { Channel, ErrorCode, SessionMessage } from '@plexus/protocol'
+import type { ErrorCode, SessionMessage } from '@plexus/protocol'
+import type { Channel } from '@plexus/p2p'
 import type { BackendSet, BlockBackend } from '../backend.ts'
 import type { ForwardDialer } from '../forwarder.ts'
 import type { RouteTable } from '../routed-sessions.ts'

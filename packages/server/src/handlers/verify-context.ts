@@ -1,5 +1,6 @@
 import { encodeVerifyMessage } from '@plexus/protocol'
-import type { Channel, VerifyMessage } from '@plexus/protocol'
+import type { VerifyMessage } from '@plexus/protocol'
+import type { Channel } from '@plexus/p2p'
 import type { Verifier } from '../verifier.ts'
 
 /** What one verify stream's message handlers share. */
