@@ -3,7 +3,8 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { existsSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { dhtPeerCount } from './node.ts'
-import { isDnsAddr, resolveAddr } from './dnsaddr.ts'
+import { isDnsAddr, resolveAddr, DnsAddrError } from './dnsaddr.ts'
+import { SwarmKeyMismatchError } from './swarm-key.ts'
 import type { PlexusNode } from './node.ts'
 import type { PeerId } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
@@ -159,8 +160,8 @@ export function describeDialError (err: unknown, addr: Multiaddr, timedOutAfterM
   const code = e?.code ?? ''
   const msg = String(e?.message ?? e)
 
-  if (e?.name === 'DnsAddrError') return msg
-  if (e?.name === 'SwarmKeyMismatchError' || /swarm key mismatch/.test(msg)) return 'swarm key mismatch: the peer is not in this private swarm (it holds another --swarm-key, or none)'
+  if (e instanceof DnsAddrError) return msg
+  if (e instanceof SwarmKeyMismatchError || /swarm key mismatch/.test(msg)) return 'swarm key mismatch: the peer is not in this private swarm (it holds another --swarm-key, or none)'
   // a handshake cut short: the peer's side of the swarm key check refused us first
   const handshake = e?.name === 'EncryptionFailedError'
   if (handshake && context.privateSwarm === true && (code === 'ECONNRESET' || /ECONNRESET|aborted|timeout|end of stream/i.test(msg))) {

@@ -17,9 +17,8 @@ export class SwarmKeyError extends PlexusError {
 }
 
 /** A connection refused because the two sides hold different swarm keys (or one holds none). */
-export class SwarmKeyMismatchError extends Error {
-  readonly code = 'ERR_SWARM_KEY_MISMATCH'
-  constructor (message: string) { super(message); this.name = 'SwarmKeyMismatchError' }
+export class SwarmKeyMismatchError extends PlexusError {
+  constructor (message: string) { super('ERR_SWARM_KEY_MISMATCH', message, { httpStatus: 503 }); this.name = 'SwarmKeyMismatchError' }
 }
 
 export interface SwarmKey {

@@ -1,9 +1,9 @@
 // Chat templates as Hugging Face transformers renders them: the Jinja source
 // from tokenizer_config.json (or a sibling chat_template.jinja), fed the
 // messages, add_generation_prompt and the special tokens as plain strings.
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Template } from '@huggingface/jinja'
+import { readOptional, readJsonObject } from './json-file.ts'
 
 /** A call an assistant message made; `arguments` an object, as transformers documents it. */
 export interface ChatToolCall {
@@ -107,14 +107,6 @@ function dropUndefined (m: ChatMessage): Record<string, unknown> {
   return Object.fromEntries(Object.entries(m).filter(([, v]) => v !== undefined))
 }
 
-async function readOptional (path: string): Promise<string | undefined> {
-  try {
-    return await readFile(path, 'utf8')
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-    throw err
-  }
-}
 
 /**
  * Reads `tokenizer_config.json` from a model directory. Newer transformers
@@ -122,21 +114,7 @@ async function readOptional (path: string): Promise<string | undefined> {
  * in when the JSON lacks one. Returns undefined when neither file exists.
  */
 export async function readTokenizerConfig (dir: string): Promise<Record<string, unknown> | undefined> {
-  const path = join(dir, 'tokenizer_config.json')
-  const text = await readOptional(path)
-  let config: Record<string, unknown> | undefined
-  if (text !== undefined) {
-    let parsed: unknown
-    try {
-      parsed = JSON.parse(text)
-    } catch (err) {
-      throw new Error(`${path} is not valid JSON: ${(err as Error).message}`, { cause: err })
-    }
-    if (parsed == null || typeof parsed !== 'object' || Array.isArray(parsed)) {
-      throw new Error(`${path} must hold a JSON object`)
-    }
-    config = parsed as Record<string, unknown>
-  }
+  let config = await readJsonObject(join(dir, 'tokenizer_config.json'))
   if (config?.chat_template === undefined) {
     const jinja = await readOptional(join(dir, 'chat_template.jinja'))
     if (jinja !== undefined) config = { ...config, chat_template: jinja }

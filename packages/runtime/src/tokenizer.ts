@@ -1,9 +1,9 @@
 // Hugging Face tokenizers (tokenizer.json + tokenizer_config.json) through
 // @huggingface/tokenizers, plus an incremental decoder for streaming output.
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Tokenizer } from '@huggingface/tokenizers'
 import { readTokenizerConfig, tokenContent } from './chat-template.ts'
+import { readJsonObject } from './json-file.ts'
 
 export interface TextTokenizer {
   encode (text: string, opts?: { addSpecialTokens?: boolean }): number[]
@@ -32,25 +32,6 @@ export interface TokenVocabulary {
   prependSpace: boolean
 }
 
-async function readJsonIfPresent (path: string): Promise<Record<string, unknown> | undefined> {
-  let text: string
-  try {
-    text = await readFile(path, 'utf8')
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-    throw err
-  }
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(text)
-  } catch (err) {
-    throw new Error(`${path} is not valid JSON: ${(err as Error).message}`, { cause: err })
-  }
-  if (parsed == null || typeof parsed !== 'object' || Array.isArray(parsed)) {
-    throw new Error(`${path} must hold a JSON object`)
-  }
-  return parsed as Record<string, unknown>
-}
 
 /** eos_token_id / bos_token_id may be a number or a list of numbers. */
 function idList (value: unknown): number[] {
@@ -129,12 +110,12 @@ export function tokenizerFromJson (json: Record<string, unknown>, config: Record
  */
 export async function loadTokenizer (dir: string): Promise<TextTokenizer | undefined> {
   const path = join(dir, 'tokenizer.json')
-  const json = await readJsonIfPresent(path)
+  const json = await readJsonObject(path)
   if (json === undefined) return undefined
   const config = await readTokenizerConfig(dir) ?? {}
   const tok = libraryTokenizer(json, config, path)
-  const generation = await readJsonIfPresent(join(dir, 'generation_config.json'))
-  const modelConfig = await readJsonIfPresent(join(dir, 'config.json'))
+  const generation = await readJsonObject(join(dir, 'generation_config.json'))
+  const modelConfig = await readJsonObject(join(dir, 'config.json'))
   const idOf = (key: string): number | undefined => {
     const content = tokenContent(config[key])
     return content === undefined ? undefined : tok.token_to_id(content)

@@ -1,11 +1,11 @@
 /// <reference types="@webgpu/types" />
 import { readdirSync } from 'node:fs'
+import { PlexusError } from '../errors.ts'
 // The process's GPU: one WebGPU device through Dawn (the `webgpu` package), shared by every span
 // and LM head of this thread. Dawn drives Vulkan on Linux, Metal on macOS and D3D12 on Windows.
 
-export class GpuUnavailableError extends Error {
-  readonly code = 'ERR_GPU_UNAVAILABLE'
-  constructor (message: string) { super(message); this.name = 'GpuUnavailableError' }
+export class GpuUnavailableError extends PlexusError {
+  constructor (message: string) { super('ERR_GPU_UNAVAILABLE', message, { httpStatus: 503 }); this.name = 'GpuUnavailableError' }
 }
 
 export interface GpuAdapterSummary {
