@@ -4,6 +4,7 @@ import { rawFloat32 } from './checkpoint.ts'
 import type { RawTensor } from './checkpoint.ts'
 import { concatRows, quantMatrixFormat } from './cpu/quant-matrix.ts'
 import type { QuantMatrix } from './cpu/quant-matrix.ts'
+import { collectStepGarbage } from './memory.ts'
 
 /**
  * Part of a linear projection: a float32 weight transposed to `[in, out]` for tfjs matmuls (5×
@@ -159,16 +160,31 @@ function project (x: tf.Tensor2D, w: Linear): tf.Tensor2D {
 }
 
 export function rmsNorm (x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
-  const meanSquare = tf.mean(tf.square(x), -1, true)
-  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(meanSquare, eps))), weight)
+  return tf.tidy(() => {
+    const sq = tf.square(x)
+    const meanSquare = tf.mean(sq, -1, true)
+    sq.dispose()
+    const scaled = tf.mul(x, tf.rsqrt(tf.add(meanSquare, eps)))
+    const y = tf.mul(scaled, weight)
+    scaled.dispose()
+    return y
+  })
 }
 
 /** Rotate-half rotary embedding of `[tokens, heads, headDim]`. */
 function rotary (x: tf.Tensor, ctx: StepContext, headDim: number): tf.Tensor {
   const half = headDim / 2
   const [t, h] = x.shape
-  const swapped = tf.concat([tf.slice(x, [0, 0, half], [t, h, half]), tf.slice(x, [0, 0, 0], [t, h, half])], 2)
-  return tf.add(tf.mul(x, ctx.cos), tf.mul(swapped, ctx.sin))
+  const hi = tf.slice(x, [0, 0, half], [t, h, half])
+  const lo = tf.slice(x, [0, 0, 0], [t, h, half])
+  const swapped = tf.concat([hi, lo], 2)
+  hi.dispose(); lo.dispose()
+  const a = tf.mul(x, ctx.cos)
+  const b = tf.mul(swapped, ctx.sin)
+  swapped.dispose()
+  const y = tf.add(a, b)
+  a.dispose(); b.dispose()
+  return y
 }
 
 /**
@@ -183,17 +199,20 @@ function rotary (x: tf.Tensor, ctx: StepContext, headDim: number): tf.Tensor {
  */
 export function blockForward (cfg: ModelConfig, w: BlockWeights, x: tf.Tensor2D, ctx: StepContext, caches: LayerCache[]): tf.Tensor2D {
   const x1 = tf.tidy(() => attentionHalf(cfg, w, x, ctx, caches))
+  collectStepGarbage()
   const N = ctx.tokens
   const chunk = mlpChunkRows(cfg)
   if (N <= chunk) {
     const y = tf.tidy(() => mlpRows(cfg, w, x1))
     x1.dispose()
+    collectStepGarbage()
     return y
   }
   const parts: tf.Tensor2D[] = []
   for (let r = 0; r < N; r += chunk) {
     const n = Math.min(chunk, N - r)
     parts.push(tf.tidy(() => mlpRows(cfg, w, tf.slice(x1, [r, 0], [n, cfg.hiddenSize]))))
+    collectStepGarbage()
   }
   x1.dispose()
   const y = tf.concat2d(parts, 0)
@@ -201,9 +220,12 @@ export function blockForward (cfg: ModelConfig, w: BlockWeights, x: tf.Tensor2D,
   return y
 }
 
-/** Rows of the MLP at once: its gate/up intermediates (4 × FFN floats a row) within ~8 MiB, at least 16 rows. */
+/** Bytes of gate/up intermediates (4 × FFN floats a row) the MLP holds at once; tests lower it. */
+export const mlpChunking = { bytes: 4 * 2 ** 20 }
+
+/** Rows of the MLP at once: a power of two within `mlpChunking.bytes`, at least 16. */
 export function mlpChunkRows (cfg: ModelConfig): number {
-  return Math.max(16, 2 ** Math.floor(Math.log2(8 * 2 ** 20 / (16 * cfg.intermediateSize))))
+  return Math.max(16, 2 ** Math.floor(Math.log2(mlpChunking.bytes / (16 * cfg.intermediateSize))))
 }
 
 /** `x` + attention of its rows over their sessions' caches (which it extends). */
@@ -271,7 +293,7 @@ function attention (cfg: ModelConfig, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, 
   const nKv = cfg.numKvHeads
   const g = cfg.numHeads / nKv
   // q head i uses kv head ⌊i/g⌋: group the g query heads of each kv head as extra rows.
-  const qg = tf.reshape(tf.transpose(tf.reshape(tf.mul(q, 1 / Math.sqrt(d)), [T, nKv, g, d]), [1, 2, 0, 3]), [nKv, g * T, d])
+  const qg = tf.tidy(() => tf.reshape(tf.transpose(tf.reshape(tf.mul(q, 1 / Math.sqrt(d)), [T, nKv, g, d]), [1, 2, 0, 3]), [nKv, g * T, d]))
   const kNew = tf.transpose(k, [1, 0, 2]) as tf.Tensor3D
   const vNew = tf.transpose(v, [1, 0, 2]) as tf.Tensor3D
   const keys = cache.k == null ? kNew : tf.concat([cache.k, kNew], 1)
@@ -281,8 +303,13 @@ function attention (cfg: ModelConfig, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, 
   cache.k = tf.keep(keys)
   cache.v = tf.keep(values)
 
+  // each [heads, rows, keys] intermediate freed once the next exists (they grow with rows × keys)
   let scores = tf.matMul(qg, keys, false, true)
-  if (seg.mask != null) scores = tf.add(scores, seg.mask)
-  const attn = tf.matMul(tf.softmax(scores), values)
+  qg.dispose()
+  if (seg.mask != null) { const masked = tf.add(scores, seg.mask); scores.dispose(); scores = masked }
+  const probs = tf.softmax(scores)
+  scores.dispose()
+  const attn = tf.matMul(probs, values)
+  probs.dispose()
   return tf.reshape(tf.transpose(tf.reshape(attn, [nKv, g, T, d]), [2, 0, 1, 3]), [T, cfg.numHeads * d])
 }
