@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import { join, basename } from 'node:path'
-import { readModelConfig, blockTensorShapes, headTensorShapes } from './config.ts'
+import { readModelConfig } from './config.ts'
 import type { ModelConfig } from './config.ts'
 import { SafetensorsFile, CheckpointError, toFloat32, fileExists } from './safetensors.ts'
 import type { TensorEntry, DType } from './safetensors.ts'
@@ -9,6 +9,7 @@ import { loadTokenizer } from './tokenizer.ts'
 import type { TextTokenizer } from './tokenizer.ts'
 import { readTokenizerConfig } from './chat-template.ts'
 import type { ModelSource } from './model-source.ts'
+import { TensorSource } from './tensor-source.ts'
 
 /** ggml block formats a weight can be held in (quantized GGUF files, or `--quantize`). */
 export type QuantDType = 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K'
@@ -28,7 +29,7 @@ export function rawFloat32 (raw: Pick<RawTensor, 'dtype' | 'bytes' | 'shape'>): 
  * A Hugging Face model directory. Shards are opened lazily, so a server that serves
  * blocks 10–19 never opens (or needs) the shards holding other blocks.
  */
-export class Checkpoint implements ModelSource {
+export class Checkpoint extends TensorSource implements ModelSource {
   readonly format = 'safetensors'
   readonly dir: string
   readonly config: ModelConfig
@@ -37,6 +38,7 @@ export class Checkpoint implements ModelSource {
   private readonly files = new Map<string, Promise<SafetensorsFile>>()
 
   private constructor (dir: string, config: ModelConfig, weightMap: Map<string, string>) {
+    super()
     this.dir = dir
     this.config = config
     this.weightMap = weightMap
@@ -123,28 +125,9 @@ export class Checkpoint implements ModelSource {
     return rawFloat32(raw)
   }
 
-  async storedBytes (names: string[]): Promise<number> {
-    let n = 0
-    for (const name of names) { const { entry } = await this.entry(name); n += entry.end - entry.begin }
-    return n
-  }
+  protected async storedRange (name: string): Promise<{ begin: number, end: number }> { return (await this.entry(name)).entry }
 
-  /** All tensors of one block, shape-checked, as raw bytes (name order is canonical). */
-  async readBlockRaw (block: number): Promise<RawTensor[]> {
-    this.checkBlock(block)
-    return await readAll(this, blockTensorShapes(this.config, block))
-  }
-
-  /** Embeddings, final norm, LM head (the tied embeddings stand in for it). */
-  async readHeadRaw (): Promise<RawTensor[]> {
-    return await readAll(this, headTensorShapes(this.config))
-  }
-
-  checkBlock (block: number): void {
-    if (!Number.isInteger(block) || block < 0 || block >= this.config.numLayers) {
-      throw new CheckpointError(`block ${block} is outside the model (0..${this.config.numLayers - 1})`)
-    }
-  }
+  protected refusal (message: string): Error { return new CheckpointError(message) }
 
   async tokenizer (): Promise<TextTokenizer | undefined> { return await loadTokenizer(this.dir) }
 
@@ -155,13 +138,6 @@ export class Checkpoint implements ModelSource {
     this.files.clear()
     for (const p of files) { try { await (await p).close() } catch {} }
   }
-}
-
-/** Reads the named tensors in order, each checked against its shape (one model source or another). */
-export async function readAll (src: { readRaw: (name: string, shape?: number[]) => Promise<RawTensor> }, shapes: Iterable<[string, number[]]>): Promise<RawTensor[]> {
-  const out: RawTensor[] = []
-  for (const [name, shape] of shapes) out.push(await src.readRaw(name, shape))
-  return out
 }
 
 function sameShape (a: number[], b: number[]): boolean {

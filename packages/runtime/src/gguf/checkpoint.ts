@@ -1,7 +1,7 @@
 import { basename } from 'node:path'
-import { blockTensorShapes, headTensorShapes } from '../config.ts'
 import type { ModelConfig } from '../config.ts'
-import { rawFloat32, readAll } from '../checkpoint.ts'
+import { rawFloat32 } from '../checkpoint.ts'
+import { TensorSource } from '../tensor-source.ts'
 import type { RawTensor, WeightDType } from '../checkpoint.ts'
 import type { ModelSource } from '../model-source.ts'
 import type { TextTokenizer } from '../tokenizer.ts'
@@ -73,7 +73,7 @@ export function unpermuteRotary (data: Float32Array, rows: number, heads: number
  * hold are widened to F32). Only the header is read at open; each read touches only the bytes of
  * the tensors asked for.
  */
-export class GgufCheckpoint implements ModelSource {
+export class GgufCheckpoint extends TensorSource implements ModelSource {
   readonly format = 'gguf'
   readonly path: string
   /** The file's path (where a Checkpoint has its directory). */
@@ -86,6 +86,7 @@ export class GgufCheckpoint implements ModelSource {
   private readonly permuted: boolean
 
   private constructor (file: GgufFile, config: ModelConfig) {
+    super()
     this.file = file
     this.path = file.path
     this.dir = file.path
@@ -150,28 +151,9 @@ export class GgufCheckpoint implements ModelSource {
     return { name, dtype, shape: [...info.shape], bytes }
   }
 
-  async storedBytes (names: string[]): Promise<number> {
-    let n = 0
-    for (const name of names) { const info = this.info(name); n += info.end - info.begin }
-    return n
-  }
+  protected async storedRange (name: string): Promise<{ begin: number, end: number }> { return this.info(name) }
 
-  /** All tensors of one block, shape-checked (name order is canonical, as Checkpoint's). */
-  async readBlockRaw (block: number): Promise<RawTensor[]> {
-    this.checkBlock(block)
-    return await readAll(this, blockTensorShapes(this.config, block))
-  }
-
-  /** Embeddings, final norm, LM head (absent when tied: token_embd stands in for it). */
-  async readHeadRaw (): Promise<RawTensor[]> {
-    return await readAll(this, headTensorShapes(this.config))
-  }
-
-  checkBlock (block: number): void {
-    if (!Number.isInteger(block) || block < 0 || block >= this.config.numLayers) {
-      throw new GgufError(`${this.file.name}: block ${block} is outside the model (0..${this.config.numLayers - 1})`)
-    }
-  }
+  protected refusal (message: string): Error { return new GgufError(`${this.file.name}: ${message}`) }
 
   async tokenizer (): Promise<TextTokenizer | undefined> { return ggufTokenizer(this.file) }
 
