@@ -112,46 +112,38 @@ export function scaleMinK4 (b: Uint8Array, o: number, j: number): [number, numbe
  * ggml_vec_dot_q4_K_q8_K: d·dy·Σ scale_j·(q4·q8)_j − dmin·dy·Σ min_j·(bsums of sub-block j).
  */
 export function dotQ4_K (w: Uint8Array, wo: number, a: QuantizedActivations, xb: number, nb: number): number {
+  return dotQ45_K(w, wo, a, xb, nb, false)
+}
+
+/**
+ * One row of q5_K weights · one token's q8_K activations, as ggml_vec_dot_q5_K_q8_K: q4_K's sum
+ * with a fifth bit per weight (bit j of qh[l] for value l of sub-block j).
+ */
+export function dotQ5_K (w: Uint8Array, wo: number, a: QuantizedActivations, xb: number, nb: number): number {
+  return dotQ45_K(w, wo, a, xb, nb, true)
+}
+
+/**
+ * q4_K and q5_K (the same block but for q5_K's 32 bytes of fifth bits before the nibbles), float
+ * for float the kernels' arithmetic: integer sums per super-block, then float32 scales and one
+ * float32 sum.
+ */
+function dotQ45_K (w: Uint8Array, wo: number, a: QuantizedActivations, xb: number, nb: number, fifth: boolean): number {
   const half = halfTable()
-  let sum = 0
+  const blockBytes = fifth ? Q5_K_BLOCK_BYTES : Q4_K_BLOCK_BYTES
+  let acc = 0
   for (let b = 0; b < nb; b++) {
-    const o = wo + b * Q4_K_BLOCK_BYTES
+    const o = wo + b * blockBytes
     const x = (xb + b) * QK_K
     let sumi = 0; let summ = 0
     for (let j = 0; j < 8; j++) {
       const [sc, m] = scaleMinK4(w, o + 4, j)
       // sub-block j: low nibbles of bytes 32·(j>>1).. for even j, high nibbles for odd j
-      const qs = o + 16 + 32 * (j >> 1)
-      let dot = 0
-      for (let l = 0; l < 32; l++) dot += ((j & 1) === 0 ? w[qs + l] & 0xf : w[qs + l] >> 4) * a.q[x + 32 * j + l]
-      sumi += sc * dot
-      summ += m * (a.bsums![(xb + b) * 16 + 2 * j] + a.bsums![(xb + b) * 16 + 2 * j + 1])
-    }
-    const dy = a.d[xb + b]
-    sum += f(half[w[o] | (w[o + 1] << 8)] * dy) * sumi - f(half[w[o + 2] | (w[o + 3] << 8)] * dy) * summ
-  }
-  return sum
-}
-
-/**
- * One row of q5_K weights · one token's q8_K activations, as ggml_vec_dot_q5_K_q8_K: q4_K's sum
- * with a fifth bit per weight (bit j of qh[l] for value l of sub-block j). Float for float the
- * kernel's arithmetic: integer sums per super-block, then float32 scales and one float32 sum.
- */
-export function dotQ5_K (w: Uint8Array, wo: number, a: QuantizedActivations, xb: number, nb: number): number {
-  const half = halfTable()
-  let acc = 0
-  for (let b = 0; b < nb; b++) {
-    const o = wo + b * Q5_K_BLOCK_BYTES
-    const x = (xb + b) * QK_K
-    let sumi = 0; let summ = 0
-    for (let j = 0; j < 8; j++) {
-      const [sc, m] = scaleMinK4(w, o + 4, j)
-      const qs = o + 48 + 32 * (j >> 1)
+      const qs = o + (fifth ? 48 : 16) + 32 * (j >> 1)
       let dot = 0
       for (let l = 0; l < 32; l++) {
-        const q = ((j & 1) === 0 ? w[qs + l] & 0xf : w[qs + l] >> 4) | (((w[o + 16 + l] >> j) & 1) << 4)
-        dot += q * a.q[x + 32 * j + l]
+        const low = (j & 1) === 0 ? w[qs + l] & 0xf : w[qs + l] >> 4
+        dot += (fifth ? low | (((w[o + 16 + l] >> j) & 1) << 4) : low) * a.q[x + 32 * j + l]
       }
       sumi += sc * dot
       summ += m * (a.bsums![(xb + b) * 16 + 2 * j] + a.bsums![(xb + b) * 16 + 2 * j + 1])

@@ -26,8 +26,8 @@ const QUANTIZE = { q8_0: quantizeQ8_0, q4_k: quantizeQ4_K, q5_k: quantizeQ5_K, q
 const quantize = (format: BlockFormat, w: Float32Array): Uint8Array => QUANTIZE[format](w)
 const BLOCK = { q8_0: 32, q4_k: 256, q5_k: 256, q6_k: 256 }
 const FORMATS = ['q8_0', 'q4_k', 'q5_k', 'q6_k'] as const
-/** Formats whose kernels are defined float for float by reference.ts (bitwise equal). */
-const BITWISE: ReadonlySet<BlockFormat> = new Set(['q5_k', 'q6_k'])
+/** Formats whose kernels are defined float for float by reference.ts (bitwise equal): all but q8_0. */
+const BITWISE: ReadonlySet<BlockFormat> = new Set(['q4_k', 'q5_k', 'q6_k'])
 
 interface Case { w: Float32Array, blocks: Uint8Array, x: Float32Array, rows: number, cols: number, tokens: number }
 
