@@ -10,7 +10,7 @@ import type { Stream, Connection } from '@libp2p/interface'
 import { createPlexusNode, serveInfo, INFO_PROTOCOL, MAX_INFO_REQUEST_BYTES } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { ProtocolError, SESSION_PREAMBLE_BYTES, MAX_SESSION_HEADER_BYTES, WIRE_VERSION, encodeMessage, decodeMessage, sessionCodec, sessionFrameLimit } from '@plexus/protocol'
-import { Channel, ChannelError, MAX_ERROR_MESSAGE, PROTOCOLS, errorReply, encodeVarint, serveChannel } from '@plexus/p2p'
+import { ByteBudget, Channel, ChannelError, DEFAULT_MAX_BUFFERED_BYTES, MAX_ERROR_MESSAGE, PROTOCOLS, errorReply, encodeVarint, serveChannel } from '@plexus/p2p'
 import type { SessionMessage } from '@plexus/protocol'
 import { BackendSet, createSessionHandler } from '@plexus/server'
 import type { BlockBackend } from '@plexus/server'
@@ -286,6 +286,116 @@ describe('protocol channel: one framing for every protocol', function () {
     } finally {
       await remove()
     }
+  })
+
+  describe('a node-wide budget of buffered bytes', () => {
+    const BUDGETED = '/plexus/test/channel-budgeted/1.0.0'
+    // 1 MiB for the node, half of it per peer; each hostile frame declares 240 KiB:
+    // two fit per peer, four in the node, whatever order the streams arrive in
+    const budget = new ByteBudget({ maxBytes: 1 << 20, peerShare: 0.5 })
+    const DECLARED = 240 << 10
+    const peers: PlexusNode[] = []
+
+    before(async () => {
+      const log = server.logger.forComponent('plexus:test:budget')
+      await server.handle(BUDGETED, async (stream: Stream, conn: Connection) => {
+        await serveChannel(stream, conn.remotePeer.toString(), {
+          name: 'budgeted',
+          codec: sessionCodec(),
+          log,
+          budget,
+          limits: { maxFrameBytes: 256 << 10, idleMs: 20_000, writeMs: 1000 },
+          dispatch: async (msg, channel) => {
+            // a truncate is handled slowly: what the peer sends meanwhile waits in the buffer
+            if (msg.type === 'truncate') await new Promise(resolve => setTimeout(resolve, 1500))
+            else if (msg.type !== 'close') throw new ProtocolError('bad-request', `a client may not send ${msg.type} messages`)
+            await channel.write(encodeMessage({ type: 'truncated', sessionId: msg.sessionId, length: 0 }))
+          }
+        })
+      }, { maxInboundStreams: 64 })
+      for (let i = 0; i < 3; i++) {
+        const p = await createPlexusNode({ privateKey: await generateKeyPair('Ed25519'), dhtMode: 'client' })
+        await p.dial(server.getMultiaddrs()[0], { signal: AbortSignal.timeout(5000) })
+        peers.push(p)
+      }
+    })
+
+    after(async () => {
+      await server.unhandle(BUDGETED)
+      for (const p of peers) await p.stop()
+    })
+
+    it('every node has one, 256 MiB by default, a quarter of it per peer', () => {
+      assert.equal(server.services.plexus.budget.maxBytes, DEFAULT_MAX_BUFFERED_BYTES)
+      assert.equal(server.services.plexus.budget.maxPeerBytes, DEFAULT_MAX_BUFFERED_BYTES / 4)
+    })
+
+    it('slow large frames from several peers cannot hold more than the budget; the excess is refused busy; an honest request still succeeds', async () => {
+      const attackers = [client, peers[0], peers[1]]
+      const streams: Stream[] = []
+      const outcomes: Array<Promise<'held' | SessionMessage>> = []
+      for (const a of attackers) {
+        for (let i = 0; i < 3; i++) {
+          const stream = await a.dialProtocol(server.peerId, BUDGETED, { signal: AbortSignal.timeout(5000) })
+          const channel = new Channel(stream, { maxFrameBytes: 1 << 20 })
+          // the prefix and a trickle of the body: the rest never comes
+          stream.send(encodeVarint(DECLARED))
+          stream.send(new Uint8Array(1024))
+          streams.push(stream)
+          outcomes.push(channel.read(AbortSignal.timeout(1500)).then(f => f == null ? 'held' : decodeMessage(f), () => 'held'))
+        }
+      }
+      const results = await Promise.all(outcomes)
+      const refused = results.filter((r): r is SessionMessage & { type: 'error' } => r !== 'held' && r.type === 'error')
+      assert.equal(results.filter(r => r === 'held').length, 4, JSON.stringify(results))
+      assert.equal(refused.length, 5)
+      for (const r of refused) {
+        assert.equal(r.code, 'busy')
+        assert.match(r.message, /^busy: a frame of 245760 bytes is over (this peer's share of )?the node's buffered-bytes budget \((0\.5|1) MiB, \d+ bytes held\)$/)
+      }
+      assert.equal(budget.used, 4 * DECLARED)
+      assert.ok(budget.highWater <= budget.maxBytes, `high-water mark ${budget.highWater} over ${budget.maxBytes}`)
+
+      // an honest peer's small request fits in what is left
+      const honest = peers[2]
+      const stream = await honest.dialProtocol(server.peerId, BUDGETED, { signal: AbortSignal.timeout(5000) })
+      const channel = new Channel(stream, { maxFrameBytes: 1 << 20 })
+      const id = newId()
+      assert.deepEqual(decodeMessage(await channel.request(encodeMessage({ type: 'close', sessionId: id }), AbortSignal.timeout(5000))), { type: 'truncated', sessionId: id, length: 0 })
+      await channel.close()
+      assert.ok(budget.highWater <= budget.maxBytes)
+
+      // what a stream held is given back when it ends
+      for (const s of streams) s.abort(new Error('test done'))
+      const until = Date.now() + 5000
+      while (budget.used > 0 && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 20))
+      assert.equal(budget.used, 0)
+    })
+
+    it('bytes sent ahead of a frame being handled are charged too: past its share the stream is cut off', async () => {
+      const peer = peers[0]
+      const streams: Stream[] = []
+      // each stream's small frame is being handled while 250 KiB more arrive: 64 KiB of slack,
+      // the rest charged, so the third stream takes the peer past its 512 KiB share
+      for (let i = 0; i < 4; i++) {
+        const stream = await peer.dialProtocol(server.peerId, BUDGETED, { signal: AbortSignal.timeout(5000) })
+        const f = encodeMessage({ type: 'truncate', sessionId: newId(), length: 0 })
+        stream.send(encodeVarint(f.byteLength))
+        stream.send(f)
+        await new Promise(resolve => setTimeout(resolve, 50))
+        stream.send(new Uint8Array(250 << 10))
+        streams.push(stream)
+      }
+      await new Promise(resolve => setTimeout(resolve, 500))
+      const me = peer.peerId.toString()
+      assert.ok(budget.peerUsed(me) <= budget.maxPeerBytes, `peer holds ${budget.peerUsed(me)} bytes, over its share`)
+      const cut = streams.filter(s => s.status !== 'open')
+      assert.ok(cut.length >= 1 && cut.length <= 2, `streams cut off: ${cut.length}`)
+      for (const s of streams) s.abort(new Error('test done'))
+      const until = Date.now() + 5000
+      while (budget.used > 0 && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 20))
+      assert.equal(budget.used, 0)
+    })
   })
 
   describe('afterwards', () => {

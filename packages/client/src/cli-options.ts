@@ -61,7 +61,7 @@ export const samplingFlags = {
   'ignore-eos': { type: 'boolean', default: false, describe: 'Keep generating past end-of-sequence tokens' }
 } as const satisfies Record<string, Options>
 
-/** generate: speculative decoding. */
+/** generate, serve and mcp: speculative decoding (a gateway drafts for every request it can). */
 export const speculationFlags = {
   speculate: { type: 'number', describe: `Speculative decoding: draft up to k tokens (1..${MAX_SPECULATE}) and check them in one step through the blocks; same output (greedy) or same distribution (sampling), k adapts to the acceptance rate` },
   draft: { choices: ['prompt-lookup', 'model'], describe: 'With --speculate: draft by looking up the context\'s last tokens earlier in it (prompt-lookup, the default without --draft-model), or with --draft-model' },
@@ -98,7 +98,7 @@ export const modelsFlags = {
 type SwarmGroups = typeof networkFlags & typeof placementFlags & typeof computeFlags & typeof checkFlags
 
 export type GenerateArgs = FlagValues<SwarmGroups & typeof generateFlags & typeof samplingFlags & typeof speculationFlags>
-export type ServingArgs = FlagValues<SwarmGroups & typeof servingFlags>
+export type ServingArgs = FlagValues<SwarmGroups & typeof servingFlags & typeof speculationFlags>
 export type ServeArgs = ServingArgs & FlagValues<typeof httpFlags>
 export type McpArgs = ServingArgs
 export type ModelsArgs = FlagValues<typeof networkFlags & typeof modelsFlags>

@@ -24,7 +24,7 @@ function checkTrustFlags (a: Checked<InferredOptionTypes<typeof checkFlags & typ
 }
 
 /** --speculate, --draft, --draft-model, --draft-blocks: a usage error (string) or true. */
-function checkSpeculate (a: InferredOptionTypes<typeof speculationFlags & Pick<typeof generateFlags, 'trust'>>): string | true {
+function checkSpeculate (a: Checked<InferredOptionTypes<typeof speculationFlags & Pick<typeof generateFlags, 'trust'>>>): string | true {
   const k = a.speculate
   const drafting = a.draft != null || a['draft-model'] != null || a['draft-blocks'] != null
   if (k == null) return drafting ? '--draft, --draft-model and --draft-blocks choose how --speculate drafts: give --speculate k too' : true
@@ -32,20 +32,23 @@ function checkSpeculate (a: InferredOptionTypes<typeof speculationFlags & Pick<t
   if (a.draft === 'model' && a['draft-model'] == null) return '--draft model needs --draft-model DIR'
   if (a.draft === 'prompt-lookup' && a['draft-model'] != null) return '--draft prompt-lookup uses no model: leave out --draft-model'
   if (a['draft-blocks'] != null && (a['draft-model'] == null || !Number.isInteger(a['draft-blocks']) || a['draft-blocks'] < 1)) return '--draft-blocks needs --draft-model and a positive integer'
-  if (a.trust === 'verified') return '--speculate rolls the servers back past rejected drafts, which spot checks cannot follow: use it with --trust fast'
+  // a gateway's requests may ask for another trust level: those that ask for verified decode plainly (engine.ts)
+  if (a.trust === 'verified' && a._[0] === 'generate') return '--speculate rolls the servers back past rejected drafts, which spot checks cannot follow: use it with --trust fast'
   return true
 }
 
 /** The checks of the commands that serve models to others (serve, mcp): a usage error (string) or true. */
-function checkServing (a: Checked<InferredOptionTypes<typeof networkFlags & typeof placementFlags & typeof computeFlags & typeof checkFlags & typeof servingFlags>>): string | true {
+function checkServing (a: Checked<InferredOptionTypes<typeof networkFlags & typeof placementFlags & typeof computeFlags & typeof checkFlags & typeof servingFlags & typeof speculationFlags>>): string | true {
   if (!Number.isInteger(a['max-concurrent']) || a['max-concurrent'] < 1) return '--max-concurrent must be a positive integer'
   if (!Number.isInteger(a['max-models']) || a['max-models'] < 1) return '--max-models must be a positive integer'
+  const spec = checkSpeculate(a)
+  if (spec !== true) return spec
   return quantizeProblem(a.quantize) ?? checkTrustFlags(a)
 }
 
 /** The flags of the commands that serve models to others (serve, mcp): which models, from where, how. */
 function servingCommand<T> (y: Argv<T>) {
-  return y.options(networkFlags).options(placementFlags).options(servingFlags).options(computeFlags).options(checkFlags)
+  return y.options(networkFlags).options(placementFlags).options(servingFlags).options(computeFlags).options(checkFlags).options(speculationFlags)
 }
 
 /**
@@ -94,7 +97,7 @@ const argv = ((): string[] => {
   try {
     return withConfig(hideBin(process.argv), {
       schema: 'client-config',
-      commands: { generate: ['logging', 'source', 'generate'], serve: ['logging', 'source', 'serving', 'serve'], mcp: ['logging', 'source', 'serving'], models: ['logging', 'models'] }
+      commands: { generate: ['logging', 'source', 'generate', 'speculation'], serve: ['logging', 'source', 'serving', 'speculation', 'serve'], mcp: ['logging', 'source', 'serving', 'speculation'], models: ['logging', 'models'] }
     })
   } catch (err) { return report(err) }
 })()

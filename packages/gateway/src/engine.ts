@@ -1,10 +1,15 @@
 // The generation core every API shares: prompts to ids, one swarm session per request,
 // stop strings, logprobs, cancellation, concurrency and metrics.
-import { generate, logSoftmax, StreamDecoder, renderChatTemplate, TemplateError, validateSampling } from '@plexus/runtime'
-import type { ModelConfig, ModelHead, SessionPipeline, TextTokenizer, SamplingOptions, ChatMessage, ChatTool, TokenConstraint } from '@plexus/runtime'
+import { generate, logSoftmax, StreamDecoder, renderChatTemplate, TemplateError, validateSampling, SpeculativeError } from '@plexus/runtime'
+import type { ModelConfig, ModelHead, SessionPipeline, TextTokenizer, SamplingOptions, ChatMessage, ChatTool, TokenConstraint, GenerateResult, Drafter } from '@plexus/runtime'
+import { componentLog } from '@plexus/p2p'
 import { badRequest } from './errors.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { Semaphore } from './semaphore.ts'
+import { planDrafts } from './speculation.ts'
+import type { GatewaySpeculation } from './speculation.ts'
+
+const log = componentLog('gateway', 'engine')
 
 /** What the gateway needs of a model (the client's `OpenModel` fits). */
 export interface GatewayModel {
@@ -47,6 +52,8 @@ export interface RunResult {
   completionTokens: number
   tokens: TokenLogprob[]
   seconds: { prefill: number, decode: number }
+  /** Drafts proposed and accepted, when the request was decoded speculatively. */
+  speculation?: GenerateResult['speculation']
 }
 
 export const MAX_TOP_LOGPROBS = 20
@@ -105,12 +112,14 @@ export class Engine {
   readonly model: GatewayModel
   readonly metrics: GatewayMetrics
   readonly #slots: Semaphore
+  readonly #speculate?: GatewaySpeculation
 
-  /** `slots`: generations at once, shared with the gateway's other models' engines. */
-  constructor (model: GatewayModel, metrics: GatewayMetrics, opts: { slots?: Semaphore } = {}) {
+  /** `slots`: generations at once, shared with the gateway's other models' engines; `speculate`: draft for every request that allows it. */
+  constructor (model: GatewayModel, metrics: GatewayMetrics, opts: { slots?: Semaphore, speculate?: GatewaySpeculation } = {}) {
     this.model = model
     this.metrics = metrics
     this.#slots = opts.slots ?? new Semaphore(16)
+    this.#speculate = opts.speculate
   }
 
   get contextLength (): number { return this.model.config.maxPositions }
@@ -208,16 +217,29 @@ export class Engine {
     const ids: number[] = []
     const tokenText = (id: number): string => tok?.decode([id]) ?? String(id)
 
-    const session = await model.session(Math.min(this.contextLength, req.promptIds.length + req.maxTokens), { trust: req.trust ?? 'fast' })
+    const maxLength = Math.min(this.contextLength, req.promptIds.length + req.maxTokens)
+    const trust = req.trust ?? 'fast'
+    const plan = this.#speculate != null ? await planDrafts(this.#speculate, { maxLength, vocabSize: model.config.vocabSize, trust }) : undefined
+    if (plan != null && 'plain' in plan) log.debug(`decoding a request plainly, without speculation: ${plan.plain}`)
+    const drafter: Drafter | undefined = plan != null && 'drafter' in plan ? plan.drafter : undefined
+    let session: SessionPipeline
+    try {
+      session = await model.session(maxLength, { trust })
+    } catch (err) {
+      await drafter?.close()
+      throw err
+    }
     metrics.openSessions.inc()
     let finishReason: 'stop' | 'length' = 'length'
     let stopSequence: string | undefined
+    let speculation: RunResult['speculation']
     const t0 = performance.now()
     let tPrev = t0
     let tFirst = t0
     try {
       req.signal.throwIfAborted()
-      const r = await generate(model.head, session, req.promptIds, {
+      const decode = async (speculative: boolean): Promise<GenerateResult> => await generate(model.head, session, req.promptIds, {
+        speculative: speculative && drafter != null ? { drafter, k: this.#speculate!.k } : undefined,
         maxTokens: req.maxTokens,
         ...req.sampling,
         eosTokenIds: eos,
@@ -243,6 +265,20 @@ export class Engine {
           if (stop != null) throw new StopSequence(stop)
         }
       })
+      let r: GenerateResult
+      try {
+        r = await decode(true)
+      } catch (err) {
+        // refused before its first step (a session that checks its servers, or cannot roll back): plain decoding instead
+        if (!(err instanceof SpeculativeError) || ids.length > 0) throw err
+        log.debug(`decoding a request plainly, without speculation: ${err.message}`)
+        r = await decode(false)
+      }
+      speculation = r.speculation
+      if (speculation != null) {
+        metrics.draftTokens.inc({ result: 'accepted' }, speculation.accepted)
+        metrics.draftTokens.inc({ result: 'rejected' }, speculation.drafted - speculation.accepted)
+      }
       finishReason = r.finishReason
       const rest = filter.push(decoder?.flush() ?? '')
       const tail = rest.stop != null ? rest.emit : rest.emit + filter.flush()
@@ -255,6 +291,7 @@ export class Engine {
     } finally {
       metrics.openSessions.dec()
       await session.close().catch(() => {})
+      await drafter?.close().catch(() => {})
     }
     const tEnd = performance.now()
     return {
@@ -265,7 +302,8 @@ export class Engine {
       promptTokens: req.promptIds.length,
       completionTokens: ids.length,
       tokens,
-      seconds: { prefill: (tFirst - t0) / 1000, decode: (tEnd - tFirst) / 1000 }
+      seconds: { prefill: (tFirst - t0) / 1000, decode: (tEnd - tFirst) / 1000 },
+      ...(speculation != null ? { speculation } : {})
     }
   }
 }

@@ -8,6 +8,7 @@ export class GatewayMetrics {
   readonly errors: Counter<'endpoint' | 'status'>
   readonly tokenLatency: Histogram<'phase'>
   readonly openSessions: Gauge
+  readonly draftTokens: Counter<'result'>
 
   constructor (opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry]
@@ -22,6 +23,8 @@ export class GatewayMetrics {
       registers
     })
     this.openSessions = new Gauge({ name: 'plexus_gateway_open_sessions', help: 'Inference sessions open through the swarm (or local model)', registers })
+    // --speculate: accepted / (accepted + rejected) is the acceptance rate
+    this.draftTokens = new Counter({ name: 'plexus_gateway_draft_tokens_total', help: 'Speculative draft tokens the model accepted or rejected', labelNames: ['result'], registers })
     if (opts.defaultMetrics === true) collectDefaultMetrics({ register: this.registry })
   }
 }

@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { ApiError, dialectOf, errorBody, toApiError } from './errors.ts'
 import { Engine } from './engine.ts'
 import type { GatewayModel } from './engine.ts'
+import type { GatewaySpeculation } from './speculation.ts'
 import { GatewayMetrics } from './metrics.ts'
 import { unixNow, trustOf, TRUST_HEADER } from './context.ts'
 import type { GatewayContext } from './context.ts'
@@ -45,6 +46,8 @@ export interface ContextOptions {
   defaultMetrics?: boolean
   /** Trust level of requests without an X-Plexus-Trust header (default fast). */
   defaultTrust?: 'fast' | 'verified'
+  /** Speculative decoding for every request that allows it (others decode plainly). */
+  speculate?: GatewaySpeculation
 }
 
 export interface GatewayOptions extends ContextOptions {
@@ -97,7 +100,7 @@ export function createGatewayContext (opts: ContextOptions): GatewayContext {
     catalog,
     engineOf: ({ model }) => {
       let e = engines.get(model)
-      if (e == null) engines.set(model, e = new Engine(model, metrics, { slots }))
+      if (e == null) engines.set(model, e = new Engine(model, metrics, { slots, speculate: opts.speculate }))
       return e
     },
     metrics,

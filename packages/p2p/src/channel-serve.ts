@@ -1,12 +1,13 @@
 import type { Logger, Stream } from '@libp2p/interface'
 import { Channel, ChannelError, errorReply } from './channel.ts'
 import type { ChannelInit, ErrorReply } from './channel.ts'
+import type { ByteBudget } from './byte-budget.ts'
 
 /** How one protocol reads its messages and answers a refusal. */
 export interface ChannelCodec<M, C extends string> {
   decode: (frame: Uint8Array) => M
   /** The protocol's error frame for a refusal (the one error reply shape, in its encoding). */
-  encodeError: (reply: ErrorReply<C | 'bad-request' | 'internal'>) => Uint8Array
+  encodeError: (reply: ErrorReply<C | 'bad-request' | 'internal' | 'busy'>) => Uint8Array
   /** Refusals of the protocol's own kind, whose code and message go out as they are. */
   isOwn: (err: unknown) => err is Error & { code: C }
   /** The protocol's code for a framing violation or an idle stream. */
@@ -20,6 +21,8 @@ export interface ServeInit<M, C extends string> {
   name: string
   codec: ChannelCodec<M, C>
   limits: ServeLimits
+  /** The node's buffered-bytes budget (node.services.plexus.budget): every frame read is charged to it. */
+  budget?: ByteBudget
   log: Logger
   /** Runs before the first read; throwing refuses the stream (e.g. busy). */
   admit?: () => void
@@ -28,7 +31,7 @@ export interface ServeInit<M, C extends string> {
   /** One request, one answer per stream (info): the stream closes after the first message. */
   once?: boolean
   /** After a refusal was answered (metrics; a forwarded route tells its other streams). */
-  onRefused?: (reply: ErrorReply<C | 'bad-request' | 'internal'>) => void | Promise<void>
+  onRefused?: (reply: ErrorReply<C | 'bad-request' | 'internal' | 'busy'>) => void | Promise<void>
   /** Frees what the stream held, however it ended. */
   cleanup?: () => void | Promise<void>
 }
@@ -40,7 +43,7 @@ export interface ServeInit<M, C extends string> {
  */
 export async function serveChannel<M, C extends string> (stream: Stream, peer: string, init: ServeInit<M, C>): Promise<void> {
   const { codec, log, name } = init
-  const channel = new Channel(stream, init.limits)
+  const channel = new Channel(stream, init.budget == null ? init.limits : { ...init.limits, budget: { of: init.budget, peer } })
   try {
     init.admit?.()
     while (true) {

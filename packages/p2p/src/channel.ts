@@ -2,6 +2,7 @@ import type { Stream } from '@libp2p/interface'
 import { PlexusError } from '@plexus/runtime'
 import { MAX_ERROR_MESSAGE } from './protocols.ts'
 import type { ChannelLimits } from './protocols.ts'
+import type { ByteBudget } from './byte-budget.ts'
 
 // One framed channel for every Plexus protocol: [varint length][payload] frames on a libp2p
 // stream, with the same guards everywhere. The length is checked against the protocol's limit
@@ -10,14 +11,17 @@ import type { ChannelLimits } from './protocols.ts'
 
 /** Longest varint prefix read before giving up (a prefix of 0xff bytes would never end). */
 export const MAX_VARINT_BYTES = 8
+/** Bytes a peer may send past the frame being read before they are charged to the node's budget too. */
+const AHEAD_SLACK = 64 << 10
 
-export type ChannelErrorCode = 'frame-too-large' | 'bad-prefix' | 'truncated' | 'ended' | 'idle-timeout' | 'write-timeout' | 'buffer-overflow'
+export type ChannelErrorCode = 'frame-too-large' | 'bad-prefix' | 'truncated' | 'ended' | 'idle-timeout' | 'write-timeout' | 'buffer-overflow' | 'busy'
 
 /** The peer broke the framing, went quiet, or could not keep up (a peer's fault: 502 at a gateway). */
 export class ChannelError extends PlexusError {
   declare readonly code: ChannelErrorCode
   constructor (code: ChannelErrorCode, message: string) {
-    super(code, message, { httpStatus: 502 })
+    // busy: the node's buffered-bytes budget is spent, not the peer's fault
+    super(code, message, { httpStatus: code === 'busy' ? 503 : 502 })
     this.name = 'ChannelError'
   }
 }
@@ -30,11 +34,11 @@ export interface ErrorReply<C extends string = string> { code: C, message: strin
  * or a span's refusal (bad positions, lengths) keeps its code and message; a channel error gets
  * the protocol's code for it (`channelCode`); anything else is an internal error, still named.
  */
-export function errorReply<C extends string> (err: any, isOwn: (e: unknown) => e is Error & { code: C }, channelCode: (e: ChannelError) => C | 'bad-request' = () => 'bad-request'): ErrorReply<C | 'bad-request' | 'internal'> {
-  const reply: ErrorReply<C | 'bad-request' | 'internal'> = isOwn(err)
+export function errorReply<C extends string> (err: any, isOwn: (e: unknown) => e is Error & { code: C }, channelCode: (e: ChannelError) => C | 'bad-request' = () => 'bad-request'): ErrorReply<C | 'bad-request' | 'internal' | 'busy'> {
+  const reply: ErrorReply<C | 'bad-request' | 'internal' | 'busy'> = isOwn(err)
     ? { code: err.code, message: err.message }
     : err instanceof ChannelError
-      ? { code: channelCode(err), message: err.message }
+      ? { code: err.code === 'busy' ? 'busy' : channelCode(err), message: err.message }
       : err?.name === 'SpanError'
         ? { code: 'bad-request', message: err.message }
         : { code: 'internal', message: `internal error: ${err?.message ?? String(err)}` }
@@ -73,6 +77,12 @@ export interface ChannelInit extends ChannelLimits {
    * to refuse the frame. Never asked for more than the frame holds.
    */
   inspect?: (declared: number, head: Uint8Array) => number
+  /**
+   * Serving side: the node's buffered-bytes budget and the peer its frames are charged to. A
+   * frame's declared length is reserved at its prefix (refused `busy` when it cannot be) and
+   * given back at the next read, once the frame was handled, or when the channel lets go.
+   */
+  budget?: { of: ByteBudget, peer: string }
 }
 
 type Limit = number | (() => number)
@@ -90,6 +100,11 @@ export class Channel {
   private readonly idle?: ReturnType<typeof setTimeout>
   private reading?: (err: Error) => void
   private detached = false
+  /** Gives back the budget the last frame reserved. */
+  private held?: () => void
+  /** Body bytes of the frame being read (reserved), and the charge for bytes sent past it. */
+  private expecting = 0
+  private ahead?: { bytes: number, release: () => void }
 
   /** `maxFrameBytes` may be a function: a handler serving several models asks its set each time. */
   constructor (stream: Stream, init: Omit<ChannelInit, 'maxFrameBytes'> & { maxFrameBytes: Limit }) {
@@ -121,8 +136,27 @@ export class Channel {
       this.chunks = []
       this.buffered = 0
       queueMicrotask(() => { this.stream.abort(this.failure!) })
-    }
+    } else this.chargeAhead()
     this.wake?.()
+  }
+
+  /** A frame queued behind one being handled holds memory too: what is past the slack is charged. */
+  private chargeAhead (): void {
+    const budget = this.init.budget
+    const over = this.buffered - this.expecting - AHEAD_SLACK
+    if (budget == null || over <= (this.ahead?.bytes ?? 0)) return
+    this.dropAhead()
+    const reserved = budget.of.reserve(budget.peer, over)
+    if (typeof reserved === 'function') { this.ahead = { bytes: over, release: reserved }; return }
+    this.failure = new ChannelError('busy', reserved.message)
+    this.chunks = []
+    this.buffered = 0
+    queueMicrotask(() => { this.stream.abort(this.failure!) })
+  }
+
+  private dropAhead (): void {
+    this.ahead?.release()
+    this.ahead = undefined
   }
 
   private readonly onEnd = (): void => { this.ended = true; this.wake?.() }
@@ -141,6 +175,8 @@ export class Channel {
    */
   async read (signal?: AbortSignal): Promise<Uint8Array | null> {
     if (this.detached) throw new Error('the channel no longer reads its stream')
+    // the previous frame has been handled by now
+    this.release()
     this.idle?.refresh()
     const stop = new Promise<never>((_resolve, reject) => { this.reading = reject })
     stop.catch(() => {})
@@ -174,6 +210,16 @@ export class Channel {
     // refused here, before a byte of the body is waited for or kept
     if (declared > max) throw new ChannelError('frame-too-large', `frame of ${declared} bytes is too large (limit ${max} bytes)`)
     if (n > varintBytes(max)) throw new ChannelError('bad-prefix', `frame length prefix of ${n} bytes is too long (frames are at most ${max} bytes: ${varintBytes(max)} bytes of prefix)`)
+    const budget = this.init.budget
+    if (budget != null && declared > 0) {
+      // the frame's own reservation covers what was charged as sent ahead
+      this.dropAhead()
+      const reserved = budget.of.reserve(budget.peer, declared)
+      if (typeof reserved !== 'function') throw new ChannelError('busy', reserved.message)
+      this.held = reserved
+      this.expecting = declared
+      this.chargeAhead()
+    }
     this.consume(n)
     const inspect = this.init.inspect
     if (inspect != null) {
@@ -187,7 +233,10 @@ export class Channel {
     if (!await this.fill(declared, stop)) {
       throw new ChannelError('truncated', `truncated frame: the stream ended inside a frame of ${declared} bytes (after ${this.buffered}/${declared} bytes)`)
     }
-    return this.take(declared)
+    const frame = this.take(declared)
+    this.expecting = 0
+    this.chargeAhead()
+    return frame
   }
 
   /** Waits until `n` bytes are buffered (true) or the stream ended short of them (false). */
@@ -299,6 +348,13 @@ export class Channel {
     this.stream.removeEventListener('close', this.onClose)
     this.chunks = []
     this.buffered = 0
+    this.release()
+    this.dropAhead()
+  }
+
+  private release (): void {
+    this.held?.()
+    this.held = undefined
   }
 
   /** Half-closes our side after what is queued went out; aborts if that cannot happen in time. */

@@ -75,6 +75,7 @@ export async function serveInfo (node: PlexusNode, source: InfoSource, opts: Ser
           name: 'info',
           codec: infoCodec,
           limits,
+          budget: services.budget,
           log,
           once: true,
           dispatch: async (_request, channel) => { await channel.write(await answer(all, AbortSignal.timeout(timeoutMs))) }

@@ -14,6 +14,7 @@ import { REPUTATION_NAMESPACE, reputationSelector, ReputationValidator } from '.
 import { announceable, isLinkLocalAddr, isLoopbackAddr, isQuicAddr, onlyLoopback } from './addresses.ts'
 import { createResolver } from './dnsaddr.ts'
 import { swarmKeyProtector } from './swarm-key.ts'
+import { withLinkDelay } from './link-delay.ts'
 import { nodeServices } from './services.ts'
 import type { NodeServices } from './services.ts'
 import type { SwarmKey, SwarmKeyMismatch } from './swarm-key.ts'
@@ -125,6 +126,8 @@ export interface PlexusNodeInit {
    * so a peer without the swarm key could connect over it.
    */
   quic?: boolean
+  /** Bytes of frames every channel the node serves may hold at once (byte-budget.ts). Default 256 MiB. */
+  maxBufferedBytes?: number
 }
 
 /** Inbound connections one IP may open per second (more are refused on accept). */
@@ -172,7 +175,8 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
     // loopback and link-local addresses never reach remote peers (unless loopback is all we have)
     addresses: { listen: listenAll, ...(announce.length > 0 ? { announce } : {}), ...(init.appendAnnounce != null ? { appendAnnounce: init.appendAnnounce } : {}), announceFilter: announceable },
     transports,
-    ...(swarmKey != null ? { connectionProtector: swarmKeyProtector(swarmKey, onMismatch) } : {}),
+    // PLEXUS_LINK_DELAY_MS (benchmarks only) delays every byte sent: link-delay.ts
+    ...withLinkDelay(swarmKey != null ? { connectionProtector: swarmKeyProtector(swarmKey, onMismatch) } : {}),
     connectionEncrypters: [noise()],
     // a client opens many streams right after dialing; the default (10) resets the connection
     streamMuxers: [yamux({ maxEarlyStreams: 1024 })],
@@ -189,7 +193,7 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
     services: {
       identify: identify(),
       ping: ping(),
-      plexus: nodeServices({ network: { resolver, ...(swarmKey != null ? { swarmKey } : {}) }, reputation }),
+      plexus: nodeServices({ network: { resolver, ...(swarmKey != null ? { swarmKey } : {}) }, reputation, budget: { maxBytes: init.maxBufferedBytes } }),
       ...(init.relayServer === true ? { relay: circuitRelayServer(RELAY_LIMITS) } : {}),
       // a relayed connection becomes a direct one when either side has a public address the other
       // can dial (the NATed side dials back); two NATed peers meet over WebRTC (ICE) instead

@@ -1,4 +1,6 @@
 import type { Resolver } from 'node:dns/promises'
+import { ByteBudget } from './byte-budget.ts'
+import type { ByteBudgetInit } from './byte-budget.ts'
 import type { InfoSource } from './info.ts'
 import type { ReputationValidator } from './reputation.ts'
 import type { SwarmKey } from './swarm-key.ts'
@@ -23,7 +25,8 @@ export interface NodeNetwork {
  * - `infoSources`: what the info protocol answers with, while it is handled (serveInfo: one
  *   handler answers for every source, so two servers sharing a node both show up);
  * - `provided`: the CIDs it provides and for how many Announcers, so stopping one of two that
- *   share a CID (the models CID, overlapping spans) keeps the other's record.
+ *   share a CID (the models CID, overlapping spans) keeps the other's record;
+ * - `budget`: the buffered-bytes budget every channel the node serves reserves its frames from.
  *
  * Packages above p2p add their own fields by declaration merging
  * (`declare module '@plexus/p2p' { interface NodeServices { … } }`), always optional, so p2p
@@ -35,14 +38,16 @@ export interface NodeServices {
   readonly reputation: ReputationValidator
   infoSources?: Set<InfoSource>
   readonly provided: Map<string, number>
+  readonly budget: ByteBudget
 }
 
 export interface NodeServicesInit {
   network: NodeNetwork
   reputation: ReputationValidator
+  budget?: ByteBudgetInit
 }
 
 /** A libp2p service factory: `services: { plexus: nodeServices(init) }`. */
 export function nodeServices (init: NodeServicesInit): () => NodeServices {
-  return () => ({ network: init.network, reputation: init.reputation, provided: new Map() })
+  return () => ({ network: init.network, reputation: init.reputation, provided: new Map(), budget: new ByteBudget(init.budget) })
 }

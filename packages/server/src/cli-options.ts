@@ -10,6 +10,7 @@ export const nodeFlags = {
   ...nodeNetworkFlags,
   key: { type: 'string', describe: 'Key file: created on first run, giving this node a stable peer id' },
   json: { type: 'boolean', default: false, describe: 'Log events as JSON lines on stdout' },
+  'max-buffered-mb': { type: 'number', default: 256, describe: 'MiB of incoming frames all streams together may hold at once (busy beyond; one peer at most a quarter)' },
   ...loggingFlags,
   config: { type: 'string', describe: 'YAML or JSON file of flags (keys: the flags without "--"; schemas/node-config.schema.json); flags and PLEXUS_* variables override it' }
 } as const satisfies Record<string, Options>
@@ -61,6 +62,8 @@ export const verifierFlags = {
   verify: { type: 'boolean', default: false, describe: "Be a verifier: re-compute steps clients send for spot checks (of --blocks, default all) and publish servers' reputation; serves no sessions" },
   tolerance: { type: 'number', describe: 'With --verify: largest honest error accepted (max |diff| / RMS), default 0.02' },
   'max-rechecks': { type: 'number', describe: 'With --verify: fraud reports re-computed at once (default 2; 8 more may wait, others are refused busy)' },
+  'max-checks-per-peer': { type: 'number', describe: 'With --verify: checks one peer may have in progress at once (default 4; busy beyond)' },
+  'max-rechecks-per-peer': { type: 'number', describe: 'With --verify: re-checks one peer may have in progress at once (default 1; busy beyond)' },
   'offer-head': { type: 'boolean', describe: "Hand out the model's client parts (default: when serving the first or last block)" }
 } as const satisfies Record<string, Options>
 

@@ -74,13 +74,19 @@ export { runSwarmKey }
 export async function runBootstrap (args: BootstrapArgs): Promise<void> {
   const log = nodeLog(args)
   const emit = emitter(args.json, log)
-  const node = await createPlexusNode({ privateKey: await key(args.key), ...await networkOptions(args, 'bootstrap'), dhtMode: 'server' })
+  const node = await createPlexusNode({ privateKey: await key(args.key), ...await networkOptions(args, 'bootstrap'), dhtMode: 'server', maxBufferedBytes: bufferedBytes(args) })
   const addrs = fullAddrs(node)
   const records = args.dnsaddr != null ? bootstrapRecords(args.dnsaddr, addrs) : undefined
   const dashboard = args.dashboardPort != null ? await startNodeDashboard({ node, port: args.dashboardPort, host: args.dashboardHost ?? '127.0.0.1' }) : undefined
   emit('ready', `bootstrap peer ${node.peerId} listening; join with:\n${addrs.map(a => `  plexus-node join --bootstrap ${a} --model DIR`).join('\n')}${records != null ? `\n${records.text}` : ''}`,
     { peerId: node.peerId.toString(), addrs, role: 'bootstrap', reachable: reachability(node), ...(records != null ? { dnsaddr: records.records } : {}), ...(dashboard != null ? { dashboardPort: dashboard.port } : {}) })
   onShutdown(log, async () => { await dashboard?.close(); await node.stop() })
+}
+
+/** --max-buffered-mb in bytes; a usage error unless positive. */
+function bufferedBytes (args: { maxBufferedMb: number }): number {
+  if (!(args.maxBufferedMb > 0)) throw new UsageError(`--max-buffered-mb ${args.maxBufferedMb}: expected a positive number of MiB`)
+  return Math.floor(args.maxBufferedMb * 2 ** 20)
 }
 
 export function parseBlocks (spec: string | undefined, numLayers: number): [number, number] | undefined {
@@ -101,7 +107,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
   const blocks = parseBlocks(args.blocks, cfg.numLayers)
   const manifest = await loadManifest(ckpt, { onProgress })
   const privateKey = await key(args.key)
-  const node = await createPlexusNode({ privateKey, ...await networkOptions(args, 'join'), dhtMode: 'server' })
+  const node = await createPlexusNode({ privateKey, ...await networkOptions(args, 'join'), dhtMode: 'server', maxBufferedBytes: bufferedBytes(args) })
   try {
     const r = await dialBootstrap(node, bootstrap)
     for (const f of r.failed) log.warn(f.error)
@@ -115,7 +121,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
   const addrs = fullAddrs(node)
   if (args.verify === true) {
     const [start, end] = blocks ?? [0, cfg.numLayers]
-    const verifier = await VerifierNode.start({ node, privateKey, checkpoint: ckpt, manifest }, { start, end, tolerance: args.tolerance, maxSessions: args.maxSessions, maxRechecks: args.maxRechecks, onProgress })
+    const verifier = await VerifierNode.start({ node, privateKey, checkpoint: ckpt, manifest }, { start, end, tolerance: args.tolerance, maxSessions: args.maxSessions, maxRechecks: args.maxRechecks, maxChecksPerPeer: args.maxChecksPerPeer, maxRechecksPerPeer: args.maxRechecksPerPeer, onProgress })
     const ready = { peerId: node.peerId.toString(), addrs, role: 'verifier' as const, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start, end, backend: backendName, reachable: reachability(node) }
     emit('ready', readyLine(ready), { ...ready, tolerance: verifier.verifier.tolerance })
     onShutdown(log, async () => {

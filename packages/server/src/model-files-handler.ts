@@ -1,7 +1,7 @@
 import type { FileHandle } from 'node:fs/promises'
 import { schemaProblem } from '@plexus/p2p'
 import { MODEL_FILES_PROTOCOL, PROTOCOLS, jsonErrorFrame, serveChannel } from '@plexus/p2p'
-import type { ChannelCodec } from '@plexus/p2p'
+import type { ByteBudget, ChannelCodec } from '@plexus/p2p'
 import type { PlexusNode } from '@plexus/p2p'
 import { CheckpointError, headTensorShapes } from '@plexus/runtime'
 import type { Checkpoint, ModelManifest } from '@plexus/runtime'
@@ -51,7 +51,7 @@ export interface ModelFilesInit {
 }
 
 /** A node's model files service (`node.services.plexus.modelFiles`): what it serves, transfers in progress. */
-export interface ModelFilesState { models: Map<string, Served[]>, active: number, log: Logger }
+export interface ModelFilesState { models: Map<string, Served[]>, active: number, log: Logger, budget?: ByteBudget }
 
 const enc = new TextEncoder()
 const dec = new TextDecoder('utf-8', { fatal: true })
@@ -77,7 +77,7 @@ export async function serveModelFiles (components: ModelFilesComponents, init: M
   const services = node.services.plexus
   let state = services.modelFiles
   if (state == null) {
-    const s: ModelFilesState = { models: new Map(), active: 0, log: node.logger.forComponent('plexus:model-files') }
+    const s: ModelFilesState = { models: new Map(), active: 0, log: node.logger.forComponent('plexus:model-files'), budget: services.budget }
     services.modelFiles = state = s
     const opts = {
       maxTransfers: init.maxTransfers ?? 16,
@@ -120,6 +120,7 @@ async function handleStream (state: ModelFilesState, opts: { maxTransfers: numbe
       name: 'model-files',
       codec,
       log: state.log,
+      budget: state.budget,
       // requests are small: a client sending far ahead of its answers is cut off
       limits: { maxFrameBytes: MAX_MODEL_REQUEST_BYTES, idleMs: opts.idleMs, writeMs: opts.writeMs, maxBufferBytes: 64 * 1024 },
       admit: () => { if (state.active > opts.maxTransfers) throw new RequestError(`busy: ${opts.maxTransfers} transfers in progress, try another peer`, 'busy') },

@@ -86,7 +86,7 @@ export class PlexusServer {
       set = new BackendSet()
       services.sessions = set
       // steps and errors count into the node's metrics, if it keeps any (node-services.ts)
-      await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log, privateKey: this.c.privateKey, dialer: node, peerId: node.peerId.toString() }, {
+      await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log, privateKey: this.c.privateKey, dialer: node, peerId: node.peerId.toString(), budget: services.budget }, {
         onStep: (info) => { services.metrics?.step(info) },
         onError: (code) => { services.metrics?.error(code) }
       }), {

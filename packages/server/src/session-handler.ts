@@ -59,6 +59,7 @@ export function createSessionHandler (components: SessionHandlerComponents, init
       name: 'session',
       codec,
       log,
+      budget: components.budget,
       limits: {
         maxFrameBytes: limits.frame,
         idleMs: init.idleTimeoutMs ?? defaults.idleMs,

@@ -31,6 +31,9 @@ export interface VerifierNodeInit {
   republishMs?: number
   /** Re-checks of fraud reports computed at once (default 2). */
   maxRechecks?: number
+  /** Checks and re-checks one peer may have in progress at once (default 4 and 1; busy beyond). */
+  maxChecksPerPeer?: number
+  maxRechecksPerPeer?: number
   onVerdict?: (server: string, tally: Tally) => void
   /** Told how far loading the blocks is. */
   onProgress?: ProgressListener
@@ -78,7 +81,7 @@ export class VerifierNode {
     const runner = chainRunners(await loadSpanRunners(components.checkpoint, init.start, init.end, { placement: 'workers', blockDigests: components.manifest.blockDigests, onProgress: init.onProgress, modelName: components.manifest.name }))
     const v = new VerifierNode(components, init, runner)
     const { node } = components
-    await node.handle(VERIFY_PROTOCOL, createVerifyHandler({ verifier: v.verifier, log: v.log }), { maxInboundStreams: 1024 })
+    await node.handle(VERIFY_PROTOCOL, createVerifyHandler({ verifier: v.verifier, log: v.log, budget: node.services.plexus.budget }, { maxChecksPerPeer: init.maxChecksPerPeer, maxRechecksPerPeer: init.maxRechecksPerPeer }), { maxInboundStreams: 1024 })
     v.stopInfo = await serveInfo(node, async () => v.stopped ? [] : [await v.announcement()])
     await v.announcer.start()
     v.republisher = setInterval(() => { v.republish() }, init.republishMs ?? 10 * 60_000)

@@ -171,12 +171,19 @@ export class Verifier {
   /**
    * Re-runs a fraud report (from any verifier) on our blocks: does its output really differ?
    * The answer is kept by the report's digest, and asking again while it runs shares the run;
-   * at most maxRechecks run at once, each counted against maxSessions.
+   * at most maxRechecks run at once, each counted against maxSessions. `peerSlot` takes the
+   * asking peer's turn (its per-peer limit, verify-handler.ts) only for a new computation: a
+   * kept or shared answer costs nothing.
    */
-  async recheck (bytes: Uint8Array): Promise<RecheckedMessage> {
+  async recheck (bytes: Uint8Array, peerSlot?: () => () => void): Promise<RecheckedMessage> {
     const digest = await reportDigest(bytes)
     const known = this.rechecks.get(digest)
     if (known != null) return await known
+    const leave = peerSlot?.()
+    try { return await this.recheckNew(digest, bytes) } finally { leave?.() }
+  }
+
+  private async recheckNew (digest: string, bytes: Uint8Array): Promise<RecheckedMessage> {
     // admitted before the report is even decoded: decoding a large report costs memory too
     const limit = this.init.maxRechecks ?? 2
     if (this.admitted >= limit + (this.init.maxQueuedRechecks ?? 8)) {

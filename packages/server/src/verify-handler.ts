@@ -1,8 +1,11 @@
 import type { Stream, Connection, Logger } from '@libp2p/interface'
 import { VerifyError, verifyCodec } from '@plexus/protocol'
 import { PROTOCOLS, VERIFY_PROTOCOL, serveChannel } from '@plexus/p2p'
+import type { ByteBudget } from '@plexus/p2p'
 import type { CheckMessage, GetReportMessage, RecheckMessage, VerifyCloseMessage, VerifyErrorCode, VerifyMessage } from '@plexus/protocol'
 import type { Verifier } from './verifier.ts'
+import { VerifierPeerLimits } from './verifier-peer-limits.ts'
+import type { VerifierPeerLimitsInit } from './verifier-peer-limits.ts'
 import { verifyStream } from './handlers/verify-context.ts'
 import type { VerifyStream } from './handlers/verify-context.ts'
 import { handleCheck } from './handlers/verify-check.ts'
@@ -15,9 +18,11 @@ export { VERIFY_PROTOCOL }
 export interface VerifyHandlerComponents {
   verifier: Verifier
   log: Logger
+  /** The node's buffered-bytes budget (node.services.plexus.budget): every frame read is charged to it. */
+  budget?: ByteBudget
 }
 
-export interface VerifyHandlerInit {
+export interface VerifyHandlerInit extends VerifierPeerLimitsInit {
   /** A check carries a hop's steps since the last one; a recheck a whole fraud report. */
   maxFrameBytes?: number
   idleTimeoutMs?: number
@@ -42,19 +47,23 @@ const HANDLERS: { [T in VerifyMessage['type']]?: (s: VerifyStream, msg: any) => 
 export function createVerifyHandler (components: VerifyHandlerComponents, init: VerifyHandlerInit = {}) {
   const { verifier, log } = components
   const defaults = PROTOCOLS.verify.server
+  // one count per peer across all its streams
+  const peerLimits = new VerifierPeerLimits(init)
   return async function handleVerify (stream: Stream, connection: Connection): Promise<void> {
     let s: VerifyStream | undefined
-    await serveChannel(stream, connection.remotePeer.toString(), {
+    const peer = connection.remotePeer.toString()
+    await serveChannel(stream, peer, {
       name: 'verify',
       codec: verifyCodec,
       log,
+      budget: components.budget,
       limits: {
         maxFrameBytes: init.maxFrameBytes ?? defaults.maxFrameBytes,
         idleMs: init.idleTimeoutMs ?? defaults.idleMs,
         writeMs: init.writeTimeoutMs ?? defaults.writeMs
       },
       dispatch: async (msg, channel) => {
-        s ??= verifyStream(verifier, channel)
+        s ??= verifyStream(verifier, channel, peer, peerLimits)
         const handler = HANDLERS[msg.type]
         if (handler == null) throw new VerifyError('bad-request', `a client may not send ${msg.type} messages`)
         await handler(s, msg)

@@ -6,6 +6,7 @@ import type { ModelCatalog } from '@plexus/gateway'
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js'
 import { openGatewayCatalog } from '../gateway-catalog.ts'
 import type { GatewayCatalog } from '../gateway-catalog.ts'
+import { openSpeculation } from '../gateway-speculation.ts'
 import type { McpArgs } from '../cli-options.ts'
 import { createLog, progressReporter, quantizeFormat } from '@plexus/p2p'
 
@@ -31,10 +32,12 @@ export async function runMcp (args: McpArgs): Promise<void> {
   const log = (m: string): void => { clientLog.info(m) }
   const backend = await initBackend(args.backend, { note: log })
 
+  // a draft model loads before the handshake: a bad --draft-model fails at start
+  const spec = await openSpeculation(args)
   // MCP clients time out a slow handshake: answer it at once and open the models meanwhile
   const opening = openGatewayCatalog({ ...args, quantize: quantizeFormat(args.quantize), onProgress: progressReporter({ log: clientLog }) })
   opening.catch(() => {})
-  const ctx = createGatewayContext({ catalog: pending(opening), maxConcurrent: args.maxConcurrent, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast' })
+  const ctx = createGatewayContext({ catalog: pending(opening), maxConcurrent: args.maxConcurrent, defaultTrust: args.trust === 'verified' ? 'verified' : 'fast', speculate: spec.speculate })
   const server = createMcpServer(ctx, { status: async () => await (await opening).status() })
 
   let closing: Promise<void> | undefined
@@ -42,6 +45,7 @@ export async function runMcp (args: McpArgs): Promise<void> {
     closing ??= (async () => {
       await server.close().catch(() => {})
       await (await opening.catch(() => undefined))?.close().catch(() => {})
+      await spec.close().catch(() => {})
     })()
     await closing
   }

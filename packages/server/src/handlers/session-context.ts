@@ -1,7 +1,7 @@
 import type { Logger, PrivateKey } from '@libp2p/interface'
 import { ProtocolError, encodeMessage } from '@plexus/protocol'
 import type { ErrorCode, SessionMessage } from '@plexus/protocol'
-import type { Channel } from '@plexus/p2p'
+import type { ByteBudget, Channel } from '@plexus/p2p'
 import type { BackendSet, BlockBackend } from '../backend.ts'
 import type { ForwardDialer } from '../forwarder.ts'
 import type { RouteTable } from '../routed-sessions.ts'
@@ -16,6 +16,8 @@ export interface SessionHandlerComponents {
   dialer?: ForwardDialer
   /** This node's peer id (a route may not forward a node to itself). */
   peerId?: string
+  /** The node's buffered-bytes budget (node.services.plexus.budget): every frame read is charged to it. */
+  budget?: ByteBudget
 }
 
 export interface SessionHandlerInit {
