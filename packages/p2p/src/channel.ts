@@ -1,5 +1,5 @@
 import type { Stream } from '@libp2p/interface'
-import { PlexusError } from '@plexus/runtime'
+import { PlexusError, SpanError } from '@plexus/runtime'
 import { MAX_ERROR_MESSAGE } from './protocols.ts'
 import type { ChannelLimits } from './protocols.ts'
 import type { ByteBudget } from './byte-budget.ts'
@@ -39,7 +39,7 @@ export function errorReply<C extends string> (err: any, isOwn: (e: unknown) => e
     ? { code: err.code, message: err.message }
     : err instanceof ChannelError
       ? { code: err.code === 'busy' ? 'busy' : channelCode(err), message: err.message }
-      : err?.name === 'SpanError'
+      : err instanceof SpanError
         ? { code: 'bad-request', message: err.message }
         : { code: 'internal', message: `internal error: ${err?.message ?? String(err)}` }
   return { code: reply.code, message: boundMessage(reply.message) }
