@@ -2,8 +2,7 @@
 // swarm and in one process (--local), in the same run: decode tokens/s ratio and per-hop overhead.
 import { parseArgs } from 'node:util'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { initBackend, generate, seededRandom, readModelConfig, DraftModel } from '@plexus/runtime'
-import type { Drafter } from '@plexus/runtime'
+import { initBackend, generate, seededRandom, readModelConfig } from '@plexus/runtime'
 import type { WireDType } from '@plexus/protocol'
 import { connectSwarm, openSwarm, openLocal } from '@plexus/client'
 import { SwarmSession } from '@plexus/client'
@@ -21,19 +20,16 @@ const { values: a } = parseArgs({
     modes: { type: 'string', default: 'relay,forward' },
     rounds: { type: 'string', default: '3' },
     netem: { type: 'string', default: '0' },
-    speculate: { type: 'string', default: '4' },
     help: { type: 'boolean', short: 'h', default: false }
   }
 })
 if (a.help === true) {
-  process.stdout.write(`usage: npm run bench:swarm -- [--model DIR | --shape small|tinyllama] [--prompt-tokens N] [--tokens N] [--wire-dtype f32|f16|bf16] [--modes relay,forward,speculative] [--netem MS] [--speculate K] [--rounds N] [--json-only]
+  process.stdout.write(`usage: npm run bench:swarm -- [--model DIR | --shape small|tinyllama] [--prompt-tokens N] [--tokens N] [--wire-dtype f32|f16|bf16] [--modes relay,forward] [--netem MS] [--rounds N] [--json-only]
 
 Starts a bootstrap peer and 3 plexus-node processes (a third of the blocks each) on 127.0.0.1,
 generates greedily through them and in one process, and prints both speeds and the per-hop overhead.
 --modes: client-relayed routes (relay: every hop answers the client) and/or forwarded routes
-(forward: servers push activations to the next server) and/or forwarded routes with speculative
-decoding (speculative: --speculate K drafts a step from the whole model on the client, which
-accepts every draft and so bounds the gain), measured in alternating rounds.
+(forward: servers push activations to the next server), measured in alternating rounds.
 --netem MS: every process (servers, bootstrap, this client) delays each byte it sends by MS, as if
 its peers were MS away one way (PLEXUS_LINK_DELAY_MS; loopback has ~none; tc netem needs a kernel
 module this stands in for). The local run is unaffected.
@@ -44,7 +40,6 @@ const log = (s: string): void => { if (a['json-only'] !== true) process.stderr.w
 const dir = await benchModel(a.model, a.shape!, log)
 const netemMs = Number(a.netem)
 if (!Number.isFinite(netemMs) || netemMs < 0) throw new Error(`--netem: a number of milliseconds >= 0, not ${a.netem}`)
-const specK = Number(a.speculate)
 // read when each node is made: the servers inherit it, and so does this process' client node
 if (netemMs > 0) process.env.PLEXUS_LINK_DELAY_MS = String(netemMs)
 const promptLen = Number(a['prompt-tokens'])
@@ -69,19 +64,13 @@ let result
 try {
   const node = await connectSwarm([swarm.bootstrapAddr])
   const modes = a.modes!.split(',').map(m => m.trim()).filter(m => m !== '')
-  for (const m of modes) if (m !== 'relay' && m !== 'forward' && m !== 'speculative') throw new Error(`--modes: relay, forward or speculative, not ${m}`)
-  const models = new Map(await Promise.all(modes.map(async m => [m, await openSwarm(node, { dir, dtype: a['wire-dtype'] as WireDType, forward: m !== 'relay' })] as const)))
-  // the same model as the draft: every draft is accepted, the most speculation can gain
-  const draft = modes.includes('speculative') ? await DraftModel.load(dir, {}) : undefined
-  const speculative = async (): Promise<{ speculative?: { drafter: Drafter, k: number } }> => draft == null ? {} : { speculative: { drafter: await draft.drafter(promptLen + genLen, cfg.vocabSize), k: specK } }
+  for (const m of modes) if (m !== 'relay' && m !== 'forward') throw new Error(`--modes: relay or forward, not ${m}`)
+  const models = new Map(await Promise.all(modes.map(async m => [m, await openSwarm(node, { dir, dtype: a['wire-dtype'] as WireDType, forward: m === 'forward' })] as const)))
   /** One generation: the median decode step (wall, and wall minus every hop's compute) and the per-hop timings. */
   const runMode = async (mode: string): Promise<{ tokens: number[], tokensPerSecond: number, prefillTokensPerSecond: number, stepMs: number[], overheadMs: number[], perHop: Array<{ wall: number[], compute: number[] }>, route: Array<{ peer: string, start: number, end: number }> }> => {
     const model = models.get(mode)!
-    const spec = mode === 'speculative'
     const warm = await model.session(promptLen + 4)
-    const warmOpts = spec ? await speculative() : {}
-    await generate(model.head, warm, prompt, { maxTokens: 4, ...warmOpts })
-    await warmOpts.speculative?.drafter.close()
+    await generate(model.head, warm, prompt, { maxTokens: 4 })
     await warm.close()
     const session = await model.session(promptLen + genLen) as SwarmSession
     const perHop: Array<{ wall: number[], compute: number[] }> = session.route.map(() => ({ wall: [], compute: [] }))
@@ -89,15 +78,12 @@ try {
     const overheadMs: number[] = []
     let steps = 0
     let last = 0
-    const opts = spec ? await speculative() : {}
     const r = await generate(model.head, session, prompt, {
       maxTokens: genLen,
-      ...opts,
       onToken: () => {
         const now = performance.now()
-        // the first token comes from the prefill step; count decode steps only (a speculative
-        // step yields several tokens at once: its figures come from the rate instead)
-        if (steps++ > 0 && !spec) {
+        // the first token comes from the prefill step; count decode steps only
+        if (steps++ > 0) {
           const t = session.lastStepTimings()
           t.forEach((h, i) => { perHop[i]?.wall.push(h.wallMs); perHop[i]?.compute.push(h.computeMs) })
           stepMs.push(now - last)
@@ -108,7 +94,6 @@ try {
     })
     const route = session.route
     await session.close()
-    await opts?.speculative?.drafter.close()
     return { tokens: r.tokenIds, tokensPerSecond: r.tokensPerSecond, prefillTokensPerSecond: r.prefillTokensPerSecond, stepMs, overheadMs, perHop, route }
   }
   const runs = new Map<string, Array<Awaited<ReturnType<typeof runMode>>>>(modes.map(m => [m, []]))
@@ -118,9 +103,7 @@ try {
       runs.get(m)!.push(await runMode(m))
     }
   }
-  await draft?.dispose()
-  // a speculative run has no per-step timings: take the hops from another mode's
-  const viaSwarm = runs.get(modes.find(m => m !== 'speculative') ?? modes[0])![0]
+  const viaSwarm = runs.get(modes[0])![0]
   const route = viaSwarm.route
   const perHop = viaSwarm.perHop
   // The transport's floor on this machine: a bare libp2p round trip to each hop's server.
@@ -131,7 +114,7 @@ try {
     for (let i = 0, tries = 0; i < 20; tries++) {
       const t0 = performance.now()
       try {
-        await node.services.ping.ping(peer)
+        await node.services.ping.ping(peer, { signal: AbortSignal.timeout(10_000) })
       } catch (err) {
         // the connection monitor's own ping may hold the one ping stream (likelier with --netem)
         if (tries > 100) throw err
@@ -159,14 +142,13 @@ try {
     spans,
     netem_ms: netemMs,
     local: { decode_tokens_per_second: single.tokensPerSecond, prefill_tokens_per_second: single.prefillTokensPerSecond },
-    swarm: { mode: modes.find(m => m !== 'speculative') ?? modes[0], decode_tokens_per_second: viaSwarm.tokensPerSecond, prefill_tokens_per_second: viaSwarm.prefillTokensPerSecond },
+    swarm: { mode: modes[0], decode_tokens_per_second: viaSwarm.tokensPerSecond, prefill_tokens_per_second: viaSwarm.prefillTokensPerSecond },
     // per mode, over every round: the median decode step's wall time and what is left of it after the servers' compute
-    // (speculative: per token from the decode rate; its steps' overhead is not split out)
     modes: Object.fromEntries([...runs].map(([m, rs]) => [m, {
       rounds: rs.length,
-      ms_per_token: m === 'speculative' ? 1000 / median(rs.map(r => r.tokensPerSecond)) : median(rs.flatMap(r => r.stepMs)),
-      overhead_ms_per_token: m === 'speculative' ? null : median(rs.flatMap(r => r.overheadMs)),
-      overhead_ms_per_hop: m === 'speculative' ? null : median(rs.flatMap(r => r.overheadMs)) / route.length,
+      ms_per_token: median(rs.flatMap(r => r.stepMs)),
+      overhead_ms_per_token: median(rs.flatMap(r => r.overheadMs)),
+      overhead_ms_per_hop: median(rs.flatMap(r => r.overheadMs)) / route.length,
       decode_tokens_per_second: median(rs.map(r => r.tokensPerSecond)),
       tokens_identical: rs.every(r => JSON.stringify(r.tokens) === JSON.stringify(single.tokenIds))
     }])),
@@ -194,15 +176,8 @@ if (a['json-only'] !== true) {
   const w = rows[0].map((_, i) => Math.max(...rows.map(r => r[i].length)))
   for (const r of rows) process.stdout.write('| ' + r.map((c, i) => c.padEnd(w[i])).join(' | ') + ' |\n')
   process.stdout.write(`\n${result.netem_ms > 0 ? `netem: ${result.netem_ms} ms one way on every link (PLEXUS_LINK_DELAY_MS)` : 'netem: none (loopback)'}\n`)
-  const label: Record<string, string> = { relay: 'client-relayed', forward: 'forwarded (server → server)', speculative: `forwarded + speculative (k=${specK}, same-model draft)` }
-  const g = (n: number | null): string => n == null ? '–' : n.toFixed(2)
   process.stdout.write('\n| route mode | ms / token (decode) | of which not compute | per hop | decode tok/s |\n| --- | --- | --- | --- | --- |\n')
-  for (const [m, r] of Object.entries(result.modes)) process.stdout.write(`| ${label[m]} | ${r.ms_per_token.toFixed(2)} | ${g(r.overhead_ms_per_token)} | ${g(r.overhead_ms_per_hop)} | ${r.decode_tokens_per_second.toFixed(1)} |\n`)
-  const relay = result.modes.relay
-  for (const m of ['forward', 'speculative']) {
-    const r = result.modes[m]
-    if (relay != null && r != null) process.stdout.write(`${label[m]} / client-relayed, ms per token: ${(r.ms_per_token / relay.ms_per_token).toFixed(2)}\n`)
-  }
+  for (const [m, r] of Object.entries(result.modes)) process.stdout.write(`| ${m === 'forward' ? 'forwarded (server → server)' : 'client-relayed'} | ${r.ms_per_token.toFixed(2)} | ${r.overhead_ms_per_token.toFixed(2)} | ${r.overhead_ms_per_hop.toFixed(2)} | ${r.decode_tokens_per_second.toFixed(1)} |\n`)
   for (const h of result.hops) process.stdout.write(`hop [${h.start},${h.end}): wall ${h.median_wall_ms.toFixed(2)} ms, server compute ${h.median_compute_ms.toFixed(2)} ms, overhead ${h.median_overhead_ms.toFixed(2)} ms per step\n`)
   process.stdout.write(`bare round trip (libp2p ping, a fresh stream each) ${result.bare_round_trip_ms.toFixed(2)} ms: with one per hop and nothing else, the ratio could at best be ${result.ratio_ceiling_one_round_trip_per_hop.toFixed(2)}\n`)
   process.stdout.write(`tokens identical: ${result.tokens_identical ? 'yes' : 'NO'}\n`)
