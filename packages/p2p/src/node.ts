@@ -192,7 +192,10 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
     connectionMonitor: init.connectionMonitor ?? { pingInterval: 2000, pingTimeout: { minTimeout: 1000, maxTimeout: 3000 } },
     services: {
       identify: identify(),
-      ping: ping(),
+      // the connection monitor pings every connection every 2 s on this protocol; with ping's
+      // default of one outbound stream, a ping of our own (the dashboard's latency) that met one
+      // was refused as too many streams
+      ping: ping({ maxOutboundStreams: 2, maxInboundStreams: 4 }),
       plexus: nodeServices({ network: { resolver, ...(swarmKey != null ? { swarmKey } : {}) }, reputation, budget: { maxBytes: init.maxBufferedBytes } }),
       ...(init.relayServer === true ? { relay: circuitRelayServer(RELAY_LIMITS) } : {}),
       // a relayed connection becomes a direct one when either side has a public address the other
