@@ -14,6 +14,7 @@ import { ByteBudget, Channel, ChannelError, DEFAULT_MAX_BUFFERED_BYTES, MAX_ERRO
 import type { SessionMessage } from '@plexus/protocol'
 import { BackendSet, createSessionHandler } from '@plexus/server'
 import type { BlockBackend } from '@plexus/server'
+import { SpanError } from '@plexus/runtime'
 
 const ECHO = '/plexus/test/channel-echo/1.0.0'
 const IDLE = '/plexus/test/channel-idle/1.0.0'
@@ -178,7 +179,7 @@ describe('protocol channel: one framing for every protocol', function () {
     assert.deepEqual(errorReply(new ProtocolError('busy', 'full'), own, code), { code: 'busy', message: 'full' })
     assert.deepEqual(errorReply(new ChannelError('frame-too-large', 'too big'), own, code), { code: 'bad-frame', message: 'too big' })
     assert.deepEqual(errorReply(new ChannelError('idle-timeout', 'quiet'), own, code), { code: 'bad-request', message: 'quiet' })
-    assert.deepEqual(errorReply(Object.assign(new Error('position 3'), { name: 'SpanError' }), own, code), { code: 'bad-request', message: 'position 3' })
+    assert.deepEqual(errorReply(new SpanError('position 3'), own, code), { code: 'bad-request', message: 'position 3' })
     assert.deepEqual(errorReply(new TypeError('x is undefined'), own, code), { code: 'internal', message: 'internal error: x is undefined' })
     const long = errorReply(new ProtocolError('bad-frame', 'y'.repeat(10_000)), own, code)
     assert.equal(long.message.length, MAX_ERROR_MESSAGE)
