@@ -6,7 +6,7 @@ import { initBackend, generate, seededRandom, readModelConfig } from '@plexus/ru
 import type { WireDType } from '@plexus/protocol'
 import { connectSwarm, openSwarm, openLocal } from '@plexus/client'
 import { SwarmSession } from '@plexus/client'
-import { benchModel, thirds, median } from './lib/bench-common.ts'
+import { benchModel, thirds, median, decodeStepTimer } from './lib/bench-common.ts'
 import { startSwarm } from './lib/local-swarm.ts'
 
 const { values: a } = parseArgs({
@@ -74,24 +74,11 @@ try {
     await warm.close()
     const session = await model.session(promptLen + genLen) as SwarmSession
     const perHop: Array<{ wall: number[], compute: number[] }> = session.route.map(() => ({ wall: [], compute: [] }))
-    const stepMs: number[] = []
-    const overheadMs: number[] = []
-    let steps = 0
-    let last = 0
-    const r = await generate(model.head, session, prompt, {
-      maxTokens: genLen,
-      onToken: () => {
-        const now = performance.now()
-        // the first token comes from the prefill step; count decode steps only
-        if (steps++ > 0) {
-          const t = session.lastStepTimings()
-          t.forEach((h, i) => { perHop[i]?.wall.push(h.wallMs); perHop[i]?.compute.push(h.computeMs) })
-          stepMs.push(now - last)
-          overheadMs.push(now - last - t.reduce((n, h) => n + h.computeMs, 0))
-        }
-        last = now
-      }
-    })
+    const timer = decodeStepTimer(() => session.lastStepTimings())
+    const r = await generate(model.head, session, prompt, { maxTokens: genLen, onToken: timer.onToken })
+    for (const s of timer.steps) s.hops.forEach((h, i) => { perHop[i]?.wall.push(h.wallMs); perHop[i]?.compute.push(h.computeMs) })
+    const stepMs = timer.steps.map(s => s.ms)
+    const overheadMs = timer.steps.map(s => s.ms - s.hops.reduce((n, h) => n + h.computeMs, 0))
     const route = session.route
     await session.close()
     return { tokens: r.tokenIds, tokensPerSecond: r.tokensPerSecond, prefillTokensPerSecond: r.prefillTokensPerSecond, stepMs, overheadMs, perHop, route }

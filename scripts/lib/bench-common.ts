@@ -59,3 +59,28 @@ export function median (xs: number[]): number {
   const s = [...xs].sort((x, y) => x - y)
   return s[Math.floor(s.length / 2)] ?? 0
 }
+
+export interface HopTiming { wallMs: number, computeMs: number }
+export interface DecodeStep { ms: number, hops: HopTiming[] }
+
+/**
+ * Times decode steps at the client through generate()'s onToken: each step's wall time since the
+ * previous token and its hops' timings. The first token comes from the prefill step: not counted.
+ * `each` runs on every decode step after it is recorded (its index from 1).
+ */
+export function decodeStepTimer (timings: () => HopTiming[], each?: (step: number) => void): { steps: DecodeStep[], onToken: () => void } {
+  const steps: DecodeStep[] = []
+  let tokens = 0
+  let last = 0
+  return {
+    steps,
+    onToken: () => {
+      const now = performance.now()
+      if (tokens++ > 0) {
+        steps.push({ ms: now - last, hops: timings() })
+        each?.(steps.length)
+      }
+      last = now
+    }
+  }
+}

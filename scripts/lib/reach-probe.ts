@@ -6,6 +6,7 @@ import { setProcessNetwork } from '@plexus/p2p'
 import { initBackend, generate } from '@plexus/runtime'
 import { connectSwarm, openSwarm, stopNode } from '@plexus/client'
 import type { SwarmSession } from '@plexus/client'
+import { decodeStepTimer } from './bench-common.ts'
 
 const [bootstrap, stun, dir, promptCsv, tokensArg, roundsArg] = process.argv.slice(2)
 const prompt = promptCsv.split(',').map(Number)
@@ -37,31 +38,19 @@ try {
   const hops: Array<{ peer: string, start: number, end: number, kinds: string[], addrs: string[] }> = []
   for (let round = 0; round < Number(roundsArg); round++) {
     const session = await open(prompt.length + genLen)
-    const stepMs: number[] = []
-    const computeMs: number[] = []
-    let steps = 0
-    let last = 0
-    const r = await generate(model.head, session, prompt, {
-      maxTokens: genLen,
-      onToken: () => {
-        const now = performance.now()
-        // the first token comes from the prefill step: count decode steps only
-        if (steps++ > 0) {
-          stepMs.push(now - last)
-          computeMs.push(session.lastStepTimings().reduce((n, h) => n + h.computeMs, 0))
-        }
-        // which connection each hop's stream runs on, while it is open
-        if (steps === 2 && round === 0) {
-          for (const h of session.route) {
-            const conns = node.getConnections().filter(c => c.remotePeer.toString() === h.peer)
-            const busy = conns.filter(c => c.streams.some(s => s.protocol?.startsWith('/plexus/') === true))
-            const addrs = (busy.length > 0 ? busy : conns).map(c => c.remoteAddr.toString())
-            hops.push({ peer: h.peer, start: h.start, end: h.end, kinds: [...new Set(addrs.map(hopKind))], addrs })
-          }
-        }
-        last = now
+    const timer = decodeStepTimer(() => session.lastStepTimings(), (step) => {
+      // which connection each hop's stream runs on, while it is open
+      if (step !== 1 || round !== 0) return
+      for (const h of session.route) {
+        const conns = node.getConnections().filter(c => c.remotePeer.toString() === h.peer)
+        const busy = conns.filter(c => c.streams.some(s => s.protocol?.startsWith('/plexus/') === true))
+        const addrs = (busy.length > 0 ? busy : conns).map(c => c.remoteAddr.toString())
+        hops.push({ peer: h.peer, start: h.start, end: h.end, kinds: [...new Set(addrs.map(hopKind))], addrs })
       }
     })
+    const r = await generate(model.head, session, prompt, { maxTokens: genLen, onToken: timer.onToken })
+    const stepMs = timer.steps.map(s => s.ms)
+    const computeMs = timer.steps.map(s => s.hops.reduce((n, h) => n + h.computeMs, 0))
     rounds.push({ stepMs, computeMs, tokens: r.tokenIds })
     await session.close()
   }
