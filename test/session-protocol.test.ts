@@ -503,6 +503,34 @@ describe('session protocol under hostile input', function () {
       })
     }
 
+    it('a step that rewinds: positions from it on are dropped first, and its output is the reference', async () => {
+      const r = await openRaw()
+      try {
+        const id = await openOwn(r)
+        await stepOwn(r, id, 0, 3)
+        // two positions of junk (a rejected draft), then the rewind rides on the next step
+        const junk = row(X, 40, 2).slice()
+        const j = await request(r, { type: 'step', sessionId: id, step: 1, position: 3, tokens: 2, hidden: H, dtype: 'f32', data: junk })
+        assert.equal(j.type, 'result')
+        const reply = await request(r, { type: 'step', sessionId: id, step: 2, position: 3, tokens: 2, hidden: H, dtype: 'f32', data: row(X, 3, 2).slice(), rewind: true })
+        assert.equal(reply.type, 'result', JSON.stringify(reply))
+        const d = maxAbsDiff((reply as any).data, row(REF, 3, 2))
+        assert.ok(d < TOL, `after the rewind: max abs diff ${d} from the reference (the junk positions left a trace)`)
+        // and it continues from there
+        const next = await stepOwn(r, id, 5, 1, 3)
+        assert.ok(maxAbsDiff(next, row(REF, 5)) < TOL)
+      } finally { r.stream.abort(new Error('done')) }
+      await honestStep()
+    })
+
+    it('a rewind cannot skip ahead', async () => {
+      await attack('bad-request', /position 5 does not continue session .* which holds 2 positions/, async r => {
+        const id = await openOwn(r)
+        await stepOwn(r, id, 0, 2)
+        await r.io.write(encodeMessage({ type: 'step', sessionId: id, step: 1, position: 5, tokens: 1, hidden: H, dtype: 'f32', data: row(X, 5).slice(), rewind: true }))
+      })
+    })
+
     it('a step beyond the session\'s max length', async () => {
       await attack('too-long', /positions up to 10 exceed the session's max length 8/, async r => {
         const id = await openOwn(r, 8)

@@ -30,6 +30,11 @@ export interface OpenedMessage { type: 'opened', sessionId: string, start: numbe
 export interface StepMessage { type: 'step' | 'result', sessionId: string, step: number, position: number, tokens: number, hidden: number, dtype: WireDType, computeMs?: number, data: Float32Array
   /** On results: the server's signed step commitment (commitment.ts). */
   commitment?: string
+  /**
+   * On steps: drop the cached positions from `position` on first (rejected speculative drafts),
+   * so a rollback rides on the next step instead of costing a truncate round trip.
+   */
+  rewind?: boolean
 }
 export interface TruncateMessage { type: 'truncate' | 'truncated', sessionId: string, length: number }
 export interface CloseMessage { type: 'close', sessionId: string }

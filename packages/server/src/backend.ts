@@ -197,10 +197,11 @@ export class BlockBackend {
     throw new ProtocolError('unknown-session', `unknown session ${id}`)
   }
 
-  async step (id: string, position: number, tokens: number, hidden: Float32Array): Promise<Float32Array> {
+  /** `rewind`: positions from `position` on are dropped first (a truncate riding on the step). */
+  async step (id: string, position: number, tokens: number, hidden: Float32Array, rewind = false): Promise<Float32Array> {
     const s = this.get(id)
     if (s.busy) throw new ProtocolError('bad-request', `session ${id} already has a step in flight`)
-    if (position !== s.span.length) throw new ProtocolError('bad-request', `position ${position} does not continue session ${id}, which holds ${s.span.length} positions`)
+    if (position !== s.span.length && !(rewind && position < s.span.length)) throw new ProtocolError('bad-request', `position ${position} does not continue session ${id}, which holds ${s.span.length} positions`)
     if (tokens > this.maxStepTokens) throw new ProtocolError('too-long', `step of ${tokens} tokens exceeds the limit of ${this.maxStepTokens} tokens per step`)
     if (position + tokens > s.maxLength) throw new ProtocolError('too-long', `positions up to ${position + tokens} exceed the session's max length ${s.maxLength}`)
     if (Date.now() - s.opened > this.maxLifetimeMs) {
@@ -210,6 +211,7 @@ export class BlockBackend {
     s.busy = true
     this.inFlight++
     try {
+      if (position < s.span.length) await s.span.truncate(position)
       const out = await forwardInChunks(s.span, hidden, tokens, this.maxChunkTokens)
       return this.faults == null ? out : applyFaults(this.faults, hidden, out)
     } finally {

@@ -61,7 +61,8 @@ export interface StepReplyContext {
  */
 export async function replyStep (ctx: StepReplyContext, backend: BlockBackend, routed: RoutedSession | undefined, msg: StepMessage, out: Float32Array, computeMs: number): Promise<void> {
   const { sessionId, step, position, tokens, hidden, dtype } = msg
-  const pushed = routed?.next?.push({ step, position, tokens, hidden, dtype, data: out })
+  // a rewind rides down the route with the step: every later hop drops the same positions
+  const pushed = routed?.next?.push({ step, position, tokens, hidden, dtype, data: out, ...(msg.rewind === true ? { rewind: true } : {}) })
   // the pushed promise is awaited below; a failure there must not go unhandled meanwhile
   pushed?.catch(() => {})
   const commitment = ctx.privateKey == null

@@ -77,6 +77,8 @@ export class RemoteSpanSession {
   private readonly init: RemoteSpanInit
   private step = 0
   length = 0
+  /** Positions were dropped here (`rewindTo`) and the server hears of it with the next step. */
+  private rewinding = false
   /** Server-reported compute time of the last step, ms. */
   lastComputeMs = 0
   /** Wall time of the last step as the client saw it, ms (minus compute: the hop's overhead). */
@@ -157,7 +159,7 @@ export class RemoteSpanSession {
     const t0 = performance.now()
     const step = this.step++
     const reply = await this.request({
-      type: 'step', sessionId: this.sessionId, step, position: this.length, tokens, hidden: this.init.hiddenSize, dtype: this.init.dtype ?? 'f32', data: hidden
+      type: 'step', sessionId: this.sessionId, step, position: this.length, tokens, hidden: this.init.hiddenSize, dtype: this.init.dtype ?? 'f32', data: hidden, ...this.takeRewind()
     }, 'result', signal)
     const r = reply as StepMessage
     if (r.step !== step || r.position !== this.length || r.tokens !== tokens) {
@@ -173,7 +175,25 @@ export class RemoteSpanSession {
 
   /** Forwarded route, first hop: sends a step; the answers come from every hop (`receive`). */
   async send (hidden: Float32Array, tokens: number, signal: AbortSignal): Promise<void> {
-    await this.write({ type: 'step', sessionId: this.sessionId, step: this.step, position: this.length, tokens, hidden: this.init.hiddenSize, dtype: this.init.dtype ?? 'f32', data: hidden }, signal)
+    await this.write({ type: 'step', sessionId: this.sessionId, step: this.step, position: this.length, tokens, hidden: this.init.hiddenSize, dtype: this.init.dtype ?? 'f32', data: hidden, ...this.takeRewind() }, signal)
+  }
+
+  /**
+   * Drops positions from `length` on without a round trip: the next step carries `rewind` and
+   * the server truncates before computing it (on a forwarded route the first hop's step carries
+   * it down the route; the later hops' sessions here only move back their expected position).
+   */
+  rewindTo (length: number, tell = true): void {
+    if (!Number.isInteger(length) || length < 0 || length > this.length) throw new RangeError(`cannot rewind the session on ${this.peer} to ${length}: it holds ${this.length} positions`)
+    if (length === this.length) return
+    this.length = length
+    if (tell) this.rewinding = true
+  }
+
+  private takeRewind (): { rewind?: true } {
+    if (!this.rewinding) return {}
+    this.rewinding = false
+    return { rewind: true }
   }
 
   /** Forwarded route: this hop's answer to the step in flight (its commitment, its output when sent). */

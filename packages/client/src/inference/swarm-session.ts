@@ -297,14 +297,16 @@ export class SwarmSession implements SessionPipeline {
 
   /**
    * Keeps only the first `length` positions on every hop (speculative decoding drops rejected
-   * drafts): the servers truncate their caches in parallel, and each hop's replay history is cut
-   * to match. Spot checks commit to every step as sent, so a verified session refuses.
+   * drafts): no round trip of its own, the next step tells the servers to drop them first (a
+   * forwarded route passes it from hop to hop); each hop's replay history is cut to match. Spot
+   * checks commit to every step as sent, so a verified session refuses.
    */
   async truncate (length: number): Promise<void> {
     if (this.closed) throw new Error('session is closed')
     if (this.c.auditor != null) throw new Error('a verified session cannot be rolled back by its client: its steps are committed for spot checks')
     if (!Number.isInteger(length) || length < 0 || length > this.length) throw new RangeError(`cannot truncate the session to ${length}: it holds ${this.length} positions`)
-    await Promise.all(this.hops.map(async h => { await h.session.truncate(length) }))
+    // forwarded: only the first hop hears it from here, the rest from the hop before
+    this.hops.forEach((h, i) => { h.session.rewindTo(length, !this.forwarding || i === 0) })
     for (const h of this.hops) h.history = cutHistory(h.history, length * this.init.hiddenSize)
   }
 

@@ -13,7 +13,7 @@ export async function handleStep (s: SessionStream, msg: StepMessage): Promise<v
     throw new ProtocolError('bad-tensor', `hidden size ${msg.hidden} does not match the model's ${backend.config.hiddenSize}`)
   }
   const t0 = performance.now()
-  const out = await backend.step(msg.sessionId, msg.position, msg.tokens, msg.data)
+  const out = await backend.step(msg.sessionId, msg.position, msg.tokens, msg.data, msg.rewind === true)
   const computeMs = performance.now() - t0
   s.init.onStep?.({ tokens: msg.tokens, computeMs })
   await replyStep({ privateKey: s.components.privateKey, send: s.send }, backend, routed, msg, out, computeMs)
