@@ -1,7 +1,7 @@
 // The generation core every API shares: prompts to ids, one swarm session per request,
 // stop strings, logprobs, cancellation, concurrency and metrics.
-import { generate, logSoftmax, StreamDecoder, renderChatTemplate, TemplateError, validateSampling, SpeculativeError } from '@plexus/runtime'
-import type { ModelConfig, ModelHead, SessionPipeline, TextTokenizer, SamplingOptions, ChatMessage, ChatTool, TokenConstraint, GenerateResult, Drafter } from '@plexus/runtime'
+import { generate, logSoftmax, StreamDecoder, renderChatTemplate, TemplateError, validateSampling, SpeculativeError, encodeOffThread } from '@plexus/runtime'
+import type { TokenizerPool, ModelConfig, ModelHead, SessionPipeline, TextTokenizer, SamplingOptions, ChatMessage, ChatTool, TokenConstraint, GenerateResult, Drafter } from '@plexus/runtime'
 import { componentLog } from '@plexus/p2p'
 import { badRequest } from './errors.ts'
 import type { GatewayMetrics } from './metrics.ts'
@@ -113,13 +113,19 @@ export class Engine {
   readonly metrics: GatewayMetrics
   readonly #slots: Semaphore
   readonly #speculate?: GatewaySpeculation
+  readonly #tokenizers?: TokenizerPool
 
-  /** `slots`: generations at once, shared with the gateway's other models' engines; `speculate`: draft for every request that allows it. */
-  constructor (model: GatewayModel, metrics: GatewayMetrics, opts: { slots?: Semaphore, speculate?: GatewaySpeculation } = {}) {
+  /**
+   * `slots`: generations at once, shared with the gateway's other models' engines; `speculate`: draft
+   * for every request that allows it; `tokenizers`: the worker threads long prompts are tokenized in
+   * (default: the process's own pool).
+   */
+  constructor (model: GatewayModel, metrics: GatewayMetrics, opts: { slots?: Semaphore, speculate?: GatewaySpeculation, tokenizers?: TokenizerPool } = {}) {
     this.model = model
     this.metrics = metrics
     this.#slots = opts.slots ?? new Semaphore(16)
     this.#speculate = opts.speculate
+    this.#tokenizers = opts.tokenizers
   }
 
   get contextLength (): number { return this.model.config.maxPositions }
@@ -130,16 +136,26 @@ export class Engine {
   }
 
   /** Text prompt to ids, with the tokenizer's BOS. */
-  encodeText (text: string): number[] {
+  async encodeText (text: string): Promise<number[]> {
     const tok = this.tokenizer
     this.checkPromptBytes(text, 'prompt')
-    return tok.encode(text, { addSpecialTokens: true })
+    return await this.encode(tok, text, true)
   }
 
   /**
-   * Tokenizing runs on the event loop (4 MB: seconds): text that cannot fit the context is
-   * refused before it is tokenized. A token spells a few bytes (English ≈ 4); more than
-   * MAX_PROMPT_BYTES_PER_TOKEN per position of the context cannot be an honest prompt.
+   * Text to ids off the event loop when it is long (a worker thread, behind a bounded queue and a
+   * time budget: TokenizerError, answered 503 `tokenizer_busy` or 400 `tokenizer_timeout`).
+   */
+  async encode (tok: TextTokenizer, text: string, addSpecialTokens: boolean): Promise<number[]> {
+    const opts = { addSpecialTokens }
+    return this.#tokenizers != null ? await this.#tokenizers.encode(tok, text, opts) : await encodeOffThread(tok, text, opts)
+  }
+
+  /**
+   * Tokenizing costs about 1 ms per KiB (4 MB: seconds of a worker's time, more for crafted text):
+   * text that cannot fit the context is refused before it is tokenized. A token spells a few bytes
+   * (English ≈ 4); more than MAX_PROMPT_BYTES_PER_TOKEN per position of the context cannot be an
+   * honest prompt.
    */
   checkPromptBytes (text: string, param: string): void {
     const limit = this.contextLength * MAX_PROMPT_BYTES_PER_TOKEN
@@ -164,7 +180,7 @@ export class Engine {
       throw badRequest(`cannot format the messages with the model's chat template: ${(err as Error).message}`, { param: 'messages', ...(err instanceof TemplateError ? { code: err.code } : {}) })
     }
     this.checkPromptBytes(text, 'messages')
-    return tok.encode(text, { addSpecialTokens: false })
+    return await this.encode(tok, text, false)
   }
 
   checkIds (ids: number[], param = 'prompt'): void {

@@ -56,7 +56,10 @@ const API_CODES: Record<string, ApiErrorInit> = {
   'trust-level': { param: 'X-Plexus-Trust', code: 'invalid_trust_level' },
   // verification asked for where it cannot run: a local model, or no verifier for some blocks
   'trust-unsupported': { param: 'X-Plexus-Trust', code: 'trust_mode_not_supported' },
-  'trust-unavailable': { param: 'X-Plexus-Trust', code: 'verification_unavailable' }
+  'trust-unavailable': { param: 'X-Plexus-Trust', code: 'verification_unavailable' },
+  // the prompt tokenizer's queue is full (503, retry), or one prompt ran past its time budget (400)
+  'tokenizer-busy': { code: 'tokenizer_busy' },
+  'tokenizer-timeout': { code: 'tokenizer_timeout' }
 }
 
 /** A PlexusError by its code and status: 503 is the swarm's condition (retryable), other 5xx our fault. */

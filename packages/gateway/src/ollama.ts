@@ -108,7 +108,7 @@ export function registerOllama (app: FastifyInstance, ctx: GatewayContext): void
     // Like Ollama, the prompt goes through the chat template unless raw (or the model has none).
     const templated = optBool(b, 'raw') !== true && engine.model.tokenizerConfig?.chat_template != null
     const messages: ChatMessage[] = [...(system != null ? [{ role: 'system', content: system }] : []), { role: 'user', content: prompt }]
-    const ids = templated ? await engine.encodeChat(messages) : engine.encodeText(prompt)
+    const ids = templated ? await engine.encodeChat(messages) : await engine.encodeText(prompt)
     return await respond(ctx, job(ctx, b, model, engine, ids), false, request, reply)
   })
 

@@ -58,11 +58,11 @@ function singleChoice (b: Body): void {
 }
 
 /** `prompt`: a string, an array of token ids, or a one-element array of either. */
-function promptIds (engine: Engine, b: Body): number[] {
+async function promptIds (engine: Engine, b: Body): Promise<number[]> {
   let p = b.prompt
   if (p == null) throw badRequest('missing required field prompt', { param: 'prompt' })
   if (Array.isArray(p) && p.length === 1 && (typeof p[0] === 'string' || Array.isArray(p[0]))) p = p[0]
-  if (typeof p === 'string') return engine.encodeText(p)
+  if (typeof p === 'string') return await engine.encodeText(p)
   if (Array.isArray(p) && p.every(x => typeof x === 'number')) {
     engine.checkIds(p as number[])
     return p as number[]
@@ -200,7 +200,7 @@ export function registerOpenAI (app: FastifyInstance, ctx: GatewayContext): void
     if (optBool(b, 'echo') === true) throw badRequest('echo is not supported', { param: 'echo' })
     if (b.suffix != null) throw badRequest('suffix is not supported', { param: 'suffix' })
     const format = openaiResponseFormat(b)
-    const ids = promptIds(engine, b)
+    const ids = await promptIds(engine, b)
     const logprobs = optInt(b, 'logprobs')
     if (logprobs != null && (logprobs < 0 || logprobs > MAX_TOP_LOGPROBS)) throw badRequest(`logprobs must be in 0..${MAX_TOP_LOGPROBS}`, { param: 'logprobs' })
     return await respond(ctx, {

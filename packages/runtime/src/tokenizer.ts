@@ -15,6 +15,17 @@ export interface TextTokenizer {
   readonly vocabSize: number
   /** Every token's stored string, by id (what a grammar engine needs to mask logits); absent when unknown. */
   vocabulary? (): TokenVocabulary
+  /** What it was built from, so another thread can build the same tokenizer (absent: it encodes only here). */
+  source? (): TokenizerSource
+}
+
+/** A tokenizer as data: tokenizerFromSource builds one that encodes exactly as the original. */
+export interface TokenizerSource {
+  json: Record<string, unknown>
+  config: Record<string, unknown>
+  bos: number | undefined
+  eos: number[]
+  what: string
 }
 
 /** How a vocabulary's stored strings spell bytes: xgrammar's vocabulary types. */
@@ -47,11 +58,15 @@ class HfTextTokenizer implements TextTokenizer {
   readonly #tok: Tokenizer
   /** The tokenizer.json it was built from (for `vocabulary()`). */
   readonly #json: Record<string, unknown> | undefined
+  readonly #config: Record<string, unknown>
+  readonly #what: string
   #vocabulary: TokenVocabulary | undefined
 
-  constructor (tok: Tokenizer, bosTokenId: number | undefined, eosTokenIds: number[], json?: Record<string, unknown>) {
+  constructor (tok: Tokenizer, bosTokenId: number | undefined, eosTokenIds: number[], json: Record<string, unknown> | undefined, config: Record<string, unknown>, what: string) {
     this.#tok = tok
     this.#json = json
+    this.#config = config
+    this.#what = what
     this.bosTokenId = bosTokenId
     this.eosTokenIds = eosTokenIds
     // The library writes added tokens into the model vocab array by id, so its
@@ -67,6 +82,11 @@ class HfTextTokenizer implements TextTokenizer {
     if (this.#json == null) throw new Error('this tokenizer was built without its tokenizer.json: no vocabulary to read')
     this.#vocabulary ??= vocabularyOf(this.#json)
     return this.#vocabulary
+  }
+
+  source (): TokenizerSource {
+    if (this.#json == null) throw new Error('this tokenizer was built without its tokenizer.json: it cannot be copied to another thread')
+    return { json: this.#json, config: this.#config, bos: this.bosTokenId, eos: this.eosTokenIds, what: this.#what }
   }
 
   decode (ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
@@ -100,7 +120,12 @@ function libraryTokenizer (json: Record<string, unknown>, config: Record<string,
  * with its BOS and end-of-generation ids given. `what` names the source in errors.
  */
 export function tokenizerFromJson (json: Record<string, unknown>, config: Record<string, unknown>, ids: { bos?: number, eos: number[] }, what: string): TextTokenizer {
-  return new HfTextTokenizer(libraryTokenizer(json, config, what), ids.bos, ids.eos, json)
+  return new HfTextTokenizer(libraryTokenizer(json, config, what), ids.bos, ids.eos, json, config, what)
+}
+
+/** The tokenizer a TokenizerSource describes (in a worker thread, say). */
+export function tokenizerFromSource (src: TokenizerSource): TextTokenizer {
+  return tokenizerFromJson(src.json, src.config, { bos: src.bos, eos: src.eos }, src.what)
 }
 
 /**
@@ -128,7 +153,7 @@ export async function loadTokenizer (dir: string): Promise<TextTokenizer | undef
   if (configEos !== undefined) eos.add(configEos)
   for (const id of idList(generation?.eos_token_id)) eos.add(id)
   for (const id of idList(modelConfig?.eos_token_id)) eos.add(id)
-  return new HfTextTokenizer(tok, bosTokenId, [...eos], json)
+  return new HfTextTokenizer(tok, bosTokenId, [...eos], json, config, path)
 }
 
 type JsonObject = Record<string, unknown>

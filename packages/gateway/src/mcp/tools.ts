@@ -72,7 +72,7 @@ export function createMcpServer (ctx: GatewayContext, opts: McpServerOptions = {
     outputSchema: completionOutput
   }, async ({ model, prompt, ...s }, extra) => await toolResult(async () => {
     const m = await pick(ctx, model)
-    return await complete(ctx, m, m.engine.encodeText(prompt), s, extra)
+    return await complete(ctx, m, await m.engine.encodeText(prompt), s, extra)
   }))
 
   server.registerTool('chat', {

@@ -122,7 +122,14 @@ export class ToolCalls {
     const constraint = forced?.constraint ?? run.constraint
     if (forced != null && forced.prefix !== '') {
       // The reply's opening text is part of the prompt; the context still has to hold the reply.
-      const promptIds = [...run.promptIds, ...this.engine.tokenizer.encode(forced.prefix, { addSpecialTokens: false })]
+      let prefixIds: number[]
+      try {
+        prefixIds = await this.engine.encode(this.engine.tokenizer, forced.prefix, false)
+      } catch (err) {
+        forced.constraint.dispose?.()
+        throw err
+      }
+      const promptIds = [...run.promptIds, ...prefixIds]
       run = { ...run, promptIds, maxTokens: Math.max(1, Math.min(run.maxTokens, this.engine.contextLength - promptIds.length)) }
     }
     const prefix = forced?.prefix ?? ''
