@@ -5,7 +5,9 @@
 #   (PLEXUS_SKIP_WEBGPU=1 opts out of the GPU tests altogether);
 # - a C compiler for the llama.cpp comparison tests;
 # - Chromium for the dashboard's browser test;
-# - iproute2 and iptables for the network-namespace tests (homes behind NAT, a LAN).
+# - iproute2 and iptables for the network-namespace tests (homes behind NAT, a LAN), and
+#   miniupnpd (its nftables backend, with nft) for a home router that maps ports (UPnP); the
+#   package's service stays off (its debconf default), the test runs its own in a namespace.
 # Elsewhere it says what is missing, and the tests then fail naming it.
 set -euo pipefail
 
@@ -17,11 +19,11 @@ need=()
 if [ "${PLEXUS_SKIP_WEBGPU:-}" != "1" ] && ! has_gpu && { ! have_vulkan || [ "$(mesa_major)" = "" ] || [ "$(mesa_major)" -lt 24 ]; }; then need+=(vulkan); fi
 command -v cc >/dev/null || need+=(cc)
 command -v chromium >/dev/null || need+=(chromium)
-{ command -v ip && command -v iptables && command -v tc; } >/dev/null || need+=(netns)
+{ command -v ip && command -v iptables && command -v tc && command -v nft && command -v miniupnpd; } >/dev/null || need+=(netns)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null; then
-  echo "setup-test: missing ${need[*]}: install mesa-vulkan-drivers and libvulkan1 (Mesa ≥ 24, e.g. from bookworm-backports; or set PLEXUS_SKIP_WEBGPU=1), a C compiler, chromium, iproute2 and iptables" >&2
+  echo "setup-test: missing ${need[*]}: install mesa-vulkan-drivers and libvulkan1 (Mesa ≥ 24, e.g. from bookworm-backports; or set PLEXUS_SKIP_WEBGPU=1), a C compiler, chromium, iproute2, iptables, nftables and miniupnpd" >&2
   exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
@@ -41,6 +43,6 @@ fi
 pkgs=()
 [[ " ${need[*]} " == *" cc "* ]] && pkgs+=(gcc libc6-dev)
 [[ " ${need[*]} " == *" chromium "* ]] && pkgs+=(chromium)
-[[ " ${need[*]} " == *" netns "* ]] && pkgs+=(iproute2 iptables)
+[[ " ${need[*]} " == *" netns "* ]] && pkgs+=(iproute2 iptables nftables miniupnpd)
 [ ${#pkgs[@]} -eq 0 ] || apt-get install -y -qq "${pkgs[@]}" >/dev/null
 echo "setup-test: installed ${need[*]}" >&2

@@ -1,51 +1,10 @@
 // Reachability over real networks on one machine: Linux network namespaces joined by a bridge.
 // Needs root; without it (or without iproute2/iptables) the suite fails and says why.
 import assert from 'node:assert/strict'
-import { createInterface } from 'node:readline'
-import type { ChildProcess } from 'node:child_process'
 import { NetnsTopology, netnsUnavailable } from './support/netns.ts'
+import { hopKind, ownAddrs, runIn, startIn } from './support/netns-nodes.ts'
 import { fixtureDir, golden } from './support/fixtures.ts'
-import { CLIENT_BIN, NODE_BIN } from '../scripts/lib/local-swarm.ts'
-
-/** A node's own addresses among those it announces (not the relayed ones). */
-function ownAddrs (addrs: string[]): string[] {
-  return addrs.filter(a => !a.includes('/p2p-circuit')).sort()
-}
-
-/** direct | hole-punched (WebRTC, set up through a relay) | relayed, from a connection's remote address. */
-function hopKind (addr: string): string {
-  return addr.includes('/webrtc') ? 'hole-punched' : addr.includes('/p2p-circuit') ? 'relayed' : 'direct'
-}
-
-interface Started { child: ChildProcess, ready: Record<string, any>, stderr: () => string }
-
-/** Starts `plexus-node ARGS --json` in a namespace; resolves on its ready event. */
-async function startIn (topo: NetnsTopology, ns: string, args: string[], timeoutMs = 120_000): Promise<Started> {
-  const child = topo.spawn(ns, process.execPath, [NODE_BIN, ...args, '--json'])
-  let err = ''
-  child.stderr!.on('data', (d: Buffer) => { err += d.toString() })
-  const ready = await new Promise<Record<string, any>>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${ns}: not ready within ${timeoutMs / 1000} s:\n${err}`)), timeoutMs)
-    createInterface({ input: child.stdout! }).on('line', line => {
-      try { const ev = JSON.parse(line); if (ev.event === 'ready') { clearTimeout(timer); resolve(ev) } } catch {}
-    })
-    child.once('exit', code => { clearTimeout(timer); reject(new Error(`${ns}: exited (${code}) before it was ready:\n${err}`)) })
-  })
-  return { child, ready, stderr: () => err }
-}
-
-/** Runs a command in a namespace to its end (killed after `timeoutMs`, its output kept). */
-async function runIn (topo: NetnsTopology, ns: string, args: string[], timeoutMs = 180_000, env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const child = topo.spawn(ns, process.execPath, args, { ...process.env, ...env })
-  let stdout = ''
-  let stderr = ''
-  child.stdout!.on('data', (d: Buffer) => { stdout += d.toString() })
-  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })
-  const timer = setTimeout(() => { stderr += `\n(killed after ${timeoutMs / 1000} s)`; child.kill('SIGKILL') }, timeoutMs)
-  const code = await new Promise<number | null>(resolve => child.once('exit', resolve))
-  clearTimeout(timer)
-  return { code, stdout, stderr }
-}
+import { CLIENT_BIN } from '../scripts/lib/local-swarm.ts'
 
 describe('reachability: network namespaces (needs root)', function () {
   this.timeout(600_000)

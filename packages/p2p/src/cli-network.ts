@@ -17,6 +17,7 @@ export interface NetworkOptions {
   appendAnnounce?: string[]
   relayServer: boolean
   webrtc: boolean
+  upnp: boolean
   stun?: string[]
   swarmKey?: SwarmKey
   dnsResolver?: string
@@ -49,7 +50,8 @@ export function reportMismatches (tool: string, write: (line: string) => void = 
  * The node options the flags give: `listen` defaults to every interface on port 31337 (or a
  * free one), TCP and QUIC. A bootstrap peer must be reachable: it announces its public interface addresses
  * at once and relays for others. A server with no public address (behind NAT, as far as it
- * knows) reserves a slot on relays and takes WebRTC connections, which its relay signals.
+ * knows) reserves a slot on relays and takes WebRTC connections, which its relay signals, and
+ * asks its router to forward its ports (UPnP).
  */
 export async function networkOptions (args: NetworkArgs, role: 'bootstrap' | 'join' = 'join', tool = 'plexus-node'): Promise<NetworkOptions> {
   const swarmKey = args.swarmKey != null ? await readSwarmKey(args.swarmKey) : undefined
@@ -68,6 +70,8 @@ export async function networkOptions (args: NetworkArgs, role: 'bootstrap' | 'jo
     ...(appendAnnounce.length > 0 ? { appendAnnounce } : {}),
     relayServer: args.relay ?? role === 'bootstrap',
     webrtc: args.webrtc ?? (role === 'join' && !isPublic && !onlyLoopback(listen)),
+    // an --announce'd address replaces whatever the router would map
+    upnp: args.upnp ?? (role === 'join' && !isPublic && announce == null && !onlyLoopback(listen)),
     ...(args.stun != null && args.stun.length > 0 ? { stun: args.stun } : {}),
     ...(swarmKey != null ? { swarmKey, onSwarmKeyMismatch: reportMismatches(tool) } : {}),
     ...(dnsResolver != null ? { dnsResolver } : {})

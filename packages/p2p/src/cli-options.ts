@@ -52,7 +52,8 @@ export const nodeNetworkFlags = {
   'swarm-key': { type: 'string', describe: 'Private swarm: the key file every member holds (plexus-node swarm-key --out FILE); peers without it cannot connect' },
   ...dialFlags,
   webrtc: { type: 'boolean', describe: 'Reachable through relays and WebRTC, for a node behind NAT (default: when none of its addresses is public)' },
-  relay: { type: 'boolean', describe: 'Relay connections for peers behind NAT (default: on for bootstrap peers)' }
+  relay: { type: 'boolean', describe: 'Relay connections for peers behind NAT (default: on for bootstrap peers)' },
+  upnp: { type: 'boolean', describe: 'Ask the home router (UPnP) to forward the listen ports and announce its public address; --no-upnp: never (default: on for servers listening on a private address)' }
 } as const satisfies Record<string, FlagSpec>
 
 /** --quantize's problem (the tools' usage error), if its value is no format. */

@@ -16,6 +16,9 @@ import { createResolver } from './dnsaddr.ts'
 import { swarmKeyProtector } from './swarm-key.ts'
 import { withLinkDelay } from './link-delay.ts'
 import { nodeServices } from './services.ts'
+import { portMapping } from './port-mapping.ts'
+import { peerLiveness } from './liveness.ts'
+import type { PortMapping } from './port-mapping.ts'
 import type { NodeServices } from './services.ts'
 import type { SwarmKey, SwarmKeyMismatch } from './swarm-key.ts'
 import type { Identify } from '@libp2p/identify'
@@ -49,7 +52,7 @@ let processNetwork: ProcessNetwork = {}
 export function setProcessNetwork (network: ProcessNetwork): void { processNetwork = { ...network } }
 
 /** libp2p's services of a Plexus node, and `plexus`: what the node owns besides (services.ts). */
-export type PlexusServices = { identify: Identify, ping: Ping, dht: KadDHT, plexus: NodeServices }
+export type PlexusServices = { identify: Identify, ping: Ping, dht: KadDHT, plexus: NodeServices, upnp?: PortMapping }
 export type PlexusNode = Libp2p<PlexusServices>
 
 /** Defaults chosen so a provider record of a vanished server is gone within ~3.5 minutes. */
@@ -82,6 +85,11 @@ export interface PlexusNodeInit {
    * nodes with a reachable address, e.g. the bootstrap node. Default false.
    */
   relayServer?: boolean
+  /**
+   * Asks the home router (UPnP IGD) to forward the listen ports, and announces its public address
+   * with them once it did (port-mapping.ts): peers then dial the node directly. Default false.
+   */
+  upnp?: boolean
   /** STUN servers for WebRTC (`stun:HOST:PORT`): they tell a node behind NAT its public address. Default: none (a LAN swarm may be offline). */
   stun?: string[]
   /**
@@ -107,9 +115,9 @@ export interface PlexusNodeInit {
    */
   providerValidityMs?: number
   /**
-   * Liveness pings. Default: every 2 s, timeout 1-3 s (adaptive), so a frozen peer is dropped
-   * in ~3 s. The price: a node whose event loop stalls for over ~1 s (heavy compute on the main
-   * thread, a CPU-starved machine) gets its connections dropped too; relax it there.
+   * libp2p's connection monitor, tuned. Default: off, and liveness.ts pings every connection
+   * every 2 s instead, dropping a peer silent for 3 s (a frozen peer goes in ~3–5 s) without
+   * counting the time this process itself stalled.
    */
   connectionMonitor?: ConnectionMonitorInit
   /** Route libp2p's and Plexus' logs (default: libp2p's `DEBUG=`-controlled logger). */
@@ -188,19 +196,22 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
       maxIncomingPendingConnections: 128,
       ...(keepLoopback ? { allow: ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipcidr/128'] } : {})
     },
-    // notice a frozen (SIGSTOP'd, hung) peer in ~3 s instead of ~15 s
-    connectionMonitor: init.connectionMonitor ?? { pingInterval: 2000, pingTimeout: { minTimeout: 1000, maxTimeout: 3000 } },
+    // liveness.ts instead (a frozen peer dropped in ~3 s, a stall of this process forgiven),
+    // unless a caller tunes libp2p's own monitor
+    connectionMonitor: init.connectionMonitor ?? { enabled: false },
     services: {
       identify: identify(),
       // the connection monitor pings every connection every 2 s on this protocol; with ping's
       // default of one outbound stream, a ping of our own (the dashboard's latency) that met one
       // was refused as too many streams
       ping: ping({ maxOutboundStreams: 2, maxInboundStreams: 4 }),
+      ...(init.connectionMonitor == null ? { liveness: peerLiveness() } : {}),
       plexus: nodeServices({ network: { resolver, ...(swarmKey != null ? { swarmKey } : {}) }, reputation, budget: { maxBytes: init.maxBufferedBytes } }),
       ...(init.relayServer === true ? { relay: circuitRelayServer(RELAY_LIMITS) } : {}),
       // a relayed connection becomes a direct one when either side has a public address the other
       // can dial (the NATed side dials back); two NATed peers meet over WebRTC (ICE) instead
       ...(viaRelays ? { dcutr: dcutr() } : {}),
+      ...(init.upnp === true ? { upnp: portMapping() } : {}),
       // confirms (or refutes) the public addresses peers observe for us before we announce them;
       // as a server it dials back others' addresses, a bounded number at a time
       autoNAT: autoNATv2(),

@@ -1,6 +1,6 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
-import { bootstrapOrDefault, bootstrapRecords, createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey, networkOptions, runSwarmKey, configureLogging, createLog, progressReporter, progressStyle, reachability, settledReachability, quantizeFormat } from '@plexus/p2p'
+import { bootstrapOrDefault, bootstrapRecords, createPlexusNode, dialBootstrap, keepBootstrapped, loadOrCreateKey, networkOptions, runSwarmKey, configureLogging, createLog, progressReporter, progressStyle, reachability, settledReachability, portMapped, quantizeFormat } from '@plexus/p2p'
 import type { PlexusNode, Log } from '@plexus/p2p'
 import { freemem } from 'node:os'
 import { initBackend, openModel, loadManifest, shortId, withQuantization, PLEXUS_VERSION, UsageError } from '@plexus/runtime'
@@ -69,6 +69,12 @@ function fullAddrs (node: PlexusNode): string[] {
   return node.getMultiaddrs().map(a => a.toString())
 }
 
+/** The ready event's `mapped`: the addresses the router forwards (UPnP), when it does. */
+function mappedField (node: PlexusNode): { mapped?: string[] } {
+  const mapped = portMapped(node)
+  return mapped.length > 0 ? { mapped } : {}
+}
+
 export { runSwarmKey }
 
 export async function runBootstrap (args: BootstrapArgs): Promise<void> {
@@ -122,7 +128,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
   if (args.verify === true) {
     const [start, end] = blocks ?? [0, cfg.numLayers]
     const verifier = await VerifierNode.start({ node, privateKey, checkpoint: ckpt, manifest }, { start, end, tolerance: args.tolerance, maxSessions: args.maxSessions, maxRechecks: args.maxRechecks, maxChecksPerPeer: args.maxChecksPerPeer, maxRechecksPerPeer: args.maxRechecksPerPeer, onProgress })
-    const ready = { peerId: node.peerId.toString(), addrs, role: 'verifier' as const, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start, end, backend: backendName, reachable: reachability(node) }
+    const ready = { peerId: node.peerId.toString(), addrs, role: 'verifier' as const, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start, end, backend: backendName, reachable: reachability(node), ...mappedField(node) }
     emit('ready', readyLine(ready), { ...ready, tolerance: verifier.verifier.tolerance })
     onShutdown(log, async () => {
       await verifier.stop()
@@ -163,6 +169,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
       maxLifetimeMs: args.maxSessionLifetime * 1000
     },
     offersHead: args.offerHead,
+    forwarding: args.forwarding,
     rebalanceMs: args.rebalanceInterval * 1000,
     balanceFactor: args.balanceFactor,
     remeasure: args.remeasure,
@@ -172,7 +179,7 @@ export async function runJoin (args: JoinArgs): Promise<void> {
       const urls: Record<string, string> = {}
       if (metricsServer != null) urls.metrics = `http://${args.metricsHost}:${metricsServer.port}/metrics`
       if (dashboard != null) urls.dashboard = dashboard.url
-      const ready = { peerId: node.peerId.toString(), role: 'server' as const, backend: backendName, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start: span.start, end: span.end, format: member?.weightFormat, throughput: span.throughput, addrs: fullAddrs(node), reachable: reachability(node), urls }
+      const ready = { peerId: node.peerId.toString(), role: 'server' as const, backend: backendName, modelId: manifest.id, modelName: manifest.name, numBlocks: cfg.numLayers, start: span.start, end: span.end, format: member?.weightFormat, throughput: span.throughput, addrs: fullAddrs(node), reachable: reachability(node), ...mappedField(node), urls }
       emit(event, event === 'ready' ? readyLine(ready) : `moved: now serving ${what}`,
         { ...ready, throughput: span.throughput.tokensPerSecond, throughputMeasuredAt: new Date(span.throughput.measuredAt).toISOString(), throughputCached: span.throughput.cached, metricsPort: metricsServer?.port, dashboardPort: dashboard?.port })
     }
