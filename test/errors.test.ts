@@ -23,7 +23,7 @@ describe('errors: one vocabulary', () => {
     const names = classes.map(([n]) => n)
     for (const expected of ['UsageError', 'ConfigError', 'ConfigFileError', 'CheckpointError', 'GgufError', 'WeightsMismatchError', 'BackendError',
       'SpanError', 'RecordError', 'NoRouteError', 'RemoteError', 'PeerFailure', 'ModelFetchError', 'ModelFilesMismatchError', 'TrustError',
-      'SwarmUnreachableError', 'SpeculativeError', 'SwarmKeyError', 'DnsAddrError', 'TemplateError', 'KeyFileError', 'TokenizerError']) {
+      'SwarmUnreachableError', 'SpeculativeError', 'SwarmKeyError', 'DnsAddrError', 'TemplateError', 'KeyFileError', 'TokenizerError', 'PeerSilentError']) {
       assert.ok(names.includes(expected), `${expected} is not a PlexusError`)
     }
     for (const [name, C] of classes) {

@@ -57,8 +57,9 @@ describe('server-to-server forwarding with real server processes', function () {
     swarm = await startSwarm(model, SPANS)
     for (const b of SPANS) await swarm.add(`spare[${b}]`, model, b)
     node = await connectSwarm([swarm.bootstrapAddr])
-    relayed = await openSwarm(node, { dir: model })
-    forwarded = await openSwarm(node, { dir: model, forward: true })
+    relayed = await openSwarm(node, { dir: model, forward: false })
+    // forwarding is the default
+    forwarded = await openSwarm(node, { dir: model })
     modelId = forwarded.manifest!.id
   })
 
@@ -264,6 +265,64 @@ describe('spot checks on a forwarded route', function () {
       // under checks every hop returns its output as well (so none can tell which hop is checked): no bare `forwarded`
       assert.ok(hops.every(h => h.forwardedSteps === 0) && hops.every(h => h.committedSteps > 0))
       assert.equal(hops[1].init.prev, session.route[0].peer, 'the second hop is fed by the first, not by the client')
+    } finally { await m.close() }
+  })
+})
+
+describe('a route through a server that does not forward', function () {
+  this.timeout(300_000)
+  const MAX = 10
+  let dir: string
+  let model: string
+  let swarm: LocalSwarm
+  let node: PlexusNode
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'plexus-no-forwarding-'))
+    model = join(dir, 'tiny6')
+    await makeModel({ shape: 'tiny', layers: 6, out: model, seed: 5, name: 'tiny6' })
+    await initBackend('wasm')
+    swarm = await startSwarm(model, [])
+    await Promise.all([swarm.add('first[0:3]', model, '0:3', ['--no-forwarding']), swarm.add('second[3:6]', model, '3:6')])
+    node = await connectSwarm([swarm.bootstrapAddr])
+  })
+
+  after(async () => {
+    await node?.stop()
+    await swarm?.stop()
+    if (dir != null) await rm(dir, { recursive: true, force: true })
+  })
+
+  it('is relayed by the client: the same tokens, the server kept (not banned), rejected drafts rolled back', async () => {
+    const rand = seededRandom(8)
+    const prompt = Array.from({ length: 9 }, () => 3 + Math.floor(rand() * 500))
+    const local = await openLocal(model)
+    const reference = (await generate(local.head, await local.session(prompt.length + MAX), prompt, { maxTokens: MAX })).tokenIds
+    await local.close()
+    const m = await openSwarm(node, { dir: model })
+    try {
+      const session = await m.session(prompt.length + MAX) as SwarmSession
+      const first = swarm.nodes.find(n => n.name === 'first[0:3]')!
+      assert.equal(session.route[0].peer, first.peerId)
+      const r = await generate(m.head, session, prompt, { maxTokens: MAX })
+      assert.deepEqual(r.tokenIds, reference)
+      const hops = hopSessions(session)
+      assert.deepEqual(hops.map(h => h.forwardedSteps), [0, 0], 'no hop forwarded')
+      assert.deepEqual(hops.map(h => h.committedSteps), [MAX, MAX], 'every step came back to the client, committed')
+      assert.equal(hops[1].init.prev, undefined, 'the second hop is fed by the client')
+      // a rollback rides on the next step through the relayed route too
+      await session.truncate(prompt.length + 3)
+      const x = m.head.embed([reference[3]])
+      const again = await session.forward(x, 1)
+      const local2 = await openLocal(model)
+      const ls = await local2.session(prompt.length + MAX)
+      await ls.forward(m.head.embed([...prompt, ...reference.slice(0, 3)]), prompt.length + 3)
+      const want = await ls.forward(m.head.embed([reference[3]]), 1)
+      await local2.close()
+      let d = 0
+      for (let i = 0; i < want.length; i++) d = Math.max(d, Math.abs(want[i] - again[i]))
+      assert.ok(d < 1e-3, `after the rollback the hidden states differ by ${d}`)
+      await session.close()
     } finally { await m.close() }
   })
 })

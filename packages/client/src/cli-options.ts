@@ -24,7 +24,7 @@ export const networkFlags = {
 export const placementFlags = {
   local: { type: 'boolean', default: false, describe: 'Run every block in this process (no swarm)' },
   'wire-dtype': { choices: ['f32', 'f16', 'bf16'], default: 'f32', describe: 'Activation precision on the wire (f16 halves traffic)' },
-  forward: { type: 'boolean', default: false, describe: 'Servers push activations straight to the next server of the route (n + 1 transfers per token instead of 2n); --no-forward: every hop answers the client' }
+  forward: { type: 'boolean', default: true, describe: 'Servers push activations straight to the next server of the route (n + 1 transfers per token instead of 2n; relayed by the client where servers cannot reach each other); --no-forward: every hop answers the client' }
 } as const satisfies Record<string, Options>
 
 /** How this machine computes its parts of a model, and where models fetched from the swarm are kept. */

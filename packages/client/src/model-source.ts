@@ -113,7 +113,7 @@ export interface SwarmModelInit {
   /** Verifiers whose fraud reports and reputation records are believed on their own. */
   trustedVerifiers?: string[]
   onAudit?: (e: AuditEvent) => void
-  /** Servers push activations to the next server instead of back through this client. Default false. */
+  /** Servers push activations to the next server instead of back through this client (relayed where they cannot). Default true. */
   forward?: boolean
 }
 

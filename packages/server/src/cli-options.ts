@@ -64,7 +64,8 @@ export const verifierFlags = {
   'max-rechecks': { type: 'number', describe: 'With --verify: fraud reports re-computed at once (default 2; 8 more may wait, others are refused busy)' },
   'max-checks-per-peer': { type: 'number', describe: 'With --verify: checks one peer may have in progress at once (default 4; busy beyond)' },
   'max-rechecks-per-peer': { type: 'number', describe: 'With --verify: re-checks one peer may have in progress at once (default 1; busy beyond)' },
-  'offer-head': { type: 'boolean', describe: "Hand out the model's client parts (default: when serving the first or last block)" }
+  'offer-head': { type: 'boolean', describe: "Hand out the model's client parts (default: when serving the first or last block)" },
+  forwarding: { type: 'boolean', default: true, describe: "Push activations to the next server of a client's route when it asks (--no-forwarding: refuse; such clients relay that route themselves)" }
 } as const satisfies Record<string, Options>
 
 export const swarmKeyFlags = {

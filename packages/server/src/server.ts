@@ -31,6 +31,8 @@ export interface PlexusServerInit {
   /** This node can hand out the model's client parts (embeddings, head, tokenizer). */
   offersHead?: boolean
   maxInboundStreams?: number
+  /** Push activations to the next server when a client's route asks (default); false: refuse, the client relays. */
+  forwarding?: boolean
 }
 
 /**
@@ -86,7 +88,7 @@ export class PlexusServer {
       set = new BackendSet()
       services.sessions = set
       // steps and errors count into the node's metrics, if it keeps any (node-services.ts)
-      await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log, privateKey: this.c.privateKey, dialer: node, peerId: node.peerId.toString(), budget: services.budget }, {
+      await node.handle(SESSION_PROTOCOL, createSessionHandler({ backends: set, log: this.log, privateKey: this.c.privateKey, dialer: this.init.forwarding === false ? undefined : node, peerId: node.peerId.toString(), budget: services.budget }, {
         onStep: (info) => { services.metrics?.step(info) },
         onError: (code) => { services.metrics?.error(code) }
       }), {

@@ -31,6 +31,8 @@ export interface SwarmMemberInit {
   /** Per-peer, per-step and per-session limits (docs/security.md). */
   budgets?: SessionBudgets
   offersHead?: boolean
+  /** Push activations to the next server of a forwarded route (default true). */
+  forwarding?: boolean
   /** How often to consider moving, ms (0: never). */
   rebalanceMs?: number
   /** Move only if the swarm's bottleneck throughput rises by this factor. */
@@ -171,7 +173,7 @@ export class SwarmMember {
     const measured = await cachedThroughput(runner, cfg.hiddenSize, { modelId: manifest.id, backend: this.init.backend, cacheDir: this.init.cacheDir, remeasure: this.init.remeasure })
     const throughput = measured.tokensPerSecond
     const server = new PlexusServer({ node: this.c.node, privateKey: this.c.privateKey, backend, manifest, checkpoint: ckpt }, {
-      throughput, backend: this.init.backend, format: this.format, offersHead: this.init.offersHead ?? (ckpt.format === 'safetensors' && (start === 0 || end === cfg.numLayers)),
+      throughput, backend: this.init.backend, format: this.format, offersHead: this.init.offersHead ?? (ckpt.format === 'safetensors' && (start === 0 || end === cfg.numLayers)), forwarding: this.init.forwarding,
       // session streams per connection (so per peer): each session's own, and as many feeds
       // from a previous hop forwarding its clients' sessions, never more than maxSessions each
       maxInboundStreams: 2 * this.init.maxSessions + 16

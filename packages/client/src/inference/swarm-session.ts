@@ -45,7 +45,9 @@ export interface SwarmSessionInit {
   busyWaitMs?: number
   /**
    * Servers push activations straight to the next server (forwarded-route.ts) instead of back
-   * through this client. A failed hop then rebuilds the whole route and replays the inputs.
+   * through this client (default; false: every hop answers the client). A failed hop then
+   * rebuilds the whole route and replays the inputs. A route whose servers cannot reach each
+   * other is relayed by the client instead.
    */
   forward?: boolean
 }
@@ -78,6 +80,8 @@ export class SwarmSession implements SessionPipeline {
   private retired: HopAudit[] = []
   private repairs = 0
   private closed = false
+  /** A server of this session's route could not (or would not) push to its next hop: relayed from then on. */
+  private relayed = false
 
   private constructor (components: SwarmSessionComponents, init: SwarmSessionInit) {
     this.c = components
@@ -139,12 +143,20 @@ export class SwarmSession implements SessionPipeline {
       try {
         if (this.forwarding) {
           const base = { modelId: this.init.modelId, maxLength: this.init.maxLength, hiddenSize: this.init.hiddenSize, dtype: this.init.dtype, stepTimeoutMs: this.init.stepTimeoutMs }
-          const sessions = await openForwarded(this.c.dialer, route.hops, hop => ({ ...base, target: this.c.source.target(hop.peer) }), {
-            addrs: peer => this.c.source.addrs?.(peer) ?? [],
-            // every hop or none: a server must not tell whether its hop is checked
-            returnOutputs: this.c.auditor != null
-          })
-          return sessions.map((session, i) => ({ hop: route.hops[i], session, history: [], audit: this.c.auditor?.newHop(route.hops[i].peer, session.sessionId, route.hops[i].start, route.hops[i].end) }))
+          try {
+            const sessions = await openForwarded(this.c.dialer, route.hops, hop => ({ ...base, target: this.c.source.target(hop.peer) }), {
+              addrs: peer => this.c.source.addrs?.(peer) ?? [],
+              // every hop or none: a server must not tell whether its hop is checked
+              returnOutputs: this.c.auditor != null
+            })
+            return sessions.map((session, i) => ({ hop: route.hops[i], session, history: [], audit: this.c.auditor?.newHop(route.hops[i].peer, session.sessionId, route.hops[i].start, route.hops[i].end) }))
+          } catch (err) {
+            // servers that cannot reach each other (NAT, firewalls) or do not forward: the
+            // client carries each hop's output itself, on the same route
+            if (!(err instanceof RemoteError && err.code === 'next-hop')) throw err
+            log.info(`server ${err.peer.slice(-8)} cannot forward to its next hop (${err.message}); relaying this session through the client`)
+            this.relayed = true
+          }
         }
         for (const hop of route.hops) {
           const session = await RemoteSpanSession.open(this.c.dialer, {
@@ -165,7 +177,7 @@ export class SwarmSession implements SessionPipeline {
   }
 
   /** Forwarded mode: each step goes through the servers without coming back here in between. */
-  private get forwarding (): boolean { return this.init.forward === true }
+  private get forwarding (): boolean { return this.init.forward !== false && !this.relayed }
 
   async forward (hidden: Float32Array, tokens: number): Promise<Float32Array> {
     if (this.closed) throw new Error('session is closed')
@@ -234,6 +246,8 @@ export class SwarmSession implements SessionPipeline {
   /** A step through the forwarded route; a failed hop rebuilds the route and replays the inputs first. */
   private async forwardRouted (hidden: Float32Array, tokens: number): Promise<Float32Array> {
     for (;;) {
+      // a rebuilt route may have fallen back to relaying
+      if (!this.forwarding) return await this.forward(hidden, tokens)
       try {
         return await this.runRouted(hidden, tokens)
       } catch (err: any) {
@@ -260,7 +274,7 @@ export class SwarmSession implements SessionPipeline {
       try {
         this.hops = []
         this.hops = await this.openRoute(0, this.init.numBlocks)
-        if (past.length > 0) await this.runRouted(past, past.length / this.init.hiddenSize)
+        if (past.length > 0) await this.replay(past, past.length / this.init.hiddenSize)
         log.info(`rerouted through ${this.hops.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
         return
       } catch (e: any) {
@@ -269,6 +283,12 @@ export class SwarmSession implements SessionPipeline {
         err = e
       }
     }
+  }
+
+  /** Feeds a fresh route the first `length` positions again (their embeddings). */
+  private async replay (x: Float32Array, length: number): Promise<void> {
+    if (this.forwarding) { await this.runRouted(x, length); return }
+    for (const live of this.hops) x = await this.runHop(live, x, length)
   }
 
   /** One step through the forwarded route, remembered for replay and for spot checks. */
@@ -338,9 +358,7 @@ export class SwarmSession implements SessionPipeline {
     await this.dropHops()
     this.hops = await this.openRoute(0, this.init.numBlocks)
     if (length === 0) return
-    let x: Float32Array = embeddings.slice()
-    if (this.forwarding) await this.runRouted(x, length)
-    else for (const live of this.hops) x = await this.runHop(live, x, length)
+    await this.replay(embeddings.slice(), length)
     log.info(`replayed ${length} positions through ${this.hops.map(r => `${r.hop.peer.slice(-8)}[${r.hop.start},${r.hop.end})`).join(' → ')}`)
   }
 

@@ -23,7 +23,8 @@ async function route (s: SessionStream, msg: OpenMessage, backend: BlockBackend)
   const { dialer, peerId } = s.components
   let next: Forwarder | undefined
   if (msg.next != null) {
-    if (dialer == null) throw new ProtocolError('bad-request', 'this server does not forward to a next hop')
+    // next-hop: the client relays this route itself instead (it is not this server's fault)
+    if (dialer == null) throw new ProtocolError('next-hop', 'this server does not forward to a next hop (--no-forwarding)')
     if (msg.next.peer === peerId) throw new ProtocolError('bad-request', 'a route cannot forward a server to itself')
     next = await Forwarder.open(dialer, msg.next, { signal: AbortSignal.timeout(10_000), maxFrameBytes: s.frameLimit() })
   }
