@@ -207,40 +207,18 @@ function multiaddrOf (addr: string, peer: string): Multiaddr {
 describe('spot checks on a forwarded route', function () {
   this.timeout(300_000)
   const MAX = 10
-  let dir: string
-  let model: string
-  let prompt: number[]
-  let reference: number[]
-  let swarm: LocalSwarm
-  let node: PlexusNode
-
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'plexus-forwarding-verify-'))
-    model = join(dir, 'tiny6')
-    await makeModel({ shape: 'tiny', layers: 6, out: model, seed: 31, name: 'tiny6' })
-    await initBackend('wasm')
-    const rand = seededRandom(3)
-    prompt = Array.from({ length: 9 }, () => 3 + Math.floor(rand() * 500))
-    const local = await openLocal(model)
-    reference = (await generate(local.head, await local.session(prompt.length + MAX), prompt, { maxTokens: MAX })).tokenIds
-    await local.close()
-    swarm = await startSwarm(model, [])
-    // the cheater perturbs every output by 5% of its RMS; it is the only holder of blocks 0–2 when the route opens
-    await Promise.all([
-      swarm.add('cheater[0:3]', model, '0:3', ['--fault-perturb', '1,0.05']),
-      swarm.add('honest[3:6]', model, '3:6'),
-      swarm.add('verifier', model, undefined, ['--verify'])
-    ])
-    node = await connectSwarm([swarm.bootstrapAddr])
-  })
-
-  after(async () => {
-    await node?.stop()
-    await swarm?.stop()
-    if (dir != null) await rm(dir, { recursive: true, force: true })
-  })
+  // the cheater perturbs every output by 5% of its RMS; it is the only holder of blocks 0–2 when the route opens
+  const t = tinySwarm('forwarding-verify', 31, async (swarm, model) => await Promise.all([
+    swarm.add('cheater[0:3]', model, '0:3', ['--fault-perturb', '1,0.05']),
+    swarm.add('honest[3:6]', model, '3:6'),
+    swarm.add('verifier', model, undefined, ['--verify'])
+  ]))
 
   it('every hop is checked; the cheater is caught, the route rebuilt and forwarded again: honest tokens', async () => {
+    const { swarm, node, model } = t
+    const rand = seededRandom(3)
+    const prompt = Array.from({ length: 9 }, () => 3 + Math.floor(rand() * 500))
+    const reference = await localTokens(model, prompt, MAX)
     const events: AuditEvent[] = []
     const m = await openSwarm(node, { dir: model, forward: true, trust: 'verified', checkRate: 1, checkEvery: 2, onAudit: e => { events.push(e) } })
     try {
@@ -272,33 +250,13 @@ describe('spot checks on a forwarded route', function () {
 describe('a route through a server that does not forward', function () {
   this.timeout(300_000)
   const MAX = 10
-  let dir: string
-  let model: string
-  let swarm: LocalSwarm
-  let node: PlexusNode
-
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'plexus-no-forwarding-'))
-    model = join(dir, 'tiny6')
-    await makeModel({ shape: 'tiny', layers: 6, out: model, seed: 5, name: 'tiny6' })
-    await initBackend('wasm')
-    swarm = await startSwarm(model, [])
-    await Promise.all([swarm.add('first[0:3]', model, '0:3', ['--no-forwarding']), swarm.add('second[3:6]', model, '3:6')])
-    node = await connectSwarm([swarm.bootstrapAddr])
-  })
-
-  after(async () => {
-    await node?.stop()
-    await swarm?.stop()
-    if (dir != null) await rm(dir, { recursive: true, force: true })
-  })
+  const t = tinySwarm('no-forwarding', 5, async (swarm, model) => await Promise.all([swarm.add('first[0:3]', model, '0:3', ['--no-forwarding']), swarm.add('second[3:6]', model, '3:6')]))
 
   it('is relayed by the client: the same tokens, the server kept (not banned), rejected drafts rolled back', async () => {
     const rand = seededRandom(8)
+    const { swarm, node, model } = t
     const prompt = Array.from({ length: 9 }, () => 3 + Math.floor(rand() * 500))
-    const local = await openLocal(model)
-    const reference = (await generate(local.head, await local.session(prompt.length + MAX), prompt, { maxTokens: MAX })).tokenIds
-    await local.close()
+    const reference = await localTokens(model, prompt, MAX)
     const m = await openSwarm(node, { dir: model })
     try {
       const session = await m.session(prompt.length + MAX) as SwarmSession
@@ -326,5 +284,33 @@ describe('a route through a server that does not forward', function () {
     } finally { await m.close() }
   })
 })
+
+/** A swarm of a 6-block tiny model for one describe block: `add` starts its servers. */
+function tinySwarm (tag: string, seed: number, add: (swarm: LocalSwarm, model: string) => Promise<unknown>): { model: string, swarm: LocalSwarm, node: PlexusNode } {
+  const t = {} as { model: string, swarm: LocalSwarm, node: PlexusNode, dir?: string }
+  before(async () => {
+    t.dir = await mkdtemp(join(tmpdir(), `plexus-${tag}-`))
+    t.model = join(t.dir, 'tiny6')
+    await makeModel({ shape: 'tiny', layers: 6, out: t.model, seed, name: 'tiny6' })
+    await initBackend('wasm')
+    t.swarm = await startSwarm(t.model, [])
+    await add(t.swarm, t.model)
+    t.node = await connectSwarm([t.swarm.bootstrapAddr])
+  })
+  after(async () => {
+    await t.node?.stop()
+    await t.swarm?.stop()
+    if (t.dir != null) await rm(t.dir, { recursive: true, force: true })
+  })
+  return t
+}
+
+/** Greedy tokens of one process. */
+async function localTokens (model: string, prompt: number[], max: number): Promise<number[]> {
+  const local = await openLocal(model)
+  try {
+    return (await generate(local.head, await local.session(prompt.length + max), prompt, { maxTokens: max })).tokenIds
+  } finally { await local.close() }
+}
 
 function hopSessions (s: SwarmSession): any[] { return (s as any).hops.map((h: any) => h.session) }
