@@ -20,23 +20,27 @@ const { values: a } = parseArgs({
     draft: { type: 'string', default: 'prompt-lookup,same,blocks:2' },
     'link-ms': { type: 'string', default: '0' },
     topology: { type: 'string', default: 'forwarded' },
-    forward: { type: 'boolean', default: false },
+    forward: { type: 'boolean', default: true },
+    netem: { type: 'string', default: '0' },
     repeat: { type: 'string', default: '3' },
     'json-only': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false }
-  }
+  },
+  allowNegative: true
 })
 if (a.help === true) {
   process.stdout.write(`usage: npm run bench:speculative -- [--model DIR | --shape small|tinyllama] [--prompt-tokens N] [--tokens N]
-       [--speculate K[,K…]] [--draft prompt-lookup,same,blocks:N] [--forward] [--link-ms MS] [--topology forwarded|direct] [--repeat N] [--json-only]
+       [--speculate K[,K…]] [--draft prompt-lookup,same,blocks:N] [--no-forward] [--netem MS | --link-ms MS] [--topology forwarded|direct] [--repeat N] [--json-only]
 
 Starts a bootstrap peer and 3 plexus-node processes (a third of the blocks each) on 127.0.0.1 and
 generates greedily through them: plainly, then speculatively with each draft (prompt-lookup; same:
 the whole model on this machine, which accepts every draft and so bounds the gain; blocks:N: its
-first N blocks and head) at each k. --link-ms adds a simulated one-way delay per link at the client
-(loopback has ~none): per step, (hops + 1) links when servers forward to each other (forwarded),
-2 per hop when every hop answers the client (direct); a truncate costs one round trip (2 links).
---forward: the servers really forward each step to the next server (plexus-client --forward).
+first N blocks and head) at each k. --netem MS: every process (servers, bootstrap, this client)
+delays each byte it sends by MS (PLEXUS_LINK_DELAY_MS, as bench:swarm --netem). --link-ms MS
+instead sleeps at the client per step: (hops + 1) links when servers forward to each other
+(forwarded), 2 per hop when every hop answers the client (direct). A rollback costs no link of its
+own (it rides on the next step). --no-forward: every hop answers the client (default: the servers
+forward each step to the next server).
 Every configuration runs once per round, --repeat rounds (3) interleaved; figures are medians, and
 "vs plain" is the median of each round's ratio.\n`)
   process.exit(0)
@@ -48,6 +52,11 @@ const genLen = Number(a.tokens)
 const ks = a.speculate!.split(',').map(Number)
 const drafts = a.draft!.split(',')
 const linkMs = Number(a['link-ms'])
+const netemMs = Number(a.netem)
+if (!Number.isFinite(netemMs) || netemMs < 0) throw new Error(`--netem: a number of milliseconds >= 0, not ${a.netem}`)
+if (netemMs > 0 && linkMs > 0) throw new Error('--netem and --link-ms: one delay or the other')
+// before any node starts: the servers inherit it, and this process's node reads it
+if (netemMs > 0) process.env.PLEXUS_LINK_DELAY_MS = String(netemMs)
 const repeats = Number(a.repeat)
 const topology = a.topology === 'direct' ? 'direct' : 'forwarded'
 const cfg = await readModelConfig(dir)
@@ -73,7 +82,8 @@ function overLinks (s: SwarmSession, hops: number, times: StepTimes): SessionPip
       times.set(tokens, [...(times.get(tokens) ?? []), performance.now() - t0])
       return out
     },
-    truncate: async (length: number) => { w.truncates++; if (linkMs > 0) await sleep(2 * linkMs); await s.truncate(length) },
+    // no round trip: the next step carries the rewind
+    truncate: async (length: number) => { w.truncates++; await s.truncate(length) },
     close: async () => { await s.close() }
   }
   return w
@@ -166,7 +176,7 @@ try {
 
 const result = {
   model: dir, backend, shape: { hidden: cfg.hiddenSize, layers: cfg.numLayers, vocab: cfg.vocabSize }, spans,
-  prompt_tokens: promptLen, generated_tokens: genLen, repeats, forwarded: a.forward === true, link_ms: linkMs, topology: linkMs > 0 ? topology : 'loopback', runs: rows
+  prompt_tokens: promptLen, generated_tokens: genLen, repeats, forwarded: a.forward === true, netem_ms: netemMs, link_ms: linkMs, topology: linkMs > 0 ? topology : netemMs > 0 ? 'netem' : 'loopback', runs: rows
 }
 if (a['json-only'] !== true) {
   const f = (n: number | undefined, d = 1): string => n == null ? '' : n.toFixed(d)
@@ -178,6 +188,6 @@ if (a['json-only'] !== true) {
   ]
   const w = table[0].map((_, i) => Math.max(...table.map(r => r[i].length)))
   for (const r of table) process.stdout.write('| ' + r.map((c, i) => c.padEnd(w[i])).join(' | ') + ' |\n')
-  process.stdout.write(`${genLen} tokens after a ${promptLen}-token prompt; ${linkMs > 0 ? `${linkMs} ms per link (simulated, ${topology})` : 'loopback, no added delay'}\n`)
+  process.stdout.write(`${genLen} tokens after a ${promptLen}-token prompt; ${linkMs > 0 ? `${linkMs} ms per link (simulated, ${topology})` : netemMs > 0 ? `${netemMs} ms one way on every link (PLEXUS_LINK_DELAY_MS)` : 'loopback, no added delay'}; ${a.forward === true ? 'forwarded' : 'client-relayed'} routes\n`)
 }
 process.stdout.write(JSON.stringify(result) + '\n')
