@@ -112,6 +112,34 @@ describe('server-to-server forwarding with real server processes', function () {
     assert.deepEqual(forwardedF16.forwardedSteps, [steps, steps, 0])
   })
 
+  it('a stopped (SIGSTOP) middle server of a forwarded route is routed around within 6 s: same tokens', async () => {
+    const session = await forwarded.session(prompt.length + MAX_TOKENS) as SwarmSession
+    const victim = processOf(session.route[1].peer)
+    let n = 0
+    let stoppedAt = 0
+    let slowest = 0
+    let last = performance.now()
+    const r = await generate(forwarded.head, session, prompt, {
+      maxTokens: MAX_TOKENS,
+      onToken: () => {
+        const now = performance.now()
+        if (stoppedAt > 0) slowest = Math.max(slowest, now - last)
+        last = now
+        if (++n === 4) { victim.child.kill('SIGSTOP'); stoppedAt = now }
+      }
+    })
+    await session.close()
+    victim.child.kill('SIGKILL')
+    await victim.stop()
+    assert.deepEqual(r.tokenIds, reference)
+    assert.ok(!session.route.some(h => h.peer === victim.peerId))
+    // the client's liveness pings drop the silent server (a 2 s beat, a 3 s deadline); the rebuild replays
+    assert.ok(slowest < 6000, `the hung server was routed around in ${slowest.toFixed(0)} ms`)
+    // a spare again for the tests below
+    swarm.nodes.splice(swarm.nodes.indexOf(victim), 1)
+    await swarm.add(`respawn[${victim.ready.start}:${victim.ready.end}]`, model, `${victim.ready.start}:${victim.ready.end}`)
+  })
+
   for (const [position, hop] of [['middle', 1], ['first', 0], ['last', 2]] as const) {
     it(`kill -9 of the ${position} server of a forwarded route during decode: same tokens`, async () => {
       const session = await forwarded.session(prompt.length + MAX_TOKENS) as SwarmSession

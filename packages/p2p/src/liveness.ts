@@ -110,6 +110,8 @@ export class PeerLiveness implements Startable {
         stream!.addEventListener('close', (evt: any) => { if (got < PING_BYTES) reject(evt.error ?? new Error('the ping stream closed')) }, { once: true })
         signal.addEventListener('abort', () => { reject(signal.reason) }, { once: true })
       })
+      // a failure before it is awaited (send throwing on a closing stream) is the catch's below
+      echo.catch(() => {})
       stream.send(sent)
       await echo
       conn.rtt = Date.now() - t0

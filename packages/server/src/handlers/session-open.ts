@@ -4,6 +4,13 @@ import { Forwarder } from '../forwarder.ts'
 import type { BlockBackend } from '../backend.ts'
 import type { SessionStream } from './session-context.ts'
 
+/**
+ * How long a server tries to reach its next hop. Well within the client's wait for `opened`
+ * (10 s), so a next hop this server cannot reach (behind a symmetric NAT: WebRTC gives up after
+ * seconds) is answered `next-hop` in time for the client to relay the route itself.
+ */
+const FORWARD_DIAL_MS = 5000
+
 /** `open`: a session on the span serving its blocks; a forwarded route dials its next hop first. */
 export async function handleOpen (s: SessionStream, msg: OpenMessage): Promise<void> {
   const { backends } = s.components
@@ -26,7 +33,7 @@ async function route (s: SessionStream, msg: OpenMessage, backend: BlockBackend)
     // next-hop: the client relays this route itself instead (it is not this server's fault)
     if (dialer == null) throw new ProtocolError('next-hop', 'this server does not forward to a next hop (--no-forwarding)')
     if (msg.next.peer === peerId) throw new ProtocolError('bad-request', 'a route cannot forward a server to itself')
-    next = await Forwarder.open(dialer, msg.next, { signal: AbortSignal.timeout(10_000), maxFrameBytes: s.frameLimit() })
+    next = await Forwarder.open(dialer, msg.next, { signal: AbortSignal.timeout(FORWARD_DIAL_MS), maxFrameBytes: s.frameLimit() })
   }
   s.routes.add(msg.sessionId, {
     backend,
