@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url'
 import { rmSync } from 'node:fs'
 import { readModelConfig, seededRandom } from '@plexus/runtime'
 import { NetnsTopology, netnsUnavailable } from '../test/support/netns.ts'
+import type { DelayMethod } from '../test/support/netns.ts'
 import { benchModel, median, onExit } from './lib/bench-common.ts'
 import { NODE_BIN } from './lib/local-swarm.ts'
 
@@ -32,8 +33,9 @@ endpoint-independent, home 2 symmetric) and a client in a third home. For each r
 server holding every block, in turn on the public network (direct), in home 1 (hole-punched over
 WebRTC) and in home 2 (relayed), generates greedily from the client for --rounds rounds, and prints
 the median decode step (ms/token) with the connection kind each hop's stream was seen on.
---delay-ms adds tc netem delay to every home's uplink when the kernel has sch_netem; without it
-the run says so and goes on undelayed. Without --model, a random-weight model of --shape is made
+--delay-ms delays what every home router sends out of its uplink (one way) by N ms: tc netem
+where the kernel has sch_netem, otherwise a userspace delay link (scripts/lib/delay-link.c,
+compiled with cc on first use); the output says which. Without --model, a random-weight model of --shape is made
 once in the system temp folder. Everything it makes is removed on exit and on Ctrl-C.\n`)
   process.exit(0)
 }
@@ -93,19 +95,19 @@ const keyFile = `/tmp/${topo.prefix}-bootstrap.key`
 const removeKey = onExit(() => rmSync(keyFile, { force: true }))
 interface RouteResult { route: string, server: string, reachable: string, hop_kinds: string[], hop_addrs: string[], verified: boolean, ms_per_token: number, compute_ms_per_token: number, network_ms_per_token: number, steps: number, rounds: number, tokens_identical: boolean, error?: string }
 const results: RouteResult[] = []
-let delayed = false
+let delayMethod: DelayMethod | undefined
 try {
   topo.addSwitch('net')
   topo.addHost('pub', 'net', '7.7.7.1/24')
   topo.addHost('srv', 'net', '7.7.7.2/24')
-  delayed = delayMs > 0
   for (const [h, wan, lan, nat] of [['h1', '7.7.7.11', '192.168.1', 'cone'], ['h2', '7.7.7.12', '192.168.2', 'symmetric'], ['h3', '7.7.7.13', '192.168.3', 'cone']] as const) {
     topo.addSwitch(h)
     topo.addRouter(`${h}r`, { switch: 'net', cidr: `${wan}/24` }, { switch: h, cidr: `${lan}.1/24` }, nat)
     topo.addHost(`${h}m`, h, `${lan}.2/24`, `${lan}.1`)
-    if (delayMs > 0) delayed = topo.delay(`${h}r`, 'wan', delayMs) && delayed
+    // delay() throws when it cannot delay: a run never reports an undelayed link as delayed
+    if (delayMs > 0) delayMethod = topo.delay(`${h}r`, 'wan', delayMs)
   }
-  if (delayMs > 0 && !delayed) log(`NOTE: this kernel has no netem (sch_netem): NO delay was added; the homes' uplinks run at namespace speed, not +${delayMs} ms`)
+  if (delayMethod != null) log(`${delayMs} ms one way on every home's uplink (${delayMethod === 'netem' ? 'tc netem' : 'userspace delay link: this kernel has no sch_netem'})`)
   const stun = 'stun:7.7.7.1:3478'
   topo.spawn('pub', process.execPath, [STUN_SERVER, '7.7.7.1', '3478'])
   const boot = await startIn(topo, 'pub', ['bootstrap', '--key', keyFile])
@@ -150,12 +152,13 @@ const result = {
   prompt_tokens: prompt.length,
   generated_tokens: Number(a.tokens),
   delay_ms_requested: delayMs,
-  delay_ms_applied: delayed ? delayMs : 0,
+  delay_ms_applied: delayMethod != null ? delayMs : 0,
+  delay_method: delayMethod ?? null,
   routes: results
 }
 if (a['json-only'] !== true) {
   const f = (n: number): string => Number.isFinite(n) ? n.toFixed(2) : '—'
-  if (delayMs > 0 && !delayed) process.stdout.write(`no netem on this kernel: --delay-ms ${delayMs} was NOT applied\n`)
+  if (delayMethod != null) process.stdout.write(`delay: ${delayMs} ms one way on each home's uplink egress, by ${delayMethod === 'netem' ? 'tc netem' : 'the userspace delay link (no sch_netem)'}\n`)
   process.stdout.write(`\n| route (1 hop, blocks 0:${cfg.numLayers}) | server in | connection seen | ms / token (decode) | server compute | rest (network, framing) |\n| --- | --- | --- | --- | --- | --- |\n`)
   for (const r of results) {
     process.stdout.write(`| ${r.route} | ${r.server} (reachable ${r.reachable}) | ${r.hop_kinds.join(', ') || r.error || '?'}${r.verified ? '' : ' (label NOT verified)'} | ${f(r.ms_per_token)} | ${f(r.compute_ms_per_token)} | ${f(r.network_ms_per_token)} |\n`)

@@ -13,6 +13,7 @@ module.exports = [
   'test/p2p-swarm.test.ts',
   'test/p2p-private-swarm.test.ts',
   'test/reachability.test.ts',
+  'test/netns-delay.test.ts',
   'test/upnp.test.ts',
   'test/gateway.test.ts',
   'test/gateway-models.test.ts',

@@ -5,7 +5,11 @@
 // process exit when a test never got there. Needs root (and iproute2, iptables).
 import { execFileSync, spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 
 /** NAT behaviour of a home router. */
 export type NatKind =
@@ -13,6 +17,9 @@ export type NatKind =
   | 'cone'
   /** a random port per destination (symmetric): hole punching cannot predict it */
   | 'symmetric'
+
+/** How delay() delayed an interface: tc netem, or the userspace delay link (scripts/lib/delay-link.c). */
+export type DelayMethod = 'netem' | 'userspace'
 
 const live = new Set<NetnsTopology>()
 let exitHook = false
@@ -30,7 +37,10 @@ export class NetnsTopology {
   readonly prefix: string
   private readonly namespaces: string[] = []
   private readonly children = new Set<ChildProcess>()
+  /** For each plugged interface (`ns/dev`): the switch namespace and the veth end on its bridge. */
+  private readonly ports = new Map<string, { sw: string, peer: string }>()
   private links = 0
+  private delayLinks = 0
 
   constructor (tag = 'px') {
     // interface names are at most 15 bytes: keep the prefix short
@@ -74,6 +84,7 @@ export class NetnsTopology {
     sh('ip', ['-n', sw, 'link', 'set', peer, 'up'])
     sh('ip', ['-n', ns, 'addr', 'add', cidr, 'dev', dev])
     sh('ip', ['-n', ns, 'link', 'set', dev, 'up'])
+    this.ports.set(`${ns}/${dev}`, { sw, peer })
     return dev
   }
 
@@ -104,17 +115,47 @@ export class NetnsTopology {
   }
 
   /**
-   * Delays what leaves a namespace's interface by `delayMs` (tc netem). False when this kernel
-   * has no netem (sch_netem): callers say so in their output rather than fail.
+   * Delays what leaves a namespace's interface by `delayMs`, one way (its egress). tc netem where
+   * the kernel has sch_netem; otherwise the userspace delay link: the interface's veth end is taken
+   * off its switch's bridge and joined to a TAP on the bridge by scripts/lib/delay-link.c, which
+   * holds the interface's outgoing frames for `delayMs` (compiled with `cc` on first use; a child
+   * of the topology, killed by destroy()). Throws when neither works.
    */
-  delay (name: string, dev: string, delayMs: number): boolean {
+  delay (name: string, dev: string, delayMs: number): DelayMethod {
     try {
       sh('ip', ['netns', 'exec', this.ns(name), 'tc', 'qdisc', 'add', 'dev', dev, 'root', 'netem', 'delay', `${delayMs}ms`])
-      return true
+      return 'netem'
     } catch (err) {
-      if (/qdisc kind is unknown/.test((err as Error).message)) return false
-      throw err
+      if (!/qdisc kind is unknown/.test((err as Error).message)) throw err
     }
+    const port = this.ports.get(`${this.ns(name)}/${dev}`)
+    if (port == null) throw new Error(`delay(): ${name}/${dev} is not plugged into a switch of this topology`)
+    const bin = delayLinkBinary()
+    const tap = `${this.prefix}d${this.delayLinks++}`
+    sh('ip', ['-n', port.sw, 'link', 'set', port.peer, 'nomaster'])
+    // the child's output goes to a file, so that this stays synchronous (like netem) while it waits for "ready"
+    const log = join(tmpdir(), `${tap}-delay-link.log`)
+    const fd = openSync(log, 'w+')
+    const child = spawn('ip', ['netns', 'exec', port.sw, bin, port.peer, tap, String(delayMs)], { stdio: ['ignore', fd, fd] })
+    closeSync(fd)
+    this.children.add(child)
+    child.once('exit', () => this.children.delete(child))
+    try {
+      for (const until = Date.now() + 10_000; ;) {
+        const out = readFileSync(log, 'utf8')
+        if (out.startsWith('ready\n')) break
+        if (out.includes('delay-link:') || out.includes('exec of') || Date.now() > until) {
+          child.kill('SIGKILL')
+          throw new Error(`delay(): the userspace delay link for ${name}/${dev} did not start: ${out.trim() || 'no "ready" within 10 s'}`)
+        }
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10)
+      }
+    } finally {
+      rmSync(log, { force: true })
+    }
+    sh('ip', ['-n', port.sw, 'link', 'set', tap, 'master', 'br0'])
+    sh('ip', ['-n', port.sw, 'link', 'set', tap, 'up'])
+    return 'userspace'
   }
 
   /** Starts `command args` inside a namespace; the process is killed by destroy(). */
@@ -162,4 +203,27 @@ function sh (cmd: string, args: string[]): void {
   } catch (err) {
     throw new Error(`${cmd} ${args.join(' ')}: ${String((err as { stderr?: Buffer }).stderr ?? (err as Error).message).trim()}`)
   }
+}
+
+/**
+ * The userspace delay link's binary, compiled from scripts/lib/delay-link.c on first use and kept
+ * under .plexus/, keyed by the source's hash.
+ */
+function delayLinkBinary (): string {
+  const src = fileURLToPath(new URL('../../scripts/lib/delay-link.c', import.meta.url))
+  const hash = createHash('sha256').update(readFileSync(src)).digest('hex').slice(0, 16)
+  const dir = fileURLToPath(new URL('../../.plexus/bin/', import.meta.url))
+  const bin = join(dir, `delay-link-${hash}`)
+  if (existsSync(bin)) return bin
+  mkdirSync(dir, { recursive: true })
+  const tmp = `${bin}.${process.pid}.tmp`
+  try {
+    execFileSync('cc', ['-O2', '-Wall', '-o', tmp, src], { stdio: ['ignore', 'ignore', 'pipe'] })
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: Buffer }
+    if (e.code === 'ENOENT') throw new Error('delay(): this kernel has no tc netem (sch_netem), and the userspace delay link that replaces it must be compiled: install a C compiler (`cc`, e.g. apt-get install gcc)')
+    throw new Error(`delay(): compiling ${src} failed: ${String(e.stderr ?? e.message).trim()}`)
+  }
+  renameSync(tmp, bin) // atomic: a parallel run never executes a half-written binary
+  return bin
 }
