@@ -67,7 +67,7 @@ try {
   for (const m of modes) if (m !== 'relay' && m !== 'forward') throw new Error(`--modes: relay or forward, not ${m}`)
   const models = new Map(await Promise.all(modes.map(async m => [m, await openSwarm(node, { dir, dtype: a['wire-dtype'] as WireDType, forward: m === 'forward' })] as const)))
   /** One generation: the median decode step (wall, and wall minus every hop's compute) and the per-hop timings. */
-  const runMode = async (mode: string): Promise<{ tokens: number[], tokensPerSecond: number, prefillTokensPerSecond: number, stepMs: number[], overheadMs: number[], perHop: Array<{ wall: number[], compute: number[] }>, route: Array<{ peer: string, start: number, end: number }> }> => {
+  const runMode = async (mode: string): Promise<{ tokens: number[], tokensPerSecond: number, prefillTokensPerSecond: number, stepMs: number[], overheadMs: number[], clientMs: number[], beyondLinksMs: number[], perHop: Array<{ wall: number[], compute: number[] }>, route: Array<{ peer: string, start: number, end: number }> }> => {
     const model = models.get(mode)!
     const warm = await model.session(promptLen + 4)
     await generate(model.head, warm, prompt, { maxTokens: 4 })
@@ -75,13 +75,21 @@ try {
     const session = await model.session(promptLen + genLen) as SwarmSession
     const perHop: Array<{ wall: number[], compute: number[] }> = session.route.map(() => ({ wall: [], compute: [] }))
     const timer = decodeStepTimer(() => session.lastStepTimings())
+    // the route's own time per step; the rest of a token is the client's (embedding, head, sampling)
+    const routeMs: number[] = []
+    const forward = session.forward.bind(session)
+    session.forward = async (h, t) => { const t0 = performance.now(); try { return await forward(h, t) } finally { routeMs.push(performance.now() - t0) } }
     const r = await generate(model.head, session, prompt, { maxTokens: genLen, onToken: timer.onToken })
     for (const s of timer.steps) s.hops.forEach((h, i) => { perHop[i]?.wall.push(h.wallMs); perHop[i]?.compute.push(h.computeMs) })
     const stepMs = timer.steps.map(s => s.ms)
     const overheadMs = timer.steps.map(s => s.ms - s.hops.reduce((n, h) => n + h.computeMs, 0))
+    // decode step i ran in forward call i + 1 (call 0: the prefill)
+    const clientMs = timer.steps.map((s, i) => s.ms - routeMs[i + 1])
+    const transfers = mode === 'forward' ? session.route.length + 1 : 2 * session.route.length
+    const beyondLinksMs = timer.steps.map((s, i) => (routeMs[i + 1] - s.hops.reduce((n, h) => n + h.computeMs, 0) - transfers * netemMs) / session.route.length)
     const route = session.route
     await session.close()
-    return { tokens: r.tokenIds, tokensPerSecond: r.tokensPerSecond, prefillTokensPerSecond: r.prefillTokensPerSecond, stepMs, overheadMs, perHop, route }
+    return { tokens: r.tokenIds, tokensPerSecond: r.tokensPerSecond, prefillTokensPerSecond: r.prefillTokensPerSecond, stepMs, overheadMs, clientMs, beyondLinksMs, perHop, route }
   }
   const runs = new Map<string, Array<Awaited<ReturnType<typeof runMode>>>>(modes.map(m => [m, []]))
   for (let round = 0; round < Number(a.rounds); round++) {
@@ -136,6 +144,10 @@ try {
       ms_per_token: median(rs.flatMap(r => r.stepMs)),
       overhead_ms_per_token: median(rs.flatMap(r => r.overheadMs)),
       overhead_ms_per_hop: median(rs.flatMap(r => r.overheadMs)) / route.length,
+      // the client's own part of a token (embedding, LM head, sampling), off the route
+      client_ms_per_token: median(rs.flatMap(r => r.clientMs)),
+      // per hop: the route's time less the servers' compute and every transfer's added delay
+      beyond_links_ms_per_hop: median(rs.flatMap(r => r.beyondLinksMs)),
       decode_tokens_per_second: median(rs.map(r => r.tokensPerSecond)),
       tokens_identical: rs.every(r => JSON.stringify(r.tokens) === JSON.stringify(single.tokenIds))
     }])),
@@ -163,8 +175,8 @@ if (a['json-only'] !== true) {
   const w = rows[0].map((_, i) => Math.max(...rows.map(r => r[i].length)))
   for (const r of rows) process.stdout.write('| ' + r.map((c, i) => c.padEnd(w[i])).join(' | ') + ' |\n')
   process.stdout.write(`\n${result.netem_ms > 0 ? `netem: ${result.netem_ms} ms one way on every link (PLEXUS_LINK_DELAY_MS)` : 'netem: none (loopback)'}\n`)
-  process.stdout.write('\n| route mode | ms / token (decode) | of which not compute | per hop | decode tok/s |\n| --- | --- | --- | --- | --- |\n')
-  for (const [m, r] of Object.entries(result.modes)) process.stdout.write(`| ${m === 'forward' ? 'forwarded (server → server)' : 'client-relayed'} | ${r.ms_per_token.toFixed(2)} | ${r.overhead_ms_per_token.toFixed(2)} | ${r.overhead_ms_per_hop.toFixed(2)} | ${r.decode_tokens_per_second.toFixed(1)} |\n`)
+  process.stdout.write('\n| route mode | ms / token (decode) | of which not compute | per hop | client\'s own ms | per hop beyond links and compute | decode tok/s |\n| --- | --- | --- | --- | --- | --- | --- |\n')
+  for (const [m, r] of Object.entries(result.modes)) process.stdout.write(`| ${m === 'forward' ? 'forwarded (server → server)' : 'client-relayed'} | ${r.ms_per_token.toFixed(2)} | ${r.overhead_ms_per_token.toFixed(2)} | ${r.overhead_ms_per_hop.toFixed(2)} | ${r.client_ms_per_token.toFixed(2)} | ${r.beyond_links_ms_per_hop.toFixed(2)} | ${r.decode_tokens_per_second.toFixed(1)} |\n`)
   for (const h of result.hops) process.stdout.write(`hop [${h.start},${h.end}): wall ${h.median_wall_ms.toFixed(2)} ms, server compute ${h.median_compute_ms.toFixed(2)} ms, overhead ${h.median_overhead_ms.toFixed(2)} ms per step\n`)
   process.stdout.write(`bare round trip (libp2p ping, a fresh stream each) ${result.bare_round_trip_ms.toFixed(2)} ms: with one per hop and nothing else, the ratio could at best be ${result.ratio_ceiling_one_round_trip_per_hop.toFixed(2)}\n`)
   process.stdout.write(`tokens identical: ${result.tokens_identical ? 'yes' : 'NO'}\n`)
