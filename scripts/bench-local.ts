@@ -21,6 +21,8 @@ const HELP = `usage: npm run bench:local -- --model DIR | --shape NAME [options]
                         and top-1 agreement of the logits against float32 over --positions teacher-forced
                         positions, Plexus and llama.cpp each on the same quantized GGUF file
   --positions N         with --quantize: length of the fixed token sequence (default 256)
+  --format F            speed of one weight format: f32 (default, the model as stored), q8_0 or q4_k
+                        (the blocks' matrices quantized into a GGUF file both engines read)
   --prompt-tokens N     prompt length (default 64)
   --tokens N            tokens to generate (default 64)
   --backend NAME        tensorflow | wasm | cpu | auto (default auto)
@@ -35,6 +37,7 @@ const { values: a } = parseArgs({
     shape: { type: 'string' },
     layers: { type: 'string' },
     quantize: { type: 'string' },
+    format: { type: 'string', default: 'f32' },
     positions: { type: 'string', default: '256' },
     'prompt-tokens': { type: 'string', default: '64' },
     tokens: { type: 'string', default: '64' },
@@ -72,13 +75,22 @@ try {
 
 async function speed (): Promise<void> {
   const backend = await initBackend(a.backend as BackendName | 'auto')
-  const model = await LocalModel.load(modelDir)
+  const format = a.format!
+  if (format !== 'f32' && !isQuantFormat(format)) { process.stderr.write(`bench:local: --format takes f32, q8_0 or q4_k (got ${JSON.stringify(format)})\n`); process.exit(2) }
+  // quantized: one GGUF file, read by both engines (blocks quantized, embeddings and output float32)
+  let gguf: string | undefined
+  if (format !== 'f32') {
+    gguf = join(temp.dir, `model-${format}.gguf`)
+    log(`writing ${gguf} (${format})…`)
+    await writeGguf(modelDir, gguf, { dtype: format, quantizeHead: false })
+  }
+  const model = await LocalModel.load(gguf ?? modelDir)
   const cfg = model.config
   const rand = seededRandom(42)
   const prompt = Array.from({ length: promptLen }, () => 3 + Math.floor(rand() * (cfg.vocabSize - 3)))
 
   // One warm-up generation, then the measured one.
-  log(`plexus (${backend}): ${cfg.numLayers} blocks, hidden ${cfg.hiddenSize}, ${model.spans.length} span(s)`)
+  log(`plexus (${backend}, ${format}): ${cfg.numLayers} blocks, hidden ${cfg.hiddenSize}, ${model.spans.length} span(s)`)
   const warm = await model.session(promptLen + 4)
   await generate(model.head, warm, prompt, { maxTokens: 4 })
   await warm.close()
@@ -88,13 +100,14 @@ async function speed (): Promise<void> {
   await model.dispose()
   const peakRssMiB = process.resourceUsage().maxRSS / 1024
 
-  const weightBytesPerToken = cfg.numLayers * blockBytes(cfg) + 4 * cfg.vocabSize * cfg.hiddenSize
+  // a quantized block streams its bits per weight (q8_0 8.5, q4_K 4.5) instead of 32
+  const bits = format === 'q8_0' ? 8.5 : format === 'q4_k' ? 4.5 : 32
+  const weightBytesPerToken = cfg.numLayers * blockBytes(cfg) * bits / 32 + 4 * cfg.vocabSize * cfg.hiddenSize
   const ceiling = (num('bandwidth', a.bandwidth) * 1e9) / weightBytesPerToken
 
   let llama: { prefill: number, decode: number, sameTokens: number } | undefined
   if (a['no-llama'] !== true) {
-    const gguf = await f32Gguf()
-    const r = await runLlamaCpp(gguf, prompt, genLen, { threads: num('threads', a.threads) })
+    const r = await runLlamaCpp(gguf ?? await f32Gguf(), prompt, genLen, { threads: num('threads', a.threads) })
     let same = 0
     while (same < r.tokenIds.length && r.tokenIds[same] === ours.tokenIds[same]) same++
     llama = { prefill: r.prefillTokensPerSecond, decode: r.decodeTokensPerSecond, sameTokens: same }
@@ -103,6 +116,7 @@ async function speed (): Promise<void> {
   const result = {
     model: modelDir,
     backend,
+    format,
     shape: { hidden: cfg.hiddenSize, layers: cfg.numLayers, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, ffn: cfg.intermediateSize, vocab: cfg.vocabSize },
     prompt_tokens: promptLen,
     generated_tokens: ours.tokenIds.length,
