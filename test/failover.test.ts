@@ -12,6 +12,7 @@ import type { SwarmSession } from '@plexus/client'
 import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import type { LocalSwarm, NodeProcess } from '../scripts/lib/local-swarm.ts'
 import { makeModel } from '../scripts/lib/model-maker.ts'
+import { generateStoppingServer } from './support/hung-server.ts'
 
 const SPANS = ['0:4', '4:8', '8:12']
 const MAX_TOKENS = 16
@@ -97,19 +98,7 @@ describe('failover with real server processes', function () {
   it('routes around a stopped (SIGSTOP) server within 5 s, with the same tokens', async () => {
     const session = await client.session(prompt.length + MAX_TOKENS) as SwarmSession
     const victim = processOf(session.route[1].peer)
-    let n = 0
-    let stoppedAt = 0
-    let slowest = 0
-    let last = performance.now()
-    const r = await generate(client.head, session, prompt, {
-      maxTokens: MAX_TOKENS,
-      onToken: () => {
-        const now = performance.now()
-        if (stoppedAt > 0) slowest = Math.max(slowest, now - last)
-        last = now
-        if (++n === 4) { victim.child.kill('SIGSTOP'); stoppedAt = now }
-      }
-    })
+    const { result: r, slowestMs: slowest } = await generateStoppingServer(client.head, session, prompt, MAX_TOKENS, victim)
     await session.close()
     victim.child.kill('SIGCONT')
     assert.deepEqual(r.tokenIds, reference)

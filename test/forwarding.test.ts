@@ -24,6 +24,7 @@ import type { SwarmSession } from '@plexus/client'
 import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import type { LocalSwarm, NodeProcess } from '../scripts/lib/local-swarm.ts'
 import { makeModel } from '../scripts/lib/model-maker.ts'
+import { generateStoppingServer } from './support/hung-server.ts'
 
 const SPANS = ['0:4', '4:8', '8:12']
 const MAX_TOKENS = 16
@@ -115,25 +116,13 @@ describe('server-to-server forwarding with real server processes', function () {
   it('a stopped (SIGSTOP) middle server of a forwarded route is routed around within 6 s: same tokens', async () => {
     const session = await forwarded.session(prompt.length + MAX_TOKENS) as SwarmSession
     const victim = processOf(session.route[1].peer)
-    let n = 0
-    let stoppedAt = 0
-    let slowest = 0
-    let last = performance.now()
-    const r = await generate(forwarded.head, session, prompt, {
-      maxTokens: MAX_TOKENS,
-      onToken: () => {
-        const now = performance.now()
-        if (stoppedAt > 0) slowest = Math.max(slowest, now - last)
-        last = now
-        if (++n === 4) { victim.child.kill('SIGSTOP'); stoppedAt = now }
-      }
-    })
+    const { result: r, slowestMs: slowest } = await generateStoppingServer(forwarded.head, session, prompt, MAX_TOKENS, victim)
     await session.close()
     victim.child.kill('SIGKILL')
     await victim.stop()
     assert.deepEqual(r.tokenIds, reference)
     assert.ok(!session.route.some(h => h.peer === victim.peerId))
-    // the client's liveness pings drop the silent server (a 2 s beat, a 3 s deadline); the rebuild replays
+    // the client's liveness pings drop the silent server (a 1 s beat, a 3 s deadline); the rebuild replays
     assert.ok(slowest < 6000, `the hung server was routed around in ${slowest.toFixed(0)} ms`)
     // a spare again for the tests below
     swarm.nodes.splice(swarm.nodes.indexOf(victim), 1)

@@ -116,7 +116,7 @@ export interface PlexusNodeInit {
   providerValidityMs?: number
   /**
    * libp2p's connection monitor, tuned. Default: off, and liveness.ts pings every connection
-   * every 2 s instead, dropping a peer silent for 3 s (a frozen peer goes in ~3–5 s) without
+   * every 1 s instead, dropping a peer silent for 3 s (a frozen peer goes in ~3–4 s) without
    * counting the time this process itself stalled.
    */
   connectionMonitor?: ConnectionMonitorInit
@@ -201,7 +201,7 @@ export async function createPlexusNode (init: PlexusNodeInit): Promise<PlexusNod
     connectionMonitor: init.connectionMonitor ?? { enabled: false },
     services: {
       identify: identify(),
-      // the connection monitor pings every connection every 2 s on this protocol; with ping's
+      // the liveness pings (liveness.ts) use this protocol on every connection; with ping's
       // default of one outbound stream, a ping of our own (the dashboard's latency) that met one
       // was refused as too many streams
       ping: ping({ maxOutboundStreams: 2, maxInboundStreams: 4 }),

@@ -91,7 +91,7 @@ describe('p2p: liveness pings', function () {
     await dropped
     const ms = Date.now() - t0
     proc.kill('SIGKILL')
-    // one beat (2 s) plus the deadline (3 s), with slack for a loaded machine
+    // one beat (1 s) plus the deadline (3 s), with slack for a loaded machine
     assert.ok(ms < 7000, `a frozen peer was dropped after ${ms} ms`)
   })
 })
