@@ -59,21 +59,12 @@ function templateError (err: Error & { code?: string }): TemplateError {
 /** One job on the current worker; a worker over budget or dead is dropped (the next job spawns one). */
 async function render (job: Job): Promise<void> {
   const r = renderer ??= spawn()
-  let timer: ReturnType<typeof setTimeout> | undefined
-  const overBudget = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => { reject(new TemplateError('template-timeout', `chat template did not render within ${job.timeoutMs} ms`)) }, job.timeoutMs)
-  })
   try {
-    job.resolve(await Promise.race([r.call('render', job.req), overBudget]))
+    job.resolve(await r.callWithin('render', job.req, job.timeoutMs, () => new TemplateError('template-timeout', `chat template did not render within ${job.timeoutMs} ms`)))
   } catch (err) {
-    const e = templateError(err as Error)
-    if (e.code === 'template-timeout' || r.failure != null) {
-      if (renderer === r) renderer = undefined
-      void r.terminate()
-    }
-    job.reject(e)
-  } finally {
-    clearTimeout(timer)
+    // a worker past its budget (terminated) or dead is dropped: the next job spawns one
+    if (r.failure != null && renderer === r) renderer = undefined
+    job.reject(templateError(err as Error))
   }
 }
 

@@ -86,17 +86,6 @@ const keyOf = (tok: TextTokenizer): number => {
   return k
 }
 
-/** Rejects with `err` after `ms` unless `p` settles first. */
-async function within<T> (p: Promise<T>, ms: number, err: () => Error): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined
-  const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(err()) }, ms) })
-  try {
-    return await Promise.race([p, late])
-  } finally {
-    clearTimeout(timer)
-  }
-}
-
 export class TokenizerPool {
   readonly maxQueued: number
   readonly maxQueuedBytes: number
@@ -222,7 +211,7 @@ export class TokenizerPool {
     }
     const drop = slot.loaded.length >= MAX_LOADED ? slot.loaded.shift() : undefined
     const source = tok.source!()
-    await within(rpc.call('load', { key, source, drop }), LOAD_TIMEOUT_MS,
+    await rpc.callWithin('load', { key, source, drop }, LOAD_TIMEOUT_MS,
       () => new TokenizerError('tokenizer-timeout', `the tokenizer worker did not load ${source.what} within ${LOAD_TIMEOUT_MS} ms`))
     slot.loaded.push(key)
     return key
@@ -235,16 +224,13 @@ export class TokenizerPool {
     const rpc = slot.rpc ??= this.#spawn(slot)
     try {
       const key = await this.#ensureLoaded(slot, rpc, job.tok)
-      const ids = await within(rpc.call('encode', { key, text: job.text, addSpecialTokens: job.addSpecialTokens }), job.timeoutMs,
+      const ids = await rpc.callWithin('encode', { key, text: job.text, addSpecialTokens: job.addSpecialTokens }, job.timeoutMs,
         () => new TokenizerError('tokenizer-timeout', `the prompt (${job.bytes} bytes) was not tokenized within ${job.timeoutMs} ms; send a shorter prompt`))
       job.settle(undefined, Array.from(ids))
     } catch (err) {
       const e = err instanceof TokenizerError ? err : new TokenizerError('tokenizer-failed', `the tokenizer worker failed: ${(err as Error).message}`, { cause: err })
-      // a worker still busy past its budget, or dead, is dropped: the next call starts a fresh one
-      if (e.code === 'tokenizer-timeout' || rpc.failure != null) {
-        if (slot.rpc === rpc) slot.rpc = undefined
-        void rpc.terminate()
-      }
+      // a worker past its budget (terminated) or dead is dropped: the next call starts a fresh one
+      if (rpc.failure != null && slot.rpc === rpc) slot.rpc = undefined
       job.settle(e)
     }
   }

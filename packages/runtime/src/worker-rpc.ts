@@ -127,6 +127,27 @@ export class WorkerRpc<A extends WorkerApi<A>, E = never> {
     })
   }
 
+  /**
+   * `call` within a budget: past `ms` the worker (perhaps stuck in the call) is terminated and the
+   * call fails with `overBudget()`, as does every later one (`failure`): the caller starts another.
+   */
+  async callWithin<K extends keyof A & string> (method: K, params: Params<A[K]>, ms: number, overBudget: () => Error): Promise<Answer<A[K]>> {
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const late = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => {
+        const err = overBudget()
+        this.fail(err)
+        void this.worker.terminate()
+        reject(err)
+      }, ms)
+    })
+    try {
+      return await Promise.race([this.call(method, params), late])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
   /** Stops the worker; calls still waiting are rejected. */
   async terminate (): Promise<void> {
     this.fail(new Error(`${this.opts.label} was terminated`))
