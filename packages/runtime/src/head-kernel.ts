@@ -1,9 +1,8 @@
-import * as tf from '@tensorflow/tfjs-core'
 import { Worker } from 'node:worker_threads'
 import type { ModelConfig } from './config.ts'
-import { transposeInto, rmsNorm } from './block.ts'
-import type { BackendName } from './backend.ts'
+import type { RawTensor } from './checkpoint.ts'
 import { WorkerRpc, ownBuffer } from './worker-rpc.ts'
+import { cpuHead } from './cpu/head.ts'
 
 /** The LM head's kernel: final norm, then `[rows, hidden] · [hidden, vocab]`. */
 export interface HeadKernel {
@@ -18,33 +17,22 @@ export interface HeadWeights {
   vocabSize: number
   rmsNormEps: number
   norm: Float32Array
-  lmHead: Float32Array
+  lmHead: Pick<RawTensor, 'dtype' | 'shape' | 'bytes'>
 }
 
-export function headWeights (cfg: ModelConfig, norm: Float32Array, lmHead: Float32Array): HeadWeights {
+export function headWeights (cfg: ModelConfig, norm: Float32Array, lmHead: HeadWeights['lmHead']): HeadWeights {
   return { hiddenSize: cfg.hiddenSize, vocabSize: cfg.vocabSize, rmsNormEps: cfg.rmsNormEps, norm, lmHead }
 }
 
-/** The LM head in this thread's backend, kept transposed `[hidden, vocab]`. */
+/**
+ * The LM head on this thread's CPU kernels (cpu/head.ts), its weights as stored: a matvec split
+ * across cores, where tfjs-wasm's ran on one (10 of a 21 ms token on `small`).
+ */
 export function inThreadHeadKernel (w: HeadWeights): HeadKernel {
-  const H = w.hiddenSize
-  const V = w.vocabSize
-  // the closure below keeps only this, not `w`: its untransposed LM head would stay alive with it
-  const eps = w.rmsNormEps
-  const t = new Float32Array(H * V)
-  transposeInto(w.lmHead, V, H, t, V, 0)
-  const norm = tf.tensor1d(w.norm)
-  const lmHead = tf.tensor2d(t, [H, V])
+  const head = cpuHead(w)
   return {
-    logits: async (x, rows) => {
-      const out = tf.tidy(() => tf.matMul(rmsNorm(tf.tensor2d(x, [rows, H]), norm, eps), lmHead))
-      try {
-        return (await out.data()) as Float32Array
-      } finally {
-        out.dispose()
-      }
-    },
-    dispose: async () => { norm.dispose(); lmHead.dispose() }
+    logits: async (x, rows) => head.logits(x, rows),
+    dispose: async () => { head.dispose() }
   }
 }
 
@@ -54,12 +42,12 @@ export interface HeadWorkerApi {
 }
 
 /**
- * The LM head in a worker thread with its own backend. A client or gateway driving many sessions
+ * The LM head in a worker thread of its own. A client or gateway driving many sessions
  * relays every hop's activations on its main thread; a 20 ms LM-head call there holds all of
  * them up. In a worker the head computes while the main thread keeps the routes moving.
  */
-export async function workerHeadKernel (w: HeadWeights, backend?: BackendName): Promise<HeadKernel> {
-  const worker = new Worker(new URL('./head-worker.ts', import.meta.url), { workerData: { weights: w, backend } })
+export async function workerHeadKernel (w: HeadWeights): Promise<HeadKernel> {
+  const worker = new Worker(new URL('./head-worker.ts', import.meta.url), { workerData: { weights: w } })
   // An idle head must not keep a finished CLI alive; pending calls hold the process meanwhile.
   const rpc = await WorkerRpc.start<HeadWorkerApi>(worker, { label: 'LM head worker', unrefWhenIdle: true })
   return {

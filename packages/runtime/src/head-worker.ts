@@ -1,26 +1,20 @@
-// Worker thread entry: the LM head with its own TensorFlow.js backend (see workerHeadKernel).
+// Worker thread entry: the LM head on this thread's CPU kernels (see workerHeadKernel).
 import { parentPort, workerData } from 'node:worker_threads'
-import { initBackend } from './backend.ts'
-import { inThreadHeadKernel } from './head-kernel.ts'
+import { cpuHead } from './cpu/head.ts'
 import type { HeadWeights, HeadWorkerApi } from './head-kernel.ts'
 import { serveCalls, transfer, ownBuffer } from './worker-rpc.ts'
 
-const { weights, backend } = workerData as { weights: HeadWeights, backend?: string }
+const { weights } = workerData as { weights: HeadWeights }
 
 void serveCalls<HeadWorkerApi>(parentPort!, async () => {
-  await initBackend(backend as any)
-  const kernel = inThreadHeadKernel(weights)
-  // Pack the LM head for the backend now, not during the first token.
-  await kernel.logits(new Float32Array(weights.hiddenSize), 1)
-  // The weights now live in the backend; drop the copies sent here.
-  weights.lmHead = new Float32Array(0)
-  // One call at a time, in order: the main thread already gathers concurrent rows into one.
-  let chain: Promise<unknown> = Promise.resolve()
+  const head = cpuHead(weights)
+  // The weights now live in the kernels' memory; drop the copy sent here.
+  weights.lmHead = { ...weights.lmHead, bytes: new Uint8Array(0) }
+  // Calls run one at a time, in order (the kernel is synchronous); the main thread already
+  // gathers concurrent rows into one.
   return {
-    logits: async ({ x, rows }) => {
-      const step = chain.then(async () => await kernel.logits(x, rows))
-      chain = step.catch(() => {})
-      const logits = ownBuffer(await step)
+    logits: ({ x, rows }) => {
+      const logits = ownBuffer(head.logits(x, rows))
       return transfer(logits, [logits.buffer as ArrayBuffer])
     }
   }

@@ -6,7 +6,7 @@ import { headTensorShapes } from './config.ts'
 import { tensorsDigest } from './model-id.ts'
 import { activeBackend } from './backend.ts'
 import { headWeights, inThreadHeadKernel, workerHeadKernel } from './head-kernel.ts'
-import type { HeadKernel, HeadWeights } from './head-kernel.ts'
+import type { HeadKernel } from './head-kernel.ts'
 import { activeGpu } from './webgpu/device.ts'
 import { gpuHeadKernel } from './webgpu/head.ts'
 
@@ -53,13 +53,16 @@ export class ModelHead {
       const kernel = gpuHeadKernel(gpu, { hiddenSize: cfg.hiddenSize, vocabSize: cfg.vocabSize, rmsNormEps: cfg.rmsNormEps, norm: rawFloat32(by.get('model.norm.weight')!), lmHead: lm })
       return new ModelHead(cfg, new EmbeddingRows(emb, cfg.hiddenSize), kernel)
     }
-    const { embeddings, weights } = splitHead(ckpt.config, raws)
-    const rows = new EmbeddingRows({ name: 'model.embed_tokens.weight', dtype: 'F32', shape: [ckpt.config.vocabSize, ckpt.config.hiddenSize], bytes: new Uint8Array(embeddings.buffer) }, ckpt.config.hiddenSize)
-    if (opts.thread === true) return new ModelHead(ckpt.config, rows, await workerHeadKernel(weights, activeBackend()))
-    const head = new ModelHead(ckpt.config, rows, inThreadHeadKernel(weights))
-    // Pack the LM head for the backend now, not during the first token.
-    await head.logits(new Float32Array(ckpt.config.hiddenSize), 1)
-    return head
+    // On the CPU both stay as stored too: the embeddings in host memory, the LM head in the
+    // kernels' memory (a copy: a tied head is both).
+    const cfg = ckpt.config
+    const by = checkedHead(cfg, raws)
+    const emb = ownBytes(by.get('model.embed_tokens.weight')!)
+    const lm = cfg.tieWordEmbeddings ? emb : by.get('lm_head.weight')!
+    const weights = headWeights(cfg, rawFloat32(by.get('model.norm.weight')!), lm)
+    const rows = new EmbeddingRows(emb, cfg.hiddenSize)
+    if (opts.thread === true) return new ModelHead(cfg, rows, await workerHeadKernel(weights))
+    return new ModelHead(cfg, rows, inThreadHeadKernel(weights))
   }
 
   /** Hidden states `[ids.length, hidden]` for token ids. */
@@ -157,13 +160,4 @@ class EmbeddingRows {
     // F32 rows are views; others are widened (a quantized row is whole blocks)
     return this.raw.dtype === 'F32' ? new Float32Array(bytes.buffer, bytes.byteOffset, this.hidden) : rawFloat32({ dtype: this.raw.dtype, shape: [this.hidden], bytes: bytes.byteOffset % 4 === 0 ? bytes : bytes.slice() })
   }
-}
-
-/** Checks the head's tensors; the embeddings (copied: the raw buffer may be a view of a larger read) and the LM head's weights. */
-function splitHead (cfg: ModelConfig, raws: RawTensor[]): { embeddings: Float32Array, weights: HeadWeights } {
-  const by = checkedHead(cfg, raws)
-  const f32 = (n: string): Float32Array => { const r = by.get(n)!; return rawFloat32(r) }
-  const embeddings = f32('model.embed_tokens.weight').slice()
-  const lmHead = cfg.tieWordEmbeddings ? embeddings : f32('lm_head.weight')
-  return { embeddings, weights: headWeights(cfg, f32('model.norm.weight'), lmHead) }
 }

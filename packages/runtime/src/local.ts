@@ -16,7 +16,7 @@ import { ProgressMeter, storedPartBytes } from './progress.ts'
 import type { ProgressListener } from './progress.ts'
 
 /** Formats whose blocks the CPU backends keep as stored (every other format is widened to float32). */
-export const CPU_QUANT_FORMATS: readonly string[] = Object.keys(QUANT_BLOCK)
+export const CPU_QUANT_FORMATS: readonly string[] = Object.keys(QUANT_BLOCK).filter(f => f !== 'f32')
 
 /**
  * Bytes one block's weights occupy in a CPU backend when its linear weights are stored as

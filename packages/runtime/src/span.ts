@@ -10,6 +10,8 @@ import { activeBackend } from './backend.ts'
 import { activeGpu } from './webgpu/device.ts'
 import { GpuSpanEngine } from './webgpu/span-engine.ts'
 import type { GpuKVStore } from './webgpu/kv-store.ts'
+import { CpuSpanEngine, cpuEngineAccepts } from './cpu/span-engine.ts'
+import type { CpuKVStore } from './cpu/kv-store.ts'
 import { PlexusError } from './errors.ts'
 
 /** A span asked for what it cannot do (positions past its cache, a cache of another backend). */
@@ -18,24 +20,26 @@ export class SpanError extends PlexusError {
 }
 
 /**
- * One session's keys and values for every block of a span: tfjs tensors, or GPU buffers
- * (`gpu`) when the span runs on the webgpu backend.
+ * One session's keys and values for every block of a span: tfjs tensors, GPU buffers (`gpu`)
+ * when the span runs on the webgpu backend, or wasm memory (`cpu`) on the CPU engine.
  */
 export class KVCache {
   readonly maxLength: number
   readonly layers: LayerCache[]
   readonly gpu?: GpuKVStore
+  readonly cpu?: CpuKVStore
   /** Positions `[0, length)` are cached. */
   length = 0
 
   /** Absolute index of the first block this cache covers. */
   readonly firstBlock: number
 
-  constructor (firstBlock: number, blocks: number, maxLength: number, gpu?: GpuKVStore) {
+  constructor (firstBlock: number, blocks: number, maxLength: number, gpu?: GpuKVStore, cpu?: CpuKVStore) {
     this.firstBlock = firstBlock
     this.maxLength = maxLength
     this.layers = Array.from({ length: blocks }, () => ({}))
     this.gpu = gpu
+    this.cpu = cpu
   }
 
   /** Blocks covered. */
@@ -47,7 +51,7 @@ export class KVCache {
       throw new SpanError(`cannot truncate the cache to ${length}: it holds ${this.length} positions`)
     }
     if (length === this.length) return
-    if (this.gpu != null) { this.length = length; return }
+    if (this.gpu != null || this.cpu != null) { this.length = length; return }
     for (const l of this.layers) {
       if (l.k == null || l.v == null) continue
       if (length === 0) {
@@ -66,6 +70,7 @@ export class KVCache {
   /** Bytes held (float32 keys and values). */
   bytes (): number {
     if (this.gpu != null) return this.gpu.bytes()
+    if (this.cpu != null) return this.cpu.bytes()
     let n = 0
     for (const l of this.layers) n += ((l.k?.size ?? 0) + (l.v?.size ?? 0)) * 4
     return n
@@ -74,6 +79,7 @@ export class KVCache {
   dispose (): void {
     this.truncate(0)
     this.gpu?.dispose()
+    this.cpu?.dispose()
   }
 }
 
@@ -96,16 +102,22 @@ export class Span {
   private readonly blocks: BlockWeights[]
   /** Set when the blocks live on the GPU (webgpu backend); `blocks` is empty then. */
   private readonly gpu?: GpuSpanEngine
+  /** Set when the blocks run on the CPU engine (weights in a kernel format); `blocks` is empty then. */
+  private readonly cpu?: CpuSpanEngine
   private readonly invFreq: Float64Array
 
-  private constructor (config: ModelConfig, start: number, end: number, blocks: BlockWeights[], gpu?: GpuSpanEngine) {
+  private constructor (config: ModelConfig, start: number, end: number, blocks: BlockWeights[], engines: { gpu?: GpuSpanEngine, cpu?: CpuSpanEngine }) {
     this.config = config
     this.start = start
     this.end = end
     this.blocks = blocks
-    this.gpu = gpu
+    this.gpu = engines.gpu
+    this.cpu = engines.cpu
     this.invFreq = inverseFrequencies(config)
   }
+
+  /** Which block forward runs this span. */
+  get engine (): 'webgpu' | 'cpu-kernels' | 'tfjs' { return this.gpu != null ? 'webgpu' : this.cpu != null ? 'cpu-kernels' : 'tfjs' }
 
   /**
    * Reads only the tensors of blocks `[start, end)` (and only the shards holding them), into the
@@ -129,19 +141,27 @@ export class Span {
     const blocks: BlockWeights[] = []
     const gpu = activeBackend() === 'webgpu' ? activeGpu() : undefined
     const engine = gpu != null ? new GpuSpanEngine(gpu, ckpt.config, inverseFrequencies(ckpt.config), { kv: opts.kvCache }) : undefined
+    let cpu: CpuSpanEngine | undefined
     try {
       for (let b = start; b < end; b++) {
         const raws = await readBlockChecked(ckpt, b, opts.blockDigests?.[b])
+        // weights in a kernel format (q8_0, the k-quants, bf16) run on the CPU engine, decided
+        // by the span's first block; float32 checkpoints stay on tfjs (PLEXUS_BLOCK_ENGINE=tfjs forces it)
+        if (engine == null && b === start && cpuEngineAccepts(raws) && process.env.PLEXUS_BLOCK_ENGINE !== 'tfjs') {
+          cpu = new CpuSpanEngine(ckpt.config, inverseFrequencies(ckpt.config))
+        }
         if (engine != null) await engine.addBlock(b, raws)
+        else if (cpu != null) cpu.addBlock(b, raws)
         else blocks.push(loadBlockWeights(ckpt.config, b, raws))
         opts.onBlockLoaded?.(b)
       }
     } catch (err) {
       blocks.forEach(disposeBlockWeights)
       engine?.dispose()
+      cpu?.dispose()
       throw err
     }
-    const span = new Span(ckpt.config, start, end, blocks, engine)
+    const span = new Span(ckpt.config, start, end, blocks, { gpu: engine, cpu })
     try {
       await span.warmUp()
     } catch (err) {
@@ -167,6 +187,7 @@ export class Span {
    * copies not counted), Q8_0/Q4_K weights as their blocks. Undefined on the GPU.
    */
   get weightBytes (): number | undefined {
+    if (this.cpu != null) return this.cpu.weightBytes
     return this.gpu != null ? undefined : this.blocks.reduce((n, w) => n + blockWeightBytes(w), 0)
   }
 
@@ -178,7 +199,7 @@ export class Span {
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < this.start || end > this.end || start >= end) {
       throw new SpanError(`blocks [${start}, ${end}) are not within the served span [${this.start}, ${this.end})`)
     }
-    return new KVCache(start, end - start, maxLength, this.gpu?.newStore(end - start, maxLength))
+    return new KVCache(start, end - start, maxLength, this.gpu?.newStore(end - start, maxLength), this.cpu?.newStore(start - this.start, end - start, maxLength))
   }
 
   /**
@@ -219,6 +240,7 @@ export class Span {
     }
 
     if (this.gpu != null) return await this.forwardGpu(steps, from, blocks)
+    if (this.cpu != null) return this.forwardCpu(steps, from, blocks)
     const rows = steps.reduce((n, s) => n + s.tokens, 0)
     const input = new Float32Array(rows * H)
     let o = 0
@@ -247,6 +269,13 @@ export class Span {
   private async forwardGpu (steps: SpanStep[], from: number, blocks: number): Promise<Float32Array[]> {
     for (const s of steps) if (s.cache.gpu == null) throw new SpanError('cache belongs to another backend')
     const data = await this.gpu!.forward(steps.map(s => ({ hidden: s.hidden, tokens: s.tokens, store: s.cache.gpu!, length: s.cache.length })), from, blocks)
+    for (const s of steps) s.cache.length += s.tokens
+    return this.perStep(data, steps)
+  }
+
+  private forwardCpu (steps: SpanStep[], from: number, blocks: number): Float32Array[] {
+    for (const s of steps) if (s.cache.cpu == null) throw new SpanError('cache belongs to another backend')
+    const data = this.cpu!.forward(steps.map(s => ({ hidden: s.hidden, tokens: s.tokens, store: s.cache.cpu!, length: s.cache.length })), from, blocks)
     for (const s of steps) s.cache.length += s.tokens
     return this.perStep(data, steps)
   }
@@ -289,5 +318,6 @@ export class Span {
     this.blocks.forEach(disposeBlockWeights)
     this.blocks.length = 0
     this.gpu?.dispose()
+    this.cpu?.dispose()
   }
 }

@@ -61,7 +61,9 @@ describe('a span step\'s memory (wasm)', function () {
         const cache = span.newCache(64)
         await span.forward(hiddenStates(24, ckpt.config.hiddenSize), 24, cache)
         await span.forward(hiddenStates(1, ckpt.config.hiddenSize), 1, cache)
-        assert.equal(tf.memory().numTensors, before + 2 * span.size)
+        // tfjs spans cache keys and values as two tensors a block; the CPU engine in its own memory
+        assert.equal(tf.memory().numTensors, before + (span.engine === 'tfjs' ? 2 * span.size : 0))
+        if (span.engine !== 'tfjs') assert.ok(cache.bytes() > 0)
         cache.dispose()
         assert.equal(tf.memory().numTensors, before)
       })

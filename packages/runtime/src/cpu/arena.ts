@@ -22,6 +22,15 @@ export interface KernelExports {
   matmul_q5_K: (w: number, rows: number, cols: number, xq: number, xd: number, xbs: number, tokens: number, y: number, r0: number, r1: number, half: number) => void
   matmul_q6_K: (w: number, rows: number, cols: number, xq: number, xd: number, xbs: number, tokens: number, y: number, r0: number, r1: number, half: number) => void
   matmul_bf16: (w: number, rows: number, cols: number, x: number, tokens: number, y: number, r0: number, r1: number) => void
+  matmul_f32: (w: number, rows: number, cols: number, x: number, tokens: number, y: number, r0: number, r1: number) => void
+  // block operations (ops.c)
+  rms_norm: (x: number, w: number, y: number, n: number, rows: number, eps: number) => void
+  add_rows: (x: number, xs: number, y: number, ys: number, n: number, rows: number) => void
+  copy_rows: (src: number, ss: number, dst: number, ds: number, n: number, rows: number) => void
+  rope: (x: number, xs: number, heads: number, d: number, rows: number, cos: number, sin: number) => void
+  kv_store: (x: number, xs: number, rows: number, kvHeads: number, d: number, cache: number, cap: number, pos: number) => void
+  attention: (q: number, qs: number, rows: number, first: number, heads: number, kvHeads: number, d: number, kc: number, vc: number, cap: number, scale: number, out: number, os: number, work: number) => void
+  swiglu: (gu: number, act: number, f: number, rows: number) => void
 }
 
 let module: WasmModule | undefined
@@ -86,6 +95,12 @@ export class Arena {
     size = Math.ceil(Math.max(size, 1) / ALIGN) * ALIGN
     let i = 0
     while (i < this.free.length && this.free[i].at < at) i++
+    // a range freed twice (or one that overlaps a free one) would be handed out twice
+    const before = this.free[i - 1]
+    const after = this.free[i]
+    if (at < RESERVED || at + size > this.top || (before != null && before.at + before.size > at) || (after != null && at + size > after.at)) {
+      throw new RangeError(`arena ${this.id}: releasing [${at}, ${at + size}) that is not allocated`)
+    }
     this.free.splice(i, 0, { at, size })
     // merge with the neighbours, then give the last range back to `top`
     if (i + 1 < this.free.length && this.free[i].at + this.free[i].size === this.free[i + 1].at) {
@@ -116,9 +131,11 @@ export class Arena {
 
 const arenas: Arena[] = []
 
-/** Room for `size` bytes in the first arena that has it (a new one when none has). */
-export function allocate (size: number): { arena: Arena, at: number } {
+/** Room for `size` bytes in `near` when it has it, else in the first arena that has it (a new one when none has). */
+export function allocate (size: number, near?: Arena): { arena: Arena, at: number } {
   if (size > MAX_PAGES * PAGE - RESERVED - 65536 * 4) throw new RangeError(`${size} bytes do not fit one wasm memory (4 GiB)`)
+  const there = near?.alloc(size)
+  if (near != null && there !== undefined) return { arena: near, at: there }
   for (const arena of arenas) {
     const at = arena.alloc(size)
     if (at !== undefined) return { arena, at }

@@ -2,9 +2,14 @@ import { QK8_0, Q8_0_BLOCK_BYTES, QK_K, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K
 import type { QuantDType } from '../checkpoint.ts'
 import { quantizeActQ8_0, quantizeActQ8_K, dotQ8_0, dotQ4_K, dotQ5_K, dotQ6_K, dotBf16 } from './reference.ts'
 import { WasmQuantMatrix } from './wasm-matrix.ts'
+import type { Arena } from './arena.ts'
 
-/** Storage formats the CPU kernels read directly: ggml blocks, and bf16 (rows of 8-value "blocks"). */
-export type QuantMatrixFormat = 'q8_0' | 'q4_k' | 'q5_k' | 'q6_k' | 'bf16'
+/**
+ * Storage formats the CPU kernels read directly: ggml blocks, bf16 (rows of 8-value "blocks"), and
+ * f32 (weights stored in no block format, held for the CPU engine's kernels: never chosen for a
+ * float32 checkpoint's blocks, which tfjs runs).
+ */
+export type QuantMatrixFormat = 'q8_0' | 'q4_k' | 'q5_k' | 'q6_k' | 'bf16' | 'f32'
 
 /** A linear weight W [rows, cols] held as ggml blocks, row-major; y = x · Wᵀ. */
 export interface QuantMatrix {
@@ -39,7 +44,8 @@ export const QUANT_BLOCK: Record<QuantMatrixFormat, { values: number, bytes: num
   q5_k: { values: QK_K, bytes: Q5_K_BLOCK_BYTES },
   q6_k: { values: QK_K, bytes: Q6_K_BLOCK_BYTES },
   // not a ggml block: the kernel reads eight values a step, so rows must be whole eights
-  bf16: { values: 8, bytes: 16 }
+  bf16: { values: 8, bytes: 16 },
+  f32: { values: 4, bytes: 16 }
 }
 
 const FORMAT_OF: Record<string, QuantMatrixFormat> = { Q8_0: 'q8_0', Q4_K: 'q4_k', Q5_K: 'q5_k', Q6_K: 'q6_k', BF16: 'bf16' }
@@ -80,14 +86,14 @@ function checkParts (parts: QuantBlocks[]): { format: QuantMatrixFormat, rows: n
 }
 
 /** W [rows, cols] from its blocks (copied: the caller's array can be dropped). */
-export function quantMatrix (format: QuantMatrixFormat, rows: number, cols: number, blocks: Uint8Array): QuantMatrix {
+export function quantMatrix (format: QuantMatrixFormat, rows: number, cols: number, blocks: Uint8Array): WasmQuantMatrix {
   return concatRows([{ format, rows, cols, blocks }])
 }
 
 /** The rows of several matrices of equal cols and format, one after another (fused q/k/v, gate/up). */
-export function concatRows (parts: QuantBlocks[]): QuantMatrix {
+export function concatRows (parts: QuantBlocks[], near?: Arena): WasmQuantMatrix {
   const { format, rows, cols } = checkParts(parts)
-  return new WasmQuantMatrix(format, rows, cols, quantBlocksBytes(format, rows, cols), parts)
+  return new WasmQuantMatrix(format, rows, cols, quantBlocksBytes(format, rows, cols), parts, near)
 }
 
 /** The plain JS kernels (reference.ts): slow, kept for tests and as the definition. */
@@ -116,9 +122,12 @@ export class ScalarQuantMatrix implements QuantMatrix {
     const { values, bytes } = QUANT_BLOCK[this.format]
     const nb = this.cols / values
     const y = new Float32Array(tokens * this.rows)
-    if (this.format === 'bf16') {
+    if (this.format === 'bf16' || this.format === 'f32') {
+      const f32 = new Float32Array(w.buffer, w.byteOffset, w.byteLength / 4)
       for (let t = 0; t < tokens; t++) {
-        for (let r = 0; r < this.rows; r++) y[t * this.rows + r] = dotBf16(w, r * this.cols, x, t * this.cols, this.cols)
+        for (let r = 0; r < this.rows; r++) {
+          y[t * this.rows + r] = this.format === 'bf16' ? dotBf16(w, r * this.cols, x, t * this.cols, this.cols) : dotF32(f32, r * this.cols, x, t * this.cols, this.cols)
+        }
       }
       return y
     }
@@ -131,6 +140,12 @@ export class ScalarQuantMatrix implements QuantMatrix {
   }
 
   dispose (): void { this.blocks = undefined }
+}
+
+function dotF32 (w: Float32Array, wo: number, x: Float32Array, xo: number, n: number): number {
+  let s = 0
+  for (let i = 0; i < n; i++) s += w[wo + i] * x[xo + i]
+  return s
 }
 
 export function checkInput (m: QuantMatrix, x: Float32Array, tokens: number): void {

@@ -14,15 +14,17 @@ export class WasmQuantMatrix implements QuantMatrix {
   readonly rows: number
   readonly cols: number
   readonly bytes: number
-  private readonly arena: Arena
+  /** the wasm memory holding the blocks: inputs of forwardAt live there too */
+  readonly arena: Arena
   private at: number | undefined
 
-  constructor (format: QuantMatrixFormat, rows: number, cols: number, bytes: number, parts: QuantBlocks[]) {
+  /** `near`: the arena to place the blocks in when it has room (a block's other weights). */
+  constructor (format: QuantMatrixFormat, rows: number, cols: number, bytes: number, parts: QuantBlocks[], near?: Arena) {
     this.format = format
     this.rows = rows
     this.cols = cols
     this.bytes = bytes
-    const { arena, at } = allocate(bytes)
+    const { arena, at } = allocate(bytes, near)
     this.arena = arena
     this.at = at
     const mem = arena.memory.buffer
@@ -31,28 +33,43 @@ export class WasmQuantMatrix implements QuantMatrix {
   }
 
   forward (x: Float32Array, tokens: number): Float32Array {
-    const w = this.at
-    if (w === undefined) throw new QuantMatrixError(`${this.format} matrix [${this.rows}, ${this.cols}] used after dispose`)
     checkInput(this, x, tokens)
     const { rows, cols, arena } = this
     const n = tokens * cols
-    if (this.format === 'bf16') {
+    const xf = arena.scratch(up(4 * n) + up(4 * tokens * rows) + this.scratchBytes(tokens))
+    const y = xf + up(4 * n)
+    new Float32Array(arena.memory.buffer, xf, n).set(x)
+    this.forwardAt(xf, tokens, y, y + up(4 * tokens * rows))
+    return new Float32Array(arena.memory.buffer, y, tokens * rows).slice()
+  }
+
+  /** Bytes of scratch forwardAt needs for `tokens` rows: the activations as the kernel reads them. */
+  scratchBytes (tokens: number): number {
+    if (this.format === 'bf16' || this.format === 'f32') return 0
+    const n = tokens * this.cols
+    const nb = this.cols / QUANT_BLOCK[this.format].values
+    // quantized values (int16 for q8_0, int8 for q8_K), one f32 scale per block, q8_K's int16 sums (16 per block)
+    return up(2 * n) + up(4 * tokens * nb) + up(32 * tokens * nb)
+  }
+
+  /**
+   * y = x · Wᵀ with x `[tokens, cols]` f32 at `xf` and y `[tokens, rows]` at `y`, both in this
+   * matrix's arena, and `scratch` (scratchBytes(tokens) there) for the quantized activations.
+   */
+  forwardAt (xf: number, tokens: number, y: number, scratch: number): void {
+    const w = this.at
+    if (w === undefined) throw new QuantMatrixError(`${this.format} matrix [${this.rows}, ${this.cols}] used after dispose`)
+    const { rows, cols, arena } = this
+    if (this.format === 'bf16' || this.format === 'f32') {
       // float32 activations as they are: the kernel widens the weights, nothing is quantized
-      const x32 = arena.scratch(up(4 * n) + 4 * tokens * rows)
-      const y = x32 + up(4 * n)
-      new Float32Array(arena.memory.buffer, x32, n).set(x)
-      splitRows(arena, { kernel: 'bf16', w, rows, cols, xq: x32, xd: 0, xbs: 0, tokens, y })
-      return new Float32Array(arena.memory.buffer, y, tokens * rows).slice()
+      splitRows(arena, { kernel: this.format, w, rows, cols, xq: xf, xd: 0, xbs: 0, tokens, y })
+      return
     }
+    const n = tokens * cols
     const nb = cols / QUANT_BLOCK[this.format].values
-    // scratch: x as f32, its quantized values (int16 for q8_0, int8 for q8_K), one f32 scale per
-    // block, q8_K's int16 sums (16 per block), then y
-    const xf = arena.scratch(up(4 * n) + up(2 * n) + up(4 * tokens * nb) + up(32 * tokens * nb) + 4 * tokens * rows)
-    const xq = xf + up(4 * n)
+    const xq = scratch
     const xd = xq + up(2 * n)
     const xbs = xd + up(4 * tokens * nb)
-    const y = xbs + up(32 * tokens * nb)
-    new Float32Array(arena.memory.buffer, xf, n).set(x)
     const k = arena.kernels
     if (this.format === 'q8_0') {
       k.quantize_q8_0(xf, xq, xd, n, arena.half)
@@ -61,7 +78,6 @@ export class WasmQuantMatrix implements QuantMatrix {
       k.quantize_q8_K(xf, xq, xd, xbs, n)
       splitRows(arena, { kernel: KQUANT_KERNEL[this.format], w, rows, cols, xq, xd, xbs, tokens, y })
     }
-    return new Float32Array(arena.memory.buffer, y, tokens * rows).slice()
   }
 
   dispose (): void {

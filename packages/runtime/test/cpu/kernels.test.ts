@@ -20,7 +20,7 @@ function randn (n: number, seed: number, scale = 1): Float32Array {
 }
 
 const kernelThreads0 = kernelThreads()
-type BlockFormat = Exclude<QuantMatrixFormat, 'bf16'>
+type BlockFormat = Exclude<QuantMatrixFormat, 'bf16' | 'f32'>
 const DTYPE = { q8_0: 'Q8_0', q4_k: 'Q4_K', q5_k: 'Q5_K', q6_k: 'Q6_K' } as const
 const QUANTIZE = { q8_0: quantizeQ8_0, q4_k: quantizeQ4_K, q5_k: quantizeQ5_K, q6_k: quantizeQ6_K }
 const quantize = (format: BlockFormat, w: Float32Array): Uint8Array => QUANTIZE[format](w)
@@ -243,7 +243,7 @@ describe('CPU quantized kernels', function () {
     assert.throws(() => quantMatrix('q5_k', 2, 256, q8), /expected 352 bytes of blocks, got 272/)
     assert.throws(() => quantMatrix('q8_0', 4, 64, q8.subarray(1)), /expected 272 bytes of blocks, got 271/)
     assert.throws(() => quantMatrix('q8_0', 0, 64, q8), QuantMatrixError)
-    assert.throws(() => quantMatrix('f32' as QuantMatrixFormat, 4, 64, q8), /unknown quantized format f32/)
+    assert.throws(() => quantMatrix('q2_k' as QuantMatrixFormat, 4, 64, q8), /unknown quantized format q2_k/)
     assert.throws(() => concatRows([{ format: 'q8_0', rows: 4, cols: 64, blocks: q8 }, { format: 'q8_0', rows: 8, cols: 32, blocks: q8 }]),
       /format and cols must match/)
     const m = quantMatrix('q8_0', 4, 64, q8)

@@ -1,0 +1,316 @@
+import type { ModelConfig } from '../config.ts'
+import { rawFloat32 } from '../checkpoint.ts'
+import type { RawTensor } from '../checkpoint.ts'
+import { rotaryTables } from '../rope.ts'
+import { mlpChunkRows } from '../block.ts'
+import type { Arena } from './arena.ts'
+import { concatRows, quantMatrixFormat } from './quant-matrix.ts'
+import type { QuantMatrixFormat } from './quant-matrix.ts'
+import type { WasmQuantMatrix } from './wasm-matrix.ts'
+import { CpuKVStore } from './kv-store.ts'
+
+// The block forward on the CPU kernels, for spans whose weights are stored in a kernel format
+// (q8_0, q4_K, q5_K, q6_K, bf16): every operation of every block of a step runs in wasm over the
+// arena's memory (ops.c, kernels.c), the residual stream stays there between blocks, and only the
+// span's output is copied out. The tfjs block forward (block.ts) costs ~40 dispatches a block,
+// which on a small model weighed more than the matrix products themselves.
+
+/** One block's weights in the arena: norms (and Qwen2's q/k/v bias) as float32, linears as stored. */
+interface CpuBlock {
+  /** where the block's activations live: the arena of its first linear */
+  home: Arena
+  inputNorm: number
+  postNorm: number
+  qkvBias?: number
+  /** small float32 vectors allocated in `home` */
+  vectors: Array<{ at: number, bytes: number }>
+  qkv: WasmQuantMatrix[]
+  out: WasmQuantMatrix[]
+  gateUp: WasmQuantMatrix[]
+  down: WasmQuantMatrix[]
+}
+
+/** One session's rows in a (batched) step. */
+export interface CpuStep { hidden: Float32Array, tokens: number, store: CpuKVStore, length: number }
+
+/** A step's activations in one arena, carved from the engine's scratch there. */
+interface Layout {
+  x: number, h: number, qkv: number, att: number, gu: number, act: number, part: number,
+  mm: number, cos: number, sin: number, work: number
+}
+
+const up = (n: number): number => Math.ceil(n / 64) * 64
+
+/** Whether a block's tensors are stored in a format the CPU kernels read (then this engine runs it). */
+export function cpuEngineAccepts (raws: RawTensor[]): boolean {
+  return raws.some(r => /_proj\.weight$/.test(r.name) && quantMatrixFormat(r.dtype) != null)
+}
+
+/**
+ * Consecutive weights in one kernel format become one matrix (q/k/v and gate/up fused); others
+ * (a GGUF's Q4_0, an F16 tensor in a bf16 file) are widened to float32 rows for matmul_f32.
+ */
+function loadLinear (parts: RawTensor[], near?: Arena): WasmQuantMatrix[] {
+  const runs: Array<{ format: QuantMatrixFormat, parts: RawTensor[] }> = []
+  for (const p of parts) {
+    const format = quantMatrixFormat(p.dtype) ?? 'f32'
+    const last = runs.at(-1)
+    if (last?.format === format) last.parts.push(p)
+    else runs.push({ format, parts: [p] })
+  }
+  const made: WasmQuantMatrix[] = []
+  try {
+    for (const run of runs) {
+      made.push(concatRows(run.parts.map(p => {
+        const blocks = run.format === 'f32' && p.dtype !== 'F32' ? new Uint8Array(rawFloat32(p).buffer) : p.bytes
+        return { format: run.format, rows: p.shape[0], cols: p.shape[1], blocks }
+      }), near))
+    }
+  } catch (err) {
+    for (const m of made) m.dispose()
+    throw err
+  }
+  return made
+}
+
+export class CpuSpanEngine {
+  private readonly cfg: ModelConfig
+  private readonly invFreq: Float64Array
+  private readonly blocks: CpuBlock[] = []
+  /** this engine's scratch in each arena it runs blocks in */
+  private readonly scratch = new Map<Arena, { at: number, bytes: number }>()
+
+  constructor (cfg: ModelConfig, invFreq: Float64Array) {
+    for (const [what, n] of [['hidden_size', cfg.hiddenSize], ['intermediate_size', cfg.intermediateSize], ['head_dim', cfg.headDim]] as const) {
+      if (n % 4 !== 0) throw new Error(`the CPU engine needs ${what} to be a multiple of 4 (got ${n})`)
+    }
+    this.cfg = cfg
+    this.invFreq = invFreq
+  }
+
+  addBlock (block: number, raws: RawTensor[]): void {
+    const by = new Map(raws.map(r => [r.name.slice(`model.layers.${block}.`.length), r]))
+    const get = (n: string): RawTensor => {
+      const r = by.get(n)
+      if (r == null) throw new Error(`block ${block}: tensor ${n} missing`)
+      return r
+    }
+    const b: Partial<CpuBlock> & { vectors: CpuBlock['vectors'] } = { vectors: [] }
+    try {
+      b.qkv = loadLinear(['q', 'k', 'v'].map(x => get(`self_attn.${x}_proj.weight`)))
+      const home = b.qkv[0].arena
+      b.home = home
+      b.out = loadLinear([get('self_attn.o_proj.weight')], home)
+      b.gateUp = loadLinear([get('mlp.gate_proj.weight'), get('mlp.up_proj.weight')], home)
+      b.down = loadLinear([get('mlp.down_proj.weight')], home)
+      const vector = (values: Float32Array): number => {
+        const at = home.alloc(values.byteLength)
+        if (at === undefined) throw new RangeError(`block ${block}: no room for its norms beside its weights in a 4 GiB wasm memory`)
+        b.vectors.push({ at, bytes: values.byteLength })
+        new Float32Array(home.memory.buffer, at, values.length).set(values)
+        return at
+      }
+      b.inputNorm = vector(rawFloat32(get('input_layernorm.weight')))
+      b.postNorm = vector(rawFloat32(get('post_attention_layernorm.weight')))
+      if (this.cfg.qkvBias) {
+        const bias = ['q', 'k', 'v'].map(x => rawFloat32(get(`self_attn.${x}_proj.bias`)))
+        const all = new Float32Array(bias.reduce((n, a) => n + a.length, 0))
+        let o = 0
+        for (const a of bias) { all.set(a, o); o += a.length }
+        b.qkvBias = vector(all)
+      }
+    } catch (err) {
+      disposeBlock(b)
+      throw err
+    }
+    this.blocks.push(b as CpuBlock)
+  }
+
+  /** Bytes of the blocks' weights: the stored blocks, norms as float32. */
+  get weightBytes (): number {
+    let n = 0
+    for (const b of this.blocks) {
+      for (const m of [...b.qkv, ...b.out, ...b.gateUp, ...b.down]) n += m.bytes
+      for (const v of b.vectors) n += v.bytes
+    }
+    return n
+  }
+
+  /** A session's cache for `blocks` blocks from `from` (relative to the span), each beside its block. */
+  newStore (from: number, blocks: number, maxLength: number): CpuKVStore {
+    const homes = this.blocks.slice(from, from + blocks).map(b => b.home)
+    return new CpuKVStore(homes, this.cfg.numKvHeads, this.cfg.headDim, maxLength)
+  }
+
+  /** Runs the steps' rows through blocks `[from, from + blocks)`; the stores are extended, their lengths not. */
+  forward (steps: CpuStep[], from: number, blocks: number): Float32Array {
+    const cfg = this.cfg
+    const H = cfg.hiddenSize
+    const d = cfg.headDim
+    const Q = cfg.numHeads * d
+    const KV = cfg.numKvHeads * d
+    const W = Q + 2 * KV
+    const F = cfg.intermediateSize
+    const R = steps.reduce((n, s) => n + s.tokens, 0)
+    const chunk = Math.min(R, mlpChunkRows(cfg))
+    const keys = steps.reduce((n, s) => Math.max(n, s.length + s.tokens), 0)
+    const positions: number[] = []
+    for (const s of steps) {
+      s.store.reserve(s.length + s.tokens, s.length)
+      for (let t = 0; t < s.tokens; t++) positions.push(s.length + t)
+    }
+    const { cos, sin } = rotaryTables(this.invFreq, positions)
+    const scale = Math.fround(1 / Math.sqrt(d))
+    // every arena's scratch sized for the largest block there first: growing it mid-step would
+    // move the residual stream
+    const need = new Map<Arena, number>()
+    for (let i = 0; i < blocks; i++) {
+      const b = this.blocks[from + i]
+      need.set(b.home, Math.max(need.get(b.home) ?? 0, this.layoutSizes(b, R, chunk, keys).total))
+    }
+    for (const [arena, bytes] of need) this.scratchIn(arena, bytes)
+
+    let prev: { arena: Arena, x: number } | undefined
+    for (let i = 0; i < blocks; i++) {
+      const b = this.blocks[from + i]
+      const arena = b.home
+      const k = arena.kernels
+      const L = this.layout(b, R, chunk, keys)
+      const mem = (): ArrayBuffer => arena.memory.buffer as ArrayBuffer
+      if (prev == null) {
+        let o = 0
+        for (const s of steps) { new Float32Array(mem(), L.x + 4 * o * H, s.tokens * H).set(s.hidden); o += s.tokens }
+      } else if (prev.arena !== arena) {
+        new Float32Array(mem(), L.x, R * H).set(new Float32Array(prev.arena.memory.buffer, prev.x, R * H))
+      }
+      if (prev == null || prev.arena !== arena) {
+        new Float32Array(mem(), L.cos, R * d).set(cos)
+        new Float32Array(mem(), L.sin, R * d).set(sin)
+      }
+
+      // attention: x += O · attend(rope(Q·norm(x)), cache + rope(K·norm(x)), cache + V·norm(x))
+      k.rms_norm(L.x, b.inputNorm, L.h, H, R, cfg.rmsNormEps)
+      this.linear(b, b.qkv, L, L.h, R, L.qkv, W)
+      if (b.qkvBias != null) k.add_rows(L.qkv, W, b.qkvBias, 0, W, R)
+      k.rope(L.qkv, W, cfg.numHeads, d, R, L.cos, L.sin)
+      k.rope(L.qkv + 4 * Q, W, cfg.numKvHeads, d, R, L.cos, L.sin)
+      let row = 0
+      for (const s of steps) {
+        this.attend(b, i, s, L, L.qkv + 4 * row * W, L.att + 4 * row * Q, scale)
+        row += s.tokens
+      }
+      this.linear(b, b.out, L, L.att, R, L.h, H)
+      k.add_rows(L.x, H, L.h, H, H, R)
+
+      // MLP, in chunks of rows: x += down(silu(gate·norm(x)) ⊙ up·norm(x))
+      for (let r = 0; r < R; r += chunk) {
+        const n = Math.min(chunk, R - r)
+        const x = L.x + 4 * r * H
+        k.rms_norm(x, b.postNorm, L.h, H, n, cfg.rmsNormEps)
+        this.linear(b, b.gateUp, L, L.h, n, L.gu, 2 * F)
+        k.swiglu(L.gu, L.act, F, n)
+        this.linear(b, b.down, L, L.act, n, L.h, H)
+        k.add_rows(x, H, L.h, H, H, n)
+      }
+      prev = { arena, x: L.x }
+    }
+    return new Float32Array(prev!.arena.memory.buffer, prev!.x, R * H).slice()
+  }
+
+  /** y `[rows, width]` = x · the linear's parts side by side, all at addresses in the block's home. */
+  private linear (b: CpuBlock, parts: WasmQuantMatrix[], L: Layout, x: number, rows: number, y: number, width: number): void {
+    const home = b.home
+    if (parts.length === 1 && parts[0].arena === home) { parts[0].forwardAt(x, rows, y, L.mm); return }
+    let col = 0
+    for (const p of parts) {
+      if (p.arena === home) {
+        p.forwardAt(x, rows, L.part, L.mm)
+      } else {
+        // a part that landed in another 4 GiB memory: its input and output are copied across
+        const out = p.forward(new Float32Array(home.memory.buffer, x, rows * p.cols).slice(), rows)
+        new Float32Array(home.memory.buffer, L.part, rows * p.rows).set(out)
+      }
+      home.kernels.copy_rows(L.part, p.rows, y + 4 * col, width, p.rows, rows)
+      col += p.rows
+    }
+  }
+
+  /** Appends one session's keys and values to block i of its cache and attends its rows. */
+  private attend (b: CpuBlock, i: number, s: CpuStep, L: Layout, qkv: number, att: number, scale: number): void {
+    const cfg = this.cfg
+    const d = cfg.headDim
+    const Q = cfg.numHeads * d
+    const KV = cfg.numKvHeads * d
+    const W = Q + 2 * KV
+    const region = s.store.regions[i]
+    const kc = s.store.keys(i)
+    const vc = s.store.values(i)
+    let [a, q, out, work] = [b.home, qkv, att, L.work]
+    if (region.arena !== b.home) {
+      // the cache landed in another wasm memory: attend there, on copies of this session's rows
+      a = region.arena
+      const room = this.scratchIn(a, up(4 * s.tokens * W) + up(4 * s.tokens * Q) + 4 * (d + s.length + s.tokens))
+      q = room; out = room + up(4 * s.tokens * W); work = out + up(4 * s.tokens * Q)
+      new Float32Array(a.memory.buffer, q, s.tokens * W).set(new Float32Array(b.home.memory.buffer, qkv, s.tokens * W))
+    }
+    const k = a.kernels
+    k.kv_store(q + 4 * Q, W, s.tokens, cfg.numKvHeads, d, kc, s.store.cap, s.length)
+    k.kv_store(q + 4 * (Q + KV), W, s.tokens, cfg.numKvHeads, d, vc, s.store.cap, s.length)
+    k.attention(q, W, s.tokens, s.length, cfg.numHeads, cfg.numKvHeads, d, kc, vc, s.store.cap, scale, out, Q, work)
+    if (a !== b.home) new Float32Array(b.home.memory.buffer, att, s.tokens * Q).set(new Float32Array(a.memory.buffer, out, s.tokens * Q))
+  }
+
+  /** The step's activations in block b's arena. */
+  private layout (b: CpuBlock, R: number, chunk: number, keys: number): Layout {
+    const { sizes, total } = this.layoutSizes(b, R, chunk, keys)
+    let at = this.scratchIn(b.home, total)
+    const L = {} as Record<string, number>
+    for (const [name, bytes] of Object.entries(sizes)) { L[name] = at; at += up(bytes) }
+    return L as unknown as Layout
+  }
+
+  private layoutSizes (b: CpuBlock, R: number, chunk: number, keys: number): { sizes: Record<keyof Layout, number>, total: number } {
+    const cfg = this.cfg
+    const H = cfg.hiddenSize
+    const d = cfg.headDim
+    const Q = cfg.numHeads * d
+    const W = Q + 2 * cfg.numKvHeads * d
+    const F = cfg.intermediateSize
+    const mm = Math.max(
+      ...b.qkv.map(p => p.scratchBytes(R)), ...b.out.map(p => p.scratchBytes(R)),
+      ...b.gateUp.map(p => p.scratchBytes(chunk)), ...b.down.map(p => p.scratchBytes(chunk)))
+    const sizes = {
+      x: 4 * R * H, h: 4 * R * H, qkv: 4 * R * W, att: 4 * R * Q, gu: 4 * chunk * 2 * F, act: 4 * chunk * F,
+      part: 4 * Math.max(R * W, chunk * 2 * F, R * H), mm, cos: 4 * R * d, sin: 4 * R * d, work: 4 * (d + keys)
+    }
+    let total = 0
+    for (const v of Object.values(sizes)) total += up(v)
+    return { sizes, total }
+  }
+
+  /** This engine's scratch in `arena`, at least `bytes` (its contents are not kept on growth). */
+  private scratchIn (arena: Arena, bytes: number): number {
+    const have = this.scratch.get(arena)
+    if (have != null && have.bytes >= bytes) return have.at
+    if (have != null) arena.release(have.at, have.bytes)
+    this.scratch.delete(arena)
+    const size = Math.max(bytes, (have?.bytes ?? 0) * 2)
+    const at = arena.alloc(size)
+    if (at === undefined) throw new RangeError(`no room for a step's ${size} bytes of activations in a 4 GiB wasm memory`)
+    this.scratch.set(arena, { at, bytes: size })
+    return at
+  }
+
+  dispose (): void {
+    for (const b of this.blocks) disposeBlock(b)
+    this.blocks.length = 0
+    for (const [arena, s] of this.scratch) arena.release(s.at, s.bytes)
+    this.scratch.clear()
+  }
+}
+
+function disposeBlock (b: Partial<CpuBlock> & { vectors: CpuBlock['vectors'] }): void {
+  for (const m of [...b.qkv ?? [], ...b.out ?? [], ...b.gateUp ?? [], ...b.down ?? []]) m.dispose()
+  for (const v of b.vectors) b.home?.release(v.at, v.bytes)
+  b.vectors.length = 0
+}
