@@ -22,6 +22,7 @@ export interface KernelExports {
   matmul_q5_K: (w: number, rows: number, cols: number, xq: number, xd: number, xbs: number, tokens: number, y: number, r0: number, r1: number, half: number) => void
   matmul_q6_K: (w: number, rows: number, cols: number, xq: number, xd: number, xbs: number, tokens: number, y: number, r0: number, r1: number, half: number) => void
   matmul_bf16: (w: number, rows: number, cols: number, x: number, tokens: number, y: number, r0: number, r1: number) => void
+  matmul_f16: (w: number, rows: number, cols: number, x: number, tokens: number, y: number, r0: number, r1: number) => void
   matmul_f32: (w: number, rows: number, cols: number, x: number, tokens: number, y: number, r0: number, r1: number) => void
   // block operations (ops.c)
   rms_norm: (x: number, w: number, y: number, n: number, rows: number, eps: number) => void

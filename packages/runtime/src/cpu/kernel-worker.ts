@@ -35,8 +35,8 @@ for (;;) {
     if (r0 < r1) {
       const kernel = ctl[CTL.kernel]
       if (kernel === KERNEL_CODE.q8_0) k.matmul_q8_0(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.xd], ctl[CTL.tokens], ctl[CTL.y], r0, r1, ctl[CTL.half])
-      else if (kernel === KERNEL_CODE.bf16 || kernel === KERNEL_CODE.f32) {
-        (kernel === KERNEL_CODE.bf16 ? k.matmul_bf16 : k.matmul_f32)(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.tokens], ctl[CTL.y], r0, r1)
+      else if (kernel === KERNEL_CODE.bf16 || kernel === KERNEL_CODE.f16 || kernel === KERNEL_CODE.f32) {
+        (kernel === KERNEL_CODE.bf16 ? k.matmul_bf16 : kernel === KERNEL_CODE.f16 ? k.matmul_f16 : k.matmul_f32)(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.tokens], ctl[CTL.y], r0, r1)
       }
       else {
         // the k-quants (q8_K activations) share one signature

@@ -1,4 +1,4 @@
-// Plexus CPU kernels: matrix products that read ggml's q8_0, q4_K, q5_K and q6_K blocks, and bf16
+// Plexus CPU kernels: matrix products that read ggml's q8_0, q4_K, q5_K and q6_K blocks, and bf16 and f16
 // weights, as stored.
 // Built to wasm32 with SIMD128 by scripts/build-kernels.sh; loaded by arena.ts, called by
 // wasm-matrix.ts and threads.ts.
@@ -328,17 +328,29 @@ void matmul_q6_K(const uint8_t *w, int rows, int cols, const int8_t *xq, const f
   matmul_K(w, rows, cols, xq, xd, xbs, tokens, y, r0, r1, half, 6);
 }
 
-// T tokens of one bf16 row. A bf16 value is the top half of a float32, so widening is a shift
-// (exact) and the products are float32 as the widened tfjs path computes them. Two accumulators
-// per token (the row's low and high four lanes of each eight) keep two add chains in flight.
+// Four f16 values (in the low halves of u32 lanes) as float32, exactly: the exponent and mantissa
+// moved to float32's places make a float 2^-112 times the value (subnormals included), so one
+// product by 2^112 rescales it; exponent 31 (inf, NaN) becomes float32's 255.
+static inline v128_t f16_to_f32x4(v128_t h) {
+  const v128_t em = wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x7fff)), 13);
+  const v128_t sign = wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x8000)), 16);
+  const v128_t scaled = wasm_f32x4_mul(em, wasm_f32x4_splat(0x1.0p+112f));
+  const v128_t special = wasm_i32x4_ge(em, wasm_i32x4_splat(0x0F800000));
+  return wasm_v128_or(wasm_v128_bitselect(wasm_v128_or(em, wasm_i32x4_splat(0x70000000)), scaled, special), sign);
+}
+
+// T tokens of one bf16 (or, with f16 set, f16) row. A bf16 value is the top half of a float32, so
+// widening is a shift; an f16 one widens exactly too. The products are float32 as the widened
+// tfjs path computes them. Two accumulators per token (the row's low and high four lanes of each
+// eight) keep two add chains in flight.
 static inline __attribute__((always_inline)) void
-row_bf16(const uint16_t *row, const float *x, int cols, float *y, int rows, const int T) {
+row_bf16(const uint16_t *row, const float *x, int cols, float *y, int rows, const int T, const int f16) {
   v128_t lo[4], hi[4];
   _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) { lo[k] = wasm_f32x4_splat(0); hi[k] = wasm_f32x4_splat(0); }
   for (int c = 0; c < cols; c += 8) {
     const v128_t w = wasm_v128_load(row + c);
-    const v128_t wl = wasm_i32x4_shl(wasm_u32x4_extend_low_u16x8(w), 16);
-    const v128_t wh = wasm_i32x4_shl(wasm_u32x4_extend_high_u16x8(w), 16);
+    const v128_t wl = f16 ? f16_to_f32x4(wasm_u32x4_extend_low_u16x8(w)) : wasm_i32x4_shl(wasm_u32x4_extend_low_u16x8(w), 16);
+    const v128_t wh = f16 ? f16_to_f32x4(wasm_u32x4_extend_high_u16x8(w)) : wasm_i32x4_shl(wasm_u32x4_extend_high_u16x8(w), 16);
     _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) {
       const float *xk = x + (uint32_t)k * cols + c;
       lo[k] = wasm_f32x4_add(lo[k], wasm_f32x4_mul(wl, wasm_v128_load(xk)));
@@ -348,17 +360,25 @@ row_bf16(const uint16_t *row, const float *x, int cols, float *y, int rows, cons
   _Pragma("clang loop unroll(full)") for (int k = 0; k < T; k++) y[(uint32_t)k * rows] = hsum_f32(wasm_f32x4_add(lo[k], hi[k]));
 }
 
-// Rows r0 ≤ r < r1 of y = x · Wᵀ for bf16 W [rows, cols] (cols a multiple of 8) and float32 x.
-void matmul_bf16(const uint16_t *w, int rows, int cols, const float *x, int tokens, float *y, int r0, int r1) {
+static inline __attribute__((always_inline)) void
+matmul_16(const uint16_t *w, int rows, int cols, const float *x, int tokens, float *y, int r0, int r1, const int f16) {
   const int chunk = CHUNK_ROWS(cols * 2);
   for (int rc = r0; rc < r1; rc += chunk) {
     const int re = rc + chunk < r1 ? rc + chunk : r1;
     int t = 0;
     for (; t + 4 <= tokens; t += 4)
       for (int r = rc; r < re; r++)
-        row_bf16(w + (uint32_t)r * cols, x + (uint32_t)t * cols, cols, y + (uint32_t)t * rows + r, rows, 4);
+        row_bf16(w + (uint32_t)r * cols, x + (uint32_t)t * cols, cols, y + (uint32_t)t * rows + r, rows, 4, f16);
     for (; t < tokens; t++)
       for (int r = rc; r < re; r++)
-        row_bf16(w + (uint32_t)r * cols, x + (uint32_t)t * cols, cols, y + (uint32_t)t * rows + r, rows, 1);
+        row_bf16(w + (uint32_t)r * cols, x + (uint32_t)t * cols, cols, y + (uint32_t)t * rows + r, rows, 1, f16);
   }
+}
+
+// Rows r0 ≤ r < r1 of y = x · Wᵀ for bf16 (f16) W [rows, cols] (cols a multiple of 8) and float32 x.
+void matmul_bf16(const uint16_t *w, int rows, int cols, const float *x, int tokens, float *y, int r0, int r1) {
+  matmul_16(w, rows, cols, x, tokens, y, r0, r1, 0);
+}
+void matmul_f16(const uint16_t *w, int rows, int cols, const float *x, int tokens, float *y, int r0, int r1) {
+  matmul_16(w, rows, cols, x, tokens, y, r0, r1, 1);
 }

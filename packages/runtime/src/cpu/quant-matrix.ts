@@ -1,15 +1,15 @@
 import { QK8_0, Q8_0_BLOCK_BYTES, QK_K, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES } from '../quant/quantize.ts'
 import type { QuantDType } from '../checkpoint.ts'
-import { quantizeActQ8_0, quantizeActQ8_K, dotQ8_0, dotQ4_K, dotQ5_K, dotQ6_K, dotBf16 } from './reference.ts'
+import { quantizeActQ8_0, quantizeActQ8_K, dotQ8_0, dotQ4_K, dotQ5_K, dotQ6_K, dot16 } from './reference.ts'
 import { WasmQuantMatrix } from './wasm-matrix.ts'
 import type { Arena } from './arena.ts'
 
 /**
- * Storage formats the CPU kernels read directly: ggml blocks, bf16 (rows of 8-value "blocks"), and
- * f32 (weights stored in no block format, held for the CPU engine's kernels: never chosen for a
- * float32 checkpoint's blocks, which tfjs runs).
+ * Storage formats the CPU kernels read directly: ggml blocks, bf16 and f16 (rows of 8-value
+ * "blocks"), and f32 (weights stored in no block format, held for the CPU engine's kernels: never
+ * chosen for a float32 checkpoint's blocks, which tfjs runs).
  */
-export type QuantMatrixFormat = 'q8_0' | 'q4_k' | 'q5_k' | 'q6_k' | 'bf16' | 'f32'
+export type QuantMatrixFormat = 'q8_0' | 'q4_k' | 'q5_k' | 'q6_k' | 'bf16' | 'f16' | 'f32'
 
 /** A linear weight W [rows, cols] held as ggml blocks, row-major; y = x · Wᵀ. */
 export interface QuantMatrix {
@@ -45,10 +45,11 @@ export const QUANT_BLOCK: Record<QuantMatrixFormat, { values: number, bytes: num
   q6_k: { values: QK_K, bytes: Q6_K_BLOCK_BYTES },
   // not a ggml block: the kernel reads eight values a step, so rows must be whole eights
   bf16: { values: 8, bytes: 16 },
+  f16: { values: 8, bytes: 16 },
   f32: { values: 4, bytes: 16 }
 }
 
-const FORMAT_OF: Record<string, QuantMatrixFormat> = { Q8_0: 'q8_0', Q4_K: 'q4_k', Q5_K: 'q5_k', Q6_K: 'q6_k', BF16: 'bf16' }
+const FORMAT_OF: Record<string, QuantMatrixFormat> = { Q8_0: 'q8_0', Q4_K: 'q4_k', Q5_K: 'q5_k', Q6_K: 'q6_k', BF16: 'bf16', F16: 'f16' }
 
 /** The kernel format of a stored dtype, or undefined when the kernels cannot read it. */
 export function quantMatrixFormat (dtype: QuantDType | string): QuantMatrixFormat | undefined {
@@ -122,11 +123,11 @@ export class ScalarQuantMatrix implements QuantMatrix {
     const { values, bytes } = QUANT_BLOCK[this.format]
     const nb = this.cols / values
     const y = new Float32Array(tokens * this.rows)
-    if (this.format === 'bf16' || this.format === 'f32') {
-      const f32 = new Float32Array(w.buffer, w.byteOffset, w.byteLength / 4)
+    if (this.format === 'bf16' || this.format === 'f16' || this.format === 'f32') {
+      const f32 = new Float32Array(w.buffer, w.byteOffset, w.byteLength >> 2)
       for (let t = 0; t < tokens; t++) {
         for (let r = 0; r < this.rows; r++) {
-          y[t * this.rows + r] = this.format === 'bf16' ? dotBf16(w, r * this.cols, x, t * this.cols, this.cols) : dotF32(f32, r * this.cols, x, t * this.cols, this.cols)
+          y[t * this.rows + r] = this.format === 'f32' ? dotF32(f32, r * this.cols, x, t * this.cols, this.cols) : dot16(this.format, w, r * this.cols, x, t * this.cols, this.cols)
         }
       }
       return y

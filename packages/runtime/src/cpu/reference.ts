@@ -72,16 +72,18 @@ export function dequantizeActivations (a: QuantizedActivations, block: number): 
   return out
 }
 
-/** One row of bf16 weights (at value `wo`) · one token's float32 activations (at `xo`), as the kernel sums it. */
-export function dotBf16 (w: Uint8Array, wo: number, x: Float32Array, xo: number, cols: number): number {
+/** One row of bf16 or f16 weights (at value `wo`) · one token's float32 activations (at `xo`), as the kernel sums it. */
+export function dot16 (format: 'bf16' | 'f16', w: Uint8Array, wo: number, x: Float32Array, xo: number, cols: number): number {
   const bits = new Uint16Array(w.buffer, w.byteOffset, w.byteLength / 2)
   const u = new Uint32Array(1)
   const wf = new Float32Array(u.buffer)
+  const half = halfTable()
   // lane l of the kernel's two accumulators sums columns ≡ l and ≡ l + 4 (mod 8), then both add
   const lanes = new Float32Array(8)
   for (let c = 0; c < cols; c++) {
     u[0] = bits[wo + c] << 16
-    lanes[c % 8] = f(lanes[c % 8] + f(wf[0] * x[xo + c]))
+    const wv = format === 'bf16' ? wf[0] : half[bits[wo + c]]
+    lanes[c % 8] = f(lanes[c % 8] + f(wv * x[xo + c]))
   }
   const v = [0, 1, 2, 3].map(l => f(lanes[l] + lanes[l + 4]))
   return f(f(f(v[0] + v[1]) + v[2]) + v[3])

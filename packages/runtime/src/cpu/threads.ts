@@ -15,7 +15,7 @@ import { kernelsModule } from './arena.ts'
 
 /** One matrix product, by row ranges (pointers into `arena`'s memory). */
 export interface MatmulJob {
-  kernel: 'q8_0' | 'q4_K' | 'q5_K' | 'q6_K' | 'bf16' | 'f32'
+  kernel: 'q8_0' | 'q4_K' | 'q5_K' | 'q6_K' | 'bf16' | 'f16' | 'f32'
   w: number, rows: number, cols: number, xq: number, xd: number, xbs: number, tokens: number, y: number
 }
 
@@ -23,6 +23,7 @@ export function runRange (arena: Arena, j: MatmulJob, r0: number, r1: number): v
   const k = arena.kernels
   if (j.kernel === 'q8_0') k.matmul_q8_0(j.w, j.rows, j.cols, j.xq, j.xd, j.tokens, j.y, r0, r1, arena.half)
   else if (j.kernel === 'bf16') k.matmul_bf16(j.w, j.rows, j.cols, j.xq, j.tokens, j.y, r0, r1)
+  else if (j.kernel === 'f16') k.matmul_f16(j.w, j.rows, j.cols, j.xq, j.tokens, j.y, r0, r1)
   else if (j.kernel === 'f32') k.matmul_f32(j.w, j.rows, j.cols, j.xq, j.tokens, j.y, r0, r1)
   else k[`matmul_${j.kernel}`](j.w, j.rows, j.cols, j.xq, j.xd, j.xbs, j.tokens, j.y, r0, r1, arena.half)
 }
@@ -31,7 +32,7 @@ export function runRange (arena: Arena, j: MatmulJob, r0: number, r1: number): v
 export const CTL = { gen: 0, pending: 1, stop: 2, arena: 3, kernel: 4, w: 5, rows: 6, cols: 7, xq: 8, xd: 9, xbs: 10, tokens: 11, y: 12, half: 13, threads: 14, failed: 15, size: 16 }
 
 /** The kernel a job names, as kernel-worker.ts reads it from the control array. */
-export const KERNEL_CODE = { q8_0: 0, q4_K: 1, bf16: 2, q5_K: 3, q6_K: 4, f32: 5 } as const
+export const KERNEL_CODE = { q8_0: 0, q4_K: 1, bf16: 2, q5_K: 3, q6_K: 4, f32: 5, f16: 6 } as const
 
 /** Below this many weight·token products a job runs on the calling thread: waking costs ~20–50 µs. */
 const MIN_SPLIT = 1 << 18

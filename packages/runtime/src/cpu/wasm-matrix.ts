@@ -5,6 +5,8 @@ import type { QuantMatrix, QuantMatrixFormat, QuantBlocks } from './quant-matrix
 import { splitRows } from './threads.ts'
 
 const up = (n: number): number => Math.ceil(n / 64) * 64
+/** Weights in a float format multiply float32 activations as they are. */
+const isFloat = (f: QuantMatrixFormat): f is 'bf16' | 'f16' | 'f32' => f === 'bf16' || f === 'f16' || f === 'f32'
 /** The kernel of each k-quant format (q8_K activations). */
 const KQUANT_KERNEL: Record<string, 'q4_K' | 'q5_K' | 'q6_K'> = { q4_k: 'q4_K', q5_k: 'q5_K', q6_k: 'q6_K' }
 
@@ -45,7 +47,7 @@ export class WasmQuantMatrix implements QuantMatrix {
 
   /** Bytes of scratch forwardAt needs for `tokens` rows: the activations as the kernel reads them. */
   scratchBytes (tokens: number): number {
-    if (this.format === 'bf16' || this.format === 'f32') return 0
+    if (isFloat(this.format)) return 0
     const n = tokens * this.cols
     const nb = this.cols / QUANT_BLOCK[this.format].values
     // quantized values (int16 for q8_0, int8 for q8_K), one f32 scale per block, q8_K's int16 sums (16 per block)
@@ -60,7 +62,7 @@ export class WasmQuantMatrix implements QuantMatrix {
     const w = this.at
     if (w === undefined) throw new QuantMatrixError(`${this.format} matrix [${this.rows}, ${this.cols}] used after dispose`)
     const { rows, cols, arena } = this
-    if (this.format === 'bf16' || this.format === 'f32') {
+    if (isFloat(this.format)) {
       // float32 activations as they are: the kernel widens the weights, nothing is quantized
       splitRows(arena, { kernel: this.format, w, rows, cols, xq: xf, xd: 0, xbs: 0, tokens, y })
       return

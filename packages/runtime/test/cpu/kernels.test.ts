@@ -9,6 +9,7 @@ import { quantMatrix, quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, ra
 import type { QuantMatrixFormat } from '@plexus/runtime'
 import { quantizeActQ8_0, quantizeActQ8_K, dequantizeActivations } from '../../src/cpu/reference.ts'
 import { concatRows, ScalarQuantMatrix } from '../../src/cpu/quant-matrix.ts'
+import { f32ToF16Bits, halfTable } from '../../src/dtype.ts'
 
 /** Deterministic normal-ish values (xorshift, sum of uniforms). */
 function randn (n: number, seed: number, scale = 1): Float32Array {
@@ -20,7 +21,7 @@ function randn (n: number, seed: number, scale = 1): Float32Array {
 }
 
 const kernelThreads0 = kernelThreads()
-type BlockFormat = Exclude<QuantMatrixFormat, 'bf16' | 'f32'>
+type BlockFormat = Exclude<QuantMatrixFormat, 'bf16' | 'f16' | 'f32'>
 const DTYPE = { q8_0: 'Q8_0', q4_k: 'Q4_K', q5_k: 'Q5_K', q6_k: 'Q6_K' } as const
 const QUANTIZE = { q8_0: quantizeQ8_0, q4_k: quantizeQ4_K, q5_k: quantizeQ5_K, q6_k: quantizeQ6_K }
 const quantize = (format: BlockFormat, w: Float32Array): Uint8Array => QUANTIZE[format](w)
@@ -146,13 +147,22 @@ describe('CPU quantized kernels', function () {
     })
   }
 
-  describe('bf16', function () {
-    /** bf16 weights (float32 rounded to the nearest bf16) and their float32 values. */
+  for (const format of ['bf16', 'f16'] as const) describe(format, function () {
+    /**
+     * Weights rounded to the nearest bf16 (f16: with every 7th one tiny, an f16 subnormal) and
+     * their float32 values.
+     */
     function bf16Case (rows: number, cols: number, tokens: number, seed: number): { bits: Uint8Array, w: Float32Array, x: Float32Array } {
       const w = randn(rows * cols, seed, 0.05)
       const u = new Uint32Array(w.buffer)
       const bits = new Uint16Array(rows * cols)
+      const half = halfTable()
       for (let i = 0; i < u.length; i++) {
+        if (format === 'f16') {
+          bits[i] = f32ToF16Bits(i % 7 === 0 ? w[i] * 1e-3 : w[i])
+          w[i] = half[bits[i]]
+          continue
+        }
         bits[i] = (u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16
         u[i] = bits[i] << 16
       }
@@ -163,7 +173,7 @@ describe('CPU quantized kernels', function () {
       for (const tokens of [1, 3, 33]) {
         it(`[${rows}, ${cols}] × ${tokens} tokens equals the float32 product of the widened weights, and the scalar kernel bitwise`, function () {
           const c = bf16Case(rows, cols, tokens, rows * 1000 + cols + tokens)
-          const m = quantMatrix('bf16', rows, cols, c.bits)
+          const m = quantMatrix(format, rows, cols, c.bits)
           assert.equal(m.bytes, 2 * rows * cols)
           const y = m.forward(c.x, tokens)
           for (let t = 0; t < tokens; t++) {
@@ -174,7 +184,7 @@ describe('CPU quantized kernels', function () {
               assert.ok(Math.abs(y[i] - s) <= 4e-6 * mag + 1e-12, `y[${i}] = ${y[i]}, float64 reference ${s}`)
             }
           }
-          assert.deepEqual(y, new ScalarQuantMatrix('bf16', rows, cols, [{ format: 'bf16', rows, cols, blocks: c.bits }]).forward(c.x, tokens))
+          assert.deepEqual(y, new ScalarQuantMatrix(format, rows, cols, [{ format, rows, cols, blocks: c.bits }]).forward(c.x, tokens))
           m.dispose()
         })
       }
@@ -182,7 +192,7 @@ describe('CPU quantized kernels', function () {
 
     it('a batch gives bitwise the results of its tokens one at a time, on any number of threads', function () {
       const c = bf16Case(301, 1024, 7, 31)
-      const m = quantMatrix('bf16', 301, 1024, c.bits)
+      const m = quantMatrix(format, 301, 1024, c.bits)
       setKernelThreads(1)
       const all = m.forward(c.x, 7)
       for (const n of [1, 2, 3]) {
@@ -195,7 +205,7 @@ describe('CPU quantized kernels', function () {
     })
 
     it('refuses rows that are not whole eights', function () {
-      assert.throws(() => quantMatrix('bf16', 2, 12, new Uint8Array(48)), /row of 12 values is not whole blocks of 8/)
+      assert.throws(() => quantMatrix(format, 2, 12, new Uint8Array(48)), /row of 12 values is not whole blocks of 8/)
     })
   })
 

@@ -11,10 +11,17 @@ import { withQuantization } from '../../src/quant/quantized-source.ts'
 import { seededRandom } from '../../src/sampling.ts'
 import type { ModelSource } from '../../src/model-source.ts'
 import { fixtureDir } from '../../../../test/support/fixtures.ts'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { openModel } from '../../src/model-source.ts'
+import { blockBytes } from '../../src/local.ts'
+import { writeGguf } from '../../../../scripts/lib/gguf.ts'
 
-const CASES: Array<{ name: string, fixture: string, quantize?: 'q8_0' | 'q4_k' }> = [
+const CASES: Array<{ name: string, fixture: string, quantize?: 'q8_0' | 'q4_k', f16?: true }> = [
   { name: 'q8_0 llama', fixture: 'tiny-llama', quantize: 'q8_0' },
-  { name: 'bf16 qwen2 (q/k/v bias)', fixture: 'tiny-qwen2-tied-bf16' }
+  { name: 'bf16 qwen2 (q/k/v bias)', fixture: 'tiny-qwen2-tied-bf16' },
+  { name: 'f16 GGUF of llama', fixture: 'tiny-llama', f16: true }
 ]
 
 function hiddenStates (rows: number, width: number, seed = 7): Float32Array {
@@ -57,11 +64,27 @@ describe('CPU engine: a span\'s step in wasm kernels', function () {
     describe(c.name, () => {
       let ckpt: ModelSource
       let span: Span
+      let dir: string | undefined
       before(async () => {
-        ckpt = withQuantization(await Checkpoint.open(fixtureDir(c.fixture)), c.quantize)
+        if (c.f16 === true) {
+          dir = await mkdtemp(join(tmpdir(), 'plexus-engine-'))
+          await writeGguf(fixtureDir(c.fixture), join(dir, 'model.gguf'), { dtype: 'f16' })
+          ckpt = await openModel(join(dir, 'model.gguf'))
+        } else ckpt = withQuantization(await Checkpoint.open(fixtureDir(c.fixture)), c.quantize)
         span = await Span.load(ckpt, 0, ckpt.config.numLayers)
       })
-      after(async () => { span?.dispose(); await ckpt?.close() })
+      after(async () => {
+        span?.dispose(); await ckpt?.close()
+        if (dir != null) await rm(dir, { recursive: true, force: true })
+      })
+
+      it('holds its weights as stored', () => {
+        const cfg = ckpt.config
+        const perWeight = c.quantize === 'q8_0' ? 34 / 32 : 2
+        const linear = cfg.numLayers * blockBytes(cfg) / 4
+        // the seven matrices at their stored bytes per weight, plus the norms (and bias) as float32
+        assert.ok(Math.abs(span.weightBytes! / (linear * perWeight) - 1) < 0.02, `${span.weightBytes} bytes held for ${linear} weights`)
+      })
 
       it('runs on the CPU engine and computes what the tfjs block forward computes', async () => {
         assert.equal(span.engine, 'cpu-kernels')
