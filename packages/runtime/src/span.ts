@@ -145,9 +145,13 @@ export class Span {
     try {
       for (let b = start; b < end; b++) {
         const raws = await readBlockChecked(ckpt, b, opts.blockDigests?.[b])
-        // weights in a kernel format (q8_0, the k-quants, bf16) run on the CPU engine, decided
-        // by the span's first block; float32 checkpoints stay on tfjs (PLEXUS_BLOCK_ENGINE=tfjs forces it)
-        if (engine == null && b === start && cpuEngineAccepts(raws) && process.env.PLEXUS_BLOCK_ENGINE !== 'tfjs') {
+        // The CPU engine runs every span on the wasm and cpu backends (float32 weights too: 1.8×
+        // tfjs-wasm's decode on `small`, without XNNPACK's packed second copy), and on the
+        // tensorflow backend (tfjs-node, multi-threaded) the spans stored in a kernel format;
+        // decided by the span's first block. PLEXUS_BLOCK_ENGINE=tfjs or =kernels forces one.
+        const force = process.env.PLEXUS_BLOCK_ENGINE
+        const kernels = force === 'kernels' || (force !== 'tfjs' && (activeBackend() !== 'tensorflow' || cpuEngineAccepts(raws)))
+        if (engine == null && b === start && kernels) {
           cpu = new CpuSpanEngine(ckpt.config, inverseFrequencies(ckpt.config))
         }
         if (engine != null) await engine.addBlock(b, raws)

@@ -12,7 +12,7 @@ import type { ModelSource } from '../src/model-source.ts'
 import { fixtureDir } from '../../../test/support/fixtures.ts'
 
 const CASES: Array<{ name: string, fixture: string, quantize?: 'q8_0' }> = [
-  { name: 'float32 (tfjs matmuls)', fixture: 'tiny-llama' },
+  { name: 'float32 (CPU engine, matmul_f32)', fixture: 'tiny-llama' },
   { name: 'bf16 (CPU kernel)', fixture: 'tiny-qwen2-tied-bf16' },
   { name: 'q8_0 (CPU kernel)', fixture: 'tiny-llama', quantize: 'q8_0' }
 ]

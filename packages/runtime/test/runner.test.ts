@@ -50,7 +50,11 @@ describe('chunked prefill (wasm)', function () {
       // narrow and many heads: the T × T scores dominate the whole step's memory
       await makeModel({ shape: { hiddenSize: 64, numLayers: 1, numHeads: 8, numKvHeads: 8, intermediateSize: 128, vocabSize: 512, maxPositions: 4096 }, out: dir, seed: 5, name: 'chunky', workers: 1 })
       const ckpt = await Checkpoint.open(dir)
-      const span = await Span.load(ckpt, 0, 1)
+      // tfjs's block forward, whose attention holds a step's T × T scores (tf.profile sees its
+      // tensors); the CPU engine's holds one row of scores at a time whatever the step
+      process.env.PLEXUS_BLOCK_ENGINE = 'tfjs'
+      const span = await Span.load(ckpt, 0, 1).finally(() => { delete process.env.PLEXUS_BLOCK_ENGINE })
+      assert.equal(span.engine, 'tfjs')
       const H = ckpt.config.hiddenSize
       const rand = seededRandom(3)
       const input = Float32Array.from({ length: 2048 * H }, () => rand() * 2 - 1)

@@ -101,14 +101,13 @@ export function planMove (spans: ServedSpan[], me: ServedSpan, numBlocks: number
 
 /**
  * Bytes one block takes on `backend` when its linear weights are stored as `format`: a GPU holds
- * them as stored; the CPU backends keep the formats their kernels read (q8_0, q4_k, q5_k, q6_k,
- * bf16) as stored and widen the rest to float32,
- * which wasm's XNNPACK packs a second copy of.
+ * them as stored; the CPU engine keeps the formats its kernels read (q8_0, q4_k, q5_k, q6_k, bf16,
+ * f16) as stored and widens the rest to float32 (one copy: no XNNPACK packing since the blocks
+ * left tfjs-wasm).
  */
 export function bytesPerBlock (cfg: ModelConfig, backend: string, format: string): number {
   if (backend === 'webgpu') return blockBytes(cfg) / 4 * bytesPerWeight(format)
-  if (CPU_QUANT_FORMATS.includes(format)) return blockBytes(cfg, format)
-  return blockBytes(cfg) * (backend === 'wasm' ? 2 : 1)
+  return blockBytes(cfg, CPU_QUANT_FORMATS.includes(format) ? format : 'f32')
 }
 
 /** Blocks this machine can hold: the weight budget over bytesPerBlock, at least 1, at most the model. */
