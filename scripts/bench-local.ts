@@ -21,6 +21,7 @@ const HELP = `usage: npm run bench:local -- --model DIR | --shape NAME [options]
                         and top-1 agreement of the logits against float32 over --positions teacher-forced
                         positions, Plexus and llama.cpp each on the same quantized GGUF file
   --positions N         with --quantize: length of the fixed token sequence (default 256)
+  --seed N              the random prompt's (and --quantize's token sequence's) seed (default 42)
   --format F            speed of one weight format: f32 (default, the model as stored), q8_0 or q4_k
                         (the blocks' matrices quantized into a GGUF file both engines read)
   --prompt-tokens N     prompt length (default 64)
@@ -39,6 +40,7 @@ const { values: a } = parseArgs({
     quantize: { type: 'string' },
     format: { type: 'string', default: 'f32' },
     positions: { type: 'string', default: '256' },
+    seed: { type: 'string', default: '42' },
     'prompt-tokens': { type: 'string', default: '64' },
     tokens: { type: 'string', default: '64' },
     backend: { type: 'string', default: 'auto' },
@@ -86,7 +88,7 @@ async function speed (): Promise<void> {
   }
   const model = await LocalModel.load(gguf ?? modelDir)
   const cfg = model.config
-  const rand = seededRandom(42)
+  const rand = seededRandom(num('seed', a.seed))
   const prompt = Array.from({ length: promptLen }, () => 3 + Math.floor(rand() * (cfg.vocabSize - 3)))
 
   // One warm-up generation, then the measured one.
@@ -119,6 +121,7 @@ async function speed (): Promise<void> {
     format,
     shape: { hidden: cfg.hiddenSize, layers: cfg.numLayers, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, ffn: cfg.intermediateSize, vocab: cfg.vocabSize },
     prompt_tokens: promptLen,
+    seed: num('seed', a.seed),
     generated_tokens: ours.tokenIds.length,
     plexus: { prefill_tokens_per_second: ours.prefillTokensPerSecond, decode_tokens_per_second: ours.tokensPerSecond, peak_rss_mib: peakRssMiB },
     weight_bytes_per_token: weightBytesPerToken,
@@ -221,7 +224,7 @@ async function accuracy (formats: string[]): Promise<void> {
   const cfg = src.config
   await src.close()
   const V = cfg.vocabSize
-  const rand = seededRandom(42)
+  const rand = seededRandom(num('seed', a.seed))
   // One fixed sequence through every engine and format; no BOS, the ids go in as they are.
   const ids = Array.from({ length: n }, () => 3 + Math.floor(rand() * (V - 3)))
   log(`accuracy (${backend}): ${cfg.numLayers} blocks, hidden ${cfg.hiddenSize}, ${n} positions, formats ${formats.join(', ')}`)
@@ -263,6 +266,7 @@ async function accuracy (formats: string[]): Promise<void> {
     backend,
     shape: { hidden: cfg.hiddenSize, layers: cfg.numLayers, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, ffn: cfg.intermediateSize, vocab: V },
     positions: n,
+    seed: num('seed', a.seed),
     llama_cpp_threads: threads,
     reference: 'each engine against its own float32 logits on the same weights (Plexus: the model as stored; llama.cpp: its float32 GGUF); the GGUF keeps embeddings and output float32',
     f32_llama_cpp_vs_plexus: floor,

@@ -7,7 +7,7 @@ import { Checkpoint } from '../src/checkpoint.ts'
 import { Span } from '../src/span.ts'
 import { mlpChunking, mlpChunkRows } from '../src/block.ts'
 import { withQuantization } from '../src/quant/quantized-source.ts'
-import { seededRandom } from '../src/sampling.ts'
+import { hiddenStates } from './support/hidden-states.ts'
 import type { ModelSource } from '../src/model-source.ts'
 import { fixtureDir } from '../../../test/support/fixtures.ts'
 
@@ -17,10 +17,6 @@ const CASES: Array<{ name: string, fixture: string, quantize?: 'q8_0' }> = [
   { name: 'q8_0 (CPU kernel)', fixture: 'tiny-llama', quantize: 'q8_0' }
 ]
 
-function hiddenStates (rows: number, width: number): Float32Array {
-  const rand = seededRandom(7)
-  return Float32Array.from({ length: rows * width }, () => rand() * 2 - 1)
-}
 
 describe('a span step\'s memory (wasm)', function () {
   this.timeout(120_000)

@@ -8,7 +8,7 @@ import { Span, KVCache } from '../../src/span.ts'
 import { Arena } from '../../src/cpu/arena.ts'
 import { CpuKVStore } from '../../src/cpu/kv-store.ts'
 import { withQuantization } from '../../src/quant/quantized-source.ts'
-import { seededRandom } from '../../src/sampling.ts'
+import { hiddenStates } from '../support/hidden-states.ts'
 import type { ModelSource } from '../../src/model-source.ts'
 import { fixtureDir } from '../../../../test/support/fixtures.ts'
 import { mkdtemp, rm } from 'node:fs/promises'
@@ -24,10 +24,6 @@ const CASES: Array<{ name: string, fixture: string, quantize?: 'q8_0' | 'q4_k', 
   { name: 'f16 GGUF of llama', fixture: 'tiny-llama', f16: true }
 ]
 
-function hiddenStates (rows: number, width: number, seed = 7): Float32Array {
-  const rand = seededRandom(seed)
-  return Float32Array.from({ length: rows * width }, () => rand() * 2 - 1)
-}
 
 async function loadTfjs (ckpt: ModelSource, start: number, end: number): Promise<Span> {
   process.env.PLEXUS_BLOCK_ENGINE = 'tfjs'
