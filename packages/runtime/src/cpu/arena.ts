@@ -30,7 +30,7 @@ export interface KernelExports {
   copy_rows: (src: number, ss: number, dst: number, ds: number, n: number, rows: number) => void
   rope: (x: number, xs: number, heads: number, d: number, rows: number, cos: number, sin: number) => void
   kv_store: (x: number, xs: number, rows: number, kvHeads: number, d: number, cache: number, cap: number, pos: number) => void
-  attention: (q: number, qs: number, rows: number, first: number, heads: number, kvHeads: number, d: number, kc: number, vc: number, cap: number, scale: number, out: number, os: number, work: number) => void
+  attention: (q: number, qs: number, rows: number, first: number, heads: number, kvHeads: number, d: number, kc: number, vc: number, cap: number, scale: number, out: number, os: number, work: number, h0: number, h1: number) => void
   swiglu: (gu: number, act: number, f: number, rows: number) => void
 }
 

@@ -2,7 +2,7 @@
 // the kernels instantiated over the job's arena memory, and counts itself done.
 import { workerData, parentPort, receiveMessageOnPort } from 'node:worker_threads'
 import type { MessagePort } from 'node:worker_threads'
-import { CTL, KERNEL_CODE, rowRange } from './threads.ts'
+import { CTL, KERNEL_CODE, ATTENTION_ARGS, rowRange, headRange, bitsFloat } from './threads.ts'
 import { wasm } from './wasm-api.ts'
 import type { WasmMemory, WasmModule } from './wasm-api.ts'
 import type { KernelExports } from './arena.ts'
@@ -32,7 +32,11 @@ for (;;) {
   try {
     const k = kernelsFor(ctl[CTL.arena])
     const [r0, r1] = rowRange(ctl[CTL.rows], ctl[CTL.threads], index)
-    if (r0 < r1) {
+    if (ctl[CTL.kernel] === KERNEL_CODE.attention) {
+      const j = Object.fromEntries(ATTENTION_ARGS.map((name, i) => [name, ctl[CTL.args + i]])) as Record<typeof ATTENTION_ARGS[number], number>
+      const [h0, h1] = headRange(j.heads, ctl[CTL.threads], index)
+      if (h0 < h1) k.attention(j.q, j.qs, j.rows, j.first, j.heads, j.kvHeads, j.d, j.kc, j.vc, j.cap, bitsFloat(j.scale), j.out, j.os, j.work + index * j.workStride, h0, h1)
+    } else if (r0 < r1) {
       const kernel = ctl[CTL.kernel]
       if (kernel === KERNEL_CODE.q8_0) k.matmul_q8_0(ctl[CTL.w], ctl[CTL.rows], ctl[CTL.cols], ctl[CTL.xq], ctl[CTL.xd], ctl[CTL.tokens], ctl[CTL.y], r0, r1, ctl[CTL.half])
       else if (kernel === KERNEL_CODE.bf16 || kernel === KERNEL_CODE.f16 || kernel === KERNEL_CODE.f32) {

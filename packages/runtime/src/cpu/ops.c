@@ -95,16 +95,17 @@ void kv_store(const float *x, int xs, int rows, int kv_heads, int d, float *cach
     for (int h = 0; h < kv_heads; h++) __builtin_memcpy(cache + ((u32)h * cap + pos + r) * d, x + h * d, (u32)d * 4);
 }
 
-// Grouped-query attention of one session's rows: row t (position first + t) of q (stride qs) attends
-// keys 0..first+t of kv head ⌊h / (heads / kv_heads)⌋; out (stride os) gets heads × d values per
-// row. work: room for d + first + rows floats. scale: 1/√d as a float32 (q is scaled first).
+// Grouped-query attention of one session's rows, heads h0 ≤ h < h1 (threads split the heads): row
+// t (position first + t) of q (stride qs) attends keys 0..first+t of kv head ⌊h / (heads /
+// kv_heads)⌋; out (stride os) gets d values per head per row. work: room for d + first + rows
+// floats. scale: 1/√d as a float32 (q is scaled first).
 void attention(const float *q, int qs, int rows, int first, int heads, int kv_heads, int d,
-               const float *kc, const float *vc, int cap, float scale, float *out, int os, float *work) {
+               const float *kc, const float *vc, int cap, float scale, float *out, int os, float *work, int h0, int h1) {
   const int group = heads / kv_heads;
   float *qh = work, *s = work + d;
   for (int t = 0; t < rows; t++) {
     const int keys = first + t + 1;
-    for (int h = 0; h < heads; h++) {
+    for (int h = h0; h < h1; h++) {
       const float *k = kc + (u32)(h / group) * cap * d;
       const float *v = vc + (u32)(h / group) * cap * d;
       for (int i = 0; i < d; i += 4) wasm_v128_store(qh + i, wasm_f32x4_mul(wasm_v128_load(q + (u32)t * qs + h * d + i), F4(scale)));

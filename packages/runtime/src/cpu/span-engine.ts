@@ -8,6 +8,7 @@ import { concatRows, quantMatrixFormat } from './quant-matrix.ts'
 import type { QuantMatrixFormat } from './quant-matrix.ts'
 import type { WasmQuantMatrix } from './wasm-matrix.ts'
 import { CpuKVStore } from './kv-store.ts'
+import { attentionThreads, kernelThreads, splitHeads } from './threads.ts'
 
 // The block forward on the CPU kernels, for spans whose weights are stored in a kernel format
 // (q8_0, q4_K, q5_K, q6_K, bf16): every operation of every block of a step runs in wasm over the
@@ -245,18 +246,20 @@ export class CpuSpanEngine {
     const region = s.store.regions[i]
     const kc = s.store.keys(i)
     const vc = s.store.values(i)
+    const workStride = up(4 * (d + s.length + s.tokens))
     let [a, q, out, work] = [b.home, qkv, att, L.work]
     if (region.arena !== b.home) {
       // the cache landed in another wasm memory: attend there, on copies of this session's rows
       a = region.arena
-      const room = this.scratchIn(a, up(4 * s.tokens * W) + up(4 * s.tokens * Q) + 4 * (d + s.length + s.tokens))
+      const room = this.scratchIn(a, up(4 * s.tokens * W) + up(4 * s.tokens * Q) + kernelThreads() * workStride)
       q = room; out = room + up(4 * s.tokens * W); work = out + up(4 * s.tokens * Q)
       new Float32Array(a.memory.buffer, q, s.tokens * W).set(new Float32Array(b.home.memory.buffer, qkv, s.tokens * W))
     }
     const k = a.kernels
     k.kv_store(q + 4 * Q, W, s.tokens, cfg.numKvHeads, d, kc, s.store.cap, s.length)
     k.kv_store(q + 4 * (Q + KV), W, s.tokens, cfg.numKvHeads, d, vc, s.store.cap, s.length)
-    k.attention(q, W, s.tokens, s.length, cfg.numHeads, cfg.numKvHeads, d, kc, vc, s.store.cap, scale, out, Q, work)
+    const threads = attentionThreads(cfg.numHeads, s.tokens, s.length + s.tokens, d)
+    splitHeads(a, { kernel: 'attention', q, qs: W, rows: s.tokens, first: s.length, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, d, kc, vc, cap: s.store.cap, scale, out, os: Q, work, workStride }, threads)
     if (a !== b.home) new Float32Array(b.home.memory.buffer, att, s.tokens * Q).set(new Float32Array(a.memory.buffer, out, s.tokens * Q))
   }
 
@@ -281,7 +284,7 @@ export class CpuSpanEngine {
       ...b.gateUp.map(p => p.scratchBytes(chunk)), ...b.down.map(p => p.scratchBytes(chunk)))
     const sizes = {
       x: 4 * R * H, h: 4 * R * H, qkv: 4 * R * W, att: 4 * R * Q, gu: 4 * chunk * 2 * F, act: 4 * chunk * F,
-      part: 4 * Math.max(R * W, chunk * 2 * F, R * H), mm, cos: 4 * R * d, sin: 4 * R * d, work: 4 * (d + keys)
+      part: 4 * Math.max(R * W, chunk * 2 * F, R * H), mm, cos: 4 * R * d, sin: 4 * R * d, work: kernelThreads() * up(4 * (d + keys))
     }
     let total = 0
     for (const v of Object.values(sizes)) total += up(v)

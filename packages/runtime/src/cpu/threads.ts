@@ -19,6 +19,27 @@ export interface MatmulJob {
   w: number, rows: number, cols: number, xq: number, xd: number, xbs: number, tokens: number, y: number
 }
 
+/**
+ * Attention of one session's rows (ops.c `attention`), split by heads: thread t takes its share
+ * of the heads, with its own `workStride` bytes of scores at `work + t · workStride`.
+ */
+export interface AttentionJob {
+  kernel: 'attention'
+  q: number, qs: number, rows: number, first: number, heads: number, kvHeads: number, d: number
+  kc: number, vc: number, cap: number, scale: number, out: number, os: number, work: number, workStride: number
+}
+
+/** Thread t's heads of `heads` split `n` ways. */
+export function headRange (heads: number, n: number, t: number): [number, number] {
+  const per = Math.ceil(heads / n)
+  return [Math.min(heads, t * per), Math.min(heads, (t + 1) * per)]
+}
+
+export function runHeads (arena: Arena, j: AttentionJob, t: number, n: number): void {
+  const [h0, h1] = headRange(j.heads, n, t)
+  if (h0 < h1) arena.kernels.attention(j.q, j.qs, j.rows, j.first, j.heads, j.kvHeads, j.d, j.kc, j.vc, j.cap, j.scale, j.out, j.os, j.work + t * j.workStride, h0, h1)
+}
+
 export function runRange (arena: Arena, j: MatmulJob, r0: number, r1: number): void {
   const k = arena.kernels
   if (j.kernel === 'q8_0') k.matmul_q8_0(j.w, j.rows, j.cols, j.xq, j.xd, j.tokens, j.y, r0, r1, arena.half)
@@ -29,12 +50,15 @@ export function runRange (arena: Arena, j: MatmulJob, r0: number, r1: number): v
 }
 
 // control words (Int32Array over a SharedArrayBuffer), shared with kernel-worker.ts
-export const CTL = { gen: 0, pending: 1, stop: 2, arena: 3, kernel: 4, w: 5, rows: 6, cols: 7, xq: 8, xd: 9, xbs: 10, tokens: 11, y: 12, half: 13, threads: 14, failed: 15, size: 16 }
+export const CTL = { gen: 0, pending: 1, stop: 2, arena: 3, kernel: 4, w: 5, rows: 6, cols: 7, xq: 8, xd: 9, xbs: 10, tokens: 11, y: 12, half: 13, threads: 14, failed: 15, args: 16, size: 32 }
+
+/** An attention job's fields, in this order from CTL.args (scale as its float32 bits). */
+export const ATTENTION_ARGS = ['q', 'qs', 'rows', 'first', 'heads', 'kvHeads', 'd', 'kc', 'vc', 'cap', 'scale', 'out', 'os', 'work', 'workStride'] as const
 
 /** The kernel a job names, as kernel-worker.ts reads it from the control array. */
-export const KERNEL_CODE = { q8_0: 0, q4_K: 1, bf16: 2, q5_K: 3, q6_K: 4, f32: 5, f16: 6 } as const
+export const KERNEL_CODE = { q8_0: 0, q4_K: 1, bf16: 2, q5_K: 3, q6_K: 4, f32: 5, f16: 6, attention: 7 } as const
 
-/** Below this many weight·token products a job runs on the calling thread: waking costs ~20–50 µs. */
+/** Below this many weight·token products (or query·key products) a job runs on the calling thread: waking costs ~20–50 µs. */
 const MIN_SPLIT = 1 << 18
 
 /** Thread t's rows of `rows` split `n` ways (multiples of 4, so threads do not share cache lines of y). */
@@ -59,23 +83,27 @@ class Pool {
     }
   }
 
-  run (arena: Arena, j: MatmulJob): void {
+  run (arena: Arena, j: MatmulJob | AttentionJob): void {
     const c = this.ctl
     if (!this.shared.has(arena.id)) {
       // the workers take it with receiveMessageOnPort when a job names this arena
       for (const w of this.workers) w.postMessage({ arena: arena.id, memory: arena.memory })
       this.shared.add(arena.id)
     }
-    c[CTL.arena] = arena.id; c[CTL.kernel] = KERNEL_CODE[j.kernel]
-    c[CTL.w] = j.w; c[CTL.rows] = j.rows; c[CTL.cols] = j.cols; c[CTL.xq] = j.xq; c[CTL.xd] = j.xd
-    c[CTL.xbs] = j.xbs; c[CTL.tokens] = j.tokens; c[CTL.y] = j.y; c[CTL.half] = arena.half; c[CTL.threads] = this.threads
+    c[CTL.arena] = arena.id; c[CTL.kernel] = KERNEL_CODE[j.kernel]; c[CTL.threads] = this.threads
+    if (j.kernel === 'attention') {
+      ATTENTION_ARGS.forEach((k, i) => { c[CTL.args + i] = k === 'scale' ? floatBits(j.scale) : j[k] })
+    } else {
+      c[CTL.w] = j.w; c[CTL.rows] = j.rows; c[CTL.cols] = j.cols; c[CTL.xq] = j.xq; c[CTL.xd] = j.xd
+      c[CTL.xbs] = j.xbs; c[CTL.tokens] = j.tokens; c[CTL.y] = j.y; c[CTL.half] = arena.half
+    }
     Atomics.store(c, CTL.pending, this.workers.length)
     Atomics.add(c, CTL.gen, 1)
     Atomics.notify(c, CTL.gen)
-    const [r0, r1] = rowRange(j.rows, this.threads, 0)
-    runRange(arena, j, r0, r1)
+    if (j.kernel === 'attention') runHeads(arena, j, 0, this.threads)
+    else runRange(arena, j, ...rowRange(j.rows, this.threads, 0))
     for (let p = Atomics.load(c, CTL.pending); p !== 0; p = Atomics.load(c, CTL.pending)) Atomics.wait(c, CTL.pending, p)
-    if (Atomics.exchange(c, CTL.failed, 0) !== 0) throw new Error('a CPU kernel thread failed; its rows of this product are missing')
+    if (Atomics.exchange(c, CTL.failed, 0) !== 0) throw new Error('a CPU kernel thread failed; its share of this job is missing')
   }
 
   close (): void {
@@ -96,6 +124,24 @@ export function setKernelThreads (n: number): void {
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`kernel threads: ${n} is not a positive integer`)
   threads = n
   if (pool != null && pool.threads !== n) { pool.close(); pool = undefined }
+}
+
+const bits = new Int32Array(1)
+const bitsF = new Float32Array(bits.buffer)
+/** A float32's bits as an int32 (the control array holds int32s). */
+export function floatBits (x: number): number { bitsF[0] = x; return bits[0] }
+export function bitsFloat (b: number): number { bits[0] = b; return bitsF[0] }
+
+/** Threads attention's heads are split over for this job (1: run it here). */
+export function attentionThreads (heads: number, rows: number, keys: number, d: number): number {
+  return threads === 1 || heads < 2 || heads * rows * keys * d < MIN_SPLIT ? 1 : threads
+}
+
+/** Runs an attention job over `attentionThreads(…)` threads (each needs its workStride of scores). */
+export function splitHeads (arena: Arena, j: AttentionJob, n: number): void {
+  if (n === 1) { runHeads(arena, j, 0, 1); return }
+  pool ??= new Pool(threads)
+  pool.run(arena, j)
 }
 
 export function splitRows (arena: Arena, j: MatmulJob): void {

@@ -7,6 +7,7 @@ import { Checkpoint } from '../../src/checkpoint.ts'
 import { Span, KVCache } from '../../src/span.ts'
 import { Arena } from '../../src/cpu/arena.ts'
 import { CpuKVStore } from '../../src/cpu/kv-store.ts'
+import { kernelThreads, setKernelThreads } from '../../src/cpu/threads.ts'
 import { withQuantization } from '../../src/quant/quantized-source.ts'
 import { hiddenStates } from '../support/hidden-states.ts'
 import type { ModelSource } from '../../src/model-source.ts'
@@ -153,6 +154,20 @@ describe('CPU engine: a span\'s step in wasm kernels', function () {
         assert.deepEqual(stepwise, await run(span, span.newCache(200), x, [150]))
         cache.dispose()
         assert.equal(cache.bytes(), 0)
+      })
+
+      it('gives the same bits on any number of kernel threads (products split by rows, attention by heads)', async () => {
+        const H = ckpt.config.hiddenSize
+        const x = hiddenStates(150, H, 8)
+        const before = kernelThreads()
+        try {
+          setKernelThreads(1)
+          const one = await run(span, span.newCache(160), x, [140, 1, 9])
+          for (const n of [2, 3]) {
+            setKernelThreads(n)
+            assert.deepEqual(await run(span, span.newCache(160), x, [140, 1, 9]), one, `${n} threads`)
+          }
+        } finally { setKernelThreads(before) }
       })
 
       it('attends against a cache in another wasm memory as against one beside its block', async () => {
