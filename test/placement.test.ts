@@ -82,9 +82,9 @@ describe('automatic placement with real processes', function () {
     const models = await listModels(observer, { timeoutMs: 5000 })
     return models.find(m => m.name === 'tiny')?.coverage ?? new Array(6).fill(0)
   }
-  // 2 blocks fit: 1 MiB for weights at ~0.4 MiB per block on wasm
+  // 2 blocks fit: 0.45 MiB for weights at ~0.19 MiB per float32 block (the CPU engine holds one copy)
   const joinNode = async (name: string): Promise<NodeProcess> => {
-    const n = await startNode({ name, args: ['join', '--bootstrap', boot.addrs[0], '--model', model, '--memory', '2', '--cache-mb', '1', '--rebalance-interval', '2'] })
+    const n = await startNode({ name, args: ['join', '--bootstrap', boot.addrs[0], '--model', model, '--memory', '1.45', '--cache-mb', '1', '--rebalance-interval', '2'] })
     nodes.push(n)
     return n
   }
