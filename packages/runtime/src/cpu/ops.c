@@ -40,12 +40,19 @@ static inline v128_t exp4(v128_t x) {
 
 static inline float exp1(float x) { return wasm_f32x4_extract_lane(exp4(F4(x)), 0); }
 
-// y = x / √(mean(x²) + eps) · w for `rows` rows of n (n a multiple of 4). y may be x.
+// y = x / √(mean(x²) + eps) · w for `rows` rows of n (n a multiple of 4). y may be x. The squares
+// are summed in float64, as ggml does: a sum over thousands of values keeps its low bits.
 void rms_norm(const float *x, const float *w, float *y, int n, int rows, float eps) {
   for (int r = 0; r < rows; r++, x += n, y += n) {
-    v128_t s = F4(0);
-    for (int i = 0; i < n; i += 4) { const v128_t v = wasm_v128_load(x + i); s = wasm_f32x4_add(s, wasm_f32x4_mul(v, v)); }
-    const float scale = 1.0f / __builtin_sqrtf(lanes_sum(s) / (float)n + eps);
+    v128_t lo = wasm_f64x2_splat(0), hi = wasm_f64x2_splat(0);
+    for (int i = 0; i < n; i += 4) {
+      const v128_t v = wasm_v128_load(x + i), sq = wasm_f32x4_mul(v, v);
+      lo = wasm_f64x2_add(lo, wasm_f64x2_promote_low_f32x4(sq));
+      hi = wasm_f64x2_add(hi, wasm_f64x2_promote_low_f32x4(wasm_i32x4_shuffle(sq, sq, 2, 3, 0, 1)));
+    }
+    const v128_t s = wasm_f64x2_add(lo, hi);
+    const double sum = wasm_f64x2_extract_lane(s, 0) + wasm_f64x2_extract_lane(s, 1);
+    const float scale = 1.0f / __builtin_sqrtf((float)(sum / n) + eps);
     for (int i = 0; i < n; i += 4) {
       wasm_v128_store(y + i, wasm_f32x4_mul(wasm_f32x4_mul(wasm_v128_load(x + i), F4(scale)), wasm_v128_load(w + i)));
     }
@@ -117,18 +124,20 @@ void attention(const float *q, int qs, int rows, int first, int heads, int kv_he
         s[j] = sj;
         max = sj > max ? sj : max;
       }
-      float sum = 0.0f;
+      // the softmax's sum in float64 (as ggml's): thousands of keys keep its low bits
+      double sum = 0.0;
       int j = 0;
       for (; j + 4 <= keys; j += 4) {
         const v128_t e = exp4(wasm_f32x4_sub(wasm_v128_load(s + j), F4(max)));
         wasm_v128_store(s + j, e);
-        sum += lanes_sum(e);
+        sum += (double)s[j] + (double)s[j + 1] + (double)s[j + 2] + (double)s[j + 3];
       }
-      for (; j < keys; j++) { s[j] = exp1(s[j] - max); sum += s[j]; }
+      for (; j < keys; j++) { s[j] = exp1(s[j] - max); sum += (double)s[j]; }
+      const float inv = (float)(1.0 / sum);
       float *o = out + (u32)t * os + h * d;
       for (int i = 0; i < d; i += 4) wasm_v128_store(o + i, F4(0));
       for (j = 0; j < keys; j++, v += d) {
-        const v128_t p = F4(s[j] / sum);
+        const v128_t p = F4(s[j] * inv);
         for (int i = 0; i < d; i += 4) wasm_v128_store(o + i, wasm_f32x4_add(wasm_v128_load(o + i), wasm_f32x4_mul(p, wasm_v128_load(v + i))));
       }
     }
