@@ -1,8 +1,8 @@
 import { Worker } from 'node:worker_threads'
 import type { ModelConfig } from './config.ts'
-import type { RawTensor } from './checkpoint.ts'
 import { WorkerRpc, ownBuffer } from './worker-rpc.ts'
 import { cpuHead } from './cpu/head.ts'
+import type { CpuHeadWeights } from './cpu/head.ts'
 
 /** The LM head's kernel: final norm, then `[rows, hidden] · [hidden, vocab]`. */
 export interface HeadKernel {
@@ -12,13 +12,7 @@ export interface HeadKernel {
 }
 
 /** What a head kernel is built from: the final norm and the LM head as stored, `[vocab, hidden]`. */
-export interface HeadWeights {
-  hiddenSize: number
-  vocabSize: number
-  rmsNormEps: number
-  norm: Float32Array
-  lmHead: Pick<RawTensor, 'dtype' | 'shape' | 'bytes'>
-}
+export type HeadWeights = CpuHeadWeights
 
 export function headWeights (cfg: ModelConfig, norm: Float32Array, lmHead: HeadWeights['lmHead']): HeadWeights {
   return { hiddenSize: cfg.hiddenSize, vocabSize: cfg.vocabSize, rmsNormEps: cfg.rmsNormEps, norm, lmHead }

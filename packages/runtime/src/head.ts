@@ -41,26 +41,16 @@ export class ModelHead {
       const got = await tensorsDigest(raws)
       if (got !== opts.headDigest) throw new Error(`the embeddings/LM head do not match the model id (digest ${got.slice(0, 12)}, manifest says ${opts.headDigest.slice(0, 12)})`)
     }
-    const gpu = activeBackend() === 'webgpu' ? activeGpu() : undefined
-    if (gpu != null) {
-      // The LM head goes to the GPU as stored (f16, q8_0, …) and the embeddings stay as stored
-      // in host memory, a row widened per token: no float32 copy of either. A GPU head leaves
-      // the main thread free already (it only waits for the GPU), so it needs no worker.
-      const cfg = ckpt.config
-      const by = checkedHead(cfg, raws)
-      const emb = ownBytes(by.get('model.embed_tokens.weight')!)
-      const lm = cfg.tieWordEmbeddings ? emb : by.get('lm_head.weight')!
-      const kernel = gpuHeadKernel(gpu, { hiddenSize: cfg.hiddenSize, vocabSize: cfg.vocabSize, rmsNormEps: cfg.rmsNormEps, norm: rawFloat32(by.get('model.norm.weight')!), lmHead: lm })
-      return new ModelHead(cfg, new EmbeddingRows(emb, cfg.hiddenSize), kernel)
-    }
-    // On the CPU both stay as stored too: the embeddings in host memory, the LM head in the
-    // kernels' memory (a copy: a tied head is both).
+    // The embeddings stay as stored in host memory, a row widened per token; the LM head goes to
+    // the GPU or the CPU kernels' memory as stored (f16, q8_0, …; a copy: a tied head is both).
     const cfg = ckpt.config
     const by = checkedHead(cfg, raws)
     const emb = ownBytes(by.get('model.embed_tokens.weight')!)
-    const lm = cfg.tieWordEmbeddings ? emb : by.get('lm_head.weight')!
-    const weights = headWeights(cfg, rawFloat32(by.get('model.norm.weight')!), lm)
     const rows = new EmbeddingRows(emb, cfg.hiddenSize)
+    const weights = headWeights(cfg, rawFloat32(by.get('model.norm.weight')!), cfg.tieWordEmbeddings ? emb : by.get('lm_head.weight')!)
+    const gpu = activeBackend() === 'webgpu' ? activeGpu() : undefined
+    // A GPU head leaves the main thread free already (it only waits for the GPU): no worker.
+    if (gpu != null) return new ModelHead(cfg, rows, gpuHeadKernel(gpu, weights))
     if (opts.thread === true) return new ModelHead(cfg, rows, await workerHeadKernel(weights))
     return new ModelHead(cfg, rows, inThreadHeadKernel(weights))
   }
