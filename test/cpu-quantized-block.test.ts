@@ -13,7 +13,7 @@ import {
 } from '@plexus/runtime'
 import type { ModelSource, LocalModelOptions } from '@plexus/runtime'
 import { makeModel } from '../scripts/lib/model-maker.ts'
-import { bytesPerBlock, blocksThatFit } from '@plexus/server'
+import { bytesPerBlock, blocksThatFit, blockBytesOf } from '@plexus/server'
 import { llamaCppUnavailable, tensorTypeOffset } from './support/gguf.ts'
 import { writeGguf } from '../scripts/lib/gguf.ts'
 import { dequantized } from './support/dequantized.ts'
@@ -207,7 +207,20 @@ describe('CPU spans keep Q8_0, Q4_K, Q5_K and Q6_K weights quantized (wasm)', fu
         const budget = 40 * f32
         assert.equal(blocksThatFit(budget, q8, 1000), Math.floor(budget / q8))
         assert.ok(blocksThatFit(budget, q8, 1000) >= 3.5 * blocksThatFit(budget, bytesPerBlock(cfg, 'wasm', 'f32'), 1000))
+        assert.equal(await blockBytesOf(src, 'wasm', 'q8_0'), q8)
       } finally { await src.close() }
+      // a file of mixed k-quants (v and down in Q6_K, as Q4_K_M) counts what its blocks hold, not q_proj's Q4_K
+      const mixed = await openModel(join(tmp, 'mixed.gguf'))
+      try {
+        const format = await weightFormat(mixed)
+        assert.equal(format, 'q4_k')
+        const held = await blockBytesOf(mixed, 'wasm', format)
+        const span = await Span.load(mixed, 0, 1)
+        try {
+          assert.ok(held > bytesPerBlock(mixed.config, 'wasm', format), `${held} bytes counted, ${bytesPerBlock(mixed.config, 'wasm', format)} as all Q4_K`)
+          assert.ok(Math.abs(held / span.weightBytes! - 1) < 0.01, `${held} bytes counted, the span holds ${span.weightBytes}`)
+        } finally { span.dispose() }
+      } finally { await mixed.close() }
     })
 
     it('a q8_0 GGUF generates llama.cpp\'s greedy tokens on the same file', async function () {

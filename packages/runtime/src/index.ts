@@ -32,7 +32,7 @@ export {
   CLIENT_FILES, GGUF_TOKENIZER_KEY
 } from './model-id.ts'
 export type { ModelManifest } from './model-id.ts'
-export { ProgressMeter } from './progress.ts'
+export { ProgressMeter, storedPartBytes } from './progress.ts'
 export type { ProgressEvent, ProgressListener } from './progress.ts'
 export { cacheDir } from './cache-dir.ts'
 export { PLEXUS_VERSION } from './version.ts'
@@ -53,7 +53,7 @@ export {
 } from './gguf/index.ts'
 export {
   quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, isQuantFormat, quantTypeFor,
-  withQuantization, storedSource, weightFormat, bytesPerWeight, QUANT_FORMATS, QuantizedSource
+  withQuantization, storedSource, weightFormat, bytesPerWeight, QUANT_FORMATS, QuantizedSource, quantizationOf
 } from './quant/index.ts'
 export type { QuantFormat } from './quant/index.ts'
 export { compileGrammar, GrammarError } from './grammar/index.ts'

@@ -1,5 +1,5 @@
-import { blockBytes, bytesPerWeight, CPU_QUANT_FORMATS } from '@plexus/runtime'
-import type { ModelConfig } from '@plexus/runtime'
+import { blockBytes, bytesPerWeight, CPU_QUANT_FORMATS, quantizationOf, storedPartBytes } from '@plexus/runtime'
+import type { ModelConfig, ModelSource } from '@plexus/runtime'
 
 /**
  * Where a node should serve: the contiguous span where the swarm is weakest. The swarm's
@@ -108,6 +108,17 @@ export function planMove (spans: ServedSpan[], me: ServedSpan, numBlocks: number
 export function bytesPerBlock (cfg: ModelConfig, backend: string, format: string): number {
   if (backend === 'webgpu') return blockBytes(cfg) / 4 * bytesPerWeight(format)
   return blockBytes(cfg, CPU_QUANT_FORMATS.includes(format) ? format : 'f32')
+}
+
+/**
+ * Bytes a block of `src` takes on `backend`: bytesPerBlock for its q_proj's format, or, when the
+ * file is stored in the CPU kernels' formats, block 0's bytes as stored if more (a Q4_K_M file
+ * keeps v and down in Q6_K, which bytesPerBlock would count as Q4_K).
+ */
+export async function blockBytesOf (src: ModelSource, backend: string, format: string): Promise<number> {
+  const perFormat = bytesPerBlock(src.config, backend, format)
+  if (backend === 'webgpu' || !CPU_QUANT_FORMATS.includes(format) || quantizationOf(src) != null) return perFormat
+  return Math.max(perFormat, await storedPartBytes(src, 0))
 }
 
 /** Blocks this machine can hold: the weight budget over bytesPerBlock, at least 1, at most the model. */

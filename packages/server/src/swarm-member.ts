@@ -8,7 +8,7 @@ import type { FaultInjection, SessionBudgets } from './backend.ts'
 import { PlexusServer } from './server.ts'
 import { cachedThroughput } from './throughput.ts'
 import type { Throughput } from './throughput.ts'
-import { chooseStart, planMove, blocksThatFit, bytesPerBlock, capThroughputs } from './block-selection.ts'
+import { chooseStart, planMove, blocksThatFit, blockBytesOf, capThroughputs } from './block-selection.ts'
 import type { ServedSpan } from './block-selection.ts'
 
 export interface SwarmMemberComponents {
@@ -90,6 +90,8 @@ export class SwarmMember {
 
   /** How the blocks' weights are held (read at start). */
   private format?: string
+  /** What one block of the model takes in this node's memory (set at start) */
+  private blockBytes = Infinity
 
   /** How the blocks' weights are held (f32, bf16, q8_0, ...; known once started). */
   get weightFormat (): string | undefined { return this.format }
@@ -97,8 +99,7 @@ export class SwarmMember {
   /** Blocks this machine can hold within its memory budget, each at its real bytes (bytesPerBlock). */
   capacity (): number {
     const cfg = this.c.checkpoint.config
-    const perBlock = bytesPerBlock(cfg, this.init.backend, this.format ?? 'f32')
-    return blocksThatFit(this.init.memoryBytes - this.init.cacheBudgetBytes, perBlock, cfg.numLayers)
+    return blocksThatFit(this.init.memoryBytes - this.init.cacheBudgetBytes, this.blockBytes, cfg.numLayers)
   }
 
   /**
@@ -141,6 +142,7 @@ export class SwarmMember {
 
   async start (): Promise<void> {
     this.format = await weightFormat(this.c.checkpoint)
+    this.blockBytes = await blockBytesOf(this.c.checkpoint, this.init.backend, this.format)
     let start: number
     let end: number
     if (this.init.blocks != null) {
