@@ -1,6 +1,6 @@
 import { Worker } from 'node:worker_threads'
 import { availableParallelism } from 'node:os'
-import type { Arena } from './arena.ts'
+import type { Arena, KernelExports } from './arena.ts'
 import { kernelsModule } from './arena.ts'
 
 // Rows split across worker threads over the arena's shared memory, synchronously: the calling
@@ -29,34 +29,57 @@ export interface AttentionJob {
   kc: number, vc: number, cap: number, scale: number, out: number, os: number, work: number, workStride: number
 }
 
+export type Job = MatmulJob | AttentionJob
+
 /** Thread t's heads of `heads` split `n` ways. */
 export function headRange (heads: number, n: number, t: number): [number, number] {
   const per = Math.ceil(heads / n)
   return [Math.min(heads, t * per), Math.min(heads, (t + 1) * per)]
 }
 
-export function runHeads (arena: Arena, j: AttentionJob, t: number, n: number): void {
-  const [h0, h1] = headRange(j.heads, n, t)
-  if (h0 < h1) arena.kernels.attention(j.q, j.qs, j.rows, j.first, j.heads, j.kvHeads, j.d, j.kc, j.vc, j.cap, j.scale, j.out, j.os, j.work + t * j.workStride, h0, h1)
+/** Thread t's share (of n) of a job: its rows of a product, its heads of an attention. */
+export function runShare (k: KernelExports, half: number, j: Job, t: number, n: number): void {
+  if (j.kernel === 'attention') {
+    const [h0, h1] = headRange(j.heads, n, t)
+    if (h0 < h1) k.attention(j.q, j.qs, j.rows, j.first, j.heads, j.kvHeads, j.d, j.kc, j.vc, j.cap, j.scale, j.out, j.os, j.work + t * j.workStride, h0, h1)
+    return
+  }
+  const [r0, r1] = rowRange(j.rows, n, t)
+  if (r0 >= r1) return
+  if (j.kernel === 'q8_0') k.matmul_q8_0(j.w, j.rows, j.cols, j.xq, j.xd, j.tokens, j.y, r0, r1, half)
+  else if (j.kernel === 'bf16' || j.kernel === 'f16' || j.kernel === 'f32') k[`matmul_${j.kernel}`](j.w, j.rows, j.cols, j.xq, j.tokens, j.y, r0, r1)
+  else k[`matmul_${j.kernel}`](j.w, j.rows, j.cols, j.xq, j.xd, j.xbs, j.tokens, j.y, r0, r1, half)
 }
 
-export function runRange (arena: Arena, j: MatmulJob, r0: number, r1: number): void {
-  const k = arena.kernels
-  if (j.kernel === 'q8_0') k.matmul_q8_0(j.w, j.rows, j.cols, j.xq, j.xd, j.tokens, j.y, r0, r1, arena.half)
-  else if (j.kernel === 'bf16') k.matmul_bf16(j.w, j.rows, j.cols, j.xq, j.tokens, j.y, r0, r1)
-  else if (j.kernel === 'f16') k.matmul_f16(j.w, j.rows, j.cols, j.xq, j.tokens, j.y, r0, r1)
-  else if (j.kernel === 'f32') k.matmul_f32(j.w, j.rows, j.cols, j.xq, j.tokens, j.y, r0, r1)
-  else k[`matmul_${j.kernel}`](j.w, j.rows, j.cols, j.xq, j.xd, j.xbs, j.tokens, j.y, r0, r1, arena.half)
+// control words (Int32Array over a SharedArrayBuffer), shared with kernel-worker.ts: the job's
+// kernel, then its fields in the order of JOB_FIELDS from `args` (floats as their bits)
+export const CTL = { gen: 0, pending: 1, stop: 2, failed: 3, arena: 4, half: 5, threads: 6, kernel: 7, args: 8, size: 24 }
+
+const KERNELS = ['q8_0', 'q4_K', 'bf16', 'q5_K', 'q6_K', 'f32', 'f16', 'attention'] as const
+const MATMUL_FIELDS = ['w', 'rows', 'cols', 'xq', 'xd', 'xbs', 'tokens', 'y'] as const
+const ATTENTION_FIELDS = ['q', 'qs', 'rows', 'first', 'heads', 'kvHeads', 'd', 'kc', 'vc', 'cap', 'scale', 'out', 'os', 'work', 'workStride'] as const
+const fieldsOf = (kernel: Job['kernel']): readonly string[] => kernel === 'attention' ? ATTENTION_FIELDS : MATMUL_FIELDS
+
+const bits = new Int32Array(1)
+const bitsF = new Float32Array(bits.buffer)
+
+function writeJob (c: Int32Array, j: Job): void {
+  c[CTL.kernel] = KERNELS.indexOf(j.kernel)
+  const fields = j as unknown as Record<string, number>
+  fieldsOf(j.kernel).forEach((name, i) => {
+    if (name === 'scale') { bitsF[0] = fields[name]; c[CTL.args + i] = bits[0] } else c[CTL.args + i] = fields[name]
+  })
 }
 
-// control words (Int32Array over a SharedArrayBuffer), shared with kernel-worker.ts
-export const CTL = { gen: 0, pending: 1, stop: 2, arena: 3, kernel: 4, w: 5, rows: 6, cols: 7, xq: 8, xd: 9, xbs: 10, tokens: 11, y: 12, half: 13, threads: 14, failed: 15, args: 16, size: 32 }
-
-/** An attention job's fields, in this order from CTL.args (scale as its float32 bits). */
-export const ATTENTION_ARGS = ['q', 'qs', 'rows', 'first', 'heads', 'kvHeads', 'd', 'kc', 'vc', 'cap', 'scale', 'out', 'os', 'work', 'workStride'] as const
-
-/** The kernel a job names, as kernel-worker.ts reads it from the control array. */
-export const KERNEL_CODE = { q8_0: 0, q4_K: 1, bf16: 2, q5_K: 3, q6_K: 4, f32: 5, f16: 6, attention: 7 } as const
+/** The job the control array holds (kernel-worker.ts). */
+export function readJob (c: Int32Array): Job {
+  const kernel = KERNELS[c[CTL.kernel]]
+  const j: Record<string, unknown> = { kernel }
+  fieldsOf(kernel).forEach((name, i) => {
+    if (name === 'scale') { bits[0] = c[CTL.args + i]; j[name] = bitsF[0] } else j[name] = c[CTL.args + i]
+  })
+  return j as unknown as Job
+}
 
 /** Below this many weight·token products (or query·key products) a job runs on the calling thread: waking costs ~20–50 µs. */
 const MIN_SPLIT = 1 << 18
@@ -83,25 +106,19 @@ class Pool {
     }
   }
 
-  run (arena: Arena, j: MatmulJob | AttentionJob): void {
+  run (arena: Arena, j: Job): void {
     const c = this.ctl
     if (!this.shared.has(arena.id)) {
       // the workers take it with receiveMessageOnPort when a job names this arena
       for (const w of this.workers) w.postMessage({ arena: arena.id, memory: arena.memory })
       this.shared.add(arena.id)
     }
-    c[CTL.arena] = arena.id; c[CTL.kernel] = KERNEL_CODE[j.kernel]; c[CTL.threads] = this.threads
-    if (j.kernel === 'attention') {
-      ATTENTION_ARGS.forEach((k, i) => { c[CTL.args + i] = k === 'scale' ? floatBits(j.scale) : j[k] })
-    } else {
-      c[CTL.w] = j.w; c[CTL.rows] = j.rows; c[CTL.cols] = j.cols; c[CTL.xq] = j.xq; c[CTL.xd] = j.xd
-      c[CTL.xbs] = j.xbs; c[CTL.tokens] = j.tokens; c[CTL.y] = j.y; c[CTL.half] = arena.half
-    }
+    c[CTL.arena] = arena.id; c[CTL.half] = arena.half; c[CTL.threads] = this.threads
+    writeJob(c, j)
     Atomics.store(c, CTL.pending, this.workers.length)
     Atomics.add(c, CTL.gen, 1)
     Atomics.notify(c, CTL.gen)
-    if (j.kernel === 'attention') runHeads(arena, j, 0, this.threads)
-    else runRange(arena, j, ...rowRange(j.rows, this.threads, 0))
+    runShare(arena.kernels, arena.half, j, 0, this.threads)
     for (let p = Atomics.load(c, CTL.pending); p !== 0; p = Atomics.load(c, CTL.pending)) Atomics.wait(c, CTL.pending, p)
     if (Atomics.exchange(c, CTL.failed, 0) !== 0) throw new Error('a CPU kernel thread failed; its share of this job is missing')
   }
@@ -126,12 +143,6 @@ export function setKernelThreads (n: number): void {
   if (pool != null && pool.threads !== n) { pool.close(); pool = undefined }
 }
 
-const bits = new Int32Array(1)
-const bitsF = new Float32Array(bits.buffer)
-/** A float32's bits as an int32 (the control array holds int32s). */
-export function floatBits (x: number): number { bitsF[0] = x; return bits[0] }
-export function bitsFloat (b: number): number { bits[0] = b; return bitsF[0] }
-
 /** Threads attention's heads are split over for this job (1: run it here). */
 export function attentionThreads (heads: number, rows: number, keys: number, d: number): number {
   return threads === 1 || heads < 2 || heads * rows * keys * d < MIN_SPLIT ? 1 : threads
@@ -139,13 +150,13 @@ export function attentionThreads (heads: number, rows: number, keys: number, d: 
 
 /** Runs an attention job over `attentionThreads(…)` threads (each needs its workStride of scores). */
 export function splitHeads (arena: Arena, j: AttentionJob, n: number): void {
-  if (n === 1) { runHeads(arena, j, 0, 1); return }
+  if (n === 1) { runShare(arena.kernels, arena.half, j, 0, 1); return }
   pool ??= new Pool(threads)
   pool.run(arena, j)
 }
 
 export function splitRows (arena: Arena, j: MatmulJob): void {
-  if (threads === 1 || j.rows < 8 * threads || j.rows * j.cols * j.tokens < MIN_SPLIT) { runRange(arena, j, 0, j.rows); return }
+  if (threads === 1 || j.rows < 8 * threads || j.rows * j.cols * j.tokens < MIN_SPLIT) { runShare(arena.kernels, arena.half, j, 0, 1); return }
   pool ??= new Pool(threads)
   pool.run(arena, j)
 }
