@@ -30,21 +30,13 @@ export function cpuHead (w: CpuHeadWeights): { logits: (x: Float32Array, rows: n
   if (normAt === undefined) { matrix.dispose(); throw new RangeError('no room for the final norm beside the LM head in a 4 GiB wasm memory') }
   new Float32Array(arena.memory.buffer, normAt, H).set(w.norm)
   const eps = w.rmsNormEps
-  let scratch: { at: number, bytes: number } | undefined
   let disposed = false
   return {
     logits: (x, rows) => {
       if (disposed) throw new Error('the LM head was disposed')
       if (x.length !== rows * H) throw new RangeError(`hidden states have ${x.length} values, expected ${rows}×${H}`)
-      const need = up(4 * rows * H) + up(4 * rows * V) + matrix.scratchBytes(rows)
-      if (scratch == null || scratch.bytes < need) {
-        if (scratch != null) arena.release(scratch.at, scratch.bytes)
-        scratch = undefined
-        const at = arena.alloc(need)
-        if (at === undefined) throw new RangeError(`no room for ${rows} rows of logits in a 4 GiB wasm memory`)
-        scratch = { at, bytes: need }
-      }
-      const xs = scratch.at
+      // the arena's shared scratch: this call is synchronous, as every user of it is
+      const xs = arena.scratch(up(4 * rows * H) + up(4 * rows * V) + matrix.scratchBytes(rows))
       const y = xs + up(4 * rows * H)
       new Float32Array(arena.memory.buffer, xs, rows * H).set(x)
       arena.kernels.rms_norm(xs, normAt, xs, H, rows, eps)
@@ -54,8 +46,6 @@ export function cpuHead (w: CpuHeadWeights): { logits: (x: Float32Array, rows: n
     dispose: () => {
       if (disposed) return
       disposed = true
-      if (scratch != null) arena.release(scratch.at, scratch.bytes)
-      scratch = undefined
       arena.release(normAt, 4 * H)
       matrix.dispose()
     }

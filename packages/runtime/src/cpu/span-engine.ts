@@ -78,8 +78,10 @@ export class CpuSpanEngine {
   private readonly cfg: ModelConfig
   private readonly invFreq: Float64Array
   private readonly blocks: CpuBlock[] = []
-  /** this engine's scratch in each arena it runs blocks in */
+  /** this engine's activations in each arena it runs blocks in */
   private readonly scratch = new Map<Arena, { at: number, bytes: number }>()
+  /** room to attend in an arena holding a session's cache but not its block (kept apart: the step's layouts stay put) */
+  private readonly attendScratch = new Map<Arena, { at: number, bytes: number }>()
 
   constructor (cfg: ModelConfig, invFreq: Float64Array) {
     for (const [what, n] of [['hidden_size', cfg.hiddenSize], ['intermediate_size', cfg.intermediateSize], ['head_dim', cfg.headDim]] as const) {
@@ -162,21 +164,21 @@ export class CpuSpanEngine {
     }
     const { cos, sin } = rotaryTables(this.invFreq, positions)
     const scale = Math.fround(1 / Math.sqrt(d))
-    // every arena's scratch sized for the largest block there first: growing it mid-step would
-    // move the residual stream
-    const need = new Map<Arena, number>()
+    // one layout per arena for the whole step, its products' scratch sized for the largest block
+    // there (growing it mid-step would move the residual stream)
+    const mm = new Map<Arena, number>()
     for (let i = 0; i < blocks; i++) {
       const b = this.blocks[from + i]
-      need.set(b.home, Math.max(need.get(b.home) ?? 0, this.layoutSizes(b, R, chunk, keys).total))
+      mm.set(b.home, Math.max(mm.get(b.home) ?? 0, productScratch(b, R, chunk)))
     }
-    for (const [arena, bytes] of need) this.scratchIn(arena, bytes)
+    const layouts = new Map([...mm].map(([arena, bytes]) => [arena, this.layout(arena, R, chunk, keys, bytes)]))
 
     let prev: { arena: Arena, x: number } | undefined
     for (let i = 0; i < blocks; i++) {
       const b = this.blocks[from + i]
       const arena = b.home
       const k = arena.kernels
-      const L = this.layout(b, R, chunk, keys)
+      const L = layouts.get(arena)!
       const mem = (): ArrayBuffer => arena.memory.buffer as ArrayBuffer
       if (prev == null) {
         let o = 0
@@ -251,7 +253,7 @@ export class CpuSpanEngine {
     if (region.arena !== b.home) {
       // the cache landed in another wasm memory: attend there, on copies of this session's rows
       a = region.arena
-      const room = this.scratchIn(a, up(4 * s.tokens * W) + up(4 * s.tokens * Q) + kernelThreads() * workStride)
+      const room = this.scratchIn(this.attendScratch, a, up(4 * s.tokens * W) + up(4 * s.tokens * Q) + kernelThreads() * workStride)
       q = room; out = room + up(4 * s.tokens * W); work = out + up(4 * s.tokens * Q)
       new Float32Array(a.memory.buffer, q, s.tokens * W).set(new Float32Array(b.home.memory.buffer, qkv, s.tokens * W))
     }
@@ -263,53 +265,51 @@ export class CpuSpanEngine {
     if (a !== b.home) new Float32Array(b.home.memory.buffer, att, s.tokens * Q).set(new Float32Array(a.memory.buffer, out, s.tokens * Q))
   }
 
-  /** The step's activations in block b's arena. */
-  private layout (b: CpuBlock, R: number, chunk: number, keys: number): Layout {
-    const { sizes, total } = this.layoutSizes(b, R, chunk, keys)
-    let at = this.scratchIn(b.home, total)
-    const L = {} as Record<string, number>
-    for (const [name, bytes] of Object.entries(sizes)) { L[name] = at; at += up(bytes) }
-    return L as unknown as Layout
-  }
-
-  private layoutSizes (b: CpuBlock, R: number, chunk: number, keys: number): { sizes: Record<keyof Layout, number>, total: number } {
+  /** A step's activations in `arena`, `mm` bytes of them for the products' quantized inputs. */
+  private layout (arena: Arena, R: number, chunk: number, keys: number, mm: number): Layout {
     const cfg = this.cfg
     const H = cfg.hiddenSize
     const d = cfg.headDim
     const Q = cfg.numHeads * d
     const W = Q + 2 * cfg.numKvHeads * d
     const F = cfg.intermediateSize
-    const mm = Math.max(
-      ...b.qkv.map(p => p.scratchBytes(R)), ...b.out.map(p => p.scratchBytes(R)),
-      ...b.gateUp.map(p => p.scratchBytes(chunk)), ...b.down.map(p => p.scratchBytes(chunk)))
-    const sizes = {
+    const sizes: Record<keyof Layout, number> = {
       x: 4 * R * H, h: 4 * R * H, qkv: 4 * R * W, att: 4 * R * Q, gu: 4 * chunk * 2 * F, act: 4 * chunk * F,
       part: 4 * Math.max(R * W, chunk * 2 * F, R * H), mm, cos: 4 * R * d, sin: 4 * R * d, work: kernelThreads() * up(4 * (d + keys))
     }
-    let total = 0
-    for (const v of Object.values(sizes)) total += up(v)
-    return { sizes, total }
+    let at = this.scratchIn(this.scratch, arena, Object.values(sizes).reduce((n, v) => n + up(v), 0))
+    const L = {} as Record<string, number>
+    for (const [name, bytes] of Object.entries(sizes)) { L[name] = at; at += up(bytes) }
+    return L as unknown as Layout
   }
 
-  /** This engine's scratch in `arena`, at least `bytes` (its contents are not kept on growth). */
-  private scratchIn (arena: Arena, bytes: number): number {
-    const have = this.scratch.get(arena)
+  /** This engine's region of `arena` in `regions`, at least `bytes` (its contents are not kept on growth). */
+  private scratchIn (regions: Map<Arena, { at: number, bytes: number }>, arena: Arena, bytes: number): number {
+    const have = regions.get(arena)
     if (have != null && have.bytes >= bytes) return have.at
     if (have != null) arena.release(have.at, have.bytes)
-    this.scratch.delete(arena)
+    regions.delete(arena)
     const size = Math.max(bytes, (have?.bytes ?? 0) * 2)
     const at = arena.alloc(size)
     if (at === undefined) throw new RangeError(`no room for a step's ${size} bytes of activations in a 4 GiB wasm memory`)
-    this.scratch.set(arena, { at, bytes: size })
+    regions.set(arena, { at, bytes: size })
     return at
   }
 
   dispose (): void {
     for (const b of this.blocks) disposeBlock(b)
     this.blocks.length = 0
-    for (const [arena, s] of this.scratch) arena.release(s.at, s.bytes)
-    this.scratch.clear()
+    for (const regions of [this.scratch, this.attendScratch]) {
+      for (const [arena, s] of regions) arena.release(s.at, s.bytes)
+      regions.clear()
+    }
   }
+}
+
+/** Scratch the block's products need for their quantized inputs. */
+function productScratch (b: CpuBlock, R: number, chunk: number): number {
+  return Math.max(...b.qkv.map(p => p.scratchBytes(R)), ...b.out.map(p => p.scratchBytes(R)),
+    ...b.gateUp.map(p => p.scratchBytes(chunk)), ...b.down.map(p => p.scratchBytes(chunk)))
 }
 
 function disposeBlock (b: Partial<CpuBlock> & { vectors: CpuBlock['vectors'] }): void {
