@@ -3,7 +3,7 @@ import type { ModelConfig } from './config.ts'
 import { rawFloat32 } from './checkpoint.ts'
 import type { RawTensor } from './checkpoint.ts'
 import { concatRows, quantMatrixFormat } from './cpu/quant-matrix.ts'
-import type { QuantMatrix } from './cpu/quant-matrix.ts'
+import type { QuantMatrix, QuantMatrixFormat } from './cpu/quant-matrix.ts'
 import { collectStepGarbage } from './memory.ts'
 
 /**
@@ -86,26 +86,45 @@ function fusedTransposed (parts: RawTensor[]): tf.Tensor2D {
  * else: no float32 copy is made); the others are widened to one fused float32 part.
  */
 function loadLinear (parts: RawTensor[]): Linear {
-  const runs: RawTensor[][] = []
-  for (const p of parts) {
-    const last = runs.at(-1)
-    if (last != null && quantMatrixFormat(last[0].dtype) === quantMatrixFormat(p.dtype)) last.push(p)
-    else runs.push([p])
-  }
-  return runs.map(run => {
-    const format = quantMatrixFormat(run[0].dtype)
+  return formatRuns(parts).map(({ format, parts: run }) => {
     if (format == null) return fusedTransposed(run)
     return concatRows(run.map(p => ({ format, rows: p.shape[0], cols: p.shape[1], blocks: p.bytes })))
   })
 }
 
-export function loadBlockWeights (cfg: ModelConfig, block: number, raws: RawTensor[]): BlockWeights {
+/** Consecutive weights in one kernel format (undefined: in none), so that each run fuses into one matrix. */
+export function formatRuns (parts: RawTensor[]): Array<{ format?: QuantMatrixFormat, parts: RawTensor[] }> {
+  const runs: Array<{ format?: QuantMatrixFormat, parts: RawTensor[] }> = []
+  for (const p of parts) {
+    const format = quantMatrixFormat(p.dtype)
+    const last = runs.at(-1)
+    if (last != null && last.format === format) last.parts.push(p)
+    else runs.push({ format, parts: [p] })
+  }
+  return runs
+}
+
+/** Block `block`'s tensors by their name within the block; a missing one is an error naming it. */
+export function blockTensors (block: number, raws: RawTensor[]): (name: string) => RawTensor {
   const by = new Map(raws.map(r => [r.name.slice(`model.layers.${block}.`.length), r]))
-  const get = (n: string): RawTensor => {
-    const r = by.get(n)
-    if (r == null) throw new Error(`block ${block}: tensor ${n} missing`)
+  return name => {
+    const r = by.get(name)
+    if (r == null) throw new Error(`block ${block}: tensor ${name} missing`)
     return r
   }
+}
+
+/** Qwen2's q, k and v biases side by side, as the fused projection's output. */
+export function qkvBias (get: (name: string) => RawTensor): Float32Array {
+  const b = ['q', 'k', 'v'].map(x => rawFloat32(get(`self_attn.${x}_proj.bias`)))
+  const all = new Float32Array(b.reduce((n, a) => n + a.length, 0))
+  let o = 0
+  for (const a of b) { all.set(a, o); o += a.length }
+  return all
+}
+
+export function loadBlockWeights (cfg: ModelConfig, block: number, raws: RawTensor[]): BlockWeights {
+  const get = blockTensors(block, raws)
   const vec = (n: string): tf.Tensor1D => tf.tensor1d(rawFloat32(get(n)))
   const w: BlockWeights = { inputNorm: vec('input_layernorm.weight'), postNorm: vec('post_attention_layernorm.weight'), qkv: [], out: [], gateUp: [], down: [] }
   try {
@@ -113,13 +132,7 @@ export function loadBlockWeights (cfg: ModelConfig, block: number, raws: RawTens
     w.out = loadLinear([get('self_attn.o_proj.weight')])
     w.gateUp = loadLinear([get('mlp.gate_proj.weight'), get('mlp.up_proj.weight')])
     w.down = loadLinear([get('mlp.down_proj.weight')])
-    if (cfg.qkvBias) {
-      const b = ['q', 'k', 'v'].map(x => rawFloat32(get(`self_attn.${x}_proj.bias`)))
-      const all = new Float32Array(b.reduce((n, a) => n + a.length, 0))
-      let o = 0
-      for (const a of b) { all.set(a, o); o += a.length }
-      w.qkvBias = tf.tensor1d(all)
-    }
+    if (cfg.qkvBias) w.qkvBias = tf.tensor1d(qkvBias(get))
   } catch (err) {
     disposeBlockWeights(w)
     throw err

@@ -2,10 +2,9 @@ import type { ModelConfig } from '../config.ts'
 import { rawFloat32 } from '../checkpoint.ts'
 import type { RawTensor } from '../checkpoint.ts'
 import { rotaryTables } from '../rope.ts'
-import { mlpChunkRows } from '../block.ts'
+import { mlpChunkRows, formatRuns, blockTensors, qkvBias } from '../block.ts'
 import type { Arena } from './arena.ts'
 import { concatRows, quantMatrixFormat } from './quant-matrix.ts'
-import type { QuantMatrixFormat } from './quant-matrix.ts'
 import type { WasmQuantMatrix } from './wasm-matrix.ts'
 import { CpuKVStore } from './kv-store.ts'
 import { attentionThreads, kernelThreads, splitHeads } from './threads.ts'
@@ -52,19 +51,13 @@ export function cpuEngineAccepts (raws: RawTensor[]): boolean {
  * (a GGUF's Q4_0, an F16 tensor in a bf16 file) are widened to float32 rows for matmul_f32.
  */
 function loadLinear (parts: RawTensor[], near?: Arena): WasmQuantMatrix[] {
-  const runs: Array<{ format: QuantMatrixFormat, parts: RawTensor[] }> = []
-  for (const p of parts) {
-    const format = quantMatrixFormat(p.dtype) ?? 'f32'
-    const last = runs.at(-1)
-    if (last?.format === format) last.parts.push(p)
-    else runs.push({ format, parts: [p] })
-  }
   const made: WasmQuantMatrix[] = []
   try {
-    for (const run of runs) {
+    for (const run of formatRuns(parts)) {
+      const format = run.format ?? 'f32'
       made.push(concatRows(run.parts.map(p => {
-        const blocks = run.format === 'f32' && p.dtype !== 'F32' ? new Uint8Array(rawFloat32(p).buffer) : p.bytes
-        return { format: run.format, rows: p.shape[0], cols: p.shape[1], blocks }
+        const blocks = format === 'f32' && p.dtype !== 'F32' ? new Uint8Array(rawFloat32(p).buffer) : p.bytes
+        return { format, rows: p.shape[0], cols: p.shape[1], blocks }
       }), near))
     }
   } catch (err) {
@@ -92,12 +85,7 @@ export class CpuSpanEngine {
   }
 
   addBlock (block: number, raws: RawTensor[]): void {
-    const by = new Map(raws.map(r => [r.name.slice(`model.layers.${block}.`.length), r]))
-    const get = (n: string): RawTensor => {
-      const r = by.get(n)
-      if (r == null) throw new Error(`block ${block}: tensor ${n} missing`)
-      return r
-    }
+    const get = blockTensors(block, raws)
     const b: Partial<CpuBlock> & { vectors: CpuBlock['vectors'] } = { vectors: [] }
     try {
       b.qkv = loadLinear(['q', 'k', 'v'].map(x => get(`self_attn.${x}_proj.weight`)))
@@ -115,13 +103,7 @@ export class CpuSpanEngine {
       }
       b.inputNorm = vector(rawFloat32(get('input_layernorm.weight')))
       b.postNorm = vector(rawFloat32(get('post_attention_layernorm.weight')))
-      if (this.cfg.qkvBias) {
-        const bias = ['q', 'k', 'v'].map(x => rawFloat32(get(`self_attn.${x}_proj.bias`)))
-        const all = new Float32Array(bias.reduce((n, a) => n + a.length, 0))
-        let o = 0
-        for (const a of bias) { all.set(a, o); o += a.length }
-        b.qkvBias = vector(all)
-      }
+      if (this.cfg.qkvBias) b.qkvBias = vector(qkvBias(get))
     } catch (err) {
       disposeBlock(b)
       throw err
