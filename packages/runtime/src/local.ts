@@ -4,7 +4,7 @@ import { withQuantization, quantizationOf, weightFormat, bytesPerWeight } from '
 import type { QuantFormat } from './quant/quantized-source.ts'
 import { QUANT_BLOCK } from './cpu/quant-matrix.ts'
 import { ModelHead } from './head.ts'
-import { Span } from './span.ts'
+import { Span, usesTfjsBlocks } from './span.ts'
 import { inProcessRunner } from './runner.ts'
 import type { SpanRunner, SpanSession } from './runner.ts'
 import { WorkerSpanRunner } from './worker-span.ts'
@@ -33,8 +33,10 @@ export function blockBytes (cfg: ModelConfig, format = 'f32'): number {
 }
 
 /**
- * float32 weight bytes one wasm instance holds comfortably: its heap is capped just under 4 GiB,
- * and XNNPACK keeps a packed copy of every weight matrix beside the tensor (2× in all).
+ * float32 weight bytes one tfjs-wasm instance holds comfortably: its heap is capped just under 4
+ * GiB, and XNNPACK keeps a packed copy of every weight matrix beside the tensor (2× in all). Only
+ * tfjs's block forward keeps weights there (PLEXUS_BLOCK_ENGINE=tfjs); the CPU engine opens
+ * another 4 GiB memory when one is full.
  */
 export const WASM_HEAP_BUDGET = 1.5 * 2 ** 30
 
@@ -49,7 +51,7 @@ export function cutsForBudget (cfg: ModelConfig, budget: number, format = 'f32')
 export interface LocalModelOptions {
   /** Split points between spans, e.g. `[4, 8]` → `[0,4) [4,8) [8,L)`; results are identical either way. */
   cuts?: number[]
-  /** `auto`: worker threads only when the weights would not fit one wasm heap. */
+  /** `auto`: worker threads only when tfjs's block forward on wasm would hold more than one heap holds. */
   placement?: 'auto' | 'in-process' | 'workers'
   /** Quantize the blocks' linear weights at load (LocalModel.load; a source passed in carries its own). */
   quantize?: QuantFormat
@@ -76,12 +78,14 @@ export async function loadSpanRunners (ckpt: ModelSource, start: number, end: nu
   const cfg = ckpt.config
   let placement = opts.placement ?? 'auto'
   let cuts = opts.cuts
-  // Q8_0/Q4_K blocks live in the CPU kernels' own memory, not tfjs's heap: counting them against
-  // its budget only splits a large quantized span into more workers than it needs
-  const format = activeBackend() === 'wasm' ? await weightFormat(ckpt) : 'f32'
+  // Only tfjs's block forward on wasm (PLEXUS_BLOCK_ENGINE=tfjs) keeps weights in a tfjs heap of
+  // < 4 GiB, and its quantized blocks not even there; the CPU engine opens memories of its own,
+  // so its spans are never split for size
+  const tfjsHeap = activeBackend() === 'wasm' && usesTfjsBlocks(false)
+  const format = tfjsHeap ? await weightFormat(ckpt) : 'f32'
   const bytes = (end - start) * blockBytes(cfg, format) + (opts.reservedBytes ?? 0)
-  if (placement === 'auto') placement = activeBackend() === 'wasm' && bytes > WASM_HEAP_BUDGET ? 'workers' : 'in-process'
-  if (placement === 'workers' && cuts == null) cuts = cutsForBudget({ ...cfg, numLayers: end - start }, WASM_HEAP_BUDGET, format).map(c => c + start)
+  if (placement === 'auto') placement = tfjsHeap && bytes > WASM_HEAP_BUDGET ? 'workers' : 'in-process'
+  if (placement === 'workers' && cuts == null && tfjsHeap) cuts = cutsForBudget({ ...cfg, numLayers: end - start }, WASM_HEAP_BUDGET, format).map(c => c + start)
   const bounds = [start, ...(cuts ?? []), end]
   const runners: SpanRunner[] = []
   const sizes = opts.onProgress != null ? await Promise.all(Array.from({ length: end - start }, async (_, i) => await storedPartBytes(ckpt, start + i))) : []

@@ -83,6 +83,16 @@ export class KVCache {
   }
 }
 
+/**
+ * Whether a span runs tfjs's block forward (block.ts) rather than the CPU engine: float32 weights
+ * (`kernelFormat` false) on the `tensorflow` backend, or every span under PLEXUS_BLOCK_ENGINE=tfjs
+ * (=kernels: never).
+ */
+export function usesTfjsBlocks (kernelFormat: boolean): boolean {
+  const force = process.env.PLEXUS_BLOCK_ENGINE
+  return force === 'tfjs' || (force !== 'kernels' && activeBackend() === 'tensorflow' && !kernelFormat)
+}
+
 /** One session's step within a batch. */
 export interface SpanStep {
   hidden: Float32Array
@@ -149,9 +159,7 @@ export class Span {
         // tfjs-wasm's decode on `small`, without XNNPACK's packed second copy), and on the
         // tensorflow backend (tfjs-node, multi-threaded) the spans stored in a kernel format;
         // decided by the span's first block. PLEXUS_BLOCK_ENGINE=tfjs or =kernels forces one.
-        const force = process.env.PLEXUS_BLOCK_ENGINE
-        const kernels = force === 'kernels' || (force !== 'tfjs' && (activeBackend() !== 'tensorflow' || cpuEngineAccepts(raws)))
-        if (engine == null && b === start && kernels) {
+        if (engine == null && b === start && !usesTfjsBlocks(cpuEngineAccepts(raws))) {
           cpu = new CpuSpanEngine(ckpt.config, inverseFrequencies(ckpt.config))
         }
         if (engine != null) await engine.addBlock(b, raws)
