@@ -13,7 +13,7 @@ build () {
   "$CC" --target=wasm32 -O3 -ffp-contract=off -msimd128 "$@" -matomics -mbulk-memory -nostdlib -ffreestanding \
     -Wall -Wextra -Werror \
     -Wl,--no-entry -Wl,--import-memory -Wl,--shared-memory -Wl,--max-memory=4294967296 \
-    -Wl,--export=quantize_q8_0 -Wl,--export=quantize_q8_K -Wl,--export=matmul_q8_0 -Wl,--export=matmul_q4_K -Wl,--export=matmul_q5_K \
+    -Wl,--export=quantize_i16 -Wl,--export=quantize_q8_K -Wl,--export=matmul_q8_0 -Wl,--export=matmul_q4_K -Wl,--export=matmul_q5_K \
     -Wl,--export=matmul_q6_K -Wl,--export=matmul_bf16 -Wl,--export=matmul_f16 -Wl,--export=matmul_f32 \
     -Wl,--export=rms_norm -Wl,--export=add_rows -Wl,--export=copy_rows -Wl,--export=rope -Wl,--export=kv_store \
     -Wl,--export=attention -Wl,--export=swiglu \

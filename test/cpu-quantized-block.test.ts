@@ -14,7 +14,7 @@ import {
 import type { ModelSource, LocalModelOptions } from '@plexus/runtime'
 import { makeModel } from '../scripts/lib/model-maker.ts'
 import { bytesPerBlock, blocksThatFit, blockBytesOf } from '@plexus/server'
-import { llamaCppUnavailable, tensorTypeOffset } from './support/gguf.ts'
+import { requireLlamaCpp, tensorTypeOffset } from './support/gguf.ts'
 import { writeGguf } from '../scripts/lib/gguf.ts'
 import { dequantized } from './support/dequantized.ts'
 
@@ -224,8 +224,7 @@ describe('CPU spans keep Q8_0, Q4_K, Q5_K and Q6_K weights quantized (wasm)', fu
     })
 
     it('a q8_0 GGUF generates llama.cpp\'s greedy tokens on the same file', async function () {
-      const why = await llamaCppUnavailable()
-      if (why != null) { console.log(`      skipped: ${why}`); this.skip() }
+      await requireLlamaCpp(this)
       const ours = tokens.get('a q8_0 GGUF')
       assert.ok(ours != null, 'the q8_0 GGUF generated no tokens above')
       const { runLlamaCpp } = await import('../scripts/lib/llama-baseline.ts')
@@ -248,8 +247,7 @@ describe('CPU spans keep Q8_0, Q4_K, Q5_K and Q6_K weights quantized (wasm)', fu
     })
 
     it('a GGUF of mixed Q4_K/Q5_K/Q6_K generates llama.cpp\'s greedy tokens on the same file', async function () {
-      const why = await llamaCppUnavailable()
-      if (why != null) { console.log(`      skipped: ${why}`); this.skip() }
+      await requireLlamaCpp(this)
       const ours = tokens.get('a GGUF of mixed k-quants')
       assert.ok(ours != null, 'the mixed GGUF generated no tokens above')
       const { runLlamaCpp } = await import('../scripts/lib/llama-baseline.ts')

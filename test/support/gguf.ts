@@ -96,6 +96,21 @@ export function tensorTypeOffset (file: Buffer, name: string): number {
 
 export const GGML_BASE = join(ROOT, 'scripts', 'node_modules', '@node-llama-cpp', 'linux-x64', 'bins', 'linux-x64', 'libggml-base.so')
 
+/**
+ * For a test that compares with llama.cpp: returns when its baseline can run here; otherwise the
+ * test fails saying what is missing, unless PLEXUS_SKIP_LLAMA_CPP=1 opts out (then it skips, loudly).
+ * `npm test` installs the baseline first (baseline:install).
+ */
+export async function requireLlamaCpp (ctx: Mocha.Context): Promise<void> {
+  const why = await llamaCppUnavailable()
+  if (why == null) return
+  if (process.env.PLEXUS_SKIP_LLAMA_CPP === '1') {
+    console.log(`      skipped (PLEXUS_SKIP_LLAMA_CPP=1): ${why}`)
+    ctx.skip()
+  }
+  throw new Error(`llama.cpp's baseline is needed for this comparison: ${why}; or set PLEXUS_SKIP_LLAMA_CPP=1 to skip it`)
+}
+
 /** Why llama.cpp's dequantizers cannot be called here, or undefined when they can. */
 export async function llamaCppUnavailable (): Promise<string | undefined> {
   if (process.platform !== 'linux' || process.arch !== 'x64') return `node-llama-cpp's libggml-base is checked on linux-x64 only (this is ${process.platform}-${process.arch})`

@@ -15,7 +15,7 @@ const RESERVED = 65536
 const ALIGN = 64
 
 export interface KernelExports {
-  quantize_q8_0: (x: number, q: number, d: number, n: number, half: number) => void
+  quantize_i16: (x: number, q: number, d: number, n: number) => void
   quantize_q8_K: (x: number, q: number, d: number, bs: number, n: number) => void
   matmul_q8_0: (w: number, rows: number, cols: number, xq: number, xd: number, tokens: number, y: number, r0: number, r1: number, half: number) => void
   matmul_q4_K: (w: number, rows: number, cols: number, xq: number, xd: number, xbs: number, tokens: number, y: number, r0: number, r1: number, half: number) => void

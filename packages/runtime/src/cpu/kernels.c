@@ -3,11 +3,15 @@
 // Built to wasm32 with SIMD128 by scripts/build-kernels.sh; loaded by arena.ts, called by
 // wasm-matrix.ts and threads.ts.
 //
-// As in llama.cpp, activations are quantized per block first (q8_0 → 32 int8 with an f16-rounded
-// scale, q8_K → 256 int8 with an f32 scale and sums of each 32), every dot product within a block
-// is an integer one, and only block scales are floats.
-//  - q8_0: activations are stored widened to int16, weights are widened as they are read, and
-//    i32x4.dot_i16x8_s (x86 pmaddwd) multiplies and adds pairs: exact for any int8 weight.
+// Activations are quantized per block first, every dot product within a block is an integer one,
+// and only block scales are floats.
+//  - q8_0: activations are quantized to int16 (32 per block, an f32 scale amax/32767), weights
+//    are widened as they are read, and i32x4.dot_i16x8_s (x86 pmaddwd) multiplies and adds pairs:
+//    exact for any int8 weight. llama.cpp quantizes them to int8 (q8_0) instead; the dot_i16x8
+//    sequence read int8 activations widened to int16 anyway, so 16 bits cost no instruction and
+//    leave only the weights' error (KL against float32 0.48× llama.cpp's; docs/benchmarks.md).
+//  - the k-quants take llama.cpp's q8_K activations (256 int8 with an f32 scale and sums of each
+//    16): their kernels multiply bytes (below), where 16-bit activations would double the work.
 //  - q4_K: the 4-bit weights are 0..15, so with relaxed SIMD i16x8.relaxed_dot_i8x16_i7x16_s (x86
 //    pmaddubsw: unsigned × signed bytes, pairs added) gives exact int16 sums, which
 //    i32x4.dot_i16x8_s multiplies by the sub-block's scale: llama.cpp's AVX2 sequence. Built
@@ -33,22 +37,8 @@ typedef uint32_t u32;
 // rows of row_bytes each in ~64 KiB (at least one)
 #define CHUNK_ROWS(row_bytes) ((row_bytes) >= 65536 ? 1 : 65536 / (row_bytes))
 
-static inline float bits_f32(u32 w) { union { u32 u; float f; } v = { w }; return v.f; }
-static inline u32 f32_bits(float f) { union { float f; u32 u; } v = { f }; return v.u; }
 static inline u32 load_u32(const uint8_t *p) { u32 v; __builtin_memcpy(&v, p, 4); return v; }
 static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; __builtin_memcpy(&v, p, 2); return v; }
-
-// ggml's portable fp32 → fp16 (round to nearest even), for non-negative finite scales.
-static inline uint16_t f32_to_f16(float f) {
-  float base = (__builtin_fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
-  const u32 w = f32_bits(f), shl1_w = w + w, sign = w & 0x80000000u;
-  u32 bias = shl1_w & 0xFF000000u;
-  if (bias < 0x71000000u) bias = 0x71000000u;
-  base = bits_f32((bias >> 1) + 0x07800000u) + base;
-  const u32 bits = f32_bits(base);
-  const u32 nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
-  return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
-}
 
 static inline float hsum_f32(v128_t v) {
   return wasm_f32x4_extract_lane(v, 0) + wasm_f32x4_extract_lane(v, 1) +
@@ -78,17 +68,18 @@ static inline v128_t round16(const float *x, v128_t s) {
   return wasm_i8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(a, b), wasm_i16x8_narrow_i32x4(c, d));
 }
 
-// quantize_row_q8_0 (llama.cpp's AVX2 path): d = amax/127 kept as f16, q = round(x · 127/amax).
-// n values (whole blocks) → q[n] widened to int16, d[n/32] (the f16-rounded scale, via half[]).
-void quantize_q8_0(const float *x, int16_t *q, float *d, int n, const float *half) {
+// Activations for q8_0 weights: n values (whole blocks of 32) → q[n] int16 and d[n/32], with
+// d = amax/32767 and q = round-half-even(x · 32767/amax), so |q| ≤ 32767 and a block's pair sums
+// (≤ 2·128·32767 per dot lane, four dots added) stay far inside int32.
+void quantize_i16(const float *x, int16_t *q, float *d, int n) {
   for (int b = 0; b < n / QK8_0; b++, x += QK8_0, q += QK8_0) {
     const float amax = amax32(x);
-    d[b] = half[f32_to_f16(amax / 127.0f)];
-    const v128_t id = wasm_f32x4_splat(amax != 0.0f ? 127.0f / amax : 0.0f);
-    for (int j = 0; j < QK8_0; j += 16) {
-      const v128_t v = round16(x + j, id);
-      wasm_v128_store(q + j, wasm_i16x8_extend_low_i8x16(v));
-      wasm_v128_store(q + j + 8, wasm_i16x8_extend_high_i8x16(v));
+    d[b] = amax / 32767.0f;
+    const v128_t id = wasm_f32x4_splat(amax != 0.0f ? 32767.0f / amax : 0.0f);
+    for (int j = 0; j < QK8_0; j += 8) {
+      const v128_t a = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(x + j), id)));
+      const v128_t c = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(x + j + 4), id)));
+      wasm_v128_store(q + j, wasm_i16x8_narrow_i32x4(a, c));
     }
   }
 }

@@ -1,6 +1,6 @@
 import { QK8_0, Q8_0_BLOCK_BYTES, QK_K, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES } from '../quant/quantize.ts'
 import type { QuantDType } from '../checkpoint.ts'
-import { quantizeActQ8_0, quantizeActQ8_K, dotQ8_0, dotQ4_K, dotQ5_K, dotQ6_K, dot16 } from './reference.ts'
+import { quantizeActI16, quantizeActQ8_K, dotQ8_0, dotQ4_K, dotQ5_K, dotQ6_K, dot16 } from './reference.ts'
 import { WasmQuantMatrix } from './wasm-matrix.ts'
 import type { Arena } from './arena.ts'
 
@@ -132,7 +132,7 @@ export class ScalarQuantMatrix implements QuantMatrix {
       }
       return y
     }
-    const a = this.format === 'q8_0' ? quantizeActQ8_0(x) : quantizeActQ8_K(x)
+    const a = this.format === 'q8_0' ? quantizeActI16(x) : quantizeActQ8_K(x)
     const dot = { q8_0: dotQ8_0, q4_k: dotQ4_K, q5_k: dotQ5_K, q6_k: dotQ6_K }[this.format]
     for (let t = 0; t < tokens; t++) {
       for (let r = 0; r < this.rows; r++) y[t * this.rows + r] = dot(w, r * nb * bytes, a, t * nb, nb)

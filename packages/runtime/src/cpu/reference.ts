@@ -1,18 +1,18 @@
-import { f32ToF16Bits, halfTable } from '../dtype.ts'
+import { halfTable } from '../dtype.ts'
 import { QK8_0, Q8_0_BLOCK_BYTES, QK_K, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES } from '../quant/quantize.ts'
 
-// Scalar JS versions of the CPU kernels' arithmetic, as llama.cpp does it: activations are
-// quantized per block (q8_0 for q8_0 weights, q8_K for the k-quants) and multiplied with the
-// weights' integers; only the block scales are floats. The wasm kernels compute the same
-// integers; tests use these to build their references.
+// Scalar JS versions of the CPU kernels' arithmetic: activations are quantized per block (int16
+// for q8_0 weights, llama.cpp's q8_K for the k-quants) and multiplied with the weights' integers;
+// only the block scales are floats. The wasm kernels compute the same integers; tests use these
+// to build their references.
 
 const f = Math.fround
 
-/** Activations quantized like ggml's q8_0 (AVX2 path: round half to even) or q8_K. */
+/** Activations quantized per block: int16 for q8_0 weights, ggml's q8_K (int8) for the k-quants. */
 export interface QuantizedActivations {
-  /** the int8 values, one per input value */
-  q: Int8Array
-  /** one scale per block (q8_0: already rounded through f16, as llama.cpp stores it) */
+  /** the integers, one per input value */
+  q: Int16Array | Int8Array
+  /** one float32 scale per block */
   d: Float32Array
   /** q8_K only: sums of each 16 values' q (ggml's bsums) */
   bsums?: Int32Array
@@ -26,17 +26,16 @@ function nearestInt (v: number): number {
   return (i32[0] & 0x007fffff) - 0x00400000
 }
 
-/** quantize_row_q8_0 (AVX2): d = amax/127 stored as f16, q = round-half-even(x · 127/amax). */
-export function quantizeActQ8_0 (x: Float32Array): QuantizedActivations {
+/** The kernels' quantize_i16, for q8_0 weights: d = amax/32767, q = round-half-even(x · 32767/amax). */
+export function quantizeActI16 (x: Float32Array): QuantizedActivations {
   const nb = x.length / QK8_0
-  const q = new Int8Array(x.length)
+  const q = new Int16Array(x.length)
   const d = new Float32Array(nb)
-  const half = halfTable()
   for (let b = 0; b < nb; b++) {
     let amax = 0
     for (let j = 0; j < QK8_0; j++) amax = Math.max(amax, Math.abs(x[b * QK8_0 + j]))
-    d[b] = half[f32ToF16Bits(f(amax / 127))]
-    const id = amax !== 0 ? f(127 / amax) : 0
+    d[b] = f(amax / 32767)
+    const id = amax !== 0 ? f(32767 / amax) : 0
     for (let j = 0; j < QK8_0; j++) q[b * QK8_0 + j] = nearestInt(f(x[b * QK8_0 + j] * id))
   }
   return { q, d }
@@ -89,7 +88,7 @@ export function dot16 (format: 'bf16' | 'f16', w: Uint8Array, wo: number, x: Flo
   return f(f(f(v[0] + v[1]) + v[2]) + v[3])
 }
 
-/** One row of q8_0 weights (at byte `wo`) · one token's q8_0 activations (block offset `xb`). */
+/** One row of q8_0 weights (at byte `wo`) · one token's int16 activations (block offset `xb`). */
 export function dotQ8_0 (w: Uint8Array, wo: number, a: QuantizedActivations, xb: number, nb: number): number {
   const half = halfTable()
   const wq = new Int8Array(w.buffer, w.byteOffset, w.byteLength)

@@ -50,7 +50,7 @@ export class WasmQuantMatrix implements QuantMatrix {
     if (isFloat(this.format)) return 0
     const n = tokens * this.cols
     const nb = this.cols / QUANT_BLOCK[this.format].values
-    // quantized values (int16 for q8_0, int8 for q8_K), one f32 scale per block, q8_K's int16 sums (16 per block)
+    // quantized values (int16 for q8_0 weights, int8 q8_K for the k-quants), one f32 scale per block, q8_K's int16 sums (16 per block)
     return up(2 * n) + up(4 * tokens * nb) + up(32 * tokens * nb)
   }
 
@@ -74,7 +74,7 @@ export class WasmQuantMatrix implements QuantMatrix {
     const xbs = xd + up(4 * tokens * nb)
     const k = arena.kernels
     if (this.format === 'q8_0') {
-      k.quantize_q8_0(xf, xq, xd, n, arena.half)
+      k.quantize_i16(xf, xq, xd, n)
       splitRows(arena, { kernel: 'q8_0', w, rows, cols, xq, xd, xbs, tokens, y })
     } else {
       k.quantize_q8_K(xf, xq, xd, xbs, n)

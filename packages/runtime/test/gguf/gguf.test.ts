@@ -10,7 +10,7 @@ import type { SessionPipeline } from '@plexus/runtime'
 import { writeGguf, permuteRotary, llama3RopeFactors } from '../../../../scripts/lib/gguf.ts'
 import { runLlamaCpp } from '../../../../scripts/lib/llama-baseline.ts'
 import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff } from '../../../../test/support/fixtures.ts'
-import { buildGguf, tensorTypeOffset, llamaCppUnavailable, llamaCppDequantizer } from '../../../../test/support/gguf.ts'
+import { buildGguf, tensorTypeOffset, requireLlamaCpp, llamaCppDequantizer } from '../../../../test/support/gguf.ts'
 import { blocksOf, rng, finiteHalf, LLAMA_CPP_SYMBOL } from '../../../../test/support/gguf-blocks.ts'
 import { llama3ScalingFromFactors } from '../../src/gguf/config.ts'
 import type { DequantizableType } from '../../src/gguf/types.ts'
@@ -58,12 +58,7 @@ describe('GGUF', function () {
   describe('against llama.cpp\'s own dequantizers (node-llama-cpp\'s libggml-base)', function () {
     let deq: Awaited<ReturnType<typeof llamaCppDequantizer>> | undefined
     before(async function () {
-      const why = await llamaCppUnavailable()
-      if (why != null) {
-        // Visible in the report: the known-value tests above still pin every format.
-        console.log(`      skipped: ${why}`)
-        this.skip()
-      }
+      await requireLlamaCpp(this)
       deq = await llamaCppDequantizer()
     })
     after(async () => { await deq?.dispose() })

@@ -3,7 +3,7 @@
 // within each format's error bound.
 import assert from 'node:assert/strict'
 import { quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, dequantize } from '@plexus/runtime'
-import { llamaCppUnavailable } from '../../../../test/support/gguf.ts'
+import { requireLlamaCpp } from '../../../../test/support/gguf.ts'
 import { llamaCppQuantizer } from '../../../../test/support/ggml-quant.ts'
 import type { LlamaCppQuantizer } from '../../../../test/support/ggml-quant.ts'
 import { rng } from '../../../../test/support/gguf-blocks.ts'
@@ -54,8 +54,7 @@ describe('quantizers (llama.cpp reference algorithms)', function () {
   describe('bit for bit against llama.cpp\'s own functions (node-llama-cpp\'s libggml-base)', function () {
     let q: LlamaCppQuantizer | undefined
     before(async function () {
-      const why = await llamaCppUnavailable()
-      if (why != null) { this.skip() }
+      await requireLlamaCpp(this)
       q = await llamaCppQuantizer()
     })
     after(async () => { await q?.dispose() })
