@@ -106,8 +106,8 @@ describe('--quantize', function () {
     for (const [name, dir, format] of cases) {
       it(`${name} --quantize ${format}: the tokens of a GGUF file holding the same blocks`, async () => {
         // Not the tokens of the weights dequantized to float32: the CPU kernels round activations
-        // to 8 bits per block as llama.cpp does, which flips near-tied greedy picks of these random
-        // models within a few tokens (logits: cpu-quantized-block.test.ts).
+        // per block (q4_k: to 8 bits, as llama.cpp does), which can flip near-tied greedy picks of
+        // these random models within a few tokens (logits: cpu-quantized-block.test.ts).
         const gguf = join(tmp, `${format}-${name.replace(/\W+/g, '-')}.gguf`)
         await writeGguf(dir(), gguf, { dtype: format, quantizeHead: false })
         const quantized = await generateJson(['--local', '--model', dir(), '--quantize', format])

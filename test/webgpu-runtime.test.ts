@@ -99,7 +99,8 @@ describe('webgpu backend in the runtime and the swarm', function () {
         const src = withQuantization(await openModel(join(dir, 'm')), q)
         const ids = [1, 450, 496, 173, 170, 299]
         // the GPU multiplies float32 activations by the dequantized blocks; on wasm the CPU kernels
-        // would round the activations to 8 bits (as llama.cpp does): the reference reads them as float32
+        // would round the activations per block (16 bits for q8_0, 8 for q4_k): the reference reads
+        // them as float32
         const ref = dequantized(withQuantization(await openModel(join(dir, 'm')), q))
         const run = async (backend: 'wasm' | 'webgpu'): Promise<Float32Array[]> => {
           await initBackend(backend)

@@ -96,12 +96,11 @@ describe('CPU engine: a span\'s step in wasm kernels', function () {
           const theirs = await run(tfjs, b, x, steps)
           const d = difference(ours, theirs)
           // The same products in another order of sums: float32 rounding, not a different result
-          // (bf16, measured: 3.6e-6 of the largest output). Quantized weights round each block of
-          // activations to 8 bits, where a last-bit difference flips a value to the next step and
-          // twelve random blocks amplify it (q8_0, measured: 1.1% RMS); a wrong operation moves
-          // the output by about its whole RMS.
-          if (c.quantize == null) assert.ok(d.max <= 2e-5, `max |Δ| ${d.max} of the largest output`)
-          else assert.ok(d.rms <= 0.03, `RMS |Δ| ${d.rms} of the outputs' RMS`)
+          // (bf16, measured: 3.6e-6 of the largest output). q8_0's kernel rounds each block of
+          // activations to 16 bits, where a last-bit difference moves a value by 1/65534 of its
+          // block's largest (measured: 1.1e-4; with llama.cpp's 8 bits it was 1.1% RMS); a wrong
+          // operation moves the output by about its whole RMS.
+          assert.ok(d.max <= (c.quantize == null ? 2e-5 : 5e-4), `max |Δ| ${d.max} of the largest output`)
           assert.equal(a.length, 24)
           a.dispose(); b.dispose()
         } finally {
