@@ -4,6 +4,7 @@ import { makeModel, SHAPES } from './lib/model-maker.ts'
 import { CHAT_TEMPLATE_NAMES } from './lib/chat-templates.ts'
 import type { ChatTemplateName } from './lib/chat-templates.ts'
 import type { ShapeName, WeightDType } from './lib/model-maker.ts'
+import type { GgufDType } from './lib/gguf.ts'
 
 const HELP = `usage: node_modules/.bin/node scripts/make-model.ts --shape SHAPE --out DIR [options]
 
@@ -23,7 +24,10 @@ with random values that depend only on the seed (same seed => byte-identical fil
                       chat template and its special tokens: a minimal ChatML one (default), or
                       Qwen2.5-Instruct's, Llama-3.1-Instruct's or Mistral-7B-Instruct-v0.3's (with tools)
   --gguf              also write DIR/model.gguf for llama.cpp
-  --gguf-dtype f32|f16|q8_0  GGUF weight type (default f16 for --dtype f16, else f32)
+  --gguf-dtype f32|f16|q8_0|q4_k
+                      GGUF weight type (default f16 for --dtype f16, else f32); q8_0 and q4_k
+                      quantize every matrix, embeddings and output included, with llama.cpp's
+                      quantizers (rows not whole blocks fall back: q4_k → q8_0 → f16)
   --workers N         threads generating weights (default: all cores; output does not depend on it)
   -h, --help          show this help`
 
@@ -75,7 +79,7 @@ if (!['f32', 'bf16', 'f16'].includes(args.dtype)) fail(`--dtype must be f32, bf1
 if (args.arch !== 'llama' && args.arch !== 'qwen2') fail(`--arch must be llama or qwen2 (got ${JSON.stringify(args.arch)})`)
 if (!CHAT_TEMPLATE_NAMES.includes(args['chat-template'] as ChatTemplateName)) fail(`--chat-template must be ${CHAT_TEMPLATE_NAMES.join(', ')} (got ${JSON.stringify(args['chat-template'])})`)
 const ggufDtype = args['gguf-dtype']
-if (ggufDtype != null && ggufDtype !== 'f32' && ggufDtype !== 'f16' && ggufDtype !== 'q8_0') fail(`--gguf-dtype must be f32, f16 or q8_0 (got ${JSON.stringify(ggufDtype)})`)
+if (ggufDtype != null && !['f32', 'f16', 'q8_0', 'q4_k'].includes(ggufDtype)) fail(`--gguf-dtype must be f32, f16, q8_0 or q4_k (got ${JSON.stringify(ggufDtype)})`)
 if (ggufDtype != null && !args.gguf) fail('--gguf-dtype needs --gguf')
 
 const started = performance.now()
@@ -91,7 +95,7 @@ try {
     vocab: intArg('vocab', args.vocab),
     tie: args.tie,
     chatTemplate: args['chat-template'] as ChatTemplateName,
-    gguf: args.gguf ? (ggufDtype != null ? { dtype: ggufDtype } : true) : false,
+    gguf: args.gguf ? (ggufDtype != null ? { dtype: ggufDtype as GgufDType } : true) : false,
     workers: intArg('workers', args.workers)
   })
 } catch (err: any) {

@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict'
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Checkpoint } from '@plexus/runtime'
+import { Checkpoint, LocalModel, generate, openModel } from '@plexus/runtime'
 import { blockTensorShapes, headTensorShapes } from '@plexus/runtime'
 import { SafetensorsFile, toFloat32 } from '@plexus/runtime'
 import { writeSafetensors } from '@plexus/runtime'
@@ -12,6 +14,7 @@ import { writeGguf } from '../scripts/lib/gguf.ts'
 import { runLlamaCpp } from '../scripts/lib/llama-baseline.ts'
 
 const FIXTURES = new URL('./fixtures/models/', import.meta.url).pathname
+const MAKE_MODEL = new URL('../scripts/make-model.ts', import.meta.url).pathname
 const f16round = (Math as unknown as { f16round: (x: number) => number }).f16round
 
 let tmp: string
@@ -213,6 +216,33 @@ describe('model making tools', () => {
         assert.ok(run.prefillTokensPerSecond > 0 && run.decodeTokensPerSecond > 0)
       })
     }
+
+    it('make-model --gguf-dtype q4_k writes Q4_K blocks that Plexus and llama.cpp read to the same tokens', async () => {
+      const dir = join(tmp, 'gguf-q4k')
+      const run = async (...args: string[]): Promise<{ code: number, stderr: string }> => {
+        try {
+          await promisify(execFile)(process.execPath, [MAKE_MODEL, ...args])
+          return { code: 0, stderr: '' }
+        } catch (err: any) { return { code: err.code, stderr: err.stderr } }
+      }
+      // small's rows (768, 2048) are whole 256-value super-blocks
+      const made = await run('--shape', 'small', '--layers', '1', '--vocab', '512', '--seed', '3', '--out', dir, '--gguf', '--gguf-dtype', 'q4_k')
+      assert.equal(made.code, 0, made.stderr)
+      const src = await openModel(join(dir, 'model.gguf'))
+      try {
+        for (const name of ['model.layers.0.self_attn.q_proj.weight', 'model.layers.0.mlp.down_proj.weight', 'model.embed_tokens.weight']) {
+          assert.equal((await src.readRaw(name)).dtype, 'Q4_K', name)
+        }
+      } finally { await src.close() }
+      const prompt = [1, 300, 301, 302, 303]
+      const m = await LocalModel.load(join(dir, 'model.gguf'), { placement: 'in-process' })
+      let ours: number[]
+      try { ours = (await generate(m.head, await m.session(64), prompt, { maxTokens: 8 })).tokenIds } finally { await m.dispose() }
+      assert.deepEqual(ours, (await runLlamaCpp(join(dir, 'model.gguf'), prompt, 8, { threads: 2 })).tokenIds)
+      const bad = await run('--shape', 'tiny', '--out', join(tmp, 'bad'), '--gguf', '--gguf-dtype', 'q5_k')
+      assert.equal(bad.code, 2)
+      assert.match(bad.stderr, /--gguf-dtype must be f32, f16, q8_0 or q4_k \(got "q5_k"\)/)
+    })
 
     it('loads a made model with its BPE tokenizer in llama.cpp, and greedy decoding keeps moving', async () => {
       const dir = join(tmp, 'gguf-made')
