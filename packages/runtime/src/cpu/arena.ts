@@ -32,6 +32,8 @@ export interface KernelExports {
   kv_store: (x: number, xs: number, rows: number, kvHeads: number, d: number, cache: number, cap: number, pos: number) => void
   attention: (q: number, qs: number, rows: number, first: number, heads: number, kvHeads: number, d: number, kc: number, vc: number, cap: number, scale: number, out: number, os: number, work: number, h0: number, h1: number) => void
   swiglu: (gu: number, act: number, f: number, rows: number) => void
+  // llama.cpp's q4_K quantizer (quantize.c)
+  quantize_q4_K: (x: number, y: number, b0: number, b1: number, half: number, work: number) => void
 }
 
 let module: WasmModule | undefined

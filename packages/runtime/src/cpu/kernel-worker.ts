@@ -22,6 +22,10 @@ function kernelsFor (id: number): KernelExports {
   }
 }
 
+// started: the pool's first job waits for every thread to say so
+Atomics.add(ctl, CTL.ready, 1)
+Atomics.notify(ctl, CTL.ready)
+
 // the pool's control array starts at generation 0: a job posted before this thread got here
 // makes the first wait return at once
 let gen = 0

@@ -29,7 +29,16 @@ export interface AttentionJob {
   kc: number, vc: number, cap: number, scale: number, out: number, os: number, work: number, workStride: number
 }
 
-export type Job = MatmulJob | AttentionJob
+/**
+ * Super-blocks 0..blocks of float32 `x` quantized to q4_K at `y` (quantize.c), split by blocks:
+ * thread t works in its own `workStride` bytes at `work + t · workStride`.
+ */
+export interface QuantizeJob {
+  kernel: 'quantize_q4_K'
+  x: number, y: number, blocks: number, work: number, workStride: number
+}
+
+export type Job = MatmulJob | AttentionJob | QuantizeJob
 
 /** Thread t's heads of `heads` split `n` ways. */
 export function headRange (heads: number, n: number, t: number): [number, number] {
@@ -37,8 +46,13 @@ export function headRange (heads: number, n: number, t: number): [number, number
   return [Math.min(heads, t * per), Math.min(heads, (t + 1) * per)]
 }
 
-/** Thread t's share (of n) of a job: its rows of a product, its heads of an attention. */
+/** Thread t's share (of n) of a job: its rows of a product, its heads of an attention, its blocks to quantize. */
 export function runShare (k: KernelExports, half: number, j: Job, t: number, n: number): void {
+  if (j.kernel === 'quantize_q4_K') {
+    const [b0, b1] = rowRange(j.blocks, n, t)
+    if (b0 < b1) k.quantize_q4_K(j.x, j.y, b0, b1, half, j.work + t * j.workStride)
+    return
+  }
   if (j.kernel === 'attention') {
     const [h0, h1] = headRange(j.heads, n, t)
     if (h0 < h1) k.attention(j.q, j.qs, j.rows, j.first, j.heads, j.kvHeads, j.d, j.kc, j.vc, j.cap, j.scale, j.out, j.os, j.work + t * j.workStride, h0, h1)
@@ -53,12 +67,13 @@ export function runShare (k: KernelExports, half: number, j: Job, t: number, n: 
 
 // control words (Int32Array over a SharedArrayBuffer), shared with kernel-worker.ts: the job's
 // kernel, then its fields in the order of JOB_FIELDS from `args` (floats as their bits)
-export const CTL = { gen: 0, pending: 1, stop: 2, failed: 3, arena: 4, half: 5, threads: 6, kernel: 7, args: 8, size: 24 }
+export const CTL = { gen: 0, pending: 1, stop: 2, failed: 3, arena: 4, half: 5, threads: 6, kernel: 7, ready: 8, args: 9, size: 25 }
 
-const KERNELS = ['q8_0', 'q4_K', 'bf16', 'q5_K', 'q6_K', 'f32', 'f16', 'attention'] as const
+const KERNELS = ['q8_0', 'q4_K', 'bf16', 'q5_K', 'q6_K', 'f32', 'f16', 'attention', 'quantize_q4_K'] as const
 const MATMUL_FIELDS = ['w', 'rows', 'cols', 'xq', 'xd', 'xbs', 'tokens', 'y'] as const
 const ATTENTION_FIELDS = ['q', 'qs', 'rows', 'first', 'heads', 'kvHeads', 'd', 'kc', 'vc', 'cap', 'scale', 'out', 'os', 'work', 'workStride'] as const
-const fieldsOf = (kernel: Job['kernel']): readonly string[] => kernel === 'attention' ? ATTENTION_FIELDS : MATMUL_FIELDS
+const QUANTIZE_FIELDS = ['x', 'y', 'blocks', 'work', 'workStride'] as const
+const fieldsOf = (kernel: Job['kernel']): readonly string[] => kernel === 'attention' ? ATTENTION_FIELDS : kernel === 'quantize_q4_K' ? QUANTIZE_FIELDS : MATMUL_FIELDS
 
 const bits = new Int32Array(1)
 const bitsF = new Float32Array(bits.buffer)
@@ -90,6 +105,31 @@ export function rowRange (rows: number, n: number, t: number): [number, number] 
   return [Math.min(rows, t * per), Math.min(rows, (t + 1) * per)]
 }
 
+/** How long the first job waits for the kernel threads to start before it runs on this thread alone. */
+const START_DEADLINE_MS = 30_000
+
+/**
+ * Node options for the kernel threads: inherited (Node drops the per-process ones), except that a
+ * worker given `--input-type` (as `node --input-type=module -e …` has) refuses to start: then this
+ * process's options less those of its main script, or none where Node refuses the rest.
+ */
+function startWorker (workerData: unknown): Worker {
+  const url = new URL('./kernel-worker.ts', import.meta.url)
+  const a = process.execArgv
+  if (!a.some(o => /^(-e|-p|--eval|--print|--input-type)(=|$)/.test(o))) return new Worker(url, { workerData })
+  const execArgv: string[] = []
+  for (let i = 0; i < a.length; i++) {
+    if (['-e', '--eval', '-p', '--print', '--input-type'].includes(a[i])) { i++; continue }
+    if (!/^--(eval|print|input-type)=/.test(a[i])) execArgv.push(a[i])
+  }
+  try {
+    return new Worker(url, { workerData, execArgv })
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw err
+    return new Worker(url, { workerData, execArgv: [] })
+  }
+}
+
 class Pool {
   readonly threads: number
   private readonly ctl = new Int32Array(new SharedArrayBuffer(CTL.size * 4))
@@ -100,10 +140,25 @@ class Pool {
   constructor (threads: number) {
     this.threads = threads
     for (let i = 1; i < threads; i++) {
-      const w = new Worker(new URL('./kernel-worker.ts', import.meta.url), { workerData: { ctl: this.ctl, index: i, module: kernelsModule() } })
+      const w = startWorker({ ctl: this.ctl, index: i, module: kernelsModule() })
       w.unref()
       this.workers.push(w)
     }
+  }
+
+  /**
+   * Waits until every worker has started. The caller blocks its thread, so a worker that fails to
+   * load can only be seen by its silence: false after START_DEADLINE_MS.
+   */
+  started (): boolean {
+    const c = this.ctl
+    const deadline = performance.now() + START_DEADLINE_MS
+    for (let r = Atomics.load(c, CTL.ready); r < this.workers.length; r = Atomics.load(c, CTL.ready)) {
+      const left = deadline - performance.now()
+      if (left <= 0) return false
+      Atomics.wait(c, CTL.ready, r, left)
+    }
+    return true
   }
 
   run (arena: Arena, j: Job): void {
@@ -151,12 +206,32 @@ export function attentionThreads (heads: number, rows: number, keys: number, d: 
 /** Runs an attention job over `attentionThreads(…)` threads (each needs its workStride of scores). */
 export function splitHeads (arena: Arena, j: AttentionJob, n: number): void {
   if (n === 1) { runShare(arena.kernels, arena.half, j, 0, 1); return }
-  pool ??= new Pool(threads)
+  runPooled(arena, j)
+}
+
+/** Runs a quantize job over every kernel thread (one super-block takes ~70 µs: any tensor is worth it). */
+export function splitBlocks (arena: Arena, j: QuantizeJob): void {
+  if (threads === 1 || j.blocks < 2 * threads) { runShare(arena.kernels, arena.half, j, 0, 1); return }
+  runPooled(arena, j)
+}
+
+/** Runs `j` on the pool, started at the first job; where its threads do not start, on this thread from then on. */
+function runPooled (arena: Arena, j: Job): void {
+  if (pool == null) {
+    pool = new Pool(threads)
+    if (!pool.started()) {
+      pool.close()
+      pool = undefined
+      threads = 1
+      process.stderr.write(`plexus: the CPU kernel threads did not start within ${START_DEADLINE_MS / 1000} s; the kernels run on one thread\n`)
+      runShare(arena.kernels, arena.half, j, 0, 1)
+      return
+    }
+  }
   pool.run(arena, j)
 }
 
 export function splitRows (arena: Arena, j: MatmulJob): void {
   if (threads === 1 || j.rows < 8 * threads || j.rows * j.cols * j.tokens < MIN_SPLIT) { runShare(arena.kernels, arena.half, j, 0, 1); return }
-  pool ??= new Pool(threads)
-  pool.run(arena, j)
+  runPooled(arena, j)
 }

@@ -155,9 +155,10 @@ function scaleMin (b: Uint8Array, o: number, j: number, sm: number[]): void {
 /**
  * quantize_row_q4_K_ref: per super-block of 256, eight sub-blocks of 32 get a scale and a min from
  * make_qkx2_quants (weights av_x + |x|), both quantized to 6 bits against the largest (f16 d, dmin),
- * then each value is re-rounded to 4 bits against its sub-block's quantized scale and min.
+ * then each value is re-rounded to 4 bits against its sub-block's quantized scale and min. On one
+ * JavaScript thread: `quantizeQ4_K` (cpu/quantize-blocks.ts) gives the same bytes on every core.
  */
-export function quantizeQ4_K (x: Float32Array): Uint8Array { return quantizeQ45_K(x, false) }
+export function quantizeQ4_KScalar (x: Float32Array): Uint8Array { return quantizeQ45_K(x, false) }
 
 /**
  * quantize_row_q5_K_ref: q4_K's algorithm with 5-bit values (make_qkx2_quants over 0..31, its

@@ -3,7 +3,8 @@ import type { RawTensor, QuantDType } from '../checkpoint.ts'
 import { rawFloat32 } from '../checkpoint.ts'
 import { CheckpointError } from '../safetensors.ts'
 import { tensorsDigest } from '../model-id.ts'
-import { quantizeQ8_0, quantizeQ4_K, QK8_0, QK_K } from './quantize.ts'
+import { quantizeQ8_0, QK8_0, QK_K } from './quantize.ts'
+import { quantizeQ4_K } from '../cpu/quantize-blocks.ts'
 
 /** `--quantize` formats: llama.cpp's names, lower case. */
 export const QUANT_FORMATS = ['q8_0', 'q4_k'] as const

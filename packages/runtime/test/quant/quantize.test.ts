@@ -1,13 +1,13 @@
-// llama.cpp's reference quantizers (Q8_0, Q4_K, Q5_K, Q6_K) re-implemented in packages/runtime/src/quant:
-// bytes equal to llama.cpp's own quantize_row_*_ref on the same rows, and dequantize(quantize(x))
-// within each format's error bound.
+// llama.cpp's reference quantizers (Q8_0, Q4_K, Q5_K, Q6_K) re-implemented in packages/runtime/src/quant
+// (and Q4_K's in C on the kernel threads, src/cpu/quantize.c): bytes equal to llama.cpp's own
+// quantize_row_*_ref on the same rows, and dequantize(quantize(x)) within each format's error bound.
 import assert from 'node:assert/strict'
-import { quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, dequantize } from '@plexus/runtime'
+import { quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, dequantize, setKernelThreads, kernelThreads } from '@plexus/runtime'
 import { requireLlamaCpp } from '../../../../test/support/gguf.ts'
 import { llamaCppQuantizer } from '../../../../test/support/ggml-quant.ts'
 import type { LlamaCppQuantizer } from '../../../../test/support/ggml-quant.ts'
 import { rng } from '../../../../test/support/gguf-blocks.ts'
-import { Q8_0_BLOCK_BYTES, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES, QK_K } from '../../src/quant/quantize.ts'
+import { Q8_0_BLOCK_BYTES, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES, QK_K, quantizeQ4_KScalar } from '../../src/quant/quantize.ts'
 
 const ROW = 4 * QK_K
 
@@ -62,6 +62,7 @@ describe('quantizers (llama.cpp reference algorithms)', function () {
     const cases = [
       { name: 'Q8_0', symbol: 'quantize_row_q8_0_ref', fn: quantizeQ8_0, blockValues: 32, blockBytes: Q8_0_BLOCK_BYTES },
       { name: 'Q4_K', symbol: 'quantize_row_q4_K_ref', fn: quantizeQ4_K, blockValues: QK_K, blockBytes: Q4_K_BLOCK_BYTES },
+      { name: 'Q4_K (one JavaScript thread)', symbol: 'quantize_row_q4_K_ref', fn: quantizeQ4_KScalar, blockValues: QK_K, blockBytes: Q4_K_BLOCK_BYTES },
       { name: 'Q5_K', symbol: 'quantize_row_q5_K_ref', fn: quantizeQ5_K, blockValues: QK_K, blockBytes: Q5_K_BLOCK_BYTES },
       { name: 'Q6_K', symbol: 'quantize_row_q6_K_ref', fn: quantizeQ6_K, blockValues: QK_K, blockBytes: Q6_K_BLOCK_BYTES }
     ]
@@ -84,6 +85,28 @@ describe('quantizers (llama.cpp reference algorithms)', function () {
         }
       })
     }
+  })
+
+  describe('Q4_K on the kernel threads', () => {
+    const threads0 = kernelThreads()
+    after(() => setKernelThreads(threads0))
+
+    it('gives the one-thread JavaScript bytes on 1, 2 and 3 threads, across staging chunks (2^20 values)', () => {
+      // 1.25 Mi values: two chunks, the second partial; 4885 super-blocks, not a multiple of 4 or 3
+      const r = rng(77)
+      const x = Float32Array.from({ length: 4885 * QK_K }, (_, i) => (r() - 0.5) * ((i % 1001) === 0 ? 40 : 1))
+      const want = quantizeQ4_KScalar(x)
+      for (const n of [1, 2, 3]) {
+        setKernelThreads(n)
+        const got = quantizeQ4_K(x)
+        assert.equal(firstDiff(got, want), -1, `${n} threads`)
+      }
+    })
+
+    it('refuses values that are not whole super-blocks, and gives nothing for nothing', () => {
+      assert.throws(() => quantizeQ4_K(new Float32Array(300)), /q4_K: 300 values are not whole blocks of 256/)
+      assert.equal(quantizeQ4_K(new Float32Array(0)).length, 0)
+    })
   })
 
   describe('dequantize(quantize(x)) error', () => {
