@@ -209,7 +209,7 @@ export function splitHeads (arena: Arena, j: AttentionJob, n: number): void {
   runPooled(arena, j)
 }
 
-/** Runs a quantize job over every kernel thread (one super-block takes ~70 µs: any tensor is worth it). */
+/** Runs a quantize job over every kernel thread (one super-block takes ~35 µs: any tensor is worth it). */
 export function splitBlocks (arena: Arena, j: QuantizeJob): void {
   if (threads === 1 || j.blocks < 2 * threads) { runShare(arena.kernels, arena.half, j, 0, 1); return }
   runPooled(arena, j)
