@@ -4,8 +4,7 @@
 // JavaScript. Million values per second and the time an 8B model's blocks (6.98 G weights) would take.
 import { parseArgs } from 'node:util'
 import { cpus } from 'node:os'
-import { quantizeQ8_0, quantizeQ4_K, setKernelThreads, kernelThreads, kernelsBuild } from '@plexus/runtime'
-import { quantizeQ4_KScalar } from '../packages/runtime/src/quant/quantize.ts'
+import { quantizeQ8_0, quantizeQ4_K, quantizeQ4_KScalar, setKernelThreads, kernelThreads, kernelsBuild } from '@plexus/runtime'
 import { median } from './lib/bench-common.ts'
 
 const { values: a } = parseArgs({

@@ -52,7 +52,7 @@ export {
   sentencePieceMerges
 } from './gguf/index.ts'
 export {
-  quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, isQuantFormat, quantTypeFor,
+  quantizeQ8_0, quantizeQ4_K, quantizeQ4_KScalar, quantizeQ5_K, quantizeQ6_K, isQuantFormat, quantTypeFor,
   withQuantization, storedSource, weightFormat, bytesPerWeight, QUANT_FORMATS, QuantizedSource, quantizationOf
 } from './quant/index.ts'
 export type { QuantFormat } from './quant/index.ts'
