@@ -7,8 +7,11 @@ import { QK_K, Q4_K_BLOCK_BYTES, QuantizeError } from '../quant/quantize.ts'
 // JavaScript on one core, 78 min for an 8B model's blocks. quantize.c runs the same float
 // operations at 7.8 M values/s a thread, on every core (bench:quantize: 14.8 on 2 cores).
 
-/** Values staged into wasm memory at a time: 4 MiB of float32 in, 576 KiB of blocks out. */
-const CHUNK = 1 << 20
+/**
+ * Values staged into wasm memory at a time: 1 MiB of float32 in, 144 KiB of blocks out (small: a
+ * node's memory keeps whatever pages the staging touched).
+ */
+const CHUNK = 1 << 18
 /** Each thread's room for the arrays llama.cpp keeps on its stack (quantize.c: 480 bytes). */
 const WORK = 512
 

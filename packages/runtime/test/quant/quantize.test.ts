@@ -91,8 +91,8 @@ describe('quantizers (llama.cpp reference algorithms)', function () {
     const threads0 = kernelThreads()
     after(() => setKernelThreads(threads0))
 
-    it('gives the one-thread JavaScript bytes on 1, 2 and 3 threads, across staging chunks (2^20 values)', () => {
-      // 1.25 Mi values: two chunks, the second partial; 4885 super-blocks, not a multiple of 4 or 3
+    it('gives the one-thread JavaScript bytes on 1, 2 and 3 threads, across staging chunks (2^18 values)', () => {
+      // 1.25 Mi values: five chunks, the last partial; 4885 super-blocks, not a multiple of 4 or 3
       const r = rng(77)
       const x = Float32Array.from({ length: 4885 * QK_K }, (_, i) => (r() - 0.5) * ((i % 1001) === 0 ? 40 : 1))
       const want = quantizeQ4_KScalar(x)
