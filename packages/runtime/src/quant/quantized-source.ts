@@ -3,7 +3,8 @@ import type { RawTensor, QuantDType } from '../checkpoint.ts'
 import { rawFloat32 } from '../checkpoint.ts'
 import { CheckpointError } from '../safetensors.ts'
 import { tensorsDigest } from '../model-id.ts'
-import { quantizeQ8_0, QK8_0, QK_K } from './quantize.ts'
+import { toFloat32 } from '../safetensors.ts'
+import { quantizeQ8_0, QK8_0, QK_K, Q8_0_BLOCK_BYTES, Q4_K_BLOCK_BYTES } from './quantize.ts'
 import { quantizeQ4_K } from '../cpu/quantize-blocks.ts'
 
 /** `--quantize` formats: llama.cpp's names, lower case. */
@@ -32,13 +33,24 @@ export function quantTypeFor (format: QuantFormat, cols: number): QuantDType | u
   return cols % QK8_0 === 0 ? 'Q8_0' : undefined
 }
 
+/** Values widened to float32 at a time: a tensor is never held as float32 whole (a bf16 one would take 2× its bytes). */
+const QUANTIZE_CHUNK = 1 << 18
+
 /** One tensor quantized as `format` quantizes it; norms, biases and already-quantized tensors pass through. */
 export function quantizeTensor (t: RawTensor, format: QuantFormat): RawTensor {
   if (!LINEAR.test(t.name) || t.shape.length !== 2 || !(t.dtype === 'F32' || t.dtype === 'F16' || t.dtype === 'BF16')) return t
   const dtype = quantTypeFor(format, t.shape[1])
   if (dtype == null) return t
-  const x = rawFloat32(t)
-  return { name: t.name, dtype, shape: t.shape, bytes: dtype === 'Q4_K' ? quantizeQ4_K(x) : quantizeQ8_0(x) }
+  const [values, blockBytes, quantize] = dtype === 'Q4_K' ? [QK_K, Q4_K_BLOCK_BYTES, quantizeQ4_K] : [QK8_0, Q8_0_BLOCK_BYTES, quantizeQ8_0]
+  const size = t.dtype === 'F32' ? 4 : 2
+  const n = t.shape[0] * t.shape[1]
+  const bytes = new Uint8Array(n / values * blockBytes)
+  // rows are whole blocks, and so is every chunk
+  for (let v = 0; v < n; v += QUANTIZE_CHUNK) {
+    const m = Math.min(QUANTIZE_CHUNK, n - v)
+    bytes.set(quantize(toFloat32(t.bytes.subarray(v * size, (v + m) * size), t.dtype)), v / values * blockBytes)
+  }
+  return { name: t.name, dtype, shape: t.shape, bytes }
 }
 
 /**
