@@ -141,6 +141,8 @@ class Pool {
     this.threads = threads
     for (let i = 1; i < threads; i++) {
       const w = startWorker({ ctl: this.ctl, index: i, module: kernelsModule() })
+      // a worker that cannot load would otherwise take the process down once its error arrives
+      w.on('error', err => { process.stderr.write(`plexus: CPU kernel thread ${i} stopped: ${err.message}\n`) })
       w.unref()
       this.workers.push(w)
     }
