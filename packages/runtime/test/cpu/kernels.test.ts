@@ -4,7 +4,7 @@
 // are refused; q4_K, q5_K and q6_K equal their scalar definitions (reference.ts) bit for bit. bf16
 // weights: the product of the widened weights and the float32 activations.
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { quantMatrix, quantizeQ8_0, quantizeQ4_K, quantizeQ5_K, quantizeQ6_K, rawFloat32, QuantMatrixError, setKernelThreads, kernelThreads } from '@plexus/runtime'
 import type { QuantMatrixFormat } from '@plexus/runtime'
 import { quantizeActI16, quantizeActQ8_K, dequantizeActivations } from '../../src/cpu/reference.ts'
@@ -268,6 +268,22 @@ describe('CPU quantized kernels', function () {
     assert.equal(plain.build, 'simd128')
     assert.equal(relaxed.build, 'relaxed-simd', 'this Node has relaxed SIMD (Node 24 does)')
     assert.deepEqual(plain.y, relaxed.y)
+  })
+
+  it('runs on one thread, saying so, when the kernel threads cannot start (the same bytes)', function () {
+    this.timeout(120_000)
+    // --import reaches the workers too; this one throws there only, so no kernel thread starts and
+    // the pool's first job waits out its 30 s deadline
+    const failInWorkers = "data:text/javascript,import{isMainThread}from'node:worker_threads';if(!isMainThread)throw new Error('no threads here')"
+    const script = `
+      import { quantizeQ4_K, quantizeQ4_KScalar, setKernelThreads } from '@plexus/runtime'
+      setKernelThreads(2)
+      const x = Float32Array.from({ length: 64 * 256 }, (_, i) => Math.sin(i))
+      process.stdout.write(JSON.stringify({ same: Buffer.from(quantizeQ4_K(x)).equals(Buffer.from(quantizeQ4_KScalar(x))) }))`
+    const r = spawnSync(process.execPath, ['--import', failInWorkers, '--input-type=module', '-e', script], { cwd: process.cwd(), encoding: 'utf8', timeout: 100_000 })
+    assert.equal(r.status, 0, r.stderr)
+    assert.deepEqual(JSON.parse(r.stdout), { same: true })
+    assert.match(r.stderr, /plexus: the CPU kernel threads did not start within 30 s; the kernels run on one thread/)
   })
 
   it('refuses bad sizes with clear errors', function () {
