@@ -73,7 +73,8 @@ const KERNELS = ['q8_0', 'q4_K', 'bf16', 'q5_K', 'q6_K', 'f32', 'f16', 'attentio
 const MATMUL_FIELDS = ['w', 'rows', 'cols', 'xq', 'xd', 'xbs', 'tokens', 'y'] as const
 const ATTENTION_FIELDS = ['q', 'qs', 'rows', 'first', 'heads', 'kvHeads', 'd', 'kc', 'vc', 'cap', 'scale', 'out', 'os', 'work', 'workStride'] as const
 const QUANTIZE_FIELDS = ['x', 'y', 'blocks', 'work', 'workStride'] as const
-const fieldsOf = (kernel: Job['kernel']): readonly string[] => kernel === 'attention' ? ATTENTION_FIELDS : kernel === 'quantize_q4_K' ? QUANTIZE_FIELDS : MATMUL_FIELDS
+const FIELDS: Partial<Record<Job['kernel'], readonly string[]>> = { attention: ATTENTION_FIELDS, quantize_q4_K: QUANTIZE_FIELDS }
+const fieldsOf = (kernel: Job['kernel']): readonly string[] => FIELDS[kernel] ?? MATMUL_FIELDS
 
 const bits = new Int32Array(1)
 const bitsF = new Float32Array(bits.buffer)
@@ -116,12 +117,12 @@ const START_DEADLINE_MS = 30_000
 function startWorker (workerData: unknown): Worker {
   const url = new URL('./kernel-worker.ts', import.meta.url)
   const a = process.execArgv
-  if (!a.some(o => /^(-e|-p|--eval|--print|--input-type)(=|$)/.test(o))) return new Worker(url, { workerData })
   const execArgv: string[] = []
   for (let i = 0; i < a.length; i++) {
-    if (['-e', '--eval', '-p', '--print', '--input-type'].includes(a[i])) { i++; continue }
-    if (!/^--(eval|print|input-type)=/.test(a[i])) execArgv.push(a[i])
+    if (['-e', '--eval', '-p', '--print', '--input-type'].includes(a[i])) i++ // and its value
+    else if (!/^--(eval|print|input-type)=/.test(a[i])) execArgv.push(a[i])
   }
+  if (execArgv.length === a.length) return new Worker(url, { workerData })
   try {
     return new Worker(url, { workerData, execArgv })
   } catch (err) {

@@ -1,9 +1,8 @@
 import type { ModelSource } from '../model-source.ts'
 import type { RawTensor, QuantDType } from '../checkpoint.ts'
 import { rawFloat32 } from '../checkpoint.ts'
-import { CheckpointError } from '../safetensors.ts'
+import { CheckpointError, toFloat32 } from '../safetensors.ts'
 import { tensorsDigest } from '../model-id.ts'
-import { toFloat32 } from '../safetensors.ts'
 import { quantizeQ8_0, QK8_0, QK_K, Q8_0_BLOCK_BYTES, Q4_K_BLOCK_BYTES } from './quantize.ts'
 import { quantizeQ4_K } from '../cpu/quantize-blocks.ts'
 
