@@ -3,15 +3,16 @@
 // weight bandwidth decode reaches beside the device's measured copy bandwidth, and batched decode
 // of 1/4/8/16 sessions through one span. Table on stderr, one JSON line on stdout.
 import { parseArgs } from 'node:util'
-import { mkdtemp, rm, stat } from 'node:fs/promises'
+import { mkdir, mkdtemp, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
 import { rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import {
   initBackend, LocalModel, Checkpoint, Span, generate, seededRandom, blockBytes, blockTensorShapes, headTensorShapes,
-  DTYPE_BYTES, WASM_HEAP_BUDGET
+  openModel, activeGpu, gpuSubmissionTimes, WASM_HEAP_BUDGET
 } from '@plexus/runtime'
-import type { BackendName, ModelConfig, KVCache } from '@plexus/runtime'
+import type { BackendName, ModelConfig, KVCache, GpuSubmissionTimes } from '@plexus/runtime'
 import { makeModel, SHAPES } from './lib/model-maker.ts'
 import type { ShapeName } from './lib/model-maker.ts'
 import { writeGguf } from './lib/gguf.ts'
@@ -35,10 +36,13 @@ const HELP = `usage: npm run bench:gpu -- (--model DIR | --shape NAME) [options]
   --batch LIST          sessions per batched decode step (default 1,4,8,16)
   --batch-steps N       timed steps per batch size (default 32)
   --batch-context N     tokens in each session's cache before the timed steps (default 64)
+  --formats LIST        GGUF weight types both engines run, each from the same file (default f16,q8_0;
+                        also f32, q4_k)
   --llama WHICH         vulkan (default) | cpu | none: the llama.cpp baseline's build
-  --llama-dtypes LIST   GGUF weight types llama.cpp runs (default f16,q8_0)
   --threads N           llama.cpp CPU threads (default: all cores)
-  --keep                keep the temporary model
+  --work DIR            keep the made model and the GGUFs in DIR and reuse them when there (default: a
+                        temporary directory, deleted after)
+  --prepare-only        make the model and the GGUFs in --work, then stop (no device needed)
   --json-only           print only the JSON line`
 
 const { values: a } = parseArgs({
@@ -52,9 +56,10 @@ const { values: a } = parseArgs({
     'batch-steps': { type: 'string', default: '32' },
     'batch-context': { type: 'string', default: '64' },
     llama: { type: 'string', default: 'vulkan' },
-    'llama-dtypes': { type: 'string', default: 'f16,q8_0' },
+    formats: { type: 'string', default: 'f16,q8_0' },
     threads: { type: 'string' },
-    keep: { type: 'boolean', default: false },
+    work: { type: 'string' },
+    'prepare-only': { type: 'boolean', default: false },
     'json-only': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false }
   }
@@ -62,6 +67,7 @@ const { values: a } = parseArgs({
 const usage = (msg: string): never => { process.stderr.write(`bench:gpu: ${msg}\n`); process.exit(2) }
 if (a.help === true) { process.stdout.write(HELP + '\n'); process.exit(0) }
 if ((a.model == null) === (a.shape == null)) { process.stderr.write(HELP + '\n'); usage('give exactly one of --model and --shape') }
+if (a['prepare-only'] === true && a.work == null) usage('--prepare-only needs --work DIR')
 if (a.shape != null && BENCH_SHAPES[a.shape] == null) usage(`unknown --shape ${JSON.stringify(a.shape)} (known: ${Object.keys(BENCH_SHAPES).join(', ')})`)
 const int = (k: string, v: string | undefined): number => {
   const n = Number(v)
@@ -75,8 +81,9 @@ const batchSteps = int('batch-steps', a['batch-steps'])
 const batchContext = int('batch-context', a['batch-context'])
 const threads = a.threads != null ? int('threads', a.threads) : undefined
 if (!['vulkan', 'cpu', 'none'].includes(a.llama ?? '')) usage(`--llama must be vulkan, cpu or none (got ${JSON.stringify(a.llama)})`)
-const llamaDtypes = (a['llama-dtypes'] ?? '').split(',').map(s => s.trim()).filter(s => s !== '')
-for (const d of llamaDtypes) if (!['f32', 'f16', 'q8_0'].includes(d)) usage(`--llama-dtypes: unknown GGUF type ${JSON.stringify(d)} (f32, f16, q8_0)`)
+const formats = (a.formats ?? '').split(',').map(s => s.trim()).filter(s => s !== '') as GgufDType[]
+if (formats.length === 0) usage('--formats is empty')
+for (const d of formats) if (!['f32', 'f16', 'q8_0', 'q4_k'].includes(d)) usage(`--formats: unknown GGUF type ${JSON.stringify(d)} (f32, f16, q8_0, q4_k)`)
 const log = (s: string): void => { if (a['json-only'] !== true) process.stderr.write(s + '\n') }
 const sec = (ms: number): string => `${(ms / 1000).toFixed(1)} s`
 
@@ -86,21 +93,36 @@ const cleanUp = (): void => { for (const p of temps) { try { rmSync(p, { recursi
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => { cleanUp(); process.exit(130) })
 
 async function main (): Promise<void> {
+  let work = a.work as string | undefined
+  if (work == null) {
+    work = await mkdtemp(join(tmpdir(), `plexus-bench-gpu-${a.shape ?? 'model'}-`))
+    temps.add(work)
+  } else await mkdir(work, { recursive: true })
   let dir = a.model as string
   let made: { shape: string, seconds: number } | undefined
   if (a.shape != null) {
     const s = BENCH_SHAPES[a.shape]
-    dir = await mkdtemp(join(tmpdir(), `plexus-bench-gpu-${a.shape}-`))
-    if (a.keep !== true) temps.add(dir)
-    log(`making ${a.shape} (${s.what}, f16, random weights) in ${dir}…`)
-    const t0 = performance.now()
-    await makeModel({ shape: s.shape, out: dir, dtype: 'f16', layers: s.layers, vocab: s.vocab, name: a.shape })
-    made = { shape: a.shape, seconds: (performance.now() - t0) / 1000 }
-    log(`  made in ${sec(performance.now() - t0)}${a.keep === true ? ' (kept)' : ''}`)
+    dir = join(work, 'model')
+    // A model is complete once its marker is written; anything else there is a run cut short.
+    if (existsSync(join(dir, '.made'))) log(`${a.shape}: reusing the model in ${dir}`)
+    else {
+      await rm(dir, { recursive: true, force: true })
+      log(`making ${a.shape} (${s.what}, f16, random weights) in ${dir}…`)
+      const t0 = performance.now()
+      await makeModel({ shape: s.shape, out: dir, dtype: 'f16', layers: s.layers, vocab: s.vocab, name: a.shape })
+      await writeFile(join(dir, '.made'), '')
+      made = { shape: a.shape, seconds: (performance.now() - t0) / 1000 }
+      log(`  made in ${sec(performance.now() - t0)}`)
+    }
+  }
+  if (a['prepare-only'] === true) {
+    for (const format of formats) await ggufOf(dir, work, format)
+    process.stdout.write(JSON.stringify({ bench: 'gpu', prepared: work, formats }) + '\n')
+    return
   }
 
   const backend = await initBackend(a.backend as BackendName | 'auto')
-  const gpu = backend === 'webgpu' ? await gpuContext() : undefined
+  const gpu = backend === 'webgpu' ? gpuContext() : undefined
   const device = gpu != null
     ? { kind: 'webgpu', ...gpu.adapterInfo, software: gpu.software }
     : { kind: 'host', description: `${backend} backend on the CPU` }
@@ -112,40 +134,15 @@ async function main (): Promise<void> {
 
   const ckpt = await Checkpoint.open(dir)
   const cfg = ckpt.config
-  const weights = await storedWeightBytes(ckpt)
   await ckpt.close()
   const rand = seededRandom(42)
   const prompt = Array.from({ length: promptLen }, () => 3 + Math.floor(rand() * (cfg.vocabSize - 3)))
-  log(`model: ${cfg.numLayers} blocks, hidden ${cfg.hiddenSize}, heads ${cfg.numHeads}/${cfg.numKvHeads}, FFN ${cfg.intermediateSize}, vocab ${cfg.vocabSize}; ${weights.dtype} weights, ${(weights.perToken / 1e9).toFixed(2)} GB read per decode token`)
+  log(`model: ${cfg.numLayers} blocks, hidden ${cfg.hiddenSize}, heads ${cfg.numHeads}/${cfg.numKvHeads}, FFN ${cfg.intermediateSize}, vocab ${cfg.vocabSize}`)
 
-  // Prefill and decode through the whole model (LM head included), after a warm-up generation.
-  // Progress lines say which step a timeout cut short.
-  log('plexus: loading…')
-  let t0 = performance.now()
-  const model = await LocalModel.load(dir)
-  const loadSeconds = (performance.now() - t0) / 1000
-  let ours
-  try {
-    log(`plexus: loaded in ${loadSeconds.toFixed(1)} s; warm-up…`)
-    t0 = performance.now()
-    const warm = await model.session(promptLen + 4)
-    await generate(model.head, warm, prompt, { maxTokens: 4 })
-    await warm.close()
-    log(`plexus: warm-up in ${sec(performance.now() - t0)}; ${promptLen} + ${genLen} tokens…`)
-    const session = await model.session(promptLen + genLen)
-    ours = await generate(model.head, session, prompt, { maxTokens: genLen })
-    await session.close()
-  } finally {
-    await model.dispose()
-  }
-  const decodeGBps = weights.perToken * ours.tokensPerSecond / 1e9
-  log(`plexus: prefill ${ours.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${ours.tokensPerSecond.toFixed(1)} tok/s = ${decodeGBps.toFixed(1)} GB/s of weights (${(100 * decodeGBps * 1e9 / bw.bytesPerSecond).toFixed(1)} % of the measured copy bandwidth)`)
+  const llama = a.llama === 'none' ? undefined : await llamaCppBuild()
+  const runs: FormatRun[] = []
+  for (const format of formats) runs.push(await benchFormat(dir, work, cfg, format, prompt, backend, bw.bytesPerSecond, llama))
 
-  const batched = await batchedDecode(dir, cfg, backend)
-
-  const llama = a.llama === 'none' || llamaDtypes.length === 0 ? { skipped: true as const } : await llamaCpp(dir, cfg, prompt, ours.tokenIds)
-
-  const pct = (gbps: number): number => 100 * gbps * 1e9 / bw.bytesPerSecond
   const result = {
     bench: 'gpu',
     model: a.shape != null ? `shape:${a.shape}` : a.model,
@@ -153,48 +150,37 @@ async function main (): Promise<void> {
     backend,
     device,
     shape: { hidden: cfg.hiddenSize, layers: cfg.numLayers, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, ffn: cfg.intermediateSize, vocab: cfg.vocabSize },
-    weights_dtype: weights.dtype,
     prompt_tokens: promptLen,
-    generated_tokens: ours.tokenIds.length,
+    decoded_tokens: genLen,
     device_copy_bandwidth_gbps: bw.bytesPerSecond / 1e9,
-    plexus: {
-      load_seconds: loadSeconds,
-      prefill_tokens_per_second: ours.prefillTokensPerSecond,
-      decode_tokens_per_second: ours.tokensPerSecond,
-      weight_bytes_per_token: weights.perToken,
-      decode_weight_gbps: decodeGBps,
-      decode_share_of_copy_bandwidth: decodeGBps * 1e9 / bw.bytesPerSecond
-    },
-    bandwidth_ceiling_tokens_per_second: bw.bytesPerSecond / weights.perToken,
-    batched_decode: batched,
-    llama_cpp: llama
+    llama_cpp: llama ?? { skipped: true },
+    formats: runs
   }
 
   if (a['json-only'] !== true) {
     // Three significant digits below 10 (small models and software adapters give small figures).
     const f = (n: number | null | undefined, d = 1): string => n == null || !Number.isFinite(n) ? '—' : Math.abs(n) < 10 && d === 1 ? n.toPrecision(3) : n.toFixed(d)
-    const rows: string[][] = [['', 'prefill tok/s', 'decode tok/s', 'weights GB/s', '% of copy BW', 'decode vs llama.cpp']]
-    rows.push([`plexus (${backend}, ${weights.dtype})`, f(ours.prefillTokensPerSecond), f(ours.tokensPerSecond), f(decodeGBps), f(pct(decodeGBps)), ''])
-    if ('runs' in llama) {
-      for (const r of llama.runs) {
-        if ('error' in r) { rows.push([`llama.cpp ${llama.build} ${r.gguf_dtype}`, 'failed', '', '', '', '']); continue }
-        rows.push([`llama.cpp ${llama.build} ${r.gguf_dtype}`, f(r.prefill_tokens_per_second), f(r.decode_tokens_per_second), f(r.decode_weight_gbps), f(pct(r.decode_weight_gbps)), `${f(ours.tokensPerSecond / r.decode_tokens_per_second, 2)}×`])
-      }
-    } else {
-      rows.push(['llama.cpp', 'reason' in llama ? 'unavailable' : 'skipped', '', '', '', ''])
+    const pct = (gbps: number): string => f(100 * gbps * 1e9 / bw.bytesPerSecond)
+    const rows: string[][] = [['', 'prefill tok/s', 'decode tok/s', 'weights GB/s', '% of copy BW', 'decode vs llama.cpp', 'same greedy tokens']]
+    for (const r of runs) {
+      rows.push([`plexus (${backend}) ${r.format}`, f(r.plexus.prefill_tokens_per_second), f(r.plexus.decode_tokens_per_second), f(r.plexus.decode_weight_gbps), pct(r.plexus.decode_weight_gbps), r.decode_vs_llama_cpp != null ? `${f(r.decode_vs_llama_cpp, 2)}×` : '', ''])
+      const l = r.llama_cpp
+      if (l == null) continue
+      if ('error' in l) rows.push([`llama.cpp ${llama?.build ?? ''} ${r.format}`, 'failed', '', '', '', '', ''])
+      else rows.push([`llama.cpp ${llama?.build ?? ''} ${r.format}`, f(l.prefill_tokens_per_second), f(l.decode_tokens_per_second), f(l.decode_weight_gbps), pct(l.decode_weight_gbps), '', `${l.greedy_tokens_equal_to_plexus}/${genLen}`])
     }
-    rows.push(['copy-bandwidth ceiling', '', f(result.bandwidth_ceiling_tokens_per_second), f(bw.bytesPerSecond / 1e9), '100', ''])
+    if (llama == null || !llama.available) rows.push(['llama.cpp', llama == null ? 'skipped' : 'unavailable', '', '', '', '', ''])
     table(rows)
+    log(`copy bandwidth ${f(bw.bytesPerSecond / 1e9)} GB/s; decode ceiling at that bandwidth: ${runs.map(r => `${r.format} ${f(r.bandwidth_ceiling_tokens_per_second)} tok/s`).join(', ')}`)
     log('')
-    const brows: string[][] = [['sessions', 'tokens/s', 'vs 1 session', 'ms per step']]
-    for (const b of batched.runs) brows.push([String(b.sessions), f(b.tokens_per_second), `${f(b.ratio_vs_one, 2)}×`, f(b.ms_per_step, 2)])
-    table(brows)
-    log(`batched: decode steps of blocks [0, ${batched.blocks}) of ${cfg.numLayers} through Span.forwardBatch (no LM head), ${batchSteps} steps after ${batchContext} cached tokens`)
-    if ('reason' in llama) log(`llama.cpp: ${llama.reason}`)
-    else if ('runs' in llama) {
-      const f16 = llama.runs.find(r => r.gguf_dtype === 'f16' && !('error' in r))
-      if (f16 != null && 'greedy_tokens_equal_to_plexus' in f16) log(`greedy tokens equal to llama.cpp f16: ${f16.greedy_tokens_equal_to_plexus}/${ours.tokenIds.length}`)
+    const brows: string[][] = [['sessions', ...runs.map(r => `${r.format} tok/s`), ...runs.map(r => `${r.format} vs 1`), ...runs.map(r => `${r.format} ms/step`)]]
+    for (const [i, B] of batchSizes.entries()) {
+      const at = (r: FormatRun): BatchRun | undefined => r.batched_decode.runs[i]
+      brows.push([String(B), ...runs.map(r => f(at(r)?.tokens_per_second)), ...runs.map(r => `${f(at(r)?.ratio_vs_one, 2)}×`), ...runs.map(r => f(at(r)?.ms_per_step, 2))])
     }
+    table(brows)
+    log(`batched: decode steps of every block through Span.forwardBatch (no LM head), ${batchSteps} steps after ${batchContext} cached tokens`)
+    if (llama != null && !llama.available) log(`llama.cpp: ${llama.reason}`)
   }
   process.stdout.write(JSON.stringify(result) + '\n')
 }
@@ -202,6 +188,97 @@ async function main (): Promise<void> {
 function table (rows: string[][]): void {
   const w = rows[0].map((_, i) => Math.max(...rows.map(r => (r[i] ?? '').length)))
   for (const r of rows) log('| ' + r.map((c, i) => (c ?? '').padEnd(w[i])).join(' | ') + ' |')
+}
+
+// ---- one weight format: the same GGUF through Plexus and llama.cpp ------------------------------
+
+interface FormatRun {
+  format: GgufDType
+  gguf_bytes: number
+  weight_bytes_per_token: number
+  bandwidth_ceiling_tokens_per_second: number
+  plexus: { load_seconds: number, prefill_tokens_per_second: number, decode_tokens_per_second: number, decode_weight_gbps: number, decode_share_of_copy_bandwidth: number, submissions: Record<string, { submissions: number, record_ms: number, wait_ms: number }> }
+  batched_decode: { blocks: number, steps: number, context: number, runs: BatchRun[] }
+  llama_cpp: LlamaRun | null
+  decode_vs_llama_cpp: number | null
+}
+
+/** The model as a GGUF of `format` in `work`: reused when an earlier run wrote it whole. */
+async function ggufOf (dir: string, work: string, format: GgufDType): Promise<string> {
+  const gguf = join(work, `${format}.gguf`)
+  if (existsSync(gguf)) { log(`${format}: reusing ${gguf}`); return gguf }
+  const t0 = performance.now()
+  // The head quantized too, as llama-quantize writes a whole-model q8_0 / q4_K file.
+  await writeGguf(dir, gguf + '.part', { dtype: format, quantizeHead: true })
+  await rename(gguf + '.part', gguf)
+  log(`${format}: wrote a ${((await stat(gguf)).size / 2 ** 30).toFixed(2)} GiB GGUF in ${sec(performance.now() - t0)}`)
+  return gguf
+}
+
+async function benchFormat (dir: string, work: string, cfg: ModelConfig, format: GgufDType, prompt: number[], backend: BackendName, copyBps: number, llama: LlamaBuild | undefined): Promise<FormatRun> {
+  const gguf = await ggufOf(dir, work, format)
+  try {
+    const ggufBytes = (await stat(gguf)).size
+    const perToken = ggufWeightBytes(cfg, format)
+    log(`${format}: ${(perToken / 1e9).toFixed(2)} GB of weights read per decode token`)
+    let t0: number
+
+    // Prefill and decode through the whole model (LM head included), after a warm-up generation.
+    // Progress lines say which step a timeout cut short.
+    log(`plexus ${format}: loading…`)
+    t0 = performance.now()
+    const model = await LocalModel.load(gguf)
+    const loadSeconds = (performance.now() - t0) / 1000
+    let ours
+    let submissions: Record<string, { submissions: number, record_ms: number, wait_ms: number }> = {}
+    try {
+      log(`plexus ${format}: loaded in ${loadSeconds.toFixed(1)} s; warm-up…`)
+      t0 = performance.now()
+      const warm = await model.session(promptLen + 4)
+      await generate(model.head, warm, prompt, { maxTokens: 4 })
+      await warm.close()
+      log(`plexus ${format}: warm-up in ${sec(performance.now() - t0)}; ${promptLen} + ${genLen} tokens…`)
+      const session = await model.session(promptLen + genLen)
+      gpuSubmissionTimes(true)
+      ours = await generate(model.head, session, prompt, { maxTokens: genLen })
+      submissions = perSubmission(gpuSubmissionTimes(true))
+      await session.close()
+    } finally {
+      await model.dispose()
+    }
+    const gbps = perToken * ours.tokensPerSecond / 1e9
+    log(`plexus ${format}: prefill ${ours.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${ours.tokensPerSecond.toFixed(1)} tok/s = ${gbps.toFixed(1)} GB/s of weights (${(100 * gbps * 1e9 / copyBps).toFixed(1)} % of the measured copy bandwidth)`)
+    for (const [what, t] of Object.entries(submissions)) log(`  ${what}: ${t.submissions} submissions, ${t.record_ms.toFixed(3)} ms recording + ${t.wait_ms.toFixed(3)} ms waiting for the GPU and readback each`)
+
+    const batched = await batchedDecode(gguf, cfg, backend)
+    const l = llama?.available === true ? await llamaRun(gguf, format, llama.build, cfg, prompt, ours.tokenIds) : null
+    return {
+      format,
+      gguf_bytes: ggufBytes,
+      weight_bytes_per_token: perToken,
+      bandwidth_ceiling_tokens_per_second: copyBps / perToken,
+      plexus: {
+        load_seconds: loadSeconds,
+        prefill_tokens_per_second: ours.prefillTokensPerSecond,
+        decode_tokens_per_second: ours.tokensPerSecond,
+        decode_weight_gbps: gbps,
+        decode_share_of_copy_bandwidth: gbps * 1e9 / copyBps,
+        // mean per submission over the timed generation (the prefill's one included)
+        submissions
+      },
+      batched_decode: batched,
+      llama_cpp: l,
+      decode_vs_llama_cpp: l != null && !('error' in l) ? ours.tokensPerSecond / l.decode_tokens_per_second : null
+    }
+  } finally {
+    // a temporary work directory goes format by format (tinyllama's GGUFs are 3.4 GB together)
+    if (a.work == null) await rm(gguf, { force: true })
+  }
+}
+
+/** Mean milliseconds per submission, from the runtime's totals (empty on the CPU backends). */
+function perSubmission (t: Record<string, GpuSubmissionTimes>): Record<string, { submissions: number, record_ms: number, wait_ms: number }> {
+  return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, { submissions: v.submissions, record_ms: v.recordMs / v.submissions, wait_ms: v.waitMs / v.submissions }]))
 }
 
 // ---- the device ---------------------------------------------------------------------------
@@ -216,13 +293,10 @@ interface MiniDevice {
 }
 interface GpuInfo { device: MiniDevice, adapterInfo: { vendor: string, architecture: string, device: string, description: string }, software: boolean }
 
-async function gpuContext (): Promise<GpuInfo> {
-  // Through the package index, looked up at run time: the GPU module is optional to this script.
-  const runtime: Record<string, unknown> = await import('@plexus/runtime')
-  const get = runtime.activeGpu as (() => GpuInfo | undefined) | undefined
-  const ctx = get?.()
-  if (ctx == null) throw new Error('bench:gpu: backend webgpu is active but @plexus/runtime gives no activeGpu()')
-  return ctx
+function gpuContext (): GpuInfo {
+  const ctx = activeGpu()
+  if (ctx == null) throw new Error('bench:gpu: backend webgpu is active but no GPU device is open')
+  return ctx as unknown as GpuInfo
 }
 
 const COPY_SRC = 0x0004
@@ -271,31 +345,19 @@ function hostCopyBandwidth (): { bytesPerSecond: number, bytes: number, copies: 
 
 // ---- what one decode token reads ------------------------------------------------------------
 
-/** Bytes of every block tensor plus the final norm and LM head, in the precision they are stored in. */
-async function storedWeightBytes (ckpt: Checkpoint): Promise<{ perToken: number, dtype: string }> {
-  const cfg = ckpt.config
-  let perToken = 0
-  const dtypes = new Set<string>()
-  const add = async (name: string): Promise<void> => {
-    const { entry } = await ckpt.entry(name)
-    perToken += entry.shape.reduce((x, y) => x * y, 1) * DTYPE_BYTES[entry.dtype]
-    if (entry.shape.length > 1) dtypes.add(entry.dtype.toLowerCase())
-  }
-  for (let b = 0; b < cfg.numLayers; b++) for (const name of blockTensorShapes(cfg, b).keys()) await add(name)
-  const head = headTensorShapes(cfg)
-  await add('model.norm.weight')
-  // A tied head multiplies by the embeddings; an embedding lookup alone reads one row.
-  await add(head.has('lm_head.weight') ? 'lm_head.weight' : 'model.embed_tokens.weight')
-  return { perToken, dtype: [...dtypes].join('+') }
-}
-
-/** The same count for a GGUF of the model, as gguf.ts writes it (vectors f32; q8_0 rows not whole blocks f16). */
+/**
+ * Bytes one decode token reads from a GGUF of the model as gguf.ts writes it for this bench: every
+ * block tensor, the final norm and the LM head (the embeddings when tied; a lookup reads one row).
+ * Vectors are f32; a matrix whose rows are not whole blocks of its format falls back q4_k → q8_0 → f16.
+ */
 function ggufWeightBytes (cfg: ModelConfig, dtype: GgufDType): number {
   let n = 0
   const count = (shape: number[]): void => {
     const v = shape.reduce((x, y) => x * y, 1)
+    const cols = shape[shape.length - 1]
     if (shape.length < 2 || dtype === 'f32') n += 4 * v
-    else if (dtype === 'q8_0' && shape[shape.length - 1] % 32 === 0) n += v / 32 * 34
+    else if (dtype === 'q4_k' && cols % 256 === 0) n += v / 256 * 144
+    else if ((dtype === 'q8_0' || dtype === 'q4_k') && cols % 32 === 0) n += v / 32 * 34
     else n += 2 * v
   }
   for (let b = 0; b < cfg.numLayers; b++) for (const s of blockTensorShapes(cfg, b).values()) count(s)
@@ -314,9 +376,9 @@ interface BatchRun { sessions: number, tokens_per_second: number, ratio_vs_one: 
  * concurrent sessions). The span holds every block on the GPU; a CPU backend gets as many blocks as
  * one wasm heap holds, since only the ratio between batch sizes is the point there.
  */
-async function batchedDecode (dir: string, cfg: ModelConfig, backend: BackendName): Promise<{ blocks: number, steps: number, context: number, runs: BatchRun[] }> {
+async function batchedDecode (path: string, cfg: ModelConfig, backend: BackendName): Promise<{ blocks: number, steps: number, context: number, runs: BatchRun[] }> {
   const blocks = backend === 'webgpu' ? cfg.numLayers : Math.max(1, Math.min(cfg.numLayers, Math.floor(WASM_HEAP_BUDGET / blockBytes(cfg))))
-  const ckpt = await Checkpoint.open(dir)
+  const ckpt = await openModel(path)
   const runs: BatchRun[] = []
   let span: Span | undefined
   try {
@@ -354,63 +416,50 @@ async function batchedDecode (dir: string, cfg: ModelConfig, backend: BackendNam
 // ---- llama.cpp ------------------------------------------------------------------------------
 
 type LlamaRun =
-  | { gguf_dtype: string, prefill_tokens_per_second: number, decode_tokens_per_second: number, weight_bytes_per_token: number, decode_weight_gbps: number, greedy_tokens_equal_to_plexus: number }
-  | { gguf_dtype: string, error: string }
-type LlamaResult = { skipped: true } | { build: string, available: false, reason: string } | { build: string, available: true, devices: string[], on_gpu: boolean, runs: LlamaRun[] }
+  | { prefill_tokens_per_second: number, decode_tokens_per_second: number, decode_weight_gbps: number, greedy_tokens_equal_to_plexus: number }
+  | { error: string }
+type LlamaBuild = { build: string, available: false, reason: string } | { build: string, available: true, devices: string[], on_gpu: boolean }
 
-async function llamaCpp (dir: string, cfg: ModelConfig, prompt: number[], ourTokens: number[]): Promise<LlamaResult> {
+/** Which llama.cpp build runs, and on which devices; or why none can. */
+async function llamaCppBuild (): Promise<LlamaBuild> {
   const build = a.llama as 'vulkan' | 'cpu'
-  let devices: string[] = []
-  if (build === 'vulkan') {
-    const v = await llamaCppVulkan()
-    if (!v.ok) {
-      const reason = `Vulkan llama.cpp unavailable (${v.reason}): no llama.cpp baseline in this run`
-      log(`llama.cpp: ${reason}`)
-      return { build, available: false, reason }
-    }
-    devices = v.devices
-    // ggml's Vulkan backend skips CPU-type devices (lavapipe): then its layers run on the CPU.
-    log(devices.length > 0
-      ? `llama.cpp Vulkan devices: ${devices.join(', ')}`
-      : 'llama.cpp Vulkan build found no GPU device: its figures below are llama.cpp on the CPU')
+  if (build !== 'vulkan') return { build, available: true, devices: [], on_gpu: false }
+  const v = await llamaCppVulkan()
+  if (!v.ok) {
+    const reason = `Vulkan llama.cpp unavailable (${v.reason}): no llama.cpp baseline in this run`
+    log(`llama.cpp: ${reason}`)
+    return { build, available: false, reason }
   }
-  const runs: LlamaRun[] = []
-  for (const dtype of llamaDtypes as GgufDType[]) {
-    const gguf = join(tmpdir(), `plexus-bench-gpu-${process.pid}-${dtype}.gguf`)
-    temps.add(gguf)
-    try {
-      let t0 = performance.now()
-      await writeGguf(dir, gguf, { dtype })
-      log(`llama.cpp ${build} ${dtype}: wrote ${((await stat(gguf)).size / 2 ** 30).toFixed(2)} GiB GGUF in ${sec(performance.now() - t0)}`)
-      t0 = performance.now()
-      const r = await runLlamaCpp(gguf, prompt, genLen, { gpu: build === 'vulkan' ? 'vulkan' : undefined, threads })
-      let same = 0
-      while (same < r.tokenIds.length && r.tokenIds[same] === ourTokens[same]) same++
-      const perToken = ggufWeightBytes(cfg, dtype)
-      runs.push({
-        gguf_dtype: dtype,
-        prefill_tokens_per_second: r.prefillTokensPerSecond,
-        decode_tokens_per_second: r.decodeTokensPerSecond,
-        weight_bytes_per_token: perToken,
-        decode_weight_gbps: perToken * r.decodeTokensPerSecond / 1e9,
-        greedy_tokens_equal_to_plexus: same
-      })
-      log(`llama.cpp ${build} ${dtype}: prefill ${r.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${r.decodeTokensPerSecond.toFixed(1)} tok/s (${sec(performance.now() - t0)} with loading)`)
-    } catch (err: any) {
-      const msg = String(err?.message ?? err).split('\n')[0]
-      log(`llama.cpp ${build} ${dtype}: failed: ${msg}`)
-      runs.push({ gguf_dtype: dtype, error: msg })
-    } finally {
-      await rm(gguf, { force: true })
-      temps.delete(gguf)
+  // ggml's Vulkan backend skips CPU-type devices (lavapipe): then its layers run on the CPU.
+  log(v.devices.length > 0
+    ? `llama.cpp Vulkan devices: ${v.devices.join(', ')}`
+    : 'llama.cpp Vulkan build found no GPU device: its figures below are llama.cpp on the CPU')
+  return { build, available: true, devices: v.devices, on_gpu: v.devices.length > 0 }
+}
+
+async function llamaRun (gguf: string, format: GgufDType, build: string, cfg: ModelConfig, prompt: number[], ourTokens: number[]): Promise<LlamaRun> {
+  try {
+    const t0 = performance.now()
+    const r = await runLlamaCpp(gguf, prompt, genLen, { gpu: build === 'vulkan' ? 'vulkan' : undefined, threads })
+    let same = 0
+    while (same < r.tokenIds.length && r.tokenIds[same] === ourTokens[same]) same++
+    log(`llama.cpp ${build} ${format}: prefill ${r.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${r.decodeTokensPerSecond.toFixed(1)} tok/s (${sec(performance.now() - t0)} with loading); greedy tokens equal to Plexus: ${same}/${ourTokens.length}`)
+    return {
+      prefill_tokens_per_second: r.prefillTokensPerSecond,
+      decode_tokens_per_second: r.decodeTokensPerSecond,
+      decode_weight_gbps: ggufWeightBytes(cfg, format) * r.decodeTokensPerSecond / 1e9,
+      greedy_tokens_equal_to_plexus: same
     }
+  } catch (err: any) {
+    const msg = String(err?.message ?? err).split('\n')[0]
+    log(`llama.cpp ${build} ${format}: failed: ${msg}`)
+    return { error: msg }
   }
-  return { build, available: true, devices, on_gpu: build === 'vulkan' && devices.length > 0, runs }
 }
 
 // Last, so every module-level constant above is initialised before main() runs.
 try {
   await main()
 } finally {
-  if (a.keep !== true) cleanUp()
+  cleanUp()
 }

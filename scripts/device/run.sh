@@ -2,30 +2,40 @@
 # Run on the GPU machine (no Node, no network) from the repository root, with ".device" carried
 # (made by scripts/device/pack.sh): unpacks Node, node_modules and the Vulkan/GL libraries under
 # /tmp, prints the GPU and its adapter, runs the WebGPU tests and bench:gpu, and writes each step's
-# output plus summary.json into $OUT. Every step has its own timeout, so a failure or a hang loses
+# output plus summary.json into $WORK/out, packed after every step into $OUT/results.tar.gz (the
+# device tool brings back at most 8 files). The bench models and their GGUFs are made on the CPU in
+# the background while the tests run. Every step has its own timeout, so a failure or a hang loses
 # only that step. Typically ~5 minutes; ~10 if every step ran to its timeout.
 #
 # Optional environment:
-#   OUT                    where results go (default /tmp/plexus-device/out)
+#   OUT                    where summary.json, run.log and results.tar.gz go (default: $WORK/out only)
 #   PLEXUS_DEVICE_WORK     scratch directory (default /tmp/plexus-device)
 #   PLEXUS_DEVICE_SYSROOT  where the .debs are unpacked (default / as root, then ldconfig;
 #                          otherwise $PLEXUS_DEVICE_WORK/sysroot through LD_LIBRARY_PATH)
-#   PLEXUS_DEVICE_STEPS    steps to run (default "probe tests bench")
+#   PLEXUS_DEVICE_STEPS    steps to run (default "probe tests bench variants")
+#   PLEXUS_BENCH_VARIANTS  matrix-vector threads per output to rerun the first shape with, without
+#                          llama.cpp (the "variants" step; default "256 128")
 #   PLEXUS_BENCH_SHAPES    default "tinyllama llama3-8b-4l"
+#   PLEXUS_BENCH_FORMATS   GGUF types both engines run (default "f16,q8_0")
 #   PLEXUS_BENCH_ARGS      extra bench:gpu flags, e.g. "--tokens 128"
-#   PLEXUS_TEST_TIMEOUT, PLEXUS_BENCH_TIMEOUT   seconds per step (default 150 and 190)
+#   PLEXUS_TEST_TIMEOUT, PLEXUS_BENCH_TIMEOUT, PLEXUS_PREPARE_TIMEOUT   seconds (default 150, 200, 300)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
 PACK=$REPO/.device
 WORK=${PLEXUS_DEVICE_WORK:-/tmp/plexus-device}
-OUT=${OUT:-$WORK/out}
-STEPS=${PLEXUS_DEVICE_STEPS:-probe tests bench}
+BACK=${OUT:-}
+OUT=$WORK/out
+STEPS=${PLEXUS_DEVICE_STEPS:-probe tests bench variants}
 SHAPES=${PLEXUS_BENCH_SHAPES:-tinyllama llama3-8b-4l}
+FORMATS=${PLEXUS_BENCH_FORMATS:-f16,q8_0}
 TEST_T=${PLEXUS_TEST_TIMEOUT:-150}
-BENCH_T=${PLEXUS_BENCH_TIMEOUT:-190}
+BENCH_T=${PLEXUS_BENCH_TIMEOUT:-200}
+PREP_T=${PLEXUS_PREPARE_TIMEOUT:-300}
 T0=$(date +%s)
+rm -rf "$OUT"
 mkdir -p "$OUT" "$WORK"
+[ -z "$BACK" ] || mkdir -p "$BACK"
 : > "$OUT/steps.jsonl"
 
 # xz -dc, or Python's lzma where the machine has no xz.
@@ -42,8 +52,11 @@ step () {
   [ $rc = 124 ] || [ $rc = 137 ] && log "   $name: TIMED OUT after ${took}s"
   log "   $name: rc=$rc in ${took}s"
   printf '{"step":"%s","rc":%d,"seconds":%d}\n' "$name" "$rc" "$took" >> "$OUT/steps.jsonl"
+  pack_back
   return $rc
 }
+# Everything so far into $BACK, so a run cut short still brings back what it had.
+pack_back () { [ -z "$BACK" ] || { tar czf "$BACK/results.tar.gz.tmp" -C "$OUT" . && mv "$BACK/results.tar.gz.tmp" "$BACK/results.tar.gz"; cp "$OUT/run.log" "$BACK/" 2>/dev/null; }; }
 show () { echo "--- $1"; tail -n "${2:-40}" "$OUT/$1" 2>/dev/null | cut -c1-400; }
 
 [ -s "$PACK/node.xz" ] && [ -s "$PACK/node_modules.tar.xz" ] || { log "no .device/node.xz or node_modules.tar.xz: run scripts/device/pack.sh here and carry .device"; exit 1; }
@@ -55,7 +68,7 @@ rm -rf "$WORK/bin" "$WORK/repo"
 mkdir -p "$WORK/bin" "$WORK/repo"
 dexz "$PACK/node.xz" > "$WORK/bin/node" && chmod +x "$WORK/bin/node" || { log "cannot unpack node"; exit 1; }
 export PATH=$WORK/bin:$PATH
-tar cf - --exclude=node_modules --exclude=./.git --exclude=./.device . | tar xf - -C "$WORK/repo"
+tar cf - --exclude=node_modules --exclude=./.git --exclude=./.device --exclude=./.plexus . | tar xf - -C "$WORK/repo"
 dexz "$PACK/node_modules.tar.xz" | tar xf - -C "$WORK/repo" || log "node_modules.tar.xz did not unpack"
 if [ -s "$PACK/llama.tar.xz" ]; then dexz "$PACK/llama.tar.xz" | tar xf - -C "$WORK/repo" || log "llama.tar.xz did not unpack"
 else log "no llama.tar.xz in the pack: bench:gpu will run without the llama.cpp baseline"; fi
@@ -75,6 +88,18 @@ else export LD_LIBRARY_PATH=$SYSROOT/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+
 log "Vulkan/GL libraries unpacked into $SYSROOT"
 
 cd "$WORK/repo"
+
+# The bench models and GGUFs take minutes of CPU each: made in the background while the tests run.
+declare -A PREP
+if [[ " $STEPS " == *" bench "* ]]; then
+  mkdir -p "$WORK/models"
+  for shape in $SHAPES; do
+    log "preparing $shape ($FORMATS) in the background"
+    timeout -k 10 "$PREP_T" node scripts/bench-gpu.ts --shape "$shape" --formats "$FORMATS" --work "$WORK/models/$shape" --prepare-only > "$OUT/prepare-$shape.out" 2> "$OUT/prepare-$shape.err" &
+    PREP[$shape]=$!
+  done
+fi
+
 {
   echo "## nvidia-smi"; (nvidia-smi 2>&1 || echo "nvidia-smi: not available") | head -30
   echo "## uname / cpus"; uname -a; nproc; free -g | head -2
@@ -89,6 +114,8 @@ if [[ " $STEPS " == *" probe "* ]]; then
     ICD=$(ls /usr/share/vulkan/icd.d/nvidia_icd*.json /etc/vulkan/icd.d/nvidia_icd*.json /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd*.json 2>/dev/null | head -1)
     if [ -n "$ICD" ]; then
       export VK_DRIVER_FILES=$ICD VK_ICD_FILENAMES=$ICD
+      EGL=$(ls /usr/share/glvnd/egl_vendor.d/10_nvidia.json /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json 2>/dev/null | head -1)
+      [ -z "$EGL" ] || export __EGL_VENDOR_LIBRARY_FILENAMES=$EGL
       log "no adapter: retrying with VK_DRIVER_FILES=$ICD"
       step probe-icd 60 node scripts/device/probe.ts
       show probe-icd.out; show probe-icd.err 15
@@ -97,11 +124,12 @@ if [[ " $STEPS " == *" probe "* ]]; then
   show probe.out; show probe.err 15
 fi
 
-# 4. The GPU test suite (whatever test/webgpu*.test.ts exist), without .mocharc's whole-suite spec.
+# 4. The GPU tests: the kernels', the runtime's spans and golden tokens (every backend), the swarm's
+#    webgpu node; without .mocharc's whole-suite spec.
 if [[ " $STEPS " == *" tests "* ]]; then
   shopt -s nullglob
-  TESTS=(test/webgpu*.test.ts)
-  if [ ${#TESTS[@]} = 0 ]; then log "no test/webgpu*.test.ts in the tree"
+  TESTS=(packages/runtime/test/webgpu/*.test.ts packages/runtime/test/span.test.ts packages/runtime/test/golden.test.ts test/webgpu*.test.ts)
+  if [ ${#TESTS[@]} = 0 ]; then log "no GPU tests in the tree"
   else
     step tests "$TEST_T" node node_modules/mocha/bin/mocha.js --no-config --extension ts --reporter ./test/support/reporter.cjs --timeout 120000 --exit "${TESTS[@]}"
     show tests.out 60; show tests.err 20
@@ -111,14 +139,26 @@ fi
 # 5. bench:gpu per shape (node directly: npm's prebench hook would try the network).
 if [[ " $STEPS " == *" bench "* ]]; then
   for shape in $SHAPES; do
+    s=$(date +%s); wait "${PREP[$shape]}"; rc=$?
+    log "   prepare-$shape: rc=$rc (waited $(( $(date +%s) - s ))s for it)"; show "prepare-$shape.err" 8
     # shellcheck disable=SC2086
-    step "bench-$shape" "$BENCH_T" node scripts/bench-gpu.ts --shape "$shape" ${PLEXUS_BENCH_ARGS:-}
+    step "bench-$shape" "$BENCH_T" node scripts/bench-gpu.ts --shape "$shape" --formats "$FORMATS" --work "$WORK/models/$shape" ${PLEXUS_BENCH_ARGS:-}
     cp "$OUT/bench-$shape.out" "$OUT/bench-$shape.json" 2>/dev/null
     show "bench-$shape.err" 45
   done
 fi
 
-# 6. One summary: step statuses, the probe, and each bench's JSON line.
+# 6. The first shape again with other kernel settings (Plexus only): which ones a GPU likes.
+if [[ " $STEPS " == *" variants "* ]]; then
+  first=${SHAPES%% *}
+  for threads in ${PLEXUS_BENCH_VARIANTS:-256 128}; do
+    PLEXUS_GPU_MATVEC_THREADS=$threads step "bench-$first-mv$threads" "$BENCH_T" node scripts/bench-gpu.ts --shape "$first" --formats "$FORMATS" --work "$WORK/models/$first" --llama none --tokens 128 --batch 1,8 --batch-steps 16
+    cp "$OUT/bench-$first-mv$threads.out" "$OUT/bench-$first-mv$threads.json" 2>/dev/null
+    show "bench-$first-mv$threads.err" 14
+  done
+fi
+
+# 7. One summary: step statuses, the probe, and each bench's JSON line.
 node -e '
   const fs = require("fs"), p = require("path"), out = process.argv[1]
   const read = f => { try { return fs.readFileSync(p.join(out, f), "utf8") } catch { return "" } }
@@ -128,4 +168,6 @@ node -e '
   const s = { seconds: Number(process.argv[2]), steps: json(read("steps.jsonl")), probe: json(read("probe-icd.out") || read("probe.out")), benches }
   fs.writeFileSync(p.join(out, "summary.json"), JSON.stringify(s, null, 1) + "\n")
 ' "$OUT" "$(( $(date +%s) - T0 ))" || log "summary.json could not be written"
+[ -z "$BACK" ] || cp "$OUT/summary.json" "$BACK/" 2>/dev/null
 log "done: results in $OUT ($(ls "$OUT" | tr '\n' ' '))"
+pack_back

@@ -71,7 +71,8 @@ export async function runLlamaCpp (ggufPath: string, promptIds: number[], maxTok
       const tokenIds: number[] = []
       const start = performance.now()
       let first = start
-      for await (const t of seq.evaluate(promptIds as Token[], { temperature: 0 })) {
+      // yieldEogToken: an end-of-generation token is yielded like any other and generation goes on
+      for await (const t of seq.evaluate(promptIds as Token[], { temperature: 0, yieldEogToken: true })) {
         if (tokenIds.length === 0) first = performance.now()
         tokenIds.push(t)
         if (tokenIds.length >= maxTokens) break

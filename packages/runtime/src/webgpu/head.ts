@@ -47,6 +47,7 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
   }
 
   const run = async (x: Float32Array, rows: number): Promise<Float32Array> => {
+    const t0 = performance.now()
     const s = ensure(rows)
     device.queue.writeBuffer(s.x, 0, x.buffer, x.byteOffset, rows * H * 4)
     device.queue.writeBuffer(step, 0, stepSlots([], rows))
@@ -57,7 +58,7 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
     pass.dispatchWorkgroups(rows)
     dispatchLinear(pass, s.lm, rows, true)
     pass.end()
-    return await submitAndRead(gpu, encoder, s.logits, s.readback, rows * V * 4, 'the LM head')
+    return await submitAndRead(gpu, encoder, s.logits, s.readback, rows * V * 4, 'the LM head', t0)
   }
 
   return {

@@ -34,9 +34,16 @@ function workgroupFor (n: number, max = 256): number {
 /**
  * Threads per output of the matrix-vector kernel. 64 keeps every GPU busy (one workgroup per
  * output: thousands of them) with few reduction steps; 256 made software Vulkan (lavapipe, the
- * CI's GPU) 4× slower for no gain that a GPU measurement has shown yet.
+ * CI's GPU) 4× slower. PLEXUS_GPU_MATVEC_THREADS (32, 64, 128 or 256) sets it for measurements.
  */
-const MATVEC_THREADS = 64
+const MATVEC_THREADS = matvecThreads(process.env.PLEXUS_GPU_MATVEC_THREADS)
+
+function matvecThreads (v: string | undefined): number {
+  if (v == null || v === '') return 64
+  const n = Number(v)
+  if (![32, 64, 128, 256].includes(n)) throw new Error(`PLEXUS_GPU_MATVEC_THREADS must be 32, 64, 128 or 256 (got ${JSON.stringify(v)})`)
+  return n
+}
 
 /** out = x / rms(x) · weight, one workgroup per row. */
 export function rmsNormKernel (hidden: number, eps: number): string {

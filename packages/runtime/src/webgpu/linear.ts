@@ -185,14 +185,32 @@ function concat (parts: Uint8Array[]): Uint8Array {
   return out
 }
 
+/** Where a kind of submission's time goes: recording it on the CPU, then waiting for the GPU and the readback. */
+export interface GpuSubmissionTimes { submissions: number, recordMs: number, waitMs: number }
+const times = new Map<string, GpuSubmissionTimes>()
+
+/** Totals per kind of submission ('a step', 'the LM head') since the last reset: for benchmarks. */
+export function gpuSubmissionTimes (reset = false): Record<string, GpuSubmissionTimes> {
+  const out = Object.fromEntries([...times].map(([k, v]) => [k, { ...v }]))
+  if (reset) times.clear()
+  return out
+}
+
 /**
  * Copies `bytes` of `src` into `readback` as the last command of `encoder`, submits, and returns
  * them once the GPU is done: the one readback of a step. A GPU error raised meanwhile fails it.
+ * `recordStart`: when the caller began recording the work (performance.now()).
  */
-export async function submitAndRead (gpu: GpuContext, encoder: GPUCommandEncoder, src: GPUBuffer, readback: GPUBuffer, bytes: number, what: string): Promise<Float32Array> {
+export async function submitAndRead (gpu: GpuContext, encoder: GPUCommandEncoder, src: GPUBuffer, readback: GPUBuffer, bytes: number, what: string, recordStart: number): Promise<Float32Array> {
   encoder.copyBufferToBuffer(src, 0, readback, 0, bytes)
   gpu.device.queue.submit([encoder.finish()])
+  const submitted = performance.now()
   await readback.mapAsync(GPUMapMode.READ, 0, bytes)
+  let t = times.get(what)
+  if (t == null) { t = { submissions: 0, recordMs: 0, waitMs: 0 }; times.set(what, t) }
+  t.submissions++
+  t.recordMs += submitted - recordStart
+  t.waitMs += performance.now() - submitted
   try {
     takeGpuError(gpu, what)
     return new Float32Array(readback.getMappedRange(0, bytes).slice(0))

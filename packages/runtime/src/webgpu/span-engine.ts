@@ -138,6 +138,7 @@ export class GpuSpanEngine {
   }
 
   private async run (steps: GpuStep[], from: number, count: number): Promise<Float32Array> {
+    const t0 = performance.now()
     const { device, cfg } = this
     const H = cfg.hiddenSize
     const rows = steps.reduce((n, s) => n + s.tokens, 0)
@@ -169,7 +170,7 @@ export class GpuSpanEngine {
     const pass = encoder.beginComputePass()
     for (let i = 0; i < count; i++) this.encodeBlock(pass, s.blocks[from + i], caches.map(c => c[from + i]), segments, rows)
     pass.end()
-    const out = submitAndRead(this.gpu, encoder, s.x, s.readback, rows * H * 4, 'a step')
+    const out = submitAndRead(this.gpu, encoder, s.x, s.readback, rows * H * 4, 'a step', t0)
     // buffers replaced by a growth go once the submitted step that copied them is queued
     for (const st of steps) st.store.release()
     return await out
