@@ -13,8 +13,9 @@
 #   PLEXUS_DEVICE_SYSROOT  where the .debs are unpacked (default / as root, then ldconfig;
 #                          otherwise $PLEXUS_DEVICE_WORK/sysroot through LD_LIBRARY_PATH)
 #   PLEXUS_DEVICE_STEPS    steps to run (default "probe tests bench variants")
-#   PLEXUS_BENCH_VARIANTS  matrix-vector threads per output to rerun the first shape with, without
-#                          llama.cpp (the "variants" step; default "256 128")
+#   PLEXUS_BENCH_VARIANTS  kernel settings to rerun the first shape with, without llama.cpp (the
+#                          "variants" step): space-separated NAME=VALUE (default
+#                          "PLEXUS_GPU_MATVEC=shared PLEXUS_GPU_MATVEC=legacy")
 #   PLEXUS_BENCH_SHAPES    default "tinyllama llama3-8b-4l"
 #   PLEXUS_BENCH_FORMATS   GGUF types both engines run (default "f16,q8_0")
 #   PLEXUS_BENCH_ARGS      extra bench:gpu flags, e.g. "--tokens 128"
@@ -151,10 +152,11 @@ fi
 # 6. The first shape again with other kernel settings (Plexus only): which ones a GPU likes.
 if [[ " $STEPS " == *" variants "* ]]; then
   first=${SHAPES%% *}
-  for threads in ${PLEXUS_BENCH_VARIANTS:-256 128}; do
-    PLEXUS_GPU_MATVEC_THREADS=$threads step "bench-$first-mv$threads" "$BENCH_T" node scripts/bench-gpu.ts --shape "$first" --formats "$FORMATS" --work "$WORK/models/$first" --llama none --tokens 128 --batch 1,8 --batch-steps 16
-    cp "$OUT/bench-$first-mv$threads.out" "$OUT/bench-$first-mv$threads.json" 2>/dev/null
-    show "bench-$first-mv$threads.err" 14
+  for setting in ${PLEXUS_BENCH_VARIANTS:-PLEXUS_GPU_MATVEC=shared PLEXUS_GPU_MATVEC=legacy}; do
+    name="bench-$first-$(printf %s "${setting#*=}" | tr -c 'a-zA-Z0-9_-' '_')"
+    step "$name" "$BENCH_T" env "$setting" node scripts/bench-gpu.ts --shape "$first" --formats "$FORMATS" --work "$WORK/models/$first" --llama none --tokens 128 --batch 1,8 --batch-steps 16
+    cp "$OUT/$name.out" "$OUT/$name.json" 2>/dev/null
+    show "$name.err" 14
   done
 fi
 

@@ -32,18 +32,11 @@ function workgroupFor (n: number, max = 256): number {
 }
 
 /**
- * Threads per output of the matrix-vector kernel. 64 keeps every GPU busy (one workgroup per
- * output: thousands of them) with few reduction steps; 256 made software Vulkan (lavapipe, the
- * CI's GPU) 4× slower. PLEXUS_GPU_MATVEC_THREADS (32, 64, 128 or 256) sets it for measurements.
+ * Threads per output of the one-output-per-workgroup kernel. 64 keeps every GPU busy with few
+ * reduction steps; 256 made software Vulkan (lavapipe, the CI's GPU) 4× slower, and 128 or 256
+ * gained nothing on an H200.
  */
-const MATVEC_THREADS = matvecThreads(process.env.PLEXUS_GPU_MATVEC_THREADS)
-
-function matvecThreads (v: string | undefined): number {
-  if (v == null || v === '') return 64
-  const n = Number(v)
-  if (![32, 64, 128, 256].includes(n)) throw new Error(`PLEXUS_GPU_MATVEC_THREADS must be 32, 64, 128 or 256 (got ${JSON.stringify(v)})`)
-  return n
-}
+const MATVEC_THREADS = 64
 
 /** out = x / rms(x) · weight, one workgroup per row. */
 export function rmsNormKernel (hidden: number, eps: number): string {
@@ -87,10 +80,11 @@ export interface LinearShape {
   accumulate: boolean
 }
 
-function linearBindings (s: LinearShape): string {
+/** The bindings and helpers every linear kernel shares; `weights`: binding 1's declaration, if not the `w4` loader. */
+export function linearBindings (s: LinearShape, weights = weightLoader(s.format, 1)): string {
   return `${STEP}
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
-${weightLoader(s.format, 1)}
+${weights}
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> step: Step;
 ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
@@ -105,11 +99,12 @@ fn store (r: u32, n: u32, v: f32) {
 }
 
 /**
- * y = x·Wᵀ for a few rows (decode): one workgroup per output, its threads striding the input
- * so that neighbours read neighbouring weights; each row's sum is reduced in the same order
- * whatever the batch, so batched steps equal separate ones bit for bit.
+ * y = x·Wᵀ for a few rows (decode) where rows are not whole chunks of matvec.ts's kernel: one
+ * workgroup per output, its threads striding the input so that neighbours read neighbouring
+ * weights; each row's sum is reduced in the same order whatever the batch, so batched steps equal
+ * separate ones bit for bit.
  */
-export function matvecKernel (s: LinearShape): string {
+export function legacyMatvecKernel (s: LinearShape): string {
   const R = MATVEC_ROWS
   const W = workgroupFor(s.k / 4, MATVEC_THREADS)
   return `${linearBindings(s)}

@@ -1,7 +1,8 @@
 /// <reference types="@webgpu/types" />
 import type { GpuContext } from './device.ts'
 import { takeGpuError } from './device.ts'
-import { matvecKernel, gemmKernel, GEMM_MIN_ROWS, STEP_SLOT } from './kernels.ts'
+import { gemmKernel, GEMM_MIN_ROWS, STEP_SLOT } from './kernels.ts'
+import { matvecPlan, matvecGroups } from './matvec.ts'
 import type { LinearShape } from './kernels.ts'
 import { gpuFormat, gpuBytes, rowBytes } from './formats.ts'
 import type { WeightFormat } from './formats.ts'
@@ -77,12 +78,15 @@ export class GpuLinear {
   /** Bytes on the GPU. */
   readonly bytes: number
   private readonly chunks: Chunk[]
+  /** The device's kernels may use subgroup operations. */
+  private readonly subgroups: boolean
 
-  private constructor (k: number, n: number, chunks: Chunk[], bytes: number) {
+  private constructor (k: number, n: number, chunks: Chunk[], bytes: number, subgroups: boolean) {
     this.k = k
     this.n = n
     this.chunks = chunks
     this.bytes = bytes
+    this.subgroups = subgroups
   }
 
   static upload (gpu: GpuContext, name: string, parts: WeightPart[], bias?: Float32Array): GpuLinear {
@@ -119,7 +123,7 @@ export class GpuLinear {
       }
       bytes += data.byteLength
     }
-    return new GpuLinear(k, row, chunks, bytes)
+    return new GpuLinear(k, row, chunks, bytes, gpu.subgroups)
   }
 
   /** Bind groups for input `x` `[rows, k]` and output `y` (row stride `yStride`, this layer's outputs at column `yOffset`). */
@@ -130,12 +134,13 @@ export class GpuLinear {
       }
       const bindings: Binding[] = ['read', 'read', 'rw', 'step', ...(c.bias != null ? ['read' as const] : [])]
       const buffers = [x, c.weight, y, step, ...(c.bias != null ? [c.bias] : [])]
-      const mv = kernel(device, matvecKernel(shape), bindings)
+      const plan = matvecPlan(shape, this.subgroups)
+      const mv = kernel(device, plan.code, bindings)
       // the GEMM is compiled on the first prefill that needs it (compiling is not free)
       let gemm: Bound | undefined
       return {
         n: c.n,
-        matvec: { pipeline: mv.pipeline, group: bindGroup(device, mv, buffers) },
+        matvec: { pipeline: mv.pipeline, group: bindGroup(device, mv, buffers), groups: matvecGroups(c.n, plan.rowsPerGroup) },
         gemm: () => {
           if (gemm == null) { const g = kernel(device, gemmKernel(shape), bindings); gemm = { pipeline: g.pipeline, group: bindGroup(device, g, buffers) } }
           return gemm
@@ -149,7 +154,7 @@ export class GpuLinear {
   }
 }
 
-export type LinearBinding = Array<{ n: number, matvec: Bound, gemm: () => Bound }>
+export type LinearBinding = Array<{ n: number, matvec: Bound & { groups: [number, number] }, gemm: () => Bound }>
 export interface Bound { pipeline: GPUComputePipeline, group: GPUBindGroup }
 
 /** Records y = x·Wᵀ for `rows` rows: matrix-vector for a few rows, tiled GEMM for many. */
@@ -158,7 +163,7 @@ export function dispatchLinear (pass: GPUComputePassEncoder, l: LinearBinding, r
     if (rows < GEMM_MIN_ROWS || matvecOnly) {
       pass.setPipeline(c.matvec.pipeline)
       pass.setBindGroup(0, c.matvec.group, [0])
-      pass.dispatchWorkgroups(Math.min(c.n, 65535), Math.ceil(c.n / 65535))
+      pass.dispatchWorkgroups(...c.matvec.groups)
     } else {
       const gemm = c.gemm()
       pass.setPipeline(gemm.pipeline)

@@ -2,7 +2,9 @@
 import assert from 'node:assert/strict'
 import { toFloat32, f32ToF16, f32ToBf16 } from '@plexus/runtime'
 import type { DType } from '@plexus/runtime'
-import { rmsNormKernel, matvecKernel, gemmKernel, kvAppendKernel, attentionKernel, swigluKernel, GEMM_MIN_ROWS } from '../../src/webgpu/kernels.ts'
+import { rmsNormKernel, gemmKernel, kvAppendKernel, attentionKernel, swigluKernel, GEMM_MIN_ROWS } from '../../src/webgpu/kernels.ts'
+import type { LinearShape } from '../../src/webgpu/kernels.ts'
+import { matvecPlan, matvecGroups } from '../../src/webgpu/matvec.ts'
 import type { WeightFormat } from '../../src/webgpu/kernels.ts'
 import { gpuFormat, gpuBytes } from '../../src/webgpu/formats.ts'
 import { testGpu, skipWebgpu, runKernel, randoms, relErr } from '../support/gpu.ts'
@@ -39,10 +41,23 @@ describe('WebGPU kernels against float64 references', function () {
     return { data: new Uint8Array(bits.buffer), dtype: format === 'f16' ? 'F16' : 'BF16' }
   }
 
+  // The kernel and grid for `rows` rows: the GEMM, or the decode kernel reducing through subgroup
+  // shuffles (where the device has them) or workgroup memory.
+  const linearKernel = (shape: LinearShape, rows: number, reduce: 'subgroup' | 'shared'): { code: string, groups: [number, number] } => {
+    if (rows >= GEMM_MIN_ROWS) return { code: gemmKernel(shape), groups: [Math.ceil(shape.n / 64), Math.ceil(rows / 64)] }
+    const plan = matvecPlan(shape, reduce === 'subgroup' && gpu.subgroups)
+    return { code: plan.code, groups: matvecGroups(shape.n, plan.rowsPerGroup) }
+  }
+  const cases = (rowsList: number[]): Array<[number, 'subgroup' | 'shared']> =>
+    rowsList.flatMap(rows => rows >= GEMM_MIN_ROWS ? [[rows, 'shared']] : [[rows, 'subgroup'], [rows, 'shared']])
+  const what = (rows: number, reduce: string): string => rows >= GEMM_MIN_ROWS ? 'GEMM' : `matvec, ${reduce} sums`
+
+  // K = 100: rows that are not whole chunks (the one-output-per-workgroup kernel); 104: 8-weight
+  // chunks; 112: 16-weight chunks of 16-bit weights.
   for (const format of ['f32', 'f16', 'bf16'] as const) {
-    for (const rows of [1, 3, 9, GEMM_MIN_ROWS + 7]) {
-      it(`linear ${format}, ${rows} rows, with bias and residual (${rows >= GEMM_MIN_ROWS ? 'GEMM' : 'matvec'})`, async () => {
-        const K = 100
+    for (const K of [100, 104, 112]) for (const [rows, reduce] of cases([1, 3, 9, GEMM_MIN_ROWS + 7])) {
+      if (rows >= GEMM_MIN_ROWS && K !== 100) continue
+      it(`linear ${format}, K ${K}, ${rows} rows, with bias and residual (${what(rows, reduce)})`, async () => {
         const N = 37
         const x = randoms(rows * K, 1)
         const wf = randoms(N * K, 2)
@@ -53,8 +68,7 @@ describe('WebGPU kernels against float64 references', function () {
         const y0 = randoms(rows * yStride, 4)
         const shape = { format, k: K, n: N, n0: 2, yStride, bias: true, accumulate: true }
         const args = [{ data: x, binding: 'read' as const }, { data, binding: 'read' as const }, { data: y0, binding: 'rw' as const }, 'step' as const, { data: bias, binding: 'read' as const }]
-        const code = rows >= GEMM_MIN_ROWS ? gemmKernel(shape) : matvecKernel(shape)
-        const groups: [number, number] = rows >= GEMM_MIN_ROWS ? [Math.ceil(N / 64), Math.ceil(rows / 64)] : [N, 1]
+        const { code, groups } = linearKernel(shape, rows, reduce)
         const [y] = await runKernel(gpu, code, args, [[rows]], groups)
         const ref = Float64Array.from(y0)
         for (let r = 0; r < rows; r++) {
@@ -71,8 +85,8 @@ describe('WebGPU kernels against float64 references', function () {
 
   // Block formats: random ggml blocks (valid scales), laid out for the GPU, against their exact dequantization.
   for (const [type, K] of [['Q8_0', 96], ['Q4_K', 512]] as const) {
-    for (const rows of [1, 9, GEMM_MIN_ROWS + 7]) {
-      it(`linear ${type}, ${rows} rows (${rows >= GEMM_MIN_ROWS ? 'GEMM' : 'matvec'})`, async () => {
+    for (const [rows, reduce] of cases([1, 9, GEMM_MIN_ROWS + 7])) {
+      it(`linear ${type}, ${rows} rows (${what(rows, reduce)})`, async () => {
         const N = 37
         const blockElems = type === 'Q8_0' ? 32 : 256
         const { bytes, want } = blocksOf(type, N * K / blockElems, rng(21))
@@ -81,8 +95,7 @@ describe('WebGPU kernels against float64 references', function () {
         const x = randoms(rows * K, 22)
         const shape = { format, k: K, n: N, n0: 0, yStride: N, bias: false, accumulate: false }
         const args = [{ data: x, binding: 'read' as const }, { data, binding: 'read' as const }, { size: rows * N, binding: 'rw' as const }, 'step' as const]
-        const code = rows >= GEMM_MIN_ROWS ? gemmKernel(shape) : matvecKernel(shape)
-        const groups: [number, number] = rows >= GEMM_MIN_ROWS ? [Math.ceil(N / 64), Math.ceil(rows / 64)] : [N, 1]
+        const { code, groups } = linearKernel(shape, rows, reduce)
         const [y] = await runKernel(gpu, code, args, [[rows]], groups)
         const ref = new Float64Array(rows * N)
         for (let r = 0; r < rows; r++) {
@@ -97,16 +110,19 @@ describe('WebGPU kernels against float64 references', function () {
     }
   }
 
-  it('matvec gives each row bitwise the same result alone or in a batch', async () => {
-    const K = 64; const N = 10
-    const w = randoms(N * K, 9)
-    const x = randoms(5 * K, 10)
-    const shape = { format: 'f32' as const, k: K, n: N, n0: 0, yStride: N, bias: false, accumulate: false }
-    const run = async (xs: Float32Array, rows: number): Promise<Float32Array> =>
-      (await runKernel(gpu, matvecKernel(shape), [{ data: xs, binding: 'read' }, { data: w, binding: 'read' }, { size: rows * N, binding: 'rw' }, 'step'], [[rows]], [N]))[0]
-    const all = await run(x, 5)
-    for (let r = 0; r < 5; r++) assert.deepEqual(Array.from(all.subarray(r * N, (r + 1) * N)), Array.from((await run(x.slice(r * K, (r + 1) * K), 1)).subarray(0, N)))
-  })
+  for (const [K, reduce] of [[60, 'shared'], [64, 'shared'], [64, 'subgroup']] as const) {
+    it(`matvec gives each row bitwise the same result alone or in a batch (K ${K}, ${reduce} sums)`, async () => {
+      const N = 10
+      const w = randoms(N * K, 9)
+      const x = randoms(5 * K, 10)
+      const shape = { format: 'f32' as const, k: K, n: N, n0: 0, yStride: N, bias: false, accumulate: false }
+      const { code, groups } = linearKernel(shape, 1, reduce)
+      const run = async (xs: Float32Array, rows: number): Promise<Float32Array> =>
+        (await runKernel(gpu, code, [{ data: xs, binding: 'read' }, { data: w, binding: 'read' }, { size: rows * N, binding: 'rw' }, 'step'], [[rows]], groups))[0]
+      const all = await run(x, 5)
+      for (let r = 0; r < 5; r++) assert.deepEqual(Array.from(all.subarray(r * N, (r + 1) * N)), Array.from((await run(x.slice(r * K, (r + 1) * K), 1)).subarray(0, N)))
+    })
+  }
 
   // Reference attention: rotate q and k (rotate-half, HF), causal softmax over positions 0..pos.
   for (const [heads, kvHeads, D, kv] of [[4, 4, 64, 'f32'], [8, 2, 128, 'f32'], [8, 1, 64, 'f32'], [8, 2, 128, 'f16'], [6, 3, 64, 'f16']] as const) {

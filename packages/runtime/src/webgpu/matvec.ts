@@ -1,0 +1,187 @@
+// The decode projection y = x·Wᵀ for a few rows, streaming W once at the memory's pace.
+//
+// A workgroup of 256 threads computes 8 outputs: 32 lanes per weight row, each lane reading whole
+// chunks of the row (16–36 contiguous bytes: 8–16 f16 weights, a q8_0 block, a 64-weight group of
+// a q4_K super-block), dequantizing in registers and dotting them with every batch row. The lanes'
+// partial sums are then added by a butterfly of subgroup shuffles (or through workgroup memory
+// where subgroups are narrower than 32 or missing). The order of every sum is fixed by the shape
+// alone, so a row gives the same bits alone or in a batch.
+import { linearBindings, legacyMatvecKernel, MATVEC_ROWS } from './kernels.ts'
+import type { LinearShape } from './kernels.ts'
+import type { WeightFormat } from './formats.ts'
+
+const LANES = 32
+const ROWS_PER_GROUP = 8
+const THREADS = LANES * ROWS_PER_GROUP
+
+/** How this process reduces: PLEXUS_GPU_MATVEC=subgroup | shared | legacy, for measurements. */
+const MODE = matvecMode(process.env.PLEXUS_GPU_MATVEC)
+
+function matvecMode (v: string | undefined): 'auto' | 'subgroup' | 'shared' | 'legacy' {
+  if (v == null || v === '') return 'auto'
+  if (v === 'subgroup' || v === 'shared' || v === 'legacy') return v
+  throw new Error(`PLEXUS_GPU_MATVEC must be subgroup, shared or legacy (got ${JSON.stringify(v)})`)
+}
+
+/** A weight row read in chunks: weights per chunk, vec4s per chunk, and the WGSL that loads one. */
+interface Chunking { weights: number, vec4s: number, code: string }
+
+const u = (n: number): string => `${n >>> 0}u`
+
+/** `chunk(n, c)`: weights [c·W, (c+1)·W) of row n as f32 vec4s; undefined where rows are not whole chunks. */
+function chunking (format: WeightFormat, k: number): Chunking | undefined {
+  switch (format) {
+    case 'f32':
+      if (k % 8 !== 0) return undefined
+      return {
+        weights: 8,
+        vec4s: 2,
+        code: `@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
+fn chunk (n: u32, c: u32) -> array<vec4<f32>, 2> {
+  let b = n * ${u(k / 4)} + c * 2u;
+  return array<vec4<f32>, 2>(w[b], w[b + 1u]);
+}`
+      }
+    case 'f16':
+    case 'bf16': {
+      if (k % 8 !== 0) return undefined
+      // 16 weights (32 bytes) where rows allow, else 8; two weights per u32
+      const wide = k % 16 === 0
+      const half = (p: string): string => format === 'f16'
+        ? `vec4<f32>(unpack2x16float(${p}.x), unpack2x16float(${p}.y)), vec4<f32>(unpack2x16float(${p}.z), unpack2x16float(${p}.w))`
+        : `bf4(${p}.x, ${p}.y), bf4(${p}.z, ${p}.w)`
+      return {
+        weights: wide ? 16 : 8,
+        vec4s: wide ? 4 : 2,
+        code: `@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+${format === 'bf16' ? '// bf16 is the top half of an f32\nfn bf4 (a: u32, b: u32) -> vec4<f32> { return vec4<f32>(bitcast<f32>(a << 16u), bitcast<f32>(a & 0xffff0000u), bitcast<f32>(b << 16u), bitcast<f32>(b & 0xffff0000u)); }' : ''}
+fn chunk (n: u32, c: u32) -> array<vec4<f32>, ${wide ? 4 : 2}> {
+  let b = n * ${u(k / 8)} + c * ${wide ? '2u' : '1u'};
+  let p = w[b];
+${wide ? `  let q = w[b + 1u];
+  return array<vec4<f32>, 4>(${half('p')}, ${half('q')});` : `  return array<vec4<f32>, 2>(${half('p')});`}
+}`
+      }
+    }
+    case 'q8_0':
+      // one block: 9 words (f16 scale, 32 int8); y = q·d as ggml computes it
+      return {
+        weights: 32,
+        vec4s: 8,
+        code: `@group(0) @binding(1) var<storage, read> w: array<u32>;
+fn chunk (n: u32, c: u32) -> array<vec4<f32>, 8> {
+  let b = (n * ${u(k / 32)} + c) * 9u;
+  let d = unpack2x16float(w[b]).x;
+  var out: array<vec4<f32>, 8>;
+  for (var j = 0u; j < 8u; j++) {
+    let q = bitcast<i32>(w[b + 1u + j]);
+    out[j] = vec4<f32>(f32(extractBits(q, 0u, 8u)), f32(extractBits(q, 8u, 8u)), f32(extractBits(q, 16u, 8u)), f32(extractBits(q, 24u, 8u))) * d;
+  }
+  return out;
+}`
+      }
+    case 'q4_k':
+      // 64 weights of a 256-weight super-block (36 words: f16 d and dmin, 12 bytes of 6-bit scales
+      // and mins, 128 bytes of nibbles): 32 bytes whose low nibbles are sub-block 2j and high
+      // nibbles sub-block 2j + 1. y = d·sc·q − dmin·m (dequantize_row_q4_K).
+      return {
+        weights: 64,
+        vec4s: 16,
+        code: `@group(0) @binding(1) var<storage, read> w: array<u32>;
+fn scaleByte (base: u32, k: u32) -> u32 { return (w[base + 1u + k / 4u] >> (8u * (k % 4u))) & 0xffu; }
+fn scaleMin (base: u32, s: u32) -> vec2<f32> {
+  if (s < 4u) { return vec2<f32>(f32(scaleByte(base, s) & 63u), f32(scaleByte(base, s + 4u) & 63u)); }
+  return vec2<f32>(f32((scaleByte(base, s + 4u) & 0xfu) | ((scaleByte(base, s - 4u) >> 6u) << 4u)),
+                   f32((scaleByte(base, s + 4u) >> 4u) | ((scaleByte(base, s) >> 6u) << 4u)));
+}
+fn chunk (n: u32, c: u32) -> array<vec4<f32>, 16> {
+  let base = (n * ${u(k / 256)} + c / 4u) * 36u;
+  let j = c % 4u;
+  let dm = unpack2x16float(w[base]);
+  let lo = scaleMin(base, 2u * j);
+  let hi = scaleMin(base, 2u * j + 1u);
+  let d1 = dm.x * lo.x; let m1 = dm.y * lo.y;
+  let d2 = dm.x * hi.x; let m2 = dm.y * hi.y;
+  var out: array<vec4<f32>, 16>;
+  for (var i = 0u; i < 8u; i++) {
+    let q = w[base + 4u + 8u * j + i];
+    let l = q & 0x0f0f0f0fu;
+    let h = (q >> 4u) & 0x0f0f0f0fu;
+    out[i] = vec4<f32>(f32(l & 0xffu), f32((l >> 8u) & 0xffu), f32((l >> 16u) & 0xffu), f32(l >> 24u)) * d1 - vec4<f32>(m1);
+    out[8u + i] = vec4<f32>(f32(h & 0xffu), f32((h >> 8u) & 0xffu), f32((h >> 16u) & 0xffu), f32(h >> 24u)) * d2 - vec4<f32>(m2);
+  }
+  return out;
+}`
+      }
+  }
+}
+
+/** The decode kernel for a layer, and how many outputs each of its workgroups computes. */
+export interface MatvecPlan { code: string, rowsPerGroup: number }
+
+/** `subgroups`: the device has the WGSL subgroups feature (then sums go through shuffles where subgroups hold 32 lanes). */
+export function matvecPlan (s: LinearShape, subgroups: boolean): MatvecPlan {
+  const ch = MODE === 'legacy' ? undefined : chunking(s.format, s.k)
+  if (ch == null) return { code: legacyMatvecKernel(s), rowsPerGroup: 1 }
+  const R = MATVEC_ROWS
+  const shuffle = subgroups && MODE !== 'shared'
+  const CH = s.k / ch.weights
+  // the x vec4 index of chunk c's first weight: the chunk's place in a row of K4 vec4s
+  return {
+    rowsPerGroup: ROWS_PER_GROUP,
+    code: `${shuffle ? 'enable subgroups;\n' : ''}${linearBindings(s, ch.code)}
+const CH = ${u(CH)};
+const NV = ${u(ch.vec4s)};
+var<workgroup> part: array<f32, ${THREADS * R}>;
+
+@compute @workgroup_size(${THREADS})
+fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) t: u32${shuffle ? ', @builtin(subgroup_size) sg: u32' : ''}) {
+  let lane = t % ${u(LANES)};
+  let n = (wg.x + wg.y * nwg.x) * ${u(ROWS_PER_GROUP)} + t / ${u(LANES)};
+  let live = n < N;
+  let row = min(n, N - 1u);
+  for (var r0 = 0u; r0 < step.rows; r0 += ${u(R)}) {
+    let nr = min(${u(R)}, step.rows - r0);
+    var acc = array<f32, ${R}>();
+    for (var c0 = 0u; c0 < CH; c0 += ${u(LANES)}) {
+      let c = c0 + lane;
+      if (c < CH) {
+        let wv = chunk(row, c);
+        for (var r = 0u; r < ${u(R)}; r++) {
+          if (r < nr) {
+            let xb = (r0 + r) * K4 + c * NV;
+            var s = 0.0;
+            for (var j = 0u; j < NV; j++) { s += dot(wv[j], x[xb + j]); }
+            acc[r] += s;
+          }
+        }
+      }
+    }
+${shuffle ? `    if (sg >= ${u(LANES)}) {
+      // lanes 0..31 of a row sit in one subgroup: a butterfly leaves the row's sum in every lane
+      for (var r = 0u; r < ${u(R)}; r++) {
+        var v = acc[r];
+        for (var o = ${u(LANES / 2)}; o > 0u; o >>= 1u) { v += subgroupShuffleXor(v, o); }
+        acc[r] = v;
+      }
+      if (lane == 0u && live) { for (var r = 0u; r < nr; r++) { store(r0 + r, n, acc[r]); } }
+      continue;
+    }
+` : ''}    for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(THREADS)} + t] = acc[r]; }
+    workgroupBarrier();
+    for (var h = ${u(LANES / 2)}; h > 0u; h >>= 1u) {
+      if (lane < h) { for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(THREADS)} + t] += part[r * ${u(THREADS)} + t + h]; } }
+      workgroupBarrier();
+    }
+    if (lane == 0u && live) { for (var r = 0u; r < nr; r++) { store(r0 + r, n, part[r * ${u(THREADS)} + t]); } }
+    workgroupBarrier();
+  }
+}`
+  }
+}
+
+/** Workgroups for `n` outputs, in two dimensions past WebGPU's 65535 per dimension. */
+export function matvecGroups (n: number, rowsPerGroup: number): [number, number] {
+  const g = Math.ceil(n / rowsPerGroup)
+  return [Math.min(g, 65535), Math.ceil(g / 65535)]
+}
