@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import {
   initBackend, LocalModel, Checkpoint, Span, generate, seededRandom, blockBytes, blockTensorShapes, headTensorShapes,
-  openModel, activeGpu, gpuSubmissionTimes, WASM_HEAP_BUDGET
+  openModel, activeGpu, gpuSubmissionTimes, gpuKernelTimes, WASM_HEAP_BUDGET
 } from '@plexus/runtime'
 import type { BackendName, ModelConfig, KVCache, GpuSubmissionTimes } from '@plexus/runtime'
 import { makeModel, SHAPES } from './lib/model-maker.ts'
@@ -202,7 +202,7 @@ interface FormatRun {
   gguf_bytes: number
   weight_bytes_per_token: number
   bandwidth_ceiling_tokens_per_second: number
-  plexus: { load_seconds: number, prefill_tokens_per_second: number, decode_tokens_per_second: number, decode_weight_gbps: number, decode_share_of_bandwidth: number, submissions: Record<string, { submissions: number, record_ms: number, wait_ms: number }> }
+  plexus: { load_seconds: number, prefill_tokens_per_second: number, decode_tokens_per_second: number, decode_weight_gbps: number, decode_share_of_bandwidth: number, submissions: Record<string, { submissions: number, record_ms: number, wait_ms: number }>, kernel_ms_per_step: Record<string, number> | null }
   batched_decode: { blocks: number, steps: number, context: number, runs: BatchRun[] }
   llama_cpp: LlamaRun | null
   decode_vs_llama_cpp: number | null
@@ -236,6 +236,8 @@ async function benchFormat (dir: string, work: string, cfg: ModelConfig, format:
     const loadSeconds = (performance.now() - t0) / 1000
     let ours
     let submissions: Record<string, { submissions: number, record_ms: number, wait_ms: number }> = {}
+    // GPU ms per step by kernel (PLEXUS_GPU_PROFILE=1 only)
+    let kernels: Record<string, number> = {}
     try {
       log(`plexus ${format}: loaded in ${loadSeconds.toFixed(1)} s; warm-up…`)
       t0 = performance.now()
@@ -245,8 +247,11 @@ async function benchFormat (dir: string, work: string, cfg: ModelConfig, format:
       log(`plexus ${format}: warm-up in ${sec(performance.now() - t0)}; ${promptLen} + ${genLen} tokens…`)
       const session = await model.session(promptLen + genLen)
       gpuSubmissionTimes(true)
+      gpuKernelTimes(true)
       ours = await generate(model.head, session, prompt, { maxTokens: genLen })
       submissions = perSubmission(gpuSubmissionTimes(true))
+      const steps = submissions['a step']?.submissions ?? 1
+      kernels = Object.fromEntries(Object.entries(gpuKernelTimes(true)).map(([k, v]) => [k, v.ms / steps]))
       await session.close()
     } finally {
       await model.dispose()
@@ -254,6 +259,7 @@ async function benchFormat (dir: string, work: string, cfg: ModelConfig, format:
     const gbps = perToken * ours.tokensPerSecond / 1e9
     log(`plexus ${format}: prefill ${ours.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${ours.tokensPerSecond.toFixed(1)} tok/s = ${gbps.toFixed(1)} GB/s of weights (${(100 * gbps * 1e9 / ceilingBps).toFixed(1)} % of the measured bandwidth ceiling)`)
     for (const [what, t] of Object.entries(submissions)) log(`  ${what}: ${t.submissions} submissions, ${t.record_ms.toFixed(3)} ms recording + ${t.wait_ms.toFixed(3)} ms waiting for the GPU and readback each`)
+    if (Object.keys(kernels).length > 0) log(`  GPU ms per step, kernel by kernel (one timed pass each): ${Object.entries(kernels).map(([k, ms]) => `${k} ${ms.toFixed(3)}`).join(', ')}`)
 
     const batched = await batchedDecode(gguf, cfg, backend)
     const l = llama?.available === true ? await llamaRun(gguf, format, llama.build, cfg, prompt, ours.tokenIds) : null
@@ -269,7 +275,8 @@ async function benchFormat (dir: string, work: string, cfg: ModelConfig, format:
         decode_weight_gbps: gbps,
         decode_share_of_bandwidth: gbps * 1e9 / ceilingBps,
         // mean per submission over the timed generation (the prefill's one included)
-        submissions
+        submissions,
+        kernel_ms_per_step: Object.keys(kernels).length > 0 ? kernels : null
       },
       batched_decode: batched,
       llama_cpp: l,

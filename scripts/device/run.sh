@@ -13,9 +13,9 @@
 #   PLEXUS_DEVICE_SYSROOT  where the .debs are unpacked (default / as root, then ldconfig;
 #                          otherwise $PLEXUS_DEVICE_WORK/sysroot through LD_LIBRARY_PATH)
 #   PLEXUS_DEVICE_STEPS    steps to run (default "probe tests bench variants")
-#   PLEXUS_BENCH_VARIANTS  kernel settings to rerun the first shape with, without llama.cpp (the
-#                          "variants" step): space-separated NAME=VALUE (default
-#                          "PLEXUS_GPU_MATVEC=shared PLEXUS_GPU_MATVEC=legacy")
+#   PLEXUS_BENCH_VARIANTS  settings to rerun every shape with, without llama.cpp (the "variants"
+#                          step): space-separated NAME=VALUE (default "PLEXUS_GPU_PROFILE=1
+#                          PLEXUS_GPU_KERNELS=legacy": GPU time kernel by kernel, the first kernels)
 #   PLEXUS_BENCH_SHAPES    default "tinyllama llama3-8b-4l"
 #   PLEXUS_BENCH_FORMATS   GGUF types both engines run (default "f16,q8_0")
 #   PLEXUS_BENCH_ARGS      extra bench:gpu flags, e.g. "--tokens 128"
@@ -149,14 +149,15 @@ if [[ " $STEPS " == *" bench "* ]]; then
   done
 fi
 
-# 6. The first shape again with other kernel settings (Plexus only): which ones a GPU likes.
+# 6. Every shape again with other settings (Plexus only): a profile, the other kernel set.
 if [[ " $STEPS " == *" variants "* ]]; then
-  first=${SHAPES%% *}
-  for setting in ${PLEXUS_BENCH_VARIANTS:-PLEXUS_GPU_MATVEC=shared PLEXUS_GPU_MATVEC=legacy}; do
-    name="bench-$first-$(printf %s "${setting#*=}" | tr -c 'a-zA-Z0-9_-' '_')"
-    step "$name" "$BENCH_T" env "$setting" node scripts/bench-gpu.ts --shape "$first" --formats "$FORMATS" --work "$WORK/models/$first" --llama none --tokens 128 --batch 1,8 --batch-steps 16
-    cp "$OUT/$name.out" "$OUT/$name.json" 2>/dev/null
-    show "$name.err" 14
+  for setting in ${PLEXUS_BENCH_VARIANTS:-PLEXUS_GPU_PROFILE=1 PLEXUS_GPU_KERNELS=legacy}; do
+    for shape in $SHAPES; do
+      name="bench-$shape-$(printf %s "${setting}" | tr -c 'a-zA-Z0-9_-' '_')"
+      step "$name" "$BENCH_T" env "$setting" node scripts/bench-gpu.ts --shape "$shape" --formats "$FORMATS" --work "$WORK/models/$shape" --llama none --tokens 128 --batch 1,8 --batch-steps 16
+      cp "$OUT/$name.out" "$OUT/$name.json" 2>/dev/null
+      show "$name.err" 16
+    done
   done
 fi
 

@@ -1,6 +1,6 @@
 // The runtime against an independent float64 reference: every fixture, both portable backends.
 import assert from 'node:assert/strict'
-import { initBackend, Checkpoint, Span, ModelHead, LocalModel } from '@plexus/runtime'
+import { initBackend, Checkpoint, Span, ModelHead, LocalModel, generate } from '@plexus/runtime'
 import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff, runCli, CLIENT_BIN } from '../../../test/support/fixtures.ts'
 import { skipWebgpu } from './support/gpu.ts'
 
@@ -57,3 +57,39 @@ for (const backend of ['wasm', 'cpu', 'webgpu'] as const) {
     }
   })
 }
+
+// The kernels a GPU runs (software Vulkan keeps the simpler ones by default: they compile in
+// milliseconds there, these in seconds), through whole models on the CI's software adapter.
+describe('golden fixtures on the webgpu backend with the fast kernels', function () {
+  let before_: string | undefined
+  before(async function () {
+    if (skipWebgpu) { console.warn('    WebGPU golden tests SKIPPED: PLEXUS_SKIP_WEBGPU=1'); this.skip() }
+    this.timeout(600_000)
+    await initBackend('webgpu')
+    before_ = process.env.PLEXUS_GPU_KERNELS
+    process.env.PLEXUS_GPU_KERNELS = 'fast'
+  })
+  after(() => {
+    if (before_ == null) delete process.env.PLEXUS_GPU_KERNELS
+    else process.env.PLEXUS_GPU_KERNELS = before_
+  })
+
+  for (const name of ['tiny-llama', 'tiny-qwen2-tied-bf16']) {
+    it(`${name}: greedy_new_ids exactly and last_prompt_logits within 2e-4`, async function () {
+      this.timeout(600_000)
+      const g = golden(name)
+      const m = await LocalModel.load(fixtureDir(name))
+      try {
+        const s = await m.session()
+        const T = g.prompt_ids.length
+        const logits = await m.head.logits(await s.forward(m.head.embed(g.prompt_ids), T), T)
+        assert.ok(maxAbsDiff(logits, g.last_prompt_logits) < 2e-4)
+        await s.close()
+        const s2 = await m.session()
+        const r = await generate(m.head, s2, g.prompt_ids, { maxTokens: g.greedy_new_ids.length })
+        await s2.close()
+        assert.deepEqual(r.tokenIds, g.greedy_new_ids)
+      } finally { await m.dispose() }
+    })
+  }
+})

@@ -1,6 +1,7 @@
 /// <reference types="@webgpu/types" />
 import { readdirSync } from 'node:fs'
 import { PlexusError } from '../errors.ts'
+import { PROFILING } from './profile.ts'
 // The process's GPU: one WebGPU device through Dawn (the `webgpu` package), shared by every span
 // and LM head of this thread. Dawn drives Vulkan on Linux, Metal on macOS and D3D12 on Windows.
 
@@ -24,6 +25,8 @@ export interface GpuContext {
   software: boolean
   /** Whether the device has `subgroups` (kernels may use subgroup reductions). */
   subgroups: boolean
+  /** Whether kernels can be timed (`timestamp-query`, asked for only when profiling). */
+  timestamps: boolean
   /** The last error the device raised outside an error scope (cleared by `takeGpuError`). */
   error?: string
   limits: { maxStorageBufferBindingSize: number, maxBufferSize: number, maxComputeWorkgroupStorageSize: number, maxStorageBuffersPerShaderStage: number }
@@ -96,8 +99,9 @@ async function open (allowSoftware: boolean): Promise<GpuContext> {
   if (software && !allowSoftware) throw softwareOnly(info.description)
   const want = (name: keyof GPUSupportedLimits): number => adapter!.limits[name] as number
   const subgroups = adapter.features.has('subgroups')
+  const timestamps = PROFILING && adapter.features.has('timestamp-query')
   const device = await adapter.requestDevice({
-    requiredFeatures: subgroups ? ['subgroups' as GPUFeatureName] : [],
+    requiredFeatures: [...(subgroups ? ['subgroups' as GPUFeatureName] : []), ...(timestamps ? ['timestamp-query' as GPUFeatureName] : [])],
     requiredLimits: {
       maxStorageBufferBindingSize: want('maxStorageBufferBindingSize'),
       maxBufferSize: want('maxBufferSize'),
@@ -117,6 +121,7 @@ async function open (allowSoftware: boolean): Promise<GpuContext> {
     adapterInfo: { vendor: info.vendor, architecture: info.architecture, device: info.device, description: info.description },
     software,
     subgroups,
+    timestamps,
     limits: {
       maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
       maxBufferSize: l.maxBufferSize,

@@ -1,7 +1,7 @@
 /// <reference types="@webgpu/types" />
 import type { HeadKernel } from '../head-kernel.ts'
 import type { GpuContext } from './device.ts'
-import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially } from './linear.ts'
+import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially, SLOT_OFFSETS } from './linear.ts'
 import type { LinearBinding, WeightPart } from './linear.ts'
 import { rmsNormKernel } from './kernels.ts'
 
@@ -54,7 +54,7 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
     const encoder = device.createCommandEncoder()
     const pass = encoder.beginComputePass()
     pass.setPipeline(normKernel.pipeline)
-    pass.setBindGroup(0, s.norm, [0])
+    pass.setBindGroup(0, s.norm, SLOT_OFFSETS, 0, 1)
     pass.dispatchWorkgroups(rows)
     dispatchLinear(pass, s.lm, rows, true)
     pass.end()

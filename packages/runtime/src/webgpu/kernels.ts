@@ -13,7 +13,7 @@ export const GEMM_MIN_ROWS = 33
 /** Bytes between two `Step` uniform slots (WebGPU's dynamic-offset alignment). */
 export const STEP_SLOT = 256
 
-const STEP = /* wgsl */`
+export const STEP = /* wgsl */`
 struct Step {
   rows: u32,   // rows in the whole batch
   row0: u32,   // this session's first row
@@ -190,7 +190,7 @@ export interface AttentionShape {
   kv?: 'f32' | 'f16'
 }
 
-const qkvConsts = (a: AttentionShape): string => `
+export const qkvConsts = (a: AttentionShape): string => `
 const D = ${u(a.headDim)};
 const HALF = ${u(a.headDim / 2)};
 const KVD = ${u(a.numKvHeads * a.headDim)};
@@ -254,11 +254,10 @@ fn main (@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 /**
- * Causal grouped-query attention of one session's rows against its cache: one workgroup per
- * (query head, row); keys in chunks of 64 with a running max and sum (online softmax), so no
- * score matrix is ever stored and memory does not grow with the square of the tokens.
+ * The first attention kernel, kept for measurements (PLEXUS_GPU_ATTENTION=legacy): one workgroup
+ * of 64 threads per (query head, row), keys in chunks of 64 with a running max and sum.
  */
-export function attentionKernel (a: AttentionShape): string {
+export function legacyAttentionKernel (a: AttentionShape): string {
   const perThread = Math.ceil(a.headDim / 64)
   return `${STEP}
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;

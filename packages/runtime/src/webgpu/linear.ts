@@ -3,6 +3,8 @@ import type { GpuContext } from './device.ts'
 import { takeGpuError } from './device.ts'
 import { gemmKernel, GEMM_MIN_ROWS, STEP_SLOT } from './kernels.ts'
 import { matvecPlan, matvecGroups } from './matvec.ts'
+import { gpuKernels } from './kernel-choice.ts'
+import type { GpuKernels } from './kernel-choice.ts'
 import type { LinearShape } from './kernels.ts'
 import { gpuFormat, gpuBytes, rowBytes } from './formats.ts'
 import type { WeightFormat } from './formats.ts'
@@ -46,6 +48,9 @@ export function bindGroup (device: GPUDevice, k: Kernel, buffers: GPUBuffer[]): 
   })
 }
 
+/** Dynamic offsets of slots 0, 1, …: setBindGroup reads one from here (no array per call on the per-step path). */
+export const SLOT_OFFSETS = Uint32Array.from({ length: 1024 }, (_, i) => i * STEP_SLOT)
+
 /** The per-step uniform slots: slot 0 for the whole batch, one more per session. */
 export function createStepBuffer (device: GPUDevice, slots: number): GPUBuffer {
   return device.createBuffer({ label: 'step', size: slots * STEP_SLOT, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST })
@@ -78,15 +83,17 @@ export class GpuLinear {
   /** Bytes on the GPU. */
   readonly bytes: number
   private readonly chunks: Chunk[]
-  /** The device's kernels may use subgroup operations. */
+  /** The kernel set, and whether the device's kernels may use subgroup operations. */
+  private readonly kernels: GpuKernels
   private readonly subgroups: boolean
 
-  private constructor (k: number, n: number, chunks: Chunk[], bytes: number, subgroups: boolean) {
+  private constructor (k: number, n: number, chunks: Chunk[], bytes: number, gpu: GpuContext) {
     this.k = k
     this.n = n
     this.chunks = chunks
     this.bytes = bytes
-    this.subgroups = subgroups
+    this.kernels = gpuKernels(gpu.software)
+    this.subgroups = gpu.subgroups
   }
 
   static upload (gpu: GpuContext, name: string, parts: WeightPart[], bias?: Float32Array): GpuLinear {
@@ -123,7 +130,7 @@ export class GpuLinear {
       }
       bytes += data.byteLength
     }
-    return new GpuLinear(k, row, chunks, bytes, gpu.subgroups)
+    return new GpuLinear(k, row, chunks, bytes, gpu)
   }
 
   /** Bind groups for input `x` `[rows, k]` and output `y` (row stride `yStride`, this layer's outputs at column `yOffset`). */
@@ -134,7 +141,7 @@ export class GpuLinear {
       }
       const bindings: Binding[] = ['read', 'read', 'rw', 'step', ...(c.bias != null ? ['read' as const] : [])]
       const buffers = [x, c.weight, y, step, ...(c.bias != null ? [c.bias] : [])]
-      const plan = matvecPlan(shape, this.subgroups)
+      const plan = matvecPlan(shape, this.kernels, this.subgroups)
       const mv = kernel(device, plan.code, bindings)
       // the GEMM is compiled on the first prefill that needs it (compiling is not free)
       let gemm: Bound | undefined
@@ -162,12 +169,12 @@ export function dispatchLinear (pass: GPUComputePassEncoder, l: LinearBinding, r
   for (const c of l) {
     if (rows < GEMM_MIN_ROWS || matvecOnly) {
       pass.setPipeline(c.matvec.pipeline)
-      pass.setBindGroup(0, c.matvec.group, [0])
+      pass.setBindGroup(0, c.matvec.group, SLOT_OFFSETS, 0, 1)
       pass.dispatchWorkgroups(...c.matvec.groups)
     } else {
       const gemm = c.gemm()
       pass.setPipeline(gemm.pipeline)
-      pass.setBindGroup(0, gemm.group, [0])
+      pass.setBindGroup(0, gemm.group, SLOT_OFFSETS, 0, 1)
       pass.dispatchWorkgroups(Math.ceil(c.n / 64), Math.ceil(rows / 64))
     }
   }

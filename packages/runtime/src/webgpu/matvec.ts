@@ -9,19 +9,11 @@
 import { linearBindings, legacyMatvecKernel, MATVEC_ROWS } from './kernels.ts'
 import type { LinearShape } from './kernels.ts'
 import type { WeightFormat } from './formats.ts'
+import type { GpuKernels } from './kernel-choice.ts'
 
 const LANES = 32
 const ROWS_PER_GROUP = 8
 const THREADS = LANES * ROWS_PER_GROUP
-
-/** How this process reduces: PLEXUS_GPU_MATVEC=subgroup | shared | legacy, for measurements. */
-const MODE = matvecMode(process.env.PLEXUS_GPU_MATVEC)
-
-function matvecMode (v: string | undefined): 'auto' | 'subgroup' | 'shared' | 'legacy' {
-  if (v == null || v === '') return 'auto'
-  if (v === 'subgroup' || v === 'shared' || v === 'legacy') return v
-  throw new Error(`PLEXUS_GPU_MATVEC must be subgroup, shared or legacy (got ${JSON.stringify(v)})`)
-}
 
 /** A weight row read in chunks: weights per chunk, vec4s per chunk, and the WGSL that loads one. */
 interface Chunking { weights: number, vec4s: number, code: string }
@@ -119,12 +111,15 @@ fn chunk (n: u32, c: u32) -> array<vec4<f32>, 16> {
 /** The decode kernel for a layer, and how many outputs each of its workgroups computes. */
 export interface MatvecPlan { code: string, rowsPerGroup: number }
 
-/** `subgroups`: the device has the WGSL subgroups feature (then sums go through shuffles where subgroups hold 32 lanes). */
-export function matvecPlan (s: LinearShape, subgroups: boolean): MatvecPlan {
-  const ch = MODE === 'legacy' ? undefined : chunking(s.format, s.k)
+/**
+ * `kernels`: the set the device runs (kernel-choice.ts); `subgroups`: the device has the WGSL
+ * subgroups feature (then `fast` sums through shuffles where subgroups hold 32 lanes).
+ */
+export function matvecPlan (s: LinearShape, kernels: GpuKernels, subgroups: boolean): MatvecPlan {
+  const ch = kernels === 'legacy' ? undefined : chunking(s.format, s.k)
   if (ch == null) return { code: legacyMatvecKernel(s), rowsPerGroup: 1 }
   const R = MATVEC_ROWS
-  const shuffle = subgroups && MODE !== 'shared'
+  const shuffle = subgroups && kernels === 'fast'
   const CH = s.k / ch.weights
   // the x vec4 index of chunk c's first weight: the chunk's place in a row of K4 vec4s
   return {

@@ -6,9 +6,13 @@ import { rotaryTables } from '../rope.ts'
 import type { GpuContext } from './device.ts'
 import { checked } from './device.ts'
 import { GpuKVStore } from './kv-store.ts'
-import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially } from './linear.ts'
+import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially, SLOT_OFFSETS } from './linear.ts'
 import type { LinearBinding, Kernel } from './linear.ts'
-import { rmsNormKernel, kvAppendKernel, attentionKernel, swigluKernel, STEP_SLOT } from './kernels.ts'
+import { rmsNormKernel, kvAppendKernel, swigluKernel } from './kernels.ts'
+import { attentionKernel } from './attention.ts'
+import { gpuKernels } from './kernel-choice.ts'
+import { StepPasses, stepTimer } from './profile.ts'
+import type { StepTimer } from './profile.ts'
 
 /** One block's weights on the GPU, in their stored precision (norms as f32). */
 interface GpuBlock {
@@ -60,6 +64,7 @@ export class GpuSpanEngine {
   private generation = 0
   /** Steps run one at a time: they share the scratch buffers and the readback buffer. */
   private readonly serial = serially()
+  private readonly timer?: StepTimer
 
   /** Precision of the sessions' cached keys and values. */
   readonly kv: 'f32' | 'f16'
@@ -75,11 +80,12 @@ export class GpuSpanEngine {
     }
     if (cfg.headDim % 4 !== 0) throw new Error(`the GPU kernels need head_dim to be a multiple of 4 (got ${cfg.headDim})`)
     this.step = createStepBuffer(this.device, MAX_SEGMENTS + 1)
+    this.timer = stepTimer(this.device, gpu.timestamps)
     const shape = { numHeads: cfg.numHeads, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim, kv: this.kv }
     this.k = {
       norm: kernel(this.device, rmsNormKernel(cfg.hiddenSize, cfg.rmsNormEps), ['read', 'read', 'rw', 'step']),
       append: kernel(this.device, kvAppendKernel(shape), ['read', 'read', 'rw', 'step']),
-      attention: kernel(this.device, attentionKernel(shape), ['read', 'read', 'read', 'rw', 'step']),
+      attention: kernel(this.device, attentionKernel(shape, gpuKernels(gpu.software) === 'legacy'), ['read', 'read', 'read', 'rw', 'step']),
       swiglu: kernel(this.device, swigluKernel(cfg.intermediateSize), ['read', 'rw', 'step'])
     }
   }
@@ -167,35 +173,38 @@ export class GpuSpanEngine {
     device.queue.writeBuffer(this.step, 0, stepSlots(segments, rows))
     const caches = steps.map(st => this.cacheGroups(st.store, s, from))
 
-    const pass = encoder.beginComputePass()
-    for (let i = 0; i < count; i++) this.encodeBlock(pass, s.blocks[from + i], caches.map(c => c[from + i]), segments, rows)
-    pass.end()
+    const passes = new StepPasses(encoder, this.timer)
+    for (let i = 0; i < count; i++) this.encodeBlock(passes, s.blocks[from + i], caches.map(c => c[from + i]), segments, rows)
+    passes.end()
     const out = submitAndRead(this.gpu, encoder, s.x, s.readback, rows * H * 4, 'a step', t0)
     // buffers replaced by a growth go once the submitted step that copied them is queued
     for (const st of steps) st.store.release()
-    return await out
+    const hidden = await out
+    await passes.collect()
+    return hidden
   }
 
   /** x ← x + attention(norm(x)); x ← x + mlp(norm(x)), for every row of the batch. */
-  private encodeBlock (pass: GPUComputePassEncoder, b: BlockBinding, caches: CacheBinding[], segments: Array<{ tokens: number }>, rows: number): void {
+  private encodeBlock (passes: StepPasses, b: BlockBinding, caches: CacheBinding[], segments: Array<{ tokens: number }>, rows: number): void {
     const cfg = this.cfg
-    const run = (pipeline: GPUComputePipeline, group: GPUBindGroup, slot: number, x: number, y = 1): void => {
+    const run = (label: string, pipeline: GPUComputePipeline, group: GPUBindGroup, slot: number, x: number, y = 1): void => {
+      const pass = passes.pass(label)
       pass.setPipeline(pipeline)
-      pass.setBindGroup(0, group, [slot * STEP_SLOT])
+      pass.setBindGroup(0, group, SLOT_OFFSETS, slot, 1)
       pass.dispatchWorkgroups(x, y)
     }
-    run(this.k.norm.pipeline, b.norm1, 0, rows)
-    dispatchLinear(pass, b.qkv, rows)
+    run('norm', this.k.norm.pipeline, b.norm1, 0, rows)
+    dispatchLinear(passes.pass('q/k/v'), b.qkv, rows)
     // one append invocation per 4 dims of a kv head
     const quarter = cfg.headDim / 4
-    segments.forEach((seg, i) => run(this.k.append.pipeline, caches[i].append, i + 1, Math.ceil(seg.tokens * cfg.numKvHeads * quarter / 64)))
-    segments.forEach((seg, i) => run(this.k.attention.pipeline, caches[i].attention, i + 1, cfg.numHeads, seg.tokens))
-    dispatchLinear(pass, b.out, rows)
-    run(this.k.norm.pipeline, b.norm2, 0, rows)
-    dispatchLinear(pass, b.gateUp, rows)
+    segments.forEach((seg, i) => run('kv append', this.k.append.pipeline, caches[i].append, i + 1, Math.ceil(seg.tokens * cfg.numKvHeads * quarter / 64)))
+    segments.forEach((seg, i) => run('attention', this.k.attention.pipeline, caches[i].attention, i + 1, cfg.numHeads, seg.tokens))
+    dispatchLinear(passes.pass('o'), b.out, rows)
+    run('norm', this.k.norm.pipeline, b.norm2, 0, rows)
+    dispatchLinear(passes.pass('gate/up'), b.gateUp, rows)
     const groups = Math.ceil(rows * cfg.intermediateSize / 256)
-    run(this.k.swiglu.pipeline, this.scratch!.swiglu, 0, Math.min(groups, 65535), Math.ceil(groups / 65535))
-    dispatchLinear(pass, b.down, rows)
+    run('swiglu', this.k.swiglu.pipeline, this.scratch!.swiglu, 0, Math.min(groups, 65535), Math.ceil(groups / 65535))
+    dispatchLinear(passes.pass('down'), b.down, rows)
   }
 
   private ensureScratch (rows: number): Scratch {
@@ -251,6 +260,7 @@ export class GpuSpanEngine {
     if (s != null) for (const buf of [s.x, s.h, s.qkv, s.att, s.gu, s.act, s.rot, s.readback]) buf.destroy()
     this.scratch = undefined
     this.step.destroy()
+    if (this.timer != null) { this.timer.querySet.destroy(); this.timer.resolve.destroy(); this.timer.read.destroy() }
   }
 }
 

@@ -2,9 +2,11 @@
 import assert from 'node:assert/strict'
 import { toFloat32, f32ToF16, f32ToBf16 } from '@plexus/runtime'
 import type { DType } from '@plexus/runtime'
-import { rmsNormKernel, gemmKernel, kvAppendKernel, attentionKernel, swigluKernel, GEMM_MIN_ROWS } from '../../src/webgpu/kernels.ts'
+import { rmsNormKernel, gemmKernel, kvAppendKernel, swigluKernel, GEMM_MIN_ROWS } from '../../src/webgpu/kernels.ts'
+import { attentionKernel } from '../../src/webgpu/attention.ts'
 import type { LinearShape } from '../../src/webgpu/kernels.ts'
 import { matvecPlan, matvecGroups } from '../../src/webgpu/matvec.ts'
+import type { GpuKernels } from '../../src/webgpu/kernel-choice.ts'
 import type { WeightFormat } from '../../src/webgpu/kernels.ts'
 import { gpuFormat, gpuBytes } from '../../src/webgpu/formats.ts'
 import { testGpu, skipWebgpu, runKernel, randoms, relErr } from '../support/gpu.ts'
@@ -43,20 +45,22 @@ describe('WebGPU kernels against float64 references', function () {
 
   // The kernel and grid for `rows` rows: the GEMM, or the decode kernel reducing through subgroup
   // shuffles (where the device has them) or workgroup memory.
-  const linearKernel = (shape: LinearShape, rows: number, reduce: 'subgroup' | 'shared'): { code: string, groups: [number, number] } => {
+  const linearKernel = (shape: LinearShape, rows: number, kernels: GpuKernels): { code: string, groups: [number, number] } => {
     if (rows >= GEMM_MIN_ROWS) return { code: gemmKernel(shape), groups: [Math.ceil(shape.n / 64), Math.ceil(rows / 64)] }
-    const plan = matvecPlan(shape, reduce === 'subgroup' && gpu.subgroups)
+    const plan = matvecPlan(shape, kernels, gpu.subgroups)
     return { code: plan.code, groups: matvecGroups(shape.n, plan.rowsPerGroup) }
   }
-  const cases = (rowsList: number[]): Array<[number, 'subgroup' | 'shared']> =>
-    rowsList.flatMap(rows => rows >= GEMM_MIN_ROWS ? [[rows, 'shared']] : [[rows, 'subgroup'], [rows, 'shared']])
-  const what = (rows: number, reduce: string): string => rows >= GEMM_MIN_ROWS ? 'GEMM' : `matvec, ${reduce} sums`
+  // every kernel set for matrix-vector rows (fast: subgroup sums where the device has them)
+  const cases = (rowsList: number[]): Array<[number, GpuKernels]> =>
+    rowsList.flatMap(rows => rows >= GEMM_MIN_ROWS ? [[rows, 'fast']] : [[rows, 'fast'], [rows, 'fast-shared'], [rows, 'legacy']])
+  const what = (rows: number, kernels: string): string => rows >= GEMM_MIN_ROWS ? 'GEMM' : `matvec, ${kernels} kernels`
 
   // K = 100: rows that are not whole chunks (the one-output-per-workgroup kernel); 104: 8-weight
   // chunks; 112: 16-weight chunks of 16-bit weights.
   for (const format of ['f32', 'f16', 'bf16'] as const) {
     for (const K of [100, 104, 112]) for (const [rows, reduce] of cases([1, 3, 9, GEMM_MIN_ROWS + 7])) {
-      if (rows >= GEMM_MIN_ROWS && K !== 100) continue
+      // the GEMM once (K 100); K 100 has no chunked kernel, so its matvec is the legacy one
+      if (rows >= GEMM_MIN_ROWS ? K !== 100 : (K === 100 && reduce !== 'legacy')) continue
       it(`linear ${format}, K ${K}, ${rows} rows, with bias and residual (${what(rows, reduce)})`, async () => {
         const N = 37
         const x = randoms(rows * K, 1)
@@ -110,8 +114,8 @@ describe('WebGPU kernels against float64 references', function () {
     }
   }
 
-  for (const [K, reduce] of [[60, 'shared'], [64, 'shared'], [64, 'subgroup']] as const) {
-    it(`matvec gives each row bitwise the same result alone or in a batch (K ${K}, ${reduce} sums)`, async () => {
+  for (const [K, reduce] of [[60, 'legacy'], [64, 'legacy'], [64, 'fast-shared'], [64, 'fast']] as const) {
+    it(`matvec gives each row bitwise the same result alone or in a batch (K ${K}, ${reduce} kernels)`, async () => {
       const N = 10
       const w = randoms(N * K, 9)
       const x = randoms(5 * K, 10)
@@ -125,11 +129,12 @@ describe('WebGPU kernels against float64 references', function () {
   }
 
   // Reference attention: rotate q and k (rotate-half, HF), causal softmax over positions 0..pos.
-  for (const [heads, kvHeads, D, kv] of [[4, 4, 64, 'f32'], [8, 2, 128, 'f32'], [8, 1, 64, 'f32'], [8, 2, 128, 'f16'], [6, 3, 64, 'f16']] as const) {
-    it(`kv append + attention: ${heads}/${kvHeads} heads, head_dim ${D}, ${kv} cache, past a rolled-back cache`, async () => {
+  // cap 600: keys past the kernel's first chunk of 256 (the running max and sum carry over)
+  for (const [heads, kvHeads, D, kv, cap] of [[4, 4, 64, 'f32', 80], [8, 2, 128, 'f32', 80], [8, 1, 64, 'f32', 80], [8, 2, 128, 'f16', 80], [6, 3, 64, 'f16', 80], [4, 2, 80, 'f32', 80], [8, 2, 128, 'f32', 600], [4, 1, 64, 'f16', 600]] as const) {
+    it(`kv append + attention: ${heads}/${kvHeads} heads, head_dim ${D}, ${kv} cache, ${cap - 10} keys before, past a rolled-back cache`, async () => {
       const shape = { numHeads: heads, numKvHeads: kvHeads, headDim: D, kv }
       const QD = heads * D; const KVD = kvHeads * D; const QKV = QD + 2 * KVD
-      const cap = 80; const pos0 = 70; const T = 3; const rows = T + 2; const row0 = 1
+      const pos0 = cap - 10; const T = 3; const rows = T + 2; const row0 = 1
       const qkv = randoms(rows * QKV, 11)
       // cache: positions < pos0 hold keys/values already; positions ≥ pos0 hold garbage from a rolled-back draft
       const cacheF32 = randoms(2 * cap * KVD, 12)
@@ -165,7 +170,11 @@ describe('WebGPU kernels against float64 references', function () {
       // attention reads the cache as the GPU wrote it (f16: rounded); the reference reads the same values
       for (let i = 0; i < refCache.length; i++) refCache[i] = cacheOut[i]
 
-      const [att] = await runKernel(gpu, attentionKernel(shape), [{ data: qkv, binding: 'read' }, { data: rot, binding: 'read' }, { data: cacheRaw, binding: 'read' }, { size: rows * QD, binding: 'rw' }, 'step'], [[rows], slot], [heads, T], 1)
+      const attention = new Map<boolean, Float32Array>()
+      for (const legacy of [false, true]) {
+        const [att] = await runKernel(gpu, attentionKernel(shape, legacy), [{ data: qkv, binding: 'read' }, { data: rot, binding: 'read' }, { data: cacheRaw, binding: 'read' }, { size: rows * QD, binding: 'rw' }, 'step'], [[rows], slot], [heads, T], 1)
+        attention.set(legacy, att)
+      }
       const ref = new Float64Array(rows * QD)
       for (let t = 0; t < T; t++) {
         for (let h = 0; h < heads; h++) {
@@ -187,7 +196,10 @@ describe('WebGPU kernels against float64 references', function () {
           }
         }
       }
-      assert.ok(relErr(att.subarray(row0 * QD, (row0 + T) * QD), ref.subarray(row0 * QD, (row0 + T) * QD)) < 1e-5)
+      for (const [legacy, att] of attention) {
+        const e = relErr(att.subarray(row0 * QD, (row0 + T) * QD), ref.subarray(row0 * QD, (row0 + T) * QD))
+        assert.ok(e < 1e-5, `${legacy ? 'legacy' : 'fast'} kernel: ${e}`)
+      }
     })
   }
 
