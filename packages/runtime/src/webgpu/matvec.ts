@@ -11,9 +11,20 @@ import type { LinearShape } from './kernels.ts'
 import type { WeightFormat } from './formats.ts'
 import type { GpuKernels } from './kernel-choice.ts'
 
-const LANES = 32
-const ROWS_PER_GROUP = 8
-const THREADS = LANES * ROWS_PER_GROUP
+/**
+ * Lanes per weight row and rows per workgroup: 32 × 8 by default; PLEXUS_GPU_MATVEC_SHAPE=LxR
+ * (e.g. 64x4, 16x16) sets others for measurements. Read when a layer is bound.
+ */
+function matvecShape (): { lanes: number, rows: number } {
+  const v = process.env.PLEXUS_GPU_MATVEC_SHAPE
+  if (v == null || v === '') return { lanes: 32, rows: 8 }
+  const m = /^(\d+)x(\d+)$/.exec(v)
+  const lanes = Number(m?.[1]); const rows = Number(m?.[2])
+  if (m == null || ![4, 8, 16, 32, 64, 128].includes(lanes) || !(rows >= 1) || lanes * rows > 256) {
+    throw new Error(`PLEXUS_GPU_MATVEC_SHAPE must be LxR with L a power of two from 4 to 128 and L·R ≤ 256 (got ${JSON.stringify(v)})`)
+  }
+  return { lanes, rows }
+}
 
 /** A weight row read in chunks: weights per chunk, vec4s per chunk, and the WGSL that loads one. */
 interface Chunking { weights: number, vec4s: number, code: string }
@@ -119,6 +130,8 @@ export function matvecPlan (s: LinearShape, kernels: GpuKernels, subgroups: bool
   const ch = kernels === 'legacy' ? undefined : chunking(s.format, s.k)
   if (ch == null) return { code: legacyMatvecKernel(s), rowsPerGroup: 1 }
   const R = MATVEC_ROWS
+  const { lanes: LANES, rows: ROWS_PER_GROUP } = matvecShape()
+  const THREADS = LANES * ROWS_PER_GROUP
   const shuffle = subgroups && kernels === 'fast'
   const CH = s.k / ch.weights
   // the x vec4 index of chunk c's first weight: the chunk's place in a row of K4 vec4s
@@ -153,7 +166,7 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
       }
     }
 ${shuffle ? `    if (sg >= ${u(LANES)}) {
-      // lanes 0..31 of a row sit in one subgroup: a butterfly leaves the row's sum in every lane
+      // a row's lanes sit in one subgroup: a butterfly leaves the row's sum in every lane
       for (var r = 0u; r < ${u(R)}; r++) {
         var v = acc[r];
         for (var o = ${u(LANES / 2)}; o > 0u; o >>= 1u) { v += subgroupShuffleXor(v, o); }
