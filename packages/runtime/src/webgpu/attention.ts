@@ -5,7 +5,7 @@
 // running max and sum (online softmax), so no score matrix is stored and memory does not grow
 // with the square of the tokens. Values are then summed by (4 dims, every G2-th key) per thread,
 // 16 bytes a read, and the G2 partial sums of each 4 dims are added in a fixed order at the end.
-import { STEP, qkvConsts, legacyAttentionKernel } from './kernels.ts'
+import { STEP, ATTENTION_ROW, qkvConsts, legacyAttentionKernel, softmaxChunk } from './kernels.ts'
 import type { AttentionShape } from './kernels.ts'
 
 const W = 256
@@ -45,12 +45,7 @@ var<workgroup> part: array<vec4<f32>, ${W}>;
 
 @compute @workgroup_size(${W})
 fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let h = wg.x;
-  let row = step.row0 + wg.y;
-  let keys = step.pos0 + wg.y + 1u;
-  let kvh = h / G;
-  let r = row * 2u * D;
-  let base = row * QKV + h * D;
+${ATTENTION_ROW}  let base = row * QKV + h * D;
   // q, rotated (rotate-half) and scaled, four dims a thread
   if (t < D4) {
     var v: vec4<f32>;
@@ -76,26 +71,7 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
       let kb = j * KVD + kvh * D;
       for (var i = 0u; i < D4; i++) { s += dot(q[i], kv4(kb + 4u * i)); }
     }
-    red[t] = s;
-    workgroupBarrier();
-    for (var k = ${u(W / 2)}; k > 0u; k >>= 1u) {
-      if (t < k) { red[t] = max(red[t], red[t + k]); }
-      workgroupBarrier();
-    }
-    let mNew = max(m, red[0]);
-    workgroupBarrier();
-    let e = select(0.0, exp(s - mNew), j < keys);
-    p[t] = e;
-    red[t] = e;
-    workgroupBarrier();
-    for (var k = ${u(W / 2)}; k > 0u; k >>= 1u) {
-      if (t < k) { red[t] += red[t + k]; }
-      workgroupBarrier();
-    }
-    let rescale = exp(m - mNew);
-    l = l * rescale + red[0];
-    m = mNew;
-    if (g < G2) {
+${softmaxChunk(W)}    if (g < G2) {
       let n = min(${u(W)}, keys - c0);
       let vb = step.cap * KVD + c0 * KVD + kvh * D + 4u * dq;
       var sum = acc * rescale;

@@ -190,6 +190,43 @@ export interface AttentionShape {
   kv?: 'f32' | 'f16'
 }
 
+/**
+ * WGSL: one chunk's step of the online softmax, for a workgroup of `w` threads that each hold one
+ * key's score `s` (key `j`, valid below `keys`): the chunk's max and sum through `red`, each key's
+ * weight into `p`, and the running max `m` and sum `l` brought up to date; `rescale` is what the
+ * values summed so far must be multiplied by.
+ */
+export function softmaxChunk (w: number): string {
+  return `    red[t] = s;
+    workgroupBarrier();
+    for (var k = ${u(w / 2)}; k > 0u; k >>= 1u) {
+      if (t < k) { red[t] = max(red[t], red[t + k]); }
+      workgroupBarrier();
+    }
+    let mNew = max(m, red[0]);
+    workgroupBarrier();
+    let e = select(0.0, exp(s - mNew), j < keys);
+    p[t] = e;
+    red[t] = e;
+    workgroupBarrier();
+    for (var k = ${u(w / 2)}; k > 0u; k >>= 1u) {
+      if (t < k) { red[t] += red[t + k]; }
+      workgroupBarrier();
+    }
+    let rescale = exp(m - mNew);
+    l = l * rescale + red[0];
+    m = mNew;
+`
+}
+
+/** WGSL: an attention workgroup's query head, row, keys it sees, kv head, and rotary row. */
+export const ATTENTION_ROW = `  let h = wg.x;
+  let row = step.row0 + wg.y;
+  let keys = step.pos0 + wg.y + 1u;
+  let kvh = h / G;
+  let r = row * 2u * D;
+`
+
 export const qkvConsts = (a: AttentionShape): string => `
 const D = ${u(a.headDim)};
 const HALF = ${u(a.headDim / 2)};
@@ -273,12 +310,7 @@ var<workgroup> red: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let h = wg.x;
-  let row = step.row0 + wg.y;
-  let keys = step.pos0 + wg.y + 1u;
-  let kvh = h / G;
-  let r = row * 2u * D;
-  for (var i = t; i < D; i += 64u) {
+${ATTENTION_ROW}  for (var i = t; i < D; i += 64u) {
     let j = select(i - HALF, i + HALF, i < HALF);
     let base = row * QKV + h * D;
     q[i] = (qkv[base + i] * rot[r + i] + qkv[base + j] * rot[r + D + i]) * SCALE;
@@ -295,26 +327,7 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
       let kb = j * KVD + kvh * D;
       for (var i = 0u; i < D; i += 2u) { let k = kv2(kb + i); s += q[i] * k.x + q[i + 1u] * k.y; }
     }
-    red[t] = s;
-    workgroupBarrier();
-    for (var k = 32u; k > 0u; k >>= 1u) {
-      if (t < k) { red[t] = max(red[t], red[t + k]); }
-      workgroupBarrier();
-    }
-    let mNew = max(m, red[0]);
-    workgroupBarrier();
-    let e = select(0.0, exp(s - mNew), j < keys);
-    p[t] = e;
-    red[t] = e;
-    workgroupBarrier();
-    for (var k = 32u; k > 0u; k >>= 1u) {
-      if (t < k) { red[t] += red[t + k]; }
-      workgroupBarrier();
-    }
-    let rescale = exp(m - mNew);
-    l = l * rescale + red[0];
-    m = mNew;
-    let n = min(64u, keys - c0);
+${softmaxChunk(64)}    let n = min(64u, keys - c0);
     for (var a = 0u; a < ${u(perThread)}; a++) {
       let d = t + a * 64u;
       if (d < D) {
