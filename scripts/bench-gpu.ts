@@ -1,4 +1,3 @@
-/// <reference types="@webgpu/types" />
 // `npm run bench:gpu -- --shape tinyllama`: Plexus on the GPU (WebGPU by default) against
 // llama.cpp's Vulkan build on the same weights, in the same run: prefill and decode tok/s, the
 // weight bandwidth decode reaches beside what a streaming kernel measures on the device, and batched decode
@@ -19,6 +18,7 @@ import type { ShapeName } from './lib/model-maker.ts'
 import { writeGguf } from './lib/gguf.ts'
 import type { GgufDType } from './lib/gguf.ts'
 import { runLlamaCpp, llamaCppVulkan } from './lib/llama-baseline.ts'
+import { gpuCopyBandwidth, gpuReadBandwidth, hostCopyBandwidth } from './lib/bandwidth.ts'
 
 /** Shapes the bench makes itself: the model maker's, plus an 8B-wide cut that fits a quick run. */
 const BENCH_SHAPES: Record<string, { shape: ShapeName, layers?: number, vocab?: number, what: string }> = {
@@ -123,13 +123,13 @@ async function main (): Promise<void> {
   }
 
   const backend = await initBackend(a.backend as BackendName | 'auto')
-  const gpu = backend === 'webgpu' ? gpuContext() : undefined
+  const gpu = backend === 'webgpu' ? activeGpu() : undefined
+  if (backend === 'webgpu' && gpu == null) throw new Error('bench:gpu: backend webgpu is active but no GPU device is open')
   const device = gpu != null
     ? { kind: 'webgpu', ...gpu.adapterInfo, software: gpu.software }
     : { kind: 'host', description: `${backend} backend on the CPU` }
   log(`backend ${backend}: ${gpu != null ? `${gpu.adapterInfo.vendor} ${gpu.adapterInfo.device || gpu.adapterInfo.architecture} (${gpu.adapterInfo.description})${gpu.software ? ', software adapter' : ''}` : device.description}`)
 
-  // The ceiling decode is measured against: bytes a copy moves per second (read + write).
   // The ceiling decode is measured against: what a kernel streams (on the CPU backends, a memcpy).
   const copy = gpu != null ? await gpuCopyBandwidth(gpu.device, gpu.software) : hostCopyBandwidth()
   log(`measured ${gpu != null ? 'copyBufferToBuffer' : 'host memcpy'}: ${(copy.bytesPerSecond / 1e9).toFixed(1)} GB/s (${(copy.bytes / 2 ** 20).toFixed(0)} MiB × ${copy.passes}, read + write)`)
@@ -202,7 +202,7 @@ interface FormatRun {
   gguf_bytes: number
   weight_bytes_per_token: number
   bandwidth_ceiling_tokens_per_second: number
-  plexus: { load_seconds: number, prefill_tokens_per_second: number, decode_tokens_per_second: number, decode_weight_gbps: number, decode_share_of_bandwidth: number, submissions: Record<string, { submissions: number, record_ms: number, wait_ms: number }>, kernel_ms_per_step: Record<string, number> | null }
+  plexus: { load_seconds: number, prefill_tokens_per_second: number, decode_tokens_per_second: number, decode_weight_gbps: number, decode_share_of_bandwidth: number, submissions: SubmissionMeans, kernel_ms_per_step: Record<string, number> | null }
   batched_decode: { blocks: number, steps: number, context: number, runs: BatchRun[] }
   llama_cpp: LlamaRun | null
   decode_vs_llama_cpp: number | null
@@ -235,7 +235,7 @@ async function benchFormat (dir: string, work: string, cfg: ModelConfig, format:
     const model = await LocalModel.load(gguf)
     const loadSeconds = (performance.now() - t0) / 1000
     let ours
-    let submissions: Record<string, { submissions: number, record_ms: number, wait_ms: number }> = {}
+    let submissions: SubmissionMeans = {}
     // GPU ms per step by kernel (PLEXUS_GPU_PROFILE=1 only)
     let kernels: Record<string, number> = {}
     try {
@@ -288,110 +288,15 @@ async function benchFormat (dir: string, work: string, cfg: ModelConfig, format:
   }
 }
 
+/** Per kind of submission ('a step', 'the LM head'): how many, and mean ms recording and waiting. */
+type SubmissionMeans = Record<string, { submissions: number, record_ms: number, wait_ms: number }>
+
 /** Mean milliseconds per submission, from the runtime's totals (empty on the CPU backends). */
-function perSubmission (t: Record<string, GpuSubmissionTimes>): Record<string, { submissions: number, record_ms: number, wait_ms: number }> {
+function perSubmission (t: Record<string, GpuSubmissionTimes>): SubmissionMeans {
   return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, { submissions: v.submissions, record_ms: v.recordMs / v.submissions, wait_ms: v.waitMs / v.submissions }]))
 }
 
 // ---- the device ---------------------------------------------------------------------------
-
-interface GpuInfo { device: GPUDevice, adapterInfo: { vendor: string, architecture: string, device: string, description: string }, software: boolean }
-
-function gpuContext (): GpuInfo {
-  const ctx = activeGpu()
-  if (ctx == null) throw new Error('bench:gpu: backend webgpu is active but no GPU device is open')
-  return ctx
-}
-
-interface Bandwidth { bytesPerSecond: number, bytes: number, passes: number }
-
-/** Best of three timed submissions of `passes` repetitions each, after a warm-up of two. */
-async function bestOf (device: GPUDevice, record: (enc: GPUCommandEncoder, passes: number) => void, passes: number): Promise<number> {
-  const run = async (n: number): Promise<number> => {
-    const enc = device.createCommandEncoder()
-    record(enc, n)
-    const t0 = performance.now()
-    device.queue.submit([enc.finish()])
-    await device.queue.onSubmittedWorkDone()
-    return (performance.now() - t0) / 1000
-  }
-  await run(2)
-  let best = Infinity
-  for (let t = 0; t < 3; t++) best = Math.min(best, await run(passes))
-  return best
-}
-
-/** copyBufferToBuffer of one large buffer back and forth: bytes read + written per second. */
-async function gpuCopyBandwidth (device: GPUDevice, software: boolean): Promise<Bandwidth> {
-  const bytes = Math.min(software ? 64 * 2 ** 20 : 2 ** 30, Math.floor(device.limits.maxBufferSize / 2 / 256) * 256)
-  const passes = software ? 4 : 20
-  const usage = GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST
-  const src = device.createBuffer({ size: bytes, usage })
-  const dst = device.createBuffer({ size: bytes, usage })
-  try {
-    const seconds = await bestOf(device, (enc, n) => {
-      for (let i = 0; i < n; i++) enc.copyBufferToBuffer(i % 2 === 0 ? src : dst, 0, i % 2 === 0 ? dst : src, 0, bytes)
-    }, passes)
-    return { bytesPerSecond: 2 * bytes * passes / seconds, bytes, passes }
-  } finally {
-    src.destroy()
-    dst.destroy()
-  }
-}
-
-/**
- * What a kernel can stream: every thread reads 16-byte words of one large buffer, grid-strided,
- * and folds them into a value it writes only if it matches a pattern (so no read can be dropped).
- * Decode is this access pattern: weights read once, nothing written back. This is the ceiling.
- */
-async function gpuReadBandwidth (device: GPUDevice, software: boolean): Promise<Bandwidth> {
-  const bytes = Math.min(software ? 64 * 2 ** 20 : 2 ** 30, Math.floor(device.limits.maxStorageBufferBindingSize / 16) * 16)
-  const passes = software ? 4 : 20
-  const threads = 256 * 4096
-  const module = device.createShaderModule({
-    code: `@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read_write> sink: array<u32>;
-@compute @workgroup_size(256)
-fn main (@builtin(global_invocation_id) g: vec3<u32>) {
-  var acc = vec4<u32>(0u);
-  for (var i = g.x; i < ${bytes / 16}u; i += ${threads}u) { acc ^= src[i]; }
-  if (all(acc == vec4<u32>(0x9e3779b9u))) { sink[g.x % 256u] = 1u; }
-}`
-  })
-  const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } })
-  const src = device.createBuffer({ size: bytes, usage: GPUBufferUsage.STORAGE })
-  const sink = device.createBuffer({ size: 1024, usage: GPUBufferUsage.STORAGE })
-  try {
-    const group = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: src } }, { binding: 1, resource: { buffer: sink } }] })
-    const seconds = await bestOf(device, (enc, n) => {
-      const pass = enc.beginComputePass()
-      pass.setPipeline(pipeline)
-      pass.setBindGroup(0, group)
-      for (let i = 0; i < n; i++) pass.dispatchWorkgroups(threads / 256)
-      pass.end()
-    }, passes)
-    return { bytesPerSecond: bytes * passes / seconds, bytes, passes }
-  } finally {
-    src.destroy()
-    sink.destroy()
-  }
-}
-
-/** The same measure for CPU backends: one large typed-array copy. */
-function hostCopyBandwidth (): Bandwidth {
-  const bytes = 256 * 2 ** 20
-  const src = new Uint8Array(bytes).fill(1)
-  const dst = new Uint8Array(bytes)
-  dst.set(src)
-  const copies = 4
-  let best = Infinity
-  for (let t = 0; t < 3; t++) {
-    const t0 = performance.now()
-    for (let i = 0; i < copies; i++) dst.set(src)
-    best = Math.min(best, (performance.now() - t0) / 1000)
-  }
-  return { bytesPerSecond: 2 * bytes * copies / best, bytes, passes: copies }
-}
 
 // ---- what one decode token reads ------------------------------------------------------------
 

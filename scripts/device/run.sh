@@ -5,7 +5,7 @@
 # output plus summary.json into $WORK/out, packed after every step into $OUT/results.tar.gz (the
 # device tool brings back at most 8 files). The bench models and their GGUFs are made on the CPU in
 # the background while the tests run. Every step has its own timeout, so a failure or a hang loses
-# only that step. Typically ~5 minutes; ~10 if every step ran to its timeout.
+# only that step. 229 s on an H200 (tests, two shapes, their profiles and the first kernels).
 #
 # Optional environment:
 #   OUT                    where summary.json, run.log and results.tar.gz go (default: $WORK/out only)

@@ -13,6 +13,11 @@ export const GEMM_MIN_ROWS = 33
 /** Bytes between two `Step` uniform slots (WebGPU's dynamic-offset alignment). */
 export const STEP_SLOT = 256
 
+/** A grid of `groups` workgroups, in two dimensions past WebGPU's 65535 per dimension. */
+export function grid (groups: number): [number, number] {
+  return [Math.min(groups, 65535), Math.ceil(groups / 65535)]
+}
+
 export const STEP = /* wgsl */`
 struct Step {
   rows: u32,   // rows in the whole batch
@@ -291,8 +296,8 @@ fn main (@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 /**
- * The first attention kernel, kept for measurements (PLEXUS_GPU_ATTENTION=legacy): one workgroup
- * of 64 threads per (query head, row), keys in chunks of 64 with a running max and sum.
+ * The first attention kernel, which software Vulkan runs (kernel-choice.ts): one workgroup of 64
+ * threads per (query head, row), keys in chunks of 64 with a running max and sum.
  */
 export function legacyAttentionKernel (a: AttentionShape): string {
   const perThread = Math.ceil(a.headDim / 64)

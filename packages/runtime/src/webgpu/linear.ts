@@ -48,8 +48,11 @@ export function bindGroup (device: GPUDevice, k: Kernel, buffers: GPUBuffer[]): 
   })
 }
 
-/** Dynamic offsets of slots 0, 1, …: setBindGroup reads one from here (no array per call on the per-step path). */
-export const SLOT_OFFSETS = Uint32Array.from({ length: 1024 }, (_, i) => i * STEP_SLOT)
+/** Sessions one submission takes (a uniform slot each, after the batch's); larger batches are split. */
+export const MAX_SESSIONS_PER_STEP = 256
+
+/** Dynamic offsets of every slot: setBindGroup reads one from here (no array per call on the per-step path). */
+export const SLOT_OFFSETS = Uint32Array.from({ length: MAX_SESSIONS_PER_STEP + 1 }, (_, i) => i * STEP_SLOT)
 
 /** The per-step uniform slots: slot 0 for the whole batch, one more per session. */
 export function createStepBuffer (device: GPUDevice, slots: number): GPUBuffer {

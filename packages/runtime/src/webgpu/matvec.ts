@@ -6,7 +6,7 @@
 // partial sums are then added by a butterfly of subgroup shuffles (or through workgroup memory
 // where subgroups are narrower than 32 or missing). The order of every sum is fixed by the shape
 // alone, so a row gives the same bits alone or in a batch.
-import { linearBindings, legacyMatvecKernel, MATVEC_ROWS } from './kernels.ts'
+import { linearBindings, legacyMatvecKernel, grid, MATVEC_ROWS } from './kernels.ts'
 import type { LinearShape } from './kernels.ts'
 import type { WeightFormat } from './formats.ts'
 import type { GpuKernels } from './kernel-choice.ts'
@@ -188,8 +188,7 @@ ${shuffle ? `    if (sg >= ${u(LANES)}) {
   }
 }
 
-/** Workgroups for `n` outputs, in two dimensions past WebGPU's 65535 per dimension. */
+/** Workgroups for `n` outputs. */
 export function matvecGroups (n: number, rowsPerGroup: number): [number, number] {
-  const g = Math.ceil(n / rowsPerGroup)
-  return [Math.min(g, 65535), Math.ceil(g / 65535)]
+  return grid(Math.ceil(n / rowsPerGroup))
 }

@@ -6,9 +6,9 @@ import { rotaryTables } from '../rope.ts'
 import type { GpuContext } from './device.ts'
 import { checked } from './device.ts'
 import { GpuKVStore } from './kv-store.ts'
-import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially, SLOT_OFFSETS } from './linear.ts'
+import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially, SLOT_OFFSETS, MAX_SESSIONS_PER_STEP } from './linear.ts'
 import type { LinearBinding, Kernel } from './linear.ts'
-import { rmsNormKernel, kvAppendKernel, swigluKernel } from './kernels.ts'
+import { rmsNormKernel, kvAppendKernel, swigluKernel, grid } from './kernels.ts'
 import { attentionKernel } from './attention.ts'
 import { gpuKernels } from './kernel-choice.ts'
 import { StepPasses, stepTimer } from './profile.ts'
@@ -45,8 +45,6 @@ interface BlockBinding { norm1: GPUBindGroup, qkv: LinearBinding, out: LinearBin
 /** One session's rows in a batched step. */
 export interface GpuStep { hidden: Float32Array, tokens: number, store: GpuKVStore, length: number }
 
-/** Sessions one submission takes (uniform slots); larger batches are split. */
-const MAX_SEGMENTS = 256
 
 /**
  * The block forward on the GPU: every block of a step is recorded into one command buffer
@@ -79,7 +77,7 @@ export class GpuSpanEngine {
       if (n % 4 !== 0) throw new Error(`the GPU kernels need ${what} to be a multiple of 4 (got ${n})`)
     }
     if (cfg.headDim % 4 !== 0) throw new Error(`the GPU kernels need head_dim to be a multiple of 4 (got ${cfg.headDim})`)
-    this.step = createStepBuffer(this.device, MAX_SEGMENTS + 1)
+    this.step = createStepBuffer(this.device, MAX_SESSIONS_PER_STEP + 1)
     this.timer = stepTimer(this.device, gpu.timestamps)
     const shape = { numHeads: cfg.numHeads, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim, kv: this.kv }
     this.k = {
@@ -132,9 +130,9 @@ export class GpuSpanEngine {
    * output rows of all sessions, stacked in order. Each store holds `length` positions before.
    */
   async forward (steps: GpuStep[], from: number, count: number): Promise<Float32Array> {
-    if (steps.length > MAX_SEGMENTS) {
+    if (steps.length > MAX_SESSIONS_PER_STEP) {
       const outs: Float32Array[] = []
-      for (let i = 0; i < steps.length; i += MAX_SEGMENTS) outs.push(await this.forward(steps.slice(i, i + MAX_SEGMENTS), from, count))
+      for (let i = 0; i < steps.length; i += MAX_SESSIONS_PER_STEP) outs.push(await this.forward(steps.slice(i, i + MAX_SESSIONS_PER_STEP), from, count))
       const all = new Float32Array(outs.reduce((n, o) => n + o.length, 0))
       let o = 0
       for (const x of outs) { all.set(x, o); o += x.length }
@@ -203,7 +201,7 @@ export class GpuSpanEngine {
     run('norm', this.k.norm.pipeline, b.norm2, 0, rows)
     dispatchLinear(passes.pass('gate/up'), b.gateUp, rows)
     const groups = Math.ceil(rows * cfg.intermediateSize / 256)
-    run('swiglu', this.k.swiglu.pipeline, this.scratch!.swiglu, 0, Math.min(groups, 65535), Math.ceil(groups / 65535))
+    run('swiglu', this.k.swiglu.pipeline, this.scratch!.swiglu, 0, ...grid(groups))
     dispatchLinear(passes.pass('down'), b.down, rows)
   }
 
