@@ -20,11 +20,11 @@ describe('webgpu backend in the runtime and the swarm', function () {
   })
   after(async () => { await initBackend('wasm') })
 
-  it('a session cache grows past its first allocation and rolls back, matching wasm', async () => {
+  it('a session cache takes pages as it grows, rolls back, and gives its pages back, matching wasm', async () => {
     const ckpt = await Checkpoint.open(fixtureDir('tiny-qwen2-tied-bf16'))
     try {
       const ids = Array.from({ length: 200 }, (_, i) => 1 + (i * 37) % 500)
-      const run = async (backend: 'wasm' | 'webgpu'): Promise<{ prefill: Float32Array, steps: Float32Array[], replay: Float32Array, bytes: number[] }> => {
+      const run = async (backend: 'wasm' | 'webgpu'): Promise<{ prefill: Float32Array, steps: Float32Array[], replay: Float32Array, bytes: number[], again: Float32Array }> => {
         await initBackend(backend)
         const head = await ModelHead.load(ckpt)
         const span = await Span.load(ckpt, 0, ckpt.config.numLayers)
@@ -38,17 +38,21 @@ describe('webgpu backend in the runtime and the swarm', function () {
         cache.truncate(230)
         const replay = await span.forward(head.embed([7 + 30]), 1, cache)
         cache.dispose()
+        // the span's pages were all given back (GPU: its page buffers went); a new session starts afresh
+        const again = await span.forward(head.embed(ids), ids.length, span.newCache(300))
         span.dispose(); await head.dispose()
-        return { prefill, steps, replay, bytes }
+        return { prefill, steps, replay, bytes, again }
       }
       const gpu = await run('webgpu')
       const cpu = await run('wasm')
       assert.ok(maxAbsDiff(gpu.prefill, cpu.prefill) < 1e-3)
       gpu.steps.forEach((s, i) => assert.ok(maxAbsDiff(s, cpu.steps[i]) < 1e-3, `step ${i}`))
       assert.deepEqual(gpu.replay, gpu.steps[30], 'after truncating to 230, position 230 is computed as before')
-      // 128 positions first, 256 after the prefill, then the max length of 300 (float32 keys and values)
+      assert.deepEqual(gpu.again, gpu.prefill)
+      // pages of 32 positions as they come: none before the first step, 7 after the 200-token
+      // prefill, 9 after 60 more (float32 keys and values)
       const perPosition = 2 * 4 * ckpt.config.numLayers * ckpt.config.numKvHeads * ckpt.config.headDim
-      assert.deepEqual(gpu.bytes, [128, 256, 300].map(n => n * perPosition))
+      assert.deepEqual(gpu.bytes, [0, 224, 288].map(n => n * perPosition))
     } finally { await ckpt.close() }
   })
 

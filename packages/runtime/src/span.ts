@@ -211,7 +211,7 @@ export class Span {
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < this.start || end > this.end || start >= end) {
       throw new SpanError(`blocks [${start}, ${end}) are not within the served span [${this.start}, ${this.end})`)
     }
-    return new KVCache(start, end - start, maxLength, this.gpu?.newStore(end - start, maxLength), this.cpu?.newStore(start - this.start, end - start, maxLength))
+    return new KVCache(start, end - start, maxLength, this.gpu?.newStore(start - this.start, end - start, maxLength), this.cpu?.newStore(start - this.start, end - start, maxLength))
   }
 
   /**

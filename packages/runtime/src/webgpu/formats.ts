@@ -10,10 +10,10 @@ const NATIVE: Partial<Record<WeightDType, WeightFormat>> = { F32: 'f32', F16: 'f
 
 export function gpuFormat (dtype: WeightDType): WeightFormat { return NATIVE[dtype] ?? 'f32' }
 
-/** Elements per block and GPU bytes per block. */
-const BLOCK: Record<WeightFormat, [number, number]> = { f32: [1, 4], f16: [2, 4], bf16: [2, 4], q8_0: [32, 36], q4_k: [256, 144] }
+/** Elements per block and GPU bytes per block (q8_0: 32 int8 and an f16 scale, kept apart, see gpuChunk). */
+const BLOCK: Record<WeightFormat, [number, number]> = { f32: [1, 4], f16: [2, 4], bf16: [2, 4], q8_0: [32, 34], q4_k: [256, 144] }
 
-/** Bytes one row of `k` weights takes on the GPU. */
+/** Bytes one row of `k` weights takes on the GPU (a q8_0 buffer adds under 16 bytes of padding). */
 export function rowBytes (format: WeightFormat, k: number): number {
   const [elems, bytes] = BLOCK[format]
   if (k % elems !== 0) throw new Error(`rows of ${k} weights are not whole ${format} blocks of ${elems}`)
@@ -21,26 +21,42 @@ export function rowBytes (format: WeightFormat, k: number): number {
 }
 
 /**
- * A tensor's bytes in its GPU layout. q8_0 blocks (34 bytes: f16 scale, 32 int8) get two bytes of
- * padding after the scale so that every block starts on a 4-byte boundary (9 words); q4_k
- * super-blocks (144 bytes) are word-aligned already and go as stored.
+ * A tensor's rows encoded for `format`, rowBytes(format, k) bytes each: as stored, or widened to
+ * f32 where the kernels do not read the stored type. q8_0 rows stay ggml blocks (34 bytes: f16
+ * scale, 32 int8) until gpuChunk lays out the buffer that holds them.
  */
 export function gpuBytes (format: WeightFormat, t: { dtype: WeightDType, shape: number[], bytes: Uint8Array }): Uint8Array {
   if (gpuFormat(t.dtype) !== format) throw new Error(`a ${t.dtype} tensor cannot be laid out as ${format}`)
   if (format === 'f32' && t.dtype !== 'F32') return new Uint8Array(rawFloat32(t).buffer)
-  if (format !== 'q8_0') return t.bytes
-  const blocks = t.bytes.length / 34
-  const out = new Uint8Array(blocks * 36)
+  return t.bytes
+}
+
+/**
+ * One GPU buffer's bytes from whole rows of `k` weights in gpuBytes's encoding. Only q8_0 changes:
+ * first every block's 32 int8 (row-major, so a block is two 16-byte words the kernels read at
+ * once), then every block's f16 scale in the same order, padded to 16 bytes. The scales' offset
+ * depends on the buffer's rows, so each chunk of a layer is laid out on its own.
+ */
+export function gpuChunk (format: WeightFormat, k: number, rows: Uint8Array): Uint8Array {
+  if (format !== 'q8_0') return rows
+  const blocks = rows.byteLength / 34
+  if (!Number.isInteger(blocks) || blocks % (k / 32) !== 0) throw new Error(`${rows.byteLength} bytes are not whole q8_0 rows of ${k} weights`)
+  const quants = blocks * 32
+  const out = new Uint8Array(quants + Math.ceil(blocks * 2 / 16) * 16)
   for (let b = 0; b < blocks; b++) {
-    out[b * 36] = t.bytes[b * 34]
-    out[b * 36 + 1] = t.bytes[b * 34 + 1]
-    out.set(t.bytes.subarray(b * 34 + 2, b * 34 + 34), b * 36 + 4)
+    out.set(rows.subarray(b * 34 + 2, b * 34 + 34), b * 32)
+    out[quants + 2 * b] = rows[b * 34]
+    out[quants + 2 * b + 1] = rows[b * 34 + 1]
   }
   return out
 }
 
-/** WGSL: the weights binding and `w4(i)`, the i-th group of 4 consecutive weights (row-major) as f32. */
-export function weightLoader (format: WeightFormat, binding: number): string {
+/**
+ * WGSL: the weights binding and `w4(i)`, the i-th group of 4 consecutive weights (row-major) as f32.
+ * `q8Scales`: the u32 word where a q8_0 buffer's scales start (after its n·k/4 words of int8), as
+ * a WGSL expression; by default from the N and K4 that linearBindings declares beside the loader.
+ */
+export function weightLoader (format: WeightFormat, binding: number, q8Scales = 'N * K4'): string {
   switch (format) {
     case 'f32':
       return `@group(0) @binding(${binding}) var<storage, read> w: array<vec4<f32>>;
@@ -57,12 +73,12 @@ fn w4 (i: u32) -> vec4<f32> {
   return vec4<f32>(bitcast<f32>(p.x << 16u), bitcast<f32>(p.x & 0xffff0000u), bitcast<f32>(p.y << 16u), bitcast<f32>(p.y & 0xffff0000u));
 }`
     case 'q8_0':
-      // blocks of 9 words: the f16 scale, then 32 int8 four to a word; y = q·d as ggml computes it
+      // word i holds 4 int8 of block i/8, whose f16 scale is half (i/8)%2 of scale word i/16;
+      // y = q·d as ggml computes it
       return `@group(0) @binding(${binding}) var<storage, read> w: array<u32>;
 fn w4 (i: u32) -> vec4<f32> {
-  let b = (i / 8u) * 9u;
-  let d = unpack2x16float(w[b]).x;
-  let q = bitcast<i32>(w[b + 1u + i % 8u]);
+  let d = unpack2x16float(w[(${q8Scales}) + i / 16u] >> (16u * ((i / 8u) % 2u))).x;
+  let q = bitcast<i32>(w[i]);
   return vec4<f32>(f32(extractBits(q, 0u, 8u)), f32(extractBits(q, 8u, 8u)), f32(extractBits(q, 16u, 8u)), f32(extractBits(q, 24u, 8u))) * d;
 }`
     case 'q4_k':

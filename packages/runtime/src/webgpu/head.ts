@@ -50,7 +50,7 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
     const t0 = performance.now()
     const s = ensure(rows)
     device.queue.writeBuffer(s.x, 0, x.buffer, x.byteOffset, rows * H * 4)
-    device.queue.writeBuffer(step, 0, stepSlots([], rows))
+    device.queue.writeBuffer(step, 0, stepSlots(rows))
     const encoder = device.createCommandEncoder()
     const pass = encoder.beginComputePass()
     pass.setPipeline(normKernel.pipeline)

@@ -1,86 +1,168 @@
 /// <reference types="@webgpu/types" />
+// Sessions' keys and values on the GPU, in pages. Each block of a span keeps one buffer of
+// fixed-size pages (the pool); a session holds, per block it covers, a list of pages in position
+// order. The kernels find a row's positions through its session's page table (attention.ts), so
+// every session of a step is appended to and attended in one dispatch per block, and a growing
+// session takes pages instead of copying its cache.
 import { storage } from './linear.ts'
 
-/** Positions a session's GPU cache holds before its first growth. */
-const INITIAL_POSITIONS = 128
+/** Positions one page holds. */
+export const KV_PAGE = 32
 
-/**
- * One session's keys and values on the GPU, one buffer per block: keys `[cap, kvHeads·headDim]`
- * then values, f32 or f16. The buffers grow by doubling up to the session's max length (the
- * server reserves that much of its cache budget when it admits the session), so a short chat
- * does not hold a whole context's worth of GPU memory. Rolling back is only a shorter length:
- * later steps overwrite the dropped positions.
- */
-export class GpuKVStore {
+/** One block's pages: a buffer that grows by doubling (page ids stay), and its free pages. */
+interface BlockPages {
+  buffer?: GPUBuffer
+  /** Pages the buffer holds. */
+  capacity: number
+  inUse: number
+  free: number[]
+  /** Bumped when the buffer is replaced, so bind groups made for the old one are rebuilt. */
+  generation: number
+}
+
+/** The pages of every block of one span engine. */
+export class GpuKVPool {
   readonly device: GPUDevice
-  readonly blocks: number
   readonly kvDim: number
-  readonly maxLength: number
-  cap: number
-  buffers: GPUBuffer[]
-  /** Bumped whenever the buffers are replaced, so bind groups made for the old ones are rebuilt. */
-  generation = 0
-  /** Bind groups of this cache's kernels, keyed by the span's scratch generation. */
-  bound?: { key: string, groups: unknown }
-  private disposed = false
-
   /** Bytes per cached element: 4 (f32) or 2 (f16). */
   readonly elementBytes: number
+  /** Bytes of one page: keys `[KV_PAGE, kvDim]`, then values. */
+  readonly pageBytes: number
+  /** Pages one block's buffer may hold: the device's largest storage binding. */
+  private readonly maxPages: number
+  private readonly blocks: BlockPages[] = []
 
-  constructor (device: GPUDevice, blocks: number, kvDim: number, maxLength: number, elementBytes = 4) {
+  constructor (device: GPUDevice, kvDim: number, elementBytes: number, maxBindingBytes: number) {
     this.device = device
-    this.elementBytes = elementBytes
-    this.blocks = blocks
     this.kvDim = kvDim
-    this.maxLength = maxLength
-    this.cap = Math.min(maxLength, INITIAL_POSITIONS)
-    this.buffers = Array.from({ length: blocks }, (_, b) => storage(device, this.regionBytes(this.cap) * 2, `kv[${b}]`))
+    this.elementBytes = elementBytes
+    this.pageBytes = 2 * KV_PAGE * kvDim * elementBytes
+    this.maxPages = Math.floor(Math.min(maxBindingBytes, device.limits.maxBufferSize) / this.pageBytes)
   }
 
-  private regionBytes (cap: number): number { return cap * this.kvDim * this.elementBytes }
+  private block (b: number): BlockPages {
+    this.blocks[b] ??= { capacity: 0, inUse: 0, free: [], generation: 0 }
+    return this.blocks[b]
+  }
+
+  /** Block `b`'s buffer (undefined while no session holds a page of it) and its generation. */
+  buffer (b: number): { buffer?: GPUBuffer, generation: number } {
+    const p = this.block(b)
+    return { buffer: p.buffer, generation: p.generation }
+  }
+
+  /** Takes `n` pages of block `b`. */
+  take (b: number, n: number): number[] {
+    const p = this.block(b)
+    if (p.free.length < n) this.grow(p, b, p.inUse + n)
+    p.inUse += n
+    return p.free.splice(p.free.length - n, n).reverse()
+  }
 
   /**
-   * Makes room for `positions` (≤ maxLength), recording the copy of the `length` cached
-   * positions into the new buffers on `encoder` (before the step that needs them).
+   * A larger buffer for block `b`, its pages copied by a submission of their own: queued before
+   * the step that needs them, and done even if that step is never submitted.
    */
-  reserve (positions: number, length: number, encoder: GPUCommandEncoder): void {
+  private grow (p: BlockPages, b: number, pages: number): void {
+    if (pages > this.maxPages) {
+      throw new Error(`block ${b}'s KV cache would need ${pages} pages of ${this.pageBytes} bytes, more than the GPU's largest buffer binding holds (${this.maxPages})`)
+    }
+    let capacity = Math.max(4, 2 * p.capacity)
+    while (capacity < pages) capacity *= 2
+    capacity = Math.min(capacity, this.maxPages)
+    const buffer = storage(this.device, capacity * this.pageBytes, `kv pages[${b}]`)
+    if (p.buffer != null) {
+      const encoder = this.device.createCommandEncoder()
+      encoder.copyBufferToBuffer(p.buffer, 0, buffer, 0, p.capacity * this.pageBytes)
+      this.device.queue.submit([encoder.finish()])
+      // WebGPU frees it once the submitted work that reads it is done
+      p.buffer.destroy()
+    }
+    // the stack pops the lowest new id first
+    for (let id = capacity - 1; id >= p.capacity; id--) p.free.push(id)
+    p.buffer = buffer
+    p.capacity = capacity
+    p.generation++
+  }
+
+  /** Gives pages of block `b` back; a block whose pages are all free lets its buffer go. */
+  give (b: number, pages: number[]): void {
+    const p = this.block(b)
+    p.free.push(...pages)
+    p.inUse -= pages.length
+    if (p.inUse === 0 && p.buffer != null) {
+      // a step that used it was submitted already; WebGPU frees it once that work is done
+      p.buffer.destroy()
+      p.buffer = undefined
+      p.capacity = 0
+      p.free = []
+      p.generation++
+    }
+  }
+
+  /** Bytes of GPU memory the pool holds (free pages included). */
+  bytes (): number { return this.blocks.reduce((n, p) => n + p.capacity * this.pageBytes, 0) }
+
+  dispose (): void {
+    for (const p of this.blocks) {
+      p.buffer?.destroy()
+      Object.assign(p, { buffer: undefined, capacity: 0, inUse: 0, free: [], generation: p.generation + 1 })
+    }
+  }
+}
+
+/**
+ * One session's keys and values on the GPU: pages of the blocks `[first, first + blocks)` of its
+ * span engine, taken as positions come (the server reserves the session's max length in its
+ * cache budget when it admits it). Rolling back is only a shorter length: later steps overwrite
+ * the dropped positions.
+ */
+export class GpuKVStore {
+  readonly pool: GpuKVPool
+  /** The engine block of this store's first block. */
+  readonly first: number
+  readonly blocks: number
+  readonly maxLength: number
+  /** Page ids per block, in position order (every block holds as many). */
+  private readonly pages: number[][]
+  private disposed = false
+
+  constructor (pool: GpuKVPool, first: number, blocks: number, maxLength: number) {
+    this.pool = pool
+    this.first = first
+    this.blocks = blocks
+    this.maxLength = maxLength
+    this.pages = Array.from({ length: blocks }, () => [])
+  }
+
+  /** Positions the store's pages hold. */
+  get capacity (): number { return this.pages[0].length * KV_PAGE }
+
+  /** Page ids of engine block `block`. */
+  pagesOf (block: number): number[] { return this.pages[block - this.first] }
+
+  /** Makes room for `positions` (≤ maxLength), in every block or none. */
+  reserve (positions: number): void {
     if (this.disposed) throw new Error('the session\'s cache was closed')
-    if (positions <= this.cap) return
-    let cap = this.cap
-    while (cap < positions) cap *= 2
-    cap = Math.min(cap, this.maxLength)
-    const used = this.regionBytes(length)
-    const next = this.buffers.map((old, b) => {
-      const nb = storage(this.device, this.regionBytes(cap) * 2, `kv[${b}]`)
-      if (used > 0) {
-        encoder.copyBufferToBuffer(old, 0, nb, 0, used)
-        encoder.copyBufferToBuffer(old, this.regionBytes(this.cap), nb, this.regionBytes(cap), used)
-      }
-      return nb
-    })
-    // freed once the submitted copies that read them have run
-    this.retired.push(...this.buffers)
-    this.buffers = next
-    this.cap = cap
-    this.generation++
+    if (positions > this.maxLength) throw new Error(`${positions} positions exceed the session's max length ${this.maxLength}`)
+    const more = Math.ceil(positions / KV_PAGE) - this.pages[0].length
+    if (more <= 0) return
+    const taken: number[][] = []
+    try {
+      for (let i = 0; i < this.blocks; i++) taken.push(this.pool.take(this.first + i, more))
+    } catch (err) {
+      taken.forEach((pages, i) => this.pool.give(this.first + i, pages))
+      throw err
+    }
+    taken.forEach((pages, i) => this.pages[i].push(...pages))
   }
 
-  private retired: GPUBuffer[] = []
-
-  /** Destroys buffers replaced by a growth (call after the step that copied them was submitted). */
-  release (): void {
-    for (const b of this.retired) b.destroy()
-    this.retired = []
-  }
-
-  bytes (): number { return this.disposed ? 0 : this.blocks * 2 * this.regionBytes(this.cap) }
+  bytes (): number { return this.disposed ? 0 : this.blocks * this.pages[0].length * this.pool.pageBytes }
 
   dispose (): void {
     if (this.disposed) return
     this.disposed = true
-    this.release()
-    for (const b of this.buffers) b.destroy()
-    this.buffers = []
-    this.bound = undefined
+    this.pages.forEach((list, i) => this.pool.give(this.first + i, list))
+    this.pages.forEach(list => { list.length = 0 })
   }
 }

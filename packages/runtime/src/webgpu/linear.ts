@@ -6,7 +6,7 @@ import { matvecPlan, matvecGroups } from './matvec.ts'
 import { gpuKernels } from './kernel-choice.ts'
 import type { GpuKernels } from './kernel-choice.ts'
 import type { LinearShape } from './kernels.ts'
-import { gpuFormat, gpuBytes, rowBytes } from './formats.ts'
+import { gpuFormat, gpuBytes, gpuChunk, rowBytes } from './formats.ts'
 import type { WeightFormat } from './formats.ts'
 import type { WeightDType } from '../checkpoint.ts'
 
@@ -48,13 +48,16 @@ export function bindGroup (device: GPUDevice, k: Kernel, buffers: GPUBuffer[]): 
   })
 }
 
-/** Sessions one submission takes (a uniform slot each, after the batch's); larger batches are split. */
+/** Sessions one submission takes (their page tables go in one buffer); larger batches are split. */
 export const MAX_SESSIONS_PER_STEP = 256
 
-/** Dynamic offsets of every slot: setBindGroup reads one from here (no array per call on the per-step path). */
-export const SLOT_OFFSETS = Uint32Array.from({ length: MAX_SESSIONS_PER_STEP + 1 }, (_, i) => i * STEP_SLOT)
+/** Blocks one step runs (a uniform slot each, after the batch's). */
+export const MAX_STEP_BLOCKS = 1024
 
-/** The per-step uniform slots: slot 0 for the whole batch, one more per session. */
+/** Dynamic offsets of every slot: setBindGroup reads one from here (no array per call on the per-step path). */
+export const SLOT_OFFSETS = Uint32Array.from({ length: MAX_STEP_BLOCKS + 1 }, (_, i) => i * STEP_SLOT)
+
+/** The per-step uniform slots: slot 0 for the whole batch, one more per block of the step. */
 export function createStepBuffer (device: GPUDevice, slots: number): GPUBuffer {
   return device.createBuffer({ label: 'step', size: slots * STEP_SLOT, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST })
 }
@@ -115,23 +118,28 @@ export class GpuLinear {
     }
     const chunks: Chunk[] = []
     let bytes = 0
+    // buffers are whole 16-byte words (storage(); q8_0 pads its scales): a chunk's rows fit the
+    // binding limit rounded down to 16 bytes
+    const limit = Math.floor(gpu.limits.maxStorageBufferBindingSize / 16) * 16
     for (const run of runs) {
       const perRow = rowBytes(run.format, k)
       const data = concat(run.parts.map(p => gpuBytes(run.format, p)))
       const n = data.byteLength / perRow
-      const rowsPerChunk = Math.max(1, Math.floor(gpu.limits.maxStorageBufferBindingSize / perRow))
+      const rowsPerChunk = Math.max(1, Math.floor(limit / perRow))
       for (let r0 = 0; r0 < n; r0 += rowsPerChunk) {
         const rows = Math.min(rowsPerChunk, n - r0)
         const n0 = run.n0 + r0
+        // each chunk's own layout: q8_0's scales follow the chunk's int8
+        const weight = gpuChunk(run.format, k, data.subarray(r0 * perRow, (r0 + rows) * perRow))
         chunks.push({
           format: run.format,
-          weight: upload(gpu.device, data.subarray(r0 * perRow, (r0 + rows) * perRow), `${name}[${n0}]`),
+          weight: upload(gpu.device, weight, `${name}[${n0}]`),
           bias: bias != null ? upload(gpu.device, bias.subarray(n0, n0 + rows), `${name}.bias[${n0}]`) : undefined,
           n0,
           n: rows
         })
+        bytes += weight.byteLength
       }
-      bytes += data.byteLength
     }
     return new GpuLinear(k, row, chunks, bytes, gpu)
   }
@@ -144,19 +152,39 @@ export class GpuLinear {
       }
       const bindings: Binding[] = ['read', 'read', 'rw', 'step', ...(c.bias != null ? ['read' as const] : [])]
       const buffers = [x, c.weight, y, step, ...(c.bias != null ? [c.bias] : [])]
-      const plan = matvecPlan(shape, this.kernels, this.subgroups)
-      const mv = kernel(device, plan.code, bindings)
       // the GEMM is compiled on the first prefill that needs it (compiling is not free)
       let gemm: Bound | undefined
       return {
         n: c.n,
-        matvec: { pipeline: mv.pipeline, group: bindGroup(device, mv, buffers), groups: matvecGroups(c.n, plan.rowsPerGroup) },
+        matvec: this.matvec(device, shape, bindings, buffers, c.n),
         gemm: () => {
           if (gemm == null) { const g = kernel(device, gemmKernel(shape), bindings); gemm = { pipeline: g.pipeline, group: bindGroup(device, g, buffers) } }
           return gemm
         }
       }
     })
+  }
+
+  /**
+   * For a layer of gate rows then up rows (the SwiGLU MLP's first half): the decode kernel that
+   * writes act = silu(gate)·up `[rows, n/2]` in one dispatch. Undefined where the rows are not one
+   * buffer (then the MLP runs the projection and the SwiGLU kernel apart).
+   */
+  bindGated (device: GPUDevice, x: GPUBuffer, act: GPUBuffer, step: GPUBuffer): LinearBinding | undefined {
+    const c = this.chunks[0]
+    if (this.chunks.length !== 1 || c.bias != null || c.n % 2 !== 0) return undefined
+    const shape: LinearShape = { format: c.format, k: this.k, n: c.n, n0: 0, yStride: c.n / 2, bias: false, accumulate: false, gated: true }
+    return [{
+      n: c.n / 2,
+      matvec: this.matvec(device, shape, ['read', 'read', 'rw', 'step'], [x, c.weight, act, step], c.n / 2),
+      gemm: () => { throw new Error('the gated kernel runs decode steps only') }
+    }]
+  }
+
+  private matvec (device: GPUDevice, shape: LinearShape, bindings: Binding[], buffers: GPUBuffer[], outputs: number): LinearBinding[number]['matvec'] {
+    const plan = matvecPlan(shape, this.kernels, this.subgroups)
+    const mv = kernel(device, plan.code, bindings)
+    return { pipeline: mv.pipeline, group: bindGroup(device, mv, buffers), groups: matvecGroups(outputs, plan.rowsPerGroup) }
   }
 
   destroy (): void {
@@ -183,12 +211,12 @@ export function dispatchLinear (pass: GPUComputePassEncoder, l: LinearBinding, r
   }
 }
 
-/** Writes the batch's slot 0 and one slot per session: rows, first row, rows of the session, first position, cache capacity. */
-export function stepSlots (segments: Array<{ row0: number, tokens: number, pos0: number, cap: number }>, rows: number): Uint32Array {
+/** The step's slot 0 and one slot per block (its index among the step's blocks): `Step` in kernels.ts. */
+export function stepSlots (rows: number, blocks = 0): Uint32Array {
+  if (blocks > MAX_STEP_BLOCKS) throw new Error(`a GPU step runs at most ${MAX_STEP_BLOCKS} blocks (got ${blocks})`)
   const words = STEP_SLOT / 4
-  const out = new Uint32Array((segments.length + 1) * words)
-  out.set([rows, 0, rows, 0, 0], 0)
-  segments.forEach((s, i) => out.set([rows, s.row0, s.tokens, s.pos0, s.cap], (i + 1) * words))
+  const out = new Uint32Array((blocks + 1) * words)
+  for (let i = 0; i <= blocks; i++) out.set([rows, Math.max(0, i - 1)], i * words)
   return out
 }
 
@@ -213,14 +241,24 @@ export function gpuSubmissionTimes (reset = false): Record<string, GpuSubmission
 
 /**
  * Copies `bytes` of `src` into `readback` as the last command of `encoder`, submits, and returns
- * them once the GPU is done: the one readback of a step. A GPU error raised meanwhile fails it.
- * `recordStart`: when the caller began recording the work (performance.now()).
+ * them once the GPU is done: the one readback of a step (see submitCommands).
  */
 export async function submitAndRead (gpu: GpuContext, encoder: GPUCommandEncoder, src: GPUBuffer, readback: GPUBuffer, bytes: number, what: string, recordStart: number): Promise<Float32Array> {
   encoder.copyBufferToBuffer(src, 0, readback, 0, bytes)
-  gpu.device.queue.submit([encoder.finish()])
+  return await submitCommands(gpu, encoder.finish(), readback, bytes, what, recordStart)
+}
+
+/**
+ * Submits `commands`, whose last command copied `bytes` into `readback`, and returns those bytes
+ * once the GPU is done; a GPU error raised meanwhile fails it. `recordStart`: when the caller began
+ * recording the work (performance.now()); `whileWaiting` runs once the work is submitted.
+ */
+export async function submitCommands (gpu: GpuContext, commands: GPUCommandBuffer, readback: GPUBuffer, bytes: number, what: string, recordStart: number, whileWaiting?: () => void): Promise<Float32Array> {
+  gpu.device.queue.submit([commands])
   const submitted = performance.now()
-  await readback.mapAsync(GPUMapMode.READ, 0, bytes)
+  const mapped = readback.mapAsync(GPUMapMode.READ, 0, bytes)
+  whileWaiting?.()
+  await mapped
   let t = times.get(what)
   if (t == null) { t = { submissions: 0, recordMs: 0, waitMs: 0 }; times.set(what, t) }
   t.submissions++

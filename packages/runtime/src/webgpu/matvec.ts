@@ -1,11 +1,11 @@
 // The decode projection y = x·Wᵀ for a few rows, streaming W once at the memory's pace.
 //
 // A workgroup of 256 threads computes 8 outputs: 32 lanes per weight row, each lane reading whole
-// chunks of the row (16–36 contiguous bytes: 8–16 f16 weights, a q8_0 block, a 64-weight group of
-// a q4_K super-block), dequantizing in registers and dotting them with every batch row. The lanes'
-// partial sums are then added by a butterfly of subgroup shuffles (or through workgroup memory
-// where subgroups are narrower than 32 or missing). The order of every sum is fixed by the shape
-// alone, so a row gives the same bits alone or in a batch.
+// chunks of the row (16–32 contiguous bytes and their scales: 8–16 f16 weights, a q8_0 block's 32
+// int8, a 64-weight group of a q4_K super-block), dequantizing in registers and dotting them with
+// every batch row. The lanes' partial sums are then added by a butterfly of subgroup shuffles (or
+// through workgroup memory where subgroups are narrower than 32 or missing). The order of every
+// sum is fixed by the shape alone, so a row gives the same bits alone or in a batch.
 import { linearBindings, legacyMatvecKernel, grid, MATVEC_ROWS } from './kernels.ts'
 import type { LinearShape } from './kernels.ts'
 import type { WeightFormat } from './formats.ts'
@@ -20,8 +20,8 @@ function matvecShape (): { lanes: number, rows: number } {
   if (v == null || v === '') return { lanes: 32, rows: 8 }
   const m = /^(\d+)x(\d+)$/.exec(v)
   const lanes = Number(m?.[1]); const rows = Number(m?.[2])
-  if (m == null || ![4, 8, 16, 32, 64, 128].includes(lanes) || !(rows >= 1) || lanes * rows > 256) {
-    throw new Error(`PLEXUS_GPU_MATVEC_SHAPE must be LxR with L a power of two from 4 to 128 and L·R ≤ 256 (got ${JSON.stringify(v)})`)
+  if (m == null || ![4, 8, 16, 32, 64, 128].includes(lanes) || !(rows >= 2) || rows % 2 !== 0 || lanes * rows > 256) {
+    throw new Error(`PLEXUS_GPU_MATVEC_SHAPE must be LxR with L a power of two from 4 to 128, R even (gate and up rows pair up) and L·R ≤ 256 (got ${JSON.stringify(v)})`)
   }
   return { lanes, rows }
 }
@@ -31,8 +31,11 @@ interface Chunking { weights: number, vec4s: number, code: string }
 
 const u = (n: number): string => `${n >>> 0}u`
 
-/** `chunk(n, c)`: weights [c·W, (c+1)·W) of row n as f32 vec4s; undefined where rows are not whole chunks. */
-function chunking (format: WeightFormat, k: number): Chunking | undefined {
+/**
+ * `chunk(n, c)`: weights [c·W, (c+1)·W) of row n as f32 vec4s, in a buffer of `rows` rows of `k`
+ * weights; undefined where rows are not whole chunks.
+ */
+function chunking (format: WeightFormat, k: number, rows: number): Chunking | undefined {
   switch (format) {
     case 'f32':
       if (k % 8 !== 0) return undefined
@@ -67,20 +70,23 @@ ${wide ? `  let q = w[b + 1u];
       }
     }
     case 'q8_0':
-      // one block: 9 words (f16 scale, 32 int8); y = q·d as ggml computes it
+      // one block: its 32 int8 as two 16-byte words, its f16 scale from the scales after the
+      // buffer's rows·k int8 (formats.ts, gpuChunk); y = q·d as ggml computes it
       return {
         weights: 32,
         vec4s: 8,
-        code: `@group(0) @binding(1) var<storage, read> w: array<u32>;
+        code: `@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+const SCALES = ${u(rows * k / 4)};
+fn word (i: u32) -> u32 { return w[i / 4u][i % 4u]; }
+// four int8 sign-extended by shifting each to the top and back
+fn i8x4 (q: u32) -> vec4<f32> { return vec4<f32>((vec4<i32>(bitcast<i32>(q)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u)); }
 fn chunk (n: u32, c: u32) -> array<vec4<f32>, 8> {
-  let b = (n * ${u(k / 32)} + c) * 9u;
-  let d = unpack2x16float(w[b]).x;
-  var out: array<vec4<f32>, 8>;
-  for (var j = 0u; j < 8u; j++) {
-    let q = bitcast<i32>(w[b + 1u + j]);
-    out[j] = vec4<f32>(f32(extractBits(q, 0u, 8u)), f32(extractBits(q, 8u, 8u)), f32(extractBits(q, 16u, 8u)), f32(extractBits(q, 24u, 8u))) * d;
-  }
-  return out;
+  let b = n * ${u(k / 32)} + c;
+  let d = unpack2x16float(word(SCALES + b / 2u) >> (16u * (b % 2u))).x;
+  let lo = w[2u * b];
+  let hi = w[2u * b + 1u];
+  return array<vec4<f32>, 8>(i8x4(lo.x) * d, i8x4(lo.y) * d, i8x4(lo.z) * d, i8x4(lo.w) * d,
+                             i8x4(hi.x) * d, i8x4(hi.y) * d, i8x4(hi.z) * d, i8x4(hi.w) * d);
 }`
       }
     case 'q4_k':
@@ -127,27 +133,42 @@ export interface MatvecPlan { code: string, rowsPerGroup: number }
  * subgroups feature (then `fast` sums through shuffles where subgroups hold 32 lanes).
  */
 export function matvecPlan (s: LinearShape, kernels: GpuKernels, subgroups: boolean): MatvecPlan {
-  const ch = kernels === 'legacy' ? undefined : chunking(s.format, s.k)
+  const ch = kernels === 'legacy' ? undefined : chunking(s.format, s.k, s.n)
   if (ch == null) return { code: legacyMatvecKernel(s), rowsPerGroup: 1 }
   const R = MATVEC_ROWS
   const { lanes: LANES, rows: ROWS_PER_GROUP } = matvecShape()
   const THREADS = LANES * ROWS_PER_GROUP
   const shuffle = subgroups && kernels === 'fast'
   const CH = s.k / ch.weights
-  // the x vec4 index of chunk c's first weight: the chunk's place in a row of K4 vec4s
+  // gated: the first half of a workgroup's weight rows are gate rows, the second half the up rows
+  // of the same outputs, which meet in workgroup memory
+  const G = s.gated === true
+  const OUTS = G ? ROWS_PER_GROUP / 2 : ROWS_PER_GROUP
+  const tree = `      for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(THREADS)} + t] = acc[r]; }
+      workgroupBarrier();
+      for (var h = ${u(LANES / 2)}; h > 0u; h >>= 1u) {
+        if (lane < h) { for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(THREADS)} + t] += part[r * ${u(THREADS)} + t + h]; } }
+        workgroupBarrier();
+      }
+      for (var r = 0u; r < ${u(R)}; r++) { sums[r] = part[r * ${u(THREADS)} + t]; }
+      workgroupBarrier();
+`
   return {
-    rowsPerGroup: ROWS_PER_GROUP,
+    rowsPerGroup: OUTS,
     code: `${shuffle ? 'enable subgroups;\n' : ''}${linearBindings(s, ch.code)}
 const CH = ${u(CH)};
 const NV = ${u(ch.vec4s)};
 var<workgroup> part: array<f32, ${THREADS * R}>;
+${G ? `var<workgroup> pair: array<f32, ${ROWS_PER_GROUP * R}>;` : ''}
 
 @compute @workgroup_size(${THREADS})
 fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) t: u32${shuffle ? ', @builtin(subgroup_size) sg: u32' : ''}) {
   let lane = t % ${u(LANES)};
-  let n = (wg.x + wg.y * nwg.x) * ${u(ROWS_PER_GROUP)} + t / ${u(LANES)};
-  let live = n < N;
-  let row = min(n, N - 1u);
+  let slot = t / ${u(LANES)};
+  // this workgroup's output of this slot, and the weight row the slot reads
+  let out = (wg.x + wg.y * nwg.x) * ${u(OUTS)} + slot % ${u(OUTS)};
+  let live = out < OUTS;
+  let row = min(${G ? `select(out, out + OUTS, slot >= ${u(OUTS)})` : 'out'}, N - 1u);
   for (var r0 = 0u; r0 < step.rows; r0 += ${u(R)}) {
     let nr = min(${u(R)}, step.rows - r0);
     var acc = array<f32, ${R}>();
@@ -165,25 +186,27 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
       }
     }
+    // the row's sums, in its lane 0
+    var sums = array<f32, ${R}>();
 ${shuffle ? `    if (sg >= ${u(LANES)}) {
       // a row's lanes sit in one subgroup: a butterfly leaves the row's sum in every lane
       for (var r = 0u; r < ${u(R)}; r++) {
         var v = acc[r];
         for (var o = ${u(LANES / 2)}; o > 0u; o >>= 1u) { v += subgroupShuffleXor(v, o); }
-        acc[r] = v;
+        sums[r] = v;
       }
-      if (lane == 0u && live) { for (var r = 0u; r < nr; r++) { store(r0 + r, n, acc[r]); } }
-      continue;
-    }
-` : ''}    for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(THREADS)} + t] = acc[r]; }
+    } else {
+${tree}    }
+` : tree}${G
+  ? `    if (lane == 0u) { for (var r = 0u; r < ${u(R)}; r++) { pair[slot * ${u(R)} + r] = sums[r]; } }
     workgroupBarrier();
-    for (var h = ${u(LANES / 2)}; h > 0u; h >>= 1u) {
-      if (lane < h) { for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(THREADS)} + t] += part[r * ${u(THREADS)} + t + h]; } }
-      workgroupBarrier();
+    if (lane == 0u && live && slot < ${u(OUTS)}) {
+      for (var r = 0u; r < nr; r++) { store(r0 + r, out, swiglu(pair[slot * ${u(R)} + r], pair[(slot + ${u(OUTS)}) * ${u(R)} + r])); }
     }
-    if (lane == 0u && live) { for (var r = 0u; r < nr; r++) { store(r0 + r, n, part[r * ${u(THREADS)} + t]); } }
     workgroupBarrier();
-  }
+`
+  : `    if (lane == 0u && live) { for (var r = 0u; r < nr; r++) { store(r0 + r, out, sums[r]); } }
+`}  }
 }`
   }
 }

@@ -5,11 +5,12 @@ import type { RawTensor } from '../checkpoint.ts'
 import { rotaryTables } from '../rope.ts'
 import type { GpuContext } from './device.ts'
 import { checked } from './device.ts'
-import { GpuKVStore } from './kv-store.ts'
-import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially, SLOT_OFFSETS, MAX_SESSIONS_PER_STEP } from './linear.ts'
+import { GpuKVPool, GpuKVStore } from './kv-store.ts'
+import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitCommands, serially, SLOT_OFFSETS, MAX_SESSIONS_PER_STEP, MAX_STEP_BLOCKS } from './linear.ts'
 import type { LinearBinding, Kernel } from './linear.ts'
-import { rmsNormKernel, kvAppendKernel, swigluKernel, grid } from './kernels.ts'
-import { attentionKernel } from './attention.ts'
+import { rmsNormKernel, swigluKernel, grid, GEMM_MIN_ROWS } from './kernels.ts'
+import { attentionKernel, attentionGroups, stepPaging } from './attention.ts'
+import type { AttentionShape } from './attention.ts'
 import { gpuKernels } from './kernel-choice.ts'
 import { StepPasses, stepTimer } from './profile.ts'
 import type { StepTimer } from './profile.ts'
@@ -35,15 +36,29 @@ interface Scratch {
   gu: GPUBuffer
   act: GPUBuffer
   rot: GPUBuffer
+  /** Rows' positions and their sessions' page tables (attention.ts), grown as steps need. */
+  paging: GPUBuffer
   readback: GPUBuffer
   blocks: BlockBinding[]
   swiglu: GPUBindGroup
 }
 
-interface BlockBinding { norm1: GPUBindGroup, qkv: LinearBinding, out: LinearBinding, norm2: GPUBindGroup, gateUp: LinearBinding, down: LinearBinding }
+interface BlockBinding {
+  norm1: GPUBindGroup
+  qkv: LinearBinding
+  out: LinearBinding
+  norm2: GPUBindGroup
+  gateUp: LinearBinding
+  /** gate/up and SwiGLU in one decode kernel, where the layer allows. */
+  gated?: LinearBinding
+  down: LinearBinding
+}
 
 /** One session's rows in a batched step. */
 export interface GpuStep { hidden: Float32Array, tokens: number, store: GpuKVStore, length: number }
+
+/** A block's attention bind group, for one page buffer and one set of scratch buffers. */
+interface CacheBinding { key: string, attention: GPUBindGroup }
 
 
 /**
@@ -57,7 +72,12 @@ export class GpuSpanEngine {
   private readonly blocks: GpuBlock[] = []
   private readonly invFreq: Float64Array
   private readonly step: GPUBuffer
-  private readonly k: { norm: Kernel, append: Kernel, attention: Kernel, swiglu: Kernel }
+  private readonly k: { norm: Kernel, attention: Kernel, swiglu: Kernel }
+  private readonly shape: AttentionShape
+  private readonly pool: GpuKVPool
+  private readonly caches: CacheBinding[] = []
+  /** Commands recorded ahead for a step like the last one, and what they were recorded for. */
+  private ahead?: { key: string, commands: GPUCommandBuffer }
   private scratch?: Scratch
   private generation = 0
   /** Steps run one at a time: they share the scratch buffers and the readback buffer. */
@@ -77,13 +97,14 @@ export class GpuSpanEngine {
       if (n % 4 !== 0) throw new Error(`the GPU kernels need ${what} to be a multiple of 4 (got ${n})`)
     }
     if (cfg.headDim % 4 !== 0) throw new Error(`the GPU kernels need head_dim to be a multiple of 4 (got ${cfg.headDim})`)
-    this.step = createStepBuffer(this.device, MAX_SESSIONS_PER_STEP + 1)
+    this.step = createStepBuffer(this.device, MAX_STEP_BLOCKS + 1)
     this.timer = stepTimer(this.device, gpu.timestamps)
     const shape = { numHeads: cfg.numHeads, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim, kv: this.kv }
+    this.shape = shape
+    this.pool = new GpuKVPool(this.device, cfg.numKvHeads * cfg.headDim, this.kv === 'f16' ? 2 : 4, gpu.limits.maxStorageBufferBindingSize)
     this.k = {
       norm: kernel(this.device, rmsNormKernel(cfg.hiddenSize, cfg.rmsNormEps), ['read', 'read', 'rw', 'step']),
-      append: kernel(this.device, kvAppendKernel(shape), ['read', 'read', 'rw', 'step']),
-      attention: kernel(this.device, attentionKernel(shape, gpuKernels(gpu.software) === 'legacy'), ['read', 'read', 'read', 'rw', 'step']),
+      attention: kernel(this.device, attentionKernel(shape, gpuKernels(gpu.software) === 'legacy'), ['read', 'read', 'rw', 'rw', 'step', 'read']),
       swiglu: kernel(this.device, swigluKernel(cfg.intermediateSize), ['read', 'rw', 'step'])
     }
   }
@@ -121,8 +142,9 @@ export class GpuSpanEngine {
     this.scratch = undefined
   }
 
-  newStore (blocks: number, maxLength: number): GpuKVStore {
-    return new GpuKVStore(this.device, blocks, this.cfg.numKvHeads * this.cfg.headDim, maxLength, this.kv === 'f16' ? 2 : 4)
+  /** A session's cache for engine blocks `[first, first + blocks)`. */
+  newStore (first: number, blocks: number, maxLength: number): GpuKVStore {
+    return new GpuKVStore(this.pool, first, blocks, maxLength)
   }
 
   /**
@@ -145,46 +167,65 @@ export class GpuSpanEngine {
     const t0 = performance.now()
     const { device, cfg } = this
     const H = cfg.hiddenSize
+    const d = cfg.headDim
     const rows = steps.reduce((n, s) => n + s.tokens, 0)
+    if (rows > 65535) throw new Error(`a GPU step takes at most 65535 rows (got ${rows})`)
+    for (const st of steps) {
+      if (st.store.first > from || st.store.first + st.store.blocks < from + count) throw new Error('the session\'s cache does not cover the step\'s blocks')
+      st.store.reserve(st.length + st.tokens)
+    }
     const s = this.ensureScratch(rows)
 
     const input = new Float32Array(rows * H)
-    const rot = new Float32Array(rows * 2 * cfg.headDim)
-    const segments: Array<{ row0: number, tokens: number, pos0: number, cap: number }> = []
-    const encoder = device.createCommandEncoder()
+    const rot = new Float32Array(rows * 2 * d)
     let row = 0
     for (const st of steps) {
-      st.store.reserve(st.length + st.tokens, st.length, encoder)
       input.set(st.hidden, row * H)
-      const positions = Array.from({ length: st.tokens }, (_, t) => st.length + t)
-      const { cos, sin } = rotaryTables(this.invFreq, positions)
-      const d = cfg.headDim
-      for (let t = 0; t < st.tokens; t++) {
-        rot.set(cos.subarray(t * d, (t + 1) * d), (row + t) * 2 * d)
-        rot.set(sin.subarray(t * d, (t + 1) * d), (row + t) * 2 * d + d)
+      const { cos, sin } = rotaryTables(this.invFreq, Array.from({ length: st.tokens }, (_, t) => st.length + t))
+      for (let t = 0; t < st.tokens; t++, row++) {
+        rot.set(cos.subarray(t * d, (t + 1) * d), row * 2 * d)
+        rot.set(sin.subarray(t * d, (t + 1) * d), row * 2 * d + d)
       }
-      segments.push({ row0: row, tokens: st.tokens, pos0: st.length, cap: st.store.cap })
-      row += st.tokens
     }
+    const paging = stepPaging(steps.map(st => ({ tokens: st.tokens, length: st.length, pages: (b: number) => st.store.pagesOf(from + b) })), rows, count)
+    this.ensurePaging(s, paging.byteLength)
     device.queue.writeBuffer(s.x, 0, input)
     device.queue.writeBuffer(s.rot, 0, rot)
-    device.queue.writeBuffer(this.step, 0, stepSlots(segments, rows))
-    const caches = steps.map(st => this.cacheGroups(st.store, s, from))
+    device.queue.writeBuffer(s.paging, 0, paging)
+    device.queue.writeBuffer(this.step, 0, stepSlots(rows, count))
 
-    const passes = new StepPasses(encoder, this.timer)
-    for (let i = 0; i < count; i++) this.encodeBlock(passes, s.blocks[from + i], caches.map(c => c[from + i]), segments, rows)
-    passes.end()
-    const out = submitAndRead(this.gpu, encoder, s.x, s.readback, rows * H * 4, 'a step', t0)
-    // buffers replaced by a growth go once the submitted step that copied them is queued
-    for (const st of steps) st.store.release()
-    const hidden = await out
-    await passes.collect()
+    const caches = Array.from({ length: count }, (_, i) => this.cacheBinding(from + i, s))
+    const key = `${rows}/${from}/${count}/${caches.map(c => c.key).join(',')}`
+    const ahead = this.ahead?.key === key ? this.ahead.commands : undefined
+    this.ahead = undefined
+    const { commands, passes } = ahead != null ? { commands: ahead, passes: undefined } : this.record(s, caches, from, rows)
+    const hidden = await submitCommands(this.gpu, commands, s.readback, rows * H * 4, 'a step', t0, () => {
+      // the next step is likely this one again (decode): its commands are recorded while the GPU
+      // runs this one, and used if nothing they bind has changed by then
+      if (this.timer != null) return
+      // a failure here shows again when the next step records its own commands
+      try { this.ahead = { key, commands: this.record(s, caches, from, rows).commands } } catch {}
+    })
+    await passes?.collect()
     return hidden
   }
 
-  /** x ← x + attention(norm(x)); x ← x + mlp(norm(x)), for every row of the batch. */
-  private encodeBlock (passes: StepPasses, b: BlockBinding, caches: CacheBinding[], segments: Array<{ tokens: number }>, rows: number): void {
-    const cfg = this.cfg
+  /** A step's commands: every block, then the copy of the output rows into the readback buffer. */
+  private record (s: Scratch, caches: CacheBinding[], from: number, rows: number): { commands: GPUCommandBuffer, passes: StepPasses } {
+    const encoder = this.device.createCommandEncoder()
+    const passes = new StepPasses(encoder, this.timer)
+    caches.forEach((cache, i) => this.encodeBlock(passes, s.blocks[from + i], cache, i + 1, rows))
+    passes.end()
+    encoder.copyBufferToBuffer(s.x, 0, s.readback, 0, rows * this.cfg.hiddenSize * 4)
+    return { commands: encoder.finish(), passes }
+  }
+
+  /**
+   * x ← x + attention(norm(x)); x ← x + mlp(norm(x)), for every row of the batch (attention also
+   * stores the rows' keys and values). `slot`: the block's step slot, which tells attention which
+   * page tables are this block's.
+   */
+  private encodeBlock (passes: StepPasses, b: BlockBinding, cache: CacheBinding, slot: number, rows: number): void {
     const run = (label: string, pipeline: GPUComputePipeline, group: GPUBindGroup, slot: number, x: number, y = 1): void => {
       const pass = passes.pass(label)
       pass.setPipeline(pipeline)
@@ -193,15 +234,15 @@ export class GpuSpanEngine {
     }
     run('norm', this.k.norm.pipeline, b.norm1, 0, rows)
     dispatchLinear(passes.pass('q/k/v'), b.qkv, rows)
-    // one append invocation per 4 dims of a kv head
-    const quarter = cfg.headDim / 4
-    segments.forEach((seg, i) => run('kv append', this.k.append.pipeline, caches[i].append, i + 1, Math.ceil(seg.tokens * cfg.numKvHeads * quarter / 64)))
-    segments.forEach((seg, i) => run('attention', this.k.attention.pipeline, caches[i].attention, i + 1, cfg.numHeads, seg.tokens))
+    run('attention', this.k.attention.pipeline, cache.attention, slot, ...attentionGroups(this.shape, rows))
     dispatchLinear(passes.pass('o'), b.out, rows)
     run('norm', this.k.norm.pipeline, b.norm2, 0, rows)
-    dispatchLinear(passes.pass('gate/up'), b.gateUp, rows)
-    const groups = Math.ceil(rows * cfg.intermediateSize / 256)
-    run('swiglu', this.k.swiglu.pipeline, this.scratch!.swiglu, 0, ...grid(groups))
+    if (b.gated != null && rows < GEMM_MIN_ROWS) {
+      dispatchLinear(passes.pass('gate/up + SwiGLU'), b.gated, rows, true)
+    } else {
+      dispatchLinear(passes.pass('gate/up'), b.gateUp, rows)
+      run('swiglu', this.k.swiglu.pipeline, this.scratch!.swiglu, 0, ...grid(Math.ceil(rows * this.cfg.intermediateSize / 256)))
+    }
     dispatchLinear(passes.pass('down'), b.down, rows)
   }
 
@@ -218,6 +259,7 @@ export class GpuSpanEngine {
     const f = (n: number, label: string): GPUBuffer => storage(device, cap * n * 4, label)
     const x = f(H, 'x'); const h = f(H, 'h'); const qkv = f(QKV, 'qkv'); const att = f(QD, 'att')
     const gu = f(2 * F, 'gate/up'); const act = f(F, 'act'); const rot = f(2 * cfg.headDim, 'rot')
+    const paging = storage(device, Math.max(old?.paging.size ?? 0, cap * 16 + 4096), 'paging')
     const readback = device.createBuffer({ label: 'readback', size: cap * H * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
     const st = this.step
     const blocks = this.blocks.map(b => ({
@@ -226,26 +268,35 @@ export class GpuSpanEngine {
       out: b.out.bind(device, att, x, st, { accumulate: true }),
       norm2: bindGroup(device, this.k.norm, [x, b.postNorm, h, st]),
       gateUp: b.gateUp.bind(device, h, gu, st),
+      gated: b.gateUp.bindGated(device, h, act, st),
       down: b.down.bind(device, act, x, st, { accumulate: true })
     }))
-    if (old != null) for (const buf of [old.x, old.h, old.qkv, old.att, old.gu, old.act, old.rot, old.readback]) buf.destroy()
-    this.scratch = { rows: cap, generation: ++this.generation, x, h, qkv, att, gu, act, rot, readback, blocks, swiglu: bindGroup(device, this.k.swiglu, [gu, act, st]) }
+    if (old != null) for (const buf of [old.x, old.h, old.qkv, old.att, old.gu, old.act, old.rot, old.paging, old.readback]) buf.destroy()
+    this.scratch = { rows: cap, generation: ++this.generation, x, h, qkv, att, gu, act, rot, paging, readback, blocks, swiglu: bindGroup(device, this.k.swiglu, [gu, act, st]) }
     return this.scratch
   }
 
-  /** A cache's bind groups for each block, rebuilt when its buffers or the scratch buffers change. */
-  private cacheGroups (store: GpuKVStore, s: Scratch, offset: number): CacheBinding[] {
-    const key = `${s.generation}/${store.generation}`
-    if (store.bound?.key === key) return store.bound.groups as CacheBinding[]
-    const groups: CacheBinding[] = []
-    store.buffers.forEach((buf, i) => {
-      groups[offset + i] = {
-        append: bindGroup(this.device, this.k.append, [s.qkv, s.rot, buf, this.step]),
-        attention: bindGroup(this.device, this.k.attention, [s.qkv, s.rot, buf, s.att, this.step])
-      }
-    })
-    store.bound = { key, groups }
-    return groups
+  /** Room for a step's paging words: a larger buffer when needed (the cache bind groups follow it). */
+  private ensurePaging (s: Scratch, bytes: number): void {
+    if (s.paging.size >= bytes) return
+    s.paging.destroy()
+    s.paging = storage(this.device, Math.max(bytes, 2 * s.paging.size), 'paging')
+    s.generation = ++this.generation
+  }
+
+  /** Engine block `block`'s attention bind group, rebuilt when a buffer it binds changes. */
+  private cacheBinding (block: number, s: Scratch): CacheBinding {
+    const pages = this.pool.buffer(block)
+    if (pages.buffer == null) throw new Error(`block ${block} holds no session's pages`)
+    const key = `${s.generation}/${pages.generation}`
+    const bound = this.caches[block]
+    if (bound?.key === key) return bound
+    const cache = {
+      key,
+      attention: bindGroup(this.device, this.k.attention, [s.qkv, s.rot, pages.buffer, s.att, this.step, s.paging])
+    }
+    this.caches[block] = cache
+    return cache
   }
 
   dispose (): void {
@@ -255,11 +306,12 @@ export class GpuSpanEngine {
     }
     this.blocks.length = 0
     const s = this.scratch
-    if (s != null) for (const buf of [s.x, s.h, s.qkv, s.att, s.gu, s.act, s.rot, s.readback]) buf.destroy()
+    if (s != null) for (const buf of [s.x, s.h, s.qkv, s.att, s.gu, s.act, s.rot, s.paging, s.readback]) buf.destroy()
     this.scratch = undefined
+    this.ahead = undefined
+    this.caches.length = 0
+    this.pool.dispose()
     this.step.destroy()
     if (this.timer != null) { this.timer.querySet.destroy(); this.timer.resolve.destroy(); this.timer.read.destroy() }
   }
 }
-
-interface CacheBinding { append: GPUBindGroup, attention: GPUBindGroup }

@@ -2,13 +2,12 @@
 import assert from 'node:assert/strict'
 import { toFloat32, f32ToF16, f32ToBf16 } from '@plexus/runtime'
 import type { DType } from '@plexus/runtime'
-import { rmsNormKernel, gemmKernel, kvAppendKernel, swigluKernel, GEMM_MIN_ROWS } from '../../src/webgpu/kernels.ts'
-import { attentionKernel } from '../../src/webgpu/attention.ts'
+import { rmsNormKernel, gemmKernel, swigluKernel, GEMM_MIN_ROWS } from '../../src/webgpu/kernels.ts'
 import type { LinearShape } from '../../src/webgpu/kernels.ts'
 import { matvecPlan, matvecGroups } from '../../src/webgpu/matvec.ts'
 import type { GpuKernels } from '../../src/webgpu/kernel-choice.ts'
 import type { WeightFormat } from '../../src/webgpu/kernels.ts'
-import { gpuFormat, gpuBytes } from '../../src/webgpu/formats.ts'
+import { gpuFormat, gpuBytes, gpuChunk, rowBytes } from '../../src/webgpu/formats.ts'
 import { testGpu, skipWebgpu, runKernel, randoms, relErr } from '../support/gpu.ts'
 import { blocksOf, rng } from '../../../../test/support/gguf-blocks.ts'
 import type { GpuContext } from '../../src/webgpu/device.ts'
@@ -87,20 +86,29 @@ describe('WebGPU kernels against float64 references', function () {
     }
   }
 
-  // Block formats: random ggml blocks (valid scales), laid out for the GPU, against their exact dequantization.
-  for (const [type, K] of [['Q8_0', 96], ['Q4_K', 512]] as const) {
+  // Block formats: random ggml blocks (valid scales), laid out for the GPU, against their exact
+  // dequantization. K 1056: 33 q8_0 blocks a row, one more than the fast kernel's 32 lanes and 264
+  // vec4s for the legacy kernel's 64 threads. The rows go in two chunks of their own layout (q8_0:
+  // the scales after each chunk's int8, at an offset set by its row count; odd block counts pad).
+  for (const [type, K] of [['Q8_0', 1056], ['Q4_K', 512]] as const) {
     for (const [rows, reduce] of cases([1, 9, GEMM_MIN_ROWS + 7])) {
-      it(`linear ${type}, ${rows} rows (${what(rows, reduce)})`, async () => {
+      it(`linear ${type}, ${rows} rows, in two chunks (${what(rows, reduce)})`, async () => {
         const N = 37
         const blockElems = type === 'Q8_0' ? 32 : 256
         const { bytes, want } = blocksOf(type, N * K / blockElems, rng(21))
         const format = gpuFormat(type)
-        const data = gpuBytes(format, { dtype: type, shape: [N, K], bytes })
+        const encoded = gpuBytes(format, { dtype: type, shape: [N, K], bytes })
         const x = randoms(rows * K, 22)
-        const shape = { format, k: K, n: N, n0: 0, yStride: N, bias: false, accumulate: false }
-        const args = [{ data: x, binding: 'read' as const }, { data, binding: 'read' as const }, { size: rows * N, binding: 'rw' as const }, 'step' as const]
-        const { code, groups } = linearKernel(shape, rows, reduce)
-        const [y] = await runKernel(gpu, code, args, [[rows]], groups)
+        const y = new Float64Array(rows * N)
+        for (const [n0, n1] of [[0, 21], [21, N]]) {
+          const data = gpuChunk(format, K, encoded.subarray(n0 * rowBytes(format, K), n1 * rowBytes(format, K)))
+          const shape = { format, k: K, n: n1 - n0, n0, yStride: N, bias: false, accumulate: false }
+          const args = [{ data: x, binding: 'read' as const }, { data, binding: 'read' as const }, { size: rows * N, binding: 'rw' as const }, 'step' as const]
+          const { code, groups } = linearKernel(shape, rows, reduce)
+          // each chunk writes only its own columns of y (the rest stay zero)
+          const [part] = await runKernel(gpu, code, args, [[rows]], groups)
+          for (let i = 0; i < y.length; i++) y[i] += part[i]
+        }
         const ref = new Float64Array(rows * N)
         for (let r = 0; r < rows; r++) {
           for (let n = 0; n < N; n++) {
@@ -110,6 +118,29 @@ describe('WebGPU kernels against float64 references', function () {
           }
         }
         assert.ok(relErr(y, ref) < 1e-5, `${relErr(y, ref)}`)
+      })
+    }
+  }
+
+  // gate/up and SwiGLU in one decode kernel: 19 outputs (not a whole number of workgroups), the
+  // gate rows then the up rows of one buffer; K 100 runs the legacy kernel only
+  for (const [format, K] of [['f16', 112], ['f32', 100]] as const) {
+    for (const [rows, reduce] of cases([1, 9])) {
+      if (K === 100 && reduce !== 'legacy') continue
+      it(`gate/up + SwiGLU, ${format}, K ${K}, ${rows} rows (${what(rows, reduce)})`, async () => {
+        const F = 19
+        const x = randoms(rows * K, 31)
+        const { data, dtype } = stored(randoms(2 * F * K, 32).map(v => v * 3), format)
+        const wq = toFloat32(data, dtype)
+        const shape = { format, k: K, n: 2 * F, n0: 0, yStride: F, bias: false, accumulate: false, gated: true }
+        const plan = matvecPlan(shape, reduce, gpu.subgroups)
+        const [act] = await runKernel(gpu, plan.code, [{ data: x, binding: 'read' }, { data, binding: 'read' }, { size: rows * F, binding: 'rw' }, 'step'], [[rows]], matvecGroups(F, plan.rowsPerGroup))
+        const ref = new Float64Array(rows * F)
+        const dot = (r: number, n: number): number => { let s = 0; for (let k = 0; k < K; k++) s += x[r * K + k] * wq[n * K + k]; return s }
+        for (let r = 0; r < rows; r++) {
+          for (let i = 0; i < F; i++) { const g = dot(r, i); ref[r * F + i] = g / (1 + Math.exp(-g)) * dot(r, F + i) }
+        }
+        assert.ok(relErr(act, ref) < 1e-5, `${relErr(act, ref)}`)
       })
     }
   }
@@ -125,81 +156,6 @@ describe('WebGPU kernels against float64 references', function () {
         (await runKernel(gpu, code, [{ data: xs, binding: 'read' }, { data: w, binding: 'read' }, { size: rows * N, binding: 'rw' }, 'step'], [[rows]], groups))[0]
       const all = await run(x, 5)
       for (let r = 0; r < 5; r++) assert.deepEqual(Array.from(all.subarray(r * N, (r + 1) * N)), Array.from((await run(x.slice(r * K, (r + 1) * K), 1)).subarray(0, N)))
-    })
-  }
-
-  // Reference attention: rotate q and k (rotate-half, HF), causal softmax over positions 0..pos.
-  // cap 600: keys past the kernel's first chunk of 256 (the running max and sum carry over)
-  for (const [heads, kvHeads, D, kv, cap] of [[4, 4, 64, 'f32', 80], [8, 2, 128, 'f32', 80], [8, 1, 64, 'f32', 80], [8, 2, 128, 'f16', 80], [6, 3, 64, 'f16', 80], [4, 2, 80, 'f32', 80], [8, 2, 128, 'f32', 600], [4, 1, 64, 'f16', 600]] as const) {
-    it(`kv append + attention: ${heads}/${kvHeads} heads, head_dim ${D}, ${kv} cache, ${cap - 10} keys before, past a rolled-back cache`, async () => {
-      const shape = { numHeads: heads, numKvHeads: kvHeads, headDim: D, kv }
-      const QD = heads * D; const KVD = kvHeads * D; const QKV = QD + 2 * KVD
-      const pos0 = cap - 10; const T = 3; const rows = T + 2; const row0 = 1
-      const qkv = randoms(rows * QKV, 11)
-      // cache: positions < pos0 hold keys/values already; positions ≥ pos0 hold garbage from a rolled-back draft
-      const cacheF32 = randoms(2 * cap * KVD, 12)
-      const cache = kv === 'f16' ? new Uint32Array(f32ToF16(cacheF32).buffer) : cacheF32
-      const asF32 = (c: Float32Array): Float32Array => kv === 'f16' ? toFloat32(new Uint8Array(c.buffer, 0, 2 * cap * KVD * 2), 'F16') : c
-      const rot = new Float32Array(rows * 2 * D)
-      const angle = (p: number, i: number): number => p / Math.pow(10000, (2 * (i % (D / 2))) / D)
-      for (let t = 0; t < T; t++) {
-        for (let i = 0; i < D; i++) {
-          rot[(row0 + t) * 2 * D + i] = Math.cos(angle(pos0 + t, i))
-          rot[(row0 + t) * 2 * D + D + i] = (i < D / 2 ? -1 : 1) * Math.sin(angle(pos0 + t, i))
-        }
-      }
-      const slot = [rows, row0, T, pos0, cap]
-      const [cacheRaw] = await runKernel(gpu, kvAppendKernel(shape), [{ data: qkv, binding: 'read' }, { data: rot, binding: 'read' }, { data: cache, binding: 'rw' }, 'step'], [[rows], slot], [Math.ceil(T * kvHeads * D / 4 / 64)], 1)
-      const cacheOut = asF32(cacheRaw)
-      const rotate = (v: ArrayLike<number>, o: number, t: number): number[] => Array.from({ length: D }, (_, i) => {
-        const j = i < D / 2 ? i + D / 2 : i - D / 2
-        return v[o + i] * rot[(row0 + t) * 2 * D + i] + v[o + j] * rot[(row0 + t) * 2 * D + D + i]
-      })
-      const refCache = Float64Array.from(asF32(kv === 'f16' ? new Float32Array(cache.buffer) : cacheF32))
-      for (let t = 0; t < T; t++) {
-        for (let h = 0; h < kvHeads; h++) {
-          const src = (row0 + t) * QKV + QD + h * D
-          const k = rotate(qkv, src, t)
-          for (let i = 0; i < D; i++) {
-            refCache[(pos0 + t) * KVD + h * D + i] = k[i]
-            refCache[cap * KVD + (pos0 + t) * KVD + h * D + i] = qkv[src + KVD + i]
-          }
-        }
-      }
-      assert.ok(relErr(cacheOut, refCache) < (kv === 'f16' ? 1e-3 : 1e-6), `append: ${relErr(cacheOut, refCache)}`)
-      // attention reads the cache as the GPU wrote it (f16: rounded); the reference reads the same values
-      for (let i = 0; i < refCache.length; i++) refCache[i] = cacheOut[i]
-
-      const attention = new Map<boolean, Float32Array>()
-      for (const legacy of [false, true]) {
-        const [att] = await runKernel(gpu, attentionKernel(shape, legacy), [{ data: qkv, binding: 'read' }, { data: rot, binding: 'read' }, { data: cacheRaw, binding: 'read' }, { size: rows * QD, binding: 'rw' }, 'step'], [[rows], slot], [heads, T], 1)
-        attention.set(legacy, att)
-      }
-      const ref = new Float64Array(rows * QD)
-      for (let t = 0; t < T; t++) {
-        for (let h = 0; h < heads; h++) {
-          const q = rotate(qkv, (row0 + t) * QKV + h * D, t)
-          const kvh = Math.floor(h / (heads / kvHeads))
-          const keys = pos0 + t + 1
-          const s = Array.from({ length: keys }, (_, j) => {
-            let d = 0
-            for (let i = 0; i < D; i++) d += q[i] * refCache[j * KVD + kvh * D + i]
-            return d / Math.sqrt(D)
-          })
-          const m = Math.max(...s)
-          const e = s.map(v => Math.exp(v - m))
-          const z = e.reduce((a, b) => a + b, 0)
-          for (let i = 0; i < D; i++) {
-            let o = 0
-            for (let j = 0; j < keys; j++) o += e[j] / z * refCache[cap * KVD + j * KVD + kvh * D + i]
-            ref[(row0 + t) * QD + h * D + i] = o
-          }
-        }
-      }
-      for (const [legacy, att] of attention) {
-        const e = relErr(att.subarray(row0 * QD, (row0 + T) * QD), ref.subarray(row0 * QD, (row0 + T) * QD))
-        assert.ok(e < 1e-5, `${legacy ? 'legacy' : 'fast'} kernel: ${e}`)
-      }
     })
   }
 
