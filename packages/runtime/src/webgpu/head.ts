@@ -1,16 +1,15 @@
 /// <reference types="@webgpu/types" />
 import type { HeadKernel } from '../head-kernel.ts'
 import type { GpuContext } from './device.ts'
-import { GpuLinear, kernel, bindGroup, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially, SLOT_OFFSETS } from './linear.ts'
+import { GpuLinear, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially } from './linear.ts'
 import type { LinearBinding, WeightPart } from './linear.ts'
-import { rmsNormKernel } from './kernels.ts'
 
-interface HeadScratch { rows: number, x: GPUBuffer, h: GPUBuffer, logits: GPUBuffer, readback: GPUBuffer, norm: GPUBindGroup, lm: LinearBinding }
+interface HeadScratch { rows: number, x: GPUBuffer, logits: GPUBuffer, readback: GPUBuffer, lm: LinearBinding }
 
 /**
- * The LM head on the GPU: final norm, then logits `[rows, vocab]`, in one submission. It always
- * uses the matrix-vector kernel (rows in groups of 8), so rows batched from several sessions
- * give bitwise the logits each would get alone.
+ * The LM head on the GPU: final norm and logits `[rows, vocab]` in one matrix-vector kernel (the
+ * norm inside it; rows in groups of 8), so rows batched from several sessions give bitwise the
+ * logits each would get alone.
  */
 export interface GpuHeadWeights {
   hiddenSize: number
@@ -28,7 +27,6 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
   const norm = upload(device, w.norm, 'final norm')
   const lmHead = GpuLinear.upload(gpu, 'lm_head', [w.lmHead])
   const step = createStepBuffer(device, 1)
-  const normKernel = kernel(device, rmsNormKernel(H, w.rmsNormEps), ['read', 'read', 'rw', 'step'])
   let scratch: HeadScratch | undefined
   // one call at a time: calls share the scratch and readback buffers
   const serial = serially()
@@ -37,12 +35,11 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
     if (scratch != null && scratch.rows >= rows) return scratch
     let cap = Math.max(8, scratch?.rows ?? 0)
     while (cap < rows) cap *= 2
-    if (scratch != null) for (const b of [scratch.x, scratch.h, scratch.logits, scratch.readback]) b.destroy()
+    if (scratch != null) for (const b of [scratch.x, scratch.logits, scratch.readback]) b.destroy()
     const x = storage(device, cap * H * 4, 'head x')
-    const h = storage(device, cap * H * 4, 'head h')
     const logits = storage(device, cap * V * 4, 'logits')
     const readback = device.createBuffer({ label: 'logits readback', size: cap * V * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
-    scratch = { rows: cap, x, h, logits, readback, norm: bindGroup(device, normKernel, [x, norm, h, step]), lm: lmHead.bind(device, h, logits, step) }
+    scratch = { rows: cap, x, logits, readback, lm: lmHead.bind(device, x, logits, step, { norm: { weight: norm, eps: w.rmsNormEps } }) }
     return scratch
   }
 
@@ -53,9 +50,6 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
     device.queue.writeBuffer(step, 0, stepSlots(rows))
     const encoder = device.createCommandEncoder()
     const pass = encoder.beginComputePass()
-    pass.setPipeline(normKernel.pipeline)
-    pass.setBindGroup(0, s.norm, SLOT_OFFSETS, 0, 1)
-    pass.dispatchWorkgroups(rows)
     dispatchLinear(pass, s.lm, rows, true)
     pass.end()
     return await submitAndRead(gpu, encoder, s.logits, s.readback, rows * V * 4, 'the LM head', t0)
@@ -67,7 +61,7 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
       // after the calls already queued
       await serial(async () => {})
       norm.destroy(); lmHead.destroy(); step.destroy()
-      if (scratch != null) for (const b of [scratch.x, scratch.h, scratch.logits, scratch.readback]) b.destroy()
+      if (scratch != null) for (const b of [scratch.x, scratch.logits, scratch.readback]) b.destroy()
       scratch = undefined
     }
   }

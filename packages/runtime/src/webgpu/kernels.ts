@@ -86,6 +86,11 @@ export interface LinearShape {
    * SwiGLU MLP's first half in one kernel (decode kernels only).
    */
   gated?: boolean
+  /**
+   * x is the residual stream, normalized here (RMSNorm with this epsilon and the weights bound
+   * after the bias) before the product: the norm in the projection's kernel (decode kernels only).
+   */
+  norm?: number
 }
 
 /** WGSL: silu(g)·u, as the separate SwiGLU kernel computes it. */
@@ -99,6 +104,7 @@ ${weights}
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> step: Step;
 ${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
+${s.norm != null ? `@group(0) @binding(${s.bias ? 5 : 4}) var<storage, read> normWeight: array<vec4<f32>>;\nconst EPS = ${s.norm.toExponential()};` : ''}
 const K4 = ${u(s.k / 4)};
 const N = ${u(s.n)};
 // outputs a row: N, or N/2 where gate and up rows make one
@@ -113,6 +119,27 @@ fn store (r: u32, n: u32, v: f32) {
 }
 
 /**
+ * WGSL for a normalizing kernel of `w` threads (`t`), at the top of its loop over batch rows
+ * r0…r0+nr: `scale[r]`, row r0 + r's 1/rms, reduced through `part` (`w`·MATVEC_ROWS floats).
+ */
+export function rowScales (w: number): string {
+  return `    var scale = array<f32, ${MATVEC_ROWS}>();
+    for (var r = 0u; r < nr; r++) {
+      var ss = 0.0;
+      for (var k = t; k < K4; k += ${u(w)}) { let v = x[(r0 + r) * K4 + k]; ss += dot(v, v); }
+      part[r * ${u(w)} + t] = ss;
+    }
+    workgroupBarrier();
+    for (var h = ${u(w / 2)}; h > 0u; h >>= 1u) {
+      if (t < h) { for (var r = 0u; r < nr; r++) { part[r * ${u(w)} + t] += part[r * ${u(w)} + t + h]; } }
+      workgroupBarrier();
+    }
+    for (var r = 0u; r < nr; r++) { scale[r] = inverseSqrt(part[r * ${u(w)}] / f32(K4 * 4u) + EPS); }
+    workgroupBarrier();
+`
+}
+
+/**
  * y = x·Wᵀ for a few rows (decode) where rows are not whole chunks of matvec.ts's kernel: one
  * workgroup per output, its threads striding the input so that neighbours read neighbouring
  * weights; each row's sum is reduced in the same order whatever the batch, so batched steps equal
@@ -123,6 +150,7 @@ export function legacyMatvecKernel (s: LinearShape): string {
   const W = workgroupFor(s.k / 4, MATVEC_THREADS)
   // gated: the up row's sums beside the gate row's, in the second half of `part`
   const G = s.gated === true
+  const normed = s.norm != null
   const both = (code: (a: string, p: string) => string): string => G ? `${code('acc', '0u')} ${code('acu', `${u(W * R)}`)}` : code('acc', '0u')
   return `${linearBindings(s)}
 var<workgroup> part: array<f32, ${W * R * (G ? 2 : 1)}>;
@@ -132,11 +160,13 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let n = wg.x + wg.y * nwg.x;
   if (n >= OUTS) { return; }
   for (var r0 = 0u; r0 < step.rows; r0 += ${u(R)}) {
-    var acc = array<f32, ${R}>();
+    let nr = min(${u(R)}, step.rows - r0);
+${normed ? rowScales(W) : ''}    var acc = array<f32, ${R}>();
     var acu = array<f32, ${R}>();
     for (var k = t; k < K4; k += ${u(W)}) {
-      let wv = w4(n * K4 + k);
-      ${G ? 'let wu = w4((n + OUTS) * K4 + k);' : ''}
+      // normalizing: the norm's weights times W's here, the row's 1/rms at the end
+      let wv = w4(n * K4 + k)${normed ? ' * normWeight[k]' : ''};
+      ${G ? `let wu = w4((n + OUTS) * K4 + k)${normed ? ' * normWeight[k]' : ''};` : ''}
       for (var r = 0u; r < ${u(R)}; r++) {
         if (r0 + r < step.rows) {
           let xv = x[(r0 + r) * K4 + k];
@@ -146,7 +176,6 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
       }
     }
     // only the rows this pass holds are reduced (a lone decode row: one)
-    let nr = min(${u(R)}, step.rows - r0);
     for (var r = 0u; r < nr; r++) { ${both((a, p) => `part[${p} + r * ${u(W)} + t] = ${a}[r];`)} }
     workgroupBarrier();
     for (var h = ${u(W / 2)}; h > 0u; h >>= 1u) {
@@ -155,7 +184,8 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
       }
       workgroupBarrier();
     }
-    if (t < nr) { store(r0 + t, n, ${G ? `swiglu(part[t * ${u(W)}], part[${u(W * R)} + t * ${u(W)}])` : `part[t * ${u(W)}]`}); }
+    let sc = ${normed ? 'scale[min(t, nr - 1u)]' : '1.0'};
+    if (t < nr) { store(r0 + t, n, ${G ? `swiglu(part[t * ${u(W)}] * sc, part[${u(W * R)} + t * ${u(W)}] * sc)` : `part[t * ${u(W)}] * sc`}); }
     workgroupBarrier();
   }
 }`

@@ -144,20 +144,26 @@ export class GpuLinear {
     return new GpuLinear(k, row, chunks, bytes, gpu)
   }
 
-  /** Bind groups for input `x` `[rows, k]` and output `y` (row stride `yStride`, this layer's outputs at column `yOffset`). */
-  bind (device: GPUDevice, x: GPUBuffer, y: GPUBuffer, step: GPUBuffer, opts: { yStride?: number, yOffset?: number, accumulate?: boolean } = {}): LinearBinding {
+  /**
+   * Bind groups for input `x` `[rows, k]` and output `y` (row stride `yStride`, this layer's
+   * outputs at column `yOffset`). `norm`: x is the residual stream, RMS-normalized with these
+   * weights in the decode kernel (then there is no GEMM).
+   */
+  bind (device: GPUDevice, x: GPUBuffer, y: GPUBuffer, step: GPUBuffer, opts: { yStride?: number, yOffset?: number, accumulate?: boolean, norm?: LinearNorm } = {}): LinearBinding {
     return this.chunks.map(c => {
       const shape: LinearShape = {
-        format: c.format, k: this.k, n: c.n, n0: (opts.yOffset ?? 0) + c.n0, yStride: opts.yStride ?? this.n, bias: c.bias != null, accumulate: opts.accumulate === true
+        format: c.format, k: this.k, n: c.n, n0: (opts.yOffset ?? 0) + c.n0, yStride: opts.yStride ?? this.n, bias: c.bias != null, accumulate: opts.accumulate === true, norm: opts.norm?.eps
       }
-      const bindings: Binding[] = ['read', 'read', 'rw', 'step', ...(c.bias != null ? ['read' as const] : [])]
-      const buffers = [x, c.weight, y, step, ...(c.bias != null ? [c.bias] : [])]
+      const extra = [...(c.bias != null ? [c.bias] : []), ...(opts.norm != null ? [opts.norm.weight] : [])]
+      const bindings: Binding[] = ['read', 'read', 'rw', 'step', ...extra.map(() => 'read' as const)]
+      const buffers = [x, c.weight, y, step, ...extra]
       // the GEMM is compiled on the first prefill that needs it (compiling is not free)
       let gemm: Bound | undefined
       return {
         n: c.n,
         matvec: this.matvec(device, shape, bindings, buffers, c.n),
         gemm: () => {
+          if (opts.norm != null) throw new Error('a normalizing projection runs decode steps only')
           if (gemm == null) { const g = kernel(device, gemmKernel(shape), bindings); gemm = { pipeline: g.pipeline, group: bindGroup(device, g, buffers) } }
           return gemm
         }
@@ -170,13 +176,14 @@ export class GpuLinear {
    * writes act = silu(gate)·up `[rows, n/2]` in one dispatch. Undefined where the rows are not one
    * buffer (then the MLP runs the projection and the SwiGLU kernel apart).
    */
-  bindGated (device: GPUDevice, x: GPUBuffer, act: GPUBuffer, step: GPUBuffer): LinearBinding | undefined {
+  bindGated (device: GPUDevice, x: GPUBuffer, act: GPUBuffer, step: GPUBuffer, norm?: LinearNorm): LinearBinding | undefined {
     const c = this.chunks[0]
     if (this.chunks.length !== 1 || c.bias != null || c.n % 2 !== 0) return undefined
-    const shape: LinearShape = { format: c.format, k: this.k, n: c.n, n0: 0, yStride: c.n / 2, bias: false, accumulate: false, gated: true }
+    const shape: LinearShape = { format: c.format, k: this.k, n: c.n, n0: 0, yStride: c.n / 2, bias: false, accumulate: false, gated: true, norm: norm?.eps }
+    const buffers = [x, c.weight, act, step, ...(norm != null ? [norm.weight] : [])]
     return [{
       n: c.n / 2,
-      matvec: this.matvec(device, shape, ['read', 'read', 'rw', 'step'], [x, c.weight, act, step], c.n / 2),
+      matvec: this.matvec(device, shape, buffers.map((_, i) => i === 2 ? 'rw' : i === 3 ? 'step' : 'read'), buffers, c.n / 2),
       gemm: () => { throw new Error('the gated kernel runs decode steps only') }
     }]
   }
@@ -191,6 +198,9 @@ export class GpuLinear {
     for (const c of this.chunks) { c.weight.destroy(); c.bias?.destroy() }
   }
 }
+
+/** An RMSNorm a decode kernel applies to its input rows: weights `[k]` (f32) and epsilon. */
+export interface LinearNorm { weight: GPUBuffer, eps: number }
 
 export type LinearBinding = Array<{ n: number, matvec: Bound & { groups: [number, number] }, gemm: () => Bound }>
 export interface Bound { pipeline: GPUComputePipeline, group: GPUBindGroup }

@@ -6,7 +6,7 @@
 // every batch row. The lanes' partial sums are then added by a butterfly of subgroup shuffles (or
 // through workgroup memory where subgroups are narrower than 32 or missing). The order of every
 // sum is fixed by the shape alone, so a row gives the same bits alone or in a batch.
-import { linearBindings, legacyMatvecKernel, grid, MATVEC_ROWS } from './kernels.ts'
+import { linearBindings, legacyMatvecKernel, rowScales, grid, MATVEC_ROWS } from './kernels.ts'
 import type { LinearShape } from './kernels.ts'
 import type { WeightFormat } from './formats.ts'
 import type { GpuKernels } from './kernel-choice.ts'
@@ -143,7 +143,11 @@ export function matvecPlan (s: LinearShape, kernels: GpuKernels, subgroups: bool
   // gated: the first half of a workgroup's weight rows are gate rows, the second half the up rows
   // of the same outputs, which meet in workgroup memory
   const G = s.gated === true
-  const OUTS = G ? ROWS_PER_GROUP / 2 : ROWS_PER_GROUP
+  const normed = s.norm != null
+  const PER_GROUP = G ? ROWS_PER_GROUP / 2 : ROWS_PER_GROUP
+  // normalizing: the norm's weights times W's as a chunk is read, the row's 1/rms at the end
+  const norming = '        for (var j = 0u; j < NV; j++) { wv[j] *= normWeight[c * NV + j]; }\n'
+  const sc = normed ? ' * scale[r]' : ''
   const tree = `      for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(THREADS)} + t] = acc[r]; }
       workgroupBarrier();
       for (var h = ${u(LANES / 2)}; h > 0u; h >>= 1u) {
@@ -154,7 +158,7 @@ export function matvecPlan (s: LinearShape, kernels: GpuKernels, subgroups: bool
       workgroupBarrier();
 `
   return {
-    rowsPerGroup: OUTS,
+    rowsPerGroup: PER_GROUP,
     code: `${shuffle ? 'enable subgroups;\n' : ''}${linearBindings(s, ch.code)}
 const CH = ${u(CH)};
 const NV = ${u(ch.vec4s)};
@@ -166,17 +170,17 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let lane = t % ${u(LANES)};
   let slot = t / ${u(LANES)};
   // this workgroup's output of this slot, and the weight row the slot reads
-  let out = (wg.x + wg.y * nwg.x) * ${u(OUTS)} + slot % ${u(OUTS)};
+  let out = (wg.x + wg.y * nwg.x) * ${u(PER_GROUP)} + slot % ${u(PER_GROUP)};
   let live = out < OUTS;
-  let row = min(${G ? `select(out, out + OUTS, slot >= ${u(OUTS)})` : 'out'}, N - 1u);
+  let row = min(${G ? `select(out, out + OUTS, slot >= ${u(PER_GROUP)})` : 'out'}, N - 1u);
   for (var r0 = 0u; r0 < step.rows; r0 += ${u(R)}) {
     let nr = min(${u(R)}, step.rows - r0);
-    var acc = array<f32, ${R}>();
+${normed ? rowScales(THREADS) : ''}    var acc = array<f32, ${R}>();
     for (var c0 = 0u; c0 < CH; c0 += ${u(LANES)}) {
       let c = c0 + lane;
       if (c < CH) {
-        let wv = chunk(row, c);
-        for (var r = 0u; r < ${u(R)}; r++) {
+        var wv = chunk(row, c);
+${normed ? norming : ''}        for (var r = 0u; r < ${u(R)}; r++) {
           if (r < nr) {
             let xb = (r0 + r) * K4 + c * NV;
             var s = 0.0;
@@ -200,12 +204,12 @@ ${tree}    }
 ` : tree}${G
   ? `    if (lane == 0u) { for (var r = 0u; r < ${u(R)}; r++) { pair[slot * ${u(R)} + r] = sums[r]; } }
     workgroupBarrier();
-    if (lane == 0u && live && slot < ${u(OUTS)}) {
-      for (var r = 0u; r < nr; r++) { store(r0 + r, out, swiglu(pair[slot * ${u(R)} + r], pair[(slot + ${u(OUTS)}) * ${u(R)} + r])); }
+    if (lane == 0u && live && slot < ${u(PER_GROUP)}) {
+      for (var r = 0u; r < nr; r++) { store(r0 + r, out, swiglu(pair[slot * ${u(R)} + r]${sc}, pair[(slot + ${u(PER_GROUP)}) * ${u(R)} + r]${sc})); }
     }
     workgroupBarrier();
 `
-  : `    if (lane == 0u && live) { for (var r = 0u; r < nr; r++) { store(r0 + r, out, sums[r]); } }
+  : `    if (lane == 0u && live) { for (var r = 0u; r < nr; r++) { store(r0 + r, out, sums[r]${sc}); } }
 `}  }
 }`
   }

@@ -49,9 +49,9 @@ interface BlockBinding {
   out: LinearBinding
   norm2: GPUBindGroup
   gateUp: LinearBinding
-  /** gate/up and SwiGLU in one decode kernel, where the layer allows. */
-  gated?: LinearBinding
   down: LinearBinding
+  /** Decode: the input norm in the q/k/v kernel; the post-attention norm, gate/up and SwiGLU in one (where the layer is one buffer). */
+  decode: { qkv: LinearBinding, mlp?: LinearBinding }
 }
 
 /** One session's rows in a batched step. */
@@ -232,14 +232,20 @@ export class GpuSpanEngine {
       pass.setBindGroup(0, group, SLOT_OFFSETS, slot, 1)
       pass.dispatchWorkgroups(x, y)
     }
-    run('norm', this.k.norm.pipeline, b.norm1, 0, rows)
-    dispatchLinear(passes.pass('q/k/v'), b.qkv, rows)
+    // decode rows run the norms inside the projections after them; a prefill's GEMMs do not
+    const decode = rows < GEMM_MIN_ROWS
+    if (decode) {
+      dispatchLinear(passes.pass('norm + q/k/v'), b.decode.qkv, rows, true)
+    } else {
+      run('norm', this.k.norm.pipeline, b.norm1, 0, rows)
+      dispatchLinear(passes.pass('q/k/v'), b.qkv, rows)
+    }
     run('attention', this.k.attention.pipeline, cache.attention, slot, ...attentionGroups(this.shape, rows))
     dispatchLinear(passes.pass('o'), b.out, rows)
-    run('norm', this.k.norm.pipeline, b.norm2, 0, rows)
-    if (b.gated != null && rows < GEMM_MIN_ROWS) {
-      dispatchLinear(passes.pass('gate/up + SwiGLU'), b.gated, rows, true)
+    if (decode && b.decode.mlp != null) {
+      dispatchLinear(passes.pass('norm + gate/up + SwiGLU'), b.decode.mlp, rows, true)
     } else {
+      run('norm', this.k.norm.pipeline, b.norm2, 0, rows)
       dispatchLinear(passes.pass('gate/up'), b.gateUp, rows)
       run('swiglu', this.k.swiglu.pipeline, this.scratch!.swiglu, 0, ...grid(Math.ceil(rows * this.cfg.intermediateSize / 256)))
     }
@@ -268,8 +274,11 @@ export class GpuSpanEngine {
       out: b.out.bind(device, att, x, st, { accumulate: true }),
       norm2: bindGroup(device, this.k.norm, [x, b.postNorm, h, st]),
       gateUp: b.gateUp.bind(device, h, gu, st),
-      gated: b.gateUp.bindGated(device, h, act, st),
-      down: b.down.bind(device, act, x, st, { accumulate: true })
+      down: b.down.bind(device, act, x, st, { accumulate: true }),
+      decode: {
+        qkv: b.qkv.bind(device, x, qkv, st, { norm: { weight: b.inputNorm, eps: cfg.rmsNormEps } }),
+        mlp: b.gateUp.bindGated(device, x, act, st, { weight: b.postNorm, eps: cfg.rmsNormEps })
+      }
     }))
     if (old != null) for (const buf of [old.x, old.h, old.qkv, old.att, old.gu, old.act, old.rot, old.paging, old.readback]) buf.destroy()
     this.scratch = { rows: cap, generation: ++this.generation, x, h, qkv, att, gu, act, rot, paging, readback, blocks, swiglu: bindGroup(device, this.k.swiglu, [gu, act, st]) }

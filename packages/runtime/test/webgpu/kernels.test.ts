@@ -122,26 +122,46 @@ describe('WebGPU kernels against float64 references', function () {
     }
   }
 
-  // gate/up and SwiGLU in one decode kernel: 19 outputs (not a whole number of workgroups), the
-  // gate rows then the up rows of one buffer; K 100 runs the legacy kernel only
+  // The decode kernels' fusions: the RMSNorm of the input rows (with a bias, whose binding comes
+  // first), and gate/up + SwiGLU (19 outputs, not a whole number of workgroups; the gate rows then
+  // the up rows of one buffer), each alone and both. K 100 runs the legacy kernel only.
+  const rms = (x: Float32Array, K: number, g: Float32Array): Float64Array => {
+    const h = new Float64Array(x.length)
+    for (let r = 0; r < x.length / K; r++) {
+      let ss = 0
+      for (let k = 0; k < K; k++) ss += x[r * K + k] ** 2
+      for (let k = 0; k < K; k++) h[r * K + k] = x[r * K + k] / Math.sqrt(ss / K + 1e-5) * g[k]
+    }
+    return h
+  }
   for (const [format, K] of [['f16', 112], ['f32', 100]] as const) {
     for (const [rows, reduce] of cases([1, 9])) {
       if (K === 100 && reduce !== 'legacy') continue
-      it(`gate/up + SwiGLU, ${format}, K ${K}, ${rows} rows (${what(rows, reduce)})`, async () => {
-        const F = 19
-        const x = randoms(rows * K, 31)
-        const { data, dtype } = stored(randoms(2 * F * K, 32).map(v => v * 3), format)
-        const wq = toFloat32(data, dtype)
-        const shape = { format, k: K, n: 2 * F, n0: 0, yStride: F, bias: false, accumulate: false, gated: true }
-        const plan = matvecPlan(shape, reduce, gpu.subgroups)
-        const [act] = await runKernel(gpu, plan.code, [{ data: x, binding: 'read' }, { data, binding: 'read' }, { size: rows * F, binding: 'rw' }, 'step'], [[rows]], matvecGroups(F, plan.rowsPerGroup))
-        const ref = new Float64Array(rows * F)
-        const dot = (r: number, n: number): number => { let s = 0; for (let k = 0; k < K; k++) s += x[r * K + k] * wq[n * K + k]; return s }
-        for (let r = 0; r < rows; r++) {
-          for (let i = 0; i < F; i++) { const g = dot(r, i); ref[r * F + i] = g / (1 + Math.exp(-g)) * dot(r, F + i) }
-        }
-        assert.ok(relErr(act, ref) < 1e-5, `${relErr(act, ref)}`)
-      })
+      for (const [gated, norm] of [[false, true], [true, false], [true, true]]) {
+        it(`${[norm && 'norm', gated ? 'gate/up + SwiGLU' : 'linear with bias'].filter(Boolean).join(' + ')}, ${format}, K ${K}, ${rows} rows (${what(rows, reduce)})`, async () => {
+          const F = 19
+          const N = gated ? 2 * F : F
+          const x = randoms(rows * K, 31).map(v => v * 4)
+          const g = randoms(K, 33)
+          const bias = randoms(N, 34)
+          const { data, dtype } = stored(randoms(N * K, 32).map(v => v * 3), format)
+          const wq = toFloat32(data, dtype)
+          const shape = { format, k: K, n: N, n0: 0, yStride: F, bias: !gated, accumulate: false, gated, norm: norm ? 1e-5 : undefined }
+          const plan = matvecPlan(shape, reduce, gpu.subgroups)
+          const args = [{ data: x, binding: 'read' as const }, { data, binding: 'read' as const }, { size: rows * F, binding: 'rw' as const }, 'step' as const, ...(gated ? [] : [{ data: bias, binding: 'read' as const }]), ...(norm ? [{ data: g, binding: 'read' as const }] : [])]
+          const [y] = await runKernel(gpu, plan.code, args, [[rows]], matvecGroups(F, plan.rowsPerGroup))
+          const h = norm ? rms(x, K, g) : x
+          const dot = (r: number, n: number): number => { let s = 0; for (let k = 0; k < K; k++) s += h[r * K + k] * wq[n * K + k]; return s }
+          const ref = new Float64Array(rows * F)
+          for (let r = 0; r < rows; r++) {
+            for (let i = 0; i < F; i++) {
+              const a = dot(r, i)
+              ref[r * F + i] = gated ? a / (1 + Math.exp(-a)) * dot(r, F + i) : a + bias[i]
+            }
+          }
+          assert.ok(relErr(y, ref) < 1e-5, `${relErr(y, ref)}`)
+        })
+      }
     }
   }
 
