@@ -16,9 +16,9 @@
 #   PLEXUS_DEVICE_STEPS    steps to run (default "probe tests bench variants")
 #   PLEXUS_BENCH_VARIANTS  settings to rerun every shape with, without llama.cpp (the "variants"
 #                          step): space-separated NAME=VALUE (default "PLEXUS_GPU_PROFILE=1
-#                          PLEXUS_GPU_MATVEC_SHAPE=64x4 PLEXUS_GPU_MATVEC_SHAPE=16x16": GPU time
-#                          kernel by kernel, then the matrix-vector kernel with 64 lanes × 4 rows
-#                          and 16 × 16 per workgroup instead of 32 × 8)
+#                          PLEXUS_GPU_MATVEC_SHAPE=32x8x2 PLEXUS_GPU_MATVEC_SHAPE=64x4": GPU time
+#                          kernel by kernel, then the matrix-vector kernel loading 2 chunks a lane
+#                          at once, and with 64 lanes × 4 rows per workgroup instead of 32 × 8)
 #   PLEXUS_BENCH_SHAPES    default "tinyllama llama3-8b-4l"
 #   PLEXUS_BENCH_FORMATS   GGUF types both engines run (default "f16,q8_0")
 #   PLEXUS_BENCH_ARGS      extra bench:gpu flags, e.g. "--tokens 128"
@@ -154,7 +154,7 @@ fi
 
 # 6. Every shape again with other settings (Plexus only): a profile, other matrix-vector shapes.
 if [[ " $STEPS " == *" variants "* ]]; then
-  for setting in ${PLEXUS_BENCH_VARIANTS:-PLEXUS_GPU_PROFILE=1 PLEXUS_GPU_MATVEC_SHAPE=64x4 PLEXUS_GPU_MATVEC_SHAPE=16x16}; do
+  for setting in ${PLEXUS_BENCH_VARIANTS:-PLEXUS_GPU_PROFILE=1 PLEXUS_GPU_MATVEC_SHAPE=32x8x2 PLEXUS_GPU_MATVEC_SHAPE=64x4}; do
     for shape in $SHAPES; do
       name="bench-$shape-$(printf %s "${setting}" | tr -c 'a-zA-Z0-9_-' '_')"
       step "$name" "$BENCH_T" env "$setting" node scripts/bench-gpu.ts --shape "$shape" --formats "$FORMATS" --work "$WORK/models/$shape" --llama none --tokens 128 --batch 1,8 --batch-steps 16

@@ -148,7 +148,9 @@ const SCALE = ${(1 / Math.sqrt(a.headDim)).toExponential()};`
 /**
  * WGSL, the start of both kernels (`w` threads): the workgroup's query head and row, the keys the
  * row sees, its kv head and page table; the session's first row and position in this step; q,
- * rotated and scaled, into `q`; and the row's key and value stored for later steps.
+ * rotated and scaled, into `q`; the row's own key and value into `kn` and `vn` (a decode row's
+ * only new position, which every thread of a chunk would otherwise compute) and, by the first
+ * query head of each kv head, into the cache for later steps.
  */
 const attentionStart = (w: number): string => `  let h = wg.x;
   let row = wg.y;
@@ -167,12 +169,15 @@ const attentionStart = (w: number): string => `  let h = wg.x;
       v[c] = (qkv[base + i] * rot[r + i] + qkv[base + o] * rot[r + D + i]) * SCALE;
     }
     q[i4] = v;
-  }
-  if (h % G == 0u) {
-    let at = keyAt(table, keys - 1u) + kvh * D;
-    for (var i4 = t; i4 < D4; i4 += ${u(w)}) {
-      put4(at + 4u * i4, newKey(row, kvh, 4u * i4));
-      put4(at + VALUES + 4u * i4, newValue(row, kvh, 4u * i4));
+    // the row's own key and value: read by every thread below, stored by one query head
+    let kq = newKey(row, kvh, 4u * i4);
+    let vq = newValue(row, kvh, 4u * i4);
+    kn[i4] = kq;
+    vn[i4] = vq;
+    if (h % G == 0u) {
+      let at = keyAt(table, keys - 1u) + kvh * D + 4u * i4;
+      put4(at, kq);
+      put4(at + VALUES, vq);
     }
   }
   workgroupBarrier();
@@ -180,8 +185,10 @@ const attentionStart = (w: number): string => `  let h = wg.x;
   var l = 0.0;
 `
 
-/** WGSL: `s` += q·key of position `j`, from the cache before the step, computed for the step's rows. */
-const score = `      if (j >= start) {
+/** WGSL: `s` += q·key of position `j`: the row's own, another row's of the step (computed), or the cache's. */
+const score = `      if (j == keys - 1u) {
+        for (var i = 0u; i < D4; i++) { s += dot(q[i], kn[i]); }
+      } else if (j >= start) {
         for (var i = 0u; i < D4; i++) { s += dot(q[i], newKey(first + j - start, kvh, 4u * i)); }
       } else {
         let kb = keyAt(table, j) + kvh * D;
@@ -191,7 +198,7 @@ const score = `      if (j >= start) {
 
 /** WGSL: `sum` += p[jj] · the value of position c0 + jj, dims i…i+3. */
 const addValue = (i: string): string => `let jp = c0 + jj;
-        if (jp >= start) { sum += p[jj] * newValue(first + jp - start, kvh, ${i}); } else { sum += p[jj] * kv4(keyAt(table, jp) + VALUES + kvh * D + ${i}); }`
+        if (jp == keys - 1u) { sum += p[jj] * vn[${i} / 4u]; } else if (jp >= start) { sum += p[jj] * newValue(first + jp - start, kvh, ${i}); } else { sum += p[jj] * kv4(keyAt(table, jp) + VALUES + kvh * D + ${i}); }`
 
 /** Workgroups of either attention kernel: one per (query head, row). */
 export function attentionGroups (a: AttentionShape, rows: number): [number, number] {
@@ -207,6 +214,8 @@ export function attentionKernel (a: AttentionShape, legacy = false): string {
   return `${attentionBindings(a, 4)}
 const G2 = ${u(G2)};
 var<workgroup> q: array<vec4<f32>, ${D4}>;
+var<workgroup> kn: array<vec4<f32>, ${D4}>;
+var<workgroup> vn: array<vec4<f32>, ${D4}>;
 var<workgroup> p: array<f32, ${W}>;
 var<workgroup> red: array<f32, ${W}>;
 var<workgroup> part: array<vec4<f32>, ${W}>;
@@ -250,6 +259,8 @@ function legacyAttentionKernel (a: AttentionShape): string {
   const perThread = Math.ceil(a.headDim / 4 / 64)
   return `${attentionBindings(a, 1)}
 var<workgroup> q: array<vec4<f32>, ${a.headDim / 4}>;
+var<workgroup> kn: array<vec4<f32>, ${a.headDim / 4}>;
+var<workgroup> vn: array<vec4<f32>, ${a.headDim / 4}>;
 var<workgroup> p: array<f32, 64>;
 var<workgroup> red: array<f32, 64>;
 

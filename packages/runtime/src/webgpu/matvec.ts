@@ -12,18 +12,19 @@ import type { WeightFormat } from './formats.ts'
 import type { GpuKernels } from './kernel-choice.ts'
 
 /**
- * Lanes per weight row and rows per workgroup: 32 × 8 by default; PLEXUS_GPU_MATVEC_SHAPE=LxR
- * (e.g. 64x4, 16x16) sets others for measurements. Read when a layer is bound.
+ * Lanes per weight row, rows per workgroup, and chunks a lane loads before it uses any: 32 × 8 × 1
+ * by default; PLEXUS_GPU_MATVEC_SHAPE=LxR or LxRxU (e.g. 64x4, 16x16, 32x8x2) sets others for
+ * measurements. Read when a layer is bound.
  */
-function matvecShape (): { lanes: number, rows: number } {
+function matvecShape (): { lanes: number, rows: number, unroll: number } {
   const v = process.env.PLEXUS_GPU_MATVEC_SHAPE
-  if (v == null || v === '') return { lanes: 32, rows: 8 }
-  const m = /^(\d+)x(\d+)$/.exec(v)
-  const lanes = Number(m?.[1]); const rows = Number(m?.[2])
-  if (m == null || ![4, 8, 16, 32, 64, 128].includes(lanes) || !(rows >= 2) || rows % 2 !== 0 || lanes * rows > 256) {
-    throw new Error(`PLEXUS_GPU_MATVEC_SHAPE must be LxR with L a power of two from 4 to 128, R even (gate and up rows pair up) and L·R ≤ 256 (got ${JSON.stringify(v)})`)
+  if (v == null || v === '') return { lanes: 32, rows: 8, unroll: 1 }
+  const m = /^(\d+)x(\d+)(?:x(\d+))?$/.exec(v)
+  const lanes = Number(m?.[1]); const rows = Number(m?.[2]); const unroll = Number(m?.[3] ?? 1)
+  if (m == null || ![4, 8, 16, 32, 64, 128].includes(lanes) || !(rows >= 2) || rows % 2 !== 0 || lanes * rows > 256 || ![1, 2, 4].includes(unroll)) {
+    throw new Error(`PLEXUS_GPU_MATVEC_SHAPE must be LxR or LxRxU with L a power of two from 4 to 128, R even (gate and up rows pair up), L·R ≤ 256 and U 1, 2 or 4 (got ${JSON.stringify(v)})`)
   }
-  return { lanes, rows }
+  return { lanes, rows, unroll }
 }
 
 /** A weight row read in chunks: weights per chunk, vec4s per chunk, and the WGSL that loads one. */
@@ -136,7 +137,7 @@ export function matvecPlan (s: LinearShape, kernels: GpuKernels, subgroups: bool
   const ch = kernels === 'legacy' ? undefined : chunking(s.format, s.k, s.n)
   if (ch == null) return { code: legacyMatvecKernel(s), rowsPerGroup: 1 }
   const R = MATVEC_ROWS
-  const { lanes: LANES, rows: ROWS_PER_GROUP } = matvecShape()
+  const { lanes: LANES, rows: ROWS_PER_GROUP, unroll: UNROLL } = matvecShape()
   const THREADS = LANES * ROWS_PER_GROUP
   const shuffle = subgroups && kernels === 'fast'
   const CH = s.k / ch.weights
@@ -148,6 +149,25 @@ export function matvecPlan (s: LinearShape, kernels: GpuKernels, subgroups: bool
   // normalizing: the norm's weights times W's as a chunk is read, the row's 1/rms at the end
   const norming = '        for (var j = 0u; j < NV; j++) { wv[j] *= normWeight[c * NV + j]; }\n'
   const sc = normed ? ' * scale[r]' : ''
+  // a lane's UNROLL chunks are all loaded (clamped to the row) before the first is used, so more
+  // bytes are in flight; each is then used in the order a single chunk would be
+  const chunks = Array.from({ length: UNROLL }, (_, i) => i)
+  const loads = chunks.map(i => `      var wv${i} = chunk(row, min(c0 + ${u(i * LANES)} + lane, CH - 1u));\n`).join('')
+  const uses = chunks.map(i => `      {
+        let c = c0 + ${u(i * LANES)} + lane;
+        if (c < CH) {
+          var wv = wv${i};
+${normed ? norming : ''}          for (var r = 0u; r < ${u(R)}; r++) {
+            if (r < nr) {
+              let xb = (r0 + r) * K4 + c * NV;
+              var s = 0.0;
+              for (var j = 0u; j < NV; j++) { s += dot(wv[j], x[xb + j]); }
+              acc[r] += s;
+            }
+          }
+        }
+      }
+`).join('')
   const tree = `      for (var r = 0u; r < ${u(R)}; r++) { part[r * ${u(THREADS)} + t] = acc[r]; }
       workgroupBarrier();
       for (var h = ${u(LANES / 2)}; h > 0u; h >>= 1u) {
@@ -176,20 +196,8 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var r0 = 0u; r0 < step.rows; r0 += ${u(R)}) {
     let nr = min(${u(R)}, step.rows - r0);
 ${normed ? rowScales(THREADS) : ''}    var acc = array<f32, ${R}>();
-    for (var c0 = 0u; c0 < CH; c0 += ${u(LANES)}) {
-      let c = c0 + lane;
-      if (c < CH) {
-        var wv = chunk(row, c);
-${normed ? norming : ''}        for (var r = 0u; r < ${u(R)}; r++) {
-          if (r < nr) {
-            let xb = (r0 + r) * K4 + c * NV;
-            var s = 0.0;
-            for (var j = 0u; j < NV; j++) { s += dot(wv[j], x[xb + j]); }
-            acc[r] += s;
-          }
-        }
-      }
-    }
+    for (var c0 = 0u; c0 < CH; c0 += ${u(LANES * UNROLL)}) {
+${loads}${uses}    }
     // the row's sums, in its lane 0
     var sums = array<f32, ${R}>();
 ${shuffle ? `    if (sg >= ${u(LANES)}) {
