@@ -36,7 +36,6 @@ const u = (n: number): string => `${n >>> 0}u`
 const qkvConsts = (a: AttentionShape): string => `
 const D = ${u(a.headDim)};
 const HALF = ${u(a.headDim / 2)};
-const KVH = ${u(a.numKvHeads)};
 const KVD = ${u(a.numKvHeads * a.headDim)};
 const QD = ${u(a.numHeads * a.headDim)};
 const QKV = ${u((a.numHeads + 2 * a.numKvHeads) * a.headDim)};

@@ -151,6 +151,7 @@ export function legacyMatvecKernel (s: LinearShape): string {
   // gated: the up row's sums beside the gate row's, in the second half of `part`
   const G = s.gated === true
   const normed = s.norm != null
+  const sc = normed ? ' * sc' : ''
   const both = (code: (a: string, p: string) => string): string => G ? `${code('acc', '0u')} ${code('acu', `${u(W * R)}`)}` : code('acc', '0u')
   return `${linearBindings(s)}
 var<workgroup> part: array<f32, ${W * R * (G ? 2 : 1)}>;
@@ -162,8 +163,7 @@ fn main (@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var r0 = 0u; r0 < step.rows; r0 += ${u(R)}) {
     let nr = min(${u(R)}, step.rows - r0);
 ${normed ? rowScales(W) : ''}    var acc = array<f32, ${R}>();
-    var acu = array<f32, ${R}>();
-    for (var k = t; k < K4; k += ${u(W)}) {
+${G ? `    var acu = array<f32, ${R}>();\n` : ''}    for (var k = t; k < K4; k += ${u(W)}) {
       // normalizing: the norm's weights times W's here, the row's 1/rms at the end
       let wv = w4(n * K4 + k)${normed ? ' * normWeight[k]' : ''};
       ${G ? `let wu = w4((n + OUTS) * K4 + k)${normed ? ' * normWeight[k]' : ''};` : ''}
@@ -184,8 +184,7 @@ ${normed ? rowScales(W) : ''}    var acc = array<f32, ${R}>();
       }
       workgroupBarrier();
     }
-    let sc = ${normed ? 'scale[min(t, nr - 1u)]' : '1.0'};
-    if (t < nr) { store(r0 + t, n, ${G ? `swiglu(part[t * ${u(W)}] * sc, part[${u(W * R)} + t * ${u(W)}] * sc)` : `part[t * ${u(W)}] * sc`}); }
+${normed ? '    let sc = scale[min(t, nr - 1u)];\n' : ''}    if (t < nr) { store(r0 + t, n, ${G ? `swiglu(part[t * ${u(W)}]${sc}, part[${u(W * R)} + t * ${u(W)}]${sc})` : `part[t * ${u(W)}]${sc}`}); }
     workgroupBarrier();
   }
 }`

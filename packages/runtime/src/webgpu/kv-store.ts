@@ -23,19 +23,15 @@ interface BlockPages {
 /** The pages of every block of one span engine. */
 export class GpuKVPool {
   readonly device: GPUDevice
-  readonly kvDim: number
-  /** Bytes per cached element: 4 (f32) or 2 (f16). */
-  readonly elementBytes: number
   /** Bytes of one page: keys `[KV_PAGE, kvDim]`, then values. */
   readonly pageBytes: number
   /** Pages one block's buffer may hold: the device's largest storage binding. */
   private readonly maxPages: number
   private readonly blocks: BlockPages[] = []
 
+  /** `elementBytes`: 4 (f32) or 2 (f16) per cached element. */
   constructor (device: GPUDevice, kvDim: number, elementBytes: number, maxBindingBytes: number) {
     this.device = device
-    this.kvDim = kvDim
-    this.elementBytes = elementBytes
     this.pageBytes = 2 * KV_PAGE * kvDim * elementBytes
     this.maxPages = Math.floor(Math.min(maxBindingBytes, device.limits.maxBufferSize) / this.pageBytes)
   }
@@ -100,9 +96,6 @@ export class GpuKVPool {
     }
   }
 
-  /** Bytes of GPU memory the pool holds (free pages included). */
-  bytes (): number { return this.blocks.reduce((n, p) => n + p.capacity * this.pageBytes, 0) }
-
   dispose (): void {
     for (const p of this.blocks) {
       p.buffer?.destroy()
@@ -134,9 +127,6 @@ export class GpuKVStore {
     this.maxLength = maxLength
     this.pages = Array.from({ length: blocks }, () => [])
   }
-
-  /** Positions the store's pages hold. */
-  get capacity (): number { return this.pages[0].length * KV_PAGE }
 
   /** Page ids of engine block `block`. */
   pagesOf (block: number): number[] { return this.pages[block - this.first] }
