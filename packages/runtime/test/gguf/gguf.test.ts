@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { initBackend, Checkpoint, Span, ModelHead, generate, dequantize, GgufFile, GgufCheckpoint, GGUF_VALUE, ggmlTypeByName, f32ToF16, unpermuteRotary, rawFloat32, parseModelConfig, blockTensorShapes, headTensorShapes, toFloat32 } from '@plexus/runtime'
 import type { SessionPipeline } from '@plexus/runtime'
 import { writeGguf, permuteRotary, llama3RopeFactors } from '../../../../scripts/lib/gguf.ts'
-import { runLlamaCpp } from '../../../../scripts/lib/llama-baseline.ts'
+import { llamaCppLogits } from '../../../../scripts/lib/llama-baseline.ts'
 import { FIXTURE_NAMES, fixtureDir, golden, maxAbsDiff } from '../../../../test/support/fixtures.ts'
 import { buildGguf, tensorTypeOffset, requireLlamaCpp, llamaCppDequantizer } from '../../../../test/support/gguf.ts'
 import { blocksOf, rng, finiteHalf, LLAMA_CPP_SYMBOL } from '../../../../test/support/gguf-blocks.ts'
@@ -187,7 +187,7 @@ describe('GGUF', function () {
 
     for (const name of FIXTURE_NAMES) {
       for (const dtype of ['f32', 'f16'] as const) {
-        it(`${name} (${dtype}): spans composed over the GGUF give the golden tokens, as llama.cpp does on the same file`, async () => {
+        it(`${name} (${dtype}): spans composed over the GGUF give the golden tokens, and llama.cpp's logits on the same file pick them`, async () => {
           await initBackend('wasm')
           const path = join(tmp, `${name}-${dtype}-span.gguf`)
           await writeGguf(fixtureDir(name), path, { dtype })
@@ -212,8 +212,18 @@ describe('GGUF', function () {
             head.dispose()
             await ckpt.close()
           }
-          const ll = await runLlamaCpp(path, g.prompt_ids, g.greedy_new_ids.length, { threads: 2 })
-          assert.deepEqual(ll.tokenIds, g.greedy_new_ids)
+          // llama.cpp, teacher-forced on the golden continuation, picks each golden token or has it
+          // within 0.01 of its best logit. Its CPU f16 matmul rounds activations to f16, so a greedy
+          // run of its own flips such near-ties, and which ones depends on the CPU's SIMD path
+          // (measured: tiny-llama3 f16 agreed to the end on an AVX2 machine and went another way
+          // after token 13, 0.002 behind, on an AVX-512 one).
+          const ids = [...g.prompt_ids, ...g.greedy_new_ids]
+          const { logits, vocab } = await llamaCppLogits(path, ids, { threads: 2 })
+          g.greedy_new_ids.forEach((want, i) => {
+            const row = logits.subarray((T - 1 + i) * vocab, (T + i) * vocab)
+            const best = row.reduce((m, v) => Math.max(m, v), -Infinity)
+            assert.ok(best - row[want] < 0.01, `token ${i}: llama.cpp puts the golden ${want} ${best - row[want]} below its best`)
+          })
         })
       }
     }
