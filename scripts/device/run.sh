@@ -6,7 +6,8 @@
 # device tool brings back at most 8 files). The bench models and their GGUFs are made on the CPU in
 # the background while the tests run. Every step has its own timeout, so a failure or a hang loses
 # only that step. 229 s on an H200 with two variants (tests, two shapes, their profiles and the
-# first kernels); the default now runs three.
+# first kernels); the default now runs five, the least telling last (a run cut short by the device
+# tool's limit still brings back every step before).
 #
 # Optional environment:
 #   OUT                    where summary.json, run.log and results.tar.gz go (default: $WORK/out only)
@@ -15,10 +16,13 @@
 #                          otherwise $PLEXUS_DEVICE_WORK/sysroot through LD_LIBRARY_PATH)
 #   PLEXUS_DEVICE_STEPS    steps to run (default "probe tests bench variants")
 #   PLEXUS_BENCH_VARIANTS  settings to rerun every shape with, without llama.cpp (the "variants"
-#                          step): space-separated NAME=VALUE (default "PLEXUS_GPU_PROFILE=1
-#                          PLEXUS_GPU_MATVEC_SHAPE=32x8x2 PLEXUS_GPU_MATVEC_SHAPE=64x4": GPU time
-#                          kernel by kernel, then the matrix-vector kernel loading 2 chunks a lane
-#                          at once, and with 64 lanes × 4 rows per workgroup instead of 32 × 8)
+#                          step): space-separated NAME=VALUE, several joined by "+" (default
+#                          "PLEXUS_GPU_PROFILE=1 PLEXUS_GPU_MATVEC_SHAPE=32x8x1x2
+#                          PLEXUS_GPU_MATVEC_SHAPE=32x4x1x4 PLEXUS_GPU_FUSED_NORMS=0
+#                          PLEXUS_GPU_MATVEC_SHAPE=32x8x2": GPU time kernel by kernel; the
+#                          matrix-vector kernel reading 2 weight rows a slot (each chunk of x
+#                          loaded once for both), then 4 rows a slot of 128-thread workgroups; the
+#                          decode norms as kernels of their own; 2 chunks loaded a lane at once)
 #   PLEXUS_BENCH_SHAPES    default "tinyllama llama3-8b-4l"
 #   PLEXUS_BENCH_FORMATS   GGUF types both engines run (default "f16,q8_0")
 #   PLEXUS_BENCH_ARGS      extra bench:gpu flags, e.g. "--tokens 128"
@@ -154,10 +158,11 @@ fi
 
 # 6. Every shape again with other settings (Plexus only): a profile, other matrix-vector shapes.
 if [[ " $STEPS " == *" variants "* ]]; then
-  for setting in ${PLEXUS_BENCH_VARIANTS:-PLEXUS_GPU_PROFILE=1 PLEXUS_GPU_MATVEC_SHAPE=32x8x2 PLEXUS_GPU_MATVEC_SHAPE=64x4}; do
+  for setting in ${PLEXUS_BENCH_VARIANTS:-PLEXUS_GPU_PROFILE=1 PLEXUS_GPU_MATVEC_SHAPE=32x8x1x2 PLEXUS_GPU_MATVEC_SHAPE=32x4x1x4 PLEXUS_GPU_FUSED_NORMS=0 PLEXUS_GPU_MATVEC_SHAPE=32x8x2}; do
     for shape in $SHAPES; do
       name="bench-$shape-$(printf %s "${setting}" | tr -c 'a-zA-Z0-9_-' '_')"
-      step "$name" "$BENCH_T" env "$setting" node scripts/bench-gpu.ts --shape "$shape" --formats "$FORMATS" --work "$WORK/models/$shape" --llama none --tokens 128 --batch 1,8 --batch-steps 16
+      # shellcheck disable=SC2046
+      step "$name" "$BENCH_T" env $(printf %s "$setting" | tr '+' ' ') node scripts/bench-gpu.ts --shape "$shape" --formats "$FORMATS" --work "$WORK/models/$shape" --llama none --tokens 128 --batch 1,8 --batch-steps 16
       cp "$OUT/$name.out" "$OUT/$name.json" 2>/dev/null
       show "$name.err" 16
     done

@@ -58,21 +58,26 @@ for (const backend of ['wasm', 'cpu', 'webgpu'] as const) {
   })
 }
 
-// The kernels a GPU runs (software Vulkan keeps the simpler ones by default: they compile in
-// milliseconds there, these in seconds), through whole models on the CI's software adapter.
-describe('golden fixtures on the webgpu backend with the fast kernels', function () {
-  let before_: string | undefined
+/** The enclosing suite runs on the webgpu backend with `name` set to `value` (put back after). */
+function onWebgpuWith (name: string, value: string): void {
+  let saved: string | undefined
   before(async function () {
     if (skipWebgpu) { console.warn('    WebGPU golden tests SKIPPED: PLEXUS_SKIP_WEBGPU=1'); this.skip() }
     this.timeout(600_000)
     await initBackend('webgpu')
-    before_ = process.env.PLEXUS_GPU_KERNELS
-    process.env.PLEXUS_GPU_KERNELS = 'fast'
+    saved = process.env[name]
+    process.env[name] = value
   })
   after(() => {
-    if (before_ == null) delete process.env.PLEXUS_GPU_KERNELS
-    else process.env.PLEXUS_GPU_KERNELS = before_
+    if (saved == null) delete process.env[name]
+    else process.env[name] = saved
   })
+}
+
+// The kernels a GPU runs (software Vulkan keeps the simpler ones by default: they compile in
+// milliseconds there, these in seconds), through whole models on the CI's software adapter.
+describe('golden fixtures on the webgpu backend with the fast kernels', function () {
+  onWebgpuWith('PLEXUS_GPU_KERNELS', 'fast')
 
   for (const name of ['tiny-llama', 'tiny-qwen2-tied-bf16']) {
     it(`${name}: greedy_new_ids exactly and last_prompt_logits within 2e-4`, async function () {
@@ -92,4 +97,47 @@ describe('golden fixtures on the webgpu backend with the fast kernels', function
       } finally { await m.dispose() }
     })
   }
+})
+
+// Decode's norms as kernels of their own (the setting that measures what fusing them gains).
+describe('golden fixtures on the webgpu backend with decode norms as kernels of their own', function () {
+  onWebgpuWith('PLEXUS_GPU_FUSED_NORMS', '0')
+
+  it('tiny-llama: greedy_new_ids exactly (PLEXUS_GPU_FUSED_NORMS=0)', async function () {
+    const g = golden('tiny-llama')
+    const m = await LocalModel.load(fixtureDir('tiny-llama'))
+    try {
+      const s = await m.session()
+      const r = await generate(m.head, s, g.prompt_ids, { maxTokens: g.greedy_new_ids.length })
+      await s.close()
+      assert.deepEqual(r.tokenIds, g.greedy_new_ids)
+    } finally { await m.dispose() }
+  })
+
+  it('a value other than 0 or 1 is refused, naming the variable', async () => {
+    process.env.PLEXUS_GPU_FUSED_NORMS = 'no'
+    try {
+      await assert.rejects(LocalModel.load(fixtureDir('tiny-llama')), /PLEXUS_GPU_FUSED_NORMS must be 0 or 1/)
+    } finally { process.env.PLEXUS_GPU_FUSED_NORMS = '0' }
+  })
+})
+
+describe('Dawn options through PLEXUS_GPU_DAWN_FLAGS', function () {
+  before(function () { if (skipWebgpu) { console.warn('    WebGPU golden tests SKIPPED: PLEXUS_SKIP_WEBGPU=1'); this.skip() } })
+
+  it('generate --local --backend webgpu gives the golden tokens with Dawn options set; a malformed option is named, an unknown adapter lists the others', async () => {
+    const g = golden('tiny-llama')
+    const args = ['generate', '--local', '--model', fixtureDir('tiny-llama'), '--token-ids', g.prompt_ids.join(','),
+      '--max-tokens', String(g.greedy_new_ids.length), '--ignore-eos', '--backend', 'webgpu', '--json']
+    const ok = await runCli(CLIENT_BIN, args, { env: { ...process.env, PLEXUS_GPU_DAWN_FLAGS: 'enable-dawn-features=disable_robustness; backend=vulkan' } })
+    assert.equal(ok.code, 0, ok.stderr)
+    assert.deepEqual(JSON.parse(ok.stdout).token_ids, g.greedy_new_ids)
+    const bad = await runCli(CLIENT_BIN, args, { env: { ...process.env, PLEXUS_GPU_DAWN_FLAGS: 'disable_robustness' } })
+    assert.notEqual(bad.code, 0)
+    assert.match(bad.stderr, /PLEXUS_GPU_DAWN_FLAGS takes key=value options of Dawn separated by ";" \(got "disable_robustness"\)/)
+    // an adapter Dawn does not have: the error lists those it has
+    const none = await runCli(CLIENT_BIN, args, { env: { ...process.env, PLEXUS_GPU_DAWN_FLAGS: 'adapter=No Such GPU' } })
+    assert.notEqual(none.code, 0)
+    assert.match(none.stderr, /WebGPU could not start: .*Available adapters: \* backend: '\w+', name: '/)
+  })
 })

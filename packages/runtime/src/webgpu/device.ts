@@ -84,10 +84,11 @@ async function open (allowSoftware: boolean): Promise<GpuContext> {
   let adapter: GPUAdapter | null
   let instance: GPU
   try {
-    instance = mod.create([])
+    instance = mod.create(dawnFlags())
     adapter = await instance.requestAdapter({ powerPreference: 'high-performance' })
   } catch (err: any) {
-    throw new GpuUnavailableError(`WebGPU could not start: ${firstLine(err?.message)}`)
+    // whole: with an unknown adapter= flag, Dawn lists the adapters it has on the lines after
+    throw new GpuUnavailableError(`WebGPU could not start: ${String(err?.message ?? err).trim().split(/\s*\n\s*/).join(' ')}`)
   }
   if (adapter == null) {
     throw new GpuUnavailableError(process.platform === 'linux'
@@ -140,6 +141,18 @@ export function takeGpuError (gpu: GpuContext, what: string): void {
   if (e == null) return
   gpu.error = undefined
   throw new GpuUnavailableError(`${what} failed on the GPU: ${e}`)
+}
+
+/**
+ * Dawn's own options from PLEXUS_GPU_DAWN_FLAGS, `key=value` separated by `;` (adapter names have
+ * spaces): `adapter=NAME` picks one GPU of several, `enable-dawn-features=disable_robustness`
+ * measures what Dawn's bounds checks cost. Dawn ignores toggle names it does not know.
+ */
+function dawnFlags (): string[] {
+  const flags = (process.env.PLEXUS_GPU_DAWN_FLAGS ?? '').split(';').map(f => f.trim()).filter(f => f !== '')
+  const bad = flags.find(f => !/^[a-z-]+=\S/.test(f))
+  if (bad != null) throw new GpuUnavailableError(`PLEXUS_GPU_DAWN_FLAGS takes key=value options of Dawn separated by ";" (got ${JSON.stringify(bad)})`)
+  return flags
 }
 
 function firstLine (s: unknown): string { return String(s ?? 'unknown error').split('\n')[0] }

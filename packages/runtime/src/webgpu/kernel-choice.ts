@@ -14,3 +14,15 @@ export function gpuKernels (software: boolean): GpuKernels {
   if ((CHOICES as string[]).includes(v)) return v as GpuKernels
   throw new Error(`PLEXUS_GPU_KERNELS must be ${CHOICES.join(', ')} (got ${JSON.stringify(v)})`)
 }
+
+/**
+ * Whether decode rows run the RMSNorms (and SwiGLU) inside the projections after them (default),
+ * or as their own kernels as a prefill does (PLEXUS_GPU_FUSED_NORMS=0, to measure the difference:
+ * every workgroup of a fused projection computes its rows' 1/rms again).
+ */
+export function fusedNorms (): boolean {
+  const v = process.env.PLEXUS_GPU_FUSED_NORMS
+  if (v == null || v === '' || v === '1') return true
+  if (v === '0') return false
+  throw new Error(`PLEXUS_GPU_FUSED_NORMS must be 0 or 1 (got ${JSON.stringify(v)})`)
+}

@@ -121,12 +121,15 @@ fn store (r: u32, n: u32, v: f32) {
 /**
  * WGSL for a normalizing kernel of `w` threads (`t`), at the top of its loop over batch rows
  * r0…r0+nr: `scale[r]`, row r0 + r's 1/rms, reduced through `part` (`w`·MATVEC_ROWS floats).
+ * `shuffle` (the kernel has `sg`, its subgroup size): where subgroups hold 32 lanes, each 32
+ * threads' sum comes from a butterfly of shuffles and the w/32 sums are added in order, two
+ * barriers instead of a tree's log2(w) + 2.
  */
-export function rowScales (w: number): string {
-  return `    var scale = array<f32, ${MATVEC_ROWS}>();
-    for (var r = 0u; r < nr; r++) {
-      var ss = 0.0;
-      for (var k = t; k < K4; k += ${u(w)}) { let v = x[(r0 + r) * K4 + k]; ss += dot(v, v); }
+export function rowScales (w: number, shuffle = false): string {
+  const squares = (r: string): string => `var ss = 0.0;
+      for (var k = t; k < K4; k += ${u(w)}) { let v = x[(r0 + ${r}) * K4 + k]; ss += dot(v, v); }`
+  const tree = `    for (var r = 0u; r < nr; r++) {
+      ${squares('r')}
       part[r * ${u(w)} + t] = ss;
     }
     workgroupBarrier();
@@ -136,6 +139,25 @@ export function rowScales (w: number): string {
     }
     for (var r = 0u; r < nr; r++) { scale[r] = inverseSqrt(part[r * ${u(w)}] / f32(K4 * 4u) + EPS); }
     workgroupBarrier();
+`
+  const declare = `    var scale = array<f32, ${MATVEC_ROWS}>();
+`
+  if (!shuffle || w % 32 !== 0) return declare + tree
+  return `${declare}    if (sg >= 32u) {
+      for (var r = 0u; r < nr; r++) {
+        ${squares('r')}
+        for (var o = 16u; o > 0u; o >>= 1u) { ss += subgroupShuffleXor(ss, o); }
+        if (t % 32u == 0u) { part[r * ${u(w)} + t / 32u] = ss; }
+      }
+      workgroupBarrier();
+      for (var r = 0u; r < nr; r++) {
+        var ss = 0.0;
+        for (var g = 0u; g < ${u(w / 32)}; g++) { ss += part[r * ${u(w)} + g]; }
+        scale[r] = inverseSqrt(ss / f32(K4 * 4u) + EPS);
+      }
+      workgroupBarrier();
+    } else {
+${tree.replace(/^/gm, '  ')}    }
 `
 }
 

@@ -11,7 +11,7 @@ import type { LinearBinding, Kernel } from './linear.ts'
 import { rmsNormKernel, swigluKernel, grid, GEMM_MIN_ROWS } from './kernels.ts'
 import { attentionKernel, attentionGroups, stepPaging } from './attention.ts'
 import type { AttentionShape } from './attention.ts'
-import { gpuKernels } from './kernel-choice.ts'
+import { gpuKernels, fusedNorms } from './kernel-choice.ts'
 import { StepPasses, stepTimer } from './profile.ts'
 import type { StepTimer } from './profile.ts'
 
@@ -51,7 +51,7 @@ interface BlockBinding {
   gateUp: LinearBinding
   down: LinearBinding
   /** Decode: the input norm in the q/k/v kernel; the post-attention norm, gate/up and SwiGLU in one (where the layer is one buffer). */
-  decode: { qkv: LinearBinding, mlp?: LinearBinding }
+  decode?: { qkv: LinearBinding, mlp?: LinearBinding }
 }
 
 /** One session's rows in a batched step. */
@@ -83,6 +83,8 @@ export class GpuSpanEngine {
   /** Steps run one at a time: they share the scratch buffers and the readback buffer. */
   private readonly serial = serially()
   private readonly timer?: StepTimer
+  /** Decode rows' norms inside the projections (kernel-choice.ts). */
+  private readonly fusedNorms = fusedNorms()
 
   /** Precision of the sessions' cached keys and values. */
   readonly kv: 'f32' | 'f16'
@@ -233,17 +235,17 @@ export class GpuSpanEngine {
       pass.dispatchWorkgroups(x, y)
     }
     // decode rows run the norms inside the projections after them; a prefill's GEMMs do not
-    const decode = rows < GEMM_MIN_ROWS
-    if (decode) {
-      dispatchLinear(passes.pass('norm + q/k/v'), b.decode.qkv, rows, true)
+    const decode = rows < GEMM_MIN_ROWS ? b.decode : undefined
+    if (decode != null) {
+      dispatchLinear(passes.pass('norm + q/k/v'), decode.qkv, rows, true)
     } else {
       run('norm', this.k.norm.pipeline, b.norm1, 0, rows)
       dispatchLinear(passes.pass('q/k/v'), b.qkv, rows)
     }
     run('attention', this.k.attention.pipeline, cache.attention, slot, ...attentionGroups(this.shape, rows))
     dispatchLinear(passes.pass('o'), b.out, rows)
-    if (decode && b.decode.mlp != null) {
-      dispatchLinear(passes.pass('norm + gate/up + SwiGLU'), b.decode.mlp, rows, true)
+    if (decode?.mlp != null) {
+      dispatchLinear(passes.pass('norm + gate/up + SwiGLU'), decode.mlp, rows, true)
     } else {
       run('norm', this.k.norm.pipeline, b.norm2, 0, rows)
       dispatchLinear(passes.pass('gate/up'), b.gateUp, rows)
@@ -275,7 +277,7 @@ export class GpuSpanEngine {
       norm2: bindGroup(device, this.k.norm, [x, b.postNorm, h, st]),
       gateUp: b.gateUp.bind(device, h, gu, st),
       down: b.down.bind(device, act, x, st, { accumulate: true }),
-      decode: {
+      decode: !this.fusedNorms ? undefined : {
         qkv: b.qkv.bind(device, x, qkv, st, { norm: { weight: b.inputNorm, eps: cfg.rmsNormEps } }),
         mlp: b.gateUp.bindGated(device, x, act, st, { weight: b.postNorm, eps: cfg.rmsNormEps })
       }

@@ -92,7 +92,9 @@ describe('WebGPU kernels against float64 references', function () {
   // the scales after each chunk's int8, at an offset set by its row count; odd block counts pad).
   for (const [type, K] of [['Q8_0', 1056], ['Q4_K', 512]] as const) {
     for (const [rows, reduce] of cases([1, 9, GEMM_MIN_ROWS + 7])) {
-      it(`linear ${type}, ${rows} rows, in two chunks (${what(rows, reduce)})`, async () => {
+      it(`linear ${type}, ${rows} rows, in two chunks (${what(rows, reduce)})`, async function () {
+        // lavapipe compiles each chunk's fast q8_0 kernel in ~25 s on an idle 2-core machine
+        this.timeout(300_000)
         const N = 37
         const blockElems = type === 'Q8_0' ? 32 : 256
         const { bytes, want } = blocksOf(type, N * K / blockElems, rng(21))
@@ -134,36 +136,81 @@ describe('WebGPU kernels against float64 references', function () {
     }
     return h
   }
+  const checkFused = async (format: WeightFormat, K: number, rows: number, reduce: GpuKernels, gated: boolean, norm: boolean): Promise<void> => {
+    const F = 19
+    const N = gated ? 2 * F : F
+    const x = randoms(rows * K, 31).map(v => v * 4)
+    const g = randoms(K, 33)
+    const bias = randoms(N, 34)
+    const { data, dtype } = stored(randoms(N * K, 32).map(v => v * 3), format)
+    const wq = toFloat32(data, dtype)
+    const shape = { format, k: K, n: N, n0: 0, yStride: F, bias: !gated, accumulate: false, gated, norm: norm ? 1e-5 : undefined }
+    const plan = matvecPlan(shape, reduce, gpu.subgroups)
+    const args = [{ data: x, binding: 'read' as const }, { data, binding: 'read' as const }, { size: rows * F, binding: 'rw' as const }, 'step' as const, ...(gated ? [] : [{ data: bias, binding: 'read' as const }]), ...(norm ? [{ data: g, binding: 'read' as const }] : [])]
+    const [y] = await runKernel(gpu, plan.code, args, [[rows]], matvecGroups(F, plan.rowsPerGroup))
+    const h = norm ? rms(x, K, g) : x
+    const dot = (r: number, n: number): number => { let s = 0; for (let k = 0; k < K; k++) s += h[r * K + k] * wq[n * K + k]; return s }
+    const ref = new Float64Array(rows * F)
+    for (let r = 0; r < rows; r++) {
+      for (let i = 0; i < F; i++) {
+        const a = dot(r, i)
+        ref[r * F + i] = gated ? a / (1 + Math.exp(-a)) * dot(r, F + i) : a + bias[i]
+      }
+    }
+    assert.ok(relErr(y, ref) < 1e-5, `${relErr(y, ref)}`)
+  }
+  const fusion = (gated: boolean, norm: boolean): string => [norm && 'norm', gated ? 'gate/up + SwiGLU' : 'linear with bias'].filter(Boolean).join(' + ')
   for (const [format, K] of [['f16', 112], ['f32', 100]] as const) {
     for (const [rows, reduce] of cases([1, 9])) {
       if (K === 100 && reduce !== 'legacy') continue
       for (const [gated, norm] of [[false, true], [true, false], [true, true]]) {
-        it(`${[norm && 'norm', gated ? 'gate/up + SwiGLU' : 'linear with bias'].filter(Boolean).join(' + ')}, ${format}, K ${K}, ${rows} rows (${what(rows, reduce)})`, async () => {
-          const F = 19
-          const N = gated ? 2 * F : F
-          const x = randoms(rows * K, 31).map(v => v * 4)
-          const g = randoms(K, 33)
-          const bias = randoms(N, 34)
-          const { data, dtype } = stored(randoms(N * K, 32).map(v => v * 3), format)
-          const wq = toFloat32(data, dtype)
-          const shape = { format, k: K, n: N, n0: 0, yStride: F, bias: !gated, accumulate: false, gated, norm: norm ? 1e-5 : undefined }
-          const plan = matvecPlan(shape, reduce, gpu.subgroups)
-          const args = [{ data: x, binding: 'read' as const }, { data, binding: 'read' as const }, { size: rows * F, binding: 'rw' as const }, 'step' as const, ...(gated ? [] : [{ data: bias, binding: 'read' as const }]), ...(norm ? [{ data: g, binding: 'read' as const }] : [])]
-          const [y] = await runKernel(gpu, plan.code, args, [[rows]], matvecGroups(F, plan.rowsPerGroup))
-          const h = norm ? rms(x, K, g) : x
-          const dot = (r: number, n: number): number => { let s = 0; for (let k = 0; k < K; k++) s += h[r * K + k] * wq[n * K + k]; return s }
-          const ref = new Float64Array(rows * F)
-          for (let r = 0; r < rows; r++) {
-            for (let i = 0; i < F; i++) {
-              const a = dot(r, i)
-              ref[r * F + i] = gated ? a / (1 + Math.exp(-a)) * dot(r, F + i) : a + bias[i]
-            }
-          }
-          assert.ok(relErr(y, ref) < 1e-5, `${relErr(y, ref)}`)
+        it(`${fusion(gated, norm)}, ${format}, K ${K}, ${rows} rows (${what(rows, reduce)})`, async () => {
+          await checkFused(format, K, rows, reduce, gated, norm)
         })
       }
     }
   }
+
+  // Other shapes of the fast kernel (PLEXUS_GPU_MATVEC_SHAPE: lanes × slots × chunks a lane loads
+  // at once × weight rows a slot): two and four rows a slot (gate and up rows then meet in one
+  // lane), 8 lanes (within lavapipe's subgroups: the shuffle butterfly runs here too). K 112 (7
+  // chunks, fewer than the lanes) with the norm and gate/up + SwiGLU; K 128 f32 plain, against
+  // float64 and alone = in a batch. Lavapipe compiles these kernels slowly (~30 s each): two each.
+  for (const shape of ['32x8x1x2', '8x4x2x4']) {
+    it(`matvec shaped ${shape}: norm + gate/up + SwiGLU on 1 and 9 rows; a plain projection, batched = alone`, async () => {
+      const saved = process.env.PLEXUS_GPU_MATVEC_SHAPE
+      process.env.PLEXUS_GPU_MATVEC_SHAPE = shape
+      try {
+        for (const rows of [1, 9]) await checkFused('f16', 112, rows, 'fast', true, true)
+        const N = 13; const K = 128
+        const w = randoms(N * K, 9)
+        const x = randoms(5 * K, 10)
+        const { code, groups } = linearKernel({ format: 'f32', k: K, n: N, n0: 0, yStride: N, bias: false, accumulate: false }, 1, 'fast')
+        const run = async (xs: Float32Array, rows: number): Promise<Float32Array> =>
+          (await runKernel(gpu, code, [{ data: xs, binding: 'read' }, { data: w, binding: 'read' }, { size: rows * N, binding: 'rw' }, 'step'], [[rows]], groups))[0]
+        const all = await run(x, 5)
+        const ref = new Float64Array(5 * N)
+        for (let r = 0; r < 5; r++) for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) ref[r * N + n] += x[r * K + k] * w[n * K + k]
+        assert.ok(relErr(all, ref) < 1e-5, `${relErr(all, ref)}`)
+        for (let r = 0; r < 5; r++) assert.deepEqual(Array.from(all.subarray(r * N, (r + 1) * N)), Array.from((await run(x.slice(r * K, (r + 1) * K), 1)).subarray(0, N)))
+      } finally {
+        if (saved == null) delete process.env.PLEXUS_GPU_MATVEC_SHAPE; else process.env.PLEXUS_GPU_MATVEC_SHAPE = saved
+      }
+    })
+  }
+
+  it('PLEXUS_GPU_MATVEC_SHAPE that the kernel cannot take is refused, naming the variable', () => {
+    const shape = { format: 'f16' as const, k: 112, n: 8, n0: 0, yStride: 8, bias: false, accumulate: false }
+    const saved = process.env.PLEXUS_GPU_MATVEC_SHAPE
+    try {
+      for (const bad of ['32', '3x8', '32x8x3', '32x3x1x1', '32x6x1x1', '128x4', '32x8x1x8', '32x1x1x1']) {
+        process.env.PLEXUS_GPU_MATVEC_SHAPE = bad
+        assert.throws(() => matvecPlan(shape, 'fast', false), /PLEXUS_GPU_MATVEC_SHAPE/, bad)
+      }
+    } finally {
+      if (saved == null) delete process.env.PLEXUS_GPU_MATVEC_SHAPE; else process.env.PLEXUS_GPU_MATVEC_SHAPE = saved
+    }
+  })
 
   for (const [K, reduce] of [[60, 'legacy'], [64, 'legacy'], [64, 'fast-shared'], [64, 'fast']] as const) {
     it(`matvec gives each row bitwise the same result alone or in a batch (K ${K}, ${reduce} kernels)`, async () => {
