@@ -228,7 +228,8 @@ async function benchFormat (dir: string, work: string, cfg: ModelConfig, format:
     log(`${format}: ${(perToken / 1e9).toFixed(2)} GB of weights read per decode token`)
     let t0: number
 
-    // Prefill and decode through the whole model (LM head included), after a warm-up generation.
+    // Prefill and decode through the whole model (the LM head included, in each step's own GPU
+    // submission), after a warm-up generation.
     // Progress lines say which step a timeout cut short.
     log(`plexus ${format}: loading…`)
     t0 = performance.now()

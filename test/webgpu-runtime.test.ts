@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { initBackend, Checkpoint, Span, ModelHead, openModel, withQuantization } from '@plexus/runtime'
+import { initBackend, Checkpoint, Span, ModelHead, LocalModel, generate, gpuSubmissionTimes, openModel, withQuantization } from '@plexus/runtime'
 import { makeModel } from '../scripts/lib/model-maker.ts'
 import { startSwarm } from '../scripts/lib/local-swarm.ts'
 import { fixtureDir, golden, maxAbsDiff, runCli, CLIENT_BIN } from './support/fixtures.ts'
@@ -54,6 +54,37 @@ describe('webgpu backend in the runtime and the swarm', function () {
       const perPosition = 2 * 4 * ckpt.config.numLayers * ckpt.config.numKvHeads * ckpt.config.headDim
       assert.deepEqual(gpu.bytes, [0, 224, 288].map(n => n * perPosition))
     } finally { await ckpt.close() }
+  })
+
+  it('a local model runs the LM head in the step\'s submission: one a token, logits bitwise those of the head called apart', async () => {
+    await initBackend('webgpu')
+    const g = golden('tiny-llama')
+    const m = await LocalModel.load(fixtureDir('tiny-llama'))
+    try {
+      const fused = await m.session()
+      const apart = await m.session()
+      assert.ok(fused.forwardLogits != null)
+      // the prompt (a GEMM step, its last row to the head), then decode steps, then the head
+      // called apart in between (its scratch regrown: the fused step must rebind, not reuse)
+      let ids: number[] = g.prompt_ids
+      for (let i = 0; i < 6; i++) {
+        const a: Float32Array = await fused.forwardLogits!(m.head, m.head.embed(ids), ids.length)
+        const b = await m.head.logits(await apart.forward(m.head.embed(ids), ids.length), ids.length)
+        assert.deepEqual(a, b, `step ${i}`)
+        if (i === 3) await m.head.logits(m.head.embed([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]), 17, 17)
+        ids = [g.greedy_new_ids[i]]
+      }
+      await fused.close(); await apart.close()
+      // generate takes that path: one submission per token, none of the head alone
+      const s = await m.session()
+      gpuSubmissionTimes(true)
+      const r = await generate(m.head, s, g.prompt_ids, { maxTokens: g.greedy_new_ids.length })
+      const times = gpuSubmissionTimes(true)
+      await s.close()
+      assert.deepEqual(r.tokenIds, g.greedy_new_ids)
+      assert.equal(times['a step']?.submissions, g.greedy_new_ids.length)
+      assert.equal(times['the LM head'], undefined)
+    } finally { await m.dispose() }
   })
 
   it('an f16 KV cache holds half the bytes and gives logits within 0.5% of the f32 cache\'s, and the same greedy tokens', async () => {

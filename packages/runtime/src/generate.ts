@@ -11,6 +11,11 @@ import type { SpeculativeOptions, SpeculationStats } from './speculative.ts'
  */
 export interface SessionPipeline {
   forward (hidden: Float32Array, tokens: number): Promise<Float32Array>
+  /**
+   * `forward`, then `head.logits` of its last row, as one call: where the pipeline can run the LM
+   * head in its own last step (a local webgpu model: one GPU submission a token instead of two).
+   */
+  forwardLogits? (head: ModelHead, hidden: Float32Array, tokens: number): Promise<Float32Array>
   close (): Promise<void>
   /** Keeps only the first `length` positions (speculative decoding drops rejected drafts). */
   truncate? (length: number): Promise<void>
@@ -122,13 +127,17 @@ export async function generate (head: ModelHead, pipeline: SessionPipeline, prom
     }
     // the prompt (or, after going back into it, the rest of it), else the last token
     const tokens = out.length === 0 ? promptIds.slice(held) : [out.last!]
-    const hidden = await pipeline.forward(head.embed(tokens), tokens.length)
+    // the logits in the pipeline's own step where it can, and where every output is final at once
+    const fused = pipeline.forwardLogits != null && pipeline.confirm == null && opts.maxTokens > 0
+      ? await pipeline.forwardLogits(head, head.embed(tokens), tokens.length)
+      : undefined
+    const hidden = fused == null ? await pipeline.forward(head.embed(tokens), tokens.length) : undefined
     held += tokens.length
     if (t1 === 0) t1 = t2 = performance.now()
     else t2 = performance.now()
     if (!await settle(false)) continue
     if (opts.maxTokens === 0) continue
-    const row = await head.logits(hidden, tokens.length)
+    const row = fused ?? await head.logits(hidden!, tokens.length)
     if (constraint != null) await constraint.mask(row)
     const id = sampler.sample(row)
     constraint?.accept(id)

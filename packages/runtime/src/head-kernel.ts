@@ -3,11 +3,17 @@ import type { ModelConfig } from './config.ts'
 import { WorkerRpc, ownBuffer } from './worker-rpc.ts'
 import { cpuHead } from './cpu/head.ts'
 import type { CpuHeadWeights } from './cpu/head.ts'
+import type { GpuHeadTail } from './webgpu/head.ts'
 
 /** The LM head's kernel: final norm, then `[rows, hidden] · [hidden, vocab]`. */
 export interface HeadKernel {
   /** Logits `[rows, vocab]` for hidden states `[rows, hidden]`; `x` is the kernel's from then on (it may move to another thread). */
   logits (x: Float32Array, rows: number): Promise<Float32Array>
+  /**
+   * GPU heads only: `use` gets the head to record into another submission on the same device (a
+   * span's step, so a local decode token is one submission), the head held until it settles.
+   */
+  tail?: <T>(use: (tail: GpuHeadTail) => Promise<T>) => Promise<T>
   dispose (): Promise<void>
 }
 

@@ -9,6 +9,7 @@ import { headWeights, inThreadHeadKernel, workerHeadKernel } from './head-kernel
 import type { HeadKernel } from './head-kernel.ts'
 import { activeGpu } from './webgpu/device.ts'
 import { gpuHeadKernel } from './webgpu/head.ts'
+import type { GpuHeadTail } from './webgpu/head.ts'
 
 /** Rows one LM-head call gathers from several requests at most (a larger request runs alone). */
 const MAX_LOGIT_ROWS = 64
@@ -82,6 +83,14 @@ export class ModelHead {
       this.queued.push({ x: hidden.subarray((tokens - rows) * H), rows, resolve, reject })
       if (!this.flushing) { this.flushing = true; setImmediate(() => { void this.flush() }) }
     })
+  }
+
+  /**
+   * A GPU head: `use` records it into another submission on this thread's device (a span's step,
+   * Span.forwardLogits), the head held meanwhile. Undefined for CPU heads.
+   */
+  async withGpuTail<T> (use: (tail: GpuHeadTail) => Promise<T>): Promise<T | undefined> {
+    return this.kernel.tail == null ? undefined : await this.kernel.tail(use)
   }
 
   private readonly queued: QueuedLogits[] = []

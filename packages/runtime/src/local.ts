@@ -5,7 +5,7 @@ import type { QuantFormat } from './quant/quantized-source.ts'
 import { QUANT_BLOCK } from './cpu/quant-matrix.ts'
 import { ModelHead } from './head.ts'
 import { Span, usesTfjsBlocks } from './span.ts'
-import { inProcessRunner } from './runner.ts'
+import { inProcessRunner, through } from './runner.ts'
 import type { SpanRunner, SpanSession } from './runner.ts'
 import { WorkerSpanRunner } from './worker-span.ts'
 import { activeBackend } from './backend.ts'
@@ -142,11 +142,14 @@ export class LocalModel {
   async session (maxLength = this.config.maxPositions): Promise<SessionPipeline> {
     const sessions: SpanSession[] = []
     for (const s of this.spans) sessions.push(await s.open(maxLength))
+    const last = sessions[sessions.length - 1]
     return {
-      forward: async (hidden, tokens) => {
-        let h = hidden
-        for (const s of sessions) h = await s.forward(h, tokens)
-        return h
+      forward: async (hidden, tokens) => await through(sessions, hidden, tokens),
+      // a webgpu span last and a GPU head: the LM head in the step's submission
+      forwardLogits: last.forwardLogits == null ? undefined : async (head, hidden, tokens) => {
+        const h = await through(sessions.slice(0, -1), hidden, tokens)
+        return await head.withGpuTail(async tail => await last.forwardLogits!(h, tokens, tail)) ??
+          await head.logits(await last.forward(h, tokens), tokens)
       },
       truncate: async (length) => { for (const s of sessions) await s.truncate(length) },
       close: async () => { for (const s of sessions) await s.close() }

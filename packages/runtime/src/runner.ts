@@ -1,4 +1,5 @@
 import type { Span, KVCache } from './span.ts'
+import type { GpuHeadTail } from './webgpu/head.ts'
 
 /**
  * Blocks `[start, end)` ready to serve sessions, wherever they live: in this thread
@@ -18,6 +19,8 @@ export interface SpanSession {
   /** Bytes of KV cache held. */
   readonly bytes: number
   forward (hidden: Float32Array, tokens: number, positions?: ArrayLike<number>): Promise<Float32Array>
+  /** A webgpu span in this thread: the step, then the LM head on its last row, in one submission (Span.forwardLogits). */
+  forwardLogits?: (hidden: Float32Array, tokens: number, tail: GpuHeadTail) => Promise<Float32Array>
   truncate (length: number): Promise<void>
   close (): Promise<void>
 }
@@ -27,6 +30,7 @@ export function cacheSession (span: Span, cache: KVCache): SpanSession {
     get length () { return cache.length },
     get bytes () { return cache.bytes() },
     forward: async (hidden, tokens, positions) => await span.forward(hidden, tokens, cache, positions),
+    forwardLogits: span.engine !== 'webgpu' ? undefined : async (hidden, tokens, tail) => await span.forwardLogits(hidden, tokens, cache, tail),
     truncate: async (n) => { cache.truncate(n) },
     close: async () => { cache.dispose() }
   }
@@ -64,20 +68,25 @@ export function chainRunners (runners: SpanRunner[]): SpanRunner {
         for (const p of parts) await p.close()
         throw err
       }
+      const last = parts[parts.length - 1]
       return {
         get length () { return parts[0].length },
         get bytes () { return parts.reduce((n, p) => n + p.bytes, 0) },
-        forward: async (hidden, tokens, positions) => {
-          let h = hidden
-          for (const p of parts) h = await p.forward(h, tokens, positions)
-          return h
-        },
+        forward: async (hidden, tokens, positions) => await through(parts, hidden, tokens, positions),
+        forwardLogits: last.forwardLogits == null ? undefined : async (hidden, tokens, tail) => await last.forwardLogits!(await through(parts.slice(0, -1), hidden, tokens), tokens, tail),
         truncate: async (n) => { for (const p of parts) await p.truncate(n) },
         close: async () => { for (const p of parts) await p.close() }
       }
     },
     dispose: async () => { for (const r of runners) await r.dispose() }
   }
+}
+
+/** A step through consecutive sessions, each one's output the next one's input. */
+export async function through (sessions: SpanSession[], hidden: Float32Array, tokens: number, positions?: ArrayLike<number>): Promise<Float32Array> {
+  let h = hidden
+  for (const s of sessions) h = await s.forward(h, tokens, positions)
+  return h
 }
 
 /**

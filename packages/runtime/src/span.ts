@@ -10,6 +10,7 @@ import { activeBackend } from './backend.ts'
 import { activeGpu } from './webgpu/device.ts'
 import { GpuSpanEngine } from './webgpu/span-engine.ts'
 import type { GpuKVStore } from './webgpu/kv-store.ts'
+import type { GpuHeadTail } from './webgpu/head.ts'
 import { CpuSpanEngine, cpuEngineAccepts } from './cpu/span-engine.ts'
 import type { CpuKVStore } from './cpu/kv-store.ts'
 import { PlexusError } from './errors.ts'
@@ -229,30 +230,10 @@ export class Span {
    */
   async forwardBatch (steps: SpanStep[]): Promise<Float32Array[]> {
     if (steps.length === 0) return []
-    const H = this.config.hiddenSize
-    const firstBlock = steps[0].cache.firstBlock
-    const blocks = steps[0].cache.blocks
-    const from = firstBlock - this.start
-    if (from < 0 || from + blocks > this.size) throw new SpanError('cache belongs to another span')
-    const seen = new Set<KVCache>()
-    for (const { hidden, tokens, cache, positions } of steps) {
-      if (!Number.isInteger(tokens) || tokens <= 0) throw new SpanError(`tokens must be a positive integer (got ${tokens})`)
-      if (hidden.length !== tokens * H) throw new SpanError(`hidden states have ${hidden.length} values, expected ${tokens}×${H}`)
-      if (cache.firstBlock !== firstBlock || cache.blocks !== blocks) throw new SpanError('a batch must cover the same blocks for every session')
-      if (seen.has(cache)) throw new SpanError('a batch holds two steps of one session')
-      seen.add(cache)
-      const first = cache.length
-      if (positions != null) {
-        if (positions.length !== tokens) throw new SpanError(`${positions.length} positions for ${tokens} tokens`)
-        for (let t = 0; t < tokens; t++) {
-          if (positions[t] !== first + t) throw new SpanError(`positions must continue the session's cache: expected ${first + t} at index ${t}, got ${positions[t]}`)
-        }
-      }
-      if (first + tokens > cache.maxLength) throw new SpanError(`session length ${first + tokens} exceeds its max length ${cache.maxLength}`)
-    }
-
+    const { from, blocks } = this.check(steps)
     if (this.gpu != null) return await this.forwardGpu(steps, from, blocks)
     if (this.cpu != null) return this.forwardCpu(steps, from, blocks)
+    const H = this.config.hiddenSize
     const rows = steps.reduce((n, s) => n + s.tokens, 0)
     const input = new Float32Array(rows * H)
     let o = 0
@@ -276,6 +257,45 @@ export class Span {
       out.dispose()
     }
     return this.perStep(data, steps)
+  }
+
+  /**
+   * One session's step, then the LM head on its last output row in the same GPU submission (a
+   * webgpu span with the GPU head of the same device): the logits `[vocab]` that `head.logits`
+   * would give for `forward`'s output, one submission and readback fewer per token.
+   */
+  async forwardLogits (hidden: Float32Array, tokens: number, cache: KVCache, tail: GpuHeadTail): Promise<Float32Array> {
+    const { from, blocks } = this.check([{ hidden, tokens, cache }])
+    if (this.gpu == null || cache.gpu == null) throw new SpanError('only a webgpu span runs the LM head in its step')
+    const logits = await this.gpu.forward([{ hidden, tokens, store: cache.gpu, length: cache.length }], from, blocks, tail)
+    cache.length += tokens
+    return logits
+  }
+
+  /** The blocks a batch's caches cover (the same for all), after checking every step. */
+  private check (steps: SpanStep[]): { from: number, blocks: number } {
+    const H = this.config.hiddenSize
+    const firstBlock = steps[0].cache.firstBlock
+    const blocks = steps[0].cache.blocks
+    const from = firstBlock - this.start
+    if (from < 0 || from + blocks > this.size) throw new SpanError('cache belongs to another span')
+    const seen = new Set<KVCache>()
+    for (const { hidden, tokens, cache, positions } of steps) {
+      if (!Number.isInteger(tokens) || tokens <= 0) throw new SpanError(`tokens must be a positive integer (got ${tokens})`)
+      if (hidden.length !== tokens * H) throw new SpanError(`hidden states have ${hidden.length} values, expected ${tokens}×${H}`)
+      if (cache.firstBlock !== firstBlock || cache.blocks !== blocks) throw new SpanError('a batch must cover the same blocks for every session')
+      if (seen.has(cache)) throw new SpanError('a batch holds two steps of one session')
+      seen.add(cache)
+      const first = cache.length
+      if (positions != null) {
+        if (positions.length !== tokens) throw new SpanError(`${positions.length} positions for ${tokens} tokens`)
+        for (let t = 0; t < tokens; t++) {
+          if (positions[t] !== first + t) throw new SpanError(`positions must continue the session's cache: expected ${first + t} at index ${t}, got ${positions[t]}`)
+        }
+      }
+      if (first + tokens > cache.maxLength) throw new SpanError(`session length ${first + tokens} exceeds its max length ${cache.maxLength}`)
+    }
+    return { from, blocks }
   }
 
   private async forwardGpu (steps: SpanStep[], from: number, blocks: number): Promise<Float32Array[]> {

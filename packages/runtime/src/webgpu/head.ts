@@ -4,7 +4,21 @@ import type { GpuContext } from './device.ts'
 import { GpuLinear, upload, storage, createStepBuffer, dispatchLinear, stepSlots, submitAndRead, serially } from './linear.ts'
 import type { LinearBinding, WeightPart } from './linear.ts'
 
-interface HeadScratch { rows: number, x: GPUBuffer, logits: GPUBuffer, readback: GPUBuffer, lm: LinearBinding }
+interface HeadScratch { rows: number, generation: number, x: GPUBuffer, logits: GPUBuffer, readback: GPUBuffer, lm: LinearBinding }
+
+/**
+ * The head recorded after a span's step in the same command buffer: one row of the step's output
+ * in, its logits `[vocab]` into `readback`. `key` changes when the buffers it binds do (commands
+ * recorded ahead are reused only under the same key).
+ */
+export interface GpuHeadTail {
+  key: string
+  record: (encoder: GPUCommandEncoder, x: GPUBuffer, row: number) => void
+  readback: GPUBuffer
+  bytes: number
+}
+
+let heads = 0
 
 /**
  * The LM head on the GPU: final norm and logits `[rows, vocab]` in one matrix-vector kernel (the
@@ -28,6 +42,8 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
   const lmHead = GpuLinear.upload(gpu, 'lm_head', [w.lmHead])
   const step = createStepBuffer(device, 1)
   let scratch: HeadScratch | undefined
+  const id = ++heads
+  let generation = 0
   // one call at a time: calls share the scratch and readback buffers
   const serial = serially()
 
@@ -39,7 +55,7 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
     const x = storage(device, cap * H * 4, 'head x')
     const logits = storage(device, cap * V * 4, 'logits')
     const readback = device.createBuffer({ label: 'logits readback', size: cap * V * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
-    scratch = { rows: cap, x, logits, readback, lm: lmHead.bind(device, x, logits, step, { norm: { weight: norm, eps: w.rmsNormEps } }) }
+    scratch = { rows: cap, generation: ++generation, x, logits, readback, lm: lmHead.bind(device, x, logits, step, { norm: { weight: norm, eps: w.rmsNormEps } }) }
     return scratch
   }
 
@@ -55,8 +71,26 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
     return await submitAndRead(gpu, encoder, s.logits, s.readback, rows * V * 4, 'the LM head', t0)
   }
 
+  const tail = (): GpuHeadTail => {
+    const s = ensure(1)
+    device.queue.writeBuffer(step, 0, stepSlots(1))
+    return {
+      key: `${id}/${s.generation}`,
+      record: (encoder, x, row) => {
+        encoder.copyBufferToBuffer(x, row * H * 4, s.x, 0, H * 4)
+        const pass = encoder.beginComputePass()
+        dispatchLinear(pass, s.lm, 1, true)
+        pass.end()
+        encoder.copyBufferToBuffer(s.logits, 0, s.readback, 0, V * 4)
+      },
+      readback: s.readback,
+      bytes: V * 4
+    }
+  }
+
   return {
     logits: async (x, rows) => await serial(async () => await run(x, rows)),
+    tail: async (use) => await serial(async () => await use(tail())),
     dispose: async () => {
       // after the calls already queued
       await serial(async () => {})

@@ -13,6 +13,7 @@ import { attentionKernel, attentionGroups, stepPaging } from './attention.ts'
 import type { AttentionShape } from './attention.ts'
 import { gpuKernels, fusedNorms } from './kernel-choice.ts'
 import { StepPasses, stepTimer } from './profile.ts'
+import type { GpuHeadTail } from './head.ts'
 import type { StepTimer } from './profile.ts'
 
 /** One block's weights on the GPU, in their stored precision (norms as f32). */
@@ -152,8 +153,11 @@ export class GpuSpanEngine {
   /**
    * Runs the sessions' rows through blocks `[from, from + count)` of this engine; returns the
    * output rows of all sessions, stacked in order. Each store holds `length` positions before.
+   * With `tail` (one session), the LM head runs on the last output row in the same submission
+   * and the logits come back instead.
    */
-  async forward (steps: GpuStep[], from: number, count: number): Promise<Float32Array> {
+  async forward (steps: GpuStep[], from: number, count: number, tail?: GpuHeadTail): Promise<Float32Array> {
+    if (tail != null && steps.length !== 1) throw new Error('a step with the LM head runs one session')
     if (steps.length > MAX_SESSIONS_PER_STEP) {
       const outs: Float32Array[] = []
       for (let i = 0; i < steps.length; i += MAX_SESSIONS_PER_STEP) outs.push(await this.forward(steps.slice(i, i + MAX_SESSIONS_PER_STEP), from, count))
@@ -162,10 +166,10 @@ export class GpuSpanEngine {
       for (const x of outs) { all.set(x, o); o += x.length }
       return all
     }
-    return await this.serial(async () => await this.run(steps, from, count))
+    return await this.serial(async () => await this.run(steps, from, count, tail))
   }
 
-  private async run (steps: GpuStep[], from: number, count: number): Promise<Float32Array> {
+  private async run (steps: GpuStep[], from: number, count: number, tail?: GpuHeadTail): Promise<Float32Array> {
     const t0 = performance.now()
     const { device, cfg } = this
     const H = cfg.hiddenSize
@@ -197,28 +201,32 @@ export class GpuSpanEngine {
     device.queue.writeBuffer(this.step, 0, stepSlots(rows, count))
 
     const caches = Array.from({ length: count }, (_, i) => this.cacheBinding(from + i, s))
-    const key = `${rows}/${from}/${count}/${caches.map(c => c.key).join(',')}`
+    const key = `${rows}/${from}/${count}/${caches.map(c => c.key).join(',')}/${tail?.key ?? ''}`
     const ahead = this.ahead?.key === key ? this.ahead.commands : undefined
     this.ahead = undefined
-    const { commands, passes } = ahead != null ? { commands: ahead, passes: undefined } : this.record(s, caches, from, rows)
-    const hidden = await submitCommands(this.gpu, commands, s.readback, rows * H * 4, 'a step', t0, () => {
+    const { commands, passes } = ahead != null ? { commands: ahead, passes: undefined } : this.record(s, caches, from, rows, tail)
+    const out = await submitCommands(this.gpu, commands, tail?.readback ?? s.readback, tail?.bytes ?? rows * H * 4, 'a step', t0, () => {
       // the next step is likely this one again (decode): its commands are recorded while the GPU
       // runs this one, and used if nothing they bind has changed by then
       if (this.timer != null) return
       // a failure here shows again when the next step records its own commands
-      try { this.ahead = { key, commands: this.record(s, caches, from, rows).commands } } catch {}
+      try { this.ahead = { key, commands: this.record(s, caches, from, rows, tail).commands } } catch {}
     })
     await passes?.collect()
-    return hidden
+    return out
   }
 
-  /** A step's commands: every block, then the copy of the output rows into the readback buffer. */
-  private record (s: Scratch, caches: CacheBinding[], from: number, rows: number): { commands: GPUCommandBuffer, passes: StepPasses } {
+  /**
+   * A step's commands: every block, then the copy of the output rows into the readback buffer,
+   * or the LM head on the last row (`tail`).
+   */
+  private record (s: Scratch, caches: CacheBinding[], from: number, rows: number, tail?: GpuHeadTail): { commands: GPUCommandBuffer, passes: StepPasses } {
     const encoder = this.device.createCommandEncoder()
     const passes = new StepPasses(encoder, this.timer)
     caches.forEach((cache, i) => this.encodeBlock(passes, s.blocks[from + i], cache, i + 1, rows))
     passes.end()
-    encoder.copyBufferToBuffer(s.x, 0, s.readback, 0, rows * this.cfg.hiddenSize * 4)
+    if (tail != null) tail.record(encoder, s.x, rows - 1)
+    else encoder.copyBufferToBuffer(s.x, 0, s.readback, 0, rows * this.cfg.hiddenSize * 4)
     return { commands: encoder.finish(), passes }
   }
 
