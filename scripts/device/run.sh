@@ -6,27 +6,30 @@
 # device tool brings back at most 8 files). The bench models and their GGUFs are made on the CPU in
 # the background while the tests run. Every step has its own timeout, so a failure or a hang loses
 # only that step. 229 s on an H200 with two variants (tests, two shapes, their profiles and the
-# first kernels); the default now runs five, the least telling last (a run cut short by the device
-# tool's limit still brings back every step before).
+# first kernels); the default now measures every matrix-vector kernel shape layer by layer first,
+# then runs three variants (a run cut short by the device tool's limit still brings back every
+# step before).
 #
 # Optional environment:
 #   OUT                    where summary.json, run.log and results.tar.gz go (default: $WORK/out only)
 #   PLEXUS_DEVICE_WORK     scratch directory (default /tmp/plexus-device)
 #   PLEXUS_DEVICE_SYSROOT  where the .debs are unpacked (default / as root, then ldconfig;
 #                          otherwise $PLEXUS_DEVICE_WORK/sysroot through LD_LIBRARY_PATH)
-#   PLEXUS_DEVICE_STEPS    steps to run (default "probe tests bench variants")
+#   PLEXUS_DEVICE_STEPS    steps to run (default "probe tests matvec bench variants")
 #   PLEXUS_BENCH_VARIANTS  settings to rerun every shape with, without llama.cpp (the "variants"
 #                          step): space-separated NAME=VALUE, several joined by "+" (default
 #                          "PLEXUS_GPU_PROFILE=1 PLEXUS_GPU_MATVEC_SHAPE=32x8x1x2
-#                          PLEXUS_GPU_MATVEC_SHAPE=32x4x1x4 PLEXUS_GPU_FUSED_NORMS=0
-#                          PLEXUS_GPU_MATVEC_SHAPE=32x8x2": GPU time kernel by kernel; the
-#                          matrix-vector kernel reading 2 weight rows a slot (each chunk of x
-#                          loaded once for both), then 4 rows a slot of 128-thread workgroups; the
-#                          decode norms as kernels of their own; 2 chunks loaded a lane at once)
+#                          PLEXUS_GPU_FUSED_NORMS=0": GPU time kernel by kernel; the matrix-vector
+#                          kernel reading 2 weight rows a slot, each chunk of x loaded once for both;
+#                          the decode norms as kernels of their own). The "matvec" step measures
+#                          every kernel shape layer by layer first (bench-matvec.ts); rerun this step
+#                          with its winner.
 #   PLEXUS_BENCH_SHAPES    default "tinyllama llama3-8b-4l"
 #   PLEXUS_BENCH_FORMATS   GGUF types both engines run (default "f16,q8_0")
 #   PLEXUS_BENCH_ARGS      extra bench:gpu flags, e.g. "--tokens 128"
-#   PLEXUS_TEST_TIMEOUT, PLEXUS_BENCH_TIMEOUT, PLEXUS_PREPARE_TIMEOUT   seconds (default 150, 200, 300)
+#   PLEXUS_MATVEC_ARGS     bench-matvec.ts flags, e.g. "--variants default,32x8x1x2 --rows 1"
+#   PLEXUS_TEST_TIMEOUT, PLEXUS_MATVEC_TIMEOUT, PLEXUS_BENCH_TIMEOUT, PLEXUS_PREPARE_TIMEOUT
+#                          seconds (default 150, 150, 200, 300)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -34,11 +37,12 @@ PACK=$REPO/.device
 WORK=${PLEXUS_DEVICE_WORK:-/tmp/plexus-device}
 BACK=${OUT:-}
 OUT=$WORK/out
-STEPS=${PLEXUS_DEVICE_STEPS:-probe tests bench variants}
+STEPS=${PLEXUS_DEVICE_STEPS:-probe tests matvec bench variants}
 SHAPES=${PLEXUS_BENCH_SHAPES:-tinyllama llama3-8b-4l}
 FORMATS=${PLEXUS_BENCH_FORMATS:-f16,q8_0}
 TEST_T=${PLEXUS_TEST_TIMEOUT:-150}
 BENCH_T=${PLEXUS_BENCH_TIMEOUT:-200}
+MATVEC_T=${PLEXUS_MATVEC_TIMEOUT:-150}
 PREP_T=${PLEXUS_PREPARE_TIMEOUT:-300}
 T0=$(date +%s)
 rm -rf "$OUT"
@@ -144,7 +148,15 @@ if [[ " $STEPS " == *" tests "* ]]; then
   fi
 fi
 
-# 5. bench:gpu per shape (node directly: npm's prebench hook would try the network).
+# 5. The decode projections alone, every shape of the matrix-vector kernel, layer by layer (GB/s).
+if [[ " $STEPS " == *" matvec "* ]]; then
+  # shellcheck disable=SC2086
+  step matvec "$MATVEC_T" node scripts/bench-matvec.ts ${PLEXUS_MATVEC_ARGS:-}
+  cp "$OUT/matvec.out" "$OUT/bench-matvec.json" 2>/dev/null
+  show matvec.err 50
+fi
+
+# 6. bench:gpu per shape (node directly: npm's prebench hook would try the network).
 if [[ " $STEPS " == *" bench "* ]]; then
   for shape in $SHAPES; do
     s=$(date +%s); wait "${PREP[$shape]}"; rc=$?
@@ -156,9 +168,9 @@ if [[ " $STEPS " == *" bench "* ]]; then
   done
 fi
 
-# 6. Every shape again with other settings (Plexus only): a profile, other matrix-vector shapes.
+# 7. Every shape again with other settings (Plexus only): a profile, other matrix-vector shapes.
 if [[ " $STEPS " == *" variants "* ]]; then
-  for setting in ${PLEXUS_BENCH_VARIANTS:-PLEXUS_GPU_PROFILE=1 PLEXUS_GPU_MATVEC_SHAPE=32x8x1x2 PLEXUS_GPU_MATVEC_SHAPE=32x4x1x4 PLEXUS_GPU_FUSED_NORMS=0 PLEXUS_GPU_MATVEC_SHAPE=32x8x2}; do
+  for setting in ${PLEXUS_BENCH_VARIANTS:-PLEXUS_GPU_PROFILE=1 PLEXUS_GPU_MATVEC_SHAPE=32x8x1x2 PLEXUS_GPU_FUSED_NORMS=0}; do
     for shape in $SHAPES; do
       name="bench-$shape-$(printf %s "${setting}" | tr -c 'a-zA-Z0-9_-' '_')"
       # shellcheck disable=SC2046
@@ -169,7 +181,7 @@ if [[ " $STEPS " == *" variants "* ]]; then
   done
 fi
 
-# 7. One summary: step statuses, the probe, and each bench's JSON line.
+# 8. One summary: step statuses, the probe, and each bench's JSON line.
 node -e '
   const fs = require("fs"), p = require("path"), out = process.argv[1]
   const read = f => { try { return fs.readFileSync(p.join(out, f), "utf8") } catch { return "" } }

@@ -1,0 +1,226 @@
+/// <reference types="@webgpu/types" />
+// `npm run bench:matvec`: the decode projections alone, one kernel at a time, for every shape of
+// the matrix-vector kernel (PLEXUS_GPU_MATVEC_SHAPE) and the first kernels: GB/s of weights each
+// streams, and its share of what a plain streaming kernel reads on the same device. The layers are
+// a model's (q/k/v with the norm, o, gate/up with the norm and SwiGLU, down, the LM head) in f16
+// and q8_0, for 1 and 8 rows; each weight is cycled through enough copies that the GPU's L2 cache
+// holds none of them between two reads, as in a real step. Every kernel is first checked against
+// a float64 product of the same weights, so a fast wrong kernel cannot win. Table to stderr, one
+// JSON line to stdout.
+import { parseArgs } from 'node:util'
+import { f32ToF16, toFloat32 } from '@plexus/runtime'
+import { acquireGpu } from '../packages/runtime/src/webgpu/device.ts'
+import { kernel, bindGroup, upload, storage, createStepBuffer, stepSlots, SLOT_OFFSETS } from '../packages/runtime/src/webgpu/linear.ts'
+import type { Binding } from '../packages/runtime/src/webgpu/linear.ts'
+import { matvecPlan, matvecGroups } from '../packages/runtime/src/webgpu/matvec.ts'
+import type { LinearShape } from '../packages/runtime/src/webgpu/kernels.ts'
+import type { GpuKernels } from '../packages/runtime/src/webgpu/kernel-choice.ts'
+import { gpuBytes, gpuChunk } from '../packages/runtime/src/webgpu/formats.ts'
+import { gpuReadBandwidth } from './lib/bandwidth.ts'
+import { SHAPES } from './lib/model-maker.ts'
+
+const HELP = `usage: npm run bench:matvec -- [options]
+  --shapes LIST     model shapes whose layers to run (default tinyllama,llama3-8b; "small" for a quick check)
+  --formats LIST    f16,q8_0 (default both)
+  --rows LIST       batch rows (default 1,8)
+  --variants LIST   kernel shapes: "default", "legacy" or LxS[xU[xM]] (default default,32x8x2,32x8x1x2,32x4x1x4,64x4,16x16,legacy)
+  --ms N            GPU time to spend per measurement (default 30)
+  --software        accept a software adapter (lavapipe: for checking the script, not for figures)`
+
+interface Layer { name: string, k: number, n: number, gated?: boolean, norm?: boolean }
+
+function layersOf (shape: string): Layer[] {
+  const s = (SHAPES as Record<string, { hiddenSize: number, numHeads: number, numKvHeads: number, intermediateSize: number, vocabSize: number }>)[shape]
+  if (s == null) throw new Error(`unknown shape ${shape} (known: ${Object.keys(SHAPES).join(', ')})`)
+  const H = s.hiddenSize
+  const d = H / s.numHeads
+  return [
+    { name: 'norm + q/k/v', k: H, n: (s.numHeads + 2 * s.numKvHeads) * d, norm: true },
+    { name: 'o', k: s.numHeads * d, n: H },
+    { name: 'norm + gate/up + SwiGLU', k: H, n: 2 * s.intermediateSize, gated: true, norm: true },
+    { name: 'down', k: s.intermediateSize, n: H },
+    { name: 'LM head', k: H, n: Math.min(s.vocabSize, 32000), norm: true }
+  ]
+}
+
+/** A seeded uniform in [-1, 1). */
+function randoms (n: number, seed: number): Float32Array {
+  let x = seed >>> 0
+  const out = new Float32Array(n)
+  for (let i = 0; i < n; i++) { x = (Math.imul(x, 1664525) + 1013904223) >>> 0; out[i] = x / 2 ** 31 - 1 }
+  return out
+}
+
+/** `[n, k]` weights as a checkpoint stores them, and the values a kernel must use for them. */
+function weights (format: 'f16' | 'q8_0', n: number, k: number, seed: number): { bytes: Uint8Array, exact: Float32Array } {
+  const w = randoms(n * k, seed).map(v => v * 0.05)
+  if (format === 'f16') {
+    const bytes = new Uint8Array(f32ToF16(w).buffer)
+    return { bytes, exact: toFloat32(bytes, 'F16') }
+  }
+  // ggml's q8_0: per 32 weights an f16 scale amax/127, then 32 rounded int8
+  const bytes = new Uint8Array(w.length / 32 * 34)
+  const exact = new Float32Array(w.length)
+  const view = new DataView(bytes.buffer)
+  for (let b = 0; b < w.length / 32; b++) {
+    let amax = 0
+    for (let i = 0; i < 32; i++) amax = Math.max(amax, Math.abs(w[b * 32 + i]))
+    const dh = f32ToF16(Float32Array.of(amax / 127))
+    const d = toFloat32(new Uint8Array(dh.buffer), 'F16')[0]
+    view.setUint16(b * 34, dh[0], true)
+    for (let i = 0; i < 32; i++) {
+      const q = d === 0 ? 0 : Math.max(-127, Math.min(127, Math.round(w[b * 32 + i] / d)))
+      view.setInt8(b * 34 + 2 + i, q)
+      exact[b * 32 + i] = q * d
+    }
+  }
+  return { bytes, exact }
+}
+
+/** The float64 product a kernel is checked against: y = (norm?)x · Wᵀ, or silu(gate)·up. */
+function reference (layer: Layer, exact: Float32Array, x: Float32Array, g: Float32Array, rows: number): Float64Array {
+  const { k, n } = layer
+  const outs = layer.gated === true ? n / 2 : n
+  const y = new Float64Array(rows * outs)
+  for (let r = 0; r < rows; r++) {
+    let scale = 1
+    if (layer.norm === true) {
+      let ss = 0
+      for (let i = 0; i < k; i++) ss += x[r * k + i] ** 2
+      scale = 1 / Math.sqrt(ss / k + 1e-5)
+    }
+    const dot = (row: number): number => {
+      let s = 0
+      for (let i = 0; i < k; i++) s += x[r * k + i] * (layer.norm === true ? scale * g[i] : 1) * exact[row * k + i]
+      return s
+    }
+    for (let o = 0; o < outs; o++) {
+      if (layer.gated === true) { const a = dot(o); y[r * outs + o] = a / (1 + Math.exp(-a)) * dot(o + outs) } else y[r * outs + o] = dot(o)
+    }
+  }
+  return y
+}
+
+async function main (): Promise<void> {
+  const { values: a } = parseArgs({
+    options: {
+      shapes: { type: 'string', default: 'tinyllama,llama3-8b' },
+      formats: { type: 'string', default: 'f16,q8_0' },
+      rows: { type: 'string', default: '1,8' },
+      variants: { type: 'string', default: 'default,32x8x2,32x8x1x2,32x4x1x4,64x4,16x16,legacy' },
+      ms: { type: 'string', default: '30' },
+      software: { type: 'boolean', default: false },
+      help: { type: 'boolean', default: false }
+    }
+  })
+  if (a.help) { console.error(HELP); return }
+  const list = (s: string): string[] => s.split(',').map(v => v.trim()).filter(v => v !== '')
+  const formats = list(a.formats) as Array<'f16' | 'q8_0'>
+  for (const f of formats) if (f !== 'f16' && f !== 'q8_0') throw new Error(`--formats: f16 or q8_0 (got ${f})`)
+  const rowsList = list(a.rows).map(Number)
+  const variants = list(a.variants)
+  const budgetMs = Number(a.ms)
+  const gpu = await acquireGpu({ allowSoftware: a.software })
+  const { device } = gpu
+  const log = (s: string): void => { process.stderr.write(s + '\n') }
+  log(`device: ${gpu.adapterInfo.vendor} ${gpu.adapterInfo.device || gpu.adapterInfo.description}${gpu.software ? ' (software)' : ''}; subgroups ${gpu.subgroups}`)
+  const ceiling = await gpuReadBandwidth(device, gpu.software)
+  log(`streaming-read kernel: ${(ceiling.bytesPerSecond / 1e9).toFixed(1)} GB/s`)
+  // L2 caches are tens of MB: every measurement cycles through at least this many weight bytes
+  const cycleBytes = gpu.software ? 8 * 2 ** 20 : 256 * 2 ** 20
+  const maxRows = Math.max(...rowsList)
+  const step = createStepBuffer(device, 1)
+  const results: Array<Record<string, unknown>> = []
+
+  for (const shape of list(a.shapes)) {
+    for (const layer of layersOf(shape)) {
+      for (const format of formats) {
+        const { bytes, exact } = weights(format, layer.n, layer.k, 7)
+        const data = gpuChunk(format, layer.k, gpuBytes(format, { dtype: format === 'f16' ? 'F16' : 'Q8_0', shape: [layer.n, layer.k], bytes }))
+        const copies = Math.max(2, Math.ceil(cycleBytes / data.byteLength))
+        const ws = Array.from({ length: copies }, () => upload(device, data))
+        const xv = randoms(maxRows * layer.k, 11)
+        const gv = randoms(layer.k, 13).map(v => 1 + 0.2 * v)
+        const x = upload(device, xv)
+        const g = upload(device, gv)
+        const outs = layer.gated === true ? layer.n / 2 : layer.n
+        const y = storage(device, maxRows * outs * 4)
+        const readback = device.createBuffer({ size: maxRows * outs * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+        try {
+          for (const rows of rowsList) {
+            const want = reference(layer, exact, xv, gv, rows)
+            const row: Record<string, unknown> = { shape, layer: layer.name, format, k: layer.k, n: layer.n, rows, weight_bytes: data.byteLength, gbps: {} as Record<string, number> }
+            for (const variant of variants) {
+              const kernels: GpuKernels = variant === 'legacy' ? 'legacy' : 'fast'
+              const saved = process.env.PLEXUS_GPU_MATVEC_SHAPE
+              if (variant === 'default' || variant === 'legacy') delete process.env.PLEXUS_GPU_MATVEC_SHAPE
+              else process.env.PLEXUS_GPU_MATVEC_SHAPE = variant
+              let plan
+              try {
+                const s: LinearShape = { format, k: layer.k, n: layer.n, n0: 0, yStride: outs, bias: false, accumulate: false, gated: layer.gated, norm: layer.norm === true ? 1e-5 : undefined }
+                plan = matvecPlan(s, kernels, gpu.subgroups)
+              } finally {
+                if (saved == null) delete process.env.PLEXUS_GPU_MATVEC_SHAPE; else process.env.PLEXUS_GPU_MATVEC_SHAPE = saved
+              }
+              const bindings: Binding[] = ['read', 'read', 'rw', 'step', ...(layer.norm === true ? ['read' as const] : [])]
+              const k = kernel(device, plan.code, bindings)
+              const groups = ws.map(w => bindGroup(device, k, [x, w, y, step, ...(layer.norm === true ? [g] : [])]))
+              const grid = matvecGroups(outs, plan.rowsPerGroup)
+              device.queue.writeBuffer(step, 0, stepSlots(rows))
+              const run = async (n: number, check = false): Promise<number> => {
+                const enc = device.createCommandEncoder()
+                const pass = enc.beginComputePass()
+                pass.setPipeline(k.pipeline)
+                for (let i = 0; i < n; i++) {
+                  pass.setBindGroup(0, groups[i % groups.length], SLOT_OFFSETS, 0, 1)
+                  pass.dispatchWorkgroups(...grid)
+                }
+                pass.end()
+                if (check) enc.copyBufferToBuffer(y, 0, readback, 0, rows * outs * 4)
+                const t0 = performance.now()
+                device.queue.submit([enc.finish()])
+                await device.queue.onSubmittedWorkDone()
+                return performance.now() - t0
+              }
+              // checked first: a kernel that computes something else is an error, not a figure
+              await run(1, true)
+              await readback.mapAsync(GPUMapMode.READ, 0, rows * outs * 4)
+              const got = new Float32Array(readback.getMappedRange(0, rows * outs * 4).slice(0))
+              readback.unmap()
+              let err = 0; let scale = 0
+              for (let i = 0; i < want.length; i++) { err = Math.max(err, Math.abs(got[i] - want[i])); scale = Math.max(scale, Math.abs(want[i])) }
+              if (!(err <= 1e-4 * scale)) throw new Error(`${shape} ${layer.name} ${format} ${rows} rows, ${variant}: off by ${err} of ${scale}`)
+              // then timed: enough dispatches for ~budget ms, best of three
+              const once = await run(Math.max(2, copies))
+              const n = Math.max(copies, Math.min(5000, Math.ceil(budgetMs / Math.max(0.001, once / Math.max(2, copies)))))
+              let best = Infinity
+              for (let t = 0; t < 3; t++) best = Math.min(best, await run(n) / n)
+              ;(row.gbps as Record<string, number>)[variant] = data.byteLength / (best / 1000) / 1e9
+            }
+            results.push(row)
+            const speeds = row.gbps as Record<string, number>
+            log(`${shape} ${layer.name} ${format} ×${rows}: ${variants.map(v => `${v} ${speeds[v].toPrecision(3)}`).join(', ')} GB/s`)
+          }
+        } finally {
+          for (const w of ws) w.destroy()
+          for (const b of [x, g, y, readback]) b.destroy()
+        }
+      }
+    }
+  }
+  step.destroy()
+
+  // the table: GB/s per variant, the best of the row marked, and its share of the streaming kernel
+  const ceil = ceiling.bytesPerSecond / 1e9
+  const fmt = (v: number): string => v >= 100 ? v.toFixed(0) : v.toPrecision(3)
+  log(`\nGB/s of weights (share of the streaming kernel's ${ceil.toFixed(0)} GB/s for the best):`)
+  log(['shape', 'layer', 'format', 'rows', ...variants, 'best'].join(' | '))
+  for (const r of results) {
+    const g = r.gbps as Record<string, number>
+    const best = variants.reduce((b, v) => g[v] > g[b] ? v : b, variants[0])
+    log([r.shape, r.layer, r.format, r.rows, ...variants.map(v => fmt(g[v])), `${best} (${(100 * g[best] / ceil).toFixed(0)} %)`].join(' | '))
+  }
+  console.log(JSON.stringify({ device: gpu.adapterInfo, software: gpu.software, read_gbps: ceil, variants, results }))
+}
+
+main().then(() => process.exit(0), (err) => { console.error(err?.stack ?? err); process.exit(1) })
