@@ -8,14 +8,7 @@
 // a float64 product of the same weights, so a fast wrong kernel cannot win. Table to stderr, one
 // JSON line to stdout.
 import { parseArgs } from 'node:util'
-import { f32ToF16, toFloat32 } from '@plexus/runtime'
-import { acquireGpu } from '../packages/runtime/src/webgpu/device.ts'
-import { kernel, bindGroup, upload, storage, createStepBuffer, stepSlots, SLOT_OFFSETS } from '../packages/runtime/src/webgpu/linear.ts'
-import type { Binding } from '../packages/runtime/src/webgpu/linear.ts'
-import { matvecPlan, matvecGroups } from '../packages/runtime/src/webgpu/matvec.ts'
-import type { LinearShape } from '../packages/runtime/src/webgpu/kernels.ts'
-import type { GpuKernels } from '../packages/runtime/src/webgpu/kernel-choice.ts'
-import { gpuBytes, gpuChunk } from '../packages/runtime/src/webgpu/formats.ts'
+import { initBackend, activeGpu, GpuMatvecLayer, f32ToF16, toFloat32 } from '@plexus/runtime'
 import { gpuReadBandwidth } from './lib/bandwidth.ts'
 import { SHAPES } from './lib/model-maker.ts'
 
@@ -25,7 +18,7 @@ const HELP = `usage: npm run bench:matvec -- [options]
   --rows LIST       batch rows (default 1,8)
   --variants LIST   kernel shapes: "default", "legacy" or LxS[xU[xM]] (default default,32x8x2,32x8x1x2,32x4x1x4,64x4,16x16,legacy)
   --ms N            GPU time to spend per measurement (default 30)
-  --software        accept a software adapter (lavapipe: for checking the script, not for figures)`
+  --software        run on a software adapter (lavapipe: for checking the script, not for figures)`
 
 interface Layer { name: string, k: number, n: number, gated?: boolean, norm?: boolean }
 
@@ -120,7 +113,9 @@ async function main (): Promise<void> {
   const rowsList = list(a.rows).map(Number)
   const variants = list(a.variants)
   const budgetMs = Number(a.ms)
-  const gpu = await acquireGpu({ allowSoftware: a.software })
+  await initBackend('webgpu')
+  const gpu = activeGpu()!
+  if (gpu.software && !a.software) throw new Error(`${gpu.adapterInfo.description} is a software adapter: its figures say nothing about a GPU (--software to run anyway)`)
   const { device } = gpu
   const log = (s: string): void => { process.stderr.write(s + '\n') }
   log(`device: ${gpu.adapterInfo.vendor} ${gpu.adapterInfo.device || gpu.adapterInfo.description}${gpu.software ? ' (software)' : ''}; subgroups ${gpu.subgroups}`)
@@ -129,86 +124,50 @@ async function main (): Promise<void> {
   // L2 caches are tens of MB: every measurement cycles through at least this many weight bytes
   const cycleBytes = gpu.software ? 8 * 2 ** 20 : 256 * 2 ** 20
   const maxRows = Math.max(...rowsList)
-  const step = createStepBuffer(device, 1)
   const results: Array<Record<string, unknown>> = []
 
   for (const shape of list(a.shapes)) {
     for (const layer of layersOf(shape)) {
       for (const format of formats) {
         const { bytes, exact } = weights(format, layer.n, layer.k, 7)
-        const data = gpuChunk(format, layer.k, gpuBytes(format, { dtype: format === 'f16' ? 'F16' : 'Q8_0', shape: [layer.n, layer.k], bytes }))
-        const copies = Math.max(2, Math.ceil(cycleBytes / data.byteLength))
-        const ws = Array.from({ length: copies }, () => upload(device, data))
+        const perCopy = format === 'f16' ? 2 * layer.n * layer.k : layer.n * layer.k / 32 * 34
         const xv = randoms(maxRows * layer.k, 11)
         const gv = randoms(layer.k, 13).map(v => 1 + 0.2 * v)
-        const x = upload(device, xv)
-        const g = upload(device, gv)
-        const outs = layer.gated === true ? layer.n / 2 : layer.n
-        const y = storage(device, maxRows * outs * 4)
-        const readback = device.createBuffer({ size: maxRows * outs * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+        const gpuLayer = new GpuMatvecLayer(gpu, {
+          weight: { dtype: format === 'f16' ? 'F16' : 'Q8_0', shape: [layer.n, layer.k], bytes },
+          gated: layer.gated,
+          norm: layer.norm === true ? gv : undefined,
+          copies: Math.max(2, Math.ceil(cycleBytes / perCopy)),
+          maxRows
+        })
         try {
           for (const rows of rowsList) {
             const want = reference(layer, exact, xv, gv, rows)
-            const row: Record<string, unknown> = { shape, layer: layer.name, format, k: layer.k, n: layer.n, rows, weight_bytes: data.byteLength, gbps: {} as Record<string, number> }
+            const gbps: Record<string, number> = {}
             for (const variant of variants) {
-              const kernels: GpuKernels = variant === 'legacy' ? 'legacy' : 'fast'
-              const saved = process.env.PLEXUS_GPU_MATVEC_SHAPE
-              if (variant === 'default' || variant === 'legacy') delete process.env.PLEXUS_GPU_MATVEC_SHAPE
-              else process.env.PLEXUS_GPU_MATVEC_SHAPE = variant
-              let plan
-              try {
-                const s: LinearShape = { format, k: layer.k, n: layer.n, n0: 0, yStride: outs, bias: false, accumulate: false, gated: layer.gated, norm: layer.norm === true ? 1e-5 : undefined }
-                plan = matvecPlan(s, kernels, gpu.subgroups)
-              } finally {
-                if (saved == null) delete process.env.PLEXUS_GPU_MATVEC_SHAPE; else process.env.PLEXUS_GPU_MATVEC_SHAPE = saved
-              }
-              const bindings: Binding[] = ['read', 'read', 'rw', 'step', ...(layer.norm === true ? ['read' as const] : [])]
-              const k = kernel(device, plan.code, bindings)
-              const groups = ws.map(w => bindGroup(device, k, [x, w, y, step, ...(layer.norm === true ? [g] : [])]))
-              const grid = matvecGroups(outs, plan.rowsPerGroup)
-              device.queue.writeBuffer(step, 0, stepSlots(rows))
-              const run = async (n: number, check = false): Promise<number> => {
-                const enc = device.createCommandEncoder()
-                const pass = enc.beginComputePass()
-                pass.setPipeline(k.pipeline)
-                for (let i = 0; i < n; i++) {
-                  pass.setBindGroup(0, groups[i % groups.length], SLOT_OFFSETS, 0, 1)
-                  pass.dispatchWorkgroups(...grid)
-                }
-                pass.end()
-                if (check) enc.copyBufferToBuffer(y, 0, readback, 0, rows * outs * 4)
-                const t0 = performance.now()
-                device.queue.submit([enc.finish()])
-                await device.queue.onSubmittedWorkDone()
-                return performance.now() - t0
-              }
+              gpuLayer.use(variant)
               // checked first: a kernel that computes something else is an error, not a figure
-              await run(1, true)
-              await readback.mapAsync(GPUMapMode.READ, 0, rows * outs * 4)
-              const got = new Float32Array(readback.getMappedRange(0, rows * outs * 4).slice(0))
-              readback.unmap()
+              const got = await gpuLayer.run(xv, rows)
               let err = 0; let scale = 0
               for (let i = 0; i < want.length; i++) { err = Math.max(err, Math.abs(got[i] - want[i])); scale = Math.max(scale, Math.abs(want[i])) }
               if (!(err <= 1e-4 * scale)) throw new Error(`${shape} ${layer.name} ${format} ${rows} rows, ${variant}: off by ${err} of ${scale}`)
               // then timed: enough dispatches for ~budget ms, best of three
-              const once = await run(Math.max(2, copies))
-              const n = Math.max(copies, Math.min(5000, Math.ceil(budgetMs / Math.max(0.001, once / Math.max(2, copies)))))
+              const probe = 8
+              const once = await gpuLayer.time(rows, probe) / probe
+              const n = Math.max(probe, Math.min(5000, Math.ceil(budgetMs / Math.max(0.001, once))))
               let best = Infinity
-              for (let t = 0; t < 3; t++) best = Math.min(best, await run(n) / n)
-              ;(row.gbps as Record<string, number>)[variant] = data.byteLength / (best / 1000) / 1e9
+              for (let t = 0; t < 3; t++) best = Math.min(best, await gpuLayer.time(rows, n) / n)
+              gbps[variant] = gpuLayer.bytes / (best / 1000) / 1e9
             }
-            results.push(row)
-            const speeds = row.gbps as Record<string, number>
-            log(`${shape} ${layer.name} ${format} ×${rows}: ${variants.map(v => `${v} ${speeds[v].toPrecision(3)}`).join(', ')} GB/s`)
+            results.push({ shape, layer: layer.name, format, k: layer.k, n: layer.n, rows, weight_bytes: gpuLayer.bytes, gbps })
+            log(`${shape} ${layer.name} ${format} ×${rows}: ${variants.map(v => `${v} ${gbps[v].toPrecision(3)}`).join(', ')} GB/s`)
           }
         } finally {
-          for (const w of ws) w.destroy()
-          for (const b of [x, g, y, readback]) b.destroy()
+          gpuLayer.destroy()
         }
       }
     }
   }
-  step.destroy()
 
   // the table: GB/s per variant, the best of the row marked, and its share of the streaming kernel
   const ceil = ceiling.bytesPerSecond / 1e9

@@ -5,6 +5,7 @@ import type { DType } from '@plexus/runtime'
 import { rmsNormKernel, gemmKernel, swigluKernel, GEMM_MIN_ROWS } from '../../src/webgpu/kernels.ts'
 import type { LinearShape } from '../../src/webgpu/kernels.ts'
 import { matvecPlan, matvecGroups } from '../../src/webgpu/matvec.ts'
+import { GpuMatvecLayer } from '../../src/webgpu/matvec-layer.ts'
 import type { GpuKernels } from '../../src/webgpu/kernel-choice.ts'
 import type { WeightFormat } from '../../src/webgpu/kernels.ts'
 import { gpuFormat, gpuBytes, gpuChunk, rowBytes } from '../../src/webgpu/formats.ts'
@@ -198,6 +199,26 @@ describe('WebGPU kernels against float64 references', function () {
       }
     })
   }
+
+  it('GpuMatvecLayer (bench:matvec) runs the kernel it is told to over any of its weight copies, and times it', async () => {
+    const N = 24; const K = 64; const rows = 3
+    const w = randoms(N * K, 41)
+    const x = randoms(rows * K, 42)
+    const layer = new GpuMatvecLayer(gpu, { weight: { dtype: 'F32', shape: [N, K], bytes: new Uint8Array(w.buffer) }, copies: 3, maxRows: 4 })
+    try {
+      const ref = new Float64Array(rows * N)
+      for (let r = 0; r < rows; r++) for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) ref[r * N + n] += x[r * K + k] * w[n * K + k]
+      for (const variant of ['legacy', '16x2x1x2']) {
+        layer.use(variant)
+        assert.ok(relErr(await layer.run(x, rows), ref) < 1e-5, variant)
+        assert.ok(await layer.time(rows, 5) > 0)
+        // the timed dispatches wrote the same outputs from every copy
+        assert.ok(relErr(await layer.run(x, rows), ref) < 1e-5, variant)
+      }
+      assert.equal(layer.bytes, N * K * 4)
+      assert.throws(() => layer.use('3x8'), /PLEXUS_GPU_MATVEC_SHAPE/)
+    } finally { layer.destroy() }
+  })
 
   it('PLEXUS_GPU_MATVEC_SHAPE that the kernel cannot take is refused, naming the variable', () => {
     const shape = { format: 'f16' as const, k: 112, n: 8, n0: 0, yStride: 8, bias: false, accumulate: false }
