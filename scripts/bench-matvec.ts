@@ -8,7 +8,7 @@
 // a float64 product of the same weights, so a fast wrong kernel cannot win. Table to stderr, one
 // JSON line to stdout.
 import { parseArgs } from 'node:util'
-import { initBackend, activeGpu, GpuMatvecLayer, f32ToF16, toFloat32 } from '@plexus/runtime'
+import { initBackend, activeGpu, GpuMatvecLayer, f32ToF16, quantizeQ8_0, dequantize } from '@plexus/runtime'
 import { gpuReadBandwidth } from './lib/bandwidth.ts'
 import { SHAPES } from './lib/model-maker.ts'
 
@@ -47,27 +47,8 @@ function randoms (n: number, seed: number): Float32Array {
 /** `[n, k]` weights as a checkpoint stores them, and the values a kernel must use for them. */
 function weights (format: 'f16' | 'q8_0', n: number, k: number, seed: number): { bytes: Uint8Array, exact: Float32Array } {
   const w = randoms(n * k, seed).map(v => v * 0.05)
-  if (format === 'f16') {
-    const bytes = new Uint8Array(f32ToF16(w).buffer)
-    return { bytes, exact: toFloat32(bytes, 'F16') }
-  }
-  // ggml's q8_0: per 32 weights an f16 scale amax/127, then 32 rounded int8
-  const bytes = new Uint8Array(w.length / 32 * 34)
-  const exact = new Float32Array(w.length)
-  const view = new DataView(bytes.buffer)
-  for (let b = 0; b < w.length / 32; b++) {
-    let amax = 0
-    for (let i = 0; i < 32; i++) amax = Math.max(amax, Math.abs(w[b * 32 + i]))
-    const dh = f32ToF16(Float32Array.of(amax / 127))
-    const d = toFloat32(new Uint8Array(dh.buffer), 'F16')[0]
-    view.setUint16(b * 34, dh[0], true)
-    for (let i = 0; i < 32; i++) {
-      const q = d === 0 ? 0 : Math.max(-127, Math.min(127, Math.round(w[b * 32 + i] / d)))
-      view.setInt8(b * 34 + 2 + i, q)
-      exact[b * 32 + i] = q * d
-    }
-  }
-  return { bytes, exact }
+  const bytes = format === 'f16' ? new Uint8Array(f32ToF16(w).buffer) : quantizeQ8_0(w)
+  return { bytes, exact: dequantize(format === 'f16' ? 'F16' : 'Q8_0', bytes, w.length) }
 }
 
 /** The float64 product a kernel is checked against: y = (norm?)x · Wᵀ, or silu(gate)·up. */

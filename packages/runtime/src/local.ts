@@ -142,12 +142,13 @@ export class LocalModel {
   async session (maxLength = this.config.maxPositions): Promise<SessionPipeline> {
     const sessions: SpanSession[] = []
     for (const s of this.spans) sessions.push(await s.open(maxLength))
+    const before = sessions.slice(0, -1)
     const last = sessions[sessions.length - 1]
     return {
       forward: async (hidden, tokens) => await through(sessions, hidden, tokens),
       // a webgpu span last and a GPU head: the LM head in the step's submission
       forwardLogits: last.forwardLogits == null ? undefined : async (head, hidden, tokens) => {
-        const h = await through(sessions.slice(0, -1), hidden, tokens)
+        const h = await through(before, hidden, tokens)
         return await head.withGpuTail(async tail => await last.forwardLogits!(h, tokens, tail)) ??
           await head.logits(await last.forward(h, tokens), tokens)
       },

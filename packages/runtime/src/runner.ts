@@ -68,12 +68,13 @@ export function chainRunners (runners: SpanRunner[]): SpanRunner {
         for (const p of parts) await p.close()
         throw err
       }
+      const before = parts.slice(0, -1)
       const last = parts[parts.length - 1]
       return {
         get length () { return parts[0].length },
         get bytes () { return parts.reduce((n, p) => n + p.bytes, 0) },
         forward: async (hidden, tokens, positions) => await through(parts, hidden, tokens, positions),
-        forwardLogits: last.forwardLogits == null ? undefined : async (hidden, tokens, tail) => await last.forwardLogits!(await through(parts.slice(0, -1), hidden, tokens), tokens, tail),
+        forwardLogits: last.forwardLogits == null ? undefined : async (hidden, tokens, tail) => await last.forwardLogits!(await through(before, hidden, tokens), tokens, tail),
         truncate: async (n) => { for (const p of parts) await p.truncate(n) },
         close: async () => { for (const p of parts) await p.close() }
       }

@@ -44,6 +44,12 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
   let scratch: HeadScratch | undefined
   const id = ++heads
   let generation = 0
+  // the rows the step slot holds: a local model's decode writes it once, not every token
+  let stepRows = -1
+  const setRows = (rows: number): void => {
+    if (rows !== stepRows) device.queue.writeBuffer(step, 0, stepSlots(rows))
+    stepRows = rows
+  }
   // one call at a time: calls share the scratch and readback buffers
   const serial = serially()
 
@@ -63,7 +69,7 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
     const t0 = performance.now()
     const s = ensure(rows)
     device.queue.writeBuffer(s.x, 0, x.buffer, x.byteOffset, rows * H * 4)
-    device.queue.writeBuffer(step, 0, stepSlots(rows))
+    setRows(rows)
     const encoder = device.createCommandEncoder()
     const pass = encoder.beginComputePass()
     dispatchLinear(pass, s.lm, rows, true)
@@ -73,7 +79,7 @@ export function gpuHeadKernel (gpu: GpuContext, w: GpuHeadWeights): HeadKernel {
 
   const tail = (): GpuHeadTail => {
     const s = ensure(1)
-    device.queue.writeBuffer(step, 0, stepSlots(1))
+    setRows(1)
     return {
       key: `${id}/${s.generation}`,
       record: (encoder, x, row) => {

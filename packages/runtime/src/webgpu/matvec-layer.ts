@@ -3,7 +3,7 @@
 // (`npm run bench:matvec`): the weights uploaded in several copies, so that timed dispatches
 // cycling through them read memory rather than the L2 cache, and the kernel swapped per shape.
 import type { GpuContext } from './device.ts'
-import { kernel, bindGroup, upload, storage, createStepBuffer, stepSlots, SLOT_OFFSETS } from './linear.ts'
+import { kernel, bindGroup, upload, storage, createStepBuffer, stepSlots, submitAndRead, SLOT_OFFSETS } from './linear.ts'
 import type { Binding, Kernel, WeightPart } from './linear.ts'
 import { matvecPlan, matvecGroups } from './matvec.ts'
 import { gpuFormat, gpuBytes, gpuChunk } from './formats.ts'
@@ -72,26 +72,21 @@ export class GpuMatvecLayer {
 
   /** One dispatch on input rows `x` `[rows, k]`: the outputs `[rows, outputs]`. */
   async run (x: Float32Array, rows: number): Promise<Float32Array> {
-    const { device } = this.gpu
-    device.queue.writeBuffer(this.buffers.x, 0, x.buffer, x.byteOffset, rows * this.shape.k * 4)
-    const bytes = rows * this.outputs * 4
-    await this.submit(rows, 1, enc => { enc.copyBufferToBuffer(this.buffers.y, 0, this.buffers.readback, 0, bytes) })
-    await this.buffers.readback.mapAsync(GPUMapMode.READ, 0, bytes)
-    try {
-      return new Float32Array(this.buffers.readback.getMappedRange(0, bytes).slice(0))
-    } finally {
-      this.buffers.readback.unmap()
-    }
+    const t0 = performance.now()
+    this.gpu.device.queue.writeBuffer(this.buffers.x, 0, x.buffer, x.byteOffset, rows * this.shape.k * 4)
+    return await submitAndRead(this.gpu, this.record(rows, 1), this.buffers.y, this.buffers.readback, rows * this.outputs * 4, 'a matvec layer', t0)
   }
 
   /** Milliseconds of `dispatches` dependent dispatches on `rows` rows, one submission, cycling the copies. */
   async time (rows: number, dispatches: number): Promise<number> {
+    const { queue } = this.gpu.device
     const t0 = performance.now()
-    await this.submit(rows, dispatches)
+    queue.submit([this.record(rows, dispatches).finish()])
+    await queue.onSubmittedWorkDone()
     return performance.now() - t0
   }
 
-  private async submit (rows: number, dispatches: number, after?: (enc: GPUCommandEncoder) => void): Promise<void> {
+  private record (rows: number, dispatches: number): GPUCommandEncoder {
     const c = this.current
     if (c == null) throw new Error('no kernel chosen: call use() first')
     const { device } = this.gpu
@@ -104,9 +99,7 @@ export class GpuMatvecLayer {
       pass.dispatchWorkgroups(...c.grid)
     }
     pass.end()
-    after?.(enc)
-    device.queue.submit([enc.finish()])
-    await device.queue.onSubmittedWorkDone()
+    return enc
   }
 
   destroy (): void {
